@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+REPO   ?= model_repository
+
+.PHONY: env demo test lint bench quality perf clean
+
+env: $(VENV)/.installed
+
+# torch first (the CPU build on disk; otherwise pip would pull a CUDA build), recbole without its heavy
+# dependencies (it only carries the MovieLens-100K files), then this package and its dependencies.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-deps recbole==1.2.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: env
+	$(BIN)/widefunnel demo --repository $(REPO)
+
+test: env
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -rs
+
+lint: env
+	$(BIN)/ruff check .
+
+bench: env
+	$(BIN)/python benchmarks/bench_ann.py
+
+clean:
+	rm -rf $(REPO)/* build .pytest_cache

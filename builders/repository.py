@@ -1,0 +1,184 @@
+"""Writes a Triton model repository: one folder per model, `config.pbtxt` beside numbered versions.
+
+Crash safety: each version folder is written under a non-numeric temporary name (Triton ignores those) and
+renamed into place; the ensembles' configs, which pin the step versions, are replaced last, atomically.
+So an interrupted build leaves no version that the server would route to. Step models load every version
+on disk (`version_policy: all`), which keeps the previous build resident for an instant rollback; the
+builder keeps the last `keep_versions` builds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
+from widefunnel.builders.train import HEADS, TrainedFunnel, TrainingData, train_funnel, value_weights
+
+from widefunnel import model_configs as mcfg
+from widefunnel.ann.index import save_index
+from widefunnel.runtime import plugins_dir
+
+BUILDS_FILE = "builds.json"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    repository: Path
+    version: int
+    fingerprint: str
+    seconds: float
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def existing_versions(repository: Path, model: str) -> list[int]:
+    folder = repository / model
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(repository: Path) -> int:
+    return 1 + max([0] + [v for m in mcfg.STEP_MODELS for v in existing_versions(repository, m)])
+
+
+class VersionWriter:
+    """Stages `<model>/.<version>.partial/` and renames it to `<model>/<version>/` when complete."""
+
+    def __init__(self, repository: Path, version: int):
+        self.repository, self.version = repository, version
+        self.staged: dict[str, Path] = {}
+
+    def folder(self, model: str) -> Path:
+        if model not in self.staged:
+            path = self.repository / model / f".{self.version}.partial"
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+            self.staged[model] = path
+        return self.staged[model]
+
+    def commit(self) -> None:
+        for model, path in self.staged.items():
+            final = self.repository / model / str(self.version)
+            if final.exists():
+                raise FileExistsError(f"{final} already exists; versions are immutable")
+            os.rename(path, final)
+
+
+def _step_config(config, keep_all_versions: bool = True):
+    config.version_policy.Clear()
+    config.version_policy.all.SetInParent()
+    return config
+
+
+def _ann_parameters(repository: Path, head: str, version: int, fingerprint: str, cfg: dict) -> dict[str, str]:
+    """Keeps the expected fingerprint of every version still on disk, adds this one's."""
+    previous = repository / f"ann_{head}" / "config.pbtxt"
+    entries: dict[str, str] = {}
+    if previous.exists():
+        old = mcfg.from_pbtxt(previous.read_text()).parameters.get("tower_fingerprints")
+        for part in filter(None, (old.string_value if old else "").split(";")):
+            v, _, fp = part.partition("=")
+            entries[v] = fp
+    entries[str(version)] = fingerprint
+    on_disk = {str(v) for v in existing_versions(repository, f"ann_{head}")} | {str(version)}
+    acfg = cfg["ann"]
+    return {
+        "k": str(acfg["k"]), "max_k": str(acfg["max_k"]), "search": acfg["search"], "nprobe": str(acfg["nprobe"]),
+        "emit_embeddings": "true",
+        "tower_fingerprints": ";".join(f"{v}={fp}" for v, fp in sorted(entries.items(), key=lambda e: int(e[0]))
+                                       if v in on_disk),
+    }
+
+
+def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int, fingerprint: str,
+                 dim: int) -> dict[str, object]:
+    tasks = len(cfg["scorer"]["tasks"])
+    mcf = cfg["merge"]
+    preprocess_params = {
+        "default_alpha": str(mcf["alpha"]), "default_top_n": str(mcf["top_n"]), "max_top_n": str(mcf["max_top_n"]),
+        "default_value_weights": json.dumps(value_weights(cfg).tolist()),
+        "max_candidates": str(cfg["ann"]["max_k"]),
+    }
+    configs = {
+        "preprocess": mcfg.preprocess_config(target, tasks, preprocess_params),
+        "query_tower": mcfg.query_tower_config(target, dim),
+        "composite_scorer": mcfg.scorer_config(target, tasks),
+        "quota_merge": mcfg.merge_config(target, tasks, {"sort_by_score": "true"}),
+    }
+    for head in HEADS:
+        configs[f"ann_{head}"] = mcfg.ann_config(head, target, dim,
+                                                 _ann_parameters(repository, head, version, fingerprint, cfg))
+        configs[f"rerank_{head}"] = mcfg.rerank_config(head, target, dim)
+    return {name: _step_config(c) for name, c in configs.items()}
+
+
+def ensemble_configs(cfg: dict, target: mcfg.Target, version: int) -> dict[str, object]:
+    tasks = len(cfg["scorer"]["tasks"])
+    versions = dict.fromkeys(mcfg.STEP_MODELS, version)
+    return {mcfg.ENSEMBLE: mcfg.ensemble_config(target, tasks, versions),
+            mcfg.RETRIEVE_ENSEMBLE: mcfg.retrieve_config(target, tasks, versions),
+            mcfg.SCORE_ENSEMBLE: mcfg.score_config(target, tasks, versions)}
+
+
+def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, data: TrainingData, cfg: dict,
+                    fingerprint: str) -> None:
+    dim = funnel.tables[0].shape[1]
+    np.save(writer.folder("preprocess") / "catalogue.npy", data.catalogue.item_ids)
+    shutil.copy2(plugins_dir() / "preprocess" / "model.py", writer.folder("preprocess") / "model.py")
+    shutil.copy2(plugins_dir() / "quota_merge" / "model.py", writer.folder("quota_merge") / "model.py")
+    export_query_tower(funnel.tower, fingerprint, writer.folder("query_tower") / "model.onnx")
+    for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
+        save_index(index, writer.folder(f"ann_{head}") / "index")
+        export_reranker(reranker, cfg["rerank"]["keep"], dim, fingerprint,
+                        writer.folder(f"rerank_{head}") / "model.onnx")
+    export_scorer(funnel.scorer, len(cfg["scorer"]["tasks"]), fingerprint,
+                  writer.folder("composite_scorer") / "model.onnx")
+
+
+def prune_versions(repository: Path, keep: int) -> None:
+    for model in mcfg.STEP_MODELS:
+        for v in existing_versions(repository, model)[:-keep]:
+            shutil.rmtree(repository / model / str(v))
+
+
+def write_repository(repository: Path, funnel: TrainedFunnel, data: TrainingData, cfg: dict,
+                     target: mcfg.Target, version: int | None = None, keep_versions: int = 2) -> tuple[int, str]:
+    repository.mkdir(parents=True, exist_ok=True)
+    version = version or next_version(repository)
+    fingerprint = tower_fingerprint(funnel.tower)
+    dim = funnel.tables[0].shape[1]
+    writer = VersionWriter(repository, version)
+    write_artifacts(writer, funnel, data, cfg, fingerprint)
+    # 1. step configs (ANN now also expects this version's fingerprint), 2. version folders, 3. ensembles.
+    for name, config in step_configs(repository, cfg, target, version, fingerprint, dim).items():
+        _atomic_write(repository / name / "config.pbtxt", mcfg.to_pbtxt(config))
+    writer.commit()
+    for name, config in ensemble_configs(cfg, target, version).items():
+        (repository / name / "1").mkdir(parents=True, exist_ok=True)  # ensembles need a version folder
+        _atomic_write(repository / name / "config.pbtxt", mcfg.to_pbtxt(config))
+    builds_path = repository / BUILDS_FILE
+    builds = json.loads(builds_path.read_text()) if builds_path.exists() else {}
+    builds[str(version)] = {"fingerprint": fingerprint, "target": target.kind, "time": int(time.time())}
+    _atomic_write(builds_path, json.dumps(builds, indent=2, sort_keys=True))
+    prune_versions(repository, keep_versions)
+    return version, fingerprint
+
+
+def build(repository: Path, cfg: dict, target: mcfg.Target, version: int | None = None,
+          progress: bool = True) -> BuildResult:
+    start = time.monotonic()
+    data = TrainingData.load(cfg, progress)
+    funnel = train_funnel(data, cfg, tower_fingerprint, progress)
+    version, fingerprint = write_repository(Path(repository), funnel, data, cfg, target, version)
+    return BuildResult(Path(repository), version, fingerprint, time.monotonic() - start)

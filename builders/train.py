@@ -1,0 +1,253 @@
+"""Training of every learned stage on MovieLens-100K: towers (MTMH), rerankers, composite scorer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
+from widefunnel.builders.teacher import teacher_embeddings
+
+from widefunnel.ann.index import Int8Index, build_index
+from widefunnel.ann.search import exact_search
+from widefunnel.data import (
+    Catalogue,
+    Interactions,
+    Split,
+    co_engagement_pairs,
+    load_catalogue,
+    load_interactions,
+    time_split,
+)
+from widefunnel.losses import distillation_kl, info_nce, ordinal_loss
+
+HEADS = ("engagement", "relevance")
+
+
+@dataclass
+class TrainingData:
+    catalogue: Catalogue
+    interactions: Interactions
+    split: Split
+    teacher: np.ndarray  # [table_size, 384]
+
+    @classmethod
+    def load(cls, cfg: dict, progress: bool = True) -> TrainingData:
+        catalogue, inter = load_catalogue(), load_interactions()
+        pairs = co_engagement_pairs(inter, cfg["data"]["min_rating"], cfg["data"]["window"])
+        split = time_split(pairs, inter, cfg["data"]["split_quantile"], catalogue.table_size)
+        cap = cfg["data"]["max_train_pairs"]
+        if 0 < cap < len(split.train):
+            keep = np.sort(np.random.default_rng(cfg["seed"]).choice(len(split.train), cap, replace=False))
+            split = replace(split, train=split.train.take(keep))
+        teacher = teacher_embeddings(catalogue, cfg["teacher"]["batch_size"], progress)
+        return cls(catalogue, inter, split, teacher)
+
+    def tower_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Genre multi-hot, year bucket (5-year bins, 0 unknown), dense [log popularity, scaled year]."""
+        cat = self.catalogue
+        years = cat.years.astype(np.float64)
+        bucket = np.where(years > 0, np.clip((years - 1920) // 5 + 1, 1, 20), 0)
+        pop = np.log1p(self.split.train_popularity)
+        dense = np.stack([pop / max(pop.max(), 1.0), np.where(years > 0, (years - 1990) / 30.0, 0.0)], axis=1)
+        return torch.from_numpy(cat.genre_matrix()), torch.from_numpy(bucket), torch.from_numpy(dense)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+    name = cfg["optimizer"]
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg["lr"])
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg["lr"])
+    raise ValueError(f"training.optimizer must be 'adagrad' or 'adam', got {name!r}")
+
+
+def train_towers(data: TrainingData, cfg: dict, wr: float | None = None, heads: int = 2,
+                 distill_heads: tuple[int, ...] = (1,), progress: bool = True) -> ItemTower:
+    """MTMH: head 0 (engagement) on InfoNCE only; heads in `distill_heads` add wr * KL from the teacher.
+
+    heads=1, distill_heads=() is the engagement-only baseline; heads=1, distill_heads=(0,) the
+    multi-task single head."""
+    tcfg = cfg["training"]
+    wr = tcfg["wr"] if wr is None else wr
+    seed_everything(cfg["seed"])
+    tower = ItemTower(*data.tower_inputs(), cfg["towers"], heads=heads)
+    opt = _optimizer(tower.parameters(), tcfg)
+    train = data.split.train
+    q_all, t_all = torch.from_numpy(train.query), torch.from_numpy(train.target)
+    pop = data.split.train_popularity
+    log_q = torch.from_numpy(np.log(np.maximum(pop, 1) / pop.sum())).float()
+    teacher = torch.from_numpy(data.teacher)
+    bs, temp = tcfg["batch_size"], tcfg["temperature"]
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    steps = tcfg["epochs"] * (len(q_all) // bs)
+    bar = tqdm(total=steps, desc=f"towers (heads={heads}, wr={wr})", disable=not progress, leave=False)
+    for _ in range(tcfg["epochs"]):
+        perm = torch.randperm(len(q_all), generator=gen)
+        for start in range(0, len(perm) - bs + 1, bs):
+            idx = perm[start:start + bs]
+            q, t = q_all[idx], t_all[idx]
+            eq, et = tower(q), tower(t)
+            lq = log_q[t] if tcfg["logq_correction"] else None
+            loss = sum(info_nce(eq[h], et[h], temp, lq, t) for h in range(heads))
+            if wr > 0:
+                for h in distill_heads:
+                    loss = loss + wr * distillation_kl(eq[h], et[h], teacher[q], teacher[t], temp,
+                                                       tcfg["teacher_temperature"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=float(loss.detach()))
+    bar.close()
+    return tower.eval()
+
+
+@torch.no_grad()
+def item_embeddings(tower: ItemTower, item_ids: np.ndarray) -> list[np.ndarray]:
+    return [e.numpy() for e in tower(torch.from_numpy(item_ids))]
+
+
+def candidates_for(index: Int8Index, queries: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
+    ids, _ = exact_search(index, queries, k, exclude_ids=query_ids)
+    return ids
+
+
+def _positives(split: Split) -> dict[int, set[int]]:
+    out: dict[int, set[int]] = {}
+    for q, t in zip(split.train.query.tolist(), split.train.target.tolist()):
+        out.setdefault(q, set()).add(t)
+    return out
+
+
+def train_reranker(data: TrainingData, index: Int8Index, head_table: np.ndarray, cfg: dict,
+                   progress: bool = True) -> Reranker:
+    """Trained on this head's own top-K ANN candidates; label = co-engaged with the query in training."""
+    rcfg, k = cfg["rerank"], cfg["ann"]["k"]
+    seed_everything(cfg["seed"])
+    positives = _positives(data.split)
+    queries = np.array(sorted(positives), dtype=np.int64)
+    cands = candidates_for(index, head_table[queries], queries, k)
+    labels = np.array([[c in positives[int(q)] for c in row] for q, row in zip(queries, cands)], np.float32)
+    model = Reranker(head_table.shape[1], rcfg["hidden"], rcfg["kind"], rcfg["mixture_components"])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    table = torch.from_numpy(head_table)
+    qs, cs, ys = torch.from_numpy(queries), torch.from_numpy(cands), torch.from_numpy(labels)
+    pos_weight = torch.tensor(max(1.0, float((1 - labels).sum() / max(labels.sum(), 1))) ** 0.5)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    for _ in tqdm(range(rcfg["epochs"]), desc="reranker", disable=not progress, leave=False):
+        perm = torch.randperm(len(qs), generator=gen)
+        for start in range(0, len(perm), 128):
+            idx = perm[start:start + 128]
+            logits = model(table[qs[idx]], table[cs[idx]])
+            loss = F.binary_cross_entropy_with_logits(logits, ys[idx], pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def relevance_levels(teacher: np.ndarray, query: np.ndarray, target: np.ndarray,
+                     thresholds: tuple[float, float]) -> np.ndarray:
+    """Ordinal label from the content encoder: 0 irrelevant, 1 somewhat, 2 highly relevant."""
+    sim = (teacher[query] * teacher[target]).sum(-1)
+    return (sim >= thresholds[0]).astype(np.int64) + (sim >= thresholds[1]).astype(np.int64)
+
+
+def relevance_thresholds(data: TrainingData, seed: int) -> tuple[float, float]:
+    """Teacher-similarity cut points at the 70th / 95th percentile of random item pairs."""
+    rng = np.random.default_rng(seed)
+    ids = data.catalogue.item_ids
+    a, b = rng.choice(ids, 20000), rng.choice(ids, 20000)
+    sim = (data.teacher[a] * data.teacher[b]).sum(-1)
+    return float(np.quantile(sim, 0.7)), float(np.quantile(sim, 0.95))
+
+
+def scorer_features(data: TrainingData, tower_tables: list[np.ndarray]) -> torch.Tensor:
+    genres, _, dense = data.tower_inputs()
+    return torch.cat([torch.from_numpy(np.concatenate(tower_tables, axis=1)), genres, dense.float()], dim=1)
+
+
+def scorer_examples(data: TrainingData, cfg: dict, negatives_per_positive: int = 1) -> dict[str, np.ndarray]:
+    """Co-engaged pairs over ALL ratings (engaged), liked = rating >= 4, loved = rating 5; random negatives."""
+    rng = np.random.default_rng(cfg["seed"])
+    every = co_engagement_pairs(data.interactions, 1, cfg["data"]["window"])
+    every = every.take(every.timestamp <= data.split.split_time)
+    pick = rng.choice(len(every), size=min(len(every), 150_000), replace=False)
+    q, t, r = every.query[pick], every.target[pick], every.rating[pick]
+    nq = np.repeat(q, negatives_per_positive)
+    nt = rng.choice(data.catalogue.item_ids, size=len(nq))
+    query, target = np.concatenate([q, nq]), np.concatenate([t, nt])
+    engaged = np.concatenate([np.ones(len(q)), np.zeros(len(nq))])
+    rating = np.concatenate([r, np.zeros(len(nq))])
+    labels = np.stack([engaged, rating >= 4, rating >= 5], axis=1).astype(np.float32)
+    level = relevance_levels(data.teacher, query, target, relevance_thresholds(data, cfg["seed"]))
+    return {"query": query, "target": target, "labels": labels, "level": level}
+
+
+def train_scorer(data: TrainingData, tower_tables: list[np.ndarray], cfg: dict,
+                 progress: bool = True) -> CompositeScorer:
+    scfg = cfg["scorer"]
+    seed_everything(cfg["seed"])
+    ex = scorer_examples(data, cfg)
+    model = CompositeScorer(scorer_features(data, tower_tables), scfg["hidden"], len(scfg["tasks"]))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    q, t = torch.from_numpy(ex["query"]), torch.from_numpy(ex["target"])
+    y, lvl = torch.from_numpy(ex["labels"]), torch.from_numpy(ex["level"])
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    for _ in tqdm(range(scfg["epochs"]), desc="composite scorer", disable=not progress, leave=False):
+        perm = torch.randperm(len(q), generator=gen)
+        for start in range(0, len(perm), 4096):
+            idx = perm[start:start + 4096]
+            probs, cumulative = model(q[idx], t[idx][:, None])
+            loss = F.binary_cross_entropy(probs[:, 0].clamp(1e-6, 1 - 1e-6), y[idx])
+            loss = loss + ordinal_loss(cumulative[:, 0], lvl[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def value_weights(cfg: dict) -> np.ndarray:
+    """The config's unified-value weights in tensor order: tasks..., relevance."""
+    w = cfg["scorer"]["weights"]
+    return np.array([w[t] for t in cfg["scorer"]["tasks"]] + [w["relevance"]], dtype=np.float32)
+
+
+@dataclass
+class TrainedFunnel:
+    tower: ItemTower
+    tables: list[np.ndarray]  # per head [table_size, d] (row 0 padding)
+    indexes: list[Int8Index]
+    rerankers: list[Reranker]
+    scorer: CompositeScorer
+
+
+def train_funnel(data: TrainingData, cfg: dict, fingerprint_of, progress: bool = True) -> TrainedFunnel:
+    """Towers, then an int8 index per head, then a reranker per head on its own candidates, then the scorer.
+
+    `fingerprint_of(tower)` names the tower version; every artifact of this build carries it."""
+    tower = train_towers(data, cfg, progress=progress)
+    ids = data.catalogue.item_ids
+    all_ids = np.arange(data.catalogue.table_size, dtype=np.int64)
+    tables = item_embeddings(tower, all_ids)
+    fingerprint = fingerprint_of(tower)
+    acfg = cfg["ann"]
+    # IVF lists are always built, so a request may ask for approximate search whatever the default.
+    indexes = [build_index(t[ids], ids, fingerprint, ivf_lists=acfg["ivf_lists"], seed=cfg["seed"])
+               for t in tables]
+    rerankers = [train_reranker(data, idx, t, cfg, progress) for idx, t in zip(indexes, tables)]
+    scorer = train_scorer(data, tables, cfg, progress)
+    return TrainedFunnel(tower, tables, indexes, rerankers, scorer)
+
+
+__all__ = ["HEADS", "TrainingData", "TrainedFunnel", "train_funnel", "train_towers", "unified_value",
+           "value_weights"]

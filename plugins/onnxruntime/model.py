@@ -1,0 +1,126 @@
+"""Python-based Triton backend named `onnxruntime`: serves `<version>/model.onnx` on servers without the
+native onnxruntime backend (the embedded pytriton server). On NVIDIA's image the native
+`libtriton_onnxruntime.so` is found first and takes the very same config, so never ship this file there.
+
+Honours the config's inputs, outputs, max_batch_size and dynamic batching: requests in one execute() whose
+non-batch shapes agree run as one ORT call; a request whose inputs ORT rejects fails alone.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import sys
+
+# The embedded server's stub runs Python isolated (PYTHONPATH ignored): `widefunnel serve` names the
+# environment's site-packages here. Unset on NVIDIA's image, where packages are installed system-wide.
+for _path in filter(None, os.environ.get("WIDEFUNNEL_SITE", "").split(os.pathsep)):
+    if _path not in sys.path:
+        site.addsitedir(_path)
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "enable_mem_arena", "enable_mem_pattern"}
+
+
+def _parameter(config: dict, key: str, default: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        self.config = json.loads(args["model_config"])
+        name = self.config["name"]
+        unknown = set(self.config.get("parameters", {})) - _PARAMETERS
+        if unknown:
+            raise pb_utils.TritonModelException(f"model '{name}': unknown parameters {sorted(unknown)}")
+        filename = self.config.get("default_model_filename") or "model.onnx"
+        path = os.path.join(args["model_repository"], args["model_version"], filename)
+        if not os.path.isfile(path):
+            raise pb_utils.TritonModelException(f"model '{name}': {path} does not exist")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(_parameter(self.config, "intra_op_thread_count", "1"))
+        options.inter_op_num_threads = int(_parameter(self.config, "inter_op_thread_count", "1"))
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # corrupt or truncated file: refuse to load with ORT's reason
+            raise pb_utils.TritonModelException(f"model '{name}': cannot load {path}: {exc}") from exc
+        self.max_batch_size = int(self.config.get("max_batch_size", 0))
+        self.inputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"]), bool(t.get("optional")))
+                       for t in self.config["input"]]
+        self.outputs = [t["name"] for t in self.config["output"]]
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        graph_outputs = {o.name for o in self.session.get_outputs()}
+        missing = [n for n, _, _ in self.inputs if n not in graph_inputs]
+        missing += [n for n in self.outputs if n not in graph_outputs]
+        if missing:
+            raise pb_utils.TritonModelException(f"model '{name}': config names tensors not in {path}: {missing}")
+
+    def _request_inputs(self, request) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, dtype, optional in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                if optional:
+                    continue
+                raise ValueError(f"missing required input '{name}'")
+            feeds[name] = tensor.as_numpy().astype(dtype, copy=False)
+        return feeds
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.outputs, feeds)
+
+    def _respond(self, values: list[np.ndarray]):
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(n, v) for n, v in zip(self.outputs, values)]
+        )
+
+    @staticmethod
+    def _error(exc: Exception):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+
+    def execute(self, requests):
+        responses: list = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, dict]]] = {}
+        for i, request in enumerate(requests):
+            try:
+                feeds = self._request_inputs(request)
+            except ValueError as exc:
+                responses[i] = self._error(exc)
+                continue
+            if self.max_batch_size > 0:
+                key = tuple(sorted((n, a.shape[1:], a.dtype.str) for n, a in feeds.items()))
+            else:
+                key = ("request", i)
+            groups.setdefault(key, []).append((i, feeds))
+        for members in groups.values():
+            self._execute_group(members, responses)
+        return responses
+
+    def _execute_group(self, members: list[tuple[int, dict]], responses: list) -> None:
+        if len(members) > 1:
+            names = members[0][1].keys()
+            batched = {n: np.concatenate([f[n] for _, f in members]) for n in names}
+            try:
+                values = self._run(batched)
+            except Exception:  # one bad request must not fail the others: retry them alone
+                values = None
+            if values is not None:
+                offset = 0
+                for i, feeds in members:
+                    size = next(iter(feeds.values())).shape[0]
+                    responses[i] = self._respond([v[offset:offset + size] for v in values])
+                    offset += size
+                return
+        for i, feeds in members:
+            try:
+                responses[i] = self._respond(self._run(feeds))
+            except Exception as exc:
+                responses[i] = self._error(exc)
+
+    def finalize(self) -> None:
+        self.session = None

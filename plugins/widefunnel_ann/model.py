@@ -1,0 +1,134 @@
+"""Python-based Triton backend `widefunnel_ann`: int8 ANN search over one head's item index.
+
+The index (int8 codes, per-row scales, item ids, manifest, optional IVF lists) lives in `<version>/index/`.
+The config says which tower fingerprint each version's index must carry; a mismatch refuses to load.
+Instance kind decides the path: KIND_GPU runs the triton-language kernel on the instance's device with the
+index resident in GPU memory; KIND_CPU the blocked exact scan (or IVF).
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import sys
+
+# The embedded server's stub runs Python isolated (PYTHONPATH ignored): `widefunnel serve` names the
+# environment's site-packages here. Unset on NVIDIA's image, where packages are installed system-wide.
+for _path in filter(None, os.environ.get("WIDEFUNNEL_SITE", "").split(os.pathsep)):
+    if _path not in sys.path:
+        site.addsitedir(_path)
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from widefunnel.ann.index import IndexLoadError, load_index
+from widefunnel.ann.search import search
+
+_PARAMETERS = {"k", "max_k", "search", "nprobe", "tower_fingerprints", "emit_embeddings"}
+
+
+def parse_fingerprints(text: str) -> dict[str, str]:
+    """'1=abc;2=def' -> {'1': 'abc', '2': 'def'}: the expected tower fingerprint of each version."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        version, sep, fp = part.partition("=")
+        if not sep or not version.strip().isdigit() or not fp.strip():
+            raise ValueError(f"tower_fingerprints: malformed entry {part!r}; expected 'VERSION=FINGERPRINT'")
+        out[version.strip()] = fp.strip()
+    return out
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        self.name, version = config["name"], args["model_version"]
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        missing, unknown = _PARAMETERS - params.keys(), params.keys() - _PARAMETERS
+        if missing or unknown:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: parameters missing {sorted(missing)} / unknown {sorted(unknown)}")
+        try:
+            expected = parse_fingerprints(params["tower_fingerprints"])
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
+        if version not in expected:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: config parameter tower_fingerprints names no fingerprint for version {version}")
+        directory = os.path.join(args["model_repository"], version, "index")
+        try:
+            self.index = load_index(directory, expected_fingerprint=expected[version])
+        except (IndexLoadError, OSError) as exc:
+            raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing index: {exc}") from exc
+        self.k, self.max_k = int(params["k"]), int(params["max_k"])
+        self.mode = params["search"]
+        if self.mode not in ("exact", "ivf"):
+            raise pb_utils.TritonModelException(f"{self.name}: parameter search must be 'exact' or 'ivf'")
+        self.nprobe = int(params["nprobe"])
+        self.emit_embeddings = params["emit_embeddings"].lower() == "true"
+        self.fingerprint = np.int64(int(self.index.manifest["tower_fingerprint"], 16) & 0x7FFF_FFFF_FFFF_FFFF)
+        order = np.argsort(self.index.ids, kind="stable")
+        self._sorted_ids, self._rows_by_id = self.index.ids[order], order
+        self.gpu = None
+        if args.get("model_instance_kind") == "GPU":
+            import torch
+
+            device = f"cuda:{args['model_instance_device_id']}"  # not device 0: the instance's own GPU
+            self.gpu = (device, torch.from_numpy(np.ascontiguousarray(self.index.codes)).to(device),
+                        torch.from_numpy(np.ascontiguousarray(self.index.scales)).to(device))
+
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        return self._rows_by_id[np.searchsorted(self._sorted_ids, ids)]
+
+    def _gpu_search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None):
+        import torch
+        from widefunnel.ann.triton_kernel import gpu_search
+
+        device, codes, scales = self.gpu
+        ex = None if exclude is None else torch.from_numpy(exclude).to(device)
+        rows, scores = gpu_search(codes, scales, torch.from_numpy(queries).to(device), k, ex)
+        rows = rows.cpu().numpy()
+        return self.index.ids[rows], scores.cpu().numpy()
+
+    def _scalar(self, request, name: str, default: int, low: int, high: int) -> int | np.ndarray:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return default
+        values = tensor.as_numpy().ravel()
+        if values.size == 0 or np.any(values != values[0]):
+            raise ValueError(f"{name}: one value per request expected")
+        value = int(values[0])
+        if not low <= value <= high:
+            raise ValueError(f"{name}: must be within [{low}, {high}], got {value}")
+        return value
+
+    def _search(self, request) -> list:
+        queries = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()
+        k = self._scalar(request, "K", self.k, 1, self.max_k)
+        nprobe = self._scalar(request, "NPROBE", self.nprobe, 1, 1 << 20)
+        exclude_tensor = pb_utils.get_input_tensor_by_name(request, "EXCLUDE_ID")
+        exclude = None if exclude_tensor is None else exclude_tensor.as_numpy()[:, 0]
+        has_probe = pb_utils.get_input_tensor_by_name(request, "NPROBE") is not None
+        use_ivf = (self.mode == "ivf" or has_probe) and self.index.ivf is not None
+        if self.gpu is not None and not use_ivf:
+            ids, scores = self._gpu_search(queries, k, exclude)
+        else:
+            ids, scores = search(self.index, queries, k, exclude, nprobe if use_ivf else None)
+        outputs = [pb_utils.Tensor("CANDIDATE_ID", ids), pb_utils.Tensor("CANDIDATE_SCORE", scores),
+                   pb_utils.Tensor("FINGERPRINT", np.full((len(queries), 1), self.fingerprint, np.int64))]
+        if self.emit_embeddings:
+            rows = self._rows(ids)
+            codes, scales = self.index.codes[rows], self.index.scales[rows]
+            outputs.append(pb_utils.Tensor("CANDIDATE_EMB", (codes.astype(np.float32) * scales[..., None])))
+        return outputs
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(pb_utils.InferenceResponse(output_tensors=self._search(request)))
+            except ValueError as exc:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"{self.name}: {exc}", pb_utils.TritonError.INVALID_ARG)))
+        return responses

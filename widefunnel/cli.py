@@ -1,0 +1,182 @@
+"""`widefunnel` command line: build, serve, demo, query, stats (and the operations commands)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_REPOSITORY = Path("model_repository")
+DEMO_SEEDS = (1, 50, 181, 98, 423)  # Toy Story, Star Wars, Return of the Jedi, Silence of the Lambs, E.T.
+
+
+def _build(args: argparse.Namespace) -> int:
+    from widefunnel.builders.repository import build
+    from widefunnel.config import load_config
+    from widefunnel.model_configs import Target
+
+    cfg = load_config(args.config)
+    result = build(args.repository, cfg, Target(kind=args.target), args.version, progress=not args.quiet)
+    print(f"built version {result.version} (fingerprint {result.fingerprint}) of {result.repository} "
+          f"for target {args.target} in {result.seconds:.0f}s")
+    return 0
+
+
+def _print_endpoints(server) -> None:
+    print(f"HTTP    http://{server.http_url}")
+    print(f"gRPC    {server.grpc_url}")
+    print(f"metrics {server.metrics_url}", flush=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from widefunnel.runtime import Ports, ServerError, TritonServer
+
+    server = TritonServer(Path(args.repository), Ports(args.http_port, args.grpc_port, args.metrics_port),
+                          log_path=args.log)
+    try:
+        server.start()
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print_endpoints(server)
+    print("serving; Ctrl-C or SIGTERM stops", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if not server.alive():
+            print(f"error: tritonserver exited:\n{server.failure_reason()}", file=sys.stderr)
+            return 1
+    code = server.stop()
+    server.cleanup()
+    print(f"stopped (tritonserver exit code {code})")
+    return 0
+
+
+def format_recommendations(seeds, rec, titles: dict[int, str]) -> str:
+    lines = []
+    for b, seed in enumerate(seeds):
+        lines.append(f"\nseed {seed}: {titles.get(int(seed), '?')}   [build {rec.fingerprint[b]}]")
+        lines.append(f"  {'#':>2}  {'item':>5}  {'score':>7}  {'head':<10}  title")
+        for j, item in enumerate(rec.item_id[b]):
+            if item < 0:
+                continue
+            lines.append(f"  {j + 1:>2}  {item:>5}  {rec.score[b, j]:7.4f}  {rec.source_head[b, j]:<10}  "
+                         f"{titles.get(int(item), '?')}")
+    return "\n".join(lines)
+
+
+def _query(args: argparse.Namespace) -> int:
+    from widefunnel.client.client import WidefunnelClient, WidefunnelError
+    from widefunnel.data import load_catalogue
+
+    try:
+        with WidefunnelClient(args.url, args.protocol) as client:
+            rec = client.recommend(args.seeds, alpha=args.alpha, top_n=args.top_n)
+    except WidefunnelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"item_id": rec.item_id.tolist(), "score": rec.score.tolist(),
+                          "source_head": rec.source_head.tolist(), "fingerprint": rec.fingerprint}))
+    else:
+        print(format_recommendations(args.seeds, rec, load_catalogue().titles))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from widefunnel.client.client import WidefunnelClient
+
+    with WidefunnelClient(args.url, "http") as client:
+        stats = client.statistics(args.model or "")
+    print(f"{'model':<20} {'ver':>3} {'success':>8} {'fail':>6} {'queue us':>9} {'compute us':>11}")
+    for m in stats.get("model_stats", []):
+        s = m["inference_stats"]
+        n = max(int(s["success"]["count"]), 1)
+        queue = int(s["queue"]["ns"]) / n / 1e3
+        compute = sum(int(s[k]["ns"]) for k in ("compute_input", "compute_infer", "compute_output")) / n / 1e3
+        print(f"{m['name']:<20} {m['version']:>3} {s['success']['count']:>8} {s['fail']['count']:>6} "
+              f"{queue:9.0f} {compute:11.0f}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from widefunnel.client.client import WidefunnelClient
+    from widefunnel.data import SOURCE, load_catalogue
+    from widefunnel.runtime import TritonServer
+
+    repository = Path(args.repository)
+    if args.rebuild or not (repository / "widefunnel" / "config.pbtxt").exists():
+        print(f"building the model repository in {repository} from MovieLens-100K ({SOURCE})", flush=True)
+        rc = _build(argparse.Namespace(config=args.config, repository=repository, target="cpu", version=None,
+                                       quiet=False))
+        if rc:
+            return rc
+    titles = load_catalogue().titles
+    seeds = list(args.seeds)
+    print("starting tritonserver ...", flush=True)
+    with TritonServer(repository) as server:
+        _print_endpoints(server)
+        results = {}
+        for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+            with WidefunnelClient(url, protocol) as client:
+                results[protocol] = client.recommend(seeds, top_n=10)
+        http, grpc = results["http"], results["grpc"]
+        same = np.array_equal(http.item_id, grpc.item_id) and np.array_equal(http.score, grpc.score, equal_nan=True)
+        print(f"\nHTTP and gRPC answers identical: {same}")
+        print(format_recommendations(seeds, results["grpc"], titles))
+    return 0 if same else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="widefunnel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="train on MovieLens-100K and write a Triton model repository version")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--config", type=Path, default=None, help="TOML overriding widefunnel/default.toml")
+    p.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--version", type=int, default=None, help="version number (default: next)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_build)
+
+    p = sub.add_parser("serve", help="run the embedded tritonserver on a repository")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log", type=Path, default=None, help="server log file (default: a temporary file)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("demo", help="build (if needed), serve, query over HTTP and gRPC, print, stop")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(DEMO_SEEDS))
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("query", help="recommendations for seed item ids from a running server")
+    p.add_argument("seeds", type=int, nargs="+")
+    p.add_argument("--url", default="127.0.0.1:8000")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--top-n", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_query)
+
+    p = sub.add_parser("stats", help="per-model inference statistics from a running server")
+    p.add_argument("--url", default="127.0.0.1:8000")
+    p.add_argument("--model", default=None)
+    p.set_defaults(func=_stats)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""One config for a build: the packaged defaults (`default.toml`) overlaid by a user's TOML file."""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+Config = dict[str, Any]
+
+
+def default_config() -> Config:
+    return tomllib.loads(resources.files("widefunnel").joinpath("default.toml").read_text())
+
+
+def _overlay(base: Config, override: Config, path: str = "") -> Config:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        where = f"{path}{key}"
+        if key not in base:
+            raise KeyError(f"unknown config key '{where}'")
+        if isinstance(base[key], dict) and key != "weights":
+            if not isinstance(value, dict):
+                raise TypeError(f"config key '{where}' must be a table")
+            out[key] = _overlay(base[key], value, where + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: Path | None = None, overrides: Config | None = None) -> Config:
+    config = default_config()
+    if path is not None:
+        config = _overlay(config, tomllib.loads(Path(path).read_text()))
+    if overrides:
+        config = _overlay(config, overrides)
+    return config
+
+
+def config_digest(config: Config) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,137 @@
+"""MovieLens-100K, read from the `recbole` wheel (GroupLens; research use; Harper & Konstan, ACM TiiS 2015).
+
+Co-engagement pairs come from user histories: a positive engagement and the user's next few positives.
+Pairs are split by time, so evaluation pairs lie in the future of training pairs; items first seen after
+the split form the fresh-item (cold-start) slice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+
+SOURCE = "recbole==1.2.1: recbole/dataset_example/ml-100k (MovieLens-100K, GroupLens Research)"
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    item_ids: np.ndarray  # int64 [N], sorted; item id == row in feature tables (row 0 is padding)
+    titles: dict[int, str]
+    years: np.ndarray  # int64 [max_id + 1], 0 = unknown
+    genres: dict[int, tuple[str, ...]]
+    genre_names: tuple[str, ...]
+
+    @property
+    def table_size(self) -> int:
+        return int(self.item_ids.max()) + 1
+
+    def genre_matrix(self) -> np.ndarray:
+        """Multi-hot [max_id + 1, G] float32."""
+        index = {g: j for j, g in enumerate(self.genre_names)}
+        out = np.zeros((self.table_size, len(self.genre_names)), dtype=np.float32)
+        for item, gs in self.genres.items():
+            for g in gs:
+                out[item, index[g]] = 1.0
+        return out
+
+    def text(self, item: int) -> str:
+        year = int(self.years[item])
+        return f"{self.titles[item]} ({year if year else 'unknown year'}). Genres: {', '.join(self.genres[item])}."
+
+
+@dataclass(frozen=True)
+class Interactions:
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray
+
+
+@dataclass(frozen=True)
+class Pairs:
+    query: np.ndarray  # int64 item ids
+    target: np.ndarray
+    rating: np.ndarray  # the target's rating by that user (labels for liked / loved)
+    timestamp: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def take(self, mask: np.ndarray) -> Pairs:
+        return Pairs(self.query[mask], self.target[mask], self.rating[mask], self.timestamp[mask])
+
+
+def _read(name: str) -> list[dict[str, str]]:
+    path = resources.files("recbole").joinpath(f"dataset_example/ml-100k/ml-100k.{name}")
+    reader = csv.DictReader(io.StringIO(path.read_text(encoding="latin-1")), delimiter="\t")
+    return [{k.split(":")[0]: v for k, v in row.items()} for row in reader]
+
+
+@lru_cache(maxsize=1)
+def load_catalogue() -> Catalogue:
+    rows = _read("item")
+    ids = np.array(sorted(int(r["item_id"]) for r in rows), dtype=np.int64)
+    years = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+    titles, genres = {}, {}
+    for r in rows:
+        item = int(r["item_id"])
+        titles[item] = r["movie_title"].strip()
+        years[item] = int(r["release_year"]) if r["release_year"].strip().isdigit() else 0
+        genres[item] = tuple(r["class"].split()) or ("unknown",)
+    names = tuple(sorted({g for gs in genres.values() for g in gs}))
+    return Catalogue(ids, titles, years, genres, names)
+
+
+@lru_cache(maxsize=1)
+def load_interactions() -> Interactions:
+    rows = _read("inter")
+    cols = {k: np.array([float(r[k]) for r in rows]) for k in ("user_id", "item_id", "rating", "timestamp")}
+    return Interactions(
+        cols["user_id"].astype(np.int64),
+        cols["item_id"].astype(np.int64),
+        cols["rating"].astype(np.int64),
+        cols["timestamp"].astype(np.int64),
+    )
+
+
+def co_engagement_pairs(inter: Interactions, min_rating: int, window: int) -> Pairs:
+    """(query, target) for each positive and the same user's next `window` positives, both directions."""
+    keep = inter.ratings >= min_rating
+    users, items = inter.users[keep], inter.items[keep]
+    ratings, ts = inter.ratings[keep], inter.timestamps[keep]
+    order = np.lexsort((items, ts, users))
+    users, items, ratings, ts = users[order], items[order], ratings[order], ts[order]
+    q, t, r, s = [], [], [], []
+    for offset in range(1, window + 1):
+        same = users[offset:] == users[:-offset]
+        a, b = np.arange(len(users) - offset)[same], np.arange(offset, len(users))[same]
+        q += [items[a], items[b]]
+        t += [items[b], items[a]]
+        r += [ratings[b], ratings[a]]
+        s += [ts[b], ts[b]]
+    return Pairs(np.concatenate(q), np.concatenate(t), np.concatenate(r), np.concatenate(s))
+
+
+@dataclass(frozen=True)
+class Split:
+    train: Pairs
+    test: Pairs
+    split_time: int
+    fresh_items: np.ndarray  # items with no interaction before split_time
+    train_popularity: np.ndarray  # [table_size] counts of each item as a training target
+
+
+def time_split(pairs: Pairs, inter: Interactions, quantile: float, table_size: int) -> Split:
+    split_time = int(np.quantile(inter.timestamps, quantile))
+    train = pairs.take(pairs.timestamp <= split_time)
+    test = pairs.take(pairs.timestamp > split_time)
+    first_seen = np.full(table_size, np.iinfo(np.int64).max)
+    np.minimum.at(first_seen, inter.items, inter.timestamps)
+    fresh = np.flatnonzero((first_seen > split_time) & (first_seen < np.iinfo(np.int64).max))
+    popularity = np.bincount(train.target, minlength=table_size).astype(np.float64)
+    return Split(train, test, split_time, fresh.astype(np.int64), popularity)

@@ -1,0 +1,72 @@
+"""MTMH's alpha quota merge of the two heads' ranked lists, as a pure function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ENGAGEMENT, RELEVANCE = 0, 1
+HEAD_NAMES = ("engagement", "relevance")
+
+
+@dataclass(frozen=True)
+class Merged:
+    ids: np.ndarray  # int64 [n]
+    scores: np.ndarray  # float32 [n]
+    source: np.ndarray  # int8 [n]: ENGAGEMENT or RELEVANCE, the head whose quota took the item
+    positions: np.ndarray  # int64 [n]: index of the item in its source head's list
+
+
+def quota(alpha: float, top_n: int) -> int:
+    """Slots for the engagement head: round(alpha * N), halves rounded up (so alpha 0.5, N 5 gives 3)."""
+    return int(np.floor(alpha * top_n + 0.5))
+
+
+def _dedupe(ids: np.ndarray) -> np.ndarray:
+    """Positions of the first occurrence of each id, in list order."""
+    _, first = np.unique(ids, return_index=True)
+    return np.sort(first)
+
+
+def quota_merge(eng_ids: np.ndarray, eng_scores: np.ndarray, rel_ids: np.ndarray, rel_scores: np.ndarray,
+                alpha: float, top_n: int, sort_by_score: bool = True) -> Merged:
+    """Take round(alpha * N) from the engagement list and the rest from the relevance list, each in its own
+    order; an item found by both is kept once (counted to the engagement head); a head short of unique
+    items is backfilled from the other. Lists must be ranked best first. With `sort_by_score` the result is
+    stably sorted by score (both heads are scored by the same composite model, so each head's order is
+    kept); without it, quota order: engagement picks, relevance picks, then backfill."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if top_n < 1:
+        raise ValueError(f"top_n must be >= 1, got {top_n}")
+    lists = ((np.asarray(eng_ids), np.asarray(eng_scores)), (np.asarray(rel_ids), np.asarray(rel_scores)))
+    order = [_dedupe(ids) for ids, _ in lists]
+    want = [quota(alpha, top_n), top_n - quota(alpha, top_n)]
+    taken: set[int] = set()
+    cursor = [0, 0]
+    picks: list[tuple[int, int]] = []  # (head, position)
+
+    def take(head: int, count: int) -> None:
+        while count > 0 and cursor[head] < len(order[head]):
+            pos = order[head][cursor[head]]
+            cursor[head] += 1
+            item = int(lists[head][0][pos])
+            if item in taken:
+                continue
+            taken.add(item)
+            picks.append((head, pos))
+            count -= 1
+
+    take(ENGAGEMENT, want[ENGAGEMENT])
+    take(RELEVANCE, want[RELEVANCE])
+    for head in (ENGAGEMENT, RELEVANCE):  # backfill whatever is still missing
+        take(head, top_n - len(picks))
+    heads = np.array([h for h, _ in picks], dtype=np.int8)
+    pos = np.array([p for _, p in picks], dtype=np.int64)
+    ids = np.array([lists[h][0][p] for h, p in picks], dtype=np.int64)
+    scores = np.array([lists[h][1][p] for h, p in picks], dtype=np.float32)
+    if sort_by_score:
+        keep = np.argsort(-scores, kind="stable")
+        ids, scores, heads, pos = ids[keep], scores[keep], heads[keep], pos[keep]
+    return Merged(ids, scores, heads, pos)

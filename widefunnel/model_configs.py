@@ -1,0 +1,241 @@
+"""Triton model configs of the funnel, built as `model_config_pb2` messages (valid by construction) and
+written with `text_format`, so generated `config.pbtxt` files stay readable and diffable.
+
+Tensor naming: client-facing tensors lowercase, model tensors uppercase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+ENSEMBLE = "widefunnel"
+RETRIEVE_ENSEMBLE = "widefunnel_retrieve"
+SCORE_ENSEMBLE = "widefunnel_score"
+HEADS = ("engagement", "relevance")
+STEP_MODELS = ("preprocess", "query_tower", "ann_engagement", "ann_relevance", "rerank_engagement",
+               "rerank_relevance", "composite_scorer", "quota_merge")
+ENSEMBLES = (ENSEMBLE, RETRIEVE_ENSEMBLE, SCORE_ENSEMBLE)
+
+_TYPES = {"INT64": mc.TYPE_INT64, "INT32": mc.TYPE_INT32, "FP32": mc.TYPE_FP32, "BYTES": mc.TYPE_STRING}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass
+class Target:
+    """Where the repository will run: `cpu` (embedded server or NVIDIA's image on CPU) or `gpu`."""
+
+    kind: str = "cpu"
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 500
+    onnx_backend: str = "onnxruntime"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cpu", "gpu"):
+            raise ValueError(f"target must be 'cpu' or 'gpu', got {self.kind!r}")
+
+    @property
+    def instance_kind(self) -> int:
+        return mc.ModelInstanceGroup.KIND_GPU if self.kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+
+
+def _tensors(repeated, tensors: list[Tensor]) -> None:
+    for t in tensors:
+        entry = repeated.add(name=t.name, data_type=_TYPES[t.dtype], dims=list(t.dims))
+        if t.optional:
+            entry.optional = True
+
+
+def _model(name: str, backend: str, inputs: list[Tensor], outputs: list[Tensor], target: Target,
+           parameters: dict[str, str] | None = None, instances: int = 1, kind: int | None = None,
+           batching: bool = True) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, backend=backend, max_batch_size=target.max_batch_size)
+    config.version_policy.latest.num_versions = 1
+    _tensors(config.input, inputs)
+    _tensors(config.output, outputs)
+    config.instance_group.add(kind=target.instance_kind if kind is None else kind, count=instances)
+    if batching:
+        config.dynamic_batching.max_queue_delay_microseconds = target.max_queue_delay_us
+    for key, value in sorted((parameters or {}).items()):
+        config.parameters[key].string_value = str(value)
+    return config
+
+
+# Declared optional so that preprocess reports its absence by name: Triton 2.51's ensemble scheduler
+# answers a missing required input only with "unexpected deadlock".
+SEED = Tensor("seed_item_id", "INT64", (1,), optional=True)
+
+
+def preprocess_config(target: Target, tasks: int, parameters: dict[str, str]) -> mc.ModelConfig:
+    inputs = [SEED, Tensor("alpha", "FP32", (1,), True),
+              Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True),
+              Tensor("candidate_item_id", "INT64", (-1,), True)]
+    outputs = [Tensor("ITEM_ID", "INT64", (1,)), Tensor("ALPHA", "FP32", (1,)), Tensor("TOP_N", "INT32", (1,)),
+               Tensor("VALUE_WEIGHTS", "FP32", (tasks + 1,)), Tensor("CANDIDATE_ID", "INT64", (-1,))]
+    # Validation runs on the CPU wherever the rest runs.
+    return _model("preprocess", "python", inputs, outputs, target, parameters, kind=mc.ModelInstanceGroup.KIND_CPU)
+
+
+def query_tower_config(target: Target, dim: int) -> mc.ModelConfig:
+    return _model("query_tower", target.onnx_backend, [Tensor("ITEM_ID", "INT64", (1,))],
+                  [Tensor("EMB_ENGAGEMENT", "FP32", (dim,)), Tensor("EMB_RELEVANCE", "FP32", (dim,)),
+                   Tensor("FINGERPRINT", "INT64", (1,))], target)
+
+
+def ann_config(head: str, target: Target, dim: int, parameters: dict[str, str]) -> mc.ModelConfig:
+    inputs = [Tensor("QUERY", "FP32", (dim,)), Tensor("EXCLUDE_ID", "INT64", (1,), True),
+              Tensor("K", "INT32", (1,), True), Tensor("NPROBE", "INT32", (1,), True)]
+    outputs = [Tensor("CANDIDATE_ID", "INT64", (-1,)), Tensor("CANDIDATE_SCORE", "FP32", (-1,)),
+               Tensor("CANDIDATE_EMB", "FP32", (-1, dim)), Tensor("FINGERPRINT", "INT64", (1,))]
+    return _model(f"ann_{head}", "widefunnel_ann", inputs, outputs, target, parameters)
+
+
+def rerank_config(head: str, target: Target, dim: int) -> mc.ModelConfig:
+    inputs = [Tensor("QUERY", "FP32", (dim,)), Tensor("CANDIDATE_ID", "INT64", (-1,)),
+              Tensor("CANDIDATE_EMB", "FP32", (-1, dim))]
+    outputs = [Tensor("RERANK_ID", "INT64", (-1,)), Tensor("RERANK_SCORE", "FP32", (-1,)),
+               Tensor("FINGERPRINT", "INT64", (1,))]
+    return _model(f"rerank_{head}", target.onnx_backend, inputs, outputs, target)
+
+
+def scorer_config(target: Target, tasks: int, levels: int = 3) -> mc.ModelConfig:
+    inputs = [Tensor("ITEM_ID", "INT64", (1,)), Tensor("CANDIDATE_ID", "INT64", (-1,)),
+              Tensor("VALUE_WEIGHTS", "FP32", (tasks + 1,))]
+    outputs = [Tensor("TASK_PROBS", "FP32", (-1, tasks)), Tensor("RELEVANCE_PROBS", "FP32", (-1, levels - 1)),
+               Tensor("SCORE", "FP32", (-1,)), Tensor("FINGERPRINT", "INT64", (1,))]
+    return _model("composite_scorer", target.onnx_backend, inputs, outputs, target)
+
+
+FINGERPRINT_INPUTS = ("FP_TOWER", "FP_ANN_ENGAGEMENT", "FP_ANN_RELEVANCE", "FP_RERANK_ENGAGEMENT",
+                      "FP_RERANK_RELEVANCE", "FP_SCORER_ENGAGEMENT", "FP_SCORER_RELEVANCE")
+
+
+def merge_outputs(tasks: int) -> list[Tensor]:
+    return [Tensor("item_id", "INT64", (-1,)), Tensor("score", "FP32", (-1,)),
+            Tensor("source_head", "BYTES", (-1,)), Tensor("task_probs", "FP32", (-1, tasks)),
+            Tensor("fingerprint", "BYTES", (1,))]
+
+
+def merge_config(target: Target, tasks: int, parameters: dict[str, str]) -> mc.ModelConfig:
+    inputs = []
+    for prefix in ("ENG", "REL"):
+        inputs += [Tensor(f"{prefix}_ID", "INT64", (-1,)), Tensor(f"{prefix}_SCORE", "FP32", (-1,)),
+                   Tensor(f"{prefix}_PROBS", "FP32", (-1, tasks))]
+    inputs += [Tensor("ALPHA", "FP32", (1,)), Tensor("TOP_N", "INT32", (1,))]
+    inputs += [Tensor(n, "INT64", (1,)) for n in FINGERPRINT_INPUTS]
+    return _model("quota_merge", "python", inputs, merge_outputs(tasks), target, parameters,
+                  kind=mc.ModelInstanceGroup.KIND_CPU)
+
+
+def _step(config: mc.ModelConfig, model: str, version: int, inputs: dict[str, str],
+          outputs: dict[str, str]) -> None:
+    config.ensemble_scheduling.step.add(model_name=model, model_version=version, input_map=inputs,
+                                        output_map=outputs)
+
+
+def _ensemble(name: str, target: Target, inputs: list[Tensor], outputs: list[Tensor]) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=target.max_batch_size)
+    _tensors(config.input, inputs)
+    _tensors(config.output, outputs)
+    return config
+
+
+def _front(config: mc.ModelConfig, versions: dict[str, int], with_candidates: bool = False) -> None:
+    inputs = {"seed_item_id": "seed_item_id", "alpha": "alpha", "top_n": "top_n",
+              "value_weights": "value_weights"}
+    outputs = {"ITEM_ID": "_item_id", "ALPHA": "_alpha", "TOP_N": "_top_n", "VALUE_WEIGHTS": "_value_weights"}
+    if with_candidates:
+        inputs["candidate_item_id"] = "candidate_item_id"
+        outputs["CANDIDATE_ID"] = "_candidate_id"
+    _step(config, "preprocess", versions["preprocess"], inputs, outputs)
+
+
+def _client_inputs(tasks: int) -> list[Tensor]:
+    return [SEED, Tensor("alpha", "FP32", (1,), True),
+            Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True)]
+
+
+def _towers_and_ann(config: mc.ModelConfig, versions: dict[str, int], full: bool = True) -> None:
+    """Triton refuses ensembles with unused tensors, so retrieval-only maps just what it returns."""
+    tower_out = {"EMB_ENGAGEMENT": "_emb_engagement", "EMB_RELEVANCE": "_emb_relevance"}
+    _step(config, "query_tower", versions["query_tower"], {"ITEM_ID": "_item_id"},
+          tower_out | ({"FINGERPRINT": "_fp_tower"} if full else {}))
+    for head in HEADS:
+        outputs = {"CANDIDATE_ID": f"_ann_id_{head}", "CANDIDATE_EMB": f"_ann_emb_{head}",
+                   "FINGERPRINT": f"_fp_ann_{head}"} if full else \
+            {"CANDIDATE_ID": f"{head}_item_id", "CANDIDATE_SCORE": f"{head}_score"}
+        _step(config, f"ann_{head}", versions[f"ann_{head}"], {"QUERY": f"_emb_{head}", "EXCLUDE_ID": "_item_id"},
+              outputs)
+
+
+def ensemble_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.ModelConfig:
+    """seed ids -> towers -> ANN per head -> reranker per head -> composite scorer per head -> quota merge."""
+    config = _ensemble(ENSEMBLE, target, _client_inputs(tasks), merge_outputs(tasks))
+    _front(config, versions)
+    _towers_and_ann(config, versions)
+    for head in HEADS:
+        _step(config, f"rerank_{head}", versions[f"rerank_{head}"],
+              {"QUERY": f"_emb_{head}", "CANDIDATE_ID": f"_ann_id_{head}", "CANDIDATE_EMB": f"_ann_emb_{head}"},
+              {"RERANK_ID": f"_rerank_id_{head}", "FINGERPRINT": f"_fp_rerank_{head}"})
+        _step(config, "composite_scorer", versions["composite_scorer"],
+              {"ITEM_ID": "_item_id", "CANDIDATE_ID": f"_rerank_id_{head}", "VALUE_WEIGHTS": "_value_weights"},
+              {"TASK_PROBS": f"_probs_{head}", "SCORE": f"_score_{head}", "FINGERPRINT": f"_fp_scorer_{head}"})
+    merge_inputs = {"ALPHA": "_alpha", "TOP_N": "_top_n", "FP_TOWER": "_fp_tower"}
+    for prefix, head in (("ENG", "engagement"), ("REL", "relevance")):
+        merge_inputs |= {f"{prefix}_ID": f"_rerank_id_{head}", f"{prefix}_SCORE": f"_score_{head}",
+                         f"{prefix}_PROBS": f"_probs_{head}"}
+        merge_inputs |= {f"FP_{k}_{head.upper()}": f"_fp_{k.lower()}_{head}" for k in ("ANN", "RERANK", "SCORER")}
+    _step(config, "quota_merge", versions["quota_merge"], merge_inputs,
+          {t.name: t.name for t in merge_outputs(tasks)})
+    return config
+
+
+def retrieve_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.ModelConfig:
+    """Retrieval only (TFRS's second signature): each head's ANN candidates, no scoring."""
+    outputs = []
+    for head in HEADS:
+        outputs += [Tensor(f"{head}_item_id", "INT64", (-1,)), Tensor(f"{head}_score", "FP32", (-1,))]
+    config = _ensemble(RETRIEVE_ENSEMBLE, target, [SEED], outputs)
+    _step(config, "preprocess", versions["preprocess"], {"seed_item_id": "seed_item_id"},
+          {"ITEM_ID": "_item_id"})
+    _towers_and_ann(config, versions, full=False)
+    return config
+
+
+def score_config(target: Target, tasks: int, versions: dict[str, int], levels: int = 3) -> mc.ModelConfig:
+    """Scoring only: the composite scorer on (seed, given candidate ids)."""
+    inputs = [SEED, Tensor("candidate_item_id", "INT64", (-1,), True),
+              Tensor("value_weights", "FP32", (tasks + 1,), True)]
+    outputs = [Tensor("task_probs", "FP32", (-1, tasks)), Tensor("relevance_probs", "FP32", (-1, levels - 1)),
+               Tensor("score", "FP32", (-1,))]
+    config = _ensemble(SCORE_ENSEMBLE, target, inputs, outputs)
+    _step(config, "preprocess", versions["preprocess"],
+          {"seed_item_id": "seed_item_id", "value_weights": "value_weights", "candidate_item_id": "candidate_item_id"},
+          {"ITEM_ID": "_item_id", "VALUE_WEIGHTS": "_value_weights", "CANDIDATE_ID": "_candidate_id"})
+    _step(config, "composite_scorer", versions["composite_scorer"],
+          {"ITEM_ID": "_item_id", "CANDIDATE_ID": "_candidate_id", "VALUE_WEIGHTS": "_value_weights"},
+          {"TASK_PROBS": "task_probs", "RELEVANCE_PROBS": "relevance_probs", "SCORE": "score"})
+    return config
+
+
+def to_pbtxt(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def from_pbtxt(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def to_json(config: mc.ModelConfig) -> str:
+    """The JSON form the repository API's load call takes as a config override."""
+    return json_format.MessageToJson(config, preserving_proto_field_name=True)

@@ -1,0 +1,110 @@
+"""The funnel computed in one process from a repository's artifacts: onnxruntime on the same ONNX files,
+the same ANN and merge code. It is the parity reference for the served ensemble, and the "one process"
+baseline when measuring the ensemble's overhead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from widefunnel import model_configs as mcfg
+from widefunnel.ann.index import Int8Index, load_index
+from widefunnel.ann.search import search
+from widefunnel.merge import HEAD_NAMES, quota_merge
+from widefunnel.validation import RequestLimits, recommend_tensors, validate_request
+
+
+@dataclass
+class Recommendations:
+    item_id: np.ndarray  # [B, N] int64, -1 where fewer than N items exist
+    score: np.ndarray  # [B, N] float32
+    source_head: np.ndarray  # [B, N] str
+    task_probs: np.ndarray  # [B, N, T]
+    fingerprint: list[str]
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _pinned_versions(repository: Path) -> dict[str, int]:
+    config = mcfg.from_pbtxt((repository / mcfg.ENSEMBLE / "config.pbtxt").read_text())
+    return {s.model_name: s.model_version for s in config.ensemble_scheduling.step}
+
+
+def _parameters(repository: Path, model: str) -> dict[str, str]:
+    config = mcfg.from_pbtxt((repository / model / "config.pbtxt").read_text())
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
+class InProcessFunnel:
+    def __init__(self, repository: Path):
+        repository = Path(repository)
+        v = _pinned_versions(repository)
+        self.versions = v
+        pre = _parameters(repository, "preprocess")
+        self.limits = RequestLimits(
+            catalogue=np.sort(np.load(repository / "preprocess" / str(v["preprocess"]) / "catalogue.npy")),
+            default_alpha=float(pre["default_alpha"]), default_top_n=int(pre["default_top_n"]),
+            max_top_n=int(pre["max_top_n"]),
+            default_value_weights=np.array(json.loads(pre["default_value_weights"]), np.float32),
+            max_candidates=int(pre["max_candidates"]))
+        self.tower = _session(repository / "query_tower" / str(v["query_tower"]) / "model.onnx")
+        self.scorer = _session(repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx")
+        self.indexes: dict[str, Int8Index] = {}
+        self.rerankers: dict[str, ort.InferenceSession] = {}
+        self.ann_params: dict[str, dict[str, str]] = {}
+        for head in mcfg.HEADS:
+            self.indexes[head] = load_index(repository / f"ann_{head}" / str(v[f"ann_{head}"]) / "index")
+            self.rerankers[head] = _session(repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx")
+            self.ann_params[head] = _parameters(repository, f"ann_{head}")
+
+    def retrieve(self, item_id: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per head: (candidate ids, ANN scores, dequantised candidate embeddings) for [B, 1] seeds."""
+        emb = dict(zip(mcfg.HEADS, self.tower.run(["EMB_ENGAGEMENT", "EMB_RELEVANCE"], {"ITEM_ID": item_id})))
+        out = {}
+        for head in mcfg.HEADS:
+            index, params = self.indexes[head], self.ann_params[head]
+            nprobe = int(params["nprobe"]) if params["search"] == "ivf" else None
+            ids, scores = search(index, emb[head], int(params["k"]), item_id[:, 0], nprobe)
+            order = np.argsort(index.ids, kind="stable")
+            rows = order[np.searchsorted(index.ids[order], ids)]
+            out[head] = (ids, scores, index.codes[rows].astype(np.float32) * index.scales[rows][..., None], emb[head])
+        return out
+
+    def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None) -> Recommendations:
+        req = validate_request(self.limits, **recommend_tensors(seed_item_id, alpha, top_n, value_weights))
+        heads = {}
+        for head, (ids, _, cand_emb, query) in self.retrieve(req.item_id).items():
+            kept, _ = self.rerankers[head].run(["RERANK_ID", "RERANK_SCORE"],
+                                               {"QUERY": query, "CANDIDATE_ID": ids, "CANDIDATE_EMB": cand_emb})
+            probs, score = self.scorer.run(["TASK_PROBS", "SCORE"], {
+                "ITEM_ID": req.item_id, "CANDIDATE_ID": kept, "VALUE_WEIGHTS": req.value_weights})
+            heads[head] = (kept, score, probs)
+        batch, width = len(req.item_id), int(req.top_n.max())
+        tasks = heads["engagement"][2].shape[-1]
+        result = Recommendations(np.full((batch, width), -1, np.int64), np.full((batch, width), np.nan, np.float32),
+                                 np.full((batch, width), "", dtype=object),
+                                 np.full((batch, width, tasks), np.nan, np.float32), [])
+        for b in range(batch):
+            ranked = {}
+            for head, (kept, score, probs) in heads.items():
+                order = np.argsort(-score[b], kind="stable")
+                ranked[head] = (kept[b][order], score[b][order], probs[b][order])
+            m = quota_merge(*ranked["engagement"][:2], *ranked["relevance"][:2],
+                            float(req.alpha[b, 0]), int(req.top_n[b, 0]))
+            n = len(m.ids)
+            result.item_id[b, :n], result.score[b, :n] = m.ids, m.scores
+            result.source_head[b, :n] = [HEAD_NAMES[h] for h in m.source]
+            for j, (h, pos) in enumerate(zip(m.source, m.positions)):
+                result.task_probs[b, j] = ranked[HEAD_NAMES[h]][2][pos]
+        fp = self.indexes["engagement"].manifest["tower_fingerprint"]
+        result.fingerprint = [fp] * batch
+        return result
