@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from widefunnel.builders import gpu
 from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
 from widefunnel.builders.train import HEADS, TrainedFunnel, TrainingData, train_funnel, value_weights
 
@@ -75,9 +76,23 @@ class VersionWriter:
             os.rename(path, final)
 
 
-def _step_config(config, keep_all_versions: bool = True):
+def _step_config(config):
     config.version_policy.Clear()
     config.version_policy.all.SetInParent()
+    return config
+
+
+ONNX_STAGES = ("query_tower", "rerank_engagement", "rerank_relevance", "composite_scorer")
+
+
+def for_target(name: str, config, target: mcfg.Target, engines: bool):
+    """CPU configs as they are; on GPU, ONNX stages become TensorRT plans (or ORT+TensorRT fallback)."""
+    if target.kind != "gpu":
+        return config
+    if name in ONNX_STAGES:
+        return gpu.tensorrt_plan(config) if engines else gpu.onnx_on_gpu(config)
+    if name.startswith("ann_"):
+        return gpu.ann_on_gpu(config)
     return config
 
 
@@ -102,7 +117,7 @@ def _ann_parameters(repository: Path, head: str, version: int, fingerprint: str,
 
 
 def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int, fingerprint: str,
-                 dim: int) -> dict[str, object]:
+                 dim: int, engines: bool = False) -> dict[str, object]:
     tasks = len(cfg["scorer"]["tasks"])
     mcf = cfg["merge"]
     preprocess_params = {
@@ -120,7 +135,26 @@ def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int,
         configs[f"ann_{head}"] = mcfg.ann_config(head, target, dim,
                                                  _ann_parameters(repository, head, version, fingerprint, cfg))
         configs[f"rerank_{head}"] = mcfg.rerank_config(head, target, dim)
-    return {name: _step_config(c) for name, c in configs.items()}
+    return {name: _step_config(for_target(name, c, target, engines)) for name, c in configs.items()}
+
+
+def build_engines(writer: VersionWriter, cfg: dict, target: mcfg.Target, dim: int, log=print) -> bool:
+    """TensorRT plans beside each ONNX file when this machine can build them; says why not otherwise."""
+    if target.kind != "gpu":
+        return False
+    reason = gpu.tensorrt_unavailable_reason()
+    if reason:
+        log(f"TensorRT engines skipped: {reason}. GPU configs use the ONNX fallback (native onnxruntime "
+            f"backend with the TensorRT accelerator, FP16); rebuild on a GPU host for model.plan files.")
+        return False
+    profiles = gpu.stage_profiles(target.max_batch_size, dim, cfg["ann"]["k"], 4096, cfg["rerank"]["keep"],
+                                  len(cfg["scorer"]["tasks"]))
+    for name in ONNX_STAGES:
+        folder = writer.folder(name)
+        stage = "rerank" if name.startswith("rerank") else name
+        gpu.build_engine(folder / "model.onnx", folder / "model.plan", profiles[stage])
+        log(f"TensorRT engine built: {name}/model.plan (FP16)")
+    return True
 
 
 def ensemble_configs(cfg: dict, target: mcfg.Target, version: int) -> dict[str, object]:
@@ -160,8 +194,9 @@ def write_repository(repository: Path, funnel: TrainedFunnel, data: TrainingData
     dim = funnel.tables[0].shape[1]
     writer = VersionWriter(repository, version)
     write_artifacts(writer, funnel, data, cfg, fingerprint)
+    engines = build_engines(writer, cfg, target, dim)
     # 1. step configs (ANN now also expects this version's fingerprint), 2. version folders, 3. ensembles.
-    for name, config in step_configs(repository, cfg, target, version, fingerprint, dim).items():
+    for name, config in step_configs(repository, cfg, target, version, fingerprint, dim, engines).items():
         _atomic_write(repository / name / "config.pbtxt", mcfg.to_pbtxt(config))
     writer.commit()
     for name, config in ensemble_configs(cfg, target, version).items():

@@ -27,6 +27,7 @@ from widefunnel.ann.index import IndexLoadError, load_index
 from widefunnel.ann.search import search
 
 _PARAMETERS = {"k", "max_k", "search", "nprobe", "tower_fingerprints", "emit_embeddings"}
+_PYTHON_BACKEND_PARAMETERS = {"FORCE_CPU_ONLY_INPUT_TENSORS"}  # read by the Python backend itself
 
 
 def parse_fingerprints(text: str) -> dict[str, str]:
@@ -45,7 +46,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.name, version = config["name"], args["model_version"]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        missing, unknown = _PARAMETERS - params.keys(), params.keys() - _PARAMETERS
+        missing, unknown = _PARAMETERS - params.keys(), params.keys() - _PARAMETERS - _PYTHON_BACKEND_PARAMETERS
         if missing or unknown:
             raise pb_utils.TritonModelException(
                 f"{self.name}: parameters missing {sorted(missing)} / unknown {sorted(unknown)}")
@@ -74,28 +75,58 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU":
             import torch
 
-            device = f"cuda:{args['model_instance_device_id']}"  # not device 0: the instance's own GPU
-            self.gpu = (device, torch.from_numpy(np.ascontiguousarray(self.index.codes)).to(device),
-                        torch.from_numpy(np.ascontiguousarray(self.index.scales)).to(device))
+            device = f"cuda:{args['model_instance_device_id']}"  # the instance's own GPU, not device 0
+            self.gpu = {
+                "device": device,
+                "codes": torch.from_numpy(np.ascontiguousarray(self.index.codes)).to(device),
+                "scales": torch.from_numpy(np.ascontiguousarray(self.index.scales)).to(device),
+                "ids": torch.from_numpy(self.index.ids).to(device),
+                "sorted_ids": torch.from_numpy(self._sorted_ids).to(device),
+                "rows_by_id": torch.from_numpy(self._rows_by_id).to(device),
+            }
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
         return self._rows_by_id[np.searchsorted(self._sorted_ids, ids)]
 
-    def _gpu_search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None):
+    @staticmethod
+    def _numpy(tensor) -> np.ndarray:
+        """Inputs may arrive on the GPU when FORCE_CPU_ONLY_INPUT_TENSORS is "no"."""
+        if tensor.is_cpu():
+            return tensor.as_numpy()
+        import torch.utils.dlpack
+
+        return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu().numpy()
+
+    def _gpu_search(self, request, k: int) -> list:
+        """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step."""
         import torch
+        import torch.utils.dlpack as dl
         from widefunnel.ann.triton_kernel import gpu_search
 
-        device, codes, scales = self.gpu
-        ex = None if exclude is None else torch.from_numpy(exclude).to(device)
-        rows, scores = gpu_search(codes, scales, torch.from_numpy(queries).to(device), k, ex)
-        rows = rows.cpu().numpy()
-        return self.index.ids[rows], scores.cpu().numpy()
+        g = self.gpu
+        query = pb_utils.get_input_tensor_by_name(request, "QUERY")
+        q = query.as_numpy() if query.is_cpu() else dl.from_dlpack(query.to_dlpack())
+        q = torch.as_tensor(q, device=g["device"]).float()
+        exclude_rows = None
+        ex = pb_utils.get_input_tensor_by_name(request, "EXCLUDE_ID")
+        if ex is not None:
+            ex_ids = torch.as_tensor(self._numpy(ex)[:, 0], device=g["device"])
+            pos = torch.searchsorted(g["sorted_ids"], ex_ids).clamp(max=len(g["sorted_ids"]) - 1)
+            exclude_rows = torch.where(g["sorted_ids"][pos] == ex_ids, g["rows_by_id"][pos], -1)
+        rows, scores = gpu_search(g["codes"], g["scales"], q, k, exclude_rows)
+        safe = rows.clamp(min=0)
+        ids = torch.where(rows >= 0, g["ids"][safe], -1)
+        fp = torch.full((q.shape[0], 1), int(self.fingerprint), dtype=torch.int64, device=g["device"])
+        outputs = [("CANDIDATE_ID", ids), ("CANDIDATE_SCORE", scores.float()), ("FINGERPRINT", fp)]
+        if self.emit_embeddings:
+            outputs.append(("CANDIDATE_EMB", g["codes"][safe].float() * g["scales"][safe][..., None]))
+        return [pb_utils.Tensor.from_dlpack(n, dl.to_dlpack(t.contiguous())) for n, t in outputs]
 
     def _scalar(self, request, name: str, default: int, low: int, high: int) -> int | np.ndarray:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
             return default
-        values = tensor.as_numpy().ravel()
+        values = self._numpy(tensor).ravel()
         if values.size == 0 or np.any(values != values[0]):
             raise ValueError(f"{name}: one value per request expected")
         value = int(values[0])
@@ -104,17 +135,16 @@ class TritonPythonModel:
         return value
 
     def _search(self, request) -> list:
-        queries = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()
         k = self._scalar(request, "K", self.k, 1, self.max_k)
         nprobe = self._scalar(request, "NPROBE", self.nprobe, 1, 1 << 20)
-        exclude_tensor = pb_utils.get_input_tensor_by_name(request, "EXCLUDE_ID")
-        exclude = None if exclude_tensor is None else exclude_tensor.as_numpy()[:, 0]
         has_probe = pb_utils.get_input_tensor_by_name(request, "NPROBE") is not None
         use_ivf = (self.mode == "ivf" or has_probe) and self.index.ivf is not None
         if self.gpu is not None and not use_ivf:
-            ids, scores = self._gpu_search(queries, k, exclude)
-        else:
-            ids, scores = search(self.index, queries, k, exclude, nprobe if use_ivf else None)
+            return self._gpu_search(request, k)
+        queries = self._numpy(pb_utils.get_input_tensor_by_name(request, "QUERY"))
+        exclude_tensor = pb_utils.get_input_tensor_by_name(request, "EXCLUDE_ID")
+        exclude = None if exclude_tensor is None else self._numpy(exclude_tensor)[:, 0]
+        ids, scores = search(self.index, queries, k, exclude, nprobe if use_ivf else None)
         outputs = [pb_utils.Tensor("CANDIDATE_ID", ids), pb_utils.Tensor("CANDIDATE_SCORE", scores),
                    pb_utils.Tensor("FINGERPRINT", np.full((len(queries), 1), self.fingerprint, np.int64))]
         if self.emit_embeddings:

@@ -165,6 +165,9 @@ def prepare_index(index: Int8Index) -> dict:
     cache["scales_pad_t"] = torch.from_numpy(np.concatenate([scales, np.ones(-n % CHUNK, np.float32)]))
     order = np.argsort(index.ids, kind="stable")
     cache["ids_order"], cache["ids_sorted"] = order, index.ids[order]
+    sample = np.unique(np.linspace(0, n - 1, max(1, min(n, n // 16))).astype(np.int64))
+    cache["sample_codes_t"] = torch.from_numpy(np.ascontiguousarray(index.codes[sample]))
+    cache["sample_scales_t"] = torch.from_numpy(scales[sample])
     if index.ivf is not None:
         ccodes, cscales = quantize_rows(index.ivf.centroids)
         cache["centroid_codes_t"] = torch.from_numpy(ccodes)
@@ -205,16 +208,19 @@ class _Reservoir:
 
     SLACK = 4096
 
-    def __init__(self, first: torch.Tensor, kk: int, qs: torch.Tensor):
-        b, w = first.shape
+    def __init__(self, b: int, kk: int, qs: torch.Tensor, thr: torch.Tensor, width: int = 0):
         self.kk, self.qs = kk, qs
-        self.cap = max(2 * kk + self.SLACK, w)
+        self.cap = max(2 * kk + self.SLACK, width)
         self.buf = torch.full((b, self.cap), INT64_MIN, dtype=torch.int64)
-        self.buf[:, :w] = first
-        self.fill = torch.full((b,), w, dtype=torch.int64)
-        self.thr = torch.full((b,), -float("inf"))
-        self.t_low = torch.full((b,), -float("inf"))
-        self.compact(torch.arange(b))
+        self.fill = torch.zeros(b, dtype=torch.int64)
+        self.thr = thr.clone()
+        self.t_low = _t_low(self.thr, qs)
+
+    def seed(self, keys: torch.Tensor) -> None:
+        """Take a whole first block (every row a candidate) and derive the first thresholds from it."""
+        self.buf[:, :keys.shape[1]] = keys
+        self.fill[:] = keys.shape[1]
+        self.compact(torch.arange(keys.shape[0]))
 
     def add(self, qb: torch.Tensor, keys: torch.Tensor) -> None:
         if qb.numel() == 0:
@@ -257,7 +263,7 @@ class _Reservoir:
         self.t_low[rows] = _t_low(self.thr[rows], self.qs[rows])
 
     def result(self, k_out: int) -> torch.Tensor:
-        return select_top(self.buf[:, :int(self.fill.max())], k_out)
+        return select_top(self.buf[:, :max(int(self.fill.max()), k_out)], k_out)
 
 
 def _pad_to_chunks(dot: torch.Tensor) -> torch.Tensor:
@@ -269,24 +275,47 @@ def _pad_to_chunks(dot: torch.Tensor) -> torch.Tensor:
     return torch.cat([dot, torch.full((dot.shape[0], extra), low, dtype=dot.dtype)], dim=1)
 
 
+def _dot_thresholds(t_low: torch.Tensor, smax: torch.Tensor, smin: torch.Tensor, dtype: torch.dtype
+                    ) -> torch.Tensor:
+    """Per (query, 64-row chunk) integer bound T: a row can only beat the query's threshold if dot >= T.
+
+    From fl(dot * s_i) >= t_low (with a 1e-6 relative margin for rounding) and s_i in [smin, smax] of the
+    chunk. Comparing raw int32 dot products against T avoids a float pass over the whole block.
+    """
+    u = t_low.double()[:, None]
+    u = torch.where(torch.isfinite(u), u - u.abs() * 1e-6 - 1e-300, u)
+    t = torch.floor(torch.where(u >= 0, u / smax.double(), u / smin.double()))
+    return t.clamp_(-(2.0**30), 2.0**30).to(dtype)
+
+
+def _mask_positions(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nonzero of a sparse bool [M, 64] mask, scanning it as int64 words (8x fewer elements) first."""
+    words = torch.nonzero(hit.view(torch.int64).view(-1)).squeeze(1)
+    wi, bit = torch.nonzero(hit.view(-1, 8).index_select(0, words), as_tuple=True)
+    pos = words[wi] * 8 + bit
+    return pos // CHUNK, pos % CHUNK
+
+
 def _sparse_block(dot: torch.Tensor, r0: int, cache: dict, qs: torch.Tensor, excl: torch.Tensor,
                   res: _Reservoir) -> None:
-    """Thresholded phase: bound each 64-row chunk, rescore only chunks that may beat the query's k-th key."""
+    """Thresholded phase: only 64-row chunks whose max dot reaches the query's bound T are looked into, and
+    inside them only rows with dot >= T are scored exactly and offered to the reservoir."""
     r = dot.shape[1]
     dot = _pad_to_chunks(dot)
     b, nc, c0 = dot.shape[0], dot.shape[1] // CHUNK, r0 // CHUNK
     d3 = dot.view(b, nc, CHUNK)
-    dmax = d3.amax(dim=2).float()
-    ub = torch.where(dmax >= 0, dmax * cache["chunk_smax_t"][c0:c0 + nc], dmax * cache["chunk_smin_t"][c0:c0 + nc])
-    bi, ci = torch.nonzero(ub >= res.t_low[:, None], as_tuple=True)
+    bound = _dot_thresholds(res.t_low, cache["chunk_smax_t"][c0:c0 + nc], cache["chunk_smin_t"][c0:c0 + nc],
+                            dot.dtype)
+    bi, ci = torch.nonzero(d3.amax(dim=2) >= bound, as_tuple=True)
     if bi.numel() == 0:
         return
-    item_scales = cache["scales_pad_t"][r0:r0 + nc * CHUNK].view(nc, CHUNK).index_select(0, ci)
-    s = scores_from_dot(d3.view(b * nc, CHUNK).index_select(0, bi * nc + ci), item_scales, qs[bi][:, None])
-    mb, mc = torch.nonzero(s > res.thr[bi][:, None], as_tuple=True)
-    qb, rows, vals = bi[mb], ci[mb] * CHUNK + mc + r0, s[mb, mc]
-    keep = (rows < r0 + r) & (rows != excl[qb])
-    res.add(qb[keep], make_keys(vals[keep], rows[keep]))
+    flat = bi * nc + ci
+    g = d3.view(b * nc, CHUNK).index_select(0, flat)
+    m, col = _mask_positions(g >= bound.view(-1).index_select(0, flat)[:, None])
+    qb, rows = bi[m], ci[m] * CHUNK + col + r0
+    s = scores_from_dot(g[m, col], cache["scales_pad_t"][rows], qs[qb])
+    keep = (s > res.thr[qb]) & (rows < r0 + r) & (rows != excl[qb])
+    res.add(qb[keep], make_keys(s[keep], rows[keep]))
 
 
 def _block_keys(dot: torch.Tensor, r0: int, cache: dict, qs: torch.Tensor, excl: torch.Tensor) -> torch.Tensor:
@@ -300,9 +329,11 @@ def _block_keys(dot: torch.Tensor, r0: int, cache: dict, qs: torch.Tensor, excl:
     return keys
 
 
-def _schedule(n: int, kk: int, block: int) -> list[tuple[int, int]]:
-    """Row blocks: a first block of ~k rows scored densely (seeds every threshold), then blocks that double
-    up to ``block`` rows, so early loose thresholds only ever see small blocks. Starts are 64-aligned."""
+def _schedule(n: int, kk: int, block: int, ramp: bool) -> list[tuple[int, int]]:
+    """Row blocks (64-aligned starts). With ``ramp``: a first block of ~k rows scored densely (it seeds every
+    threshold), then blocks that double up to ``block`` rows, so early loose thresholds only see small blocks."""
+    if not ramp:
+        return [(r0, min(n, r0 + block)) for r0 in range(0, n, block)]
     first = min(n, -(-max(kk, CHUNK) // CHUNK) * CHUNK)
     out, r0 = [(0, first)], first
     while r0 < n:
@@ -312,19 +343,40 @@ def _schedule(n: int, kk: int, block: int) -> list[tuple[int, int]]:
     return out
 
 
+def _estimate_thresholds(cache: dict, qc: torch.Tensor, qs: torch.Tensor, kk: int) -> torch.Tensor | None:
+    """Guess each query's final k-th score from a strided row sample (rows are scale-sorted, so the sample is
+    stratified): a score that ~1.25 k rows are expected to beat. Only a guess: a query that ends with fewer
+    than k keys above it is rescanned with the safe schedule. None when k is too small for a useful sample."""
+    n, m = cache["codes_t"].shape[0], cache["sample_codes_t"].shape[0]
+    expect = kk * m / n
+    if expect < 32 or n < 16 * kk:
+        return None
+    j = int(expect * 1.25 + 4 * expect**0.5 + 8)
+    s = scores_from_dot(int_dot(qc, cache["sample_codes_t"]), cache["sample_scales_t"], qs[:, None])
+    return torch.kthvalue(s, m - j + 1, dim=1).values
+
+
 def scan_keys(cache: dict, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tensor, k: int,
-              block_rows: int) -> torch.Tensor:
-    """Core blocked scan over all rows -> sorted keys [b, min(k, N)]. Torch-only, so it also serves as the
-    GPU fallback when given device tensors (``cache`` needs codes_t/scales_t/chunk_smax_t/chunk_smin_t)."""
+              block_rows: int, estimate: bool = True) -> torch.Tensor:
+    """Core blocked scan over all rows -> sorted keys [b, min(k, N)] (CPU tensors)."""
     codes_t = cache["codes_t"]
-    n = codes_t.shape[0]
+    n, b = codes_t.shape[0], qc.shape[0]
     kk = min(k, n)
-    sched = _schedule(n, kk, _block_rows(qc.shape[0], block_rows))
-    r0, r1 = sched[0]
-    res = _Reservoir(_block_keys(int_dot(qc, codes_t[r0:r1]), r0, cache, qs, excl), kk, qs)
-    for r0, r1 in sched[1:]:
+    guess = _estimate_thresholds(cache, qc, qs, kk) if estimate else None
+    sched = _schedule(n, kk, _block_rows(b, block_rows), ramp=guess is None)
+    if guess is None:
+        r0, r1 = sched.pop(0)
+        res = _Reservoir(b, kk, qs, torch.full((b,), -float("inf")), width=r1 - r0)
+        res.seed(_block_keys(int_dot(qc, codes_t[r0:r1]), r0, cache, qs, excl))
+    else:
+        res = _Reservoir(b, kk, qs, guess)
+    for r0, r1 in sched:
         _sparse_block(int_dot(qc, codes_t[r0:r1]), r0, cache, qs, excl, res)
-    return res.result(kk)
+    keys = res.result(kk)
+    short = torch.nonzero(res.fill < kk).squeeze(1)
+    if guess is not None and short.numel():  # the guess was too high for these queries: redo them safely
+        keys[short] = scan_keys(cache, qc[short], qs[short], excl[short], k, block_rows, estimate=False)
+    return keys
 
 
 def _prepare_queries(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None
