@@ -17,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -122,6 +123,81 @@ def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def stub_processes(server_pid: int) -> dict[int, tuple[str, str]]:
+    """pid -> (model, version) of each Python-backend stub the server runs (its argv names the model file)."""
+    out = {}
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children")
+    try:
+        pids = [int(p) for p in children.read_text().split()]
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 1:
+            model_file = Path(argv[1].decode(errors="replace"))
+            out[pid] = (model_file.parent.parent.name, model_file.parent.name)
+    return out
+
+
+def process_dead(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+class StubSupervisor(threading.Thread):
+    """Restarts a model whose Python stub died (OOM kill, segfault).
+
+    Triton 2.51 keeps reporting such a model ready and fails every request with "Stub process ... is not
+    healthy" (server #7230); unloading and loading the model starts a fresh stub. A stub that exits because
+    its model was unloaded on purpose (a swap) is left alone: only models still READY are restarted."""
+
+    def __init__(self, server: TritonServer, interval: float = 0.5):
+        super().__init__(daemon=True, name="widefunnel-stub-supervisor")
+        self.server, self.interval = server, interval
+        self.stopped = threading.Event()
+        self.restarts: list[str] = []
+
+    def _ready(self, client, model: str, version: str) -> bool:
+        try:
+            return any(m.get("name") == model and m.get("version") == version and m.get("state") == "READY"
+                       for m in client.get_model_repository_index())
+        except Exception:
+            return False
+
+    def run(self) -> None:
+        import tritonclient.http as httpclient
+
+        proc = self.server.process
+        known = stub_processes(proc.pid) if proc is not None else {}
+        client = httpclient.InferenceServerClient(self.server.http_url)
+        while not self.stopped.wait(self.interval):
+            proc = self.server.process
+            if proc is None or proc.poll() is not None:
+                break
+            current = stub_processes(proc.pid)
+            # a reload (e.g. a swap staging versions) replaces a stub: gone, but its (model, version) still has
+            # as many live stubs as before, so it did not die
+            live = [mv for pid, mv in current.items() if not process_dead(pid)]
+            dead = {pid: mv for pid, mv in known.items() if (pid not in current or process_dead(pid))
+                    and live.count(mv) < list(known.values()).count(mv)}
+            for model in sorted({m for m, v in dead.values() if self._ready(client, m, v)}):
+                print(f"widefunnel: the Python stub of model '{model}' died; restarting the model", file=sys.stderr)
+                try:
+                    client.unload_model(model)
+                    client.load_model(model)
+                    self.restarts.append(model)
+                except Exception as exc:  # the next round tries again
+                    print(f"widefunnel: restarting '{model}' failed: {exc}", file=sys.stderr)
+            known = {pid: mv for pid, mv in stub_processes(proc.pid).items() if not process_dead(pid)}
+        client.close()
+
+
 @dataclass
 class TritonServer:
     """A running `tritonserver` child process; use as a context manager or call start()/stop()."""
@@ -133,7 +209,9 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 180.0
+    supervise_stubs: bool = True
     process: subprocess.Popen | None = None
+    supervisor: StubSupervisor | None = None
     _workdir: Path | None = None
 
     @property
@@ -194,6 +272,9 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        if self.supervise_stubs:
+            self.supervisor = StubSupervisor(self)
+            self.supervisor.start()
         return self
 
     def log_text(self) -> str:
@@ -237,6 +318,9 @@ class TritonServer:
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGINT lets Triton drain in-flight requests; SIGKILL only if it hangs."""
         proc, self.process = self.process, None
+        if self.supervisor is not None:
+            self.supervisor.stopped.set()
+            self.supervisor = None
         code = None
         if proc is not None:
             if proc.poll() is None:
@@ -255,6 +339,9 @@ class TritonServer:
 
     def kill(self) -> None:
         """Simulate a crash (SIGKILL to the whole group, stubs included)."""
+        if self.supervisor is not None:
+            self.supervisor.stopped.set()
+            self.supervisor = None
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
