@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
 
 OPSET = 17

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from widefunnel.builders import gpu
-from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
-from widefunnel.builders.train import HEADS, TrainedFunnel, TrainingData, train_funnel, value_weights
 
 from widefunnel import model_configs as mcfg
 from widefunnel.ann.index import save_index
+from widefunnel.builders import gpu
+from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
+from widefunnel.builders.train import HEADS, TrainedFunnel, TrainingData, train_funnel, value_weights
 from widefunnel.runtime import plugins_dir
 
 BUILDS_FILE = "builds.json"

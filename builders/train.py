@@ -8,11 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
-from widefunnel.builders.teacher import teacher_embeddings
 
 from widefunnel.ann.index import Int8Index, build_index
 from widefunnel.ann.search import exact_search
+from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
+from widefunnel.builders.teacher import teacher_embeddings
 from widefunnel.data import (
     Catalogue,
     Interactions,

@@ -7,10 +7,10 @@ import shutil
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
-from widefunnel.builders import gpu
-from widefunnel.builders.repository import ONNX_STAGES, VersionWriter, build_engines, step_configs
 
 from widefunnel import model_configs as mcfg
+from widefunnel.builders import gpu
+from widefunnel.builders.repository import ONNX_STAGES, VersionWriter, build_engines, step_configs
 from widefunnel.model_configs import Target
 
 

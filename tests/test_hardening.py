@@ -14,11 +14,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
-from widefunnel.builders import repository as repo_mod
-from widefunnel.client.client import AsyncWidefunnelClient, WidefunnelClient, build_inputs
 
 from widefunnel import model_configs as mcfg
-from widefunnel.runtime import TritonServer
+from widefunnel.builders import repository as repo_mod
+from widefunnel.client.client import AsyncWidefunnelClient, WidefunnelClient, build_inputs
+from widefunnel.runtime import TritonServer, tree_rss_kib
 
 SEEDS = [1, 50, 181]
 FIELDS = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id", "K", "QUERY", "NPROBE",
@@ -88,20 +88,6 @@ def test_fuzz_1000_malformed_requests_over_http_and_grpc(server):
         assert np.array_equal(before.score, after.score)
 
 
-def _rss_kib(pid: int) -> int:
-    """Resident memory of a process and its children (the Python stubs)."""
-    total = 0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
-
-
 def test_bounded_soak_has_no_failures_and_bounded_memory(server):
     """Concurrency 16 for a bounded time; benchmarks/soak.py runs the longer version and reports it."""
     seconds = float(os.environ.get("WIDEFUNNEL_SOAK_SECONDS", "12"))
@@ -127,9 +113,9 @@ def test_bounded_soak_has_no_failures_and_bounded_memory(server):
         return counts
 
     asyncio.run(run(time.monotonic() + 2))  # warm-up: allocator pools and stubs reach their working size
-    rss_start = _rss_kib(server.process.pid)
+    rss_start = tree_rss_kib(server.process.pid)
     counts = asyncio.run(run(time.monotonic() + seconds))
-    rss_end = _rss_kib(server.process.pid)
+    rss_end = tree_rss_kib(server.process.pid)
     assert counts["failed"] == 0, counts.get("errors", [])[:3]
     assert counts["ok"] > 50
     assert rss_end < rss_start * 1.25 + 50_000, (rss_start, rss_end)

@@ -6,6 +6,7 @@ import concurrent.futures as cf
 
 import numpy as np
 import onnxruntime as ort
+
 from widefunnel.client.client import WidefunnelClient
 
 

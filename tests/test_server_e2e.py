@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from widefunnel.client.client import InvalidRequest, WidefunnelClient
 
+from widefunnel.client.client import InvalidRequest, WidefunnelClient
 from widefunnel.pipeline import InProcessFunnel
 
 SEEDS = [1, 50, 181, 98, 423, 7, 100, 258]

@@ -133,6 +133,100 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    """S shard servers + a router server on free loopback ports from one built repository (issue 10)."""
+    from widefunnel.cluster import LocalCluster
+    from widefunnel.runtime import ServerError
+
+    cluster = LocalCluster(Path(args.repository), args.shards, workdir=args.workdir, allow_partial=args.allow_partial,
+                           timeout_s=args.timeout)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        cluster.start()
+    except (ServerError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        for name, urls in cluster.endpoints().items():
+            print(f"{name:<8} HTTP http://{urls['http']}  gRPC {urls['grpc']}  metrics {urls['metrics']}")
+        print(f"serving {args.shards} shard(s) + router; Ctrl-C or SIGTERM stops", flush=True)
+        while not stop.wait(1.0):
+            if not cluster.alive():
+                print(f"error: a server exited:\n{cluster.failure_reason()}", file=sys.stderr)
+                return 1
+    finally:
+        cluster.stop()
+    print("stopped router and shards", flush=True)
+    return 0
+
+
+# ---- operations: perf, swap, rollback (issue 6) -------------------------------------------------------------
+def _grpc_url_for(http_url: str) -> str:
+    """The gRPC endpoint beside an HTTP one by Triton's convention (8000 -> 8001)."""
+    host, _, port = http_url.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
+def _perf(args: argparse.Namespace) -> int:
+    from widefunnel.client.perf import PerfError, SweepSettings, format_table, sweep
+
+    settings = SweepSettings(args.concurrency, args.measurement_interval)
+    try:
+        result = sweep(args.url, args.grpc_url or _grpc_url_for(args.url), args.repository, args.out,
+                       args.models, tuple(args.protocols), settings, args.samples, log=print)
+    except PerfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(result.rows))
+    print(f"\nCSV {result.csv_path}\nplot {result.plot_path}\n({result.seconds:.0f}s)")
+    return 0
+
+
+def _swap(args: argparse.Namespace) -> int:
+    from widefunnel.client.swap import SwapError, rollback, swap
+
+    try:
+        if args.command == "rollback":
+            report = rollback(args.url, args.repository, args.protocol, log=print)
+        else:
+            report = swap(args.url, args.repository, args.to, args.protocol, log=print)
+    except SwapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"serving version {report.to_version} (fingerprint {report.fingerprint}), was {report.from_version}; "
+          f"ensembles switched: {', '.join(report.ensembles)} ({report.seconds:.1f}s)")
+    return 0
+
+
+def _add_operations_commands(sub) -> None:
+    from widefunnel import model_configs as mcfg
+
+    p = sub.add_parser("perf", help="perf_analyzer concurrency sweep of the ensemble and every step (CSV + PNG)")
+    p.add_argument("--url", default="127.0.0.1:8000", help="HTTP endpoint host:port")
+    p.add_argument("--grpc-url", default=None, help="gRPC endpoint (default: the HTTP port + 1)")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="the served repository (catalogue)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/out/perf"))
+    p.add_argument("--models", nargs="+", default=None, help=f"default: {mcfg.ENSEMBLE} and each of its steps")
+    p.add_argument("--protocols", nargs="+", choices=("grpc", "http"), default=["grpc", "http"])
+    p.add_argument("--concurrency", default="1,2,4", help="levels (1,2,4) or a --concurrency-range start:end:step")
+    p.add_argument("--measurement-interval", type=int, default=500, help="ms per measurement window")
+    p.add_argument("--samples", type=int, default=32, help="distinct real seeds in the input data")
+    p.set_defaults(func=_perf)
+
+    for name, text in (("swap", "serve another build on disk: stage its steps, switch the ensembles, retire"),
+                       ("rollback", "go back to the previous build still on disk")):
+        p = sub.add_parser(name, help=text)
+        if name == "swap":
+            p.add_argument("--to", type=int, required=True, help="version to serve")
+        p.add_argument("--url", default="127.0.0.1:8000")
+        p.add_argument("--protocol", choices=("http", "grpc"), default="http")
+        p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+        p.set_defaults(func=_swap)
+# ---- end of operations commands --------------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="widefunnel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None)
     p.set_defaults(func=_stats)
 
+    p = sub.add_parser("cluster", help="S shard servers + a router on free loopback ports (sharded ANN)")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--workdir", type=Path, default=None, help="where shard/router repositories go (default: temp)")
+    p.add_argument("--allow-partial", action="store_true", help="serve partial results (COVERAGE < 1)")
+    p.add_argument("--timeout", type=float, default=5.0, help="per-shard call timeout, seconds")
+    p.set_defaults(func=_cluster)
+
+    _add_operations_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -142,6 +142,20 @@ def stub_processes(server_pid: int) -> dict[int, tuple[str, str]]:
     return out
 
 
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of the server and its direct children (the Python stubs), KiB."""
+    total = 0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid] + ([int(p) for p in children.read_text().split()] if children.exists() else [])
+    for p in pids:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0)
+    return total
+
+
 def process_dead(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

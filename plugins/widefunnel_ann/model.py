@@ -101,6 +101,7 @@ class TritonPythonModel:
         """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step."""
         import torch
         import torch.utils.dlpack as dl
+
         from widefunnel.ann.triton_kernel import gpu_search
 
         g = self.gpu
