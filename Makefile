@@ -4,9 +4,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 REPO   ?= model_repository
 
-.PHONY: env demo test lint bench quality perf clean
+.PHONY: env demo test lint bench clean
 
 env: $(VENV)/.installed
+	@# perf_analyzer (from the tritonclient wheel) links libb64.so.0d: Debian's libb64-0d where apt-get exists and
+	@# we are root; elsewhere widefunnel.client.perf links the copy bundled in the pytriton wheel (issue 6).
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d' && command -v apt-get >/dev/null 2>&1 \
+	    && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q libb64-0d >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libb64-0d >/dev/null 2>&1; } \
+	  || echo "note: could not install libb64-0d; perf_analyzer will use the libb64 bundled with pytriton"; \
+	fi
 
 # torch first (the CPU build on disk; otherwise pip would pull a CUDA build), recbole without its heavy
 # dependencies (it only carries the MovieLens-100K files), then this package and its dependencies.

@@ -29,7 +29,6 @@ def test_config():
 @pytest.fixture(scope="session")
 def built_repository(tmp_path_factory, test_config) -> Path:
     from widefunnel.builders.repository import build
-
     from widefunnel.model_configs import Target
 
     repository = tmp_path_factory.mktemp("repo") / "model_repository"

@@ -139,7 +139,8 @@ def _cluster(args: argparse.Namespace) -> int:
     from widefunnel.runtime import ServerError
 
     cluster = LocalCluster(Path(args.repository), args.shards, workdir=args.workdir, allow_partial=args.allow_partial,
-                           timeout_s=args.timeout)
+                           timeout_s=args.timeout, instances=args.router_instances,
+                           extra_args=["--metrics-config", "summary_latencies=true"])  # the dashboard's p99 panels
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="where shard/router repositories go (default: temp)")
     p.add_argument("--allow-partial", action="store_true", help="serve partial results (COVERAGE < 1)")
     p.add_argument("--timeout", type=float, default=5.0, help="per-shard call timeout, seconds")
+    p.add_argument("--router-instances", type=int, default=2, help="instances of each ANN router model")
     p.set_defaults(func=_cluster)
 
     _add_operations_commands(sub)

@@ -124,9 +124,10 @@ class LocalCluster:
         lay = write_sharded(self.source, self.workdir, self.shards, self.shard_urls, prune=False,
                             **self._router_options())
         wanted = load_shards(self.shard_servers, lay.shard_repositories, timeout)
-        load_router(self.router, lay.router_repository)
+        names = _model_dirs(self.source)
+        load_router(self.router, lay.router_repository, names)
         write_sharded(self.source, self.workdir, self.shards, self.shard_urls, prune=True, **self._router_options())
-        load_router(self.router, lay.router_repository)
+        load_router(self.router, lay.router_repository, names)
         load_shards(self.shard_servers, lay.shard_repositories, timeout)
         return wanted
 
@@ -163,13 +164,14 @@ def load_shards(servers: list[TritonServer], repositories: list[Path], timeout: 
     return wanted
 
 
-def load_router(server: TritonServer, repository: Path) -> None:
-    """Step models first (the ANN routers load their new version only once all shards have it), ensembles last."""
+def load_router(server: TritonServer, repository: Path, names: list[str] | None = None) -> None:
+    """(Re)load ``names`` (default: every model of the router repository): steps first (an ANN router loads a
+    new version only once every shard has it ready), ensembles last."""
     import tritonclient.http as http
 
     from widefunnel.builders.shards import read_config
 
-    names = _model_dirs(repository)
+    names = names or _model_dirs(repository)
     ensembles = [n for n in names if read_config(Path(repository) / n).platform == "ensemble"]
     with http.InferenceServerClient(server.http_url, network_timeout=300, connection_timeout=300) as c:
         for name in [n for n in names if n not in ensembles] + ensembles:

@@ -195,11 +195,11 @@ class StubSupervisor(threading.Thread):
             if proc is None or proc.poll() is not None:
                 break
             current = stub_processes(proc.pid)
-            # a reload (e.g. a swap staging versions) replaces a stub: gone, but its (model, version) still has
-            # as many live stubs as before, so it did not die
-            live = [mv for pid, mv in current.items() if not process_dead(pid)]
-            dead = {pid: mv for pid, mv in known.items() if (pid not in current or process_dead(pid))
-                    and live.count(mv) < list(known.values()).count(mv)}
+            # a reload (e.g. a swap staging versions) starts a new stub before the old one exits: a (model,
+            # version) that still has a live stub did not die (issue 6)
+            live = {mv for pid, mv in current.items() if not process_dead(pid)}
+            dead = {pid: mv for pid, mv in known.items()
+                    if (pid not in current or process_dead(pid)) and mv not in live}
             for model in sorted({m for m, v in dead.values() if self._ready(client, m, v)}):
                 print(f"widefunnel: the Python stub of model '{model}' died; restarting the model", file=sys.stderr)
                 try:

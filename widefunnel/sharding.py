@@ -12,23 +12,25 @@ Why the merge is exact, not approximately right:
     top-k', so nothing is lost. IVF slices keep the same centroids and clip the list offsets, so each shard
     probes the same lists and the union of the probed rows is the same set.
 
-numpy's stable sort is timsort: it finds the S already sorted runs and merges them, i.e. the heap merge's
-O(n log S) work, without a Python loop per item.
+The merge gives a heap merge's result without its Python loop: unique int64 keys (score bits, then position
+in the shard-ordered concatenation), merged as sorted runs (``top_positions``).
 
-Only numpy is imported here: the router (a Python-backend model) merges without loading torch.
+Only numpy is imported at module level: the router (a Python-backend model) merges without loading torch.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from widefunnel.ann.index import Int8Index, IvfLists
+if TYPE_CHECKING:  # importing widefunnel.ann loads torch; the router must not pay for it
+    from widefunnel.ann.index import Int8Index, IvfLists
 
 ALIGN = 64  # shard boundaries on 64-row chunks, the search's upper-bound block size
-_INVALID_KEY = -(2**40)  # below every orderable float32 key (which fit in int32)
+_LOW32 = 0xFFFFFFFF
 
 
 # ------------------------------------------------------------------------------------------------- splitting
@@ -49,6 +51,8 @@ def shard_bounds(count: int, shards: int, align: int = ALIGN) -> list[tuple[int,
 
 
 def _slice_ivf(ivf: IvfLists | None, start: int, stop: int) -> IvfLists | None:
+    from widefunnel.ann.index import IvfLists
+
     if ivf is None:
         return None
     offsets = np.clip(np.asarray(ivf.offsets, np.int64), start, stop) - start
@@ -73,6 +77,8 @@ class IndexShard:
 
 def split_index(index: Int8Index, shards: int) -> list[IndexShard]:
     """S contiguous slices of ``index`` in its own row order (no re-quantisation, no re-sorting)."""
+    from widefunnel.ann.index import Int8Index
+
     bounds = shard_bounds(index.count, shards)
     n_lists = 0 if index.ivf is None else index.ivf.n_lists
     out = []
@@ -88,12 +94,18 @@ def split_index(index: Int8Index, shards: int) -> list[IndexShard]:
 
 
 # --------------------------------------------------------------------------------------------------- merging
-def order_keys(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """int64 keys, larger = better, ordering float32 scores exactly as the search's sort keys do
-    (``-0.0`` below ``+0.0``, as the raw bits order them); pads (id < 0) below everything."""
+def merge_keys(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Unique int64 keys, larger = better, for shard lists concatenated in shard order [B, W].
+
+    High 32 bits: the score's orderable bits, exactly as the search's own sort keys (``make_keys``) order
+    float32 (``-0.0`` below ``+0.0``); pads (id < 0) get the minimum, below every non-NaN score. Low 32 bits:
+    ``2**32 - 1 - position``, so equal scores rank by shard, then by rank inside the shard: global row order.
+    """
     bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.int32)
     ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
-    return np.where(np.asarray(ids) >= 0, ordered, _INVALID_KEY)
+    ordered = np.where(np.asarray(ids) >= 0, ordered, -(2**31))
+    position = np.arange(scores.shape[-1], dtype=np.int64)
+    return ordered * (1 << 32) + (_LOW32 - position)
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,22 @@ class MergedTopK:
     scores: np.ndarray  # float32 [B, k_out], -inf pads
     embeddings: np.ndarray | None  # float32 [B, k_out, d] (zeros on pads), when every shard gave them
     shard: np.ndarray  # int64 [B, k_out]: the shard each entry came from (-1 on pads)
+
+
+def top_positions(keys: np.ndarray, k: int, runs: int) -> np.ndarray:
+    """Positions of the ``k`` largest (unique) keys per row, best first, for rows made of ``runs`` sorted runs.
+
+    Few runs: numpy's stable sort (timsort) finds the runs and merges them, O(W log runs). Many runs: select
+    the k-th key first (partial selection, O(W)), keep the k positions at or above it in their original order
+    (so the runs stay sorted) and merge only those. Keys are unique, so both give the one exact answer.
+    """
+    batch, width = keys.shape
+    if runs <= 3 or k >= width:
+        return np.argsort(-keys, axis=1, kind="stable")[:, :k]
+    kth = -np.partition(-keys, k - 1, axis=1)[:, k - 1:k]
+    picked = np.nonzero(keys >= kth)[1].reshape(batch, k)
+    order = np.argsort(-np.take_along_axis(keys, picked, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(picked, order, axis=1)
 
 
 def merge_topk(ids: list[np.ndarray], scores: list[np.ndarray], k: int,
@@ -118,18 +146,22 @@ def merge_topk(ids: list[np.ndarray], scores: list[np.ndarray], k: int,
         raise ValueError(f"shard results must be [B, k_s] with one B; got {[list(i.shape) for i in ids]}")
     cat_ids = np.concatenate([np.asarray(i, np.int64) for i in ids], axis=1)
     cat_scores = np.concatenate([np.asarray(s, np.float32) for s in scores], axis=1)
-    cat_shard = np.concatenate([np.full(i.shape, s, np.int64) for s, i in enumerate(ids)], axis=1)
+    if cat_ids.shape[1] >= 2**32:
+        raise ValueError("merge_topk: more than 2**32 candidates per query")
     k_out = min(int(k), cat_ids.shape[1])
-    order = np.argsort(-order_keys(cat_scores, cat_ids), axis=1, kind="stable")[:, :k_out]
+    order = top_positions(merge_keys(cat_scores, cat_ids), k_out, len(ids))
     out_ids = np.take_along_axis(cat_ids, order, axis=1)
     valid = out_ids >= 0
     out_ids = np.where(valid, out_ids, -1)
     out_scores = np.where(valid, np.take_along_axis(cat_scores, order, axis=1), -np.inf).astype(np.float32)
-    out_shard = np.where(valid, np.take_along_axis(cat_shard, order, axis=1), -1)
+    starts = np.cumsum([0] + [i.shape[1] for i in ids])
+    out_shard = np.where(valid, np.searchsorted(starts, order, side="right") - 1, -1)
     out_emb = None
     if embeddings is not None:
         cat_emb = np.concatenate([np.asarray(e, np.float32) for e in embeddings], axis=1)
-        out_emb = np.take_along_axis(cat_emb, order[..., None], axis=1) * valid[..., None]
+        rows = (order + np.arange(batch)[:, None] * cat_emb.shape[1]).ravel()  # gather whole rows, not elements
+        out_emb = np.take(cat_emb.reshape(-1, cat_emb.shape[-1]), rows, axis=0).reshape(batch, k_out, -1)
+        out_emb[~valid] = 0.0
     return MergedTopK(out_ids, out_scores, out_emb, out_shard)
 
 

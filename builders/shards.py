@@ -1,0 +1,291 @@
+"""Derive a sharded deployment from one built repository: S shard repositories and one router repository.
+
+* Shard s (``<out>/shards/shard-<s>/``) holds, for every ANN model (backend ``widefunnel_ann``) and every
+  version of the source, rows [start_s, stop_s) of that version's index with the index's global item ids,
+  under the source's own config: each shard is a plain ``widefunnel_ann`` server, as today.
+* The router (``<out>/router/``) is the source repository with each ANN model's config swapped to backend
+  ``python`` + ``plugins/ann_router/model.py`` (same inputs and outputs, plus ``COVERAGE``), parameterised
+  with the shards' gRPC URLs. Its version v fans out to version v on every shard, so the ensembles' pinned
+  versions keep meaning one build everywhere.
+
+Updates are incremental and in the builder's order: configs first, then version folders (staged under a
+non-numeric name and renamed, so a server never sees half a version), the router's ensembles last;
+versions gone from the source are pruned. Run again after each `widefunnel build`, then roll out
+(`widefunnel.cluster.roll_out`): shards load the new version beside the old, the router follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from widefunnel import model_configs as mcfg
+from widefunnel.ann.index import load_index, save_index
+from widefunnel.runtime import plugins_dir
+from widefunnel.sharding import IndexShard, split_index
+
+ANN_BACKEND = "widefunnel_ann"
+ROUTER_PLUGIN = "ann_router"
+SHARD_FILE = "shard.json"
+BUILDS_FILE = "builds.json"
+
+
+@dataclass(frozen=True)
+class ShardedLayout:
+    shard_repositories: list[Path]
+    router_repository: Path
+
+
+def layout(out: Path, shards: int) -> ShardedLayout:
+    out = Path(out)
+    return ShardedLayout([out / "shards" / f"shard-{s}" for s in range(shards)], out / "router")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Unchanged files are left alone: Triton reloads every version of a model whose folder changed."""
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    return mcfg.from_pbtxt((model_dir / "config.pbtxt").read_text())
+
+
+def models(repository: Path) -> dict[str, mc.ModelConfig]:
+    return {p.name: read_config(p) for p in sorted(Path(repository).iterdir()) if (p / "config.pbtxt").is_file()}
+
+
+def ann_models(repository: Path) -> list[str]:
+    return [name for name, config in models(repository).items() if config.backend == ANN_BACKEND]
+
+
+def _stage(model_dir: Path, version: int) -> Path:
+    staged = model_dir / f".{version}.partial"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    return staged
+
+
+def _commit(staged: Path, model_dir: Path, version: int) -> None:
+    os.rename(staged, model_dir / str(version))
+
+
+def _prune(model_dir: Path, keep: set[int]) -> None:
+    for v in versions(model_dir):
+        if v not in keep:
+            shutil.rmtree(model_dir / str(v))
+
+
+# ------------------------------------------------------------------------------------------------ the shards
+def _check_existing(folder: Path, part: IndexShard) -> None:
+    """Versions are immutable: an existing shard version must be the same slice of the same index."""
+    described = json.loads((folder / SHARD_FILE).read_text()) if (folder / SHARD_FILE).is_file() else None
+    if described != part.describe():
+        raise FileExistsError(f"{folder} exists but is not {part.describe()} (found {described}); "
+                              "write a sharded layout for a new shard count into a new directory")
+
+
+def _fingerprints(config: mc.ModelConfig) -> dict[str, str]:
+    entry = config.parameters.get("tower_fingerprints")
+    pairs = (p.partition("=") for p in (entry.string_value if entry else "").split(";") if p.strip())
+    return {v.strip(): fp.strip() for v, _, fp in pairs}
+
+
+def _shard_config(source_dir: Path, shard_dir: Path, prune: bool) -> mc.ModelConfig:
+    """The source's config; without pruning it also keeps the expected fingerprints of versions still on the
+    shard (the ANN backend refuses a version its config names no fingerprint for)."""
+    config = read_config(source_dir)
+    if not prune and (shard_dir / "config.pbtxt").is_file():
+        entries = _fingerprints(read_config(shard_dir)) | _fingerprints(config)
+        kept = {str(v) for v in versions(shard_dir)} | {str(v) for v in versions(source_dir)}
+        config.parameters["tower_fingerprints"].string_value = ";".join(
+            f"{v}={fp}" for v, fp in sorted(entries.items(), key=lambda e: int(e[0])) if v in kept)
+    return config
+
+
+def write_shard_repositories(source: Path, shard_repositories: list[Path], prune: bool = True
+                             ) -> dict[str, list[int]]:
+    """Split every version of every ANN model of ``source`` over the shard repositories -> {model: versions}.
+
+    ``prune=False`` keeps versions the source dropped (a roll-out prunes only once the router let go of them).
+    """
+    source = Path(source)
+    written: dict[str, list[int]] = {}
+    for model in ann_models(source):
+        for repo in shard_repositories:
+            _atomic_write(Path(repo) / model / "config.pbtxt",
+                          mcfg.to_pbtxt(_shard_config(source / model, Path(repo) / model, prune)))
+        wanted = versions(source / model)
+        for version in wanted:
+            parts = split_index(load_index(source / model / str(version) / "index"), len(shard_repositories))
+            for repo, part in zip(shard_repositories, parts):
+                target = Path(repo) / model / str(version)
+                if target.exists():
+                    _check_existing(target, part)
+                    continue
+                staged = _stage(Path(repo) / model, version)
+                save_index(part.index, staged / "index")
+                (staged / SHARD_FILE).write_text(json.dumps(part.describe(), indent=2, sort_keys=True) + "\n")
+                _commit(staged, Path(repo) / model, version)
+        if prune:
+            for repo in shard_repositories:
+                _prune(Path(repo) / model, set(wanted))
+        written[model] = wanted
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ the router
+def router_config(ann: mc.ModelConfig, name: str, shard_urls: list[str], shard_model: str,
+                  allow_partial: bool = False, timeout_s: float = 5.0, ready_timeout_s: float = 60.0,
+                  lb_policy: str = "pick_first", instances: int = 2) -> mc.ModelConfig:
+    """The ANN model's config with the backend swapped to the router: same tensors plus COVERAGE [1]."""
+    config = mc.ModelConfig()
+    config.CopyFrom(ann)
+    config.name, config.backend = name, "python"
+    config.ClearField("parameters")
+    k = ann.parameters["k"].string_value if "k" in ann.parameters else ""
+    params = {"shard_urls": ",".join(shard_urls), "shard_model": shard_model, "k": k,
+              "allow_partial": str(bool(allow_partial)).lower(), "timeout_s": repr(float(timeout_s)),
+              "ready_timeout_s": repr(float(ready_timeout_s)), "lb_policy": lb_policy}
+    for key, value in sorted(params.items()):
+        config.parameters[key].string_value = value
+    if not any(o.name == "COVERAGE" for o in config.output):
+        config.output.add(name="COVERAGE", data_type=mc.TYPE_FP32, dims=[1])
+    config.ClearField("instance_group")  # fan-out and merge are CPU work wherever the shards run
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=int(instances))
+    config.version_policy.Clear()
+    config.version_policy.all.SetInParent()
+    return config
+
+
+def write_router_model(repository: Path, name: str, config: mc.ModelConfig, model_versions: list[int],
+                       prune: bool = True) -> None:
+    """Config first, then one ``<v>/model.py`` per version (version v routes to version v of every shard)."""
+    model_dir = Path(repository) / name
+    _atomic_write(model_dir / "config.pbtxt", mcfg.to_pbtxt(config))
+    for version in model_versions:
+        if not (model_dir / str(version)).exists():
+            staged = _stage(model_dir, version)
+            shutil.copy2(plugins_dir() / ROUTER_PLUGIN / "model.py", staged / "model.py")
+            _commit(staged, model_dir, version)
+    if prune:
+        _prune(model_dir, set(model_versions))
+
+
+def _copy_model(source_dir: Path, target_dir: Path, prune: bool = True) -> None:
+    """Version folders missing in the target are copied (staged); config replaced; vanished versions pruned."""
+    _atomic_write(target_dir / "config.pbtxt", (source_dir / "config.pbtxt").read_text())
+    for version in versions(source_dir):
+        if not (target_dir / str(version)).exists():
+            staged = _stage(target_dir, version)
+            shutil.copytree(source_dir / str(version), staged, dirs_exist_ok=True)
+            _commit(staged, target_dir, version)
+    if prune:
+        _prune(target_dir, set(versions(source_dir)))
+
+
+def write_router_repository(source: Path, router: Path, shard_urls: list[str], allow_partial: bool = False,
+                            timeout_s: float = 5.0, ready_timeout_s: float = 60.0, lb_policy: str = "pick_first",
+                            instances: int = 2, prune: bool = True) -> list[str]:
+    """The source repository with every ANN model swapped to a router over ``shard_urls`` -> router models."""
+    source, router = Path(source), Path(router)
+    configs = models(source)
+    anns = [n for n, c in configs.items() if c.backend == ANN_BACKEND]
+    ensembles = [n for n, c in configs.items() if c.platform == "ensemble"]
+    for name, config in configs.items():
+        if name in anns:
+            write_router_model(router, name, router_config(config, name, shard_urls, name, allow_partial, timeout_s,
+                                                           ready_timeout_s, lb_policy, instances),
+                               versions(source / name), prune)
+        elif name not in ensembles:
+            _copy_model(source / name, router / name, prune)
+    for name in ensembles:  # last: they pin the step versions written above
+        _copy_model(source / name, router / name, prune)
+    if (source / BUILDS_FILE).is_file():
+        _atomic_write(router / BUILDS_FILE, (source / BUILDS_FILE).read_text())
+    return anns
+
+
+def write_sharded(source: Path, out: Path, shards: int, shard_urls: list[str], prune: bool = True,
+                  **router_options) -> ShardedLayout:
+    """Shards first (a router version needs its shards), then the router."""
+    if len(shard_urls) != shards:
+        raise ValueError(f"{shards} shards need {shards} shard URLs, got {len(shard_urls)}")
+    lay = layout(out, shards)
+    write_shard_repositories(source, lay.shard_repositories, prune)
+    write_router_repository(source, lay.router_repository, shard_urls, prune=prune, **router_options)
+    return lay
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m widefunnel.builders.shards", description=__doc__.split("\n")[0])
+    parser.add_argument("--repository", type=Path, required=True, help="a built repository (widefunnel build)")
+    parser.add_argument("--out", type=Path, required=True, help="writes <out>/shards/shard-<s>/ and <out>/router/")
+    parser.add_argument("--shards", type=int, required=True)
+    urls = parser.add_mutually_exclusive_group(required=True)
+    urls.add_argument("--shard-urls", help="comma-separated gRPC host:port of shard 0..S-1")
+    urls.add_argument("--shard-url-template", help="e.g. 'dns:///widefunnel-ann-shard-{shard}:8001'")
+    parser.add_argument("--allow-partial", action="store_true", help="serve partial results (COVERAGE < 1)")
+    parser.add_argument("--timeout-s", type=float, default=5.0)
+    parser.add_argument("--ready-timeout-s", type=float, default=60.0)
+    parser.add_argument("--lb-policy", choices=("pick_first", "round_robin"), default="pick_first")
+    parser.add_argument("--instances", type=int, default=2, help="router model instances")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    shard_urls = args.shard_urls.split(",") if args.shard_urls else \
+        [args.shard_url_template.format(shard=s) for s in range(args.shards)]
+    lay = write_sharded(args.repository, args.out, args.shards, shard_urls, allow_partial=args.allow_partial,
+                        timeout_s=args.timeout_s, ready_timeout_s=args.ready_timeout_s, lb_policy=args.lb_policy,
+                        instances=args.instances)
+    for s, repo in enumerate(lay.shard_repositories):
+        print(f"shard {s}: {repo}  (served at {shard_urls[s]})")
+    print(f"router:  {lay.router_repository}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# ------------------------------------------------------------------------------------- prebuilt-index serving
+def write_index_repository(repository: Path, indexes: dict[int, object], head: str = "engagement", k: int = 100,
+                           max_k: int = 100_000, emit_embeddings: bool = True,
+                           target: mcfg.Target | None = None) -> str:
+    """A repository serving given ``{version: Int8Index}`` as ``ann_<head>`` (widefunnel_ann, all versions):
+    the single server for an index that did not come from `widefunnel build` (tests, benchmarks)."""
+    repository, target = Path(repository), target or mcfg.Target("cpu")
+    first = next(iter(indexes.values()))
+    fingerprints = ";".join(f"{v}={indexes[v].manifest['tower_fingerprint']}" for v in sorted(indexes))
+    params = {"k": str(k), "max_k": str(max_k), "search": "exact", "nprobe": "1",
+              "tower_fingerprints": fingerprints, "emit_embeddings": str(emit_embeddings).lower()}
+    config = mcfg.ann_config(head, target, first.dim, params)
+    config.version_policy.Clear()
+    config.version_policy.all.SetInParent()
+    model_dir = repository / config.name
+    _atomic_write(model_dir / "config.pbtxt", mcfg.to_pbtxt(config))
+    for version, index in sorted(indexes.items()):
+        if not (model_dir / str(version)).exists():
+            staged = _stage(model_dir, version)
+            save_index(index, staged / "index")
+            _commit(staged, model_dir, version)
+    return config.name

@@ -1,0 +1,159 @@
+"""docker/k8s/*.yaml: valid against the Kubernetes schemas (kubernetes-validate, strict: unknown fields are
+errors), and consistent with each other, the image, the sharding layout and the observability config."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "docker" / "k8s"
+IMAGE = "widefunnel-triton:24.10"
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # oldest still common, newest the validator knows
+CRD_GROUPS = ("keda.sh/",)  # custom resources: no upstream schema, checked structurally below
+
+
+def _documents() -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+DOCS = _documents()
+
+
+def _kind(kind: str) -> list[dict]:
+    return [d for _, d in DOCS if d["kind"] == kind]
+
+
+def _named(kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in _kind(kind)}
+
+
+def _container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _arg(container: dict, flag: str) -> str:
+    values = [a.split("=", 1)[1] for a in container.get("args", []) if a.startswith(flag + "=")]
+    assert len(values) == 1, f"{flag} given {len(values)} times"
+    return values[0]
+
+
+def test_manifests_exist():
+    kinds = {d["kind"] for _, d in DOCS}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Job",
+            "PodDisruptionBudget", "ScaledObject", "ConfigMap", "Namespace"} <= kinds
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("name, doc", DOCS, ids=[f"{n}:{d['kind']}/{d['metadata']['name']}" for n, d in DOCS])
+def test_valid_against_kubernetes_schema(name, doc, version):
+    if doc["apiVersion"].startswith(CRD_GROUPS):
+        with pytest.raises(kubernetes_validate.SchemaNotFoundError):  # proves the skip is for a real CRD
+            kubernetes_validate.validate(doc, version, strict=True)
+        return
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_a_broken_manifest_is_caught():
+    """The validator is not a rubber stamp: a misspelt probe field fails."""
+    deployment = yaml.safe_load(yaml.safe_dump(_named("Deployment")["widefunnel-router"]))
+    _container(deployment)["readinessProbe"]["httpGett"] = {"path": "/v2/health/ready", "port": 8000}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_every_triton_pod_uses_the_image_probes_gpu_and_read_only_models():
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3" in dockerfile
+    assert f"image: {IMAGE}" in (ROOT / "docker" / "compose.yaml").read_text()
+    claims = set(_named("PersistentVolumeClaim"))
+    for name, deployment in _named("Deployment").items():
+        pod = deployment["spec"]["template"]
+        container = _container(deployment)
+        assert container["image"] == IMAGE and container["command"] == ["tritonserver"], name
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}, name
+        assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}, name
+        for probe in ("readinessProbe", "startupProbe"):
+            assert container[probe]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}, name
+        resources = container["resources"]
+        assert resources["requests"]["nvidia.com/gpu"] >= 1 and resources["limits"]["nvidia.com/gpu"] >= 1, name
+        assert "--model-control-mode=explicit" in container["args"] and "--strict-readiness=true" in container["args"]
+        assert "--metrics-config=summary_latencies=true" in container["args"], f"{name}: dashboard p99 panels"
+        assert {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"} in container["env"], name  # read-only repository
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert volumes["models"]["persistentVolumeClaim"]["claimName"] in claims
+        assert mounts["models"]["readOnly"] is True and volumes["models"]["persistentVolumeClaim"]["readOnly"]
+        assert volumes["dshm"]["emptyDir"]["medium"] == "Memory" and mounts["dshm"]["mountPath"] == "/dev/shm"
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == 8002
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= pod["metadata"]["labels"].items(), name
+
+
+def test_sharded_layout_matches_shards_router_and_services():
+    from widefunnel.builders.shards import build_parser
+
+    deployments, services = _named("Deployment"), _named("Service")
+    (job,) = _kind("Job")
+    args = build_parser().parse_args(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    shard_deployments = sorted(n for n in deployments if n.startswith("widefunnel-ann-shard-"))
+    assert shard_deployments == [f"widefunnel-ann-shard-{s}" for s in range(args.shards)]
+    for s, name in enumerate(shard_deployments):
+        assert _arg(_container(deployments[name]), "--model-repository") == f"{args.out}/shards/shard-{s}"
+        url = args.shard_url_template.format(shard=s)
+        host, port = re.match(r"^dns:///([^:]+):(\d+)$", url).groups()
+        service_name, namespace = host.split(".")[:2]
+        service = services[service_name]
+        assert namespace == service["metadata"]["namespace"]
+        assert service["spec"]["clusterIP"] == "None", "headless: the router round-robins over shard replicas"
+        assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["grpc"] == int(port)
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items() and labels["widefunnel.shard"] == str(s)
+    assert args.lb_policy == "round_robin"
+    assert _arg(_container(deployments["widefunnel-router"]), "--model-repository") == f"{args.out}/router"
+    assert _arg(_container(deployments["widefunnel"]), "--model-repository") == str(args.repository)
+    for name in ("widefunnel", "widefunnel-router"):  # ClusterIP Services in front of the stateless tiers
+        pod_labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert services[name]["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_autoscaling_reads_the_queue_time_metric_the_adapter_derives():
+    (adapter,) = [c for c in _kind("ConfigMap") if c["metadata"]["name"] == "prometheus-adapter"]
+    (rule,) = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    assert "nv_inference_queue_duration_us" in rule["seriesQuery"] and "nv_inference_queue_duration_us" in \
+        rule["metricsQuery"]
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    deployments = _named("Deployment")
+    hpas = _kind("HorizontalPodAutoscaler")
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == set(deployments)
+    for hpa in hpas:
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["pods"]["metric"]["name"] == rule["name"]["as"]
+        assert hpa["spec"]["minReplicas"] >= 1 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    for scaled in _kind("ScaledObject"):  # KEDA alternative: structure checked by hand
+        spec = scaled["spec"]
+        assert spec["scaleTargetRef"]["name"] in deployments
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "prometheus" and "nv_inference_queue_duration_us" in trigger["metadata"]["query"]
+        assert float(trigger["metadata"]["threshold"]) > 0 and trigger["metricType"] == "Value"
+        assert spec["minReplicaCount"] < spec["maxReplicaCount"]
+
+
+def test_prometheus_scrape_config_feeds_the_adapter_and_dashboard_labels():
+    config = yaml.safe_load((ROOT / "docker" / "observability" / "prometheus.yml").read_text())
+    (k8s_job,) = [j for j in config["scrape_configs"] if "kubernetes_sd_configs" in j]
+    targets = {r.get("target_label") for r in k8s_job["relabel_configs"]}
+    assert {"namespace", "pod", "component", "shard"} <= targets
+    namespaces = k8s_job["kubernetes_sd_configs"][0]["namespaces"]["names"]
+    assert namespaces == [d["metadata"]["namespace"] for d in _kind("Deployment")][:1]

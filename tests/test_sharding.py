@@ -1,0 +1,446 @@
+"""Sharded ANN (issue 10): exact scatter-gather on real loopback tritonservers.
+
+Servers (module scope, started together): one single server holding a synthetic 30k x 32 index, a 2-shard
+cluster (strict router + an `allow_partial` router), a 3-shard cluster whose router also hosts a 1-shard
+router over the single server. The synthetic index has blocks of identical items whose rows straddle every
+shard boundary, so tie-breaking across shards is exercised, not assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from widefunnel.ann.index import build_index
+from widefunnel.ann.search import exact_search, prepare_index, search
+from widefunnel.builders import shards as sb
+from widefunnel.cluster import LocalCluster, _parallel
+from widefunnel.runtime import Ports, TritonServer
+from widefunnel.sharding import merge_topk, parse_router_parameters, shard_bounds, split_index
+
+N, D, BLOCK = 30_000, 32, 600
+MODEL = "ann_engagement"
+FP1, FP2 = "a1a1a1a1a1a1a1a1", "b2b2b2b2b2b2b2b2"
+OUTPUTS = ("CANDIDATE_ID", "CANDIDATE_SCORE", "FINGERPRINT", "COVERAGE")
+DASHBOARD = Path(__file__).resolve().parent.parent / "docker" / "observability" / "grafana-dashboard.json"
+
+
+# ------------------------------------------------------------------------------------------------ synthetic data
+def _boundaries() -> list[int]:
+    return sorted({b for s in (2, 3) for b, _ in shard_bounds(N, s)[1:]})
+
+
+def synthetic_index(seed: int, fingerprint: str):
+    """N items; one block of BLOCK identical items centred on each shard boundary (S = 2, 3) in row order.
+
+    Rows are ordered by descending scale at build time, so each block's scale is set to the base scale found
+    at its target position; the block vectors are +-c sign vectors (large norm for their scale), so queries
+    aligned with them rank the whole block (one score, many rows) on top."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(N - BLOCK * 3, D)).astype(np.float32)
+    base *= rng.uniform(0.5, 1.5, (len(base), 1)).astype(np.float32) / np.linalg.norm(base, axis=1, keepdims=True)
+    base_scales = np.sort(np.abs(base).max(axis=1))[::-1]
+    blocks = []
+    for j, b in enumerate(_boundaries()):
+        before = b - BLOCK // 2 - j * BLOCK  # base rows that must rank before this block
+        c = float((base_scales[before - 1] + base_scales[before]) / 2)
+        blocks.append(np.sign(rng.normal(size=D)).astype(np.float32) * c)
+    x = np.concatenate([base] + [np.repeat(v[None], BLOCK, axis=0) for v in blocks])
+    ids = rng.permutation(10 * N)[:N].astype(np.int64)
+    index = build_index(x, ids, fingerprint)
+    prepare_index(index)
+    block_ids = [set(ids[len(base) + j * BLOCK: len(base) + (j + 1) * BLOCK].tolist()) for j in range(3)]
+    return index, np.stack(blocks), block_ids
+
+
+@pytest.fixture(scope="module")
+def data():
+    index, blocks, block_ids = synthetic_index(0, FP1)
+    for b, group in zip(_boundaries(), block_ids):  # precondition: every boundary cuts through a tie block
+        assert {int(index.ids[b - 1]), int(index.ids[b])} <= group
+    rng = np.random.default_rng(1)
+    aligned = blocks + rng.normal(scale=0.01, size=blocks.shape).astype(np.float32)
+    queries = np.concatenate([aligned, rng.normal(size=(5, D)).astype(np.float32)]).astype(np.float32)
+    top1 = exact_search(index, queries, 1)[0][:, 0]
+    far_tie = [int(index.ids[b + 5]) for b in _boundaries()]  # an item of the tie block, past the boundary
+    exclude = np.array(far_tie + top1[3:].tolist(), np.int64)
+    return {"index": index, "queries": queries, "exclude": exclude, "block_ids": block_ids}
+
+
+# -------------------------------------------------------------------------------------------------- pure tests
+def test_shard_bounds_cover_all_rows_contiguously():
+    for count, shards in ((N, 2), (N, 3), (N, 7), (100, 3), (5, 5), (1682, 3)):
+        bounds = shard_bounds(count, shards)
+        assert bounds[0][0] == 0 and bounds[-1][1] == count and len(bounds) == shards
+        assert all(a < b for a, b in bounds) and all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))
+    assert all(a % 64 == 0 for a, _ in shard_bounds(N, 3))
+    with pytest.raises(ValueError, match="non-empty"):
+        shard_bounds(2, 3)
+
+
+@pytest.mark.parametrize("ivf_lists", [0, 8])
+def test_merge_of_shards_equals_whole_index_with_many_ties(ivf_lists):
+    """Small integer embeddings: scores tie all the time, so only a row-order tie-break can match."""
+    rng = np.random.default_rng(ivf_lists)
+    x = rng.integers(-2, 3, (3000, 8)).astype(np.float32)
+    x[np.abs(x).sum(axis=1) == 0, 0] = 1
+    ids = rng.permutation(100_000)[:3000]
+    index = build_index(x, ids, "ff", ivf_lists=ivf_lists)
+    prepare_index(index)
+    q = rng.integers(-2, 3, (6, 8)).astype(np.float32)
+    for shards in (2, 3, 5):  # 5: the merge's many-runs path
+        parts = split_index(index, shards)
+        assert np.array_equal(np.concatenate([p.index.ids for p in parts]), index.ids)
+        for k in (1, 999, 3005):
+            for exclude in (None, ids[rng.integers(0, 3000, 6)]):
+                for nprobe in (2,) if ivf_lists else (None,):
+                    want_ids, want_scores = search(index, q, k, exclude, nprobe)
+                    got = [search(p.index, q, k, exclude, nprobe) for p in parts]
+                    merged = merge_topk([g[0] for g in got], [g[1] for g in got], k)
+                    assert np.array_equal(merged.ids, want_ids), (shards, k, nprobe)
+                    assert np.array_equal(merged.scores.view(np.int32), want_scores.view(np.int32))
+
+
+def test_merge_orders_signed_zero_like_the_search_keys():
+    ids = [np.array([[7, -1]]), np.array([[3, 4]])]
+    scores = [np.array([[-0.0, -np.inf]], np.float32), np.array([[0.0, -1.0]], np.float32)]
+    merged = merge_topk(ids, scores, 3)
+    assert merged.ids.tolist() == [[3, 7, 4]]  # +0.0 before -0.0 (raw-bit order), the pad never taken
+    assert merge_topk(ids, scores, 10).ids.tolist() == [[3, 7, 4, -1]]
+
+
+def test_router_parameters_are_strict():
+    ok = parse_router_parameters({"shard_urls": "a:1, b:2", "shard_model": MODEL, "k": "100"})
+    assert ok.shard_urls == ("a:1", "b:2") and not ok.allow_partial and ok.k == 100
+    for bad, why in (({"shard_model": MODEL, "k": "1"}, "missing"), ({"shard_urls": "a:1", "shard_model": MODEL,
+                     "k": "1", "colour": "red"}, "unknown"), ({"shard_urls": "a:1,a:1", "shard_model": MODEL,
+                     "k": "1"}, "twice"), ({"shard_urls": "a:1", "shard_model": MODEL, "k": "1",
+                     "allow_partial": "yes"}, "allow_partial"), ({"shard_urls": "a:1", "shard_model": MODEL,
+                     "k": "1", "timeout_s": "-1"}, "timeout_s")):
+        with pytest.raises(ValueError, match=why):
+            parse_router_parameters(bad)
+
+
+def test_router_repository_is_the_source_with_ann_swapped(tmp_path, data):
+    src = tmp_path / "src"
+    sb.write_index_repository(src, {1: data["index"]}, k=100)
+    lay = sb.write_sharded(src, tmp_path / "out", 2, ["h0:1", "h1:2"])
+    router = sb.read_config(lay.router_repository / MODEL)
+    ann = sb.read_config(src / MODEL)
+    assert router.backend == "python" and ann.backend == "widefunnel_ann"
+    assert [t.name for t in router.input] == [t.name for t in ann.input]
+    assert [t.name for t in router.output] == [t.name for t in ann.output] + ["COVERAGE"]
+    assert router.parameters["shard_urls"].string_value == "h0:1,h1:2" and router.parameters["k"].string_value == "100"
+    assert (lay.router_repository / MODEL / "1" / "model.py").is_file()
+    rows = [json.loads((r / MODEL / "1" / "shard.json").read_text()) for r in lay.shard_repositories]
+    assert [(r["row_start"], r["row_stop"]) for r in rows] == shard_bounds(N, 2)
+    assert sb.read_config(lay.shard_repositories[1] / MODEL) == ann  # shards run widefunnel_ann, as today
+
+
+def test_layout_is_incremental_and_keeps_dropped_versions_until_pruned(tmp_path):
+    rng = np.random.default_rng(3)
+    small = {v: build_index(rng.normal(size=(500, 8)).astype(np.float32), np.arange(500), fp)
+             for v, fp in ((1, "c1"), (2, "c2"))}
+    src = tmp_path / "src"
+    sb.write_index_repository(src, {1: small[1]})
+    lay = sb.write_sharded(src, tmp_path / "out", 2, ["h0:1", "h1:2"])
+    first = (lay.shard_repositories[0] / MODEL / "1" / "index" / "codes.npy").stat().st_mtime_ns
+    sb.write_index_repository(src, {2: small[2]})
+    shutil.rmtree(src / MODEL / "1")  # the build dropped version 1
+    sb.write_sharded(src, tmp_path / "out", 2, ["h0:1", "h1:2"], prune=False)
+    for repo in lay.shard_repositories:
+        assert sb.versions(repo / MODEL) == [1, 2]
+        assert sb.read_config(repo / MODEL).parameters["tower_fingerprints"].string_value == "1=c1;2=c2"
+    assert (lay.shard_repositories[0] / MODEL / "1" / "index" / "codes.npy").stat().st_mtime_ns == first
+    assert sb.versions(lay.router_repository / MODEL) == [1, 2]
+    sb.write_sharded(src, tmp_path / "out", 2, ["h0:1", "h1:2"])
+    for repo in [*lay.shard_repositories, lay.router_repository]:
+        assert sb.versions(repo / MODEL) == [2]
+    assert sb.read_config(lay.shard_repositories[1] / MODEL).parameters["tower_fingerprints"].string_value == "2=c2"
+    with pytest.raises(FileExistsError, match="new directory"):  # versions are immutable: no re-split to S=3
+        sb.write_shard_repositories(src, [tmp_path / "out" / "shards" / f"shard-{s}" for s in range(3)])
+
+
+# ------------------------------------------------------------------------------------------------ served tests
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("sharded")
+    src = root / "source"
+    sb.write_index_repository(src, {1: data["index"]}, k=100, max_k=100_000)
+    single = TritonServer(src, Ports().resolved())
+    metrics = ["--metrics-config", "summary_latencies=true"]
+    two = LocalCluster(src, 2, workdir=root / "two", timeout_s=3.0, instances=1, extra_args=metrics)
+    three = LocalCluster(src, 3, workdir=root / "three", instances=1)
+    two.prepare()
+    three.prepare()
+    ann = sb.read_config(src / MODEL)
+    sb.write_router_model(two.router.repository, f"{MODEL}_partial",
+                          sb.router_config(ann, f"{MODEL}_partial", two.shard_urls, MODEL, allow_partial=True,
+                                           timeout_s=3.0, instances=1), [1])
+    sb.write_router_model(three.router.repository, f"{MODEL}_s1",
+                          sb.router_config(ann, f"{MODEL}_s1", [single.grpc_url], MODEL, instances=1), [1])
+    try:
+        _parallel([single.start, two.start, three.start])
+        yield {"source": src, "single": single, "two": two, "three": three}
+    finally:
+        _parallel([two.stop, three.stop, single.stop])
+        single.cleanup()
+
+
+def _infer(url: str, model: str, queries: np.ndarray, k: int | None = None, exclude: np.ndarray | None = None,
+           outputs=OUTPUTS, client=None):
+    tensors = {"QUERY": queries.astype(np.float32)}
+    if k is not None:
+        tensors["K"] = np.full((len(queries), 1), k, np.int32)
+    if exclude is not None:
+        tensors["EXCLUDE_ID"] = exclude.reshape(-1, 1).astype(np.int64)
+    inputs = []
+    for name, array in tensors.items():
+        t = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        t.set_data_from_numpy(array)
+        inputs.append(t)
+    own = client is None
+    client = client or grpcclient.InferenceServerClient(url)
+    try:
+        result = client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
+        return {o: result.as_numpy(o) for o in outputs}
+    finally:
+        if own:
+            client.close()
+
+
+ROUTERS = {1: ("three", f"{MODEL}_s1"), 2: ("two", MODEL), 3: ("three", MODEL)}
+
+
+@pytest.mark.parametrize("k", [1, 100, 10_000, N + 7])
+@pytest.mark.parametrize("with_exclusion", [False, True], ids=["all", "exclude-seed"])
+def test_sharded_equals_single_server(servers, data, k, with_exclusion):
+    queries = data["queries"]
+    exclude = data["exclude"] if with_exclusion else None
+    single = _infer(servers["single"].grpc_url, MODEL, queries, k, exclude, OUTPUTS[:3])
+    want_ids, want_scores = exact_search(data["index"], queries, k, exclude)
+    assert np.array_equal(single["CANDIDATE_ID"], want_ids)  # the single server is the exact search
+    for shards, (cluster, model) in ROUTERS.items():
+        got = _infer(servers[cluster].router.grpc_url, model, queries, k, exclude)
+        assert np.array_equal(got["CANDIDATE_ID"], single["CANDIDATE_ID"]), f"S={shards} k={k}"
+        assert np.array_equal(got["CANDIDATE_SCORE"].view(np.int32), single["CANDIDATE_SCORE"].view(np.int32))
+        assert np.array_equal(got["FINGERPRINT"], single["FINGERPRINT"])
+        assert (got["COVERAGE"] == 1.0).all()
+    if k >= 10_000:  # each aligned query got its whole tie block, which straddles a shard boundary
+        for q, group in enumerate(data["block_ids"]):
+            assert group - {int(data["exclude"][q])} <= set(want_ids[q].tolist())
+    if with_exclusion:
+        assert not (want_ids == data["exclude"][:, None]).any()
+    if k > N:
+        assert want_ids.shape[1] == N and ((want_ids[:, -1] == -1) == with_exclusion).all()
+
+
+def test_sharded_embeddings_and_default_k_match(servers, data):
+    queries, exclude = data["queries"], data["exclude"]
+    outputs = ("CANDIDATE_ID", "CANDIDATE_SCORE", "CANDIDATE_EMB")
+    single = _infer(servers["single"].grpc_url, MODEL, queries, None, exclude, outputs)
+    got = _infer(servers["three"].router.grpc_url, MODEL, queries, None, exclude, outputs)
+    assert single["CANDIDATE_ID"].shape == (len(queries), 100)  # the config's default k, no K sent
+    for name in outputs:
+        assert np.array_equal(got[name], single[name]), name
+
+
+def test_invalid_k_stays_invalid_argument(servers, data):
+    with pytest.raises(InferenceServerException) as info:
+        _infer(servers["two"].router.grpc_url, MODEL, data["queries"][:1], 100_001)
+    assert "INVALID_ARGUMENT" in str(info.value.status()) and "K" in info.value.message()
+
+
+# ---------------------------------------------------------------------------------------------- load helpers
+def _load(url: str, models: list[str], queries: np.ndarray, stop: threading.Event, log: list, workers: int = 8,
+          k: int = 100, pause: float = 0.02):
+    """`workers` threads, each its own gRPC client, one query per request, until `stop` is set."""
+
+    def work(w: int) -> None:
+        rng = np.random.default_rng(w)
+        client = grpcclient.InferenceServerClient(url)
+        try:
+            while not stop.is_set():
+                qi, model = int(rng.integers(len(queries))), models[w % len(models)]
+                start = time.monotonic()
+                try:
+                    out = _infer(url, model, queries[qi:qi + 1], k, client=client)
+                    log.append((start, model, qi, out, None))
+                except InferenceServerException as exc:
+                    log.append((start, model, qi, None, exc))
+                time.sleep(pause)  # 8 in flight, without starving the servers of this box's 2 cores
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _fp(hex_fingerprint: str) -> int:
+    """The FINGERPRINT tensor's value (int64 of the tower fingerprint, sign bit cleared)."""
+    return int(hex_fingerprint, 16) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _expected(index, queries: np.ndarray, k: int = 100) -> list[tuple[np.ndarray, np.ndarray]]:
+    ids, scores = exact_search(index, queries, k)
+    return [(ids[i], scores[i]) for i in range(len(queries))]
+
+
+def test_lost_shard_fails_clearly_or_serves_marked_partial_then_recovers(servers, data):
+    cluster: LocalCluster = servers["two"]
+    queries = data["queries"]
+    full = _expected(data["index"], queries)
+    shard0 = split_index(data["index"], 2)[0].index
+    prepare_index(shard0)
+    partial = _expected(shard0, queries)
+    victim = cluster.shard_servers[1]
+    stop, log = threading.Event(), []
+    threads = _load(cluster.router.grpc_url, [MODEL, f"{MODEL}_partial"], queries, stop, log)
+    try:
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        victim.kill()
+        time.sleep(2.0)
+        restarted_at = time.monotonic()
+        victim.start()
+        recovered_at = time.monotonic()
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert victim.alive()
+    counts = {"full": 0, "partial": 0, "unavailable": 0}
+    for _start, model, qi, out, err in log:
+        if err is not None:
+            assert model == MODEL, f"the partial router failed: {err}"
+            assert "UNAVAILABLE" in str(err.status()), err
+            assert "shard 1 of 2" in err.message() and victim.grpc_url in err.message(), err.message()
+            counts["unavailable"] += 1
+            continue
+        coverage = float(out["COVERAGE"][0, 0])
+        want = full[qi] if coverage == 1.0 else partial[qi]
+        assert coverage in (1.0, 0.5) and (coverage == 1.0 or model == f"{MODEL}_partial")
+        assert np.array_equal(out["CANDIDATE_ID"][0], want[0]), "a response's contents disagree with COVERAGE"
+        assert np.array_equal(out["CANDIDATE_SCORE"][0], want[1])
+        counts["full" if coverage == 1.0 else "partial"] += 1
+    assert counts["unavailable"] > 0 and counts["partial"] > 0, counts
+    during = [e for e in log if killed_at + 0.2 < e[0] < restarted_at]
+    assert during and all(e[4] is not None or e[3]["COVERAGE"][0, 0] < 1 for e in during)
+    late = [e for e in log if e[0] > recovered_at + 2.0]  # reconnect backoff is capped at 1 s
+    assert late and all(e[4] is None and e[3]["COVERAGE"][0, 0] == 1.0 for e in late), "not recovered"
+    metrics = urllib.request.urlopen(cluster.router.metrics_url, timeout=5).read().decode()
+    lost = re.findall(r'^widefunnel_router_shard_failure\{model="ann_engagement",reason="unavailable",shard="1",'
+                      r'version="1"\} (\d+)', metrics, re.M)
+    partials = re.findall(r'^widefunnel_router_partial\{model="ann_engagement_partial",version="1"\} (\d+)', metrics,
+                          re.M)
+    assert lost and int(lost[0]) > 0 and partials and int(partials[0]) >= counts["partial"], (lost, partials)
+
+
+def test_router_metrics_exist_for_every_dashboard_query(servers):
+    """Every metric the Grafana dashboard plots is exported by this Triton (2.51, summaries enabled)."""
+    _infer(servers["two"].router.grpc_url, MODEL, np.ones((1, D), np.float32), 10)
+    exported = set()
+    for server in (servers["two"].router, servers["two"].shard_servers[0]):
+        text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+        exported |= {ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if ln and not ln.startswith("#")}
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\b((?:nv|widefunnel)_[a-z_]+)\b", e)}
+    gpu = {m for m in used if m.startswith("nv_gpu_")}  # exported only by servers that see a GPU
+    assert gpu and len(used - gpu) >= 10 and used - gpu <= exported, sorted(used - gpu - exported)
+
+
+def test_version_flip_under_load_is_coherent(servers, data):
+    """v2 is loaded on every shard beside v1, then the router's v2 (the switch): no failure, no mix."""
+    cluster: LocalCluster = servers["two"]
+    queries = data["queries"]
+    index2, _, _ = synthetic_index(7, FP2)
+    expected = {_fp(FP1): _expected(data["index"], queries), _fp(FP2): _expected(index2, queries)}
+    stop, log = threading.Event(), []
+    threads = _load(cluster.router.grpc_url, [MODEL], queries, stop, log)
+    try:
+        time.sleep(1.0)
+        sb.write_index_repository(cluster.source, {1: data["index"], 2: index2}, k=100, max_k=100_000)
+        cluster.roll_out(timeout=60)
+        switched_at = time.monotonic()
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    errors = [e[4].message() for e in log if e[4] is not None]
+    assert not errors, f"{len(errors)} failed requests, e.g. {errors[:3]}"
+    seen = set()
+    for start, _, qi, out, _ in log:
+        fp = int(out["FINGERPRINT"][0, 0])
+        assert fp in expected, fp
+        seen.add(fp)
+        assert np.array_equal(out["CANDIDATE_ID"][0], expected[fp][qi][0]), "a response mixes versions"
+        assert np.array_equal(out["CANDIDATE_SCORE"][0], expected[fp][qi][1])
+        if start > switched_at:
+            assert fp == _fp(FP2)
+    assert seen == set(expected) and len(log) > 50, (seen, len(log))
+
+
+# ---------------------------------------------------------------------------------------------------- the CLI
+def test_cli_cluster_serves_the_same_funnel_and_stops_on_sigint(built_repository, server):
+    from widefunnel.client.client import WidefunnelClient
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "widefunnel.cli", "cluster", "--repository", str(built_repository),
+               "--shards", "2", "--router-instances", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("serving"):
+                break
+        urls = {m.group(1): m.group(2) for m in (re.match(r"^(router|shard \d)\s+HTTP \S+\s+gRPC (\S+)", ln)
+                                                 for ln in lines) if m}
+        assert set(urls) == {"router", "shard 0", "shard 1"}, "".join(lines)
+        seeds = [1, 50, 181, 98]
+        with WidefunnelClient(urls["router"], "grpc") as routed, WidefunnelClient(server.grpc_url, "grpc") as one:
+            a, b = routed.recommend(seeds, top_n=10), one.recommend(seeds, top_n=10)
+            ra, rb = routed.retrieve(seeds), one.retrieve(seeds)
+        assert np.array_equal(a.item_id, b.item_id) and a.fingerprint == b.fingerprint
+        np.testing.assert_allclose(a.score, b.score, rtol=1e-6)
+        for head in ra:
+            assert np.array_equal(ra[head][0], rb[head][0]) and np.array_equal(ra[head][1], rb[head][1])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "stopped router and shards" in out
+    for url in urls.values():
+        port = int(url.rsplit(":", 1)[1])
+        assert not _answers(port), f"{url} still answers after SIGINT"
+
+
+def _answers(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
