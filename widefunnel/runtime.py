@@ -119,6 +119,7 @@ def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["WIDEFUNNEL_SITE"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # stubs share few cores: spinning OpenMP threads starve them
     env.update(extra or {})
     return env
 

@@ -109,7 +109,7 @@ def build_index(embeddings: np.ndarray, ids: np.ndarray, tower_fingerprint: str,
     x = x.astype(np.float32, copy=False)
     n, d = x.shape
     if d > MAX_DIM:
-        raise ValueError(f"embeddings dim {d} > {MAX_DIM}: int8 dot products would no longer be exact in float32")
+        raise ValueError(f"embeddings dim {d} > {MAX_DIM}: int8 dot products would not be exact in float32")
     if n > MAX_COUNT:
         raise ValueError(f"embeddings count {n} > {MAX_COUNT}")
     if not np.isfinite(x).all():
@@ -150,7 +150,8 @@ def build_index(embeddings: np.ndarray, ids: np.ndarray, tower_fingerprint: str,
         "ivf_lists": int(ivf_lists),
         "files": {},  # filled by save_index
     }
-    return Int8Index(codes=np.ascontiguousarray(codes), scales=scales, ids=ids_arr, manifest=manifest, ivf=ivf)
+    codes = np.ascontiguousarray(codes)
+    return Int8Index(codes=codes, scales=scales, ids=ids_arr, manifest=manifest, ivf=ivf)
 
 
 def _arrays(index: Int8Index) -> dict[str, np.ndarray]:
@@ -236,14 +237,15 @@ def validate_manifest(manifest: dict) -> None:
         raise _fail(f"{MANIFEST} field 'dim'", f"must be in [1, {MAX_DIM}], got {manifest['dim']}")
     if not 1 <= manifest["count"] <= MAX_COUNT:
         raise _fail(f"{MANIFEST} field 'count'", f"must be in [1, {MAX_COUNT}], got {manifest['count']}")
-    if not 0 <= manifest["ivf_lists"] <= manifest["count"]:
-        raise _fail(f"{MANIFEST} field 'ivf_lists'", f"must be in [0, count], got {manifest['ivf_lists']}")
+    if manifest["ivf_lists"] < 0:  # may exceed count: a shard keeps every centroid, some lists empty
+        raise _fail(f"{MANIFEST} field 'ivf_lists'", f"must be >= 0, got {manifest['ivf_lists']}")
     if not manifest["tower_fingerprint"]:
         raise _fail(f"{MANIFEST} field 'tower_fingerprint'", "must be non-empty")
     want_files = set(BASE_FILES) | (set(IVF_FILES) if manifest["ivf_lists"] else set())
     files = manifest["files"]
     if set(files) != want_files:
-        raise _fail(f"{MANIFEST} field 'files'", f"expected entries {sorted(want_files)}, got {sorted(files)}")
+        raise _fail(f"{MANIFEST} field 'files'",
+                    f"expected entries {sorted(want_files)}, got {sorted(files)}")
     for name, entry in files.items():
         where = f"{MANIFEST} field 'files.{name}'"
         if not isinstance(entry, dict) or set(entry) != {"sha256", "bytes"}:
@@ -288,7 +290,8 @@ def load_index(directory: Path, expected_fingerprint: str | None = None) -> Int8
     validate_manifest(manifest)
     if expected_fingerprint is not None and manifest["tower_fingerprint"] != expected_fingerprint:
         raise _fail(f"{MANIFEST} field 'tower_fingerprint'",
-                    f"{manifest['tower_fingerprint']!r} does not match the serving tower {expected_fingerprint!r}")
+                    f"{manifest['tower_fingerprint']!r} does not match the serving tower "
+                    f"{expected_fingerprint!r}")
     n, d, n_lists = manifest["count"], manifest["dim"], manifest["ivf_lists"]
     files = manifest["files"]
     codes = _load_array(directory, "codes.npy", files["codes.npy"], np.dtype(np.int8), (n, d), mmap=True)

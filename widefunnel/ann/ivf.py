@@ -1,8 +1,9 @@
 """IVF (inverted file) search on top of the int8 index: coarse quantiser + exact int8 scoring inside lists.
 
 Batch invariance carries over: list probing ranks the int8-quantised centroids with the same exact integer
-dot product and unique keys as the item scan, and each probed list is scored per (list, query) exactly.
-With ``nprobe >= L`` every row is scored, which is the exact search (we delegate to it).
+dot product and unique keys as the item scan, and each query's probed rows are scored (same formula, same
+keys) on their own. With ``nprobe >= L`` every row is scored, which is the exact search (we delegate to it).
+Rows of a list are contiguous (``IvfLists.offsets``), so a query's candidates are a few memcpy'd slices.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from widefunnel.ann.index import Int8Index
 from widefunnel.ann.search import (
+    CHUNK,
     INT64_MIN,
     _empty,
     _prepare_queries,
@@ -24,7 +26,7 @@ from widefunnel.ann.search import (
     validate_nprobe,
 )
 
-_CANDIDATE_KEYS = 1 << 24  # query rows x candidate width (int64, 128 MiB) before the batch is split
+_GROUP_KEYS = 1 << 23  # queries x candidate width (int64 keys) selected at once: bounds IVF memory
 
 
 def train_coarse(x: np.ndarray, n_lists: int, seed: int = 0, niter: int = 20) -> np.ndarray:
@@ -54,38 +56,59 @@ def probe_lists(cache: dict, qc: torch.Tensor, qs: torch.Tensor, nprobe: int) ->
     return torch.topk(keys, nprobe, dim=1, sorted=False).indices
 
 
-def _score_lists(cache: dict, offsets: np.ndarray, qc: torch.Tensor, qs: torch.Tensor, excl: np.ndarray,
-                 probes: np.ndarray) -> torch.Tensor:
-    """Keys of every (query, probed row) -> [b, T] (T = most rows probed by one query; pad = INT64_MIN).
+def _query_candidates(index: Int8Index, qc: torch.Tensor, qs: torch.Tensor, excl: int, lists: np.ndarray,
+                      k_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, rows) of the rows of one query's probed lists that can be in its top ``k_out``.
 
-    Pairs are grouped by list so each list is one GEMM over the queries that probe it (a contiguous slice).
+    The lists are contiguous row ranges: their codes are concatenated (memcpy, cache-warm for the GEMV that
+    follows) and scored with one int8 GEMV. Only rows scoring >= the k-th largest 64-row chunk maximum are
+    kept: those k maxima are k distinct rows, so every top-k row clears that bar (the excluded row is set to
+    -inf first, so it cannot count).
     """
-    b, p = probes.shape
-    lens = offsets[probes + 1] - offsets[probes]
-    slots = np.cumsum(lens, axis=1) - lens
-    width = int(lens.sum(axis=1).max()) if b else 0
-    out = torch.full((b, max(width, 1)), INT64_MIN, dtype=torch.int64)
-    flat_out = out.view(-1)
-    flat = probes.ravel()
-    order = np.argsort(flat, kind="stable")
-    bounds = np.flatnonzero(np.diff(flat[order])) + 1
-    codes_t, scales_t = cache["codes_t"], cache["scales_t"]
-    for grp in np.split(order, bounds):
-        lst = int(flat[grp[0]])
-        o, n = int(offsets[lst]), int(offsets[lst + 1] - offsets[lst])
-        if n == 0:
-            continue
-        qidx = grp // p
-        qidx_t = torch.from_numpy(qidx)
-        s = scores_from_dot(int_dot(qc[qidx_t], codes_t[o:o + n]), scales_t[o:o + n], qs[qidx_t][:, None])
-        keys = make_keys(s, torch.arange(o, o + n))
-        ex = excl[qidx]
-        hit = np.flatnonzero((ex >= o) & (ex < o + n))
-        if len(hit):
-            keys[torch.from_numpy(hit), torch.from_numpy(ex[hit] - o)] = INT64_MIN
-        dest = torch.from_numpy(qidx * out.shape[1] + slots.ravel()[grp])[:, None] + torch.arange(n)
-        flat_out[dest] = keys
-    return out
+    offsets = index.ivf.offsets
+    lists = np.sort(lists)
+    starts, lens = offsets[lists], offsets[lists + 1] - offsets[lists]
+    starts, lens = starts[lens > 0], lens[lens > 0]
+    total = int(lens.sum())
+    if total == 0:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    before = np.cumsum(lens) - lens
+    codes_np, scales_np = index.cache["codes_np"], index.cache["scales_np"]
+    codes = np.concatenate([codes_np[a:a + n] for a, n in zip(starts, lens)])
+    scales = np.concatenate([scales_np[a:a + n] for a, n in zip(starts, lens)])
+    n_chunks = -(-total // CHUNK)
+    s = torch.full((n_chunks * CHUNK,), -float("inf"))
+    s[:total] = scores_from_dot(int_dot(qc[None], torch.from_numpy(codes))[0], torch.from_numpy(scales), qs)
+    j = int(np.searchsorted(starts, excl, side="right")) - 1
+    if excl >= 0 and j >= 0 and excl < starts[j] + lens[j]:
+        s[int(before[j] + excl - starts[j])] = -float("inf")
+    return _select_candidates(s, k_out, starts, lens, before)
+
+
+def _select_candidates(s: torch.Tensor, k_out: int, starts: np.ndarray, lens: np.ndarray, before: np.ndarray
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores [T] (64-aligned, -inf padded) of one query's probed rows -> (scores, rows) that can make its
+    top ``k_out``: rows >= the k-th largest 64-row chunk maximum (k maxima = k distinct rows)."""
+    n_chunks = s.numel() // CHUNK
+    if n_chunks > k_out:
+        bar = torch.topk(s.view(n_chunks, CHUNK).amax(dim=1), k_out, sorted=False).values.min()
+        pos = torch.nonzero(s >= max(float(bar), -3.4e38)).squeeze(1)  # -inf never qualifies
+    else:
+        pos = torch.nonzero(s > -float("inf")).squeeze(1)
+    p = pos.numpy()
+    seg = np.searchsorted(before, p, side="right") - 1
+    return s[pos], torch.from_numpy(starts[seg] + p - before[seg])
+
+
+def _candidate_keys(parts: list[tuple[torch.Tensor, torch.Tensor]], k_out: int) -> torch.Tensor:
+    """Per-query candidate (scores, rows) -> sorted best keys [b, k_out] in one batched selection."""
+    counts = [len(r) for _, r in parts]
+    keys = make_keys(torch.cat([s for s, _ in parts]), torch.cat([r for _, r in parts]))
+    qb = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor(counts, dtype=torch.int64))
+    first = torch.tensor(np.cumsum(counts) - counts, dtype=torch.int64)
+    out = torch.full((len(parts), max(max(counts, default=0), k_out)), INT64_MIN, dtype=torch.int64)
+    out[qb, torch.arange(len(qb)) - first[qb]] = keys
+    return select_top(out, k_out)
 
 
 def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
@@ -102,23 +125,15 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
         return exact_search(index, queries, k, exclude_ids)
     qc, qs, excl, k = _prepare_queries(index, queries, k, exclude_ids)
     batch, k_out = qc.shape[0], min(k, index.count)
-    ids, scores = _empty(batch, k_out)
     if batch == 0:
-        return ids, scores
+        return _empty(0, k_out)
     probes = probe_lists(index.cache, qc, qs, nprobe).numpy()
-    offsets = np.asarray(index.ivf.offsets)
-    per_query = (offsets[probes + 1] - offsets[probes]).sum(axis=1)
     excl_np = excl.numpy()
-    b0 = 0
-    while b0 < batch:
-        b1 = b0 + 1  # grow the chunk while its padded candidate matrix stays under the cap
-        while b1 < batch and (b1 + 1 - b0) * max(int(per_query[b0:b1 + 1].max()), k_out) <= _CANDIDATE_KEYS:
-            b1 += 1
-        sl = slice(b0, b1)
-        keys = _score_lists(index.cache, offsets, qc[sl], qs[sl], excl_np[sl], probes[sl])
-        if keys.shape[1] < k_out:
-            pad = torch.full((keys.shape[0], k_out - keys.shape[1]), INT64_MIN, dtype=torch.int64)
-            keys = torch.cat([keys, pad], dim=1)
-        ids[sl], scores[sl] = keys_to_results(index, select_top(keys, k_out))
-        b0 = b1
+    ids, scores = _empty(batch, k_out)
+    per_query = (index.ivf.offsets[probes + 1] - index.ivf.offsets[probes]).sum(axis=1)
+    step = max(1, _GROUP_KEYS // max(k_out, int(per_query.max())))
+    for b0 in range(0, batch, step):  # bounded memory: the padded candidate-key matrix of one group
+        parts = [_query_candidates(index, qc[i], qs[i], int(excl_np[i]), probes[i], k_out)
+                 for i in range(b0, min(batch, b0 + step))]
+        ids[b0:b0 + step], scores[b0:b0 + step] = keys_to_results(index, _candidate_keys(parts, k_out))
     return ids, scores

@@ -1,0 +1,377 @@
+"""ANN core: quantisation, exact int8 search (exactness, batch invariance, exclusion, blocking), IVF, I/O."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import widefunnel.ann.search as search_mod
+from widefunnel.ann.index import IndexLoadError, build_index, load_index, save_index
+from widefunnel.ann.ivf import ivf_search
+from widefunnel.ann.quantize import dequantize_rows, quantize_rows
+from widefunnel.ann.search import exact_search, search
+
+FP = "tower-abc123"
+
+
+def _data(n: int, d: int, seed: int = 0, dup: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    if dup:  # exact duplicates force score ties, so tie-breaking is exercised
+        x[n // 4: n // 4 + 20] = x[0]
+    return x, rng.permutation(10 * n)[:n].astype(np.int64)
+
+
+def _queries(b: int, d: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((b, d)).astype(np.float32)
+
+
+def _reference(index, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+    """Independent brute force with the documented semantics: score (float32(dot) * s_i) * s_q, best first,
+    lower row first on ties, excluded id dropped, padding id -1 / score -inf."""
+    qc, qs = quantize_rows(queries)
+    dot = (qc.astype(np.int64) @ index.codes.astype(np.int64).T).astype(np.float32)
+    scores = (dot * index.scales[None, :]) * qs[:, None]
+    n, k_out = index.count, min(k, index.count)
+    ids = np.full((len(queries), k_out), -1, np.int64)
+    out = np.full((len(queries), k_out), -np.inf, np.float32)
+    for i in range(len(queries)):
+        order = np.lexsort((np.arange(n), -scores[i]))
+        if exclude is not None:
+            order = order[index.ids[order] != exclude[i]]
+        order = order[:k_out]
+        ids[i, :len(order)], out[i, :len(order)] = index.ids[order], scores[i, order]
+    return ids, out
+
+
+def _same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Bit-for-bit equality of (ids, scores)."""
+    return np.array_equal(a[0], b[0]) and np.array_equal(a[1].view(np.int32), b[1].view(np.int32))
+
+
+@pytest.fixture(scope="module")
+def index_20k():
+    x, ids = _data(20000, 64, dup=True)
+    return build_index(x, ids, FP)
+
+
+@pytest.fixture(scope="module")
+def ivf_index():
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((64, 32)).astype(np.float32)
+    x = (centers[rng.integers(0, 64, 6000)] + 0.4 * rng.standard_normal((6000, 32))).astype(np.float32)
+    q = (centers[rng.integers(0, 64, 24)] + 0.4 * rng.standard_normal((24, 32))).astype(np.float32)
+    return build_index(x, np.arange(6000) * 3, FP, ivf_lists=32, seed=0), q
+
+
+# ------------------------------------------------------------------------------------------- quantisation
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 8), st.integers(1, 40)),
+              elements=st.floats(-1e6, 1e6, width=32)))
+def test_quantize_round_trip_error_is_at_most_half_a_step(x):
+    codes, scales = quantize_rows(x)
+    assert codes.dtype == np.int8 and scales.dtype == np.float32
+    assert codes.min() >= -127 and (scales > 0).all()
+    err = np.abs(dequantize_rows(codes, scales) - x)
+    assert (err <= scales[:, None] * (0.5 + 1e-5) + 1e-30).all()
+
+
+def test_quantize_zero_rows_get_scale_one():
+    codes, scales = quantize_rows(np.zeros((2, 5), np.float32))
+    assert (codes == 0).all() and (scales == 1).all()
+
+
+def test_quantize_is_per_row():
+    x = _queries(6, 16)
+    codes, scales = quantize_rows(x)
+    c1, s1 = quantize_rows(x[2:3])
+    assert np.array_equal(codes[2:3], c1) and np.array_equal(scales[2:3], s1)
+
+
+# ----------------------------------------------------------------------------------------------- exact
+def test_exact_search_recall_vs_float32_brute_force(index_20k):
+    x, _ = _data(20000, 64, dup=True)
+    q = _queries(20, 64)
+    ids, scores = exact_search(index_20k, q, 100)
+    assert ids.shape == (20, 100) and ids.dtype == np.int64 and scores.dtype == np.float32
+    assert (np.diff(scores, axis=1) <= 0).all()
+    exact_rows = np.argsort(-(q @ x.T), axis=1)[:, :100]
+    _, ids_by_input_row = _data(20000, 64, dup=True)
+    recall = np.mean([len(set(ids[i]) & set(ids_by_input_row[exact_rows[i]])) / 100 for i in range(20)])
+    assert recall >= 0.98, recall
+
+
+@pytest.mark.parametrize("k", [1, 10, 100, 1000, 5000])
+def test_exact_search_matches_reference_including_ties(index_20k, k):
+    q = _queries(6, 64, seed=k)
+    q[1] = 0.0  # every score ties
+    x, _ = _data(20000, 64, dup=True)
+    q[2] = x[0]  # the duplicated rows tie at the top
+    assert _same(exact_search(index_20k, q, k), _reference(index_20k, q, k))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 300), d=st.integers(1, 24), b=st.integers(0, 5), k=st.integers(1, 320),
+       block=st.sampled_from([1, 64, 100, 262144]), seed=st.integers(0, 2**16))
+def test_exact_search_matches_reference_random_shapes(n, d, b, k, block, seed):
+    x, ids = _data(n, d, seed=seed)
+    index = build_index(np.round(x * 4) / 4, ids, FP)  # coarse values: plenty of ties
+    q = np.round(_queries(b, d, seed=seed + 1) * 2) / 2
+    excl = np.where(np.arange(b) % 2 == 0, ids[np.arange(b) % n], -1) if b else None
+    assert _same(exact_search(index, q, k, exclude_ids=excl, block_rows=block), _reference(index, q, k, excl))
+
+
+def test_batch_invariance_exact(index_20k):
+    q = _queries(32, 64, seed=7)
+    for k in (100, 4000):  # 4000 also takes the sampled-threshold path
+        batch = exact_search(index_20k, q, k)
+        for i in (0, 13, 31):
+            alone = exact_search(index_20k, q[i:i + 1], k)
+            assert _same(alone, (batch[0][i:i + 1], batch[1][i:i + 1]))
+        assert _same(exact_search(index_20k, q[5:9], k), (batch[0][5:9], batch[1][5:9]))
+
+
+def test_exclusion_drops_only_that_id(index_20k):
+    q = _queries(4, 64, seed=9)
+    top = exact_search(index_20k, q, 10)[0]
+    excl = np.array([top[0, 0], -1, top[2, 5], 123456789])  # best hit, none, a mid hit, unknown id
+    ids, scores = exact_search(index_20k, q, 10, exclude_ids=excl)
+    assert excl[0] not in ids[0] and excl[2] not in ids[2]
+    assert np.array_equal(ids[1], top[1]) and np.array_equal(ids[3], top[3])
+    assert np.array_equal(ids[0, :9], top[0, 1:]) and _same((ids, scores), _reference(index_20k, q, 10, excl))
+
+
+def test_k_equal_and_above_n_returns_everything():
+    x, ids = _data(500, 16)
+    index = build_index(x, ids, FP)
+    q = _queries(3, 16)
+    full = exact_search(index, q, 500)
+    assert full[0].shape == (3, 500) and all(set(r) == set(ids) for r in full[0])
+    assert _same(exact_search(index, q, 10_000), full)
+    ex_ids, ex_scores = exact_search(index, q, 500, exclude_ids=np.array([ids[0], -1, -1]))
+    assert ex_ids[0, -1] == -1 and ex_scores[0, -1] == -np.inf and ids[0] not in ex_ids[0]
+    assert np.array_equal(ex_ids[1], full[0][1])
+
+
+def test_blocked_equals_unblocked(index_20k):
+    q = _queries(5, 64, seed=11)
+    whole = exact_search(index_20k, q, 300, block_rows=10**7)
+    for block in (64, 1000, 4096):
+        assert _same(exact_search(index_20k, q, 300, block_rows=block), whole)
+
+
+def test_float_gemm_path_is_identical(index_20k, monkeypatch):
+    """Without an exact int8 GEMM (or on GPU) the integer-valued float32 GEMM must give the same bits."""
+    q = _queries(8, 64, seed=12)
+    want = exact_search(index_20k, q, 50)
+    monkeypatch.setattr(search_mod, "int_mm_is_exact", lambda: False)
+    assert _same(exact_search(index_20k, q, 50), want)
+
+
+def test_empty_batch(index_20k):
+    ids, scores = exact_search(index_20k, np.zeros((0, 64), np.float32), 7)
+    assert ids.shape == (0, 7) and scores.shape == (0, 7)
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5, True, "10"])
+def test_bad_k_is_rejected(index_20k, k):
+    with pytest.raises(ValueError, match="k must be"):
+        exact_search(index_20k, _queries(1, 64), k)
+
+
+@pytest.mark.parametrize("q", [np.zeros((2, 63), np.float32), np.zeros(64, np.float32),
+                               np.zeros((1, 2, 64), np.float32)])
+def test_bad_query_shape_is_rejected(index_20k, q):
+    with pytest.raises(ValueError, match="query must have shape"):
+        exact_search(index_20k, q, 5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_query_is_rejected(index_20k, bad):
+    q = _queries(3, 64)
+    q[1, 7] = bad
+    with pytest.raises(ValueError, match=r"query rows \[1\] contain NaN or inf"):
+        exact_search(index_20k, q, 5)
+
+
+def test_bad_nprobe_is_rejected(ivf_index, index_20k):
+    index, q = ivf_index
+    for nprobe in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="nprobe must be"):
+            search(index, q, 5, nprobe=nprobe)
+    with pytest.raises(ValueError, match="nprobe must be"):
+        search(index_20k, _queries(2, 64), 5, nprobe=0)  # checked even without IVF
+
+
+def test_bad_exclude_ids_are_rejected(index_20k):
+    with pytest.raises(ValueError, match="exclude_ids"):
+        exact_search(index_20k, _queries(2, 64), 5, exclude_ids=np.array([1, 2, 3]))
+
+
+# ------------------------------------------------------------------------------------------------- IVF
+def test_ivf_recall_rises_with_nprobe_and_is_exact_at_l(ivf_index):
+    index, q = ivf_index
+    exact = exact_search(index, q, 50)
+    recalls = []
+    for nprobe in (1, 2, 4, 8, 16, 32):
+        ids, scores = search(index, q, 50, nprobe=nprobe)
+        assert (np.diff(np.where(np.isinf(scores), -3e38, scores), axis=1) <= 0).all()
+        recalls.append(np.mean([len(set(ids[i]) & set(exact[0][i])) / 50 for i in range(len(q))]))
+    assert all(b >= a for a, b in zip(recalls, recalls[1:])), recalls
+    assert recalls[0] < 0.95 and recalls[-1] == 1.0
+    assert _same(search(index, q, 50, nprobe=32), exact)
+    assert _same(search(index, q, 50, nprobe=10**6), exact)  # clipped to L
+
+
+def test_ivf_results_are_exact_within_probed_lists(ivf_index):
+    """IVF ranks the probed lists' rows exactly like the exact scan ranks them (same keys, same scores)."""
+    index, q = ivf_index
+    ids, scores = ivf_search(index, q[:4], 20, nprobe=3, exclude_ids=np.array([-1, 0, -1, 3]))
+    full_ids, full_scores = exact_search(index, q[:4], index.count)
+    for i in range(4):
+        pos = {v: j for j, v in enumerate(full_ids[i])}
+        js = [pos[v] for v in ids[i] if v >= 0]
+        assert js == sorted(js) and np.array_equal(full_scores[i, js], scores[i, :len(js)])
+
+
+def test_batch_invariance_ivf(ivf_index):
+    index, q = ivf_index
+    batch = search(index, q, 30, nprobe=4)
+    for i in (0, 11, 23):
+        assert _same(search(index, q[i:i + 1], 30, nprobe=4), (batch[0][i:i + 1], batch[1][i:i + 1]))
+
+
+def test_ivf_pads_when_probed_lists_are_short(ivf_index):
+    index, q = ivf_index
+    ids, scores = search(index, q[:2], 5000, nprobe=1)
+    assert ids.shape == (2, 5000) and (ids[:, -1] == -1).all() and np.isneginf(scores[:, -1]).all()
+
+
+# -------------------------------------------------------------------------------------------- index I/O
+@pytest.fixture()
+def saved(tmp_path, ivf_index) -> Path:
+    save_index(ivf_index[0], tmp_path / "idx")
+    return tmp_path / "idx"
+
+
+def test_save_load_round_trip(saved, ivf_index):
+    index, q = ivf_index
+    loaded = load_index(saved, expected_fingerprint=FP)
+    for name in ("codes", "scales", "ids"):
+        assert np.array_equal(getattr(loaded, name), getattr(index, name))
+    assert np.array_equal(loaded.ivf.centroids, index.ivf.centroids)
+    assert np.array_equal(loaded.ivf.offsets, index.ivf.offsets)
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest["format"] == "widefunnel-int8-index" and manifest["format_version"] == 1
+    assert manifest["count"] == 6000 and manifest["dim"] == 32 and manifest["ivf_lists"] == 32
+    assert _same(search(loaded, q, 10, nprobe=4), search(index, q, 10, nprobe=4))
+    assert _same(exact_search(loaded, q, 10), exact_search(index, q, 10))
+
+
+def _rewrite_manifest(directory: Path, **changes) -> None:
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_load_refuses_corrupted_file(saved):
+    path = saved / "codes.npy"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IndexLoadError, match=r"codes\.npy: sha256 mismatch"):
+        load_index(saved)
+
+
+def test_load_refuses_truncated_file(saved):
+    path = saved / "scales.npy"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(IndexLoadError, match=r"scales\.npy: size .* \(truncated"):
+        load_index(saved)
+
+
+def test_load_refuses_missing_file(saved):
+    (saved / "ivf_offsets.npy").unlink()
+    with pytest.raises(IndexLoadError, match=r"ivf_offsets\.npy: missing"):
+        load_index(saved)
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    ({"colour": "blue"}, r"unknown key\(s\) \['colour'\]"),
+    ({"dim": "32"}, r"field 'dim'.*expected int, got str"),
+    ({"count": True}, r"field 'count'.*expected int, got bool"),
+    ({"format": "faiss"}, r"field 'format'"),
+    ({"format_version": 2}, r"field 'format_version'"),
+    ({"metric": "l2"}, r"field 'metric'"),
+    ({"quantization": "int4"}, r"field 'quantization'"),
+    ({"count": 5999}, r"ids\.npy|codes\.npy: shape"),
+    ({"dim": 31}, r"codes\.npy: shape"),
+    ({"ivf_lists": 0}, r"field 'files'"),
+    ({"files": {}}, r"field 'files'"),
+])
+def test_load_refuses_bad_manifest(saved, changes, pattern):
+    _rewrite_manifest(saved, **changes)
+    with pytest.raises(IndexLoadError, match=pattern):
+        load_index(saved)
+
+
+def test_load_refuses_missing_manifest_key(saved):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    del manifest["tower_fingerprint"]
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexLoadError, match=r"missing key\(s\) \['tower_fingerprint'\]"):
+        load_index(saved)
+
+
+def test_load_refuses_invalid_json(saved):
+    (saved / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexLoadError, match="not valid JSON"):
+        load_index(saved)
+
+
+def test_load_refuses_fingerprint_mismatch(saved):
+    with pytest.raises(IndexLoadError, match=r"tower_fingerprint.*'tower-abc123' does not match .*'other'"):
+        load_index(saved, expected_fingerprint="other")
+
+
+def test_load_refuses_duplicate_ids(tmp_path):
+    x, ids = _data(100, 8)
+    index = build_index(x, ids, FP)
+    index.ids[5] = index.ids[6]  # corrupt in memory, then save with valid checksums
+    save_index(index, tmp_path)
+    with pytest.raises(IndexLoadError, match=r"ids\.npy: duplicate ids"):
+        load_index(tmp_path)
+
+
+def test_load_refuses_pickled_array(tmp_path):
+    x, ids = _data(50, 8)
+    save_index(build_index(x, ids, FP), tmp_path)
+    with open(tmp_path / "ids.npy", "wb") as f:
+        np.save(f, np.array([object()] * 50), allow_pickle=True)
+    from widefunnel.ann.index import _sha256
+
+    entry = {"sha256": _sha256(tmp_path / "ids.npy"), "bytes": (tmp_path / "ids.npy").stat().st_size}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["files"]["ids.npy"] = entry
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexLoadError, match=r"ids\.npy: not a plain \.npy array"):
+        load_index(tmp_path)
+
+
+def test_build_rejects_bad_input():
+    x, ids = _data(10, 4)
+    with pytest.raises(ValueError, match="duplicate ids"):
+        build_index(x, np.zeros(10, np.int64), FP)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        build_index(np.full((10, 4), np.nan, np.float32), ids, FP)
+    with pytest.raises(ValueError, match="ids must be >= 0"):
+        build_index(x, ids - 10**6, FP)
+    with pytest.raises(ValueError, match="metric"):
+        build_index(x, ids, FP, metric="cosine")

@@ -1,0 +1,94 @@
+"""The Triton GPU kernel (on CPU via the Triton interpreter) and its torch fallback vs the CPU exact search.
+
+``TRITON_INTERPRET=1`` only takes effect if it is set before ``triton`` is first imported, so every check runs
+in a fresh interpreter process; this pytest process never imports triton.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_SCRIPT = textwrap.dedent("""
+    import os, sys
+    assert "triton" not in sys.modules
+    os.environ["TRITON_INTERPRET"] = "1"
+    import numpy as np
+    import torch
+    from widefunnel.ann.index import build_index
+    from widefunnel.ann.search import exact_search, exclude_rows
+    from widefunnel.ann.triton_kernel import gpu_search, quantize_rows_torch
+    from widefunnel.ann.quantize import quantize_rows
+
+    def check(n, d, b, k, use_kernel, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        x[10:14] = x[0]  # ties
+        index = build_index(x, np.arange(n) * 7 + 3, "fp")
+        q = rng.standard_normal((b, d)).astype(np.float32)
+        q[1] = 0.0  # ties everywhere
+        ex_ids = np.full(b, -1)
+        ex_ids[0] = exact_search(index, q[:1], 1)[0][0, 0]  # exclude query 0's best hit
+        ex_ids[2] = index.ids[5]
+        want_ids, want_scores = exact_search(index, q, k, exclude_ids=ex_ids)
+        rows, scores = gpu_search(torch.from_numpy(index.codes), torch.from_numpy(index.scales),
+                                  torch.from_numpy(q), k, torch.from_numpy(exclude_rows(index, ex_ids, b)),
+                                  use_kernel=use_kernel)
+        rows, scores = rows.numpy(), scores.numpy()
+        got_ids = np.where(rows >= 0, index.ids[np.maximum(rows, 0)], -1)
+        assert np.array_equal(got_ids, want_ids), (n, d, k, use_kernel)
+        assert np.array_equal(scores.view(np.int32), want_scores.view(np.int32)), (n, d, k, use_kernel)
+
+    x = np.random.default_rng(0).standard_normal((33, 20)).astype(np.float32)
+    codes, scales = quantize_rows_torch(torch.from_numpy(x))
+    want_codes, want_scales = quantize_rows(x)
+    assert np.array_equal(codes.numpy(), want_codes) and np.array_equal(scales.numpy(), want_scales)
+
+    check(300, 64, 5, 10, True, 0)     # the brief's case: a few hundred items, d=64, k=10
+    check(200, 48, 3, 1, True, 1)      # d not a power of two (zero-padded), k=1
+    check(40, 16, 17, 64, True, 2)     # k > N, more queries than one tile of 16
+    for k in (10, 40, 500):            # the torch fallback, incl. k > N
+        check(300, 64, 5, k, False, 3)
+    print("KERNEL-OK")
+""")
+
+
+def test_triton_kernel_and_fallback_match_exact_search():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "KERNEL-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_gpu_search_validates_inputs():
+    script = textwrap.dedent("""
+        import torch
+        from widefunnel.ann.triton_kernel import gpu_search
+        codes, scales = torch.zeros((10, 8), dtype=torch.int8), torch.ones(10)
+        for bad_k in (0, -1):
+            try:
+                gpu_search(codes, scales, torch.zeros((1, 8)), bad_k)
+            except ValueError as e:
+                assert "k must be" in str(e)
+            else:
+                raise AssertionError("k accepted")
+        bad = ((torch.zeros((1, 7)), "query must have shape"), (torch.full((1, 8), float("nan")), "NaN"))
+        for q, msg in bad:
+            try:
+                gpu_search(codes, scales, q, 3)
+            except ValueError as e:
+                assert msg in str(e), e
+            else:
+                raise AssertionError("query accepted")
+        print("VALIDATE-OK")
+    """)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "VALIDATE-OK" in proc.stdout, proc.stderr[-4000:]
+

@@ -1,0 +1,153 @@
+"""GPU exact int8 search: a fused Triton kernel (int8 GEMM tile + per-tile top-k) and a torch fallback.
+
+Both produce exactly what the CPU ``exact_search`` produces for the same rows (same per-row query
+quantisation, same score formula ``(float32(dot) * s_item) * s_query``, same unique int64 keys), so the GPU
+and CPU paths are interchangeable and batch-invariant. The kernel computes, for a [BM queries x BN items]
+tile, the exact int32 dot products with ``tl.dot`` and keeps the tile's best K keys per query by repeated
+max-extraction (keys are unique, so this is exact); a second, tiny torch top-k merges the tiles. The
+global top-k is a subset of the union of per-tile top-ks, so the result is exact.
+
+CI runs the kernel on CPU through the Triton interpreter: set ``TRITON_INTERPRET=1`` before this module
+(and hence ``triton``) is first imported.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from widefunnel.ann.quantize import QMAX
+from widefunnel.ann.search import (
+    INT64_MIN,
+    decode_keys,
+    int_dot,
+    make_keys,
+    scores_from_dot,
+    select_top,
+    validate_k,
+)
+
+try:  # the plugin must still load (and use the fallback) where triton is absent
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton is a declared dependency, but keep the fallback honest
+    triton = None
+    tl = None
+
+KERNEL_MAX_K = 32  # per-tile max-extraction costs K passes over a tile; above it the GEMM+topk fallback wins
+_BM = 16  # tl.dot needs >= 16 rows
+
+
+def quantize_rows_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torch twin of ``quantize_rows`` (bit-identical: same float32 ops, round-half-even, clip)."""
+    x = x.to(torch.float32)
+    scales = x.abs().amax(dim=1) / QMAX if x.shape[1] else torch.zeros(x.shape[0], device=x.device)
+    scales = torch.where(scales == 0, torch.ones_like(scales), scales)
+    codes = torch.round(x / scales[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return codes, scales
+
+
+if triton is not None:
+
+    @triton.jit
+    def _int8_topk_kernel(q_ptr, qs_ptr, c_ptr, cs_ptr, ex_ptr, out_ptr, n_queries, n_items, n_tiles,
+                          D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
+        """One [BM x BN] tile: exact int8 dot products -> scores -> unique keys -> best K keys per query."""
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        rd = tl.arange(0, D)
+        q = tl.load(q_ptr + rm[:, None] * D + rd[None, :], mask=rm[:, None] < n_queries, other=0)
+        c = tl.load(c_ptr + rn[:, None] * D + rd[None, :], mask=rn[:, None] < n_items, other=0)
+        acc = tl.dot(q, tl.trans(c), out_dtype=tl.int32)  # int8 x int8 -> exact int32
+        qs = tl.load(qs_ptr + rm, mask=rm < n_queries, other=1.0)
+        cs = tl.load(cs_ptr + rn, mask=rn < n_items, other=1.0)
+        s = (acc.to(tl.float32) * cs[None, :]) * qs[:, None]
+        bits = s.to(tl.int32, bitcast=True)
+        ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        key = ordered.to(tl.int64) * 4294967296 + (4294967295 - rn[None, :].to(tl.int64))
+        ex = tl.load(ex_ptr + rm, mask=rm < n_queries, other=-1)
+        dead = (rn[None, :] >= n_items) | (rn[None, :] == ex[:, None])
+        key = tl.where(dead, (-9223372036854775807 - 1), key)
+        base = (rm * n_tiles + pid_n) * K
+        for i in tl.static_range(K):
+            best = tl.max(key, axis=1)
+            tl.store(out_ptr + base + i, best, mask=rm < n_queries)
+            key = tl.where(key == best[:, None], (-9223372036854775807 - 1), key)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor, qs: torch.Tensor, kk: int,
+                 exclude: torch.Tensor) -> torch.Tensor:
+    """Per-tile best keys from the Triton kernel, merged -> [B, kk] sorted keys."""
+    n, d = codes_t.shape
+    dp = max(32, _next_pow2(d))  # tl.dot: power-of-two K, >= 32 for int8 MMA; zero padding keeps dots exact
+    if dp != d:
+        codes_t = torch.nn.functional.pad(codes_t, (0, dp - d))
+        qc = torch.nn.functional.pad(qc, (0, dp - d))
+    kt = _next_pow2(kk)
+    bn = max(kt, min(1024, max(128, 8 * kt)))  # a tile keeps kt of its bn items: N * kt / bn keys to merge
+    n_tiles = triton.cdiv(n, bn)
+    b = qc.shape[0]
+    out = torch.empty((b, n_tiles * kt), dtype=torch.int64, device=qc.device)
+    grid = (triton.cdiv(b, _BM), n_tiles)
+    _int8_topk_kernel[grid](qc.contiguous(), qs.contiguous(), codes_t.contiguous(), scales_t.contiguous(),
+                            exclude.contiguous(), out, b, n, n_tiles, D=dp, BM=_BM, BN=bn, K=kt)
+    return select_top(out, kk)
+
+
+def _fallback_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor, qs: torch.Tensor, kk: int,
+                   exclude: torch.Tensor, block_rows: int = 65536) -> torch.Tensor:
+    """Device-agnostic blocked scan with a running top-k merge (same keys, so the same exact result)."""
+    b, n = qc.shape[0], codes_t.shape[0]
+    best = torch.full((b, 0), INT64_MIN, dtype=torch.int64, device=qc.device)
+    for r0 in range(0, n, block_rows):
+        c = codes_t[r0:r0 + block_rows]
+        rows = torch.arange(r0, r0 + c.shape[0], device=qc.device)
+        keys = make_keys(scores_from_dot(int_dot(qc, c), scales_t[r0:r0 + c.shape[0]], qs[:, None]), rows)
+        keys = torch.where(rows[None, :] == exclude[:, None], INT64_MIN, keys)
+        keys = torch.cat([best, keys], dim=1)
+        best = torch.topk(keys, min(kk, keys.shape[1]), dim=1, sorted=False).values
+    return select_top(best, kk)
+
+
+def gpu_search(codes_t: torch.Tensor, scales_t: torch.Tensor, queries_t: torch.Tensor, k: int,
+               exclude: torch.Tensor | None = None, use_kernel: bool | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact int8 search on torch tensors (CUDA in production) -> (rows int64 [B,k'], scores float32 [B,k']).
+
+    ``codes_t`` int8 [N,d], ``scales_t`` float32 [N], ``queries_t`` float [B,d], ``exclude`` int64 [B] of
+    *row* indices (-1 = none; map ids to rows with ``search.exclude_rows``). k' = min(k, N); rows left short
+    by an exclusion are padded with row -1 / score -inf. ``use_kernel`` None = the Triton kernel when triton
+    is importable, the tensors are on CUDA (or the interpreter is on) and k <= KERNEL_MAX_K.
+    """
+    k = validate_k(k)
+    if queries_t.ndim != 2 or queries_t.shape[1] != codes_t.shape[1]:
+        raise ValueError(f"query must have shape [B, {codes_t.shape[1]}], got {list(queries_t.shape)}")
+    if not bool(torch.isfinite(queries_t).all()):
+        raise ValueError("query contains NaN or inf")
+    b, n = queries_t.shape[0], codes_t.shape[0]
+    kk = min(k, n)
+    if exclude is None:
+        exclude = torch.full((b,), -1, dtype=torch.int64, device=queries_t.device)
+    exclude = exclude.to(torch.int64).reshape(b)
+    qc, qs = quantize_rows_torch(queries_t)
+    if use_kernel is None:
+        use_kernel = triton is not None and kk <= KERNEL_MAX_K and (queries_t.is_cuda or _interpreting())
+    if b == 0:
+        keys = torch.full((0, kk), INT64_MIN, dtype=torch.int64, device=queries_t.device)
+    elif use_kernel:
+        keys = _kernel_keys(codes_t, scales_t, qc, qs, kk, exclude)
+    else:
+        keys = _fallback_keys(codes_t, scales_t, qc, qs, kk, exclude)
+    rows, scores, valid = decode_keys(keys)
+    return torch.where(valid, rows, -1), torch.where(valid, scores, -float("inf"))
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
