@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 REPO   ?= model_repository
 
-.PHONY: env demo test lint bench clean
+.PHONY: env demo test lint bench quality soak clean
 
 env: $(VENV)/.installed
 	@# perf_analyzer (from the tritonclient wheel) links libb64.so.0d: Debian's libb64-0d where apt-get exists and
@@ -38,6 +38,12 @@ lint: env
 
 bench: env
 	$(BIN)/python benchmarks/bench_ann.py
+
+quality: env
+	$(BIN)/python benchmarks/quality.py
+
+soak: env
+	$(BIN)/python benchmarks/soak.py --repository $(REPO)
 
 clean:
 	rm -rf $(REPO)/* build .pytest_cache
