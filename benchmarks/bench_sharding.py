@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import np_to_triton_dtype
 
 from widefunnel.ann.index import build_index
 from widefunnel.builders import shards as sb
+from widefunnel.client.client import build_inputs
 from widefunnel.cluster import LocalCluster, _parallel
 from widefunnel.runtime import Ports, TritonServer
 from widefunnel.sharding import merge_topk
@@ -37,13 +37,7 @@ OUTPUTS = ("CANDIDATE_ID", "CANDIDATE_SCORE", "FINGERPRINT")
 
 
 def _inputs(queries: np.ndarray, k: int) -> list:
-    tensors = {"QUERY": queries, "K": np.full((len(queries), 1), k, np.int32)}
-    out = []
-    for name, array in tensors.items():
-        t = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        t.set_data_from_numpy(array)
-        out.append(t)
-    return out
+    return build_inputs(grpcclient, {"QUERY": queries, "K": np.full((len(queries), 1), k, np.int32)})
 
 
 def _compute_us(url: str, model: str) -> tuple[int, int]:
