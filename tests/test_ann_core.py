@@ -375,3 +375,17 @@ def test_build_rejects_bad_input():
         build_index(x, ids - 10**6, FP)
     with pytest.raises(ValueError, match="metric"):
         build_index(x, ids, FP, metric="cosine")
+
+
+def test_dequantized_lookup_by_id_and_zero_for_padding():
+    from widefunnel.ann.quantize import dequantize_rows
+    from widefunnel.ann.search import dequantized
+
+    x = np.random.default_rng(3).standard_normal((50, 8)).astype(np.float32)
+    index = build_index(x, np.arange(100, 150, dtype=np.int64), "fp")
+    got = dequantized(index, np.array([[100, 149, -1]], np.int64))
+    row = {int(i): r for r, i in enumerate(index.ids)}
+    want = dequantize_rows(index.codes, index.scales)
+    np.testing.assert_array_equal(got[0, 0], want[row[100]])
+    np.testing.assert_array_equal(got[0, 1], want[row[149]])
+    assert got.shape == (1, 3, 8) and (got[0, 2] == 0).all()

@@ -61,3 +61,18 @@ def test_quota_rounds_half_up_and_rejects_bad_arguments():
             assert ("alpha" in str(exc)) or ("top_n" in str(exc))
         else:
             raise AssertionError("expected ValueError")
+
+
+def test_merge_batch_pads_short_rows_and_carries_probabilities():
+    from widefunnel.merge import merge_batch
+
+    ids = np.array([[1, 2, 3]], np.int64)
+    scores = np.array([[0.1, 0.9, 0.5]], np.float32)
+    probs = np.arange(9, dtype=np.float32).reshape(1, 3, 3)
+    rel = (np.array([[4, 2, 5]], np.int64), np.array([[0.8, 0.2, 0.3]], np.float32), probs + 100)
+    m = merge_batch((ids, scores, probs), rel, np.array([[0.5]]), np.array([[8]]))
+    assert m.ids.shape == (1, 8)
+    assert m.ids[0, :5].tolist() == [2, 4, 3, 5, 1] and (m.ids[0, 5:] == -1).all()
+    assert (m.source[0, 5:] == -1).all() and np.isnan(m.scores[0, 5:]).all()
+    np.testing.assert_array_equal(m.probs[0, 0], probs[0, 1])  # item 2 taken by the engagement head
+    np.testing.assert_array_equal(m.probs[0, 1], probs[0, 0] + 100)  # item 4 from the relevance head

@@ -70,3 +70,35 @@ def quota_merge(eng_ids: np.ndarray, eng_scores: np.ndarray, rel_ids: np.ndarray
         keep = np.argsort(-scores, kind="stable")
         ids, scores, heads, pos = ids[keep], scores[keep], heads[keep], pos[keep]
     return Merged(ids, scores, heads, pos)
+
+
+@dataclass(frozen=True)
+class MergedBatch:
+    """Per-seed merges padded to the widest top_n: id -1, score NaN, source -1, probabilities NaN."""
+
+    ids: np.ndarray  # int64 [B, N]
+    scores: np.ndarray  # float32 [B, N]
+    source: np.ndarray  # int8 [B, N]
+    probs: np.ndarray  # float32 [B, N, T]
+
+
+def merge_batch(eng: tuple[np.ndarray, np.ndarray, np.ndarray], rel: tuple[np.ndarray, np.ndarray, np.ndarray],
+                alpha: np.ndarray, top_n: np.ndarray, sort_by_score: bool = True) -> MergedBatch:
+    """Each head's (ids [B, M], composite scores [B, M], task probabilities [B, M, T]) ranked by score, then
+    quota-merged per seed; the served merge step and the in-process pipeline both use this."""
+    alpha, top_n = np.asarray(alpha).reshape(-1), np.asarray(top_n).reshape(-1)
+    batch, width, tasks = len(alpha), int(top_n.max()), eng[2].shape[-1]
+    out = MergedBatch(np.full((batch, width), -1, np.int64), np.full((batch, width), np.nan, np.float32),
+                      np.full((batch, width), -1, np.int8), np.full((batch, width, tasks), np.nan, np.float32))
+    for b in range(batch):
+        ranked = []
+        for hid, hscore, hprobs in (eng, rel):
+            order = np.argsort(-hscore[b], kind="stable")
+            ranked.append((hid[b][order], hscore[b][order], hprobs[b][order]))
+        m = quota_merge(*ranked[ENGAGEMENT][:2], *ranked[RELEVANCE][:2], float(alpha[b]), int(top_n[b]),
+                        sort_by_score)
+        n = len(m.ids)
+        out.ids[b, :n], out.scores[b, :n], out.source[b, :n] = m.ids, m.scores, m.source
+        for j, (h, pos) in enumerate(zip(m.source, m.positions)):
+            out.probs[b, j] = ranked[h][2][pos]
+    return out

@@ -14,8 +14,8 @@ import onnxruntime as ort
 
 from widefunnel import model_configs as mcfg
 from widefunnel.ann.index import Int8Index, load_index
-from widefunnel.ann.search import search
-from widefunnel.merge import HEAD_NAMES, quota_merge
+from widefunnel.ann.search import dequantized, search
+from widefunnel.merge import HEAD_NAMES, merge_batch
 from widefunnel.validation import RequestLimits, recommend_tensors, validate_request
 
 
@@ -74,9 +74,7 @@ class InProcessFunnel:
             index, params = self.indexes[head], self.ann_params[head]
             nprobe = int(params["nprobe"]) if params["search"] == "ivf" else None
             ids, scores = search(index, emb[head], int(params["k"]), item_id[:, 0], nprobe)
-            order = np.argsort(index.ids, kind="stable")
-            rows = order[np.searchsorted(index.ids[order], ids)]
-            out[head] = (ids, scores, index.codes[rows].astype(np.float32) * index.scales[rows][..., None], emb[head])
+            out[head] = (ids, scores, dequantized(index, ids), emb[head])
         return out
 
     def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None) -> Recommendations:
@@ -88,23 +86,9 @@ class InProcessFunnel:
             probs, score = self.scorer.run(["TASK_PROBS", "SCORE"], {
                 "ITEM_ID": req.item_id, "CANDIDATE_ID": kept, "VALUE_WEIGHTS": req.value_weights})
             heads[head] = (kept, score, probs)
-        batch, width = len(req.item_id), int(req.top_n.max())
-        tasks = heads["engagement"][2].shape[-1]
-        result = Recommendations(np.full((batch, width), -1, np.int64), np.full((batch, width), np.nan, np.float32),
-                                 np.full((batch, width), "", dtype=object),
-                                 np.full((batch, width, tasks), np.nan, np.float32), [])
-        for b in range(batch):
-            ranked = {}
-            for head, (kept, score, probs) in heads.items():
-                order = np.argsort(-score[b], kind="stable")
-                ranked[head] = (kept[b][order], score[b][order], probs[b][order])
-            m = quota_merge(*ranked["engagement"][:2], *ranked["relevance"][:2],
-                            float(req.alpha[b, 0]), int(req.top_n[b, 0]))
-            n = len(m.ids)
-            result.item_id[b, :n], result.score[b, :n] = m.ids, m.scores
-            result.source_head[b, :n] = [HEAD_NAMES[h] for h in m.source]
-            for j, (h, pos) in enumerate(zip(m.source, m.positions)):
-                result.task_probs[b, j] = ranked[HEAD_NAMES[h]][2][pos]
+        m = merge_batch(heads["engagement"], heads["relevance"], req.alpha, req.top_n)
+        names = np.array([""] + list(HEAD_NAMES), dtype=object)
+        result = Recommendations(m.ids, m.scores, names[m.source.astype(np.int64) + 1], m.probs, [])
         fp = self.indexes["engagement"].manifest["tower_fingerprint"]
-        result.fingerprint = [fp] * batch
+        result.fingerprint = [fp] * len(req.item_id)
         return result

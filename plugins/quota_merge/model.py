@@ -21,7 +21,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from widefunnel.merge import HEAD_NAMES, quota_merge
+from widefunnel.merge import HEAD_NAMES, merge_batch
 from widefunnel.model_configs import FINGERPRINT_INPUTS
 
 _REQUIRED = {"sort_by_score"}
@@ -38,35 +38,19 @@ class TritonPythonModel:
         if params.keys() != _REQUIRED:
             raise pb_utils.TritonModelException(f"quota_merge: parameters must be exactly {sorted(_REQUIRED)}")
         self.sort_by_score = params["sort_by_score"].lower() == "true"
-        self.tasks = next(t["dims"][-1] for t in config["output"] if t["name"] == "task_probs")
 
     def _merge_one(self, request):
         fps = np.concatenate([_input(request, n) for n in FINGERPRINT_INPUTS], axis=1)  # [B, 7]
         mixed = np.flatnonzero((fps != fps[:, :1]).any(axis=1))
         if mixed.size:
             raise RuntimeError(f"steps of one request came from different builds: {fps[mixed[0]].tolist()}")
-        heads = {p: [_input(request, f"{p}_{s}") for s in ("ID", "SCORE", "PROBS")] for p in ("ENG", "REL")}
-        alpha, top_n = _input(request, "ALPHA")[:, 0], _input(request, "TOP_N")[:, 0]
-        batch, width = len(alpha), int(top_n.max())
-        ids = np.full((batch, width), -1, dtype=np.int64)
-        scores = np.full((batch, width), np.nan, dtype=np.float32)
-        source = np.full((batch, width), b"", dtype=object)
-        probs = np.full((batch, width, self.tasks), np.nan, dtype=np.float32)
-        for b in range(batch):
-            ranked = {}
-            for p, (hid, hscore, hprobs) in heads.items():
-                order = np.argsort(-hscore[b], kind="stable")  # each head ranked by the composite score
-                ranked[p] = (hid[b][order], hscore[b][order], hprobs[b][order])
-            merged = quota_merge(ranked["ENG"][0], ranked["ENG"][1], ranked["REL"][0], ranked["REL"][1],
-                                 float(alpha[b]), int(top_n[b]), self.sort_by_score)
-            n = len(merged.ids)
-            ids[b, :n], scores[b, :n] = merged.ids, merged.scores
-            source[b, :n] = [HEAD_NAMES[h].encode() for h in merged.source]
-            for j, (h, pos) in enumerate(zip(merged.source, merged.positions)):
-                probs[b, j] = ranked["ENG" if h == 0 else "REL"][2][pos]
+        heads = [tuple(_input(request, f"{p}_{s}") for s in ("ID", "SCORE", "PROBS")) for p in ("ENG", "REL")]
+        merged = merge_batch(*heads, _input(request, "ALPHA"), _input(request, "TOP_N"), self.sort_by_score)
+        names = np.array([b""] + [h.encode() for h in HEAD_NAMES], dtype=object)
+        source = names[merged.source.astype(np.int64) + 1]  # -1 (padding) -> b""
         fingerprint = np.array([[f"{int(fp):016x}".encode()] for fp in fps[:, 0]], dtype=object)
-        return [pb_utils.Tensor("item_id", ids), pb_utils.Tensor("score", scores),
-                pb_utils.Tensor("source_head", source), pb_utils.Tensor("task_probs", probs),
+        return [pb_utils.Tensor("item_id", merged.ids), pb_utils.Tensor("score", merged.scores),
+                pb_utils.Tensor("source_head", source), pb_utils.Tensor("task_probs", merged.probs),
                 pb_utils.Tensor("fingerprint", fingerprint)]
 
     def execute(self, requests):

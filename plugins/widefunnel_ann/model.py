@@ -24,7 +24,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from widefunnel.ann.index import IndexLoadError, load_index
-from widefunnel.ann.search import search
+from widefunnel.ann.search import dequantized, search
 
 _PARAMETERS = {"k", "max_k", "search", "nprobe", "tower_fingerprints", "emit_embeddings"}
 _PYTHON_BACKEND_PARAMETERS = {"FORCE_CPU_ONLY_INPUT_TENSORS"}  # read by the Python backend itself
@@ -69,8 +69,6 @@ class TritonPythonModel:
         self.nprobe = int(params["nprobe"])
         self.emit_embeddings = params["emit_embeddings"].lower() == "true"
         self.fingerprint = np.int64(int(self.index.manifest["tower_fingerprint"], 16) & 0x7FFF_FFFF_FFFF_FFFF)
-        order = np.argsort(self.index.ids, kind="stable")
-        self._sorted_ids, self._rows_by_id = self.index.ids[order], order
         self.gpu = None
         if args.get("model_instance_kind") == "GPU":
             import torch
@@ -81,12 +79,9 @@ class TritonPythonModel:
                 "codes": torch.from_numpy(np.ascontiguousarray(self.index.codes)).to(device),
                 "scales": torch.from_numpy(np.ascontiguousarray(self.index.scales)).to(device),
                 "ids": torch.from_numpy(self.index.ids).to(device),
-                "sorted_ids": torch.from_numpy(self._sorted_ids).to(device),
-                "rows_by_id": torch.from_numpy(self._rows_by_id).to(device),
+                "sorted_ids": torch.from_numpy(self.index.cache["ids_sorted"]).to(device),
+                "rows_by_id": torch.from_numpy(self.index.cache["ids_order"]).to(device),
             }
-
-    def _rows(self, ids: np.ndarray) -> np.ndarray:
-        return self._rows_by_id[np.searchsorted(self._sorted_ids, ids)]
 
     @staticmethod
     def _numpy(tensor) -> np.ndarray:
@@ -120,7 +115,8 @@ class TritonPythonModel:
         fp = torch.full((q.shape[0], 1), int(self.fingerprint), dtype=torch.int64, device=g["device"])
         outputs = [("CANDIDATE_ID", ids), ("CANDIDATE_SCORE", scores.float()), ("FINGERPRINT", fp)]
         if self.emit_embeddings:
-            outputs.append(("CANDIDATE_EMB", g["codes"][safe].float() * g["scales"][safe][..., None]))
+            emb = g["codes"][safe].float() * g["scales"][safe][..., None]
+            outputs.append(("CANDIDATE_EMB", emb * (rows >= 0)[..., None]))  # the -1 pad gets zeros, as on CPU
         return [pb_utils.Tensor.from_dlpack(n, dl.to_dlpack(t.contiguous())) for n, t in outputs]
 
     def _scalar(self, request, name: str, default: int, low: int, high: int) -> int | np.ndarray:
@@ -149,9 +145,7 @@ class TritonPythonModel:
         outputs = [pb_utils.Tensor("CANDIDATE_ID", ids), pb_utils.Tensor("CANDIDATE_SCORE", scores),
                    pb_utils.Tensor("FINGERPRINT", np.full((len(queries), 1), self.fingerprint, np.int64))]
         if self.emit_embeddings:
-            rows = self._rows(ids)
-            codes, scales = self.index.codes[rows], self.index.scales[rows]
-            outputs.append(pb_utils.Tensor("CANDIDATE_EMB", (codes.astype(np.float32) * scales[..., None])))
+            outputs.append(pb_utils.Tensor("CANDIDATE_EMB", dequantized(self.index, ids)))
         return outputs
 
     def execute(self, requests):

@@ -88,6 +88,17 @@ def exclude_rows(index: Int8Index, exclude_ids: np.ndarray | None, batch: int) -
     return np.where(hit, order[pos], -1).astype(np.int64)
 
 
+def dequantized(index: Int8Index, ids: np.ndarray) -> np.ndarray:
+    """Dequantised embeddings of result ids (any shape) -> float32 [..., d]; the -1 pad gets zeros."""
+    ids = np.asarray(ids)
+    prepare_index(index)  # the id lookup lives in the search caches (already built by load_index)
+    rows = exclude_rows(index, ids.reshape(-1), ids.size).reshape(ids.shape)
+    safe = np.maximum(rows, 0)
+    out = index.codes[safe].astype(np.float32) * index.scales[safe][..., None]
+    out[rows < 0] = 0.0
+    return out
+
+
 # ----------------------------------------------------------------------------------------- exact dot product
 @functools.cache
 def int_mm_is_exact() -> bool:
