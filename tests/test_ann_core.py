@@ -253,6 +253,80 @@ def test_ivf_pads_when_probed_lists_are_short(ivf_index):
     assert ids.shape == (2, 5000) and (ids[:, -1] == -1).all() and np.isneginf(scores[:, -1]).all()
 
 
+def _reference_probes(index, queries: np.ndarray, nprobe: int) -> list[set[int]]:
+    """Lists a query probes, by the documented rule: int8 centroid scores, lower list first on ties."""
+    qc, qs = quantize_rows(queries)
+    cc, cs = quantize_rows(index.ivf.centroids)
+    s = ((qc.astype(np.int64) @ cc.astype(np.int64).T).astype(np.float32) * cs[None, :]) * qs[:, None]
+    n_lists = len(cs)
+    return [set(np.lexsort((np.arange(n_lists), -s[i]))[:nprobe].tolist()) for i in range(len(queries))]
+
+
+@pytest.mark.parametrize("nprobe, k", [(1, 10), (3, 100), (7, 2000)])
+def test_ivf_equals_brute_force_over_the_probed_lists(ivf_index, nprobe, k):
+    """IVF = the exact ranking restricted to the rows of the lists the reference probing picks."""
+    index, q = ivf_index
+    excl = np.where(np.arange(len(q)) % 3 == 0, index.ids[np.arange(len(q)) * 7], -1)
+    ids, scores = ivf_search(index, q, k, nprobe=nprobe, exclude_ids=excl)
+    full_ids, full_scores = _reference(index, q, index.count, excl)
+    list_of_row = np.repeat(np.arange(index.ivf.n_lists), np.diff(index.ivf.offsets))
+    row_of_id = {v: r for r, v in enumerate(index.ids)}
+    for i, probed in enumerate(_reference_probes(index, q, nprobe)):
+        keep = [j for j, v in enumerate(full_ids[i]) if v >= 0 and list_of_row[row_of_id[v]] in probed][:k]
+        want_ids = np.full(k, -1, np.int64)
+        want_scores = np.full(k, -np.inf, np.float32)
+        want_ids[:len(keep)], want_scores[:len(keep)] = full_ids[i, keep], full_scores[i, keep]
+        assert _same((ids[i], scores[i]), (want_ids, want_scores)), i
+
+
+def test_thread_count_does_not_change_results(index_20k, ivf_index):
+    """Work is split by thread count (row segments at batch 1, query groups above): results must not move."""
+    import torch
+
+    before = torch.get_num_threads()
+    q = _queries(5, 64, seed=21)
+    index, qi = ivf_index
+    try:
+        torch.set_num_threads(1)
+        one = [exact_search(index_20k, q[:b], k) for b in (1, 2, 5) for k in (7, 3000)]
+        one_ivf = [search(index, qi[:b], 40, nprobe=5) for b in (1, 5)]
+        torch.set_num_threads(2)
+        two = [exact_search(index_20k, q[:b], k) for b in (1, 2, 5) for k in (7, 3000)]
+        two_ivf = [search(index, qi[:b], 40, nprobe=5) for b in (1, 5)]
+    finally:
+        torch.set_num_threads(before)
+    assert all(_same(a, b) for a, b in zip(one + one_ivf, two + two_ivf))
+
+
+def test_a_wrong_threshold_guess_is_rescanned(index_20k, monkeypatch):
+    """Large k starts from a guessed bar; a query whose guess is too high must be rescanned, not truncated."""
+    q = _queries(4, 64, seed=22)
+    want = _reference(index_20k, q, 3000)
+    real = search_mod._guess_bars
+
+    def too_high(cache, qc, qs, kk, block_rows):
+        bars = real(cache, qc, qs, kk, block_rows)
+        assert bars is not None  # k = 3000 of 20,000 takes the guessed path
+        bars[1:3] = np.iinfo(np.int64).max  # above every key: nothing would be kept without the rescan
+        return bars
+
+    monkeypatch.setattr(search_mod, "_guess_bars", too_high)
+    assert _same(exact_search(index_20k, q, 3000), want)
+
+
+def test_sort_desc_matches_numpy():
+    from widefunnel.ann.kernels import sort_desc
+
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 7, 1023, 1024, 5000, 70000):
+        a = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64, endpoint=True)
+        if n > 3:
+            a[:3] = [-(2**63), 2**63 - 1, 0]
+        assert np.array_equal(sort_desc(a), np.sort(a)[::-1])
+    shared = (np.int64(0x3F000000) << 32) + rng.permutation(4096).astype(np.int64)  # constant high digits
+    assert np.array_equal(sort_desc(shared), np.sort(shared)[::-1])
+
+
 # -------------------------------------------------------------------------------------------- index I/O
 @pytest.fixture()
 def saved(tmp_path, ivf_index) -> Path:

@@ -3,7 +3,8 @@
 Batch invariance carries over: list probing ranks the int8-quantised centroids with the same exact integer
 dot product and unique keys as the item scan, and each query's probed rows are scored (same formula, same
 keys) on their own. With ``nprobe >= L`` every row is scored, which is the exact search (we delegate to it).
-Rows of a list are contiguous (``IvfLists.offsets``), so a query's candidates are a few memcpy'd slices.
+Rows of a list are contiguous (``IvfLists.offsets``): the compiled kernel (``kernels.ivf_scan``) reads each
+probed list in place, scoring its rows with an int8 dot product straight into the query's reservoir.
 """
 
 from __future__ import annotations
@@ -11,22 +12,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from widefunnel.ann import kernels
 from widefunnel.ann.index import Int8Index
 from widefunnel.ann.search import (
-    CHUNK,
     INT64_MIN,
     _empty,
     _prepare_queries,
+    _query_chunk,
+    _reservoir_width,
+    _threads,
     exact_search,
-    int_dot,
     keys_to_results,
-    make_keys,
-    scores_from_dot,
-    select_top,
     validate_nprobe,
 )
-
-_GROUP_KEYS = 1 << 23  # queries x candidate width (int64 keys) selected at once: bounds IVF memory
 
 
 def train_coarse(x: np.ndarray, n_lists: int, seed: int = 0, niter: int = 20) -> np.ndarray:
@@ -50,65 +48,8 @@ def assign_lists(x: np.ndarray, centroids: np.ndarray, block: int = 65536) -> np
 
 def probe_lists(cache: dict, qc: torch.Tensor, qs: torch.Tensor, nprobe: int) -> torch.Tensor:
     """Top-``nprobe`` lists per query [B, nprobe] by exact int8 centroid scores (lower list wins ties)."""
-    cdot = int_dot(qc, cache["centroid_codes_t"])
-    s = scores_from_dot(cdot, cache["centroid_scales_t"], qs[:, None])
-    keys = make_keys(s, torch.arange(s.shape[1]))
-    return torch.topk(keys, nprobe, dim=1, sorted=False).indices
-
-
-def _query_candidates(index: Int8Index, qc: torch.Tensor, qs: torch.Tensor, excl: int, lists: np.ndarray,
-                      k_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, rows) of the rows of one query's probed lists that can be in its top ``k_out``.
-
-    The lists are contiguous row ranges: their codes are concatenated (memcpy, cache-warm for the GEMV that
-    follows) and scored with one int8 GEMV. Only rows scoring >= the k-th largest 64-row chunk maximum are
-    kept: those k maxima are k distinct rows, so every top-k row clears that bar (the excluded row is set to
-    -inf first, so it cannot count).
-    """
-    offsets = index.ivf.offsets
-    lists = np.sort(lists)
-    starts, lens = offsets[lists], offsets[lists + 1] - offsets[lists]
-    starts, lens = starts[lens > 0], lens[lens > 0]
-    total = int(lens.sum())
-    if total == 0:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
-    before = np.cumsum(lens) - lens
-    codes_np, scales_np = index.cache["codes_np"], index.cache["scales_np"]
-    codes = np.concatenate([codes_np[a:a + n] for a, n in zip(starts, lens)])
-    scales = np.concatenate([scales_np[a:a + n] for a, n in zip(starts, lens)])
-    n_chunks = -(-total // CHUNK)
-    s = torch.full((n_chunks * CHUNK,), -float("inf"))
-    s[:total] = scores_from_dot(int_dot(qc[None], torch.from_numpy(codes))[0], torch.from_numpy(scales), qs)
-    j = int(np.searchsorted(starts, excl, side="right")) - 1
-    if excl >= 0 and j >= 0 and excl < starts[j] + lens[j]:
-        s[int(before[j] + excl - starts[j])] = -float("inf")
-    return _select_candidates(s, k_out, starts, lens, before)
-
-
-def _select_candidates(s: torch.Tensor, k_out: int, starts: np.ndarray, lens: np.ndarray, before: np.ndarray
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores [T] (64-aligned, -inf padded) of one query's probed rows -> (scores, rows) that can make its
-    top ``k_out``: rows >= the k-th largest 64-row chunk maximum (k maxima = k distinct rows)."""
-    n_chunks = s.numel() // CHUNK
-    if n_chunks > k_out:
-        bar = torch.topk(s.view(n_chunks, CHUNK).amax(dim=1), k_out, sorted=False).values.min()
-        pos = torch.nonzero(s >= max(float(bar), -3.4e38)).squeeze(1)  # -inf never qualifies
-    else:
-        pos = torch.nonzero(s > -float("inf")).squeeze(1)
-    p = pos.numpy()
-    seg = np.searchsorted(before, p, side="right") - 1
-    return s[pos], torch.from_numpy(starts[seg] + p - before[seg])
-
-
-def _candidate_keys(parts: list[tuple[torch.Tensor, torch.Tensor]], k_out: int) -> torch.Tensor:
-    """Per-query candidate (scores, rows) -> sorted best keys [b, k_out] in one batched selection."""
-    counts = [len(r) for _, r in parts]
-    keys = make_keys(torch.cat([s for s, _ in parts]), torch.cat([r for _, r in parts]))
-    qb = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor(counts, dtype=torch.int64))
-    first = torch.tensor(np.cumsum(counts) - counts, dtype=torch.int64)
-    out = torch.full((len(parts), max(max(counts, default=0), k_out)), INT64_MIN, dtype=torch.int64)
-    out[qb, torch.arange(len(qb)) - first[qb]] = keys
-    return select_top(out, k_out)
+    return torch.from_numpy(kernels.probe(qc.numpy(), qs.numpy(), cache["centroid_codes"],
+                                          cache["centroid_scales"], nprobe))
 
 
 def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
@@ -127,13 +68,18 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
     batch, k_out = qc.shape[0], min(k, index.count)
     if batch == 0:
         return _empty(0, k_out)
-    probes = probe_lists(index.cache, qc, qs, nprobe).numpy()
-    excl_np = excl.numpy()
+    cache = index.cache
+    probes = np.ascontiguousarray(probe_lists(cache, qc, qs, nprobe).numpy())
+    n_seg = max(1, min(_threads() // batch, nprobe))
     ids, scores = _empty(batch, k_out)
-    per_query = (index.ivf.offsets[probes + 1] - index.ivf.offsets[probes]).sum(axis=1)
-    step = max(1, _GROUP_KEYS // max(k_out, int(per_query.max())))
-    for b0 in range(0, batch, step):  # bounded memory: the padded candidate-key matrix of one group
-        parts = [_query_candidates(index, qc[i], qs[i], int(excl_np[i]), probes[i], k_out)
-                 for i in range(b0, min(batch, b0 + step))]
-        ids[b0:b0 + step], scores[b0:b0 + step] = keys_to_results(index, _candidate_keys(parts, k_out))
+    step = max(1, _query_chunk(batch, k_out) // n_seg)
+    for b0 in range(0, batch, step):  # bounded memory: the reservoirs of one group of queries
+        sl = slice(b0, b0 + step)
+        nq = len(qc[sl])
+        buf = np.empty((nq * n_seg, _reservoir_width(k_out)), np.int64)
+        fill, kth = np.zeros(nq * n_seg, np.int64), np.full(nq * n_seg, INT64_MIN, np.int64)
+        kernels.ivf_scan(qc[sl].numpy(), qs[sl].numpy(), probes[sl], cache["ivf_offsets"], cache["codes_np"],
+                         cache["scales_np"], excl[sl].numpy(), buf, fill, kth, k_out, n_seg)
+        keys = torch.from_numpy(kernels.finish(buf, fill, k_out, k_out, n_seg))
+        ids[sl], scores[sl] = keys_to_results(index, keys)
     return ids, scores

@@ -9,13 +9,13 @@ Why the results cannot depend on the rest of the batch:
   * ranking uses unique int64 keys ``(orderable score bits << 32) | (2**32 - 1 - row)``: best score first,
     lower row first on ties, so every top-k below is a pure function of one query's own scores.
 
-The scan is blocked (bounded memory: one int32 [b x R] block, a [b x (2k + slack)] key reservoir per query
-chunk). Per block, one int8 GEMM gives exact dot products; a row can only enter a query's top-k if its dot
-reaches an integer bound derived from the query's current k-th score and the scale range of its 64-row chunk
+The scan is blocked (bounded memory: one int32 [b x R] block that stays in L2, a [b x max(2k, k + slack)]
+key reservoir per query chunk). Per block, one int8 GEMM gives exact dot products; a compiled kernel
+(``kernels.py``) then offers each query's rows to its reservoir: a row can only enter the top-k if its dot
+reaches an integer bound derived from the query's current k-th key and the scale range of its 64-row chunk
 (rows are sorted by scale at build time, so the bound is tight); whole chunks are skipped on their max dot.
-Surviving rows are scored exactly, keyed and appended to the reservoir, which a partial top-k compacts. The
-first threshold comes either from a small dense first block (small k, then blocks grow x4) or, for large k,
-from a strided row sample; a query whose sampled guess proves too high is rescanned safely, so the result is
+At batch <= 2 the kernel computes the dot products itself (GEMV). For large k the first threshold is guessed
+from a strided row sample; a query whose guess proves too high is rescanned without it, so the result is
 always exact.
 """
 
@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import functools
 
+import numba
 import numpy as np
 import torch
 
+from widefunnel.ann import kernels
 from widefunnel.ann.index import Int8Index
 from widefunnel.ann.quantize import QMAX, quantize_rows
 
-CHUNK = 64  # rows per upper-bound block (the code below uses >> 6 / & 63 for it)
+CHUNK = 64  # rows per upper-bound chunk (the kernels use >> 6 for it)
 INT64_MIN = -(2**63)  # "empty" key; decodes to a NaN score, never produced by a real (row, score)
 _LOW32 = 0xFFFFFFFF
-_BLOCK_ELEMS = 1 << 22  # query rows x item rows of one int32 score block (16 MiB)
-_DENSE_FRACTION = 0.3  # share of qualifying chunks above which a block is filtered without gathering
+_BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
+_RESERVOIR_SLACK = 1024  # a reservoir holds max(2k, k + slack) keys before it is compacted to k
 _RESERVOIR_KEYS = 1 << 25  # query rows x reservoir width, int64 (256 MiB) before the batch is split
 
 
@@ -133,6 +135,14 @@ def int_dot(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (q.float() @ c.float().T).add_(0.0)
 
 
+def item_dot(c: torch.Tensor, q_t: torch.Tensor) -> torch.Tensor:
+    """int8 items [R,d] x int8 queries^T [d,b] -> exact dot products [R,b]: the scan's GEMM. Items-major is
+    the layout oneDNN's int8 GEMM runs fastest in here (3x at batch 256); same exactness rules as int_dot."""
+    if c.device.type == "cpu" and c.shape[1] >= 8 and int_mm_is_exact():
+        return torch._int_mm(c, q_t)
+    return (c.float() @ q_t.float()).add_(0.0)
+
+
 def scores_from_dot(dot: torch.Tensor, item_scales: torch.Tensor, query_scales: torch.Tensor) -> torch.Tensor:
     """The one score formula everything uses (CPU, IVF, GPU kernel): (float32(dot) * s_item) * s_query.
     (The explicit cast is exact, |dot| < 2**24, and ~2.5x faster than torch's mixed-dtype multiply.)"""
@@ -163,12 +173,10 @@ def select_top(keys: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(keys, dim=1, descending=True).values
 
 
-def keys_to_results(index: Int8Index, keys: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def keys_to_results(index: Int8Index, keys: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted keys -> (ids int64, scores float32) numpy, padding with id -1 / score -inf."""
-    rows, scores, valid = decode_keys(keys)
-    rows, scores, valid = rows.numpy(), scores.numpy(), valid.numpy()
-    ids = np.where(valid, index.ids[np.where(valid, rows, 0)], -1).astype(np.int64)
-    return ids, np.where(valid, scores, -np.inf).astype(np.float32)
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
+    return kernels.decode(np.ascontiguousarray(keys), index.cache.get("ids_np", np.asarray(index.ids)))
 
 
 # ------------------------------------------------------------------------------------------ prepared caches
@@ -180,254 +188,124 @@ def prepare_index(index: Int8Index) -> dict:
         return cache
     n = index.count
     scales = np.ascontiguousarray(index.scales, dtype=np.float32)
-    starts = np.arange(0, n, CHUNK)
     # plain ndarray views: slicing an np.memmap (a loaded index) costs microseconds of Python per slice
     cache["codes_np"], cache["scales_np"] = np.asarray(index.codes), scales
     cache["codes_t"] = torch.from_numpy(cache["codes_np"])
     cache["scales_t"] = torch.from_numpy(scales)
-    with np.errstate(divide="ignore", over="ignore"):  # clamp: a subnormal scale must not give an inf bound
-        smax, smin = np.maximum.reduceat(scales, starts), np.minimum.reduceat(scales, starts)
-        cache["chunk_inv_smax_t"] = torch.from_numpy(np.minimum(1 / smax, 1e30))
-        cache["chunk_inv_smin_t"] = torch.from_numpy(np.minimum(1 / smin, 1e30))
-    cache["scales_pad_t"] = torch.from_numpy(np.concatenate([scales, np.ones(-n % CHUNK, np.float32)]))
+    cache["table"] = _row_table(cache["codes_np"], scales)
     order = np.argsort(index.ids, kind="stable")
     cache["ids_order"], cache["ids_sorted"] = order, index.ids[order]
+    cache["ids_np"] = np.ascontiguousarray(index.ids, dtype=np.int64)
     sample = np.unique(np.linspace(0, n - 1, max(1, min(n, n // 16))).astype(np.int64))
-    cache["sample_codes_t"] = torch.from_numpy(np.ascontiguousarray(index.codes[sample]))
-    cache["sample_scales_t"] = torch.from_numpy(scales[sample])
+    cache["sample"] = _row_table(cache["codes_np"][sample], scales[sample])
     if index.ivf is not None:
         ccodes, cscales = quantize_rows(index.ivf.centroids)
-        cache["centroid_codes_t"] = torch.from_numpy(ccodes)
-        cache["centroid_scales_t"] = torch.from_numpy(cscales)
+        cache["centroid_codes"], cache["centroid_scales"] = ccodes, cscales
+        cache["ivf_offsets"] = np.ascontiguousarray(index.ivf.offsets, dtype=np.int64)
     int_mm_is_exact()
+    kernels.warm_up()
     cache["ready"] = True
     return cache
 
 
 # ------------------------------------------------------------------------------------------------ exact scan
-def _block_rows(batch: int, block_rows: int) -> int:
-    rows = min(block_rows, max(1, _BLOCK_ELEMS // max(batch, 1)))
-    return max(CHUNK, rows // CHUNK * CHUNK)
+def _threads() -> int:
+    """Kernel threads = torch's (OMP_NUM_THREADS in a Triton stub), so numba never oversubscribes the cores."""
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+def _reservoir_width(kk: int) -> int:
+    return max(2 * kk, kk + _RESERVOIR_SLACK)
 
 
 def _query_chunk(batch: int, kk: int) -> int:
-    """Largest query-chunk whose reservoir (b x (2k + slack) int64) stays under the memory cap."""
+    """Largest query chunk whose reservoirs (b x width int64) stay under the memory cap."""
     b = batch
-    while b > 1 and b * (2 * kk + _Reservoir.SLACK) > _RESERVOIR_KEYS:
+    while b > 1 and b * _reservoir_width(kk) > _RESERVOIR_KEYS:
         b = (b + 1) // 2
     return b
 
 
-def _query_bounds(thr: torch.Tensor, qs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(u+, u-) with u a conservative lower bound of dot * s_item for any row that can still beat ``thr``.
-
-    final = fl(fl(dot * s_i) * s_q) > thr needs dot * s_i > (thr / s_q)(1 - ~2**-23); the 2e-6 relative (and
-    1e-30 absolute) margin also absorbs the float32 rounding of the per-chunk bounds computed from u.
-    """
-    u = thr.double() / qs.double()
-    u = torch.where(torch.isfinite(u), u - u.abs() * 2e-6 - 1e-30, u).float()
-    return u.clamp(min=0), u.clamp(max=0)
-
-
-class _Reservoir:
-    """Per-query buffer of candidate keys, compacted to the best k with a partial (unsorted) top-k.
-
-    ``thr`` is the query's current k-th best score: later rows (higher row index, so they lose ties) must
-    beat it strictly. A row's buffer is compacted when it holds more than 2k keys; a block that would
-    overflow the ``SLACK`` margin (adversarial score orders only) takes a per-query merge path instead.
-    """
-
-    SLACK = 4096
-
-    def __init__(self, b: int, kk: int, qs: torch.Tensor, thr: torch.Tensor, excl: torch.Tensor,
-                 width: int = 0):
-        self.kk, self.qs = kk, qs
-        self.excl_sorted = np.sort(excl.numpy()[excl.numpy() >= 0])
-        self.cap = max(2 * kk + self.SLACK, width)
-        self.buf = torch.full((b, self.cap), INT64_MIN, dtype=torch.int64)
-        self.fill = torch.zeros(b, dtype=torch.int64)
-        self.thr = thr.clone()
-        self.u_pos, self.u_neg = _query_bounds(self.thr, qs)
-
-    def excluded_in(self, r0: int, r1: int) -> bool:
-        """Whether any query excludes a row in [r0, r1) (host-side, no tensor op per block)."""
-        i = int(np.searchsorted(self.excl_sorted, r0))
-        return i < len(self.excl_sorted) and self.excl_sorted[i] < r1
-
-    def seed(self, keys: torch.Tensor) -> None:
-        """Take a whole first block (every row a candidate) and derive the first thresholds from it."""
-        self.buf[:, :keys.shape[1]] = keys
-        self.fill[:] = keys.shape[1]
-        self.compact(torch.arange(keys.shape[0]))
-
-    def add(self, qb: torch.Tensor, keys: torch.Tensor) -> None:
-        if qb.numel() == 0:
-            return
-        cnt = torch.bincount(qb, minlength=self.buf.shape[0])
-        over = self.fill + cnt > self.cap
-        if bool(over.any()):
-            keep = ~over[qb]
-            for row in torch.nonzero(over).squeeze(1).tolist():
-                self._merge_row(row, keys[qb == row])
-            qb, keys, cnt = qb[keep], keys[keep], torch.where(over, 0, cnt)
-        first = torch.cumsum(cnt, 0) - cnt
-        pos = self.fill[qb] + torch.arange(qb.numel()) - first[qb]
-        self.buf[qb, pos] = keys
-        self.fill += cnt
-        full = torch.nonzero(self.fill > 2 * self.kk).squeeze(1)
-        if full.numel():
-            self.compact(full)
-
-    def _merge_row(self, row: int, keys: torch.Tensor) -> None:
-        both = torch.cat([self.buf[row, :int(self.fill[row])], keys])
-        self.buf[row] = INT64_MIN
-        best = torch.topk(both, min(self.kk, both.numel()), sorted=False).values
-        self.buf[row, :best.numel()] = best
-        self.fill[row] = best.numel()
-        self._set_threshold(torch.tensor([row]), best[None].min(dim=1).values)
-
-    def compact(self, rows: torch.Tensor) -> None:
-        width = int(self.fill[rows].max())
-        sub = self.buf[rows, :width]
-        best = torch.topk(sub, min(self.kk, width), dim=1, sorted=False).values
-        self.buf[rows, :width] = INT64_MIN
-        self.buf[rows, :best.shape[1]] = best
-        self.fill[rows] = best.shape[1]
-        self._set_threshold(rows, best.min(dim=1).values)
-
-    def _set_threshold(self, rows: torch.Tensor, kth: torch.Tensor) -> None:
-        _, score, valid = decode_keys(kth)  # thresholds only ever rise (an empty k-th key says nothing)
-        self.thr[rows] = torch.maximum(self.thr[rows], torch.where(valid, score, torch.tensor(-float("inf"))))
-        self.u_pos[rows], self.u_neg[rows] = _query_bounds(self.thr[rows], self.qs[rows])
-
-    def result(self, k_out: int) -> torch.Tensor:
-        return select_top(self.buf[:, :max(int(self.fill.max()), k_out)], k_out)
+def _row_table(codes: np.ndarray, scales: np.ndarray) -> dict:
+    """What the blocked scan needs of a set of scale-sorted rows: codes, scales and per-64-row-chunk inverse
+    scale bounds (float64: the integer bound is computed in float64 with a relative margin)."""
+    starts = np.arange(0, len(scales), CHUNK)
+    with np.errstate(divide="ignore", over="ignore"):  # clamp: a subnormal scale must not give an inf bound
+        smax, smin = np.maximum.reduceat(scales, starts), np.minimum.reduceat(scales, starts)
+        inv_smax = np.minimum(1 / smax.astype(np.float64), 1e30)
+        inv_smin = np.minimum(1 / smin.astype(np.float64), 1e30)
+    codes = np.ascontiguousarray(codes)
+    return {"codes_t": torch.from_numpy(codes), "scales": np.ascontiguousarray(scales, dtype=np.float32),
+            "inv_smax": inv_smax, "inv_smin": inv_smin}
 
 
-def _pad_to_chunks(dot: torch.Tensor) -> torch.Tensor:
-    """Pad the (last, partial) block to whole 64-row chunks with a value below any real dot product."""
-    extra = -dot.shape[1] % CHUNK
-    if not extra:
-        return dot
-    low = torch.iinfo(dot.dtype).min if not dot.dtype.is_floating_point else -float("inf")
-    return torch.cat([dot, torch.full((dot.shape[0], extra), low, dtype=dot.dtype)], dim=1)
-
-
-def _dot_thresholds(res: _Reservoir, cache: dict, c0: int, nc: int, dtype: torch.dtype) -> torch.Tensor:
-    """Per (query, 64-row chunk) integer bound T: a row can only beat the query's threshold if dot >= T.
-
-    dot * s_i > u with s_i in [smin, smax] of the chunk gives dot > u / smax (u >= 0) or u / smin (u < 0); one
-    of u+ / u- is zero, so T = floor(u+ * (1/smax) + u- * (1/smin)). Comparing raw int32 dot products against
-    T avoids any float pass over the whole block.
-    """
-    t = torch.outer(res.u_pos, cache["chunk_inv_smax_t"][c0:c0 + nc])
-    t.addr_(res.u_neg, cache["chunk_inv_smin_t"][c0:c0 + nc])
-    return t.floor_().clamp_(-(2.0**30), 2.0**30).to(dtype)
-
-
-def _mask_positions(hit: torch.Tensor) -> torch.Tensor:
-    """Flat positions of a sparse bool [M, 64] mask, scanning it as int64 words (8x fewer elements) first."""
-    words = torch.nonzero(hit.view(torch.int64).view(-1)).squeeze(1)
-    wi, bit = torch.nonzero(hit.view(-1, 8).index_select(0, words), as_tuple=True)
-    return words[wi] * 8 + bit
-
-
-def _sparse_block(dot: torch.Tensor, r0: int, cache: dict, qs: torch.Tensor, excl: torch.Tensor,
-                  res: _Reservoir) -> None:
-    """Thresholded phase: only 64-row chunks whose max dot reaches the query's bound T are looked into, and
-    inside them only rows with dot >= T are scored exactly and offered to the reservoir."""
-    r = dot.shape[1]
-    dot = _pad_to_chunks(dot)
-    b, nc, c0 = dot.shape[0], dot.shape[1] // CHUNK, r0 // CHUNK
-    d3 = dot.view(b, nc, CHUNK)
-    bound = _dot_thresholds(res, cache, c0, nc, dot.dtype)
-    cand = d3.amax(dim=2) >= bound
-    bi, ci = torch.nonzero(cand, as_tuple=True)
-    if bi.numel() == 0:
-        return
-    if bi.numel() > _DENSE_FRACTION * cand.numel():  # large k: most chunks qualify, skip the gather
-        g, gbound = d3.view(b * nc, CHUNK), bound.view(-1)
-        pos = _mask_positions(g >= gbound[:, None])
-        m = pos >> 6  # CHUNK == 64
-        qb, rows = m // nc, (m % nc << 6) + (pos & (CHUNK - 1)) + r0
-    else:
-        flat = bi * nc + ci
-        g = d3.view(b * nc, CHUNK).index_select(0, flat)
-        pos = _mask_positions(g >= bound.view(-1).index_select(0, flat)[:, None])
-        m = pos >> 6
-        qb, rows = bi[m], (ci[m] << 6) + (pos & (CHUNK - 1)) + r0
-    s = scores_from_dot(g.view(-1)[pos], cache["scales_pad_t"][rows], qs[qb])
-    keep = s > res.thr[qb]
-    if dot.shape[1] != r or res.excluded_in(r0, r0 + r):
-        keep &= (rows < r0 + r) & (rows != excl[qb])
-    if not bool(keep.all()):  # rare: the integer bound is tight (but e.g. a zero query ties everywhere)
-        qb, rows, s = qb[keep], rows[keep], s[keep]
-    res.add(qb, make_keys(s, rows))
-
-
-def _block_keys(dot: torch.Tensor, r0: int, cache: dict, qs: torch.Tensor, excl: torch.Tensor
-                ) -> torch.Tensor:
-    """Keys of every (query, row) of a block; excluded rows get the empty key."""
-    r = dot.shape[1]
-    s = scores_from_dot(dot, cache["scales_t"][r0:r0 + r], qs[:, None])
-    keys = make_keys(s, torch.arange(r0, r0 + r))
-    hit = torch.nonzero((excl >= r0) & (excl < r0 + r)).squeeze(1)
-    if hit.numel():
-        keys[hit, excl[hit] - r0] = INT64_MIN
-    return keys
-
-
-def _schedule(n: int, kk: int, batch: int, block: int, ramp: bool) -> list[tuple[int, int]]:
-    """Row blocks (64-aligned starts). With ``ramp``: a first block of >= k rows scored densely (it seeds
-    every threshold; up to 4096 rows while the batch is small, fewer blocks = less per-op overhead), then
-    blocks that quadruple the rows seen, up to ``block`` rows, so loose early thresholds see small blocks."""
-    if not ramp:
-        return [(r0, min(n, r0 + block)) for r0 in range(0, n, block)]
-    first = min(n, -(-max(kk, CHUNK, min(4096, 2**17 // max(batch, 1))) // CHUNK) * CHUNK)
-    out, r0 = [(0, first)], first
+def _blocks(n: int, rows: int, kk: int, ramp: bool) -> list[tuple[int, int]]:
+    """Row blocks of ``rows`` (64-aligned starts). With ``ramp`` (a query has no bar yet, so every row of the
+    first block survives): first blocks of 4 k rows (at least 1024), growing x4, so the bar is set early."""
+    out, r0 = [], 0
+    step = min(rows, max(1024, -(-4 * kk // CHUNK) * CHUNK)) if ramp else rows
     while r0 < n:
-        r1 = min(n, r0 + min(block, 3 * r0))
-        out.append((r0, r1))
-        r0 = r1
+        out.append((r0, min(n, r0 + step)))
+        r0, step = r0 + step, min(rows, 4 * step)
     return out
 
 
-def _estimate_thresholds(cache: dict, qc: torch.Tensor, qs: torch.Tensor, kk: int) -> torch.Tensor | None:
-    """Guess each query's final k-th score from a strided row sample (rows are scale-sorted, so the sample is
-    stratified): a score that ~1.5 k rows are expected to beat. Only a guess: a query that ends with fewer
-    than k keys above it is rescanned with the safe schedule. None when k is too small for a useful sample."""
-    n, m = cache["codes_t"].shape[0], cache["sample_codes_t"].shape[0]
-    step = max(1, int(m * kk / (256 * n)))  # thin the sample down to ~256 expected hits
-    m = -(-m // step)
+def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, kth: np.ndarray,
+                block_rows: int) -> np.ndarray:
+    """Blocked scan of a row table -> sorted best keys [b, kk] (INT64_MIN pads). ``kth``: each query's
+    starting bar (INT64_MIN, or a guessed key); only keys above it are kept."""
+    codes_t = table["codes_t"]
+    n, b = codes_t.shape[0], qc.shape[0]
+    threads = numba.get_num_threads()
+    n_groups = min(b, threads)  # work items: query groups x row segments (segments only when b < threads)
+    n_seg = max(1, threads // max(b, 1))
+    buf = np.empty((b * n_seg, _reservoir_width(kk)), np.int64)
+    fill = np.zeros(b * n_seg, np.int64)
+    kth = np.repeat(kth, n_seg)
+    rows = min(block_rows, max(CHUNK, _BLOCK_ELEMS // b), -(-n // CHUNK) * CHUNK)
+    rows = max(CHUNK, rows // CHUNK * CHUNK)
+    qt = qc.T.contiguous()
+    maxima = None
+    for r0, r1 in _blocks(n, rows, kk, bool((kth == INT64_MIN).any())):
+        dot = item_dot(codes_t[r0:r1], qt).numpy()
+        if maxima is None:  # int32, or float32 on the exact-float fallback
+            maxima = np.empty((rows // 8, b), dot.dtype), np.empty((rows // CHUNK, b), dot.dtype)
+        kernels.block_maxima(dot, *maxima)
+        kernels.block_offer(dot, *maxima, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs, excl,
+                            buf, fill, kth, kk, n_groups, n_seg)
+    return kernels.finish(buf, fill, kk, kk, n_seg)
+
+
+def _guess_bars(cache: dict, qc: torch.Tensor, qs: np.ndarray, kk: int, block_rows: int) -> np.ndarray | None:
+    """For large k, a starting bar per query from a scan of the 1-in-16 row sample (rows are scale-sorted, so
+    it is stratified): the key of a score that k rows (+3 sigma) of the whole index are expected to beat. Only
+    a guess: a query that ends with fewer than k keys above it is rescanned without one. None for small k."""
+    sample = cache["sample"]
+    m, n = sample["codes_t"].shape[0], cache["table"]["codes_t"].shape[0]
     expect = kk * m / n
-    j = int(expect * 1.25 + 4 * expect**0.5 + 8)
+    j = int(expect + 3 * expect**0.5 + 8)
     if expect < 32 or j > m // 2:
         return None
-    codes = cache["sample_codes_t"][::step].contiguous()
-    scales = cache["sample_scales_t"][::step].contiguous()
-    s = scores_from_dot(int_dot(qc, codes), scales, qs[:, None])
-    return torch.topk(s, j, dim=1, sorted=False).values.amin(dim=1)
+    none = np.full(qc.shape[0], -1, np.int64)
+    keys = _scan_table(sample, qc, qs, none, j, np.full(qc.shape[0], INT64_MIN, np.int64), block_rows)
+    _, score, _ = decode_keys(torch.from_numpy(keys[:, -1]))
+    return make_keys(score, torch.full(score.shape, _LOW32, dtype=torch.int64)).numpy()
 
 
 def scan_keys(cache: dict, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tensor, k: int,
               block_rows: int, estimate: bool = True) -> torch.Tensor:
-    """Core blocked scan over all rows -> sorted keys [b, min(k, N)] (CPU tensors)."""
-    codes_t = cache["codes_t"]
-    n, b = codes_t.shape[0], qc.shape[0]
-    kk = min(k, n)
-    guess = _estimate_thresholds(cache, qc, qs, kk) if estimate else None
-    sched = _schedule(n, kk, b, _block_rows(b, block_rows), ramp=guess is None)
-    if guess is None:
-        r0, r1 = sched.pop(0)
-        res = _Reservoir(b, kk, qs, torch.full((b,), -float("inf")), excl, width=r1 - r0)
-        res.seed(_block_keys(int_dot(qc, codes_t[r0:r1]), r0, cache, qs, excl))
-    else:
-        res = _Reservoir(b, kk, qs, guess, excl)
-    for r0, r1 in sched:
-        _sparse_block(int_dot(qc, codes_t[r0:r1]), r0, cache, qs, excl, res)
-    keys = res.result(kk)
+    """Exact scan over all rows -> sorted keys [b, min(k, N)] (CPU tensors)."""
+    _threads()
+    table = cache["table"]
+    kk = min(k, table["codes_t"].shape[0])
+    qs_np, excl_np = qs.numpy(), excl.numpy()
+    bars = _guess_bars(cache, qc, qs_np, kk, block_rows) if estimate else None
+    kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
+    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, kk, kth, block_rows))
     short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1)
-    if guess is not None and short.numel():  # the guess was too high for these queries: redo them safely
+    if bars is not None and short.numel():  # the guess was too high for these queries: redo them safely
         keys[short] = scan_keys(cache, qc[short], qs[short], excl[short], k, block_rows, estimate=False)
     return keys
 
