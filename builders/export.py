@@ -56,6 +56,8 @@ class RerankGraph(nn.Module):
 
     def forward(self, query: torch.Tensor, candidate_id: torch.Tensor, candidate_emb: torch.Tensor):
         scores = self.reranker(query, candidate_emb)
+        # the ANN pads short lists with id -1 (zero embedding): a pad must never outrank a real candidate
+        scores = torch.where(candidate_id >= 0, scores, torch.full_like(scores, float("-inf")))
         k = torch.clamp(torch._shape_as_tensor(scores)[1], max=self.keep)
         top, pos = torch.topk(scores, k, dim=1)
         return torch.gather(candidate_id, 1, pos), top, _stamp(candidate_id, self.fp)
@@ -67,8 +69,11 @@ class ScorerGraph(nn.Module):
         self.scorer, self.fp = scorer, fingerprint_int(fingerprint)
 
     def forward(self, item_id: torch.Tensor, candidate_id: torch.Tensor, value_weights: torch.Tensor):
-        probs, cumulative = self.scorer(item_id[:, 0], candidate_id)
-        return probs, cumulative, unified_value(probs, cumulative, value_weights), _stamp(item_id, self.fp)
+        real = candidate_id >= 0  # a pad (-1) is looked up as item 0 and scored -inf, never as the last item
+        probs, cumulative = self.scorer(item_id[:, 0], torch.where(real, candidate_id, torch.zeros_like(candidate_id)))
+        score = unified_value(probs, cumulative, value_weights)
+        score = torch.where(real, score, torch.full_like(score, float("-inf")))
+        return probs, cumulative, score, _stamp(item_id, self.fp)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],

@@ -302,15 +302,15 @@ def test_a_wrong_threshold_guess_is_rescanned(index_20k, monkeypatch):
     """Large k starts from a guessed bar; a query whose guess is too high must be rescanned, not truncated."""
     q = _queries(4, 64, seed=22)
     want = _reference(index_20k, q, 3000)
-    real = search_mod._guess_bars
+    real = search_mod._starting_bars
 
-    def too_high(cache, qc, qs, kk, block_rows):
-        bars = real(cache, qc, qs, kk, block_rows)
-        assert bars is not None  # k = 3000 of 20,000 takes the guessed path
+    def too_high(*args):
+        bars, guessed = real(*args)
+        assert guessed  # k = 3000 of 20,000 takes the guessed path
         bars[1:3] = np.iinfo(np.int64).max  # above every key: nothing would be kept without the rescan
-        return bars
+        return bars, guessed
 
-    monkeypatch.setattr(search_mod, "_guess_bars", too_high)
+    monkeypatch.setattr(search_mod, "_starting_bars", too_high)
     assert _same(exact_search(index_20k, q, 3000), want)
 
 

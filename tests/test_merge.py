@@ -76,3 +76,10 @@ def test_merge_batch_pads_short_rows_and_carries_probabilities():
     assert (m.source[0, 5:] == -1).all() and np.isnan(m.scores[0, 5:]).all()
     np.testing.assert_array_equal(m.probs[0, 0], probs[0, 1])  # item 2 taken by the engagement head
     np.testing.assert_array_equal(m.probs[0, 1], probs[0, 0] + 100)  # item 4 from the relevance head
+
+
+def test_padding_ids_are_never_picked():
+    """A short ANN list is padded with id -1 (score -inf after the scorer's mask): never an item."""
+    m = quota_merge(np.array([5, -1, -1]), np.array([0.9, -np.inf, -np.inf], np.float32),
+                    np.array([7, 8, -1]), np.array([0.8, 0.7, -np.inf], np.float32), alpha=0.5, top_n=4)
+    assert m.ids.tolist() == [5, 7, 8] and -1 not in m.ids

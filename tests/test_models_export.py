@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from widefunnel.builders.export import export_reranker
-from widefunnel.builders.models import Reranker
+from widefunnel.builders.export import export_reranker, export_scorer
+from widefunnel.builders.models import CompositeScorer, Reranker
 
 
 @pytest.mark.parametrize("kind", ["mlp", "mixture_of_logits"])
@@ -36,3 +36,39 @@ def test_reranker_variants_export_and_keep_the_best_m(tmp_path, kind):
 def test_unknown_reranker_kind_is_refused():
     with pytest.raises(ValueError, match="rerank.kind"):
         Reranker(8, [8], kind="transformer")
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_padding_never_outranks_a_real_candidate(tmp_path):
+    """The ANN pads short lists with id -1 and a zero embedding: the reranker must rank pads last (a zero
+    embedding can score above real items) and the scorer must give them -inf, not item -1's score."""
+    torch.manual_seed(0)
+    model = Reranker(8, [16, 8]).eval()
+    export_reranker(model, keep=3, dim=8, fingerprint="00000000000000ff", path=tmp_path / "r.onnx")
+    q = np.random.default_rng(1).standard_normal((1, 8), np.float32)
+    emb = np.random.default_rng(2).standard_normal((1, 6, 8)).astype(np.float32)
+    emb[0, 3:] = 0.0
+    with torch.no_grad():
+        raw = model(torch.from_numpy(q), torch.from_numpy(emb)).numpy()[0]
+    ids = np.array([[10, 11, 12, -1, -1, -1]], np.int64)
+    if raw[3] <= raw[:3].min():  # make sure a pad would have won without the mask
+        emb[0, :3] = -emb[0, :3]
+    kept, scores, _ = _session(tmp_path / "r.onnx").run(None, {"QUERY": q, "CANDIDATE_ID": ids,
+                                                                "CANDIDATE_EMB": emb})
+    assert sorted(kept[0].tolist()) == [10, 11, 12] and np.isfinite(scores).all()
+    kept, scores, _ = _session(tmp_path / "r.onnx").run(None, {"QUERY": q, "CANDIDATE_ID": ids[:, [0, 3, 4, 5]],
+                                                                "CANDIDATE_EMB": emb[:, [0, 3, 4, 5]]})
+    assert kept[0, 0] == 10 and (kept[0, 1:] == -1).all() and np.isneginf(scores[0, 1:]).all()
+
+    features = torch.randn(20, 4)
+    scorer = CompositeScorer(features, [8], tasks=3).eval()
+    export_scorer(scorer, 3, "00000000000000ff", tmp_path / "s.onnx")
+    probs, _, score, _ = _session(tmp_path / "s.onnx").run(None, {
+        "ITEM_ID": np.array([[1]], np.int64), "CANDIDATE_ID": np.array([[5, -1, 19]], np.int64),
+        "VALUE_WEIGHTS": np.ones((1, 4), np.float32)})
+    assert np.isfinite(score[0, [0, 2]]).all() and np.isneginf(score[0, 1])

@@ -114,3 +114,6 @@ def test_scoring_only_entry_point(client):
     assert np.all(cum[..., 1] <= cum[..., 0] + 1e-7)  # ordinal: P(rel>=2) <= P(rel>=1)
     with pytest.raises(InvalidRequest, match="candidate_item_id"):
         client.score([50], [[2, 999999]])
+    with pytest.raises(InvalidRequest, match="candidate_item_id: required"):  # not an empty answer
+        client.infer("widefunnel_score", {"seed_item_id": np.array([[50]], np.int64)})
+    assert client.score([50], [[2]])["score"].shape == (1, 1)  # and the server goes on serving

@@ -30,6 +30,7 @@ def test_defaults_filled():
     ({"value_weights": np.ones((2, 3), np.float32)}, "value_weights"),
     ({"candidate_item_id": np.array([[1, 99], [2, 3]], np.int64)}, "candidate_item_id"),
     ({"candidate_item_id": np.zeros((2, 0), np.int64)}, "candidate_item_id"),
+    ({"candidate_item_id": None, "require_candidates": True}, "candidate_item_id"),
 ])
 def test_rejections_name_the_field(kwargs, field):
     args = {"seed_item_id": SEEDS} | kwargs

@@ -33,7 +33,8 @@ def quota_merge(eng_ids: np.ndarray, eng_scores: np.ndarray, rel_ids: np.ndarray
                 alpha: float, top_n: int, sort_by_score: bool = True) -> Merged:
     """Take round(alpha * N) from the engagement list and the rest from the relevance list, each in its own
     order; an item found by both is kept once (counted to the engagement head); a head short of unique
-    items is backfilled from the other. Lists must be ranked best first. With `sort_by_score` the result is
+    items is backfilled from the other; padding ids (< 0) are never picked. Lists must be ranked best
+    first. With `sort_by_score` the result is
     stably sorted by score (both heads are scored by the same composite model, so each head's order is
     kept); without it, quota order: engagement picks, relevance picks, then backfill."""
     if not 0.0 <= alpha <= 1.0:
@@ -52,7 +53,7 @@ def quota_merge(eng_ids: np.ndarray, eng_scores: np.ndarray, rel_ids: np.ndarray
             pos = order[head][cursor[head]]
             cursor[head] += 1
             item = int(lists[head][0][pos])
-            if item in taken:
+            if item < 0 or item in taken:  # -1: a padded slot of a short candidate list, never an item
                 continue
             taken.add(item)
             picks.append((head, pos))

@@ -74,12 +74,15 @@ def _model(name: str, backend: str, inputs: list[Tensor], outputs: list[Tensor],
 # Declared optional so that preprocess reports its absence by name: Triton 2.51's ensemble scheduler
 # answers a missing required input only with "unexpected deadlock".
 SEED = Tensor("seed_item_id", "INT64", (1,), optional=True)
+# Only the scoring entry point feeds this (its seed, mapped a second time): it tells preprocess that
+# candidate_item_id is required there, so a request without it is refused by name, not answered empty.
+SCORING_SEED = Tensor("scoring_seed_item_id", "INT64", (1,), optional=True)
 
 
 def preprocess_config(target: Target, tasks: int, parameters: dict[str, str]) -> mc.ModelConfig:
     inputs = [SEED, Tensor("alpha", "FP32", (1,), True),
               Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True),
-              Tensor("candidate_item_id", "INT64", (-1,), True)]
+              Tensor("candidate_item_id", "INT64", (-1,), True), SCORING_SEED]
     outputs = [Tensor("ITEM_ID", "INT64", (1,)), Tensor("ALPHA", "FP32", (1,)), Tensor("TOP_N", "INT32", (1,)),
                Tensor("VALUE_WEIGHTS", "FP32", (tasks + 1,)), Tensor("CANDIDATE_ID", "INT64", (-1,))]
     # Validation runs on the CPU wherever the rest runs.
@@ -220,7 +223,8 @@ def score_config(target: Target, tasks: int, versions: dict[str, int], levels: i
                Tensor("score", "FP32", (-1,))]
     config = _ensemble(SCORE_ENSEMBLE, target, inputs, outputs)
     _step(config, "preprocess", versions["preprocess"],
-          {"seed_item_id": "seed_item_id", "value_weights": "value_weights", "candidate_item_id": "candidate_item_id"},
+          {"seed_item_id": "seed_item_id", "scoring_seed_item_id": "seed_item_id", "value_weights": "value_weights",
+           "candidate_item_id": "candidate_item_id"},
           {"ITEM_ID": "_item_id", "VALUE_WEIGHTS": "_value_weights", "CANDIDATE_ID": "_candidate_id"})
     _step(config, "composite_scorer", versions["composite_scorer"],
           {"ITEM_ID": "_item_id", "CANDIDATE_ID": "_candidate_id", "VALUE_WEIGHTS": "_value_weights"},

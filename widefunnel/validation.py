@@ -45,7 +45,7 @@ def unknown_ids(catalogue: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def validate_request(limits: RequestLimits, seed_item_id: np.ndarray | None, alpha: np.ndarray | None = None,
                      top_n: np.ndarray | None = None, value_weights: np.ndarray | None = None,
-                     candidate_item_id: np.ndarray | None = None) -> ValidRequest:
+                     candidate_item_id: np.ndarray | None = None, require_candidates: bool = False) -> ValidRequest:
     if seed_item_id is None:
         raise RequestError("seed_item_id: required input is missing")
     if seed_item_id.ndim != 2 or seed_item_id.shape[1] != 1 or seed_item_id.shape[0] < 1:
@@ -70,6 +70,9 @@ def validate_request(limits: RequestLimits, seed_item_id: np.ndarray | None, alp
         if not np.all(np.isfinite(w)) or np.any(w < 0):
             raise RequestError("value_weights: must be finite and >= 0")
     if candidate_item_id is None:
+        if require_candidates:
+            raise RequestError("candidate_item_id: required input is missing (the scoring entry point scores "
+                               "the candidates it is given)")
         c = np.zeros((batch, 0), dtype=np.int64)
     else:
         if candidate_item_id.ndim != 2 or candidate_item_id.shape[0] != batch:

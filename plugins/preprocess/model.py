@@ -59,7 +59,8 @@ class TritonPythonModel:
         for request in requests:
             names = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id")
             try:
-                valid = validate_request(self.limits, **{n: self._array(request, n) for n in names})
+                valid = validate_request(self.limits, **{n: self._array(request, n) for n in names},
+                                         require_candidates=self._array(request, "scoring_seed_item_id") is not None)
             except RequestError as exc:
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)))

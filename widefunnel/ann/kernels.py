@@ -118,6 +118,27 @@ def block_maxima(dot, m8, mc):
 
 
 @njit(parallel=True, nogil=True, cache=True)
+def group_bars(m8, r0, r, chunk_smin, chunk_smax, qs, kk, kth):
+    """Raise each query's bar to a safe one from a block's 8-row group maxima: every group max is one real
+    row's dot, and its score is at least dot * s_min * s_q (dot >= 0; s_max below 0), so the kk-th largest of
+    these bounds over kk distinct groups is at most the query's true kk-th best score. Spares the first
+    block, where no bar exists yet, from keying every row. Needs ``kk`` <= the block's group count."""
+    ng, b = (r + 7) >> 3, m8.shape[1]
+    if kk > ng:
+        return
+    for qi in prange(b):
+        scratch = np.empty(1, np.float32)
+        lb = np.empty(ng)
+        for g in range(ng):
+            chunk = (r0 + (g << 3)) >> 6
+            d = float(m8[g, qi])
+            lb[g] = d * (chunk_smin[chunk] if d >= 0 else chunk_smax[chunk]) * float(qs[qi])
+        bar = np.partition(lb, ng - kk)[ng - kk]
+        bar -= abs(bar) * 1e-5 + 1e-30  # float32 rounding of the real scores stays above it
+        kth[qi] = max(kth[qi], _key(np.float32(bar), _LOW32, scratch))
+
+
+@njit(parallel=True, nogil=True, cache=True)
 def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, buf, fill, kth, kk, n_groups,
                 n_seg):
     """Pass 2: offer the block's rows to the reservoirs. Work item p = (query group, row segment) owns its
@@ -317,6 +338,7 @@ def warm_up() -> None:
     for dot in (np.zeros((130, 1), np.int32), np.zeros((130, 1), np.float32)):
         m8, mc = np.empty((17, 1), dot.dtype), np.empty((3, 1), dot.dtype)
         block_maxima(dot, m8, mc)
+        group_bars(m8, 0, 130, inv, inv, qs, 2, kth)
         block_offer(dot, m8, mc, 0, inv, inv, scales, qs, ex, buf, fill, kth, 2, 1, 1)
     finish(buf, fill, 2, 2, 1)
     fill[:], kth[:] = 0, INT64_MIN

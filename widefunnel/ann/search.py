@@ -14,9 +14,9 @@ key reservoir per query chunk). Per block, one int8 GEMM gives exact dot product
 (``kernels.py``) then offers each query's rows to its reservoir: a row can only enter the top-k if its dot
 reaches an integer bound derived from the query's current k-th key and the scale range of its 64-row chunk
 (rows are sorted by scale at build time, so the bound is tight); whole chunks are skipped on their max dot.
-At batch <= 2 the kernel computes the dot products itself (GEMV). For large k the first threshold is guessed
-from a strided row sample; a query whose guess proves too high is rescanned without it, so the result is
-always exact.
+Each query's first bar comes from a scan of a strided 1-in-16 row sample: for small k its k-th best score
+(a safe lower bound), for large k a statistical guess; a query whose guess proves too high is rescanned
+without it, so the result is always exact.
 """
 
 from __future__ import annotations
@@ -198,6 +198,7 @@ def prepare_index(index: Int8Index) -> dict:
     cache["ids_np"] = np.ascontiguousarray(index.ids, dtype=np.int64)
     sample = np.unique(np.linspace(0, n - 1, max(1, min(n, n // 16))).astype(np.int64))
     cache["sample"] = _row_table(cache["codes_np"][sample], scales[sample])
+    cache["sample_rows"] = sample
     if index.ivf is not None:
         ccodes, cscales = quantize_rows(index.ivf.centroids)
         cache["centroid_codes"], cache["centroid_scales"] = ccodes, cscales
@@ -238,7 +239,8 @@ def _row_table(codes: np.ndarray, scales: np.ndarray) -> dict:
         inv_smin = np.minimum(1 / smin.astype(np.float64), 1e30)
     codes = np.ascontiguousarray(codes)
     return {"codes_t": torch.from_numpy(codes), "scales": np.ascontiguousarray(scales, dtype=np.float32),
-            "inv_smax": inv_smax, "inv_smin": inv_smin}
+            "inv_smax": inv_smax, "inv_smin": inv_smin, "smax": smax.astype(np.float64),
+            "smin": smin.astype(np.float64)}
 
 
 def _blocks(n: int, rows: int, kk: int, ramp: bool) -> list[tuple[int, int]]:
@@ -268,30 +270,47 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
     rows = max(CHUNK, rows // CHUNK * CHUNK)
     qt = qc.T.contiguous()
     maxima = None
-    for r0, r1 in _blocks(n, rows, kk, bool((kth == INT64_MIN).any())):
+    ramp = bool((kth == INT64_MIN).any()) and 8 * kk > min(rows, n)  # else the first block's groups set a bar
+    for r0, r1 in _blocks(n, rows, kk, ramp):
         dot = item_dot(codes_t[r0:r1], qt).numpy()
         if maxima is None:  # int32, or float32 on the exact-float fallback
             maxima = np.empty((rows // 8, b), dot.dtype), np.empty((rows // CHUNK, b), dot.dtype)
         kernels.block_maxima(dot, *maxima)
+        if r0 == 0 and bool((kth == INT64_MIN).any()):  # no bar yet: a safe one from the groups' maxima
+            bars = np.full(b, INT64_MIN, np.int64)
+            kernels.group_bars(maxima[0], r0, r1 - r0, table["smin"], table["smax"], qs, kk, bars)
+            kth = np.maximum(kth, np.repeat(bars, n_seg))
         kernels.block_offer(dot, *maxima, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs, excl,
                             buf, fill, kth, kk, n_groups, n_seg)
     return kernels.finish(buf, fill, kk, kk, n_seg)
 
 
-def _guess_bars(cache: dict, qc: torch.Tensor, qs: np.ndarray, kk: int, block_rows: int) -> np.ndarray | None:
-    """For large k, a starting bar per query from a scan of the 1-in-16 row sample (rows are scale-sorted, so
-    it is stratified): the key of a score that k rows (+3 sigma) of the whole index are expected to beat. Only
-    a guess: a query that ends with fewer than k keys above it is rescanned without one. None for small k."""
+def _starting_bars(cache: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, block_rows: int
+                   ) -> tuple[np.ndarray | None, bool]:
+    """A starting bar per query from a scan of the 1-in-16 row sample (rows are scale-sorted, so the sample is
+    stratified) -> (bar keys or None, guessed). Without a bar the first rows all survive until k are seen.
+
+    * small k: the k-th best sampled score. Any k real rows bound the k-th best from below, so the bar is
+      safe (never above the true k-th score); the excluded row is excluded from the sample too.
+    * large k (>= 32 expected sample hits): the score that k rows (+3 sigma) of the whole index are expected
+      to beat; tighter, but only a guess: a query that ends with fewer than k keys above it is rescanned.
+    """
     sample = cache["sample"]
     m, n = sample["codes_t"].shape[0], cache["table"]["codes_t"].shape[0]
     expect = kk * m / n
     j = int(expect + 3 * expect**0.5 + 8)
-    if expect < 32 or j > m // 2:
-        return None
-    none = np.full(qc.shape[0], -1, np.int64)
-    keys = _scan_table(sample, qc, qs, none, j, np.full(qc.shape[0], INT64_MIN, np.int64), block_rows)
-    _, score, _ = decode_keys(torch.from_numpy(keys[:, -1]))
-    return make_keys(score, torch.full(score.shape, _LOW32, dtype=torch.int64)).numpy()
+    guessed = expect >= 32 and j <= m // 2
+    if not guessed:
+        j = kk
+    if j > m // 2:
+        return None, False
+    rows = cache["sample_rows"]
+    pos = np.minimum(np.searchsorted(rows, excl), m - 1)
+    sample_excl = np.where((excl >= 0) & (rows[pos] == excl), pos, -1)
+    keys = _scan_table(sample, qc, qs, sample_excl, j, np.full(qc.shape[0], INT64_MIN, np.int64), block_rows)
+    _, score, valid = decode_keys(torch.from_numpy(keys[:, -1]))
+    bars = make_keys(score, torch.full(score.shape, _LOW32, dtype=torch.int64)).numpy()
+    return np.where(valid.numpy(), bars, INT64_MIN), guessed
 
 
 def scan_keys(cache: dict, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tensor, k: int,
@@ -301,11 +320,11 @@ def scan_keys(cache: dict, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tenso
     table = cache["table"]
     kk = min(k, table["codes_t"].shape[0])
     qs_np, excl_np = qs.numpy(), excl.numpy()
-    bars = _guess_bars(cache, qc, qs_np, kk, block_rows) if estimate else None
+    bars, guessed = _starting_bars(cache, qc, qs_np, excl_np, kk, block_rows) if estimate else (None, False)
     kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
     keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, kk, kth, block_rows))
     short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1)
-    if bars is not None and short.numel():  # the guess was too high for these queries: redo them safely
+    if guessed and short.numel():  # the guess was too high for these queries: redo them without one
         keys[short] = scan_keys(cache, qc[short], qs[short], excl[short], k, block_rows, estimate=False)
     return keys
 
