@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,8 +112,10 @@ def measure_fbgemm_rate(batch: int, d: int) -> float:
     """int8 ops/s of torch's fbgemm dynamic-quant linear (float in, int8 GEMM, float out) on the same
     cache-resident block: the int8 rate the issue states its floor with (270 GOP/s measured there)."""
     rows = block_rows(batch)
-    lin = torch.ao.quantization.quantize_dynamic(torch.nn.Linear(d, rows, bias=False), {torch.nn.Linear},
-                                                 dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao (not installed)
+        warnings.simplefilter("ignore")
+        lin = torch.ao.quantization.quantize_dynamic(torch.nn.Linear(d, rows, bias=False), {torch.nn.Linear},
+                                                     dtype=torch.qint8)
     q = torch.randn(batch, d)
     with torch.no_grad():
         lin(q)
