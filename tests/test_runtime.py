@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from widefunnel.runtime import Ports, ServerError, TritonServer, assemble_backends
+from widefunnel.runtime import Ports, ServerError, TritonServer, assemble_backends, dead_stubs
 
 
 def test_backend_directory_has_matching_stub_and_our_backends(tmp_path):
@@ -41,3 +41,17 @@ def test_model_that_fails_to_load_is_reported_with_the_servers_reason(built_repo
 def test_empty_repository_is_refused(tmp_path):
     with pytest.raises(ServerError, match="missing or empty"):
         TritonServer(tmp_path).start()
+
+
+def test_dead_stub_detection_is_per_instance():
+    """One dead instance among several of a version is found; a reload's overlap is not a death."""
+    known = {10: ("quota_merge", "1", "quota_merge_0_0"), 11: ("quota_merge", "1", "quota_merge_0_1"),
+             12: ("preprocess", "1", "preprocess_0_0")}
+    alive = lambda pid: False  # noqa: E731
+    assert dead_stubs(known, dict(known), alive) == set()
+    one_gone = {10: known[10], 12: known[12]}
+    assert dead_stubs(known, one_gone, alive) == {("quota_merge", "1")}
+    zombie = lambda pid: pid == 11  # noqa: E731 - still listed, but exited
+    assert dead_stubs(known, dict(known), zombie) == {("quota_merge", "1")}
+    reloaded = {10: known[10], 20: known[11], 12: known[12]}  # a new stub for the same instance
+    assert dead_stubs(known, reloaded, alive) == set()

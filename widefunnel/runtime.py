@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,8 +125,12 @@ def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def stub_processes(server_pid: int) -> dict[int, tuple[str, str]]:
-    """pid -> (model, version) of each Python-backend stub the server runs (its argv names the model file)."""
+Stub = tuple[str, str, str]  # (model, version, instance name), e.g. ("quota_merge", "1", "quota_merge_0_1")
+
+
+def stub_processes(server_pid: int) -> dict[int, Stub]:
+    """pid -> (model, version, instance) of each Python-backend stub the server runs: its argv names the
+    model file (argv[1]) and the instance (argv[8], "<model>_<group>_<index>")."""
     out = {}
     children = Path(f"/proc/{server_pid}/task/{server_pid}/children")
     try:
@@ -139,8 +144,21 @@ def stub_processes(server_pid: int) -> dict[int, tuple[str, str]]:
             continue
         if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 1:
             model_file = Path(argv[1].decode(errors="replace"))
-            out[pid] = (model_file.parent.parent.name, model_file.parent.name)
+            instance = argv[8].decode(errors="replace") if len(argv) > 8 else ""
+            out[pid] = (model_file.parent.parent.name, model_file.parent.name, instance)
     return out
+
+
+def dead_stubs(known: dict[int, Stub], current: dict[int, Stub], dead: Callable[[int], bool]
+               ) -> set[tuple[str, str]]:
+    """(model, version) pairs with an instance whose stub died since ``known`` was taken.
+
+    Keyed by instance, so one dead instance among several of a version is found. A reload (a swap staging
+    versions) starts the instance's new stub before the old one exits: an instance that still has a live
+    stub did not die."""
+    live = {stub for pid, stub in current.items() if not dead(pid)}
+    return {(m, v) for pid, (m, v, i) in known.items()
+            if (pid not in current or dead(pid)) and (m, v, i) not in live}
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -195,13 +213,8 @@ class StubSupervisor(threading.Thread):
             proc = self.server.process
             if proc is None or proc.poll() is not None:
                 break
-            current = stub_processes(proc.pid)
-            # a reload (e.g. a swap staging versions) starts a new stub before the old one exits: a (model,
-            # version) that still has a live stub did not die (issue 6)
-            live = {mv for pid, mv in current.items() if not process_dead(pid)}
-            dead = {pid: mv for pid, mv in known.items()
-                    if (pid not in current or process_dead(pid)) and mv not in live}
-            for model in sorted({m for m, v in dead.values() if self._ready(client, m, v)}):
+            dead = dead_stubs(known, stub_processes(proc.pid), process_dead)
+            for model in sorted({m for m, v in dead if self._ready(client, m, v)}):
                 print(f"widefunnel: the Python stub of model '{model}' died; restarting the model", file=sys.stderr)
                 try:
                     client.unload_model(model)
@@ -209,7 +222,7 @@ class StubSupervisor(threading.Thread):
                     self.restarts.append(model)
                 except Exception as exc:  # the next round tries again
                     print(f"widefunnel: restarting '{model}' failed: {exc}", file=sys.stderr)
-            known = {pid: mv for pid, mv in stub_processes(proc.pid).items() if not process_dead(pid)}
+            known = {pid: stub for pid, stub in stub_processes(proc.pid).items() if not process_dead(pid)}
         client.close()
 
 
