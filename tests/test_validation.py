@@ -36,3 +36,12 @@ def test_rejections_name_the_field(kwargs, field):
     args = {"seed_item_id": SEEDS} | kwargs
     with pytest.raises(RequestError, match=rf"^{field}:"):
         validate_request(LIMITS, **args)
+
+
+def test_model_parameters_name_what_is_missing_and_unknown():
+    from widefunnel.model_configs import model_parameters
+
+    config = {"parameters": {"a": {"string_value": "1"}, "x": {"string_value": "2"}}}
+    assert model_parameters(config, {"a"}, {"x"}) == {"a": "1", "x": "2"}
+    with pytest.raises(ValueError, match=r"missing \['b'\] / unknown \['x'\]"):
+        model_parameters(config, {"a", "b"})

@@ -232,6 +232,16 @@ def score_config(target: Target, tasks: int, versions: dict[str, int], levels: i
     return config
 
 
+def model_parameters(config: dict, required: set[str], allowed: set[str] = frozenset()) -> dict[str, str]:
+    """A served model's ``parameters`` (the JSON config Triton hands a Python model) -> name: string value.
+    ValueError naming what is missing and what is unknown, so a bad config fails the load with its reason."""
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    missing, unknown = required - params.keys(), params.keys() - required - allowed
+    if missing or unknown:
+        raise ValueError(f"parameters missing {sorted(missing)} / unknown {sorted(unknown)}")
+    return params
+
+
 def to_pbtxt(config: mc.ModelConfig) -> str:
     return text_format.MessageToString(config)
 

@@ -22,6 +22,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from widefunnel.model_configs import model_parameters
 from widefunnel.validation import RequestError, RequestLimits, validate_request
 
 _REQUIRED = {"default_alpha", "default_top_n", "max_top_n", "default_value_weights", "max_candidates"}
@@ -30,11 +31,10 @@ _REQUIRED = {"default_alpha", "default_top_n", "max_top_n", "default_value_weigh
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        missing, unknown = _REQUIRED - params.keys(), params.keys() - _REQUIRED
-        if missing or unknown:
-            raise pb_utils.TritonModelException(
-                f"preprocess: parameters missing {sorted(missing)} / unknown {sorted(unknown)}")
+        try:
+            params = model_parameters(config, _REQUIRED)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"preprocess: {exc}") from exc
         catalogue = os.path.join(args["model_repository"], args["model_version"], "catalogue.npy")
         try:
             ids = np.load(catalogue, allow_pickle=False)

@@ -22,7 +22,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from widefunnel.merge import HEAD_NAMES, merge_batch
-from widefunnel.model_configs import FINGERPRINT_INPUTS
+from widefunnel.model_configs import FINGERPRINT_INPUTS, model_parameters
 
 _REQUIRED = {"sort_by_score"}
 
@@ -34,9 +34,10 @@ def _input(request, name: str) -> np.ndarray:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        if params.keys() != _REQUIRED:
-            raise pb_utils.TritonModelException(f"quota_merge: parameters must be exactly {sorted(_REQUIRED)}")
+        try:
+            params = model_parameters(config, _REQUIRED)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"quota_merge: {exc}") from exc
         self.sort_by_score = params["sort_by_score"].lower() == "true"
 
     def _merge_one(self, request):

@@ -25,6 +25,7 @@ import triton_python_backend_utils as pb_utils
 
 from widefunnel.ann.index import IndexLoadError, load_index
 from widefunnel.ann.search import dequantized, search
+from widefunnel.model_configs import model_parameters
 
 _PARAMETERS = {"k", "max_k", "search", "nprobe", "tower_fingerprints", "emit_embeddings"}
 _PYTHON_BACKEND_PARAMETERS = {"FORCE_CPU_ONLY_INPUT_TENSORS"}  # read by the Python backend itself
@@ -45,11 +46,10 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         self.name, version = config["name"], args["model_version"]
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        missing, unknown = _PARAMETERS - params.keys(), params.keys() - _PARAMETERS - _PYTHON_BACKEND_PARAMETERS
-        if missing or unknown:
-            raise pb_utils.TritonModelException(
-                f"{self.name}: parameters missing {sorted(missing)} / unknown {sorted(unknown)}")
+        try:
+            params = model_parameters(config, _PARAMETERS, _PYTHON_BACKEND_PARAMETERS)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
         try:
             expected = parse_fingerprints(params["tower_fingerprints"])
         except ValueError as exc:
