@@ -165,6 +165,7 @@ def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, exc
                     continue
                 res = qi * n_seg + sg
                 q_s, ex = qs[qi], excl[qi]
+                rbuf, f, kq = buf[res], fill[res], kth[res]  # the reservoir in locals while it is worked on
                 for gg in range(c << 3, (j1 + 7) >> 3):
                     if m8[gg, qi] < t:
                         continue
@@ -176,9 +177,16 @@ def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, exc
                         if row == ex:
                             continue
                         key = _key(np.float32(np.float32(d) * scales[row]) * q_s, row, scratch)
-                        if key > kth[res] and _offer(buf, fill, kth, res, key, kk):
-                            u[qi - q0] = _dot_floor(kth[res], q_s, scratch)
+                        if key <= kq:
+                            continue
+                        rbuf[f] = key
+                        f += 1
+                        if f == rbuf.shape[0]:  # full: keep the best kk, raise the bar and the bound
+                            kq = max(kq, _compact(rbuf, f, kk))
+                            f = kk
+                            u[qi - q0] = _dot_floor(kq, q_s, scratch)
                             t = _real_bound(u[qi - q0], ism, isn)
+                fill[res], kth[res] = f, kq
 
 
 @njit(inline="always")
