@@ -33,11 +33,11 @@ def _queries(b: int, d: int, seed: int = 1) -> np.ndarray:
 
 
 def _reference(index, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-    """Independent brute force with the documented semantics: score (float32(dot) * s_i) * s_q, best first,
-    lower row first on ties, excluded id dropped, padding id -1 / score -inf."""
+    """Independent brute force with the documented semantics: score (float32(dot) * s_i) * s_q (-0.0 as
+    +0.0), best first, lower row first on ties, excluded id dropped, padding id -1 / score -inf."""
     qc, qs = quantize_rows(queries)
     dot = (qc.astype(np.int64) @ index.codes.astype(np.int64).T).astype(np.float32)
-    scores = (dot * index.scales[None, :]) * qs[:, None]
+    scores = (dot * index.scales[None, :]) * qs[:, None] + np.float32(0.0)  # -0.0 is reported as +0.0
     n, k_out = index.count, min(k, index.count)
     ids = np.full((len(queries), k_out), -1, np.int64)
     out = np.full((len(queries), k_out), -np.inf, np.float32)
@@ -312,6 +312,45 @@ def test_a_wrong_threshold_guess_is_rescanned(index_20k, monkeypatch):
 
     monkeypatch.setattr(search_mod, "_starting_bars", too_high)
     assert _same(exact_search(index_20k, q, 3000), want)
+
+
+def test_self_excluded_item_to_item_search_is_exact():
+    """Item-to-item retrieval excludes the seed, which is its own best match: a starting bar must not count
+    it (a review found 126 of 4,000 k = 1 queries padded with -1 before the fix)."""
+    x, ids = _data(4000, 16, seed=3)
+    index = build_index(x, ids, FP)
+    rows = np.arange(0, 4000, 16)  # includes rows the 1-in-16 sample holds
+    for k in (1, 2, 5, 40):
+        got = exact_search(index, x[rows], k, exclude_ids=ids[rows])
+        assert _same(got, _reference(index, x[rows], k, ids[rows])), k
+        assert (got[0] >= 0).all()
+
+
+def test_the_excluded_best_row_of_the_first_group_is_not_a_bar():
+    x = np.array([[1, 1]] + [[1, -1]] * 7 + [[1, 0.5]] + [[1, -1]] * 7, np.float32)
+    index = build_index(x, np.arange(16, dtype=np.int64), FP)
+    q = np.array([[0.0, 1.0]], np.float32)
+    got = exact_search(index, q, 2, exclude_ids=np.array([0]))
+    assert _same(got, _reference(index, q, 2, np.array([0]))) and got[0].tolist() == [[8, 1]]
+
+
+def test_extreme_magnitudes_stay_exact():
+    """Bounds must hold for tiny item scales with negative dots (no clamped 1 / s_min) and for subnormal
+    scores (an absolute, not relative, rounding margin); -0.0 is reported as +0.0 and ties with it."""
+    rng = np.random.default_rng(0)
+    tiny = ((-np.ones(8) + 0.5 * rng.standard_normal((3000, 8))) * 1e-29).astype(np.float32)
+    index = build_index(tiny, np.arange(3000, dtype=np.int64), FP)
+    q = np.ones((1, 8), np.float32)
+    for k in (1, 10, 100):
+        assert _same(exact_search(index, q, k), _reference(index, q, k)), k
+    sub = (rng.standard_normal((20000, 8)) * np.exp(rng.uniform(-1, 1, (20000, 1))) * 1e-26).astype(np.float32)
+    index = build_index(sub, np.arange(20000, dtype=np.int64), FP)
+    q = (rng.standard_normal((8, 8)) * 1e-20).astype(np.float32)
+    for k in (1, 300, 3000):
+        assert _same(exact_search(index, q, k), _reference(index, q, k)), k
+    signed_zero = build_index(np.array([[-1e-30], [1e-30]], np.float32), np.arange(2, dtype=np.int64), FP)
+    ids, scores = exact_search(signed_zero, np.array([[1e-20]], np.float32), 2)
+    assert ids.tolist() == [[0, 1]] and not np.signbit(scores).any()
 
 
 def test_sort_desc_matches_numpy():

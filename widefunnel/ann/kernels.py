@@ -10,8 +10,10 @@ the integer ``dot`` exact, and rows are ranked by the unique int64 key ``(ordera
 blocking or the thread count; tests compare these kernels with the torch reference key for key.
 
 A reservoir is one row of ``buf`` (int64 keys) with its ``fill``. It accepts a key only if the key beats
-``kth``, the query's current k-th best key (or a guess below it); when full it keeps its best ``kk`` keys
-with a partition and raises ``kth``. ``kth`` only ever rises, so a rejected key could never be in the top k.
+``kth``, its bar: the reservoir's own k-th best key once it has seen k, before that a starting bar that is
+either safe (at most the query's true k-th best key: then a rejected key can never be in the top k) or a
+guess (``search.scan_keys`` rescans a query whose guess proves too high). When full it keeps its best
+``kk`` keys with a partition and raises ``kth``; ``kth`` only ever rises.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from numba import njit, prange
 
 INT64_MIN = np.int64(-(2**63))
 _LOW32 = np.int64(0xFFFFFFFF)
-_BOUND_CAP = 2.0**30  # integer dot bounds are clamped here: |dot| <= 127 * 127 * 1024 < 2**24
-_MARGIN = 2e-6  # relative slack of the integer bound; covers float32 rounding of the score (~2 ulp)
+_MARGIN = 2e-6  # relative slack of a dot bound: covers the two float32 roundings of a normal score
+_TINY = 2.0**-148  # absolute slack: a subnormal float32 result is off by up to 2**-150, not relatively
 
 
 @njit(inline="always")
 def _key(score: np.float32, row: np.int64, scratch: np.ndarray) -> np.int64:
-    """Same key as ``search.make_keys``: the bit pattern of ``score`` made orderable, then the row."""
-    scratch[0] = score
+    """Same key as ``search.make_keys``: the bit pattern of ``score`` made orderable, then the row.
+    -0.0 is keyed (and reported) as +0.0: the two are one score, so they tie and the lower row wins."""
+    scratch[0] = score + np.float32(0.0)
     bits = np.int64(scratch.view(np.int32)[0])
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     return ordered * np.int64(4294967296) + (_LOW32 - row)
@@ -48,14 +51,16 @@ def _key_score(key: np.int64, scratch: np.ndarray) -> float:
 def _dot_floor(kth: np.int64, qs: np.float32, scratch: np.ndarray) -> float:
     """u: a lower bound on dot * s_item for any row whose key can still beat ``kth``.
 
-    fl(fl(dot * s_i) * s_q) >= thr needs dot * s_i >= (thr / s_q)(1 - ~2**-23); the margin absorbs that
-    and the rounding of the per-chunk bound. -inf when nothing is known yet.
+    score = fl(fl(dot * s_i) * s_q) >= thr needs dot * s_i >= thr / s_q, up to two roundings: relative
+    (2**-24 each) for normal floats, absolute (2**-150 each, i.e. 2**-150 / s_q in these units) where a
+    result is subnormal. The margin covers both and the float64 rounding of the bound. -inf (no pruning)
+    when nothing is known yet, or when the bar is not finite (an overflowed score ties only at +inf).
     """
     thr = _key_score(kth, scratch)
-    if thr == -np.inf or qs == 0:
+    if not np.isfinite(thr) or qs == 0:
         return -np.inf
     u = thr / float(qs)
-    return u - abs(u) * _MARGIN - 1e-30
+    return u - abs(u) * _MARGIN - _TINY / float(qs) - _TINY
 
 
 @njit
@@ -118,24 +123,33 @@ def block_maxima(dot, m8, mc):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def group_bars(m8, r0, r, chunk_smin, chunk_smax, qs, kk, kth):
-    """Raise each query's bar to a safe one from a block's 8-row group maxima: every group max is one real
-    row's dot, and its score is at least dot * s_min * s_q (dot >= 0; s_max below 0), so the kk-th largest of
-    these bounds over kk distinct groups is at most the query's true kk-th best score. Spares the first
-    block, where no bar exists yet, from keying every row. Needs ``kk`` <= the block's group count."""
+def group_bars(m8, r0, r, chunk_smin, chunk_smax, qs, excl, kk, kth):
+    """Raise each query's bar to a safe one from a block's 8-row group maxima, sparing the first block
+    (where no bar exists yet) from keying every row.
+
+    Each group max is one real row's dot d, and that row's score is at least d * s_min * s_q of its chunk
+    (d * s_max * s_q when d < 0). Over kk distinct groups, the kk-th largest such bound is therefore at most
+    the query's true kk-th best score. The group holding the query's excluded row is left out: that row is
+    not a result. Queries of a block with fewer than kk other groups keep their bar."""
     ng, b = (r + 7) >> 3, m8.shape[1]
-    if kk > ng:
-        return
     for qi in prange(b):
+        skip = (excl[qi] - r0) >> 3 if r0 <= excl[qi] < r0 + r else -1
+        if ng - (skip >= 0) < kk:
+            continue
         scratch = np.empty(1, np.float32)
-        lb = np.empty(ng)
+        lb = np.empty(ng - (skip >= 0))
+        i = 0
         for g in range(ng):
+            if g == skip:
+                continue
             chunk = (r0 + (g << 3)) >> 6
             d = float(m8[g, qi])
-            lb[g] = d * (chunk_smin[chunk] if d >= 0 else chunk_smax[chunk]) * float(qs[qi])
-        bar = np.partition(lb, ng - kk)[ng - kk]
-        bar -= abs(bar) * 1e-5 + 1e-30  # float32 rounding of the real scores stays above it
-        kth[qi] = max(kth[qi], _key(np.float32(bar), _LOW32, scratch))
+            lb[i] = d * (chunk_smin[chunk] if d >= 0 else chunk_smax[chunk]) * float(qs[qi])
+            i += 1
+        bar = np.partition(lb, i - kk)[i - kk]
+        bar -= abs(bar) * 1e-5 + 2.0**-140  # the float32 roundings of the real scores stay above it
+        if np.isfinite(bar):
+            kth[qi] = max(kth[qi], _key(np.float32(bar), _LOW32, scratch))
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -346,7 +360,7 @@ def warm_up() -> None:
     for dot in (np.zeros((130, 1), np.int32), np.zeros((130, 1), np.float32)):
         m8, mc = np.empty((17, 1), dot.dtype), np.empty((3, 1), dot.dtype)
         block_maxima(dot, m8, mc)
-        group_bars(m8, 0, 130, inv, inv, qs, 2, kth)
+        group_bars(m8, 0, 130, inv, inv, qs, ex, 2, kth)
         block_offer(dot, m8, mc, 0, inv, inv, scales, qs, ex, buf, fill, kth, 2, 1, 1)
     finish(buf, fill, 2, 2, 1)
     fill[:], kth[:] = 0, INT64_MIN

@@ -151,8 +151,9 @@ def scores_from_dot(dot: torch.Tensor, item_scales: torch.Tensor, query_scales: 
 
 # ------------------------------------------------------------------------------------------------- sort keys
 def make_keys(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """float32 scores + int64 rows -> unique int64 keys; larger key = better (higher score, lower row)."""
-    bits = scores.contiguous().view(torch.int32)
+    """float32 scores + int64 rows -> unique int64 keys; larger key = better (higher score, lower row).
+    -0.0 is keyed as +0.0 (``+ 0.0``): one score, so they tie and the lower row wins."""
+    bits = (scores + 0.0).contiguous().view(torch.int32)
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     return ordered.to(torch.int64) * (1 << 32) + (_LOW32 - rows)
 
@@ -233,10 +234,10 @@ def _row_table(codes: np.ndarray, scales: np.ndarray) -> dict:
     """What the blocked scan needs of a set of scale-sorted rows: codes, scales and per-64-row-chunk inverse
     scale bounds (float64: the integer bound is computed in float64 with a relative margin)."""
     starts = np.arange(0, len(scales), CHUNK)
-    with np.errstate(divide="ignore", over="ignore"):  # clamp: a subnormal scale must not give an inf bound
-        smax, smin = np.maximum.reduceat(scales, starts), np.minimum.reduceat(scales, starts)
-        inv_smax = np.minimum(1 / smax.astype(np.float64), 1e30)
-        inv_smin = np.minimum(1 / smin.astype(np.float64), 1e30)
+    # float64: 1 / (the smallest float32 subnormal) is finite, so no clamp (a clamped 1 / s_min would lift
+    # the bound u / s_min of a negative u above the truth); scales are > 0 (a zero row gets scale 1)
+    smax, smin = np.maximum.reduceat(scales, starts), np.minimum.reduceat(scales, starts)
+    inv_smax, inv_smin = 1 / smax.astype(np.float64), 1 / smin.astype(np.float64)
     codes = np.ascontiguousarray(codes)
     return {"codes_t": torch.from_numpy(codes), "scales": np.ascontiguousarray(scales, dtype=np.float32),
             "inv_smax": inv_smax, "inv_smin": inv_smin, "smax": smax.astype(np.float64),
@@ -278,7 +279,7 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
         kernels.block_maxima(dot, *maxima)
         if r0 == 0 and bool((kth == INT64_MIN).any()):  # no bar yet: a safe one from the groups' maxima
             bars = np.full(b, INT64_MIN, np.int64)
-            kernels.group_bars(maxima[0], r0, r1 - r0, table["smin"], table["smax"], qs, kk, bars)
+            kernels.group_bars(maxima[0], r0, r1 - r0, table["smin"], table["smax"], qs, excl, kk, bars)
             kth = np.maximum(kth, np.repeat(bars, n_seg))
         kernels.block_offer(dot, *maxima, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs, excl,
                             buf, fill, kth, kk, n_groups, n_seg)

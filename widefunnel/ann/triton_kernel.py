@@ -62,7 +62,7 @@ if triton is not None:
         acc = tl.dot(q, tl.trans(c), out_dtype=tl.int32)  # int8 x int8 -> exact int32
         qs = tl.load(qs_ptr + rm, mask=rm < n_queries, other=1.0)
         cs = tl.load(cs_ptr + rn, mask=rn < n_items, other=1.0)
-        s = (acc.to(tl.float32) * cs[None, :]) * qs[:, None]
+        s = (acc.to(tl.float32) * cs[None, :]) * qs[:, None] + 0.0  # -0.0 keyed as +0.0, as make_keys
         bits = s.to(tl.int32, bitcast=True)
         ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
         key = ordered.to(tl.int64) * 4294967296 + (4294967295 - rn[None, :].to(tl.int64))
