@@ -353,6 +353,21 @@ def test_extreme_magnitudes_stay_exact():
     assert ids.tolist() == [[0, 1]] and not np.signbit(scores).any()
 
 
+@pytest.mark.parametrize("row_scan", [True, False])
+def test_both_block_filters_are_exact(index_20k, monkeypatch, row_scan):
+    """Blocks are filtered row-wise (wide batches, large k) or by 8/64-row maxima: both must be exact."""
+    monkeypatch.setattr(search_mod, "_ROW_SCAN_BATCH", 1 if row_scan else 10**9)
+    monkeypatch.setattr(search_mod, "_ROW_SCAN_MIN_BATCH", 1 if row_scan else 10**9)
+    x, ids = _data(20000, 64, dup=True)
+    q = np.concatenate([_queries(127, 64, seed=31), x[:3]])  # 130 queries, three of them stored items
+    q[5] = 0.0
+    excl = np.full(130, -1)
+    excl[127:] = ids[:3]  # the stored items exclude themselves
+    for k in (1, 100, 2500):
+        got = exact_search(index_20k, q, k, exclude_ids=excl, block_rows=4096)
+        assert _same(got, _reference(index_20k, q, k, excl)), k
+
+
 def test_sort_desc_matches_numpy():
     from widefunnel.ann.kernels import sort_desc
 
