@@ -7,13 +7,15 @@ Why the results cannot depend on the rest of the batch:
     blocking and its summation order cannot change a single bit;
   * the score is the elementwise ``(float32(dot) * item_scale) * query_scale``;
   * ranking uses unique int64 keys ``(orderable score bits << 32) | (2**32 - 1 - row)``: best score first,
-    lower row first on ties, so every top-k below is a pure function of one query's own scores.
+    lower row first on ties (-0.0 counts as +0.0), so every top-k below is a pure function of one query's
+    own scores.
 
-The scan is blocked (bounded memory: one int32 [b x R] block that stays in L2, a [b x max(2k, k + slack)]
-key reservoir per query chunk). Per block, one int8 GEMM gives exact dot products; a compiled kernel
-(``kernels.py``) then offers each query's rows to its reservoir: a row can only enter the top-k if its dot
-reaches an integer bound derived from the query's current k-th key and the scale range of its 64-row chunk
-(rows are sorted by scale at build time, so the bound is tight); whole chunks are skipped on their max dot.
+The scan is blocked (bounded memory: one int32 [R x b] block of about 2 MiB, a [b x max(2k, k + slack)]
+key reservoir per query chunk). Per block, one int8 GEMM (items-major) gives exact dot products; a compiled
+kernel (``kernels.py``) then offers each query's rows to its reservoir: a row can only enter the top-k if
+its dot reaches an integer bound derived from the query's current k-th key and the scale range of its rows
+(rows are sorted by scale at build time, so the bound is tight). Narrow batches skip whole 64-row chunks and
+8-row groups on their max dot; wide batches and large k test whole row slices of a query group at once.
 Each query's first bar comes from a scan of a strided 1-in-16 row sample: for small k its k-th best score
 (a safe lower bound), for large k a statistical guess; a query whose guess proves too high is rescanned
 without it, so the result is always exact.
