@@ -8,6 +8,7 @@ shard boundary, so tie-breaking across shards is exercised, not assumed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -266,9 +267,12 @@ def test_invalid_k_stays_invalid_argument(servers, data):
 
 
 # ---------------------------------------------------------------------------------------------- load helpers
-def _load(url: str, models: list[str], queries: np.ndarray, stop: threading.Event, log: list, workers: int = 8,
-          k: int = 100, pause: float = 0.02):
-    """`workers` threads, each its own gRPC client, one query per request, until `stop` is set."""
+@contextlib.contextmanager
+def _under_load(url: str, models: list[str], queries: np.ndarray, workers: int = 8, k: int = 100,
+                pause: float = 0.02):
+    """`workers` threads, each its own gRPC client, one query per request, for the duration of the block;
+    yields the log of (start, model, query index, outputs or None, error or None)."""
+    stop, log = threading.Event(), []
 
     def work(w: int) -> None:
         rng = np.random.default_rng(w)
@@ -289,7 +293,12 @@ def _load(url: str, models: list[str], queries: np.ndarray, stop: threading.Even
     threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
     for t in threads:
         t.start()
-    return threads
+    try:
+        yield log
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
 
 
 def _fp(hex_fingerprint: str) -> int:
@@ -310,9 +319,7 @@ def test_lost_shard_fails_clearly_or_serves_marked_partial_then_recovers(servers
     prepare_index(shard0)
     partial = _expected(shard0, queries)
     victim = cluster.shard_servers[1]
-    stop, log = threading.Event(), []
-    threads = _load(cluster.router.grpc_url, [MODEL, f"{MODEL}_partial"], queries, stop, log)
-    try:
+    with _under_load(cluster.router.grpc_url, [MODEL, f"{MODEL}_partial"], queries) as log:
         time.sleep(1.0)
         killed_at = time.monotonic()
         victim.kill()
@@ -321,10 +328,6 @@ def test_lost_shard_fails_clearly_or_serves_marked_partial_then_recovers(servers
         victim.start()
         recovered_at = time.monotonic()
         time.sleep(3.0)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert victim.alive()
     counts = {"full": 0, "partial": 0, "unavailable": 0}
     for _start, model, qi, out, err in log:
@@ -373,18 +376,12 @@ def test_version_flip_under_load_is_coherent(servers, data):
     queries = data["queries"]
     index2, _, _ = synthetic_index(7, FP2)
     expected = {_fp(FP1): _expected(data["index"], queries), _fp(FP2): _expected(index2, queries)}
-    stop, log = threading.Event(), []
-    threads = _load(cluster.router.grpc_url, [MODEL], queries, stop, log)
-    try:
+    with _under_load(cluster.router.grpc_url, [MODEL], queries) as log:
         time.sleep(1.0)
         sb.write_index_repository(cluster.source, {1: data["index"], 2: index2}, k=100, max_k=100_000)
         cluster.roll_out(timeout=60)
         switched_at = time.monotonic()
         time.sleep(1.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     errors = [e[4].message() for e in log if e[4] is not None]
     assert not errors, f"{len(errors)} failed requests, e.g. {errors[:3]}"
     seen = set()
