@@ -79,7 +79,7 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
         buf = np.empty((nq * n_seg, _reservoir_width(k_out)), np.int64)
         fill, kth = np.zeros(nq * n_seg, np.int64), np.full(nq * n_seg, INT64_MIN, np.int64)
         kernels.ivf_scan(qc[sl].numpy(), qs[sl].numpy(), probes[sl], cache["ivf_offsets"], cache["codes_np"],
-                         cache["scales_np"], excl[sl].numpy(), buf, fill, kth, k_out, n_seg)
+                         cache["table"]["scales"], excl[sl].numpy(), buf, fill, kth, k_out, n_seg)
         keys = torch.from_numpy(kernels.finish(buf, fill, k_out, k_out, n_seg))
         ids[sl], scores[sl] = keys_to_results(index, keys)
     return ids, scores

@@ -1,4 +1,4 @@
-"""Compiled (numba) CPU kernels for the int8 scan: the thresholded top-k filter, the fused GEMV scan and IVF.
+"""Compiled (numba) CPU kernels for the int8 scan: the thresholded top-k filters, IVF, and the result sort.
 
 Why compiled: the exact scan is one int8 GEMM plus a selection. Written as torch ops, the selection was
 about 50 small ops per row block, which cost as much as the GEMM and grew with k. Here each query keeps its
@@ -35,6 +35,12 @@ def _key(score: np.float32, row: np.int64, scratch: np.ndarray) -> np.int64:
     bits = np.int64(scratch.view(np.int32)[0])
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     return ordered * np.int64(4294967296) + (_LOW32 - row)
+
+
+@njit(inline="always")
+def _score(dot, s_item: np.float32, s_query: np.float32) -> np.float32:
+    """The one score formula (``search.scores_from_dot``): (float32(dot) * s_item) * s_query."""
+    return np.float32(np.float32(dot) * s_item) * s_query
 
 
 @njit(inline="always")
@@ -179,7 +185,6 @@ def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, exc
                     continue
                 res = qi * n_seg + sg
                 q_s, ex = qs[qi], excl[qi]
-                rbuf, f, kq = buf[res], fill[res], kth[res]  # the reservoir in locals while it is worked on
                 for gg in range(c << 3, (j1 + 7) >> 3):
                     if m8[gg, qi] < t:
                         continue
@@ -190,17 +195,10 @@ def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, exc
                         row = r0 + j
                         if row == ex:
                             continue
-                        key = _key(np.float32(np.float32(d) * scales[row]) * q_s, row, scratch)
-                        if key <= kq:
-                            continue
-                        rbuf[f] = key
-                        f += 1
-                        if f == rbuf.shape[0]:  # full: keep the best kk, raise the bar and the bound
-                            kq = max(kq, _compact(rbuf, f, kk))
-                            f = kk
-                            u[qi - q0] = _dot_floor(kq, q_s, scratch)
+                        key = _key(_score(d, scales[row], q_s), row, scratch)
+                        if key > kth[res] and _offer(buf, fill, kth, res, key, kk):
+                            u[qi - q0] = _dot_floor(kth[res], q_s, scratch)
                             t = _real_bound(u[qi - q0], ism, isn)
-                fill[res], kth[res] = f, kq
 
 
 @njit(inline="always")
@@ -215,7 +213,7 @@ def _int_bound(t: float) -> np.int32:
 
 @njit(parallel=True, nogil=True, cache=True)
 def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, buf, fill, kth, kk, n_groups):
-    """One-pass alternative to ``block_maxima`` + ``block_offer`` for batches of 8 or more: each work item
+    """One-pass alternative to ``block_maxima`` + ``block_offer`` for wide batches and large k: each work item
     (a query group, owning its queries' reservoirs) walks the block's rows and compares a whole row slice of
     its queries against their bounds at once (contiguous, vectorised); only a row where some query reaches
     its bound is looked into. One read of the block, no per-query strided walks: at large k, where a few
@@ -247,7 +245,7 @@ def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, b
                 if d < t[i] or row == excl[q0 + i]:
                     continue
                 qi = q0 + i
-                key = _key(np.float32(np.float32(d) * scales[row]) * qs[qi], row, scratch)
+                key = _key(_score(d, scales[row], qs[qi]), row, scratch)
                 if key > kth[qi] and _offer(buf, fill, kth, qi, key, kk):
                     u[i] = _dot_floor(kth[qi], qs[qi], scratch)
                     t[i] = _int_bound(_real_bound(u[i], ism, isn))
@@ -296,7 +294,7 @@ def ivf_scan(qc, qs, probes, offsets, codes, scales, excl, buf, fill, kth, kk, n
             for row in range(lo, hi):
                 dots[row - lo] = _int8_dot(q, codes, row)
             for row in range(lo, hi):
-                s = np.float32(np.float32(dots[row - lo]) * scales[row]) * q_s
+                s = _score(dots[row - lo], scales[row], q_s)
                 if s < bar or row == ex:
                     continue
                 key = _key(s, row, scratch)
@@ -314,8 +312,8 @@ def probe(qc, qs, centroid_codes, centroid_scales, nprobe):
         scratch = np.empty(1, np.float32)
         keys = np.empty(n_lists, np.int64)
         for lst in range(n_lists):
-            s = np.float32(np.float32(_int8_dot(qc[qi], centroid_codes, lst)) * centroid_scales[lst]) * qs[qi]
-            keys[lst] = _key(s, lst, scratch)
+            keys[lst] = _key(_score(_int8_dot(qc[qi], centroid_codes, lst), centroid_scales[lst], qs[qi]), lst,
+                             scratch)
         top = np.partition(keys, n_lists - nprobe)[n_lists - nprobe:]
         for i in range(nprobe):
             out[qi, i] = _LOW32 - (top[i] & _LOW32)

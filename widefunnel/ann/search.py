@@ -193,9 +193,7 @@ def prepare_index(index: Int8Index) -> dict:
     n = index.count
     scales = np.ascontiguousarray(index.scales, dtype=np.float32)
     # plain ndarray views: slicing an np.memmap (a loaded index) costs microseconds of Python per slice
-    cache["codes_np"], cache["scales_np"] = np.asarray(index.codes), scales
-    cache["codes_t"] = torch.from_numpy(cache["codes_np"])
-    cache["scales_t"] = torch.from_numpy(scales)
+    cache["codes_np"] = np.asarray(index.codes)
     cache["table"] = _row_table(cache["codes_np"], scales)
     order = np.argsort(index.ids, kind="stable")
     cache["ids_order"], cache["ids_sorted"] = order, index.ids[order]
