@@ -34,9 +34,9 @@ def quota_merge(eng_ids: np.ndarray, eng_scores: np.ndarray, rel_ids: np.ndarray
     """Take round(alpha * N) from the engagement list and the rest from the relevance list, each in its own
     order; an item found by both is kept once (counted to the engagement head); a head short of unique
     items is backfilled from the other; padding ids (< 0) are never picked. Lists must be ranked best
-    first. With `sort_by_score` the result is
-    stably sorted by score (both heads are scored by the same composite model, so each head's order is
-    kept); without it, quota order: engagement picks, relevance picks, then backfill."""
+    first. With `sort_by_score` the result is stably sorted by score (both heads are scored by the same
+    composite model, so each head's order is kept); without it, quota order: engagement picks, relevance
+    picks, then backfill."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if top_n < 1:

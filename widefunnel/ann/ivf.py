@@ -15,11 +15,10 @@ import torch
 from widefunnel.ann import kernels
 from widefunnel.ann.index import Int8Index
 from widefunnel.ann.search import (
-    INT64_MIN,
     _empty,
     _prepare_queries,
     _query_chunk,
-    _reservoir_width,
+    _reservoirs,
     _threads,
     exact_search,
     keys_to_results,
@@ -75,11 +74,8 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
     step = max(1, _query_chunk(batch, k_out) // n_seg)
     for b0 in range(0, batch, step):  # bounded memory: the reservoirs of one group of queries
         sl = slice(b0, b0 + step)
-        nq = len(qc[sl])
-        buf = np.empty((nq * n_seg, _reservoir_width(k_out)), np.int64)
-        fill, kth = np.zeros(nq * n_seg, np.int64), np.full(nq * n_seg, INT64_MIN, np.int64)
+        buf, fill, kth = _reservoirs(len(qc[sl]) * n_seg, k_out)
         kernels.ivf_scan(qc[sl].numpy(), qs[sl].numpy(), probes[sl], cache["ivf_offsets"], cache["codes_np"],
                          cache["table"]["scales"], excl[sl].numpy(), buf, fill, kth, k_out, n_seg)
-        keys = torch.from_numpy(kernels.finish(buf, fill, k_out, k_out, n_seg))
-        ids[sl], scores[sl] = keys_to_results(index, keys)
+        ids[sl], scores[sl] = keys_to_results(index, kernels.finish(buf, fill, k_out, k_out, n_seg))
     return ids, scores

@@ -223,6 +223,12 @@ def _reservoir_width(kk: int) -> int:
     return max(2 * kk, kk + _RESERVOIR_SLACK)
 
 
+def _reservoirs(n: int, kk: int, kth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` empty reservoirs for the kernels: (keys [n, width], fill [n], bars [n]; INT64_MIN = no bar)."""
+    bars = np.full(n, INT64_MIN, np.int64) if kth is None else kth
+    return np.empty((n, _reservoir_width(kk)), np.int64), np.zeros(n, np.int64), bars
+
+
 def _query_chunk(batch: int, kk: int) -> int:
     """Largest query chunk whose reservoirs (b x width int64) stay under the memory cap."""
     b = batch
@@ -265,9 +271,7 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
     threads = numba.get_num_threads()
     n_groups = min(b, threads)  # work items: query groups x row segments (segments only when b < threads)
     n_seg = max(1, threads // max(b, 1))
-    buf = np.empty((b * n_seg, _reservoir_width(kk)), np.int64)
-    fill = np.zeros(b * n_seg, np.int64)
-    kth = np.repeat(kth, n_seg)
+    buf, fill, kth = _reservoirs(b * n_seg, kk, np.repeat(kth, n_seg))
     rows = min(block_rows, max(CHUNK, _BLOCK_ELEMS // b), -(-n // CHUNK) * CHUNK)
     rows = max(CHUNK, rows // CHUNK * CHUNK)
     qt = qc.T.contiguous()
