@@ -169,9 +169,11 @@ def test_blocked_equals_unblocked(index_20k):
 def test_float_gemm_path_is_identical(index_20k, monkeypatch):
     """Without an exact int8 GEMM (or on GPU) the integer-valued float32 GEMM must give the same bits."""
     q = _queries(8, 64, seed=12)
-    want = exact_search(index_20k, q, 50)
+    wide = _queries(40, 64, seed=13)  # 40 queries at k = 2,000: the row-wise filter (16-lane masks)
+    want, want_wide = exact_search(index_20k, q, 50), exact_search(index_20k, wide, 2000)
     monkeypatch.setattr(search_mod, "int_mm_is_exact", lambda: False)
     assert _same(exact_search(index_20k, q, 50), want)
+    assert _same(exact_search(index_20k, wide, 2000), want_wide)
 
 
 def test_empty_batch(index_20k):
@@ -304,14 +306,38 @@ def test_a_wrong_threshold_guess_is_rescanned(index_20k, monkeypatch):
     want = _reference(index_20k, q, 3000)
     real = search_mod._starting_bars
 
-    def too_high(*args):
-        bars, guessed = real(*args)
+    def too_high(cache, *args):
+        bars, guessed = real(cache, *args)
+        if cache is not index_20k.cache:  # the sample's own bars (a level down): left alone
+            return bars, guessed
         assert guessed  # k = 3000 of 20,000 takes the guessed path
         bars[1:3] = np.iinfo(np.int64).max  # above every key: nothing would be kept without the rescan
         return bars, guessed
 
     monkeypatch.setattr(search_mod, "_starting_bars", too_high)
     assert _same(exact_search(index_20k, q, 3000), want)
+
+
+def test_sample_levels_and_their_rescans_are_exact(monkeypatch):
+    """A large index samples its sample too (starting bars for the sample scan); at k = 12,000 of 60,000 the
+    sample's own bar is a guess. Forced too high at either level, the rescans still give the exact result."""
+    x, ids = _data(60000, 16, seed=9)
+    index = build_index(x, ids, FP)
+    q = _queries(3, 16, seed=23)
+    want = _reference(index, q, 12000)
+    assert _same(exact_search(index, q, 12000), want)
+    assert index.cache["sample"]["sample"] is not None
+    real = search_mod._starting_bars
+    for level in (index.cache, index.cache["sample"]):
+        def too_high(cache, *args, level=level):
+            bars, guessed = real(cache, *args)
+            if cache is level:
+                assert guessed
+                bars[1:] = np.iinfo(np.int64).max
+            return bars, guessed
+
+        monkeypatch.setattr(search_mod, "_starting_bars", too_high)
+        assert _same(exact_search(index, q, 12000), want)
 
 
 def test_self_excluded_item_to_item_search_is_exact():
@@ -379,6 +405,9 @@ def test_sort_desc_matches_numpy():
         assert np.array_equal(sort_desc(a), np.sort(a)[::-1])
     shared = (np.int64(0x3F000000) << 32) + rng.permutation(4096).astype(np.int64)  # constant high digits
     assert np.array_equal(sort_desc(shared), np.sort(shared)[::-1])
+    # few scores, many rows each: equal-score runs are ordered by their row half
+    few = (rng.integers(-3, 4, 9000).astype(np.int64) << 32) + rng.integers(0, 2**32, 9000)
+    assert np.array_equal(sort_desc(few), np.sort(few)[::-1])
 
 
 # -------------------------------------------------------------------------------------------- index I/O

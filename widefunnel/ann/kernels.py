@@ -19,7 +19,9 @@ guess (``search.scan_keys`` rescans a query whose guess proves too high). When f
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 INT64_MIN = np.int64(-(2**63))
 _LOW32 = np.int64(0xFFFFFFFF)
@@ -159,6 +161,29 @@ def group_bars(m8, r0, r, chunk_smin, chunk_smax, qs, excl, kk, kth):
 
 
 @njit(parallel=True, nogil=True, cache=True)
+def row_bars(dot, r0, scales, qs, excl, kk, kth):
+    """``group_bars`` for a first block with fewer than kk 8-row groups but more than kk rows (narrow blocks
+    of wide batches): each query's bar becomes the kk-th best exact score of the block's rows (leaving out
+    its excluded row), keyed below every real row of that score. Safe: kk real rows reach it."""
+    r, b = dot.shape
+    for qi in prange(b):
+        skip = excl[qi] - r0 if r0 <= excl[qi] < r0 + r else -1
+        n = r - (skip >= 0)
+        if n < kk:
+            continue
+        scratch = np.empty(1, np.float32)
+        s = np.empty(n, np.float32)
+        i = 0
+        for j in range(r):
+            if j != skip:
+                s[i] = _score(dot[j, qi], scales[r0 + j], qs[qi])
+                i += 1
+        bar = np.partition(s, n - kk)[n - kk]
+        if np.isfinite(bar):
+            kth[qi] = max(kth[qi], _key(bar, _LOW32, scratch))
+
+
+@njit(parallel=True, nogil=True, cache=True)
 def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, buf, fill, kth, kk, n_groups,
                 n_seg):
     """Pass 2: offer the block's rows to the reservoirs. Work item p = (query group, row segment) owns its
@@ -201,6 +226,40 @@ def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, exc
                             t = _real_bound(u[qi - q0], ism, isn)
 
 
+@intrinsic
+def _cttz(typingctx, x):
+    """Index of the lowest set bit of a nonzero uint64 (one tzcnt)."""
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+    return types.uint64(types.uint64), codegen
+
+
+@intrinsic
+def _mask16(typingctx, vals, off, bounds, boff):
+    """Bit i set <=> ``vals[off + i] >= bounds[boff + i]`` for i < 16: one vector load and compare, the lanes'
+    results as a bit mask (``vpcmpd`` + ``kmovw`` on AVX-512, ``vpcmpgtd`` + ``movmskps`` on AVX2). numba
+    exposes no such primitive, and the scalar loop it replaces cost a branch per (row, query) pair.
+    ``vals``: int32 or float32 (the exact-float GEMM; the int32 bound converts exactly below 2**24, and
+    above it orders the same against |dot| < 2**24)."""
+    if not (isinstance(vals, types.Array) and isinstance(bounds, types.Array)):
+        return None
+    is_float = isinstance(vals.dtype, types.Float)
+
+    def codegen(context, builder, signature, args):
+        v_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        b_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        lane = ir.FloatType() if is_float else ir.IntType(32)
+        v_ptr = builder.bitcast(builder.gep(v_arr.data, [args[1]]), ir.VectorType(lane, 16).as_pointer())
+        b_ptr = builder.bitcast(builder.gep(b_arr.data, [args[3]]), ir.VectorType(ir.IntType(32), 16).as_pointer())
+        v, t = builder.load(v_ptr, align=4), builder.load(b_ptr, align=4)
+        if is_float:
+            hit = builder.fcmp_ordered(">=", v, builder.sitofp(t, ir.VectorType(ir.FloatType(), 16)))
+        else:
+            hit = builder.icmp_signed(">=", v, t)
+        return builder.zext(builder.bitcast(hit, ir.IntType(16)), ir.IntType(64))
+    return types.uint64(vals, off, bounds, boff), codegen
+
+
 @njit(inline="always")
 def _int_bound(t: float) -> np.int32:
     """Smallest int32 T with (integer dot >= t) <=> (dot >= T); |dot| < 2**24, so clamping is exact."""
@@ -214,41 +273,54 @@ def _int_bound(t: float) -> np.int32:
 @njit(parallel=True, nogil=True, cache=True)
 def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, buf, fill, kth, kk, n_groups):
     """One-pass alternative to ``block_maxima`` + ``block_offer`` for wide batches and large k: each work item
-    (a query group, owning its queries' reservoirs) walks the block's rows and compares a whole row slice of
-    its queries against their bounds at once (contiguous, vectorised); only a row where some query reaches
-    its bound is looked into. One read of the block, no per-query strided walks: at large k, where a few
-    percent of the (row, query) pairs survive, this is what keeps the selection cheap."""
+    (a query group, 16-query tiles, owning its queries' reservoirs) walks the block's rows, tests its whole
+    row slice against the queries' integer bounds (contiguous, vectorised), and in a row that passes turns
+    each 16-query tile into a bit mask (``_mask16``) whose set bits are exactly the surviving pairs. The cost
+    is one read of the block plus work per survivor, with no branch per (row, query) pair: at large k, where
+    a few percent of the pairs survive, the per-pair branches were most of the selection's time."""
     r, b = dot.shape
+    flat = dot.reshape(-1)
+    tiles = (b + 15) >> 4
     for g in prange(n_groups):
-        q0, q1 = b * g // n_groups, b * (g + 1) // n_groups
-        nq = q1 - q0
+        q0, q1 = (tiles * g // n_groups) << 4, min(b, (tiles * (g + 1) // n_groups) << 4)
+        if q0 >= q1:
+            continue
+        full = q0 + ((q1 - q0) >> 4 << 4)  # tiles [q0, full) are whole; [full, q1) is the remainder
         scratch = np.empty(1, np.float32)
-        u, t = np.empty(nq), np.empty(nq, np.int32)  # t: integer bounds, so the row test stays int32
-        for i in range(nq):
-            u[i] = _dot_floor(kth[q0 + i], qs[q0 + i], scratch)
+        u, t = np.empty(b), np.empty(b, np.int32)  # t: integer bounds, so the row test stays int32
         # one scale range for the whole block (rows are scale-sorted, so it is narrow): bounds per block,
         # not per chunk, keep the per-row work to the vectorised test
         c0, c1 = r0 >> 6, (r0 + r + 63) >> 6
         ism, isn = chunk_inv_smax[c0:c1].min(), chunk_inv_smin[c0:c1].max()
-        for i in range(nq):
-            t[i] = _int_bound(_real_bound(u[i], ism, isn))
+        for qi in range(q0, q1):
+            u[qi] = _dot_floor(kth[qi], qs[qi], scratch)
+            t[qi] = _int_bound(_real_bound(u[qi], ism, isn))
+        tg = t[q0:q1]
         for j in range(r):
-            rj = dot[j, q0:q1]
+            base = j * b
+            rj = flat[base + q0:base + q1]
             hit = False
-            for i in range(nq):
-                hit |= rj[i] >= t[i]
+            for i in range(q1 - q0):
+                hit |= rj[i] >= tg[i]
             if not hit:
                 continue
             row = r0 + j
-            for i in range(nq):
-                d = rj[i]
-                if d < t[i] or row == excl[q0 + i]:
-                    continue
-                qi = q0 + i
-                key = _key(_score(d, scales[row], qs[qi]), row, scratch)
-                if key > kth[qi] and _offer(buf, fill, kth, qi, key, kk):
-                    u[i] = _dot_floor(kth[qi], qs[qi], scratch)
-                    t[i] = _int_bound(_real_bound(u[i], ism, isn))
+            for a in range(q0, q1, 16):
+                if a < full:
+                    m = _mask16(flat, base + a, t, a)
+                else:
+                    m = np.uint64(0)
+                    for i in range(q1 - a):
+                        m |= np.uint64(flat[base + a + i] >= t[a + i]) << np.uint64(i)
+                while m:
+                    qi = a + np.intp(_cttz(m))
+                    m &= m - np.uint64(1)
+                    if row == excl[qi]:
+                        continue
+                    key = _key(_score(flat[base + qi], scales[row], qs[qi]), row, scratch)
+                    if key > kth[qi] and _offer(buf, fill, kth, qi, key, kk):
+                        u[qi] = _dot_floor(kth[qi], qs[qi], scratch)
+                        t[qi] = _int_bound(_real_bound(u[qi], ism, isn))
 
 
 @njit(inline="always")
@@ -355,10 +427,32 @@ def finish(buf, fill, kk, k_out, groups):
             allk[pos:pos + f] = buf[qi * groups + g, :f]
             pos += f
         take = min(kk, total)
-        if total > take:
+        if total > 2 * take:  # else sorting the surplus costs less than partitioning it away (measured)
             allk = np.partition(allk, total - take)[total - take:]
-        best = sort_desc(allk)[:k_out]
+        best = sort_desc(allk)[:min(take, k_out)]
         out[qi, :best.shape[0]] = best
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def kth_keys(buf, fill, kk, groups):
+    """Reservoirs -> each query's kk-th best key [len(buf) // groups] (INT64_MIN when it has fewer): what a
+    starting bar needs of a sample scan, without sorting the rest."""
+    nq = buf.shape[0] // groups
+    out = np.full(nq, INT64_MIN, np.int64)
+    for qi in prange(nq):
+        total = 0
+        for g in range(groups):
+            total += fill[qi * groups + g]
+        if total < kk:
+            continue
+        allk = np.empty(total, np.int64)
+        pos = 0
+        for g in range(groups):
+            f = fill[qi * groups + g]
+            allk[pos:pos + f] = buf[qi * groups + g, :f]
+            pos += f
+        out[qi] = np.partition(allk, total - kk)[total - kk]
     return out
 
 
@@ -369,17 +463,18 @@ _RADIX_MASK = np.uint64((1 << _RADIX_BITS) - 1)
 
 @njit(nogil=True, cache=True)
 def sort_desc(keys):
-    """int64 keys sorted best (largest) first. Large arrays: LSD radix sort in 11-bit digits, skipping the
-    digits all keys share (row bits above the row count, equal score exponents): a few linear passes
-    instead of quicksort's n log n compares, which dominated the scan's cost at k = 10,000."""
+    """int64 keys sorted best (largest) first. Large arrays: a stable LSD radix sort of the score half only
+    (the high 32 bits, 11-bit digits, skipping digits all keys share), then equal-score runs (rare) sorted
+    by their row half. Three linear passes at most instead of quicksort's n log n compares (which dominated
+    the scan at k = 10,000) or five for a radix sort of the whole key."""
     n = keys.shape[0]
     if n < 1024:
         return np.sort(keys)[::-1].copy()
     a = ~(keys.view(np.uint64) ^ _SIGN)  # ascending order of a = descending order of the keys
     tmp = np.empty_like(a)
     counts = np.empty(1 << _RADIX_BITS, np.int64)
-    for p in range(6):  # 66 bits cover the 64
-        shift = np.uint64(p * _RADIX_BITS)
+    for p in range(3):  # 33 bits cover the score's 32
+        shift = np.uint64(32 + p * _RADIX_BITS)
         counts[:] = 0
         for i in range(n):
             counts[np.intp((a[i] >> shift) & _RADIX_MASK)] += 1
@@ -395,6 +490,14 @@ def sort_desc(keys):
             tmp[counts[d]] = a[i]
             counts[d] += 1
         a, tmp = tmp, a
+    i = 0
+    while i < n:  # runs of one score: order them by the low (row) half too
+        j = i + 1
+        while j < n and (a[j] >> np.uint64(32)) == (a[i] >> np.uint64(32)):
+            j += 1
+        if j - i > 1:
+            a[i:j] = np.sort(a[i:j])
+        i = j
     return (~a ^ _SIGN).view(np.int64)
 
 
@@ -409,9 +512,11 @@ def warm_up() -> None:
         m8, mc = np.empty((17, 1), dot.dtype), np.empty((3, 1), dot.dtype)
         block_maxima(dot, m8, mc)
         group_bars(m8, 0, 130, inv, inv, qs, ex, 2, kth)
+        row_bars(dot, 0, scales, qs, ex, 2, kth)
         block_offer(dot, m8, mc, 0, inv, inv, scales, qs, ex, buf, fill, kth, 2, 1, 1)
         block_rows_scan(dot, 0, inv, inv, scales, qs, ex, buf, fill, kth, 2, 1)
     finish(buf, fill, 2, 2, 1)
+    kth_keys(buf, fill, 2, 1)
     fill[:], kth[:] = 0, INT64_MIN
     ivf_scan(qc, qs, np.zeros((1, 1), np.int64), np.array([0, 130], np.int64), codes, scales, ex, buf, fill,
              kth, 2, 1)

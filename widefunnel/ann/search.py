@@ -40,6 +40,7 @@ _BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
 _ROW_SCAN_BATCH, _ROW_SCAN_MIN_BATCH = 128, 16  # when a block is filtered row-wise (see ``_scan_table``)
 _RESERVOIR_SLACK = 1024  # a reservoir holds max(2k, k + slack) keys before it is compacted to k
 _RESERVOIR_KEYS = 1 << 25  # query rows x reservoir width, int64 (256 MiB) before the batch is split
+_MIN_SAMPLED = 1600  # a row table this large gets a 1-in-16 sample (of >= 100 rows) for starting bars
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -190,17 +191,13 @@ def prepare_index(index: Int8Index) -> dict:
     cache = index.cache
     if cache.get("ready"):
         return cache
-    n = index.count
     scales = np.ascontiguousarray(index.scales, dtype=np.float32)
     # plain ndarray views: slicing an np.memmap (a loaded index) costs microseconds of Python per slice
     cache["codes_np"] = np.asarray(index.codes)
-    cache["table"] = _row_table(cache["codes_np"], scales)
+    cache.update(_sampled_table(cache["codes_np"], scales))
     order = np.argsort(index.ids, kind="stable")
     cache["ids_order"], cache["ids_sorted"] = order, index.ids[order]
     cache["ids_np"] = np.ascontiguousarray(index.ids, dtype=np.int64)
-    sample = np.unique(np.linspace(0, n - 1, max(1, min(n, n // 16))).astype(np.int64))
-    cache["sample"] = _row_table(cache["codes_np"][sample], scales[sample])
-    cache["sample_rows"] = sample
     if index.ivf is not None:
         ccodes, cscales = quantize_rows(index.ivf.centroids)
         cache["centroid_codes"], cache["centroid_scales"] = ccodes, cscales
@@ -220,7 +217,10 @@ def _threads() -> int:
 
 
 def _reservoir_width(kk: int) -> int:
-    return max(2 * kk, kk + _RESERVOIR_SLACK)
+    """max(2k, k + slack) keys, padded to an odd number of 64-byte lines: with a stride that is a multiple of
+    4 KiB every reservoir's tail maps to one cache set, and appends to many reservoirs evict each other."""
+    lines = -(-max(2 * kk, kk + _RESERVOIR_SLACK) // 8)
+    return 8 * (lines | 1)
 
 
 def _reservoirs(n: int, kk: int, kth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -251,21 +251,22 @@ def _row_table(codes: np.ndarray, scales: np.ndarray) -> dict:
             "smin": smin.astype(np.float64)}
 
 
-def _blocks(n: int, rows: int, kk: int, ramp: bool) -> list[tuple[int, int]]:
-    """Row blocks of ``rows`` (64-aligned starts). With ``ramp`` (a query has no bar yet, so every row of the
-    first block survives): first blocks of 4 k rows (at least 1024), growing x4, so the bar is set early."""
-    out, r0 = [], 0
-    step = min(rows, max(1024, -(-4 * kk // CHUNK) * CHUNK)) if ramp else rows
-    while r0 < n:
-        out.append((r0, min(n, r0 + step)))
-        r0, step = r0 + step, min(rows, 4 * step)
-    return out
+def _sampled_table(codes: np.ndarray, scales: np.ndarray) -> dict:
+    """A row table with its strided 1-in-16 row sample, itself sampled, down to ~100 rows: each level's
+    scan takes its starting bars from the next level's (``_starting_bars``), so a sample scan is cheap too."""
+    n = len(scales)
+    level = {"table": _row_table(codes, scales), "sample": None, "sample_rows": None}
+    if n >= _MIN_SAMPLED:
+        rows = np.unique(np.linspace(0, n - 1, n // 16).astype(np.int64))
+        level["sample"], level["sample_rows"] = _sampled_table(codes[rows], scales[rows]), rows
+    return level
 
 
 def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, kth: np.ndarray,
-                block_rows: int) -> np.ndarray:
-    """Blocked scan of a row table -> sorted best keys [b, kk] (INT64_MIN pads). ``kth``: each query's
-    starting bar (INT64_MIN, or a guessed key); only keys above it are kept."""
+                block_rows: int, bar_only: bool = False) -> np.ndarray:
+    """Blocked scan of a row table -> sorted best keys [b, kk] (INT64_MIN pads), or with ``bar_only`` just
+    the kk-th best [b, 1]. ``kth``: each query's starting bar (INT64_MIN, or a guessed key); only keys above
+    it are kept."""
     codes_t = table["codes_t"]
     n, b = codes_t.shape[0], qc.shape[0]
     threads = numba.get_num_threads()
@@ -276,26 +277,33 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
     rows = max(CHUNK, rows // CHUNK * CHUNK)
     qt = qc.T.contiguous()
     maxima = None
-    ramp = bool((kth == INT64_MIN).any()) and 8 * kk > min(rows, n)  # else the first block's groups set a bar
     # row-wise filtering pays off for wide batches, or when many (row, query) pairs survive (large k / N);
-    # measured on 1M x 64: batch 256 any k, batch 32 at k = 10,000 (1.7x vs 2.1x the time of k = 100)
-    row_scan = b >= _ROW_SCAN_BATCH or (b >= _ROW_SCAN_MIN_BATCH and kk * 500 >= n)
-    for r0, r1 in _blocks(n, rows, kk, ramp):
+    # measured on 1M x 64: batch 256 any k, batch 32 at k = 10,000. Its work items are query groups only.
+    row_scan = n_seg == 1 and (b >= _ROW_SCAN_BATCH or (b >= _ROW_SCAN_MIN_BATCH and kk * 500 >= n))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
         dot = item_dot(codes_t[r0:r1], qt).numpy()
         if maxima is None:  # int32, or float32 on the exact-float fallback
             maxima = np.empty((rows // 8, b), dot.dtype), np.empty((rows // CHUNK, b), dot.dtype)
-        first = r0 == 0 and bool((kth == INT64_MIN).any())
-        if row_scan and not first:
+        first = r0 == 0 and bool((kth == INT64_MIN).any())  # no bar yet: a safe one from the first block
+        by_groups = first and (r1 - r0) // 8 > kk  # cheap: from its 8-row groups' maxima
+        if not row_scan or by_groups:
+            kernels.block_maxima(dot, *maxima)
+        if first:
+            bars = np.full(b, INT64_MIN, np.int64)
+            if by_groups:
+                kernels.group_bars(maxima[0], r0, r1 - r0, table["smin"], table["smax"], qs, excl, kk, bars)
+            else:  # a narrow block (wide batch): from its rows' exact scores
+                kernels.row_bars(dot, r0, table["scales"], qs, excl, kk, bars)
+            kth = np.maximum(kth, np.repeat(bars, n_seg))
+        if row_scan:
             kernels.block_rows_scan(dot, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs, excl,
                                     buf, fill, kth, kk, n_groups)
-            continue
-        kernels.block_maxima(dot, *maxima)
-        if first:  # no bar yet: a safe one from the groups' maxima
-            bars = np.full(b, INT64_MIN, np.int64)
-            kernels.group_bars(maxima[0], r0, r1 - r0, table["smin"], table["smax"], qs, excl, kk, bars)
-            kth = np.maximum(kth, np.repeat(bars, n_seg))
-        kernels.block_offer(dot, *maxima, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs, excl,
-                            buf, fill, kth, kk, n_groups, n_seg)
+        else:
+            kernels.block_offer(dot, *maxima, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs,
+                                excl, buf, fill, kth, kk, n_groups, n_seg)
+    if bar_only:
+        return kernels.kth_keys(buf, fill, kk, n_seg)[:, None]
     return kernels.finish(buf, fill, kk, kk, n_seg)
 
 
@@ -310,7 +318,9 @@ def _starting_bars(cache: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarr
       to beat; tighter, but only a guess: a query that ends with fewer than k keys above it is rescanned.
     """
     sample = cache["sample"]
-    m, n = sample["codes_t"].shape[0], cache["table"]["codes_t"].shape[0]
+    if sample is None:
+        return None, False
+    m, n = sample["table"]["codes_t"].shape[0], cache["table"]["codes_t"].shape[0]
     expect = kk * m / n
     j = int(expect + 3 * expect**0.5 + 8)
     guessed = expect >= 32 and j <= m // 2
@@ -321,25 +331,28 @@ def _starting_bars(cache: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarr
     rows = cache["sample_rows"]
     pos = np.minimum(np.searchsorted(rows, excl), m - 1)
     sample_excl = np.where((excl >= 0) & (rows[pos] == excl), pos, -1)
-    keys = _scan_table(sample, qc, qs, sample_excl, j, np.full(qc.shape[0], INT64_MIN, np.int64), block_rows)
+    # a guessed (large) j is worth the sample's own starting bars; for a small one they cost more than they save
+    keys = scan_keys(sample, qc, torch.from_numpy(qs), torch.from_numpy(sample_excl), j, block_rows,
+                     estimate=guessed, bar_only=True).numpy()
     _, score, valid = decode_keys(torch.from_numpy(keys[:, -1]))
     bars = make_keys(score, torch.full(score.shape, _LOW32, dtype=torch.int64)).numpy()
     return np.where(valid.numpy(), bars, INT64_MIN), guessed
 
 
 def scan_keys(cache: dict, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tensor, k: int,
-              block_rows: int, estimate: bool = True) -> torch.Tensor:
-    """Exact scan over all rows -> sorted keys [b, min(k, N)] (CPU tensors)."""
+              block_rows: int, estimate: bool = True, bar_only: bool = False) -> torch.Tensor:
+    """Exact scan over all rows -> sorted keys [b, min(k, N)] (CPU tensors); with ``bar_only`` only the
+    last of them [b, 1] (a starting bar for the level above)."""
     _threads()
     table = cache["table"]
     kk = min(k, table["codes_t"].shape[0])
     qs_np, excl_np = qs.numpy(), excl.numpy()
     bars, guessed = _starting_bars(cache, qc, qs_np, excl_np, kk, block_rows) if estimate else (None, False)
     kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
-    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, kk, kth, block_rows))
+    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, kk, kth, block_rows, bar_only))
     short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1)
     if guessed and short.numel():  # the guess was too high for these queries: redo them without one
-        keys[short] = scan_keys(cache, qc[short], qs[short], excl[short], k, block_rows, estimate=False)
+        keys[short] = scan_keys(cache, qc[short], qs[short], excl[short], k, block_rows, False, bar_only)
     return keys
 
 
