@@ -262,6 +262,20 @@ def _sampled_table(codes: np.ndarray, scales: np.ndarray) -> dict:
     return level
 
 
+def _gemv_scan(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, buf: np.ndarray,
+               fill: np.ndarray, kth: np.ndarray, rows: int, n_seg: int) -> None:
+    """Batch 1: score the table's rows with IVF's compiled GEMV + filter (``kernels.ivf_scan``), the rows cut
+    into spans it treats as lists (at least 8 per thread, at most ``rows`` long). At batch 1 the int8 GEMM is
+    a memory-bound GEMV whose output block is then read again; fused, the scan runs at about the streaming
+    bandwidth (1M x 128: 4.4 vs 8.0 ms per query, measured)."""
+    n = table["codes_t"].shape[0]
+    span = max(CHUNK, min(rows, -(-n // (8 * n_seg * CHUNK)) * CHUNK))
+    offsets = np.append(np.arange(0, n, span, dtype=np.int64), np.int64(n))
+    probes = np.arange(len(offsets) - 1, dtype=np.int64)[None, :]
+    kernels.ivf_scan(qc.numpy(), qs, probes, offsets, table["codes_t"].numpy(), table["scales"], excl, buf, fill,
+                     kth, kk, n_seg)
+
+
 def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, kth: np.ndarray,
                 block_rows: int, bar_only: bool = False) -> np.ndarray:
     """Blocked scan of a row table -> sorted best keys [b, kk] (INT64_MIN pads), or with ``bar_only`` just
@@ -275,6 +289,10 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
     buf, fill, kth = _reservoirs(b * n_seg, kk, np.repeat(kth, n_seg))
     rows = min(block_rows, max(CHUNK, _BLOCK_ELEMS // b), -(-n // CHUNK) * CHUNK)
     rows = max(CHUNK, rows // CHUNK * CHUNK)
+    if b == 1:  # one query: the fused int8 GEMV + filter reads each row once and writes no dot block
+        _gemv_scan(table, qc, qs, excl, kk, buf, fill, kth, rows, n_seg)
+        return kernels.kth_keys(buf, fill, kk, n_seg)[:, None] if bar_only else kernels.finish(buf, fill, kk, kk,
+                                                                                                n_seg)
     qt = qc.T.contiguous()
     maxima = None
     # row-wise filtering pays off for wide batches, or when many (row, query) pairs survive (large k / N);
