@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 import torch  # noqa: E402
 
+from widefunnel.ann import search as search_mod  # noqa: E402
 from widefunnel.ann.index import build_index  # noqa: E402
+from widefunnel.ann.quantize import quantize_rows  # noqa: E402
 from widefunnel.ann.search import exact_search, prepare_index, search  # noqa: E402
 
 RECALL_ROWS = 64
@@ -163,6 +165,17 @@ def gemm_options(batch: int, d: int) -> list[list[str]]:
     return out
 
 
+def measure_scan_gemm(index, q: np.ndarray, reps: int = 3) -> float:
+    """Seconds of the exact scan's int8 GEMM alone: every item row, in the scan's own block size, outputs
+    discarded (best of ``reps``). What is left of a search's time is the filter and the top-k selection."""
+    table = prepare_index(index)["table"]
+    codes, b = table["codes_t"], q.shape[0]
+    qt = torch.from_numpy(quantize_rows(q)[0]).T.contiguous()
+    rows = max(search_mod.CHUNK, search_mod._BLOCK_ELEMS // b // search_mod.CHUNK * search_mod.CHUNK)
+    return min(_wall(lambda: [search_mod.item_dot(codes[r:r + rows], qt) for r in range(0, codes.shape[0], rows)])
+               for _ in range(reps))
+
+
 def _wall(fn: Callable) -> float:
     t0 = time.perf_counter()
     fn()
@@ -207,8 +220,8 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 class Method:
     """One searchable thing: ``run(queries, k, param)`` -> ids [B, k] (row numbers)."""
 
-    def __init__(self, name: str, run: Callable, nbytes: int, k_cap: int | None = None):
-        self.name, self.run, self.nbytes, self.k_cap = name, run, nbytes, k_cap
+    def __init__(self, name: str, run: Callable, nbytes: int, k_cap: int | None = None, index=None):
+        self.name, self.run, self.nbytes, self.k_cap, self.index = name, run, nbytes, k_cap, index
 
 
 def build_methods(x: np.ndarray, n_lists: int, log: Callable) -> tuple[dict[str, Method], dict[str, float]]:
@@ -263,7 +276,7 @@ def build_methods(x: np.ndarray, n_lists: int, log: Callable) -> tuple[dict[str,
 
     methods = {
         "ours exact int8": Method("ours exact int8", lambda q, k, p=None: exact_search(ours, q, k)[0],
-                                  ours.nbytes),
+                                  ours.nbytes, index=ours),
         "faiss IndexFlatIP": Method("faiss IndexFlatIP", faiss_run(flat), faiss_bytes(flat)),
         "faiss SQ8": Method("faiss SQ8", faiss_run(sq8), faiss_bytes(sq8)),
         "ours IVF int8": Method("ours IVF int8", lambda q, k, p=None: search(ours_ivf, q, k, nprobe=p)[0],
@@ -408,6 +421,20 @@ def main(argv: list[str] | None = None) -> None:
                 wrows.append([name, str(batch), *cells])
         print_table("Cost of a wider k: time at k / time at k = 100 (same run)",
                     ["method", "batch", *[f"k={k:,}" for k in ks if k != 100]], wrows)
+
+    # ---- where the exact scan's time goes: the int8 GEMM vs the filter and top-k selection
+    grows = []
+    for batch in [b for b in args.batches if b > 1]:  # batch 1 runs a fused GEMV + filter, no separate GEMM
+        t_gemm = measure_scan_gemm(methods["ours exact int8"].index, q[:batch])
+        for k in ks:
+            if ("ours exact int8", k, batch) in secs:
+                total = secs[("ours exact int8", k, batch)]
+                grows.append([str(batch), f"{k:,}", f"{total * 1e3:,.1f}", f"{t_gemm * 1e3:,.1f}",
+                              f"{(total - t_gemm) * 1e3:,.1f}", f"{t_gemm / total:.0%}"])
+    if grows:
+        print_table("Where the exact int8 scan's time goes: its int8 GEMM alone (same blocks, measured in this run) "
+                    "and the rest (bounds, filter, top-k selection, sort, id lookup)",
+                    ["batch", "k", "ours ms", "GEMM ms", "rest ms", "GEMM share"], grows)
 
     # ---- IVF sweep at k=100
     k_ivf = 100 if 100 in ks else ks[0]

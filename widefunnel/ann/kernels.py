@@ -415,7 +415,7 @@ def finish(buf, fill, kk, k_out, groups):
     """Reservoirs -> sorted best keys [len(buf) // groups, k_out]; ``groups`` consecutive reservoirs (the
     segments of one query) are merged. Missing results are the empty key (INT64_MIN)."""
     nq = buf.shape[0] // groups
-    out = np.full((nq, k_out), INT64_MIN, np.int64)
+    out = np.empty((nq, k_out), np.int64)
     for qi in prange(nq):
         total = 0
         for g in range(groups):
@@ -431,6 +431,7 @@ def finish(buf, fill, kk, k_out, groups):
             allk = np.partition(allk, total - take)[total - take:]
         best = sort_desc(allk)[:min(take, k_out)]
         out[qi, :best.shape[0]] = best
+        out[qi, best.shape[0]:] = INT64_MIN
     return out
 
 

@@ -40,7 +40,8 @@ _BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
 _ROW_SCAN_BATCH, _ROW_SCAN_MIN_BATCH = 128, 16  # when a block is filtered row-wise (see ``_scan_table``)
 _RESERVOIR_SLACK = 1024  # a reservoir holds max(2k, k + slack) keys before it is compacted to k
 _RESERVOIR_KEYS = 1 << 25  # query rows x reservoir width, int64 (256 MiB) before the batch is split
-_MIN_SAMPLED = 1600  # a row table this large gets a 1-in-16 sample (of >= 100 rows) for starting bars
+_SAMPLE_STEP = 16  # starting bars come from a strided 1-in-16 row sample
+_MIN_SAMPLED = 1600  # a row table this large gets a sample (of >= 100 rows)
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -257,7 +258,7 @@ def _sampled_table(codes: np.ndarray, scales: np.ndarray) -> dict:
     n = len(scales)
     level = {"table": _row_table(codes, scales), "sample": None, "sample_rows": None}
     if n >= _MIN_SAMPLED:
-        rows = np.unique(np.linspace(0, n - 1, n // 16).astype(np.int64))
+        rows = np.unique(np.linspace(0, n - 1, n // _SAMPLE_STEP).astype(np.int64))
         level["sample"], level["sample_rows"] = _sampled_table(codes[rows], scales[rows]), rows
     return level
 
@@ -400,8 +401,10 @@ def exact_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.
     if not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
     batch, k_out = qc.shape[0], min(k, index.count)
-    ids, scores = _empty(batch, k_out)
     step = max(1, _query_chunk(batch, k_out))
+    if step >= batch > 0:  # one chunk: its decoded arrays are the result (no second 12 bytes x B x k copy)
+        return keys_to_results(index, scan_keys(index.cache, qc, qs, excl, k_out, block_rows))
+    ids, scores = _empty(batch, k_out)
     for b0 in range(0, batch, step):
         sl = slice(b0, b0 + step)
         keys = scan_keys(index.cache, qc[sl], qs[sl], excl[sl], k_out, block_rows)
