@@ -15,10 +15,14 @@ key reservoir per query chunk). Per block, one int8 GEMM (items-major) gives exa
 kernel (``kernels.py``) then offers each query's rows to its reservoir: a row can only enter the top-k if
 its dot reaches an integer bound derived from the query's current k-th key and the scale range of its rows
 (rows are sorted by scale at build time, so the bound is tight). Narrow batches skip whole 64-row chunks and
-8-row groups on their max dot; wide batches and large k test whole row slices of a query group at once.
-Each query's first bar comes from a scan of a strided 1-in-16 row sample: for small k its k-th best score
-(a safe lower bound), for large k a statistical guess; a query whose guess proves too high is rescanned
-without it, so the result is always exact.
+8-row groups on their max dot; wide batches and large k test whole row slices of a query group at once and
+pull the surviving pairs out of 16-lane compare masks. A batch of one skips the GEMM: a fused int8 GEMV +
+filter reads each row once.
+Each query's first bar comes from a scan of a strided 1-in-16 row sample (itself sampled, so for large k
+that scan starts from a bar too): for small k its k-th best score (a safe lower bound), for large k a
+statistical guess; a query whose guess proves too high is rescanned without it, so the result is always
+exact. Without a sample bar, the first block's 8-row group maxima (or, for a narrow block, its rows' exact
+scores) give a safe one.
 """
 
 from __future__ import annotations
