@@ -305,13 +305,14 @@ def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, b
             if not hit:
                 continue
             row = r0 + j
-            for a in range(q0, q1, 16):
-                if a < full:
-                    m = _mask16(flat, base + a, t, a)
-                else:
-                    m = np.uint64(0)
-                    for i in range(q1 - a):
-                        m |= np.uint64(flat[base + a + i] >= t[a + i]) << np.uint64(i)
+            for a in range(q0, q1, 64):
+                m = np.uint64(0)
+                for s in range(0, min(64, q1 - a), 16):
+                    if a + s < full:
+                        m |= _mask16(flat, base + a + s, t, a + s) << np.uint64(s)
+                    else:
+                        for i in range(q1 - a - s):
+                            m |= np.uint64(flat[base + a + s + i] >= t[a + s + i]) << np.uint64(s + i)
                 while m:
                     qi = a + np.intp(_cttz(m))
                     m &= m - np.uint64(1)
