@@ -173,9 +173,11 @@ def measure_scan_gemm(index, q: np.ndarray, reps: int = 3) -> float:
     qt = torch.from_numpy(quantize_rows(q)[0]).T.contiguous()
     rows = max(search_mod.CHUNK, search_mod._BLOCK_ELEMS // b // search_mod.CHUNK * search_mod.CHUNK)
 
+    out = search_mod.dot_buffer(rows, b)
+
     def gemm() -> None:
-        for r in range(0, codes.shape[0], rows):  # each block freed before the next, as in the scan
-            search_mod.item_dot(codes[r:r + rows], qt)
+        for r in range(0, codes.shape[0], rows):  # into one reused block, as in the scan
+            search_mod.item_dot(codes[r:r + rows], qt, out[:len(codes[r:r + rows])])
 
     return min(_wall(gemm) for _ in range(reps))
 

@@ -144,12 +144,19 @@ def int_dot(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (q.float() @ c.float().T).add_(0.0)
 
 
-def item_dot(c: torch.Tensor, q_t: torch.Tensor) -> torch.Tensor:
+def item_dot(c: torch.Tensor, q_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """int8 items [R,d] x int8 queries^T [d,b] -> exact dot products [R,b]: the scan's GEMM. Items-major is
-    the layout oneDNN's int8 GEMM runs fastest in here (3x at batch 256); same exactness rules as int_dot."""
+    the layout oneDNN's int8 GEMM runs fastest in here (3x at batch 256); same exactness rules as int_dot.
+    ``out``: an int32 [R,b] buffer the scan reuses for every block (see ``dot_buffer``)."""
     if c.device.type == "cpu" and c.shape[1] >= 8 and int_mm_is_exact():
-        return torch._int_mm(c, q_t)
+        return torch._int_mm(c, q_t) if out is None else torch._int_mm(c, q_t, out=out)
     return (c.float() @ q_t.float()).add_(0.0)
+
+
+def dot_buffer(rows: int, b: int) -> torch.Tensor:
+    """One int32 block for all of a scan's GEMMs (``_int_mm(..., out=)``), instead of a fresh 2 MiB output
+    per block that the allocator may return to the OS and fault in again (at batch 256: 488 per search)."""
+    return torch.empty((rows, b), dtype=torch.int32)
 
 
 def scores_from_dot(dot: torch.Tensor, item_scales: torch.Tensor, query_scales: torch.Tensor) -> torch.Tensor:
@@ -299,13 +306,14 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
         return kernels.kth_keys(buf, fill, kk, n_seg)[:, None] if bar_only else kernels.finish(buf, fill, kk, kk,
                                                                                                 n_seg)
     qt = qc.T.contiguous()
+    out = dot_buffer(rows, b)
     maxima = None
     # row-wise filtering pays off for wide batches, or when many (row, query) pairs survive (large k / N);
     # measured on 1M x 64: batch 256 any k, batch 32 at k = 10,000. Its work items are query groups only.
     row_scan = n_seg == 1 and (b >= _ROW_SCAN_BATCH or (b >= _ROW_SCAN_MIN_BATCH and kk * 500 >= n))
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        dot = item_dot(codes_t[r0:r1], qt).numpy()
+        dot = item_dot(codes_t[r0:r1], qt, out[:r1 - r0]).numpy()
         if maxima is None:  # int32, or float32 on the exact-float fallback
             maxima = np.empty((rows // 8, b), dot.dtype), np.empty((rows // CHUNK, b), dot.dtype)
         first = r0 == 0 and bool((kth == INT64_MIN).any())  # no bar yet: a safe one from the first block
