@@ -88,15 +88,21 @@ def measure_bandwidth(gib: float = 1.5) -> dict[str, float]:
     return out
 
 
-def block_rows(batch: int) -> int:
-    """Rows of a cache-resident measurement block: the int32 output (batch x rows) stays <= 8 MiB."""
-    return max(4096, min(65536, 2**21 // batch))
+def block_rows(batch: int, d: int) -> int:
+    """Rows of a cache-resident measurement block: the scan's own shape, with the int8 rows and the int32
+    output (batch x rows) each <= 2 MiB (at d = 128 a fixed 64k-row block was 8 MiB of codes: not in cache)."""
+    return max(1024, min(65536, 2**21 // max(4 * batch, d)))
+
+
+def _repeat(fn: Callable, reps: int) -> None:
+    for _ in range(reps):  # each output freed before the next call (a list of them would page-fault)
+        fn()
 
 
 def measure_int8_rate(batch: int, d: int, trials: int = 9) -> float:
     """int8 GEMM ops/s (2*B*R*d per call) on a cache-resident block: the compute ceiling of the exact scan.
     Best of several trials, so a burst of load from other processes does not lower the floor."""
-    rows = block_rows(batch)
+    rows = block_rows(batch, d)
     q = torch.randint(-127, 128, (batch, d), dtype=torch.int8)
     c = torch.randint(-127, 128, (rows, d), dtype=torch.int8)
     qt = q.T.contiguous()
@@ -106,14 +112,14 @@ def measure_int8_rate(batch: int, d: int, trials: int = 9) -> float:
     best = float("inf")
     for fn in fns:
         fn()
-        best = min(best, min(_wall(lambda: [fn() for _ in range(reps)]) for _ in range(trials)) / reps)  # noqa: B023
+        best = min(best, min(_wall(lambda: _repeat(fn, reps)) for _ in range(trials)) / reps)  # noqa: B023
     return 2 * batch * rows * d / best
 
 
 def measure_fbgemm_rate(batch: int, d: int) -> float:
     """int8 ops/s of torch's fbgemm dynamic-quant linear (float in, int8 GEMM, float out) on the same
     cache-resident block: the int8 rate the issue states its floor with (270 GOP/s measured there)."""
-    rows = block_rows(batch)
+    rows = block_rows(batch, d)
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao (not installed)
         warnings.simplefilter("ignore")
         lin = torch.ao.quantization.quantize_dynamic(torch.nn.Linear(d, rows, bias=False), {torch.nn.Linear},
@@ -122,17 +128,17 @@ def measure_fbgemm_rate(batch: int, d: int) -> float:
     with torch.no_grad():
         lin(q)
         reps = max(3, int(4e8 / (batch * rows * d)))
-        best = min(_wall(lambda: [lin(q) for _ in range(reps)]) for _ in range(5)) / reps
+        best = min(_wall(lambda: _repeat(lambda: lin(q), reps)) for _ in range(5)) / reps
     return 2 * batch * rows * d / best
 
 
 def measure_sgemm_rate(batch: int, d: int) -> float:
-    rows = block_rows(batch)
+    rows = block_rows(batch, d)
     q, c = torch.randn(batch, d), torch.randn(rows, d)
     fn = lambda: q @ c.T  # noqa: E731
     fn()
     reps = max(3, int(1e8 / (batch * rows * d)))
-    best = min(_wall(lambda: [fn() for _ in range(reps)]) for _ in range(3)) / reps
+    best = min(_wall(lambda: _repeat(fn, reps)) for _ in range(3)) / reps
     return 2 * batch * rows * d / best
 
 
@@ -143,7 +149,7 @@ def gemm_options(batch: int, d: int) -> list[list[str]]:
     torch's CPU bf16 matmul returns bf16, which cannot hold |dot| up to 2**24, so it is not exact; fbgemm's
     dynamic-quant linear quantises the whole batch with one scale (not batch-invariant), so it is not listed.
     """
-    rows = block_rows(batch)
+    rows = block_rows(batch, d)
     q = torch.randint(-127, 128, (batch, d), dtype=torch.int8)
     c = torch.randint(-127, 128, (rows, d), dtype=torch.int8)
     qt = q.T.contiguous()
