@@ -394,6 +394,29 @@ def test_both_block_filters_are_exact(index_20k, monkeypatch, row_scan):
         assert _same(got, _reference(index_20k, q, k, excl)), k
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_filter_segments_compact_exactly(index_20k, monkeypatch, threads):
+    """The row-wise filter splits rows between threads, each with its own reservoirs; with no starting bar
+    and tiny reservoirs they fill and compact over and over, and the merged result must still be exact."""
+    import torch
+
+    monkeypatch.setattr(search_mod, "_ROW_SCAN_BATCH", 1)
+    monkeypatch.setattr(search_mod, "_RESERVOIR_SLACK", 8)
+    monkeypatch.setattr(search_mod, "_starting_bars", lambda *args: (None, False))
+    x, ids = _data(20000, 64, dup=True)
+    q = np.concatenate([_queries(37, 64, seed=41), x[:3]])
+    excl = np.full(40, -1)
+    excl[37:] = ids[:3]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for k in (1, 7, 300):
+            got = exact_search(index_20k, q, k, exclude_ids=excl, block_rows=1024)
+            assert _same(got, _reference(index_20k, q, k, excl)), k
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_sort_desc_matches_numpy():
     from widefunnel.ann.kernels import sort_desc
 

@@ -271,32 +271,42 @@ def _int_bound(t: float) -> np.int32:
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, buf, fill, kth, kk, n_groups):
-    """One-pass alternative to ``block_maxima`` + ``block_offer`` for wide batches and large k: each work item
-    (a query group, 16-query tiles, owning its queries' reservoirs) walks the block's rows, tests its whole
-    row slice against the queries' integer bounds (contiguous, vectorised), and in a row that passes turns
-    each 16-query tile into a bit mask (``_mask16``) whose set bits are exactly the surviving pairs. The cost
-    is one read of the block plus work per survivor, with no branch per (row, query) pair: at large k, where
-    a few percent of the pairs survive, the per-pair branches were most of the selection's time."""
+def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, buf, fill, kth, kk, n_groups, n_seg):
+    """One-pass alternative to ``block_maxima`` + ``block_offer`` for wide batches and large k. Work item p =
+    (query group g, row segment s) owns reservoirs ``q * n_seg + s`` of its queries (16-query tiles) and walks
+    its rows: it tests a whole row slice against the queries' integer bounds (contiguous, vectorised), and in
+    a row that passes turns the tiles into bit masks (``_mask16``) whose set bits are exactly the surviving
+    pairs: one read of the block plus work per survivor, no branch per (row, query) pair.
+
+    Split the rows, not the queries (``n_groups`` 1, ``n_seg`` = threads): each thread then reads the rows its
+    own core's GEMM thread just wrote. Split by queries, every thread read half of each row from the other
+    core's cache; on this VM that made GEMM + filter ~3x slower in phases that came and went (the vCPUs'
+    placement, presumably), while the GEMM alone, or followed by the row-split ``block_maxima``, was not.
+    Fills and bars are kept in locals and written back once: adjacent reservoirs belong to other threads."""
     r, b = dot.shape
     flat = dot.reshape(-1)
     tiles = (b + 15) >> 4
-    for g in prange(n_groups):
+    width = buf.shape[1]
+    for p in prange(n_groups * n_seg):
+        g, sg = p // n_seg, p % n_seg
         q0, q1 = (tiles * g // n_groups) << 4, min(b, (tiles * (g + 1) // n_groups) << 4)
-        if q0 >= q1:
+        j0, j1 = r * sg // n_seg, r * (sg + 1) // n_seg
+        if q0 >= q1 or j0 >= j1:
             continue
         full = q0 + ((q1 - q0) >> 4 << 4)  # tiles [q0, full) are whole; [full, q1) is the remainder
         scratch = np.empty(1, np.float32)
         u, t = np.empty(b), np.empty(b, np.int32)  # t: integer bounds, so the row test stays int32
+        lf, lk = np.empty(b, np.int64), np.empty(b, np.int64)  # this work item's fills and bars
         # one scale range for the whole block (rows are scale-sorted, so it is narrow): bounds per block,
         # not per chunk, keep the per-row work to the vectorised test
         c0, c1 = r0 >> 6, (r0 + r + 63) >> 6
         ism, isn = chunk_inv_smax[c0:c1].min(), chunk_inv_smin[c0:c1].max()
         for qi in range(q0, q1):
-            u[qi] = _dot_floor(kth[qi], qs[qi], scratch)
+            lf[qi], lk[qi] = fill[qi * n_seg + sg], kth[qi * n_seg + sg]
+            u[qi] = _dot_floor(lk[qi], qs[qi], scratch)
             t[qi] = _int_bound(_real_bound(u[qi], ism, isn))
         tg = t[q0:q1]
-        for j in range(r):
+        for j in range(j0, j1):
             base = j * b
             rj = flat[base + q0:base + q1]
             hit = False
@@ -319,9 +329,19 @@ def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, b
                     if row == excl[qi]:
                         continue
                     key = _key(_score(flat[base + qi], scales[row], qs[qi]), row, scratch)
-                    if key > kth[qi] and _offer(buf, fill, kth, qi, key, kk):
-                        u[qi] = _dot_floor(kth[qi], qs[qi], scratch)
+                    if key <= lk[qi]:
+                        continue
+                    res, f = qi * n_seg + sg, lf[qi]
+                    buf[res, f] = key
+                    f += 1
+                    if f == width:  # full: keep the best kk, raise the bar
+                        lk[qi] = max(lk[qi], _compact(buf[res], f, kk))
+                        f = kk
+                        u[qi] = _dot_floor(lk[qi], qs[qi], scratch)
                         t[qi] = _int_bound(_real_bound(u[qi], ism, isn))
+                    lf[qi] = f
+        for qi in range(q0, q1):
+            fill[qi * n_seg + sg], kth[qi * n_seg + sg] = lf[qi], lk[qi]
 
 
 @njit(inline="always")
@@ -516,7 +536,7 @@ def warm_up() -> None:
         group_bars(m8, 0, 130, inv, inv, qs, ex, 2, kth)
         row_bars(dot, 0, scales, qs, ex, 2, kth)
         block_offer(dot, m8, mc, 0, inv, inv, scales, qs, ex, buf, fill, kth, 2, 1, 1)
-        block_rows_scan(dot, 0, inv, inv, scales, qs, ex, buf, fill, kth, 2, 1)
+        block_rows_scan(dot, 0, inv, inv, scales, qs, ex, buf, fill, kth, 2, 1, 1)
     finish(buf, fill, 2, 2, 1)
     kth_keys(buf, fill, 2, 1)
     fill[:], kth[:] = 0, INT64_MIN

@@ -296,8 +296,14 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
     codes_t = table["codes_t"]
     n, b = codes_t.shape[0], qc.shape[0]
     threads = numba.get_num_threads()
-    n_groups = min(b, threads)  # work items: query groups x row segments (segments only when b < threads)
-    n_seg = max(1, threads // max(b, 1))
+    # row-wise filtering pays off for wide batches, or when many (row, query) pairs survive (large k / N);
+    # measured on 1M x 64: batch 256 any k, batch 32 at k = 10,000. It splits the rows between the threads
+    # (as the GEMM does; see ``kernels.block_rows_scan``), the pass-1/pass-2 filter splits the queries.
+    row_scan = b >= _ROW_SCAN_BATCH or (b >= _ROW_SCAN_MIN_BATCH and kk * 500 >= n)
+    if row_scan:
+        n_groups, n_seg = 1, threads
+    else:  # work items: query groups x row segments (segments only when b < threads)
+        n_groups, n_seg = min(b, threads), max(1, threads // max(b, 1))
     buf, fill, kth = _reservoirs(b * n_seg, kk, np.repeat(kth, n_seg))
     rows = min(block_rows, max(CHUNK, _BLOCK_ELEMS // b), -(-n // CHUNK) * CHUNK)
     rows = max(CHUNK, rows // CHUNK * CHUNK)
@@ -308,9 +314,6 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
     qt = qc.T.contiguous()
     out = dot_buffer(rows, b)
     maxima = None
-    # row-wise filtering pays off for wide batches, or when many (row, query) pairs survive (large k / N);
-    # measured on 1M x 64: batch 256 any k, batch 32 at k = 10,000. Its work items are query groups only.
-    row_scan = n_seg == 1 and (b >= _ROW_SCAN_BATCH or (b >= _ROW_SCAN_MIN_BATCH and kk * 500 >= n))
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
         dot = item_dot(codes_t[r0:r1], qt, out[:r1 - r0]).numpy()
@@ -329,7 +332,7 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
             kth = np.maximum(kth, np.repeat(bars, n_seg))
         if row_scan:
             kernels.block_rows_scan(dot, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs, excl,
-                                    buf, fill, kth, kk, n_groups)
+                                    buf, fill, kth, kk, n_groups, n_seg)
         else:
             kernels.block_offer(dot, *maxima, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs,
                                 excl, buf, fill, kth, kk, n_groups, n_seg)
@@ -413,7 +416,7 @@ def exact_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.
     if not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
     batch, k_out = qc.shape[0], min(k, index.count)
-    step = max(1, _query_chunk(batch, k_out))
+    step = max(1, _query_chunk(batch, k_out) // _threads())  # a query may hold a reservoir per thread
     if step >= batch > 0:  # one chunk: its decoded arrays are the result (no second 12 bytes x B x k copy)
         return keys_to_results(index, scan_keys(index.cache, qc, qs, excl, k_out, block_rows))
     ids, scores = _empty(batch, k_out)
