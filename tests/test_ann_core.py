@@ -383,7 +383,6 @@ def test_extreme_magnitudes_stay_exact():
 def test_both_block_filters_are_exact(index_20k, monkeypatch, row_scan):
     """Blocks are filtered row-wise (wide batches, large k) or by 8/64-row maxima: both must be exact."""
     monkeypatch.setattr(search_mod, "_ROW_SCAN_BATCH", 1 if row_scan else 10**9)
-    monkeypatch.setattr(search_mod, "_ROW_SCAN_MIN_BATCH", 1 if row_scan else 10**9)
     x, ids = _data(20000, 64, dup=True)
     q = np.concatenate([_queries(127, 64, seed=31), x[:3]])  # 130 queries, three of them stored items
     q[5] = 0.0

@@ -272,7 +272,7 @@ def _int_bound(t: float) -> np.int32:
 
 @njit(parallel=True, nogil=True, cache=True)
 def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, buf, fill, kth, kk, n_groups, n_seg):
-    """One-pass alternative to ``block_maxima`` + ``block_offer`` for wide batches and large k. Work item p =
+    """One-pass alternative to ``block_maxima`` + ``block_offer`` for batches of 16 and more. Work item p =
     (query group g, row segment s) owns reservoirs ``q * n_seg + s`` of its queries (16-query tiles) and walks
     its rows: it tests a whole row slice against the queries' integer bounds (contiguous, vectorised), and in
     a row that passes turns the tiles into bit masks (``_mask16``) whose set bits are exactly the surviving
