@@ -41,6 +41,8 @@ CHUNK = 64  # rows per upper-bound chunk (the kernels use >> 6 for it)
 INT64_MIN = -(2**63)  # "empty" key; decodes to a NaN score, never produced by a real (row, score)
 _LOW32 = 0xFFFFFFFF
 _BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
+_GEMV_MAX_BATCH = 6  # batches this small scan with the fused GEMV (``_gemv_scan``), a pass per query:
+# measured on 1M x 64, batch 4: 10.0 vs 14.9 ms with the GEMM, batch 6 15.4 vs 21.2, batch 8 18.4 vs 16.1
 _ROW_SCAN_BATCH = 16  # batches this wide filter their blocks row-wise (see ``_scan_table``)
 _RESERVOIR_SLACK = 1024  # a reservoir holds max(2k, k + slack) keys before it is compacted to k
 _RESERVOIR_KEYS = 1 << 25  # query rows x reservoir width, int64 (256 MiB) before the batch is split
@@ -276,14 +278,14 @@ def _sampled_table(codes: np.ndarray, scales: np.ndarray) -> dict:
 
 def _gemv_scan(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, buf: np.ndarray,
                fill: np.ndarray, kth: np.ndarray, rows: int, n_seg: int) -> None:
-    """Batch 1: score the table's rows with IVF's compiled GEMV + filter (``kernels.ivf_scan``), the rows cut
-    into spans it treats as lists (at least 8 per thread, at most ``rows`` long). At batch 1 the int8 GEMM is
-    a memory-bound GEMV whose output block is then read again; fused, the scan runs at about the streaming
-    bandwidth (1M x 128: 4.4 vs 8.0 ms per query, measured)."""
+    """Tiny batches: score the table's rows with IVF's compiled GEMV + filter (``kernels.ivf_scan``), query by
+    query, the rows cut into spans it treats as lists (at least 8 per thread, at most ``rows`` long). At
+    batch 1 the int8 GEMM is a memory-bound GEMV whose output block is then read again; fused, the scan runs
+    at about the streaming bandwidth (1M x 128: 4.4 vs 8.0 ms per query, measured)."""
     n = table["codes_t"].shape[0]
     span = max(CHUNK, min(rows, -(-n // (8 * n_seg * CHUNK)) * CHUNK))
     offsets = np.append(np.arange(0, n, span, dtype=np.int64), np.int64(n))
-    probes = np.arange(len(offsets) - 1, dtype=np.int64)[None, :]
+    probes = np.tile(np.arange(len(offsets) - 1, dtype=np.int64), (qc.shape[0], 1))
     kernels.ivf_scan(qc.numpy(), qs, probes, offsets, table["codes_t"].numpy(), table["scales"], excl, buf, fill,
                      kth, kk, n_seg)
 
@@ -296,19 +298,17 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
     codes_t = table["codes_t"]
     n, b = codes_t.shape[0], qc.shape[0]
     threads = numba.get_num_threads()
-    # row-wise filtering splits the rows between the threads, as the GEMM does (see
-    # ``kernels.block_rows_scan``); the pass-1/pass-2 filter splits the queries, so each thread reads what
-    # the other core wrote. Measured on 1M x 64, row-wise from batch 16 on: batch 32 / k = 100 21.7 vs
-    # 35.7 ms, batch 64 30.3 vs 60.3 (medians of 291 interleaved calls); batch 16 the same.
+    # every filter splits the rows between the threads as the GEMM does, so each thread reads the rows its
+    # own core wrote (split by queries, half of every row came from the other core's cache: up to 3x slower
+    # in phases on this VM). Per thread reservoirs, merged by ``finish``. Batches of 16 and more filter
+    # row-wise: measured on 1M x 64 (medians of 244 interleaved calls), batch 32 / k = 100 21.8 vs 24.5 ms
+    # for the pass-1/pass-2 filter (26.8 split by queries), batch 64 30.4 vs 38.0; batch 16 and below even.
+    n_groups, n_seg = 1, threads
     row_scan = b >= _ROW_SCAN_BATCH
-    if row_scan:
-        n_groups, n_seg = 1, threads
-    else:  # work items: query groups x row segments (segments only when b < threads)
-        n_groups, n_seg = min(b, threads), max(1, threads // max(b, 1))
     buf, fill, kth = _reservoirs(b * n_seg, kk, np.repeat(kth, n_seg))
     rows = min(block_rows, max(CHUNK, _BLOCK_ELEMS // b), -(-n // CHUNK) * CHUNK)
     rows = max(CHUNK, rows // CHUNK * CHUNK)
-    if b == 1:  # one query: the fused int8 GEMV + filter reads each row once and writes no dot block
+    if b <= _GEMV_MAX_BATCH:  # the fused int8 GEMV + filter reads each row once and writes no dot block
         _gemv_scan(table, qc, qs, excl, kk, buf, fill, kth, rows, n_seg)
         return kernels.kth_keys(buf, fill, kk, n_seg)[:, None] if bar_only else kernels.finish(buf, fill, kk, kk,
                                                                                                 n_seg)
