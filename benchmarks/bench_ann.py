@@ -177,7 +177,7 @@ def measure_scan_gemm(index, q: np.ndarray, reps: int = 3) -> float:
     table = prepare_index(index)["table"]
     codes, b = table["codes_t"], q.shape[0]
     qt = torch.from_numpy(quantize_rows(q)[0]).T.contiguous()
-    rows = max(search_mod.CHUNK, search_mod._BLOCK_ELEMS // b // search_mod.CHUNK * search_mod.CHUNK)
+    rows = search_mod.scan_block_rows(codes.shape[0], b)
 
     out = search_mod.dot_buffer(rows, b)
 

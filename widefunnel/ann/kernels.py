@@ -431,6 +431,21 @@ def decode(keys, ids):
     return out_ids, out_scores
 
 
+@njit(inline="always")
+def _gathered(buf, fill, qi, groups):
+    """The keys of query ``qi``'s ``groups`` consecutive reservoirs (its per-thread segments), in one array."""
+    total = 0
+    for g in range(groups):
+        total += fill[qi * groups + g]
+    allk = np.empty(total, np.int64)
+    pos = 0
+    for g in range(groups):
+        f = fill[qi * groups + g]
+        allk[pos:pos + f] = buf[qi * groups + g, :f]
+        pos += f
+    return allk
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def finish(buf, fill, kk, k_out, groups):
     """Reservoirs -> sorted best keys [len(buf) // groups, k_out]; ``groups`` consecutive reservoirs (the
@@ -438,15 +453,8 @@ def finish(buf, fill, kk, k_out, groups):
     nq = buf.shape[0] // groups
     out = np.empty((nq, k_out), np.int64)
     for qi in prange(nq):
-        total = 0
-        for g in range(groups):
-            total += fill[qi * groups + g]
-        allk = np.empty(total, np.int64)
-        pos = 0
-        for g in range(groups):
-            f = fill[qi * groups + g]
-            allk[pos:pos + f] = buf[qi * groups + g, :f]
-            pos += f
+        allk = _gathered(buf, fill, qi, groups)
+        total = allk.shape[0]
         take = min(kk, total)
         if total > 2 * take:  # else sorting the surplus costs less than partitioning it away (measured)
             allk = np.partition(allk, total - take)[total - take:]
@@ -463,18 +471,10 @@ def kth_keys(buf, fill, kk, groups):
     nq = buf.shape[0] // groups
     out = np.full(nq, INT64_MIN, np.int64)
     for qi in prange(nq):
-        total = 0
-        for g in range(groups):
-            total += fill[qi * groups + g]
-        if total < kk:
-            continue
-        allk = np.empty(total, np.int64)
-        pos = 0
-        for g in range(groups):
-            f = fill[qi * groups + g]
-            allk[pos:pos + f] = buf[qi * groups + g, :f]
-            pos += f
-        out[qi] = np.partition(allk, total - kk)[total - kk]
+        allk = _gathered(buf, fill, qi, groups)
+        total = allk.shape[0]
+        if total >= kk:
+            out[qi] = np.partition(allk, total - kk)[total - kk]
     return out
 
 

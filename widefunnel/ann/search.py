@@ -40,6 +40,7 @@ from widefunnel.ann.quantize import QMAX, quantize_rows
 CHUNK = 64  # rows per upper-bound chunk (the kernels use >> 6 for it)
 INT64_MIN = -(2**63)  # "empty" key; decodes to a NaN score, never produced by a real (row, score)
 _LOW32 = 0xFFFFFFFF
+MAX_BLOCK_ROWS = 262144  # default cap on item rows per scan block (``exact_search(block_rows=)``)
 _BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
 _GEMV_MAX_BATCH = 6  # batches this small scan with the fused GEMV (``_gemv_scan``), a pass per query:
 # measured on 1M x 64, batch 4: 10.0 vs 14.9 ms with the GEMM, batch 6 15.4 vs 21.2, batch 8 18.4 vs 16.1
@@ -276,6 +277,13 @@ def _sampled_table(codes: np.ndarray, scales: np.ndarray) -> dict:
     return level
 
 
+def scan_block_rows(n: int, b: int, block_rows: int = MAX_BLOCK_ROWS) -> int:
+    """Item rows per block of a scan of ``n`` rows for ``b`` queries: an int32 block of about
+    ``_BLOCK_ELEMS``, at most ``block_rows``, a multiple of 64."""
+    rows = min(block_rows, max(CHUNK, _BLOCK_ELEMS // b), -(-n // CHUNK) * CHUNK)
+    return max(CHUNK, rows // CHUNK * CHUNK)
+
+
 def _gemv_scan(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, buf: np.ndarray,
                fill: np.ndarray, kth: np.ndarray, rows: int, n_seg: int) -> None:
     """Tiny batches: score the table's rows with IVF's compiled GEMV + filter (``kernels.ivf_scan``), query by
@@ -306,12 +314,10 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
     n_groups, n_seg = 1, threads
     row_scan = b >= _ROW_SCAN_BATCH
     buf, fill, kth = _reservoirs(b * n_seg, kk, np.repeat(kth, n_seg))
-    rows = min(block_rows, max(CHUNK, _BLOCK_ELEMS // b), -(-n // CHUNK) * CHUNK)
-    rows = max(CHUNK, rows // CHUNK * CHUNK)
+    rows = scan_block_rows(n, b, block_rows)
     if b <= _GEMV_MAX_BATCH:  # the fused int8 GEMV + filter reads each row once and writes no dot block
         _gemv_scan(table, qc, qs, excl, kk, buf, fill, kth, rows, n_seg)
-        return kernels.kth_keys(buf, fill, kk, n_seg)[:, None] if bar_only else kernels.finish(buf, fill, kk, kk,
-                                                                                                n_seg)
+        return _collect(buf, fill, kk, n_seg, bar_only)
     qt = qc.T.contiguous()
     out = dot_buffer(rows, b)
     maxima = None
@@ -337,6 +343,11 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
         else:
             kernels.block_offer(dot, *maxima, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs,
                                 excl, buf, fill, kth, kk, n_groups, n_seg)
+    return _collect(buf, fill, kk, n_seg, bar_only)
+
+
+def _collect(buf: np.ndarray, fill: np.ndarray, kk: int, n_seg: int, bar_only: bool) -> np.ndarray:
+    """A scan's reservoirs (``n_seg`` per query) -> sorted best keys [b, kk], or just the kk-th [b, 1]."""
     if bar_only:
         return kernels.kth_keys(buf, fill, kk, n_seg)[:, None]
     return kernels.finish(buf, fill, kk, kk, n_seg)
@@ -406,7 +417,7 @@ def _empty(batch: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def exact_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None,
-                 block_rows: int = 262144) -> tuple[np.ndarray, np.ndarray]:
+                 block_rows: int = MAX_BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """queries float32 [B,d] -> (ids int64 [B,k'], scores float32 [B,k']) best first, k' = min(k, N).
 
     A row whose exclusion leaves fewer than k' items is padded with id -1 / score -inf, so the output shape
