@@ -29,7 +29,7 @@ from widefunnel.ann.index import build_index
 from widefunnel.builders import shards as sb
 from widefunnel.client.client import build_inputs
 from widefunnel.cluster import LocalCluster, _parallel
-from widefunnel.runtime import Ports, TritonServer
+from widefunnel.server import Ports, TritonServer
 from widefunnel.sharding import merge_topk
 
 MODEL = "ann_engagement"

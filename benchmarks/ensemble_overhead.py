@@ -38,13 +38,16 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
             "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
 
 
-def measure(grpc_url: str, repository: Path, requests: int, warmup: int, seed: int = 0) -> dict:
+def measure(grpc_url: str, repository: Path, requests: int, warmup: int, seed: int = 0,
+            admin_key: str | None = None) -> dict:
     import tritonclient.grpc as grpc
 
     from widefunnel.client.perf import DirectChain, sample_seeds, served_steps
     from widefunnel.pipeline import InProcessFunnel
+    from widefunnel.security import read_key, with_admin_key
 
-    client = grpc.InferenceServerClient(grpc_url)
+    # reading the served steps' configs is a restricted API: the server's key
+    client = with_admin_key(grpc.InferenceServerClient(grpc_url), admin_key or read_key(), "grpc")
     steps = served_steps(client)
     chain = DirectChain(client, steps)
     local = InProcessFunnel(repository)
@@ -132,13 +135,14 @@ def breakdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def set_queue_delay(http_url: str, repository: Path, delay_us: int) -> None:
+def set_queue_delay(http_url: str, repository: Path, delay_us: int, admin_key: str) -> None:
     """Reload every step model with another dynamic-batching delay (a config override; the disk is untouched)."""
     import tritonclient.http as http
 
     from widefunnel import model_configs as mcfg
+    from widefunnel.security import with_admin_key
 
-    with http.InferenceServerClient(http_url, network_timeout=300.0) as client:
+    with with_admin_key(http.InferenceServerClient(http_url, network_timeout=300.0), admin_key) as client:
         for model in mcfg.STEP_MODELS:
             config = mcfg.from_pbtxt((repository / model / "config.pbtxt").read_text())
             config.dynamic_batching.max_queue_delay_microseconds = delay_us
@@ -167,17 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.queue_delay_us is not None and args.grpc_url is not None:
         parser.error("--queue-delay-us reconfigures the server: only with the server this script starts")
-    from widefunnel.runtime import TritonServer
+    from widefunnel.server import TritonServer
 
     with contextlib.ExitStack() as stack:
-        url = args.grpc_url
+        url, key = args.grpc_url, None
         if url is None:
             server = stack.enter_context(TritonServer(args.repository))
-            url = server.grpc_url
+            url, key = server.grpc_url, server.admin_key
             if args.queue_delay_us is not None:
-                set_queue_delay(server.http_url, args.repository, args.queue_delay_us)
+                set_queue_delay(server.http_url, args.repository, args.queue_delay_us, server.admin_key)
                 print(f"steps reloaded with max_queue_delay_microseconds = {args.queue_delay_us}")
-        result = measure(url, args.repository, args.requests, args.warmup)
+        result = measure(url, args.repository, args.requests, args.warmup, admin_key=key)
         from widefunnel.client.perf import sample_seeds
 
         breakdown = server_breakdown(url, sample_seeds(args.repository, result["versions"][0], args.requests, 1))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel.client.client import AsyncWidefunnelClient
-from widefunnel.runtime import TritonServer, tree_rss_kib
+from widefunnel.server import TritonServer, tree_rss_kib
 
 
 async def soak(server: TritonServer, concurrency: int, seconds: float, sample_every: float) -> None:

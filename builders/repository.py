@@ -23,7 +23,7 @@ from widefunnel.ann.index import save_index
 from widefunnel.builders import gpu
 from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
 from widefunnel.builders.train import HEADS, TrainedFunnel, TrainingData, train_funnel, value_weights
-from widefunnel.runtime import plugins_dir
+from widefunnel.server import plugins_dir
 
 BUILDS_FILE = "builds.json"
 
@@ -110,31 +110,37 @@ def _ann_parameters(repository: Path, head: str, version: int, fingerprint: str,
     acfg = cfg["ann"]
     return {
         "k": str(acfg["k"]), "max_k": str(acfg["max_k"]), "search": acfg["search"], "nprobe": str(acfg["nprobe"]),
-        "emit_embeddings": "true",
+        "emit_embeddings": "true", "max_request_candidates": str(cfg["serving"]["max_request_candidates"]),
         "tower_fingerprints": ";".join(f"{v}={fp}" for v, fp in sorted(entries.items(), key=lambda e: int(e[0]))
                                        if v in on_disk),
     }
 
 
 def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int, fingerprint: str,
-                 dim: int, engines: bool = False) -> dict[str, object]:
+                 dim: int, max_item_id: int, engines: bool = False) -> dict[str, object]:
     tasks = len(cfg["scorer"]["tasks"])
     mcf = cfg["merge"]
+    per_request = cfg["serving"]["max_request_candidates"]
     preprocess_params = {
         "default_alpha": str(mcf["alpha"]), "default_top_n": str(mcf["top_n"]), "max_top_n": str(mcf["max_top_n"]),
         "default_value_weights": json.dumps(value_weights(cfg).tolist()),
         "max_candidates": str(cfg["ann"]["max_k"]),
+        "max_request_candidates": str(cfg["serving"]["max_request_candidates"]),
     }
     configs = {
         "preprocess": mcfg.preprocess_config(target, tasks, preprocess_params),
-        "query_tower": mcfg.query_tower_config(target, dim),
-        "composite_scorer": mcfg.scorer_config(target, tasks),
-        "quota_merge": mcfg.merge_config(target, tasks, {"sort_by_score": "true"}),
+        "query_tower": mcfg.add_input_checks(mcfg.query_tower_config(target, dim), "query_tower", max_item_id,
+                                             per_request),
+        "composite_scorer": mcfg.add_input_checks(mcfg.scorer_config(target, tasks), "composite_scorer",
+                                                  max_item_id, per_request),
+        "quota_merge": mcfg.merge_config(target, tasks, {"sort_by_score": "true", "max_top_n": str(mcf["max_top_n"]),
+                                                         "max_item_id": str(max_item_id)}),
     }
     for head in HEADS:
         configs[f"ann_{head}"] = mcfg.ann_config(head, target, dim,
                                                  _ann_parameters(repository, head, version, fingerprint, cfg))
-        configs[f"rerank_{head}"] = mcfg.rerank_config(head, target, dim)
+        configs[f"rerank_{head}"] = mcfg.add_input_checks(mcfg.rerank_config(head, target, dim), "rerank",
+                                                          max_item_id, per_request)
     return {name: _step_config(for_target(name, c, target, engines)) for name, c in configs.items()}
 
 
@@ -196,7 +202,9 @@ def write_repository(repository: Path, funnel: TrainedFunnel, data: TrainingData
     write_artifacts(writer, funnel, data, cfg, fingerprint)
     engines = build_engines(writer, cfg, target, dim)
     # 1. step configs (ANN now also expects this version's fingerprint), 2. version folders, 3. ensembles.
-    for name, config in step_configs(repository, cfg, target, version, fingerprint, dim, engines).items():
+    max_item_id = int(data.catalogue.item_ids.max())
+    for name, config in step_configs(repository, cfg, target, version, fingerprint, dim, max_item_id,
+                                     engines).items():
         _atomic_write(repository / name / "config.pbtxt", mcfg.to_pbtxt(config))
     writer.commit()
     for name, config in ensemble_configs(cfg, target, version).items():

@@ -28,7 +28,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from widefunnel import model_configs as mcfg
 from widefunnel.ann.index import load_index, save_index
-from widefunnel.runtime import plugins_dir
+from widefunnel.server import plugins_dir
 from widefunnel.sharding import IndexShard, split_index
 
 ANN_BACKEND = "widefunnel_ann"

@@ -107,12 +107,14 @@ class WidefunnelClient:
         kwargs: dict[str, Any] = {"network_timeout": timeout, "connection_timeout": timeout} \
             if protocol == "http" else {}
         self.client = self.module.InferenceServerClient(url, **kwargs)
+        # gRPC has no client-wide timeout: every call carries one, so no request waits forever
+        self._call: dict[str, Any] = {"client_timeout": timeout} if protocol == "grpc" else {}
 
     def _infer(self, model: str, tensors: dict[str, np.ndarray], version: str = ""):
         outputs = [self.module.InferRequestedOutput(n) for n in _OUTPUTS.get(model, ())] or None
         try:
             return self.client.infer(model, build_inputs(self.module, tensors), model_version=version,
-                                     outputs=outputs)
+                                     outputs=outputs, **self._call)
         except InferenceServerException as exc:
             raise map_error(exc) from None
 
@@ -139,7 +141,7 @@ class WidefunnelClient:
     def infer(self, model: str, tensors: dict[str, np.ndarray], version: str = ""):
         """Any model of the repository, by name (used for per-stage calls)."""
         try:
-            return self.client.infer(model, build_inputs(self.module, tensors), model_version=version)
+            return self.client.infer(model, build_inputs(self.module, tensors), model_version=version, **self._call)
         except InferenceServerException as exc:
             raise map_error(exc) from None
 

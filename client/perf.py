@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel import model_configs as mcfg
+from widefunnel.security import admin_headers, with_admin_key
 
 LIBB64 = "libb64.so.0d"
 LIBCUDART = "libcudart.so.12"
@@ -251,6 +252,7 @@ class SweepSettings:
     max_trials: int = 8
     stability_percentage: int = 50  # a shared 2-core box is noisy; perf_analyzer fails runs it deems unstable
     timeout_s: float = 300.0
+    admin_key: str | None = None  # perf_analyzer reads each model's config: a restricted API
 
     def ranges(self) -> list[str]:
         """One perf_analyzer --concurrency-range per run: each listed level alone, or the given range."""
@@ -268,6 +270,8 @@ def perf_command(model: str, url: str, protocol: str, data: Path, csv_path: Path
            "--max-trials", str(settings.max_trials), "-s", str(settings.stability_percentage), "-f", str(csv_path)]
     if version is not None and version > 0:
         cmd += ["-x", str(version)]
+    for header, value in (admin_headers(settings.admin_key, protocol) or {}).items():
+        cmd += ["-H", f"{header}:{value}"]
     return cmd
 
 
@@ -385,7 +389,7 @@ def sweep(http_url: str, grpc_url: str, repository: Path, out_dir: Path, models:
     settings, say, start = settings or SweepSettings(), log or (lambda _m: None), time.monotonic()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    client = grpc.InferenceServerClient(grpc_url)
+    client = with_admin_key(grpc.InferenceServerClient(grpc_url), settings.admin_key, "grpc")
     try:
         steps = served_steps(client)
         versions = {s.model: s.version for s in steps}

@@ -37,6 +37,7 @@ from pathlib import Path
 from tritonclient.utils import InferenceServerException
 
 from widefunnel import model_configs as mcfg
+from widefunnel.security import ADMIN_KEY_ENV, AdminKeyError, require_key, with_admin_key
 
 BUILDS_FILE = "builds.json"
 # Staging order: the ANN models first, since they validate the build (index fingerprint vs the tower the config
@@ -68,16 +69,34 @@ def _module(protocol: str):
     return module
 
 
-def connect(url: str, protocol: str = "http"):
-    """A tritonclient InferenceServerClient (model loads can take a while: generous timeouts over HTTP)."""
+def connect(url: str, protocol: str = "http", admin_key: str | None = None):
+    """A tritonclient InferenceServerClient that sends the admin key on every call (the repository and
+    model-config APIs need it); model loads can take a while: generous timeouts over HTTP."""
+    try:
+        key = require_key(admin_key)
+    except AdminKeyError as exc:
+        raise SwapError(str(exc)) from None
     module = _module(protocol)
     if protocol == "http":
-        return module.InferenceServerClient(url, connection_timeout=300.0, network_timeout=300.0)
-    return module.InferenceServerClient(url)
+        client = module.InferenceServerClient(url, connection_timeout=300.0, network_timeout=300.0)
+    else:
+        client = module.InferenceServerClient(url)
+    return with_admin_key(client, key, protocol)
+
+
+def _explain(exc: InferenceServerException) -> str:
+    message = exc.message() or str(exc)
+    if "restricted" in message:
+        return (f"{message}: the server refused this admin key; pass the server's key with "
+                f"{ADMIN_KEY_ENV} or --admin-key-file")
+    return message
 
 
 def _config_json(client, model: str) -> dict:
-    config = client.get_model_config(model)
+    try:
+        config = client.get_model_config(model)
+    except InferenceServerException as exc:
+        raise SwapError(f"reading {model}'s config: {_explain(exc)}") from None
     if not isinstance(config, dict):  # gRPC answers a protobuf message
         from google.protobuf import json_format
 
@@ -155,19 +174,19 @@ def _load(client, model: str, config: str, actions: list[str], what: str) -> Non
     try:
         client.load_model(model, config=config)
     except InferenceServerException as exc:
-        raise SwapError(f"{what}: loading {model} failed: {exc.message() or exc}") from None
+        raise SwapError(f"{what}: loading {model} failed: {_explain(exc)}") from None
     actions.append(f"{what} {model} ({time.monotonic() - start:.1f}s)")
 
 
 def swap(url: str, repository: Path, to_version: int, protocol: str = "http",
-         log: Callable[[str], None] | None = None, persist: bool = True) -> SwapReport:
+         log: Callable[[str], None] | None = None, persist: bool = True, admin_key: str | None = None) -> SwapReport:
     """Serve build `to_version` (already on disk) instead of the current one, without dropping a request.
 
     With `persist`, the ensembles' configs on disk are re-pinned too, so a restart keeps serving `to_version`
     (a read-only repository is left as it is, and the report says so).
     """
     repository, start, actions = Path(repository), time.monotonic(), []
-    client = connect(url, protocol)
+    client = connect(url, protocol, admin_key)
     say = log or (lambda _msg: None)
     try:
         current = served_version(client)
@@ -229,11 +248,12 @@ def previous_version(repository: Path, current: int) -> int:
 
 
 def rollback(url: str, repository: Path, protocol: str = "http",
-             log: Callable[[str], None] | None = None, persist: bool = True) -> SwapReport:
+             log: Callable[[str], None] | None = None, persist: bool = True,
+             admin_key: str | None = None) -> SwapReport:
     """Go back to the newest complete build on disk older than the one served."""
-    client = connect(url, protocol)
+    client = connect(url, protocol, admin_key)
     try:
         current = served_version(client)
     finally:
         client.close()
-    return swap(url, repository, previous_version(Path(repository), current), protocol, log, persist)
+    return swap(url, repository, previous_version(Path(repository), current), protocol, log, persist, admin_key)

@@ -38,9 +38,25 @@ def built_repository(tmp_path_factory, test_config) -> Path:
 
 @pytest.fixture(scope="session")
 def server(built_repository):
-    from widefunnel.runtime import TritonServer
+    from widefunnel.server import TritonServer
 
     srv = TritonServer(built_repository)
+    srv.start()
+    yield srv
+    srv.stop()
+    srv.cleanup()
+
+
+def private_server(built_repository: Path, tmp_path_factory, name: str):
+    """A server of its own on a private copy of the build, for tests that break artifacts, unload models,
+    kill stubs or crash the server (module-scoped fixtures yield from this)."""
+    import shutil
+
+    from widefunnel.server import TritonServer
+
+    repo = tmp_path_factory.mktemp(name) / "repo"
+    shutil.copytree(built_repository, repo)
+    srv = TritonServer(repo)
     srv.start()
     yield srv
     srv.stop()
@@ -54,3 +70,17 @@ def client(request, server):
     url = server.http_url if request.param == "http" else server.grpc_url
     with WidefunnelClient(url, request.param) as c:
         yield c
+
+
+def admin_client(server, protocol: str = "http"):
+    """A tritonclient client of `server` that sends its admin key (repository, config, shared-memory APIs)."""
+    from widefunnel.security import with_admin_key
+
+    if protocol == "grpc":
+        import tritonclient.grpc as grpc
+
+        return with_admin_key(grpc.InferenceServerClient(server.grpc_url), server.admin_key, "grpc")
+    import tritonclient.http as http
+
+    return with_admin_key(http.InferenceServerClient(server.http_url, network_timeout=300.0,
+                                                     connection_timeout=300.0), server.admin_key)

@@ -18,7 +18,7 @@ from widefunnel.model_configs import Target
 def gpu_configs(built_repository, test_config, tmp_path_factory):
     repo = tmp_path_factory.mktemp("gpu") / "repo"
     shutil.copytree(built_repository, repo)
-    return step_configs(repo, test_config, Target("gpu"), 2, "0123456789abcdef", 32, engines=False)
+    return step_configs(repo, test_config, Target("gpu"), 2, "0123456789abcdef", 32, 1682, engines=False)
 
 
 def test_gpu_configs_parse_as_model_config_protobuf(gpu_configs):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -13,12 +12,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from conftest import admin_client, private_server
 from tritonclient.utils import InferenceServerException
 
 from widefunnel import model_configs as mcfg
 from widefunnel.builders import repository as repo_mod
 from widefunnel.client.client import AsyncWidefunnelClient, WidefunnelClient, build_inputs
-from widefunnel.runtime import TritonServer, tree_rss_kib
+from widefunnel.server import TritonServer, tree_rss_kib
 
 SEEDS = [1, 50, 181]
 # Every refusal must name what is wrong: the input (ours or Triton's "input 'x'") or the batch size.
@@ -123,14 +123,8 @@ def test_bounded_soak_has_no_failures_and_bounded_memory(server):
 
 @pytest.fixture(scope="module")
 def own_server(built_repository, tmp_path_factory):
-    """A private server on a private copy: these tests break artifacts and kill processes."""
-    repo = tmp_path_factory.mktemp("hard") / "repo"
-    shutil.copytree(built_repository, repo)
-    srv = TritonServer(repo)
-    srv.start()
-    yield srv
-    srv.stop()
-    srv.cleanup()
+    """These tests break artifacts and kill the server."""
+    yield from private_server(built_repository, tmp_path_factory, "hard")
 
 
 def _new_version_from(repo: Path, model: str, src: int = 1, dst: int = 2) -> Path:
@@ -141,7 +135,7 @@ def _new_version_from(repo: Path, model: str, src: int = 1, dst: int = 2) -> Pat
 
 
 def _load_error(server: TritonServer, model: str) -> str:
-    client = httpclient.InferenceServerClient(server.http_url)
+    client = admin_client(server)
     try:
         client.load_model(model)
     except InferenceServerException as exc:
@@ -183,33 +177,6 @@ def test_corrupt_new_version_refuses_to_load_and_old_keeps_serving(own_server, m
         shutil.rmtree(repo / model / "2")
         cfg_path.write_text(original)
         _load_error(own_server, model)  # back to version 1 alone
-
-
-def _stub_pids(server_pid: int) -> list[int]:
-    children = Path(f"/proc/{server_pid}/task/{server_pid}/children")
-    pids = [int(p) for p in children.read_text().split()] if children.exists() else []
-    return [p for p in pids if "quota_merge" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
-
-
-def test_killed_python_stub_is_restarted_and_next_requests_succeed(own_server):
-    with WidefunnelClient(own_server.grpc_url, "grpc") as c:
-        before = c.recommend(SEEDS, top_n=10)
-        stubs = _stub_pids(own_server.process.pid)
-        assert stubs, "the quota_merge stub process should be visible"
-        for pid in stubs:
-            os.kill(pid, signal.SIGKILL)
-        deadline, after = time.monotonic() + 90, None
-        while time.monotonic() < deadline:
-            try:
-                after = c.recommend(SEEDS, top_n=10)
-                break
-            except Exception:  # noqa: BLE001 - requests during the restart may fail; later ones must not
-                time.sleep(0.5)
-    assert after is not None, "no request succeeded within 90 s of the stub crash"
-    assert np.array_equal(before.item_id, after.item_id)
-    assert "quota_merge" in own_server.supervisor.restarts
-    with WidefunnelClient(own_server.http_url, "http") as c:  # and it stays healthy
-        assert np.array_equal(c.recommend(SEEDS, top_n=10).item_id, before.item_id)
 
 
 def test_sigkilled_server_restarts_and_serves_the_same_results(own_server):

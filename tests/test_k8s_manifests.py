@@ -36,9 +36,14 @@ def _named(kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in _kind(kind)}
 
 
-def _container(deployment: dict) -> dict:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+def _container(deployment: dict, name: str = "tritonserver") -> dict:
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return container
+
+
+def _gateway(deployment: dict) -> dict | None:
+    found = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "gateway"]
+    return found[0] if found else None
 
 
 def _arg(container: dict, flag: str) -> str:
@@ -50,7 +55,7 @@ def _arg(container: dict, flag: str) -> str:
 def test_manifests_exist():
     kinds = {d["kind"] for _, d in DOCS}
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Job",
-            "PodDisruptionBudget", "ScaledObject", "ConfigMap", "Namespace"} <= kinds
+            "PodDisruptionBudget", "ScaledObject", "ConfigMap", "Namespace", "NetworkPolicy"} <= kinds
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -66,9 +71,16 @@ def test_valid_against_kubernetes_schema(name, doc, version):
 def test_a_broken_manifest_is_caught():
     """The validator is not a rubber stamp: a misspelt probe field fails."""
     deployment = yaml.safe_load(yaml.safe_dump(_named("Deployment")["widefunnel-router"]))
-    _container(deployment)["readinessProbe"]["httpGett"] = {"path": "/v2/health/ready", "port": 8000}
+    _gateway(deployment)["readinessProbe"]["httpGett"] = {"path": "/v2/health/ready", "port": 8000}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def _probes_on_http(container: dict, name: str) -> None:
+    assert container["livenessProbe"].get("httpGet", {"path": "/v2/health/live", "port": "http"}) == \
+        {"path": "/v2/health/live", "port": "http"}, name
+    for probe in ("readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}, name
 
 
 def test_every_triton_pod_uses_the_image_probes_gpu_and_read_only_models():
@@ -80,11 +92,11 @@ def test_every_triton_pod_uses_the_image_probes_gpu_and_read_only_models():
         pod = deployment["spec"]["template"]
         container = _container(deployment)
         assert container["image"] == IMAGE and container["command"] == ["tritonserver"], name
-        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        gateway = _gateway(deployment)
+        front = gateway if gateway is not None else container
+        ports = {p["name"]: p["containerPort"] for p in front["ports"]}
         assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}, name
-        assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}, name
-        for probe in ("readinessProbe", "startupProbe"):
-            assert container[probe]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}, name
+        _probes_on_http(front, name)
         resources = container["resources"]
         assert resources["requests"]["nvidia.com/gpu"] >= 1 and resources["limits"]["nvidia.com/gpu"] >= 1, name
         assert "--model-control-mode=explicit" in container["args"] and "--strict-readiness=true" in container["args"]
@@ -99,6 +111,48 @@ def test_every_triton_pod_uses_the_image_probes_gpu_and_read_only_models():
         assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == 8002
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert selector.items() <= pod["metadata"]["labels"].items(), name
+
+
+def test_control_plane_needs_the_key_from_a_secret_everywhere():
+    from widefunnel.security import ADMIN_HEADER, ADMIN_KEY_ENV, RESTRICTED_APIS
+
+    apis = ",".join(RESTRICTED_APIS)
+    for name, deployment in _named("Deployment").items():
+        container = _container(deployment)
+        env = {e["name"]: e for e in container["env"]}
+        assert env[ADMIN_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": "widefunnel-admin-key",
+                                                                   "key": "admin-key"}, name
+        for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+            assert _arg(container, flag) == f"{apis}:{ADMIN_HEADER}=$({ADMIN_KEY_ENV})", (name, flag)
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    (command,) = compose["services"]["triton"]["command"]
+    assert compose["secrets"]["admin_key"] == {"file": "./admin-key"}
+    for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+        assert f"{flag}={apis}:{ADMIN_HEADER}=$$(cat /run/secrets/admin_key)" in command
+
+
+def test_clients_reach_tritonserver_only_through_the_gateway_and_shards_only_from_routers():
+    deployments = _named("Deployment")
+    for name in ("widefunnel", "widefunnel-router"):  # client-facing tiers
+        container, gateway = _container(deployments[name]), _gateway(deployments[name])
+        assert gateway is not None and gateway["command"] == ["python3", "-m", "widefunnel.gateway"], name
+        assert "ports" not in container, f"{name}: tritonserver must publish no port of its own"
+        upstream = {a.split("=")[0]: a.split("=")[1] for a in gateway["args"]}
+        for api in ("http", "grpc", "metrics"):
+            assert _arg(container, f"--{api}-address") == "127.0.0.1", (name, api)
+            assert upstream[f"--{api}-upstream"] == f"127.0.0.1:{_arg(container, f'--{api}-port')}", (name, api)
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    assert compose["services"]["gateway"]["network_mode"] == "service:triton"
+    assert "--http-address=127.0.0.1" in compose["services"]["triton"]["command"][0]
+    (policy,) = _kind("NetworkPolicy")
+    shards = [d for n, d in deployments.items() if n.startswith("widefunnel-ann-shard-")]
+    selected = policy["spec"]["podSelector"]["matchLabels"].items()
+    assert shards and all(selected <= d["spec"]["template"]["metadata"]["labels"].items() for d in shards)
+    assert not selected <= deployments["widefunnel-router"]["spec"]["template"]["metadata"]["labels"].items()
+    router_labels = deployments["widefunnel-router"]["spec"]["template"]["metadata"]["labels"]
+    grpc_rule = next(r for r in policy["spec"]["ingress"] if {"protocol": "TCP", "port": "grpc"} in r["ports"])
+    (source,) = grpc_rule["from"]
+    assert set(source) == {"podSelector"} and source["podSelector"]["matchLabels"].items() <= router_labels.items()
 
 
 def test_sharded_layout_matches_shards_router_and_services():

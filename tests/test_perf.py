@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpc
+from conftest import admin_client
 
 from widefunnel import model_configs as mcfg
 from widefunnel.client import metrics, perf
@@ -72,7 +72,7 @@ nv_cpu_utilization 0.25
 # ------------------------------------------------------------------------------------- against the session server
 @pytest.fixture(scope="module")
 def grpc_client(server):
-    client = grpc.InferenceServerClient(server.grpc_url)
+    client = admin_client(server, "grpc")
     yield client
     client.close()
 
@@ -120,14 +120,15 @@ def test_perf_analyzer_measures_the_ensemble_and_a_step(server, grpc_client, bui
     assert len(samples["composite_scorer"]) == 8 and samples["rerank_engagement"][0]["CANDIDATE_EMB"].ndim == 3
     files = perf.write_input_files({m: samples[m] for m in (mcfg.ENSEMBLE, "rerank_engagement")}, tmp_path)
     assert len(json.loads(files[mcfg.ENSEMBLE].read_text())["data"]) == 4
-    settings = perf.SweepSettings("1,2", measurement_interval_ms=500, max_trials=6)
+    settings = perf.SweepSettings("1,2", measurement_interval_ms=500, max_trials=6, admin_key=server.admin_key)
     rows = perf.run_perf(mcfg.ENSEMBLE, server.grpc_url, "grpc", files[mcfg.ENSEMBLE], tmp_path, settings)
     assert [r["Concurrency"] for r in rows] == [1, 2]
     for r in rows:
         assert r["model"] == mcfg.ENSEMBLE and r["Inferences/Second"] > 0
         assert 0 < r["p50 latency"] <= r["p99 latency"]
     step_rows = perf.run_perf("rerank_engagement", server.http_url, "http", files["rerank_engagement"], tmp_path,
-                              perf.SweepSettings("1", measurement_interval_ms=500, max_trials=6))
+                              perf.SweepSettings("1", measurement_interval_ms=500, max_trials=6,
+                                                 admin_key=server.admin_key))
     assert step_rows[0]["Inferences/Second"] > 0
     perf.write_sweep_csv(rows + step_rows, tmp_path / "perf.csv")
     with open(tmp_path / "perf.csv") as handle:
@@ -135,9 +136,10 @@ def test_perf_analyzer_measures_the_ensemble_and_a_step(server, grpc_client, bui
 
 
 @pytest.mark.server
-def test_perf_command_writes_csv_and_plot(server, built_repository, tmp_path):
+def test_perf_command_writes_csv_and_plot(server, built_repository, tmp_path, monkeypatch):
     from widefunnel.cli import main
 
+    monkeypatch.setenv("WIDEFUNNEL_ADMIN_KEY", server.admin_key)
     code = main(["perf", "--url", server.http_url, "--grpc-url", server.grpc_url, "--repository",
                  str(built_repository), "--out", str(tmp_path), "--models", mcfg.ENSEMBLE, "--protocols", "grpc",
                  "--concurrency", "1", "--samples", "4"])

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from widefunnel.runtime import Ports, ServerError, TritonServer, assemble_backends, dead_stubs
+from widefunnel.server import Ports, ServerError, TritonServer, assemble_backends, dead_instances
 
 
 def test_backend_directory_has_matching_stub_and_our_backends(tmp_path):
@@ -48,10 +48,10 @@ def test_dead_stub_detection_is_per_instance():
     known = {10: ("quota_merge", "1", "quota_merge_0_0"), 11: ("quota_merge", "1", "quota_merge_0_1"),
              12: ("preprocess", "1", "preprocess_0_0")}
     alive = lambda pid: False  # noqa: E731
-    assert dead_stubs(known, dict(known), alive) == set()
+    assert dead_instances(known, dict(known), alive) == set()
     one_gone = {10: known[10], 12: known[12]}
-    assert dead_stubs(known, one_gone, alive) == {("quota_merge", "1")}
+    assert dead_instances(known, one_gone, alive) == {("quota_merge", "1", "quota_merge_0_1")}
     zombie = lambda pid: pid == 11  # noqa: E731 - still listed, but exited
-    assert dead_stubs(known, dict(known), zombie) == {("quota_merge", "1")}
+    assert dead_instances(known, dict(known), zombie) == {("quota_merge", "1", "quota_merge_0_1")}
     reloaded = {10: known[10], 20: known[11], 12: known[12]}  # a new stub for the same instance
-    assert dead_stubs(known, reloaded, alive) == set()
+    assert dead_instances(known, reloaded, alive) == set()

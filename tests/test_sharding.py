@@ -30,7 +30,7 @@ from widefunnel.ann.index import build_index
 from widefunnel.ann.search import exact_search, prepare_index, search
 from widefunnel.builders import shards as sb
 from widefunnel.cluster import LocalCluster, _parallel
-from widefunnel.runtime import Ports, TritonServer
+from widefunnel.server import Ports, TritonServer
 from widefunnel.sharding import merge_topk, parse_router_parameters, shard_bounds, split_index
 
 N, D, BLOCK = 30_000, 32, 600

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.http as http
+from conftest import admin_client
 
 from widefunnel import model_configs as mcfg
 from widefunnel.client.client import WidefunnelClient, WidefunnelError
@@ -40,7 +40,7 @@ class Swapped:
 @pytest.fixture(scope="module")
 def swapped(tmp_path_factory, built_repository, test_config):
     from widefunnel.builders.repository import build
-    from widefunnel.runtime import TritonServer
+    from widefunnel.server import TritonServer
 
     repository = tmp_path_factory.mktemp("swap") / "model_repository"
     shutil.copytree(built_repository, repository)
@@ -116,19 +116,20 @@ def test_build_into_live_repository_does_not_change_what_is_served(swapped):
     assert disk_versions(swapped.repository) == [1, 2]
     with WidefunnelClient(swapped.server.grpc_url, "grpc") as client:
         assert client.recommend([1, 50]).fingerprint == [swapped.fingerprints[1]] * 2
-    with http.InferenceServerClient(swapped.server.http_url) as client:  # closed: open ones delay shutdown
+    with admin_client(swapped.server) as client:  # closed: open ones delay shutdown
         assert set(served_pins(client).values()) == {1}
 
 
-def test_swap_and_rollback_under_load_never_fail_or_mix(swapped, capsys):
+def test_swap_and_rollback_under_load_never_fail_or_mix(swapped, capsys, monkeypatch):
     from widefunnel.cli import main
 
     fp1, fp2 = swapped.fingerprints[1], swapped.fingerprints[2]
+    monkeypatch.setenv("WIDEFUNNEL_ADMIN_KEY", swapped.server.admin_key)  # the CLI reads the key from here
     with Load(swapped.server.grpc_url, swapped.seeds) as load:
         time.sleep(2.0)
         t_swap = time.monotonic()
         staged: list[float] = []  # when each stage load returned: reloading steps must not move the pins
-        report = swap(swapped.server.http_url, swapped.repository, 2,  # over HTTP
+        report = swap(swapped.server.http_url, swapped.repository, 2, admin_key=swapped.server.admin_key,  # over HTTP
                       log=lambda action: staged.append(time.monotonic()) if action.startswith("stage") else None)
         t_swapped = time.monotonic()
         time.sleep(2.0)
@@ -161,7 +162,7 @@ def test_swap_and_rollback_under_load_never_fail_or_mix(swapped, capsys):
     for ensemble in mcfg.ENSEMBLES:  # persisted: a restart serves the rolled-back build too
         disk = mcfg.from_pbtxt((swapped.repository / ensemble / "config.pbtxt").read_text())
         assert {s.model_version for s in disk.ensemble_scheduling.step} == {1}, ensemble
-    with http.InferenceServerClient(swapped.server.http_url) as client:
+    with admin_client(swapped.server) as client:
         assert served_version(client) == 1
         for model in mcfg.STEP_MODELS:  # the old build was retired, the rollback target is what is loaded
             assert client.is_model_ready(model, "1") and not client.is_model_ready(model, "2"), model
@@ -177,10 +178,10 @@ def test_swap_to_a_build_whose_index_does_not_match_fails_with_the_servers_reaso
         config = mcfg.from_pbtxt(path.read_text())
         config.parameters["tower_fingerprints"].string_value += f";3={swapped.fingerprints[1]}"
         path.write_text(mcfg.to_pbtxt(config))
-    with http.InferenceServerClient(swapped.server.http_url) as client:
+    with admin_client(swapped.server) as client:
         served = served_version(client)
         with pytest.raises(SwapError) as info:
-            swap(swapped.server.http_url, repository, 3)
+            swap(swapped.server.http_url, repository, 3, admin_key=swapped.server.admin_key)
         message = str(info.value)
         assert "ann_engagement" in message and "version 3" in message
         assert (f"'{swapped.fingerprints[2]}' does not match the serving tower '{swapped.fingerprints[1]}'"
@@ -197,8 +198,8 @@ def test_swap_to_a_build_whose_index_does_not_match_fails_with_the_servers_reaso
 
 def test_swap_refuses_a_version_not_on_disk_and_rollback_past_the_oldest(swapped):
     with pytest.raises(SwapError, match="not on disk"):
-        swap(swapped.server.http_url, swapped.repository, 9)
-    with http.InferenceServerClient(swapped.server.http_url) as client:
+        swap(swapped.server.http_url, swapped.repository, 9, admin_key=swapped.server.admin_key)
+    with admin_client(swapped.server) as client:
         assert served_version(client) == 1
     with pytest.raises(SwapError, match="nothing to roll back to"):
-        rollback(swapped.server.http_url, swapped.repository)
+        rollback(swapped.server.http_url, swapped.repository, admin_key=swapped.server.admin_key)

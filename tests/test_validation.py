@@ -5,7 +5,7 @@ import pytest
 
 from widefunnel.validation import RequestError, RequestLimits, validate_request
 
-LIMITS = RequestLimits(np.array([1, 2, 3, 10], np.int64), 0.5, 10, 100, np.ones(4, np.float32), 1000)
+LIMITS = RequestLimits(np.array([1, 2, 3, 10], np.int64), 0.5, 10, 100, np.ones(4, np.float32), 1000, 2000)
 SEEDS = np.array([[1], [10]], np.int64)
 
 

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,25 +34,63 @@ def _print_endpoints(server) -> None:
     print(f"metrics {server.metrics_url}", flush=True)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from widefunnel.runtime import Ports, ServerError, TritonServer
+def _admin_key(args: argparse.Namespace) -> str | None:
+    """The key a control-plane command sends: --admin-key-file, else WIDEFUNNEL_ADMIN_KEY or the default file."""
+    from widefunnel.security import AdminKeyError, read_key
 
+    try:
+        return read_key(getattr(args, "admin_key_file", None))
+    except AdminKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# A server that keeps dying is restarted with growing pauses, so a crash loop does not spin the host.
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from widefunnel.security import AdminKeyError, ensure_key
+    from widefunnel.server import Ports, ServerError, TritonServer
+
+    try:
+        key, source = ensure_key(args.admin_key_file)
+    except (AdminKeyError, OSError) as exc:
+        print(f"error: admin key: {exc}", file=sys.stderr)
+        return 1
     server = TritonServer(Path(args.repository), Ports(args.http_port, args.grpc_port, args.metrics_port),
-                          log_path=args.log)
+                          host=args.host, admin_key=key, log_path=args.log)
     try:
         server.start()
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    _print_endpoints(server)
+    for line in server.exposure():
+        print(line)
+    print(f"admin key: {source}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"exposed on {args.host}: anyone who reaches these ports can query; only the key holder can "
+              "load, unload or register shared memory", flush=True)
     print("serving; Ctrl-C or SIGTERM stops", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    crashes: list[float] = []
     while not stop.wait(1.0):
-        if not server.alive():
-            print(f"error: tritonserver exited:\n{server.failure_reason()}", file=sys.stderr)
-            return 1
+        if server.alive():
+            continue
+        now = time.monotonic()
+        crashes = [t for t in crashes if now - t < 300] + [now]
+        pause = RESTART_BACKOFF_S[min(len(crashes), len(RESTART_BACKOFF_S)) - 1]
+        print(f"error: the server died: {server.death_reason()}\nrestarting in {pause:.0f}s "
+              f"({len(crashes)} crash(es) in 5 min)", file=sys.stderr, flush=True)
+        if stop.wait(pause):
+            break
+        try:
+            server.restart()
+            print("restarted; serving again", flush=True)
+        except ServerError as exc:
+            print(f"error: restart failed: {exc}", file=sys.stderr, flush=True)
     code = server.stop()
     server.cleanup()
     print(f"stopped (tritonserver exit code {code})")
@@ -108,7 +147,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from widefunnel.client.client import WidefunnelClient
     from widefunnel.data import SOURCE, load_catalogue
-    from widefunnel.runtime import TritonServer
+    from widefunnel.server import TritonServer
 
     repository = Path(args.repository)
     if args.rebuild or not (repository / "widefunnel" / "config.pbtxt").exists():
@@ -136,10 +175,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _cluster(args: argparse.Namespace) -> int:
     """S shard servers + a router server on free loopback ports from one built repository (issue 10)."""
     from widefunnel.cluster import LocalCluster
-    from widefunnel.runtime import ServerError
+    from widefunnel.security import ensure_key
+    from widefunnel.server import ServerError
 
+    key, source = ensure_key(args.admin_key_file)
     cluster = LocalCluster(Path(args.repository), args.shards, workdir=args.workdir, allow_partial=args.allow_partial,
-                           timeout_s=args.timeout, instances=args.router_instances,
+                           timeout_s=args.timeout, instances=args.router_instances, admin_key=key,
                            extra_args=["--metrics-config", "summary_latencies=true"])  # the dashboard's p99 panels
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -152,6 +193,7 @@ def _cluster(args: argparse.Namespace) -> int:
     try:
         for name, urls in cluster.endpoints().items():
             print(f"{name:<8} HTTP http://{urls['http']}  gRPC {urls['grpc']}  metrics {urls['metrics']}")
+        print(f"admin key: {source}")
         print(f"serving {args.shards} shard(s) + router; Ctrl-C or SIGTERM stops", flush=True)
         while not stop.wait(1.0):
             if not cluster.alive():
@@ -173,7 +215,7 @@ def _grpc_url_for(http_url: str) -> str:
 def _perf(args: argparse.Namespace) -> int:
     from widefunnel.client.perf import PerfError, SweepSettings, format_table, sweep
 
-    settings = SweepSettings(args.concurrency, args.measurement_interval)
+    settings = SweepSettings(args.concurrency, args.measurement_interval, admin_key=_admin_key(args))
     try:
         result = sweep(args.url, args.grpc_url or _grpc_url_for(args.url), args.repository, args.out,
                        args.models, tuple(args.protocols), settings, args.samples, log=print)
@@ -190,15 +232,21 @@ def _swap(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "rollback":
-            report = rollback(args.url, args.repository, args.protocol, log=print)
+            report = rollback(args.url, args.repository, args.protocol, log=print, admin_key=_admin_key(args))
         else:
-            report = swap(args.url, args.repository, args.to, args.protocol, log=print)
+            report = swap(args.url, args.repository, args.to, args.protocol, log=print, admin_key=_admin_key(args))
     except SwapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"serving version {report.to_version} (fingerprint {report.fingerprint}), was {report.from_version}; "
           f"ensembles switched: {', '.join(report.ensembles)} ({report.seconds:.1f}s)")
     return 0
+
+
+def _key_file_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--admin-key-file", type=Path, default=None,
+                   help="file holding the server's admin key (default: $WIDEFUNNEL_ADMIN_KEY, else "
+                        "$WIDEFUNNEL_ADMIN_KEY_FILE, else ~/.config/widefunnel/admin-key)")
 
 
 def _add_operations_commands(sub) -> None:
@@ -214,6 +262,7 @@ def _add_operations_commands(sub) -> None:
     p.add_argument("--concurrency", default="1,2,4", help="levels (1,2,4) or a --concurrency-range start:end:step")
     p.add_argument("--measurement-interval", type=int, default=500, help="ms per measurement window")
     p.add_argument("--samples", type=int, default=32, help="distinct real seeds in the input data")
+    _key_file_argument(p)
     p.set_defaults(func=_perf)
 
     for name, text in (("swap", "serve another build on disk: stage its steps, switch the ensembles, retire"),
@@ -224,6 +273,7 @@ def _add_operations_commands(sub) -> None:
         p.add_argument("--url", default="127.0.0.1:8000")
         p.add_argument("--protocol", choices=("http", "grpc"), default="http")
         p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+        _key_file_argument(p)
         p.set_defaults(func=_swap)
 # ---- end of operations commands --------------------------------------------------------------------------------
 
@@ -246,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log", type=Path, default=None, help="server log file (default: a temporary file)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address the HTTP, gRPC and metrics ports bind to (default: loopback only; 0.0.0.0 exposes)")
+    _key_file_argument(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("demo", help="build (if needed), serve, query over HTTP and gRPC, print, stop")
@@ -276,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-partial", action="store_true", help="serve partial results (COVERAGE < 1)")
     p.add_argument("--timeout", type=float, default=5.0, help="per-shard call timeout, seconds")
     p.add_argument("--router-instances", type=int, default=2, help="instances of each ANN router model")
+    _key_file_argument(p)
     p.set_defaults(func=_cluster)
 
     _add_operations_commands(sub)

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from widefunnel.runtime import Ports, ServerError, TritonServer
+from widefunnel.security import new_key, with_admin_key
+from widefunnel.server import Ports, ServerError, TritonServer
 
 
 def _parallel(calls: list) -> None:
@@ -48,6 +49,7 @@ class LocalCluster:
     timeout_s: float = 5.0
     instances: int = 2
     extra_args: list[str] = field(default_factory=list)
+    admin_key: str | None = None  # one key for every server of the cluster; None: a fresh one
     shard_servers: list[TritonServer] = field(default_factory=list)
     router: TritonServer | None = None
     _own_workdir: bool = False
@@ -66,9 +68,14 @@ class LocalCluster:
             from widefunnel.builders.shards import layout
 
             lay = layout(self.workdir, self.shards)
-            self.shard_servers = [TritonServer(repo, Ports().resolved(), extra_args=list(self.extra_args))
+            self.admin_key = self.admin_key or new_key()
+            # Shards take traffic from the router only (loopback here, a NetworkPolicy on Kubernetes): no
+            # gateway hop; the router's gateway checks what clients send before it is fanned out.
+            self.shard_servers = [TritonServer(repo, Ports().resolved(), gateway=False, admin_key=self.admin_key,
+                                               extra_args=list(self.extra_args))
                                   for repo in lay.shard_repositories]
-            self.router = TritonServer(lay.router_repository, Ports().resolved(), extra_args=list(self.extra_args))
+            self.router = TritonServer(lay.router_repository, Ports().resolved(), admin_key=self.admin_key,
+                                       extra_args=list(self.extra_args))
         return write_sharded(self.source, self.workdir, self.shards, self.shard_urls, **self._router_options())
 
     def _router_options(self) -> dict:
@@ -148,6 +155,7 @@ def load_shards(servers: list[TritonServer], repositories: list[Path], timeout: 
 
     def load(server: TritonServer) -> None:
         with http.InferenceServerClient(server.http_url, network_timeout=timeout, connection_timeout=timeout) as c:
+            with_admin_key(c, server.admin_key)
             for model in wanted:
                 c.load_model(model)
 
@@ -174,5 +182,6 @@ def load_router(server: TritonServer, repository: Path, names: list[str] | None 
     names = names or _model_dirs(repository)
     ensembles = [n for n in names if read_config(Path(repository) / n).platform == "ensemble"]
     with http.InferenceServerClient(server.http_url, network_timeout=300, connection_timeout=300) as c:
+        with_admin_key(c, server.admin_key)
         for name in [n for n in names if n not in ensembles] + ensembles:
             c.load_model(name)

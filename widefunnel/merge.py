@@ -103,3 +103,34 @@ def merge_batch(eng: tuple[np.ndarray, np.ndarray, np.ndarray], rel: tuple[np.nd
         for j, (h, pos) in enumerate(zip(m.source, m.positions)):
             out.probs[b, j] = ranked[h][2][pos]
     return out
+
+
+def check_merge_inputs(eng: tuple[np.ndarray, np.ndarray, np.ndarray], rel: tuple[np.ndarray, np.ndarray, np.ndarray],
+                       alpha: np.ndarray, top_n: np.ndarray, max_top_n: int, max_item_id: int) -> None:
+    """What `merge_batch` needs, refused by input name (RequestError) when a caller of the merge step sends
+    something else: every head's ids, scores and probabilities of one shape, one alpha and top_n per seed in
+    range, catalogue ids or the -1 pad, no NaN (a pad's score is -inf)."""
+    from widefunnel.validation import RequestError, check_step_input
+
+    batch = alpha.shape[0]
+    for prefix, (ids, scores, probs) in (("ENG", eng), ("REL", rel)):
+        if ids.ndim != 2 or ids.shape[0] != batch:
+            raise RequestError(f"{prefix}_ID: expected shape [{batch}, M], got {list(ids.shape)}")
+        if scores.shape != ids.shape:
+            raise RequestError(f"{prefix}_SCORE: shape {list(scores.shape)} does not match {prefix}_ID "
+                               f"{list(ids.shape)}")
+        if probs.ndim != 3 or probs.shape[:2] != ids.shape:
+            raise RequestError(f"{prefix}_PROBS: shape {list(probs.shape)} does not match {prefix}_ID "
+                               f"{list(ids.shape)} x tasks")
+        check_step_input(f"{prefix}_ID", ids, "id_or_pad", max_item_id)
+        check_step_input(f"{prefix}_SCORE", scores, "not_nan", max_item_id)
+        check_step_input(f"{prefix}_PROBS", probs, "not_nan", max_item_id)
+    if eng[2].shape[2] != rel[2].shape[2]:
+        raise RequestError(f"REL_PROBS: {rel[2].shape[2]} tasks, ENG_PROBS has {eng[2].shape[2]}")
+    for name, value in (("ALPHA", alpha), ("TOP_N", top_n)):
+        if value.shape != (batch, 1):
+            raise RequestError(f"{name}: expected shape [{batch}, 1], got {list(value.shape)}")
+    if not np.all(np.isfinite(alpha)) or np.any((alpha < 0) | (alpha > 1)):
+        raise RequestError(f"ALPHA: must be within [0, 1], got {alpha.ravel()[:5].tolist()}")
+    if np.any((top_n < 1) | (top_n > max_top_n)):
+        raise RequestError(f"TOP_N: must be within [1, {max_top_n}], got {top_n.ravel()[:5].tolist()}")

@@ -119,6 +119,25 @@ def scorer_config(target: Target, tasks: int, levels: int = 3) -> mc.ModelConfig
     return _model("composite_scorer", target.onnx_backend, inputs, outputs, target)
 
 
+# What an ONNX step refuses when called directly, enforced by the Python-based onnxruntime backend from the
+# `input_checks` parameter (rules: widefunnel.validation.STEP_RULES). -1 is the ANN's padding id.
+INPUT_CHECKS = {
+    "query_tower": {"ITEM_ID": "id"},
+    "rerank": {"QUERY": "finite", "CANDIDATE_ID": "id_or_pad", "CANDIDATE_EMB": "finite"},
+    "composite_scorer": {"ITEM_ID": "id", "CANDIDATE_ID": "id_or_pad", "VALUE_WEIGHTS": "finite_nonnegative"},
+}
+
+
+def add_input_checks(config: mc.ModelConfig, stage: str, max_item_id: int, max_request_candidates: int
+                     ) -> mc.ModelConfig:
+    import json
+
+    config.parameters["input_checks"].string_value = json.dumps(INPUT_CHECKS[stage], sort_keys=True)
+    config.parameters["max_item_id"].string_value = str(max_item_id)
+    config.parameters["max_request_candidates"].string_value = str(max_request_candidates)
+    return config
+
+
 FINGERPRINT_INPUTS = ("FP_TOWER", "FP_ANN_ENGAGEMENT", "FP_ANN_RELEVANCE", "FP_RERANK_ENGAGEMENT",
                       "FP_RERANK_RELEVANCE", "FP_SCORER_ENGAGEMENT", "FP_SCORER_RELEVANCE")
 
@@ -232,10 +251,15 @@ def score_config(target: Target, tasks: int, versions: dict[str, int], levels: i
     return config
 
 
+# Set only by the stub supervisor, to force an in-place reload of a model whose stub died (Triton skips a load
+# whose config did not change); every model accepts and ignores it.
+RESTART_PARAMETER = "widefunnel_restart"
+
+
 def model_parameters(config: dict, required: set[str], allowed: set[str] = frozenset()) -> dict[str, str]:
     """A served model's ``parameters`` (the JSON config Triton hands a Python model) -> name: string value.
     ValueError naming what is missing and what is unknown, so a bad config fails the load with its reason."""
-    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items() if k != RESTART_PARAMETER}
     missing, unknown = required - params.keys(), params.keys() - required - allowed
     if missing or unknown:
         raise ValueError(f"parameters missing {sorted(missing)} / unknown {sorted(unknown)}")

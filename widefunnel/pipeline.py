@@ -5,7 +5,6 @@ baseline when measuring the ensemble's overhead.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +49,8 @@ class InProcessFunnel:
         v = _pinned_versions(repository)
         self.versions = v
         pre = _parameters(repository, "preprocess")
-        self.limits = RequestLimits(
-            catalogue=np.sort(np.load(repository / "preprocess" / str(v["preprocess"]) / "catalogue.npy")),
-            default_alpha=float(pre["default_alpha"]), default_top_n=int(pre["default_top_n"]),
-            max_top_n=int(pre["max_top_n"]),
-            default_value_weights=np.array(json.loads(pre["default_value_weights"]), np.float32),
-            max_candidates=int(pre["max_candidates"]))
+        self.limits = RequestLimits.from_parameters(
+            pre, np.load(repository / "preprocess" / str(v["preprocess"]) / "catalogue.npy"))
         self.tower = _session(repository / "query_tower" / str(v["query_tower"]) / "model.onnx")
         self.scorer = _session(repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx")
         self.indexes: dict[str, Int8Index] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,43 @@ class RequestError(ValueError):
     """A client error; the message starts with the offending field's name."""
 
 
+# Rules a step model applies to an input it is called with directly (config parameter `input_checks`).
+STEP_RULES = ("id", "id_or_pad", "finite", "finite_nonnegative", "not_nan")
+
+
+def check_step_input(name: str, array: np.ndarray, rule: str, max_item_id: int) -> None:
+    """One input of a step model against its rule. Ids are the catalogue's (1..max_item_id); -1 is the
+    padding id the ANN and rerankers emit for short lists (scored -inf, dropped by the merge); id 0 and
+    negative ids would gather another row of an embedding table, so they are refused, never looked up."""
+    if rule in ("id", "id_or_pad"):
+        ok = (array >= 1) & (array <= max_item_id)
+        if rule == "id_or_pad":
+            ok |= array == -1
+        bad = array[~ok]
+        if bad.size:
+            pad = " or -1 (padding)" if rule == "id_or_pad" else ""
+            raise RequestError(f"{name}: item ids must be within [1, {max_item_id}]{pad}, got {bad[:5].tolist()}")
+    elif rule in ("finite", "finite_nonnegative"):
+        if not np.all(np.isfinite(array)):
+            raise RequestError(f"{name}: must be finite (no NaN or inf)")
+        if rule == "finite_nonnegative" and np.any(array < 0):
+            raise RequestError(f"{name}: must be >= 0")
+    elif rule == "not_nan":
+        if np.any(np.isnan(array)):
+            raise RequestError(f"{name}: must not be NaN")
+    else:
+        raise ValueError(f"unknown input check {rule!r} for {name}; known: {STEP_RULES}")
+
+
+def check_request_candidates(name: str, batch: int, per_seed: int, limit: int) -> None:
+    """Candidates in one request (seeds x per seed) are bounded: the memory budget of every step is sized
+    for this many (docs/SECURITY.md)."""
+    total = int(batch) * int(per_seed)
+    if total > limit:
+        raise RequestError(f"{name}: {total} candidates in one request (seeds x candidates per seed); "
+                           f"at most {limit}")
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     catalogue: np.ndarray  # sorted int64 item ids
@@ -18,7 +56,21 @@ class RequestLimits:
     default_top_n: int
     max_top_n: int
     default_value_weights: np.ndarray  # float32 [T + 1]
-    max_candidates: int
+    max_candidates: int  # per seed
+    max_request_candidates: int  # per request, all seeds together
+
+    # The preprocess model's config parameters that make these limits (written by the builder).
+    PARAMETERS = frozenset({"default_alpha", "default_top_n", "max_top_n", "default_value_weights",
+                            "max_candidates", "max_request_candidates"})
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str], catalogue: np.ndarray) -> RequestLimits:
+        return cls(catalogue=np.sort(np.asarray(catalogue, np.int64)),
+                   default_alpha=float(params["default_alpha"]), default_top_n=int(params["default_top_n"]),
+                   max_top_n=int(params["max_top_n"]),
+                   default_value_weights=np.array(json.loads(params["default_value_weights"]), np.float32),
+                   max_candidates=int(params["max_candidates"]),
+                   max_request_candidates=int(params["max_request_candidates"]))
 
 
 @dataclass(frozen=True)
@@ -80,6 +132,8 @@ def validate_request(limits: RequestLimits, seed_item_id: np.ndarray | None, alp
         if not 1 <= candidate_item_id.shape[1] <= limits.max_candidates:
             raise RequestError(f"candidate_item_id: between 1 and {limits.max_candidates} candidates per seed, "
                                f"got {candidate_item_id.shape[1]}")
+        check_request_candidates("candidate_item_id", batch, candidate_item_id.shape[1],
+                                 limits.max_request_candidates)
         bad = unknown_ids(limits.catalogue, candidate_item_id.ravel())
         if bad.size:
             raise RequestError(f"candidate_item_id: unknown item id(s) {bad[:5].tolist()} (not in the catalogue)")

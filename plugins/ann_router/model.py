@@ -38,7 +38,9 @@ import triton_python_backend_utils as pb_utils
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from widefunnel.sharding import merge_topk, parse_router_parameters
+from widefunnel.model_configs import model_parameters
+from widefunnel.sharding import ROUTER_OPTIONAL, ROUTER_REQUIRED, merge_topk, parse_router_parameters
+from widefunnel.stub import record_clean_exit
 
 OPTIONAL_INPUTS = ("EXCLUDE_ID", "K", "NPROBE")
 REASONS = ("unavailable", "timeout", "not_found", "internal")
@@ -73,8 +75,8 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         self.name, self.version = config["name"], args["model_version"]
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         try:
+            params = model_parameters(config, set(), ROUTER_REQUIRED | ROUTER_OPTIONAL)
             self.settings = parse_router_parameters(params)
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
@@ -256,3 +258,4 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self._shutdown()
+        record_clean_exit()

@@ -24,7 +24,14 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "enable_mem_arena", "enable_mem_pattern"}
+from widefunnel.model_configs import model_parameters
+from widefunnel.stub import failure_response, record_clean_exit
+from widefunnel.validation import STEP_RULES, RequestError, check_request_candidates, check_step_input
+
+# ORT settings, and what a direct call may send: `input_checks` (JSON {input: rule}, rules in
+# widefunnel.validation.STEP_RULES), the catalogue's largest id, the per-request candidate bound.
+_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "enable_mem_arena", "enable_mem_pattern",
+               "input_checks", "max_item_id", "max_request_candidates"}
 
 
 def _parameter(config: dict, key: str, default: str) -> str:
@@ -34,10 +41,17 @@ def _parameter(config: dict, key: str, default: str) -> str:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         self.config = json.loads(args["model_config"])
-        name = self.config["name"]
-        unknown = set(self.config.get("parameters", {})) - _PARAMETERS
-        if unknown:
-            raise pb_utils.TritonModelException(f"model '{name}': unknown parameters {sorted(unknown)}")
+        name = self.name = self.config["name"]
+        try:
+            params = model_parameters(self.config, set(), _PARAMETERS)
+            self.checks = json.loads(params.get("input_checks", "{}"))
+            unknown_rules = {r for r in self.checks.values() if r not in STEP_RULES}
+            if unknown_rules:
+                raise ValueError(f"input_checks: unknown rules {sorted(unknown_rules)}; known: {STEP_RULES}")
+            self.max_item_id = int(params.get("max_item_id", "0"))
+            self.max_request_candidates = int(params.get("max_request_candidates", "0"))
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"model '{name}': {exc}") from exc
         filename = self.config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], filename)
         if not os.path.isfile(path):
@@ -45,6 +59,10 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(_parameter(self.config, "intra_op_thread_count", "1"))
         options.inter_op_num_threads = int(_parameter(self.config, "inter_op_thread_count", "1"))
+        # ORT's arena keeps the largest request's buffers for the life of the session: off by default, so the
+        # stub returns to its idle size after a wide request.
+        options.enable_cpu_mem_arena = _parameter(self.config, "enable_mem_arena", "false").lower() == "true"
+        options.enable_mem_pattern = _parameter(self.config, "enable_mem_pattern", "false").lower() == "true"
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # corrupt or truncated file: refuse to load with ORT's reason
@@ -67,8 +85,17 @@ class TritonPythonModel:
             if tensor is None:
                 if optional:
                     continue
-                raise ValueError(f"missing required input '{name}'")
+                raise RequestError(f"{name}: required input is missing")
             feeds[name] = tensor.as_numpy().astype(dtype, copy=False)
+            if name in self.checks:
+                check_step_input(name, feeds[name], self.checks[name], self.max_item_id)
+            if name.startswith("CANDIDATE_") and self.max_request_candidates and feeds[name].ndim >= 2:
+                check_request_candidates(name, feeds[name].shape[0], feeds[name].shape[1],
+                                         self.max_request_candidates)
+        widths = {n: a.shape[:2] for n, a in feeds.items() if n.startswith("CANDIDATE_") and a.ndim >= 2}
+        if len(set(widths.values())) > 1:
+            raise RequestError(f"{' vs '.join(widths)}: one [batch, candidates] shape expected, got "
+                               f"{[list(w) for w in widths.values()]}")
         return feeds
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -79,9 +106,8 @@ class TritonPythonModel:
             output_tensors=[pb_utils.Tensor(n, v) for n, v in zip(self.outputs, values)]
         )
 
-    @staticmethod
-    def _error(exc: Exception):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+    def _error(self, exc: Exception):
+        return failure_response(self.name, exc)
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -89,7 +115,7 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 feeds = self._request_inputs(request)
-            except ValueError as exc:
+            except Exception as exc:  # noqa: BLE001 - this request fails alone
                 responses[i] = self._error(exc)
                 continue
             if self.max_batch_size > 0:
@@ -124,3 +150,4 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.session = None
+        record_clean_exit()

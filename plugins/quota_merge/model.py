@@ -21,32 +21,33 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from widefunnel.merge import HEAD_NAMES, merge_batch
+from widefunnel.merge import HEAD_NAMES, check_merge_inputs, merge_batch
 from widefunnel.model_configs import FINGERPRINT_INPUTS, model_parameters
+from widefunnel.stub import StepUnavailable, record_clean_exit, required_array, respond_each
 
-_REQUIRED = {"sort_by_score"}
-
-
-def _input(request, name: str) -> np.ndarray:
-    return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+_REQUIRED = {"sort_by_score", "max_top_n", "max_item_id"}
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
+        self.name = config["name"]
         try:
             params = model_parameters(config, _REQUIRED)
         except ValueError as exc:
-            raise pb_utils.TritonModelException(f"quota_merge: {exc}") from exc
+            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
         self.sort_by_score = params["sort_by_score"].lower() == "true"
+        self.max_top_n, self.max_item_id = int(params["max_top_n"]), int(params["max_item_id"])
 
-    def _merge_one(self, request):
-        fps = np.concatenate([_input(request, n) for n in FINGERPRINT_INPUTS], axis=1)  # [B, 7]
+    def _merge_one(self, request) -> list:
+        heads = [tuple(required_array(request, f"{p}_{s}") for s in ("ID", "SCORE", "PROBS")) for p in ("ENG", "REL")]
+        alpha, top_n = required_array(request, "ALPHA"), required_array(request, "TOP_N")
+        check_merge_inputs(*heads, alpha, top_n, self.max_top_n, self.max_item_id)
+        fps = np.concatenate([required_array(request, n).reshape(-1, 1) for n in FINGERPRINT_INPUTS], axis=1)
         mixed = np.flatnonzero((fps != fps[:, :1]).any(axis=1))
-        if mixed.size:
-            raise RuntimeError(f"steps of one request came from different builds: {fps[mixed[0]].tolist()}")
-        heads = [tuple(_input(request, f"{p}_{s}") for s in ("ID", "SCORE", "PROBS")) for p in ("ENG", "REL")]
-        merged = merge_batch(*heads, _input(request, "ALPHA"), _input(request, "TOP_N"), self.sort_by_score)
+        if mixed.size:  # never serve a mixed answer: a swap that is half done, not the client's fault
+            raise StepUnavailable(f"steps of one request came from different builds: {fps[mixed[0]].tolist()}")
+        merged = merge_batch(*heads, alpha, top_n, self.sort_by_score)
         names = np.array([b""] + [h.encode() for h in HEAD_NAMES], dtype=object)
         source = names[merged.source.astype(np.int64) + 1]  # -1 (padding) -> b""
         fingerprint = np.array([[f"{int(fp):016x}".encode()] for fp in fps[:, 0]], dtype=object)
@@ -55,11 +56,7 @@ class TritonPythonModel:
                 pb_utils.Tensor("fingerprint", fingerprint)]
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(pb_utils.InferenceResponse(output_tensors=self._merge_one(request)))
-            except Exception as exc:  # never serve a mixed or half-merged answer
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"quota_merge: {exc}", pb_utils.TritonError.INTERNAL)))
-        return responses
+        return respond_each(requests, self._merge_one, self.name)
+
+    def finalize(self) -> None:
+        record_clean_exit()

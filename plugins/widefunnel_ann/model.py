@@ -26,9 +26,13 @@ import triton_python_backend_utils as pb_utils
 from widefunnel.ann.index import IndexLoadError, load_index
 from widefunnel.ann.search import dequantized, search
 from widefunnel.model_configs import model_parameters
+from widefunnel.stub import input_array, record_clean_exit, required_array, respond_each
+from widefunnel.validation import RequestError, check_request_candidates, check_step_input
 
 _PARAMETERS = {"k", "max_k", "search", "nprobe", "tower_fingerprints", "emit_embeddings"}
-_PYTHON_BACKEND_PARAMETERS = {"FORCE_CPU_ONLY_INPUT_TENSORS"}  # read by the Python backend itself
+# Optional: the Python backend's own setting, and the per-request candidate bound (absent in repositories
+# built before it existed, and in index-only ones: then only K <= max_k bounds a request).
+_OPTIONAL = {"FORCE_CPU_ONLY_INPUT_TENSORS", "max_request_candidates"}
 
 
 def parse_fingerprints(text: str) -> dict[str, str]:
@@ -47,7 +51,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.name, version = config["name"], args["model_version"]
         try:
-            params = model_parameters(config, _PARAMETERS, _PYTHON_BACKEND_PARAMETERS)
+            params = model_parameters(config, _PARAMETERS, _OPTIONAL)
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
         try:
@@ -67,6 +71,7 @@ class TritonPythonModel:
         if self.mode not in ("exact", "ivf"):
             raise pb_utils.TritonModelException(f"{self.name}: parameter search must be 'exact' or 'ivf'")
         self.nprobe = int(params["nprobe"])
+        self.max_request_candidates = int(params.get("max_request_candidates", "0"))
         self.emit_embeddings = params["emit_embeddings"].lower() == "true"
         self.fingerprint = np.int64(int(self.index.manifest["tower_fingerprint"], 16) & 0x7FFF_FFFF_FFFF_FFFF)
         self.gpu = None
@@ -83,15 +88,6 @@ class TritonPythonModel:
                 "rows_by_id": torch.from_numpy(self.index.cache["ids_order"]).to(device),
             }
 
-    @staticmethod
-    def _numpy(tensor) -> np.ndarray:
-        """Inputs may arrive on the GPU when FORCE_CPU_ONLY_INPUT_TENSORS is "no"."""
-        if tensor.is_cpu():
-            return tensor.as_numpy()
-        import torch.utils.dlpack
-
-        return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu().numpy()
-
     def _gpu_search(self, request, k: int) -> list:
         """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step."""
         import torch
@@ -106,7 +102,7 @@ class TritonPythonModel:
         exclude_rows = None
         ex = pb_utils.get_input_tensor_by_name(request, "EXCLUDE_ID")
         if ex is not None:
-            ex_ids = torch.as_tensor(self._numpy(ex)[:, 0], device=g["device"])
+            ex_ids = torch.as_tensor(input_array(request, "EXCLUDE_ID")[:, 0], device=g["device"])
             pos = torch.searchsorted(g["sorted_ids"], ex_ids).clamp(max=len(g["sorted_ids"]) - 1)
             exclude_rows = torch.where(g["sorted_ids"][pos] == ex_ids, g["rows_by_id"][pos], -1)
         rows, scores = gpu_search(g["codes"], g["scales"], q, k, exclude_rows)
@@ -119,28 +115,38 @@ class TritonPythonModel:
             outputs.append(("CANDIDATE_EMB", emb * (rows >= 0)[..., None]))  # the -1 pad gets zeros, as on CPU
         return [pb_utils.Tensor.from_dlpack(n, dl.to_dlpack(t.contiguous())) for n, t in outputs]
 
-    def _scalar(self, request, name: str, default: int, low: int, high: int) -> int | np.ndarray:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        if tensor is None:
+    @staticmethod
+    def _scalar(request, name: str, default: int, low: int, high: int) -> int:
+        values = input_array(request, name)
+        if values is None:
             return default
-        values = self._numpy(tensor).ravel()
+        values = values.ravel()
         if values.size == 0 or np.any(values != values[0]):
-            raise ValueError(f"{name}: one value per request expected")
+            raise RequestError(f"{name}: one value per request expected")
         value = int(values[0])
         if not low <= value <= high:
-            raise ValueError(f"{name}: must be within [{low}, {high}], got {value}")
+            raise RequestError(f"{name}: must be within [{low}, {high}], got {value}")
         return value
 
     def _search(self, request) -> list:
+        queries = required_array(request, "QUERY")
+        check_step_input("QUERY", queries, "finite", 0)
         k = self._scalar(request, "K", self.k, 1, self.max_k)
+        if self.max_request_candidates:
+            check_request_candidates("K", len(queries), k, self.max_request_candidates)
+        has_probe = input_array(request, "NPROBE") is not None
+        if has_probe and (self.mode != "ivf" or self.index.ivf is None):
+            raise RequestError("NPROBE: this model searches exactly (parameter search = 'exact'); NPROBE "
+                               "applies to IVF models only")
         nprobe = self._scalar(request, "NPROBE", self.nprobe, 1, 1 << 20)
-        has_probe = pb_utils.get_input_tensor_by_name(request, "NPROBE") is not None
-        use_ivf = (self.mode == "ivf" or has_probe) and self.index.ivf is not None
+        use_ivf = self.mode == "ivf" and self.index.ivf is not None
         if self.gpu is not None and not use_ivf:
             return self._gpu_search(request, k)
-        queries = self._numpy(pb_utils.get_input_tensor_by_name(request, "QUERY"))
-        exclude_tensor = pb_utils.get_input_tensor_by_name(request, "EXCLUDE_ID")
-        exclude = None if exclude_tensor is None else self._numpy(exclude_tensor)[:, 0]
+        exclude = input_array(request, "EXCLUDE_ID")
+        if exclude is not None:
+            if exclude.shape != (len(queries), 1):
+                raise RequestError(f"EXCLUDE_ID: expected shape [{len(queries)}, 1], got {list(exclude.shape)}")
+            exclude = exclude[:, 0]
         ids, scores = search(self.index, queries, k, exclude, nprobe if use_ivf else None)
         outputs = [pb_utils.Tensor("CANDIDATE_ID", ids), pb_utils.Tensor("CANDIDATE_SCORE", scores),
                    pb_utils.Tensor("FINGERPRINT", np.full((len(queries), 1), self.fingerprint, np.int64))]
@@ -149,11 +155,7 @@ class TritonPythonModel:
         return outputs
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(pb_utils.InferenceResponse(output_tensors=self._search(request)))
-            except ValueError as exc:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"{self.name}: {exc}", pb_utils.TritonError.INVALID_ARG)))
-        return responses
+        return respond_each(requests, self._search, self.name)
+
+    def finalize(self) -> None:
+        record_clean_exit()

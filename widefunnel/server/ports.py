@@ -1,0 +1,34 @@
+"""Ports: a free one for each server we start, and a clear error when one is taken."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class Ports:
+    """The ports clients use (HTTP and gRPC: the gateway's; metrics: tritonserver's). 0 = pick a free one."""
+
+    http: int = 0
+    grpc: int = 0
+    metrics: int = 0
+
+    def resolved(self) -> Ports:
+        return Ports(*(p or free_port() for p in (self.http, self.grpc, self.metrics)))

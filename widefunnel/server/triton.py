@@ -1,0 +1,323 @@
+"""One served repository: tritonserver on loopback, the gateway in front of it, the stub supervisor beside it.
+
+Clients reach the gateway's HTTP, gRPC and metrics ports (bound to `host`); tritonserver's own ports are
+bound to 127.0.0.1 and its control-plane APIs need the admin key (`widefunnel.security`). The metrics port
+serves tritonserver's series followed by the gateway's (`widefunnel_requests_total`). `gateway=False` exposes
+tritonserver itself, still restricted, for trusted callers (shards behind a router, benchmarks of the
+server alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from widefunnel.gateway.checks import Limits
+from widefunnel.security import admin_headers, new_key, restriction_flags
+from widefunnel.server.distribution import DistributionError, TritonDistribution, assemble_backends, server_environment
+from widefunnel.server.ports import Ports, free_port, port_in_use
+from widefunnel.server.processes import remove_regions, shm_regions
+from widefunnel.server.supervisor import StubSupervisor
+from widefunnel.stub import EXITS_DIR_ENV
+
+log = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
+
+
+class ServerError(RuntimeError):
+    """The server could not start or stopped; the message carries the server's own reason."""
+
+
+def _ignore_sigchld() -> None:
+    """Runs in the child before exec: an ignored SIGCHLD survives exec, so the kernel reaps the server's
+    dead stubs (Triton 2.51 never waits for a stub that died on its own: it stays a zombie)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (stack overflow: deeply nested JSON reaching the server's own port?)" if name == "SIGSEGV" else ""
+        return f"killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+@dataclass
+class TritonServer:
+    """A running `tritonserver` child process (and its gateway); a context manager, or start()/stop()."""
+
+    repository: Path
+    ports: Ports = field(default_factory=Ports)
+    host: str = LOOPBACK
+    gateway: bool = True
+    admin_key: str | None = None  # None: a fresh random key for this server
+    explicit: bool = True
+    log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    startup_timeout: float = 180.0
+    supervise_stubs: bool = True
+    limits: Limits = field(default_factory=Limits)
+    process: subprocess.Popen | None = None
+    gateway_process: subprocess.Popen | None = None
+    supervisor: StubSupervisor | None = None
+    triton_ports: Ports = field(default_factory=Ports)
+    shm_prefix: str = ""
+    stub_exits_dir: Path | None = None  # where stubs note a clean exit (widefunnel.stub.record_clean_exit)
+    _workdir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.admin_key = self.admin_key or new_key()
+        self.shm_prefix = self.shm_prefix or f"widefunnel_{os.getpid()}_{secrets.token_hex(4)}_"
+
+    @property
+    def connect_host(self) -> str:
+        return LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.connect_host}:{self.ports.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.connect_host}:{self.ports.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.connect_host}:{self.ports.metrics}/metrics"
+
+    @property
+    def triton_http_url(self) -> str:
+        """tritonserver's own HTTP endpoint (loopback; the gateway's upstream)."""
+        return f"{LOOPBACK}:{self.triton_ports.http}"
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"{LOOPBACK}:{self.triton_ports.grpc}"
+
+    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
+        return admin_headers(self.admin_key, protocol)
+
+    def exposure(self) -> list[str]:
+        """What listens where, for `serve` to print."""
+        front = "gateway" if self.gateway else "tritonserver"
+        return [f"HTTP    http://{self.host}:{self.ports.http}  ({front})",
+                f"gRPC    {self.host}:{self.ports.grpc}  ({front})",
+                f"metrics http://{self.host}:{self.ports.metrics}/metrics  ({front})",
+                "open: inference, health, metadata, statistics, metrics; admin key needed: "
+                "model-repository, model-config, shared-memory, logging, trace"]
+
+    def command(self, backend_dir: Path) -> list[str]:
+        dist = TritonDistribution.find()
+        address = LOOPBACK if self.gateway else self.host
+        cmd = [
+            str(dist.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_dir}",
+            f"--http-address={address}",
+            f"--http-port={self.triton_ports.http}",
+            f"--grpc-address={address}",
+            f"--grpc-port={self.triton_ports.grpc}",
+            f"--metrics-address={LOOPBACK if self.gateway else self.host}",
+            f"--metrics-port={self.triton_ports.metrics}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            "--log-verbose=0",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *restriction_flags(self.admin_key),
+        ]
+        if self.explicit:
+            cmd += ["--model-control-mode=explicit", "--load-model=*"]
+        return cmd + self.extra_args
+
+    def gateway_command(self) -> list[str]:
+        return [sys.executable, "-m", "widefunnel.gateway",
+                "--http", f"{self.host}:{self.ports.http}", "--grpc", f"{self.host}:{self.ports.grpc}",
+                "--metrics", f"{self.host}:{self.ports.metrics}",
+                "--http-upstream", self.triton_http_url, "--grpc-upstream", self.triton_grpc_url,
+                "--metrics-upstream", f"{LOOPBACK}:{self.triton_ports.metrics}",
+                "--max-body-bytes", str(self.limits.max_body_bytes)]
+
+    def _check_ports(self) -> None:
+        for name in ("http", "grpc", "metrics"):
+            port = getattr(self.ports, name)
+            if port_in_use(port, self.host if self.host not in ("::",) else "0.0.0.0"):
+                raise ServerError(f"{name} port {port} is already in use; pick another with --{name}-port")
+
+    def start(self) -> TritonServer:
+        repository = Path(self.repository)
+        if not (repository.is_dir() and any(repository.iterdir())):
+            raise ServerError(f"model repository {repository} is missing or empty: run `widefunnel build` first")
+        self.ports = self.ports.resolved()
+        self._check_ports()
+        self.triton_ports = Ports(free_port(), free_port(), free_port()) if self.gateway else \
+            Ports(self.ports.http, self.ports.grpc, self.ports.metrics)
+        self._workdir = Path(tempfile.mkdtemp(prefix="widefunnel-server-"))
+        try:
+            backend_dir = assemble_backends(self._workdir / "backends")
+        except DistributionError as exc:
+            raise ServerError(str(exc)) from exc
+        if self.log_path is None:
+            self.log_path = self._workdir / "tritonserver.log"
+        self.stub_exits_dir = self._workdir / "stub-exits"
+        self.stub_exits_dir.mkdir()
+        env = server_environment({EXITS_DIR_ENV: str(self.stub_exits_dir), **self.env})
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(self.command(backend_dir), stdout=log_file, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True, preexec_fn=_ignore_sigchld)
+        try:
+            self.wait_ready(f"http://{self.triton_http_url}/v2/health/ready", "tritonserver")
+            if self.gateway:
+                self._start_gateway()
+        except BaseException:
+            self.stop()
+            raise
+        if self.supervise_stubs:
+            self.supervisor = StubSupervisor(self)
+            self.supervisor.start()
+        return self
+
+    def _start_gateway(self) -> None:
+        with open(self._workdir / "gateway.log", "ab") as log_file:
+            self.gateway_process = subprocess.Popen(self.gateway_command(), stdout=log_file,
+                                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready(f"http://{self.http_url}/v2/health/ready", "gateway", self.gateway_process)
+
+    def log_text(self) -> str:
+        if self.log_path and Path(self.log_path).exists():
+            return Path(self.log_path).read_text(errors="replace")
+        return ""
+
+    def gateway_log(self) -> str:
+        path = self._workdir / "gateway.log" if self._workdir else None
+        return path.read_text(errors="replace") if path and path.exists() else ""
+
+    def failure_reason(self) -> str:
+        """The server's own words: model load failures first, else the log's tail."""
+        lines = self.log_text().splitlines()
+        noise = ("CUDA", "CudaDriverHelper", "pinned memory")  # no GPU here: expected, not a failure
+        reasons = [ln for ln in lines if (ln[:1] == "E" or "failed to load" in ln or "UNAVAILABLE" in ln
+                                          or "Address already in use" in ln) and not any(n in ln for n in noise)]
+        reasons += [ln for ln in lines if ln.startswith("error:")]
+        picked = reasons or lines[-25:]
+        return "\n".join(dict.fromkeys(picked))
+
+    def death_reason(self) -> str:
+        """Why a server that was serving is gone: which process, how it ended, the last log lines."""
+        parts = []
+        for name, proc, text in (("tritonserver", self.process, self.log_text()),
+                                 ("gateway", self.gateway_process, self.gateway_log())):
+            if proc is not None and proc.poll() is not None:
+                tail = "\n".join(text.splitlines()[-8:])
+                parts.append(f"{name} {describe_exit(proc.returncode)}; last log lines:\n{tail}")
+        return "\n".join(parts) or "both processes are running"
+
+    def is_ready(self) -> bool:
+        return self._ready(f"http://{self.http_url}/v2/health/ready")
+
+    @staticmethod
+    def _ready(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def wait_ready(self, url: str | None = None, what: str = "tritonserver",
+                   proc: subprocess.Popen | None = None) -> None:
+        url = url or f"http://{self.http_url}/v2/health/ready"
+        proc = proc or self.process
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                reason = self.failure_reason() if proc is self.process else self.gateway_log()[-3000:]
+                raise ServerError(f"{what} exited with code {proc.returncode} before it was ready:\n{reason}")
+            if self._ready(url):
+                return
+            time.sleep(0.25)
+        raise ServerError(f"{what} not ready after {self.startup_timeout:.0f}s:\n{self.failure_reason()}")
+
+    def alive(self) -> bool:
+        server = self.process is not None and self.process.poll() is None
+        front = not self.gateway or (self.gateway_process is not None and self.gateway_process.poll() is None)
+        return server and front
+
+    def _stop_supervisor(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stopped.set()
+            self.supervisor = None
+
+    @staticmethod
+    def _end(proc: subprocess.Popen, sig: int, timeout: float) -> int:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Children (the stubs) live in the process's group; make sure none outlives it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.returncode
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGINT lets Triton drain in-flight requests; SIGKILL only if it hangs. The gateway stops first,
+        so no new request arrives while Triton drains."""
+        self._stop_supervisor()
+        gateway, self.gateway_process = self.gateway_process, None
+        if gateway is not None:
+            self._end(gateway, signal.SIGTERM, 10.0)
+        proc, self.process = self.process, None
+        code = self._end(proc, signal.SIGINT, timeout) if proc is not None else None
+        remove_regions(shm_regions(self.shm_prefix))
+        return code
+
+    def restart(self) -> TritonServer:
+        """After a crash: stop what is left and start again on the same client-facing ports."""
+        self.stop(timeout=10.0)
+        self.cleanup()
+        return self.start()
+
+    def kill(self) -> None:
+        """Simulate a crash (SIGKILL to both process groups, stubs included)."""
+        self._stop_supervisor()
+        for attr in ("gateway_process", "process"):
+            proc = getattr(self, attr)
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                setattr(self, attr, None)
+        remove_regions(shm_regions(self.shm_prefix))
+
+    def cleanup(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        if self.log_path is not None and str(self.log_path).startswith(tempfile.gettempdir() + "/widefunnel-server-"):
+            self.log_path = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.cleanup()

@@ -1,0 +1,92 @@
+"""Glue shared by every Python model and Python-based backend: code that only runs inside a Triton stub.
+
+`triton_python_backend_utils` exists only there, so it is imported inside the functions. One request loop
+(`respond_each`) isolates each request's failure with the right code: a client error (`RequestError`, named
+field) is INVALID_ARG, a server-side condition (`StepUnavailable`) UNAVAILABLE, anything else INTERNAL and
+logged with its traceback through `pb_utils.Logger` (the server's own log).
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from widefunnel.validation import RequestError
+
+
+class StepUnavailable(RuntimeError):
+    """The step cannot answer now for a reason that is not the client's (e.g. a half-finished swap)."""
+
+
+def error_response(message: str, code: str = "INVALID_ARG"):
+    import triton_python_backend_utils as pb_utils
+
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, code)))
+
+
+def log_error(message: str) -> None:
+    import triton_python_backend_utils as pb_utils
+
+    pb_utils.Logger.log_error(message)
+
+
+def failure_response(model: str, exc: BaseException):
+    """The response for one request that raised `exc`."""
+    if isinstance(exc, RequestError):
+        return error_response(f"{model}: {exc}", "INVALID_ARG")
+    if isinstance(exc, StepUnavailable):
+        return error_response(f"{model}: {exc}", "UNAVAILABLE")
+    log_error(f"{model}: {''.join(traceback.format_exception(exc))}")
+    return error_response(f"{model}: internal error: {type(exc).__name__}: {exc}", "INTERNAL")
+
+
+def respond_each(requests: list, handle: Callable[[object], list], model: str) -> list:
+    """One response per request, in order: `handle(request)` returns its output tensors; a request that
+    raises fails alone."""
+    import triton_python_backend_utils as pb_utils
+
+    responses = []
+    for request in requests:
+        try:
+            responses.append(pb_utils.InferenceResponse(output_tensors=handle(request)))
+        except Exception as exc:  # noqa: BLE001 - each failure becomes this request's error response
+            responses.append(failure_response(model, exc))
+    return responses
+
+
+def input_array(request, name: str) -> np.ndarray | None:
+    """An input as numpy (None when the optional input is absent). Inputs arrive on the GPU only when the
+    config sets FORCE_CPU_ONLY_INPUT_TENSORS "no"; those are copied to the host here."""
+    import triton_python_backend_utils as pb_utils
+
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    import torch.utils.dlpack
+
+    return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu().numpy()
+
+
+# Where a stub notes that it is exiting on purpose (its model is being unloaded), so the stub supervisor can
+# tell a clean exit from a crash (set by widefunnel.server.TritonServer; unset elsewhere: nothing is noted).
+EXITS_DIR_ENV = "WIDEFUNNEL_STUB_EXITS"
+
+
+def record_clean_exit() -> None:
+    """Call from `finalize()`: Triton finalizes a stub before it exits on an unload or a reload."""
+    directory = os.environ.get(EXITS_DIR_ENV)
+    if directory:
+        Path(directory, str(os.getpid())).touch()
+
+
+def required_array(request, name: str) -> np.ndarray:
+    array = input_array(request, name)
+    if array is None:
+        raise RequestError(f"{name}: required input is missing")
+    return array
