@@ -39,7 +39,8 @@ import torch  # noqa: E402
 from widefunnel.ann import search as search_mod  # noqa: E402
 from widefunnel.ann.index import build_index  # noqa: E402
 from widefunnel.ann.quantize import quantize_rows  # noqa: E402
-from widefunnel.ann.search import exact_search, prepare_index, search  # noqa: E402
+from widefunnel.ann.query import search  # noqa: E402
+from widefunnel.ann.search import exact_search, prepare_index  # noqa: E402
 
 RECALL_ROWS = 64
 

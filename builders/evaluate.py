@@ -28,9 +28,8 @@ from widefunnel.ann.index import Int8Index, build_index
 from widefunnel.ann.search import exact_search
 from widefunnel.builders.train import relevance_levels, relevance_thresholds
 from widefunnel.data import Catalogue, Pairs, co_engagement_pairs, load_catalogue, load_interactions, time_split
-from widefunnel.merge import quota_merge
+from widefunnel.merge import HEADS, quota_merge
 
-HEADS = ("engagement", "relevance")
 RETRIEVAL_METRICS = ("recall", "relevance", "jaccard")
 
 

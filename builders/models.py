@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from widefunnel.losses import expected_relevance, ordinal_cumulative
+from widefunnel.builders.losses import expected_relevance, ordinal_cumulative
 
 
 def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:

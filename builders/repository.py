@@ -10,7 +10,7 @@ builder keeps the last `keep_versions` builds.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,14 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
+from widefunnel import layout
 from widefunnel import model_configs as mcfg
 from widefunnel.ann.index import save_index
 from widefunnel.builders import gpu
 from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
-from widefunnel.builders.train import HEADS, TrainedFunnel, TrainingData, train_funnel, value_weights
-from widefunnel.server import plugins_dir
-
-BUILDS_FILE = "builds.json"
+from widefunnel.builders.train import TrainedFunnel, TrainingData, train_funnel, value_weights
+from widefunnel.layout import (
+    CONFIG_FILE,
+    FINGERPRINTS_PARAMETER,
+    atomic_write,
+    commit_version,
+    format_fingerprints,
+    parse_fingerprints,
+    plugin_file,
+    record_build,
+    stage_version,
+    versions,
+)
+from widefunnel.merge import HEADS
 
 
 @dataclass(frozen=True)
@@ -36,21 +47,12 @@ class BuildResult:
     seconds: float
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def existing_versions(repository: Path, model: str) -> list[int]:
-    folder = repository / model
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    return versions(Path(repository) / model)
 
 
 def next_version(repository: Path) -> int:
-    return 1 + max([0] + [v for m in mcfg.STEP_MODELS for v in existing_versions(repository, m)])
+    return layout.next_version(repository, mcfg.STEP_MODELS)
 
 
 class VersionWriter:
@@ -62,18 +64,12 @@ class VersionWriter:
 
     def folder(self, model: str) -> Path:
         if model not in self.staged:
-            path = self.repository / model / f".{self.version}.partial"
-            shutil.rmtree(path, ignore_errors=True)
-            path.mkdir(parents=True)
-            self.staged[model] = path
+            self.staged[model] = stage_version(self.repository / model, self.version)
         return self.staged[model]
 
     def commit(self) -> None:
-        for model, path in self.staged.items():
-            final = self.repository / model / str(self.version)
-            if final.exists():
-                raise FileExistsError(f"{final} already exists; versions are immutable")
-            os.rename(path, final)
+        for path in self.staged.values():
+            commit_version(path, self.version)
 
 
 def _step_config(config):
@@ -82,6 +78,7 @@ def _step_config(config):
     return config
 
 
+logger = logging.getLogger(__name__)
 ONNX_STAGES = ("query_tower", "rerank_engagement", "rerank_relevance", "composite_scorer")
 
 
@@ -98,21 +95,18 @@ def for_target(name: str, config, target: mcfg.Target, engines: bool):
 
 def _ann_parameters(repository: Path, head: str, version: int, fingerprint: str, cfg: dict) -> dict[str, str]:
     """Keeps the expected fingerprint of every version still on disk, adds this one's."""
-    previous = repository / f"ann_{head}" / "config.pbtxt"
+    previous = repository / f"ann_{head}" / CONFIG_FILE
     entries: dict[str, str] = {}
     if previous.exists():
-        old = mcfg.from_pbtxt(previous.read_text()).parameters.get("tower_fingerprints")
-        for part in filter(None, (old.string_value if old else "").split(";")):
-            v, _, fp = part.partition("=")
-            entries[v] = fp
+        old = mcfg.from_pbtxt(previous.read_text()).parameters.get(FINGERPRINTS_PARAMETER)
+        entries = parse_fingerprints(old.string_value if old else "")
     entries[str(version)] = fingerprint
-    on_disk = {str(v) for v in existing_versions(repository, f"ann_{head}")} | {str(version)}
+    on_disk = set(existing_versions(repository, f"ann_{head}")) | {version}
     acfg = cfg["ann"]
     return {
         "k": str(acfg["k"]), "max_k": str(acfg["max_k"]), "search": acfg["search"], "nprobe": str(acfg["nprobe"]),
         "emit_embeddings": "true", "max_request_candidates": str(cfg["serving"]["max_request_candidates"]),
-        "tower_fingerprints": ";".join(f"{v}={fp}" for v, fp in sorted(entries.items(), key=lambda e: int(e[0]))
-                                       if v in on_disk),
+        FINGERPRINTS_PARAMETER: format_fingerprints(entries, keep=on_disk),
     }
 
 
@@ -144,10 +138,11 @@ def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int,
     return {name: _step_config(for_target(name, c, target, engines)) for name, c in configs.items()}
 
 
-def build_engines(writer: VersionWriter, cfg: dict, target: mcfg.Target, dim: int, log=print) -> bool:
+def build_engines(writer: VersionWriter, cfg: dict, target: mcfg.Target, dim: int, log=None) -> bool:
     """TensorRT plans beside each ONNX file when this machine can build them; says why not otherwise."""
     if target.kind != "gpu":
         return False
+    log = log or logger.info
     reason = gpu.tensorrt_unavailable_reason()
     if reason:
         log(f"TensorRT engines skipped: {reason}. GPU configs use the ONNX fallback (native onnxruntime "
@@ -175,8 +170,8 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, data: Training
                     fingerprint: str) -> None:
     dim = funnel.tables[0].shape[1]
     np.save(writer.folder("preprocess") / "catalogue.npy", data.catalogue.item_ids)
-    shutil.copy2(plugins_dir() / "preprocess" / "model.py", writer.folder("preprocess") / "model.py")
-    shutil.copy2(plugins_dir() / "quota_merge" / "model.py", writer.folder("quota_merge") / "model.py")
+    shutil.copy2(plugin_file("preprocess"), writer.folder("preprocess") / "model.py")
+    shutil.copy2(plugin_file("quota_merge"), writer.folder("quota_merge") / "model.py")
     export_query_tower(funnel.tower, fingerprint, writer.folder("query_tower") / "model.onnx")
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
         save_index(index, writer.folder(f"ann_{head}") / "index")
@@ -205,15 +200,12 @@ def write_repository(repository: Path, funnel: TrainedFunnel, data: TrainingData
     max_item_id = int(data.catalogue.item_ids.max())
     for name, config in step_configs(repository, cfg, target, version, fingerprint, dim, max_item_id,
                                      engines).items():
-        _atomic_write(repository / name / "config.pbtxt", mcfg.to_pbtxt(config))
+        atomic_write(repository / name / CONFIG_FILE, mcfg.to_pbtxt(config))
     writer.commit()
     for name, config in ensemble_configs(cfg, target, version).items():
         (repository / name / "1").mkdir(parents=True, exist_ok=True)  # ensembles need a version folder
-        _atomic_write(repository / name / "config.pbtxt", mcfg.to_pbtxt(config))
-    builds_path = repository / BUILDS_FILE
-    builds = json.loads(builds_path.read_text()) if builds_path.exists() else {}
-    builds[str(version)] = {"fingerprint": fingerprint, "target": target.kind, "time": int(time.time())}
-    _atomic_write(builds_path, json.dumps(builds, indent=2, sort_keys=True))
+        atomic_write(repository / name / CONFIG_FILE, mcfg.to_pbtxt(config))
+    record_build(repository, version, fingerprint, target.kind)
     prune_versions(repository, keep_versions)
     return version, fingerprint
 

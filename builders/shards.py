@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -28,13 +27,24 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from widefunnel import model_configs as mcfg
 from widefunnel.ann.index import load_index, save_index
-from widefunnel.server import plugins_dir
+from widefunnel.layout import (
+    BUILDS_FILE,
+    CONFIG_FILE,
+    FINGERPRINTS_PARAMETER,
+    atomic_write,
+    commit_version,
+    format_fingerprints,
+    parse_fingerprints,
+    plugin_file,
+    prune_versions,
+    stage_version,
+    versions,
+)
 from widefunnel.sharding import IndexShard, split_index
 
 ANN_BACKEND = "widefunnel_ann"
 ROUTER_PLUGIN = "ann_router"
 SHARD_FILE = "shard.json"
-BUILDS_FILE = "builds.json"
 
 
 @dataclass(frozen=True)
@@ -48,49 +58,16 @@ def layout(out: Path, shards: int) -> ShardedLayout:
     return ShardedLayout([out / "shards" / f"shard-{s}" for s in range(shards)], out / "router")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Unchanged files are left alone: Triton reloads every version of a model whose folder changed."""
-    if path.is_file() and path.read_text() == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def read_config(model_dir: Path) -> mc.ModelConfig:
-    return mcfg.from_pbtxt((model_dir / "config.pbtxt").read_text())
+    return mcfg.from_pbtxt((model_dir / CONFIG_FILE).read_text())
 
 
 def models(repository: Path) -> dict[str, mc.ModelConfig]:
-    return {p.name: read_config(p) for p in sorted(Path(repository).iterdir()) if (p / "config.pbtxt").is_file()}
+    return {p.name: read_config(p) for p in sorted(Path(repository).iterdir()) if (p / CONFIG_FILE).is_file()}
 
 
 def ann_models(repository: Path) -> list[str]:
     return [name for name, config in models(repository).items() if config.backend == ANN_BACKEND]
-
-
-def _stage(model_dir: Path, version: int) -> Path:
-    staged = model_dir / f".{version}.partial"
-    shutil.rmtree(staged, ignore_errors=True)
-    staged.mkdir(parents=True)
-    return staged
-
-
-def _commit(staged: Path, model_dir: Path, version: int) -> None:
-    os.rename(staged, model_dir / str(version))
-
-
-def _prune(model_dir: Path, keep: set[int]) -> None:
-    for v in versions(model_dir):
-        if v not in keep:
-            shutil.rmtree(model_dir / str(v))
 
 
 # ------------------------------------------------------------------------------------------------ the shards
@@ -103,20 +80,18 @@ def _check_existing(folder: Path, part: IndexShard) -> None:
 
 
 def _fingerprints(config: mc.ModelConfig) -> dict[str, str]:
-    entry = config.parameters.get("tower_fingerprints")
-    pairs = (p.partition("=") for p in (entry.string_value if entry else "").split(";") if p.strip())
-    return {v.strip(): fp.strip() for v, _, fp in pairs}
+    entry = config.parameters.get(FINGERPRINTS_PARAMETER)
+    return parse_fingerprints(entry.string_value if entry else "")
 
 
 def _shard_config(source_dir: Path, shard_dir: Path, prune: bool) -> mc.ModelConfig:
     """The source's config; without pruning it also keeps the expected fingerprints of versions still on the
     shard (the ANN backend refuses a version its config names no fingerprint for)."""
     config = read_config(source_dir)
-    if not prune and (shard_dir / "config.pbtxt").is_file():
+    if not prune and (shard_dir / CONFIG_FILE).is_file():
         entries = _fingerprints(read_config(shard_dir)) | _fingerprints(config)
-        kept = {str(v) for v in versions(shard_dir)} | {str(v) for v in versions(source_dir)}
-        config.parameters["tower_fingerprints"].string_value = ";".join(
-            f"{v}={fp}" for v, fp in sorted(entries.items(), key=lambda e: int(e[0])) if v in kept)
+        kept = set(versions(shard_dir)) | set(versions(source_dir))
+        config.parameters[FINGERPRINTS_PARAMETER].string_value = format_fingerprints(entries, keep=kept)
     return config
 
 
@@ -130,7 +105,7 @@ def write_shard_repositories(source: Path, shard_repositories: list[Path], prune
     written: dict[str, list[int]] = {}
     for model in ann_models(source):
         for repo in shard_repositories:
-            _atomic_write(Path(repo) / model / "config.pbtxt",
+            atomic_write(Path(repo) / model / CONFIG_FILE,
                           mcfg.to_pbtxt(_shard_config(source / model, Path(repo) / model, prune)))
         wanted = versions(source / model)
         for version in wanted:
@@ -140,13 +115,13 @@ def write_shard_repositories(source: Path, shard_repositories: list[Path], prune
                 if target.exists():
                     _check_existing(target, part)
                     continue
-                staged = _stage(Path(repo) / model, version)
+                staged = stage_version(Path(repo) / model, version)
                 save_index(part.index, staged / "index")
                 (staged / SHARD_FILE).write_text(json.dumps(part.describe(), indent=2, sort_keys=True) + "\n")
-                _commit(staged, Path(repo) / model, version)
+                commit_version(staged, version)
         if prune:
             for repo in shard_repositories:
-                _prune(Path(repo) / model, set(wanted))
+                prune_versions(Path(repo) / model, set(wanted))
         written[model] = wanted
     return written
 
@@ -179,26 +154,26 @@ def write_router_model(repository: Path, name: str, config: mc.ModelConfig, mode
                        prune: bool = True) -> None:
     """Config first, then one ``<v>/model.py`` per version (version v routes to version v of every shard)."""
     model_dir = Path(repository) / name
-    _atomic_write(model_dir / "config.pbtxt", mcfg.to_pbtxt(config))
+    atomic_write(model_dir / CONFIG_FILE, mcfg.to_pbtxt(config))
     for version in model_versions:
         if not (model_dir / str(version)).exists():
-            staged = _stage(model_dir, version)
-            shutil.copy2(plugins_dir() / ROUTER_PLUGIN / "model.py", staged / "model.py")
-            _commit(staged, model_dir, version)
+            staged = stage_version(model_dir, version)
+            shutil.copy2(plugin_file(ROUTER_PLUGIN), staged / "model.py")
+            commit_version(staged, version)
     if prune:
-        _prune(model_dir, set(model_versions))
+        prune_versions(model_dir, set(model_versions))
 
 
 def _copy_model(source_dir: Path, target_dir: Path, prune: bool = True) -> None:
     """Version folders missing in the target are copied (staged); config replaced; vanished versions pruned."""
-    _atomic_write(target_dir / "config.pbtxt", (source_dir / "config.pbtxt").read_text())
+    atomic_write(target_dir / CONFIG_FILE, (source_dir / CONFIG_FILE).read_text())
     for version in versions(source_dir):
         if not (target_dir / str(version)).exists():
-            staged = _stage(target_dir, version)
+            staged = stage_version(target_dir, version)
             shutil.copytree(source_dir / str(version), staged, dirs_exist_ok=True)
-            _commit(staged, target_dir, version)
+            commit_version(staged, version)
     if prune:
-        _prune(target_dir, set(versions(source_dir)))
+        prune_versions(target_dir, set(versions(source_dir)))
 
 
 def write_router_repository(source: Path, router: Path, shard_urls: list[str], allow_partial: bool = False,
@@ -219,7 +194,7 @@ def write_router_repository(source: Path, router: Path, shard_urls: list[str], a
     for name in ensembles:  # last: they pin the step versions written above
         _copy_model(source / name, router / name, prune)
     if (source / BUILDS_FILE).is_file():
-        _atomic_write(router / BUILDS_FILE, (source / BUILDS_FILE).read_text())
+        atomic_write(router / BUILDS_FILE, (source / BUILDS_FILE).read_text())
     return anns
 
 
@@ -263,10 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # ------------------------------------------------------------------------------------- prebuilt-index serving
 def write_index_repository(repository: Path, indexes: dict[int, object], head: str = "engagement", k: int = 100,
                            max_k: int = 100_000, emit_embeddings: bool = True,
@@ -275,17 +246,21 @@ def write_index_repository(repository: Path, indexes: dict[int, object], head: s
     the single server for an index that did not come from `widefunnel build` (tests, benchmarks)."""
     repository, target = Path(repository), target or mcfg.Target("cpu")
     first = next(iter(indexes.values()))
-    fingerprints = ";".join(f"{v}={indexes[v].manifest['tower_fingerprint']}" for v in sorted(indexes))
+    fingerprints = format_fingerprints({str(v): index.manifest["tower_fingerprint"] for v, index in indexes.items()})
     params = {"k": str(k), "max_k": str(max_k), "search": "exact", "nprobe": "1",
-              "tower_fingerprints": fingerprints, "emit_embeddings": str(emit_embeddings).lower()}
+              FINGERPRINTS_PARAMETER: fingerprints, "emit_embeddings": str(emit_embeddings).lower()}
     config = mcfg.ann_config(head, target, first.dim, params)
     config.version_policy.Clear()
     config.version_policy.all.SetInParent()
     model_dir = repository / config.name
-    _atomic_write(model_dir / "config.pbtxt", mcfg.to_pbtxt(config))
+    atomic_write(model_dir / CONFIG_FILE, mcfg.to_pbtxt(config))
     for version, index in sorted(indexes.items()):
         if not (model_dir / str(version)).exists():
-            staged = _stage(model_dir, version)
+            staged = stage_version(model_dir, version)
             save_index(index, staged / "index")
-            _commit(staged, model_dir, version)
+            commit_version(staged, version)
     return config.name
+
+
+if __name__ == "__main__":
+    sys.exit(main())

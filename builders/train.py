@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from widefunnel.ann.index import Int8Index, build_index
 from widefunnel.ann.search import exact_search
+from widefunnel.builders.losses import distillation_kl, info_nce, ordinal_loss
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
 from widefunnel.builders.teacher import teacher_embeddings
 from widefunnel.data import (
@@ -22,9 +23,6 @@ from widefunnel.data import (
     load_interactions,
     time_split,
 )
-from widefunnel.losses import distillation_kl, info_nce, ordinal_loss
-
-HEADS = ("engagement", "relevance")
 
 
 @dataclass
@@ -249,5 +247,5 @@ def train_funnel(data: TrainingData, cfg: dict, fingerprint_of, progress: bool =
     return TrainedFunnel(tower, tables, indexes, rerankers, scorer)
 
 
-__all__ = ["HEADS", "TrainingData", "TrainedFunnel", "train_funnel", "train_towers", "unified_value",
+__all__ = ["TrainingData", "TrainedFunnel", "train_funnel", "train_towers", "unified_value",
            "value_weights"]

@@ -6,13 +6,13 @@ Both protocols send the same tensors and decode the same outputs, so results agr
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from widefunnel import model_configs as mcfg
+from widefunnel.merge import Recommendation
 from widefunnel.validation import recommend_tensors
 
 PROTOCOLS = ("http", "grpc")
@@ -48,16 +48,8 @@ def map_error(exc: InferenceServerException) -> WidefunnelError:
     return WidefunnelError(message, status, field)
 
 
-@dataclass
-class Recommendation:
-    item_id: np.ndarray  # [B, N] int64, -1 pads rows with fewer than N items
-    score: np.ndarray  # [B, N] float32
-    source_head: np.ndarray  # [B, N] str: "engagement" | "relevance"
-    task_probs: np.ndarray  # [B, N, T]
-    fingerprint: list[str]  # per seed: the build that answered
-
-
-def _module(protocol: str, aio: bool = False):
+def protocol_module(protocol: str, aio: bool = False):
+    """tritonclient's module for a protocol: `http` or `grpc`, sync or asyncio."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if protocol == "http":
@@ -103,7 +95,7 @@ class WidefunnelClient:
     """Synchronous client. `url` is host:port of the HTTP or gRPC endpoint, matching `protocol`."""
 
     def __init__(self, url: str, protocol: str = "http", timeout: float = 60.0):
-        self.protocol, self.module = protocol, _module(protocol)
+        self.protocol, self.module = protocol, protocol_module(protocol)
         kwargs: dict[str, Any] = {"network_timeout": timeout, "connection_timeout": timeout} \
             if protocol == "http" else {}
         self.client = self.module.InferenceServerClient(url, **kwargs)
@@ -170,8 +162,8 @@ class AsyncWidefunnelClient:
     """asyncio client with the same calls as WidefunnelClient (recommend, retrieve, ready)."""
 
     def __init__(self, url: str, protocol: str = "http"):
-        self.protocol, self.module = protocol, _module(protocol, aio=True)
-        self._sync_module = _module(protocol)
+        self.protocol, self.module = protocol, protocol_module(protocol, aio=True)
+        self._sync_module = protocol_module(protocol)
         self.client = self.module.InferenceServerClient(url)
 
     async def recommend(self, seeds, alpha=None, top_n=None, value_weights=None) -> Recommendation:

@@ -16,6 +16,7 @@ import csv
 import ctypes
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -30,6 +31,8 @@ import numpy as np
 
 from widefunnel import model_configs as mcfg
 from widefunnel.security import admin_headers, with_admin_key
+
+logger = logging.getLogger(__name__)
 
 LIBB64 = "libb64.so.0d"
 LIBCUDART = "libcudart.so.12"
@@ -386,7 +389,13 @@ def sweep(http_url: str, grpc_url: str, repository: Path, out_dir: Path, models:
     """perf_analyzer on the ensemble and on each step model it pins, over each protocol; CSV + PNG in out_dir."""
     import tritonclient.grpc as grpc
 
-    settings, say, start = settings or SweepSettings(), log or (lambda _m: None), time.monotonic()
+    settings, start = settings or SweepSettings(), time.monotonic()
+
+    def say(message: str) -> None:
+        logger.info("%s", message)
+        if log is not None:
+            log(message)
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     client = with_admin_key(grpc.InferenceServerClient(grpc_url), settings.admin_key, "grpc")

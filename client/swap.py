@@ -27,8 +27,7 @@ build is still on disk.
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,9 +36,11 @@ from pathlib import Path
 from tritonclient.utils import InferenceServerException
 
 from widefunnel import model_configs as mcfg
+from widefunnel.client.client import protocol_module
+from widefunnel.layout import CONFIG_FILE, atomic_write, build_fingerprint, complete_versions
 from widefunnel.security import ADMIN_KEY_ENV, AdminKeyError, require_key, with_admin_key
 
-BUILDS_FILE = "builds.json"
+logger = logging.getLogger(__name__)
 # Staging order: the ANN models first, since they validate the build (index fingerprint vs the tower the config
 # expects) and are the slowest to load: a bad build fails fast, before anything else was staged.
 STAGE_ORDER = ("ann_engagement", "ann_relevance") + tuple(m for m in mcfg.STEP_MODELS if not m.startswith("ann_"))
@@ -59,16 +60,6 @@ class SwapReport:
     actions: list[str] = field(default_factory=list)
 
 
-def _module(protocol: str):
-    if protocol == "grpc":
-        import tritonclient.grpc as module
-    elif protocol == "http":
-        import tritonclient.http as module
-    else:
-        raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
-    return module
-
-
 def connect(url: str, protocol: str = "http", admin_key: str | None = None):
     """A tritonclient InferenceServerClient that sends the admin key on every call (the repository and
     model-config APIs need it); model loads can take a while: generous timeouts over HTTP."""
@@ -76,7 +67,7 @@ def connect(url: str, protocol: str = "http", admin_key: str | None = None):
         key = require_key(admin_key)
     except AdminKeyError as exc:
         raise SwapError(str(exc)) from None
-    module = _module(protocol)
+    module = protocol_module(protocol)
     if protocol == "http":
         client = module.InferenceServerClient(url, connection_timeout=300.0, network_timeout=300.0)
     else:
@@ -119,23 +110,12 @@ def served_version(client, ensemble: str = mcfg.ENSEMBLE) -> int:
 
 def disk_versions(repository: Path) -> list[int]:
     """Versions whose folder exists for every step model (the builds a swap can go to)."""
-    per_model = []
-    for model in mcfg.STEP_MODELS:
-        folder = Path(repository) / model
-        per_model.append({int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()}
-                         if folder.is_dir() else set())
-    return sorted(set.intersection(*per_model))
-
-
-def build_fingerprint(repository: Path, version: int) -> str | None:
-    path = Path(repository) / BUILDS_FILE
-    builds = json.loads(path.read_text()) if path.exists() else {}
-    return builds.get(str(version), {}).get("fingerprint")
+    return complete_versions(repository, mcfg.STEP_MODELS)
 
 
 def step_override(repository: Path, model: str, versions: list[int]) -> str:
     """The step's config on disk, restricted to `versions` (there is no call that loads one version, #4416)."""
-    config = mcfg.from_pbtxt((Path(repository) / model / "config.pbtxt").read_text())
+    config = mcfg.from_pbtxt((Path(repository) / model / CONFIG_FILE).read_text())
     config.version_policy.Clear()
     config.version_policy.specific.versions.extend(sorted(set(versions)))
     return mcfg.to_json(config)
@@ -143,7 +123,7 @@ def step_override(repository: Path, model: str, versions: list[int]) -> str:
 
 def pinned_ensemble(repository: Path, ensemble: str, version: int):
     """The ensemble's config on disk with every step pinned to `version` (a model_config_pb2 message)."""
-    config = mcfg.from_pbtxt((Path(repository) / ensemble / "config.pbtxt").read_text())
+    config = mcfg.from_pbtxt((Path(repository) / ensemble / CONFIG_FILE).read_text())
     for step in config.ensemble_scheduling.step:
         step.model_version = version
     return config
@@ -155,10 +135,8 @@ def ensemble_override(repository: Path, ensemble: str, version: int) -> str:
 
 def persist_pins(repository: Path, ensemble: str, version: int) -> None:
     """Rewrites the ensemble's config on disk (atomically) so that a restarted server serves what was swapped to."""
-    path = Path(repository) / ensemble / "config.pbtxt"
-    tmp = path.with_name(f".{path.name}.swap.tmp")
-    tmp.write_text(mcfg.to_pbtxt(pinned_ensemble(repository, ensemble, version)))
-    os.replace(tmp, path)
+    config = pinned_ensemble(repository, ensemble, version)
+    atomic_write(Path(repository) / ensemble / CONFIG_FILE, mcfg.to_pbtxt(config))
 
 
 def loaded_ensembles(client) -> list[str]:
@@ -187,7 +165,11 @@ def swap(url: str, repository: Path, to_version: int, protocol: str = "http",
     """
     repository, start, actions = Path(repository), time.monotonic(), []
     client = connect(url, protocol, admin_key)
-    say = log or (lambda _msg: None)
+    def say(action: str) -> None:
+        logger.info("%s", action)
+        if log is not None:
+            log(action)
+
     try:
         current = served_version(client)
         if to_version not in disk_versions(repository):

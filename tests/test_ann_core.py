@@ -15,7 +15,8 @@ import widefunnel.ann.search as search_mod
 from widefunnel.ann.index import IndexLoadError, build_index, load_index, save_index
 from widefunnel.ann.ivf import ivf_search
 from widefunnel.ann.quantize import dequantize_rows, quantize_rows
-from widefunnel.ann.search import exact_search, search
+from widefunnel.ann.query import search
+from widefunnel.ann.search import exact_search
 
 FP = "tower-abc123"
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from widefunnel.losses import distillation_kl, expected_relevance, info_nce, ordinal_cumulative, ordinal_loss
+from widefunnel.builders.losses import distillation_kl, expected_relevance, info_nce, ordinal_cumulative, ordinal_loss
 
 
 def test_info_nce_prefers_aligned_pairs():

@@ -27,7 +27,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from widefunnel.ann.index import build_index
-from widefunnel.ann.search import exact_search, prepare_index, search
+from widefunnel.ann.query import search
+from widefunnel.ann.search import exact_search, prepare_index
 from widefunnel.builders import shards as sb
 from widefunnel.cluster import LocalCluster, _parallel
 from widefunnel.server import Ports, TritonServer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -218,7 +219,7 @@ def _perf(args: argparse.Namespace) -> int:
     settings = SweepSettings(args.concurrency, args.measurement_interval, admin_key=_admin_key(args))
     try:
         result = sweep(args.url, args.grpc_url or _grpc_url_for(args.url), args.repository, args.out,
-                       args.models, tuple(args.protocols), settings, args.samples, log=print)
+                       args.models, tuple(args.protocols), settings, args.samples)
     except PerfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -232,9 +233,9 @@ def _swap(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "rollback":
-            report = rollback(args.url, args.repository, args.protocol, log=print, admin_key=_admin_key(args))
+            report = rollback(args.url, args.repository, args.protocol, admin_key=_admin_key(args))
         else:
-            report = swap(args.url, args.repository, args.to, args.protocol, log=print, admin_key=_admin_key(args))
+            report = swap(args.url, args.repository, args.to, args.protocol, admin_key=_admin_key(args))
     except SwapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _add_operations_commands(sub)
     args = parser.parse_args(argv)
+    # the library logs (swap and perf actions, the stub supervisor, TensorRT builds); the CLI shows them
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     return args.func(args)
 
 

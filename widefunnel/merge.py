@@ -6,8 +6,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The funnel's two heads, in this order everywhere (model names ann_<head>, rerank_<head>, merge sources).
+HEADS = ("engagement", "relevance")
 ENGAGEMENT, RELEVANCE = 0, 1
-HEAD_NAMES = ("engagement", "relevance")
+
+
+@dataclass
+class Recommendation:
+    """A merged answer, as the served ensemble and the in-process pipeline both give it."""
+
+    item_id: np.ndarray  # [B, N] int64, -1 pads rows with fewer than N items
+    score: np.ndarray  # [B, N] float32
+    source_head: np.ndarray  # [B, N] str: "engagement" | "relevance" ("" on padding)
+    task_probs: np.ndarray  # [B, N, T]
+    fingerprint: list[str]  # per seed: the build that answered
 
 
 @dataclass(frozen=True)

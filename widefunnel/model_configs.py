@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from widefunnel.merge import HEADS
+
 ENSEMBLE = "widefunnel"
 RETRIEVE_ENSEMBLE = "widefunnel_retrieve"
 SCORE_ENSEMBLE = "widefunnel_score"
-HEADS = ("engagement", "relevance")
 STEP_MODELS = ("preprocess", "query_tower", "ann_engagement", "ann_relevance", "rerank_engagement",
                "rerank_relevance", "composite_scorer", "quota_merge")
 ENSEMBLES = (ENSEMBLE, RETRIEVE_ENSEMBLE, SCORE_ENSEMBLE)

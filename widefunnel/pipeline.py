@@ -5,7 +5,6 @@ baseline when measuring the ensemble's overhead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +12,10 @@ import onnxruntime as ort
 
 from widefunnel import model_configs as mcfg
 from widefunnel.ann.index import Int8Index, load_index
-from widefunnel.ann.search import dequantized, search
-from widefunnel.merge import HEAD_NAMES, merge_batch
+from widefunnel.ann.query import search
+from widefunnel.ann.search import dequantized
+from widefunnel.merge import HEADS, Recommendation, merge_batch
 from widefunnel.validation import RequestLimits, recommend_tensors, validate_request
-
-
-@dataclass
-class Recommendations:
-    item_id: np.ndarray  # [B, N] int64, -1 where fewer than N items exist
-    score: np.ndarray  # [B, N] float32
-    source_head: np.ndarray  # [B, N] str
-    task_probs: np.ndarray  # [B, N, T]
-    fingerprint: list[str]
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -72,7 +63,7 @@ class InProcessFunnel:
             out[head] = (ids, scores, dequantized(index, ids), emb[head])
         return out
 
-    def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None) -> Recommendations:
+    def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None) -> Recommendation:
         req = validate_request(self.limits, **recommend_tensors(seed_item_id, alpha, top_n, value_weights))
         heads = {}
         for head, (ids, _, cand_emb, query) in self.retrieve(req.item_id).items():
@@ -82,8 +73,8 @@ class InProcessFunnel:
                 "ITEM_ID": req.item_id, "CANDIDATE_ID": kept, "VALUE_WEIGHTS": req.value_weights})
             heads[head] = (kept, score, probs)
         m = merge_batch(heads["engagement"], heads["relevance"], req.alpha, req.top_n)
-        names = np.array([""] + list(HEAD_NAMES), dtype=object)
-        result = Recommendations(m.ids, m.scores, names[m.source.astype(np.int64) + 1], m.probs, [])
+        names = np.array([""] + list(HEADS), dtype=object)
+        result = Recommendation(m.ids, m.scores, names[m.source.astype(np.int64) + 1], m.probs, [])
         fp = self.indexes["engagement"].manifest["tower_fingerprint"]
         result.fingerprint = [fp] * len(req.item_id)
         return result

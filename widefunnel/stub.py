@@ -8,10 +8,8 @@ logged with its traceback through `pb_utils.Logger` (the server's own log).
 
 from __future__ import annotations
 
-import os
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -71,18 +69,6 @@ def input_array(request, name: str) -> np.ndarray | None:
     import torch.utils.dlpack
 
     return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu().numpy()
-
-
-# Where a stub notes that it is exiting on purpose (its model is being unloaded), so the stub supervisor can
-# tell a clean exit from a crash (set by widefunnel.server.TritonServer; unset elsewhere: nothing is noted).
-EXITS_DIR_ENV = "WIDEFUNNEL_STUB_EXITS"
-
-
-def record_clean_exit() -> None:
-    """Call from `finalize()`: Triton finalizes a stub before it exits on an unload or a reload."""
-    directory = os.environ.get(EXITS_DIR_ENV)
-    if directory:
-        Path(directory, str(os.getpid())).touch()
 
 
 def required_array(request, name: str) -> np.ndarray:

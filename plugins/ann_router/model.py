@@ -40,7 +40,6 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from widefunnel.model_configs import model_parameters
 from widefunnel.sharding import ROUTER_OPTIONAL, ROUTER_REQUIRED, merge_topk, parse_router_parameters
-from widefunnel.stub import record_clean_exit
 
 OPTIONAL_INPUTS = ("EXCLUDE_ID", "K", "NPROBE")
 REASONS = ("unavailable", "timeout", "not_found", "internal")
@@ -258,4 +257,3 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self._shutdown()
-        record_clean_exit()

@@ -25,7 +25,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from widefunnel.model_configs import model_parameters
-from widefunnel.stub import failure_response, record_clean_exit
+from widefunnel.stub import failure_response
 from widefunnel.validation import STEP_RULES, RequestError, check_request_candidates, check_step_input
 
 # ORT settings, and what a direct call may send: `input_checks` (JSON {input: rule}, rules in
@@ -150,4 +150,3 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.session = None
-        record_clean_exit()

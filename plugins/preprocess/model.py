@@ -21,7 +21,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from widefunnel.model_configs import model_parameters
-from widefunnel.stub import input_array, record_clean_exit, respond_each
+from widefunnel.stub import input_array, respond_each
 from widefunnel.validation import RequestLimits, validate_request
 
 _INPUTS = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id")
@@ -52,6 +52,3 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return respond_each(requests, self._validate, self.name)
-
-    def finalize(self) -> None:
-        record_clean_exit()

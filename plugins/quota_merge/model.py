@@ -21,9 +21,9 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from widefunnel.merge import HEAD_NAMES, check_merge_inputs, merge_batch
+from widefunnel.merge import HEADS, check_merge_inputs, merge_batch
 from widefunnel.model_configs import FINGERPRINT_INPUTS, model_parameters
-from widefunnel.stub import StepUnavailable, record_clean_exit, required_array, respond_each
+from widefunnel.stub import StepUnavailable, required_array, respond_each
 
 _REQUIRED = {"sort_by_score", "max_top_n", "max_item_id"}
 
@@ -48,7 +48,7 @@ class TritonPythonModel:
         if mixed.size:  # never serve a mixed answer: a swap that is half done, not the client's fault
             raise StepUnavailable(f"steps of one request came from different builds: {fps[mixed[0]].tolist()}")
         merged = merge_batch(*heads, alpha, top_n, self.sort_by_score)
-        names = np.array([b""] + [h.encode() for h in HEAD_NAMES], dtype=object)
+        names = np.array([b""] + [h.encode() for h in HEADS], dtype=object)
         source = names[merged.source.astype(np.int64) + 1]  # -1 (padding) -> b""
         fingerprint = np.array([[f"{int(fp):016x}".encode()] for fp in fps[:, 0]], dtype=object)
         return [pb_utils.Tensor("item_id", merged.ids), pb_utils.Tensor("score", merged.scores),
@@ -57,6 +57,3 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return respond_each(requests, self._merge_one, self.name)
-
-    def finalize(self) -> None:
-        record_clean_exit()

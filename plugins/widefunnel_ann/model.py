@@ -24,26 +24,17 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from widefunnel.ann.index import IndexLoadError, load_index
-from widefunnel.ann.search import dequantized, search
+from widefunnel.ann.query import search
+from widefunnel.ann.search import dequantized, prepare_index
+from widefunnel.layout import FINGERPRINTS_PARAMETER, parse_fingerprints
 from widefunnel.model_configs import model_parameters
-from widefunnel.stub import input_array, record_clean_exit, required_array, respond_each
+from widefunnel.stub import input_array, required_array, respond_each
 from widefunnel.validation import RequestError, check_request_candidates, check_step_input
 
 _PARAMETERS = {"k", "max_k", "search", "nprobe", "tower_fingerprints", "emit_embeddings"}
 # Optional: the Python backend's own setting, and the per-request candidate bound (absent in repositories
 # built before it existed, and in index-only ones: then only K <= max_k bounds a request).
 _OPTIONAL = {"FORCE_CPU_ONLY_INPUT_TENSORS", "max_request_candidates"}
-
-
-def parse_fingerprints(text: str) -> dict[str, str]:
-    """'1=abc;2=def' -> {'1': 'abc', '2': 'def'}: the expected tower fingerprint of each version."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        version, sep, fp = part.partition("=")
-        if not sep or not version.strip().isdigit() or not fp.strip():
-            raise ValueError(f"tower_fingerprints: malformed entry {part!r}; expected 'VERSION=FINGERPRINT'")
-        out[version.strip()] = fp.strip()
-    return out
 
 
 class TritonPythonModel:
@@ -55,15 +46,16 @@ class TritonPythonModel:
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
         try:
-            expected = parse_fingerprints(params["tower_fingerprints"])
+            expected = parse_fingerprints(params[FINGERPRINTS_PARAMETER])
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
         if version not in expected:
             raise pb_utils.TritonModelException(
-                f"{self.name}: config parameter tower_fingerprints names no fingerprint for version {version}")
+                f"{self.name}: config parameter {FINGERPRINTS_PARAMETER} names no fingerprint for version {version}")
         directory = os.path.join(args["model_repository"], version, "index")
         try:
             self.index = load_index(directory, expected_fingerprint=expected[version])
+            prepare_index(self.index)  # caches, the GEMM self-test and kernel warm-up: not on the first request
         except (IndexLoadError, OSError) as exc:
             raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing index: {exc}") from exc
         self.k, self.max_k = int(params["k"]), int(params["max_k"])
@@ -156,6 +148,3 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return respond_each(requests, self._search, self.name)
-
-    def finalize(self) -> None:
-        record_clean_exit()

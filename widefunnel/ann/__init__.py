@@ -5,7 +5,8 @@ from widefunnel.ann.ivf import ivf_search
 from widefunnel.ann.quantize import dequantize_rows, quantize_rows
 from widefunnel.ann.search import exact_search, invalid_query_rows, prepare_index
 
-# ``search`` (the dispatcher) is deliberately not re-exported here: it would shadow the ``search`` submodule.
+# ``search`` (the dispatcher) lives in ``widefunnel.ann.query``.
+
 
 __all__ = [
     "IndexLoadError",

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from widefunnel.ann.coarse import assign_lists, train_coarse
 from widefunnel.ann.quantize import QMAX, quantize_rows
 
 FORMAT = "widefunnel-int8-index"
@@ -130,8 +131,6 @@ def build_index(embeddings: np.ndarray, ids: np.ndarray, tower_fingerprint: str,
     ivf = None
     lists = None
     if ivf_lists:
-        from widefunnel.ann.ivf import assign_lists, train_coarse
-
         centroids = train_coarse(x, int(ivf_lists), seed=seed)
         lists = assign_lists(x, centroids)
         counts = np.bincount(lists, minlength=len(centroids))
@@ -283,7 +282,7 @@ def _load_array(directory: Path, name: str, entry: dict, dtype: np.dtype, shape:
 def load_index(directory: Path, expected_fingerprint: str | None = None) -> Int8Index:
     """Load and fully validate an index directory; any problem -> ``IndexLoadError`` naming file and field.
 
-    Also prepares the search-time caches, so the first request does not pay for them.
+    A server prepares the search-time caches next (``search.prepare_index``), so no request pays for them.
     """
     directory = Path(directory)
     manifest = _read_manifest(directory)
@@ -313,8 +312,4 @@ def load_index(directory: Path, expected_fingerprint: str | None = None) -> Int8
         if offs[0] != 0 or offs[-1] != n or (np.diff(offs) < 0).any():
             raise _fail("ivf_offsets.npy", f"must start at 0, end at count={n} and be non-decreasing")
         ivf = IvfLists(centroids=cents, offsets=offs)
-    index = Int8Index(codes=codes, scales=scales, ids=ids, manifest=manifest, ivf=ivf)
-    from widefunnel.ann.search import prepare_index
-
-    prepare_index(index)
-    return index
+    return Int8Index(codes=codes, scales=scales, ids=ids, manifest=manifest, ivf=ivf)

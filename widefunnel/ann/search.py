@@ -224,7 +224,7 @@ def prepare_index(index: Int8Index) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ exact scan
-def _threads() -> int:
+def kernel_threads() -> int:
     """Kernel threads = torch's (OMP_NUM_THREADS in a Triton stub), so numba never oversubscribes the cores."""
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
@@ -238,13 +238,13 @@ def _reservoir_width(kk: int) -> int:
     return 8 * (lines | 1)
 
 
-def _reservoirs(n: int, kk: int, kth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reservoirs(n: int, kk: int, kth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` empty reservoirs for the kernels: (keys [n, width], fill [n], bars [n]; INT64_MIN = no bar)."""
     bars = np.full(n, INT64_MIN, np.int64) if kth is None else kth
     return np.empty((n, _reservoir_width(kk)), np.int64), np.zeros(n, np.int64), bars
 
 
-def _query_chunk(batch: int, kk: int) -> int:
+def query_chunk(batch: int, kk: int) -> int:
     """Largest query chunk whose reservoirs (b x width int64) stay under the memory cap."""
     b = batch
     while b > 1 and b * _reservoir_width(kk) > _RESERVOIR_KEYS:
@@ -313,7 +313,7 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
     # for the pass-1/pass-2 filter (26.8 split by queries), batch 64 30.4 vs 38.0; batch 16 and below even.
     n_groups, n_seg = 1, threads
     row_scan = b >= _ROW_SCAN_BATCH
-    buf, fill, kth = _reservoirs(b * n_seg, kk, np.repeat(kth, n_seg))
+    buf, fill, kth = reservoirs(b * n_seg, kk, np.repeat(kth, n_seg))
     rows = scan_block_rows(n, b, block_rows)
     if b <= _GEMV_MAX_BATCH:  # the fused int8 GEMV + filter reads each row once and writes no dot block
         _gemv_scan(table, qc, qs, excl, kk, buf, fill, kth, rows, n_seg)
@@ -389,7 +389,7 @@ def scan_keys(cache: dict, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tenso
               block_rows: int, estimate: bool = True, bar_only: bool = False) -> torch.Tensor:
     """Exact scan over all rows -> sorted keys [b, min(k, N)] (CPU tensors); with ``bar_only`` only the
     last of them [b, 1] (a starting bar for the level above)."""
-    _threads()
+    kernel_threads()
     table = cache["table"]
     kk = min(k, table["codes_t"].shape[0])
     qs_np, excl_np = qs.numpy(), excl.numpy()
@@ -402,7 +402,7 @@ def scan_keys(cache: dict, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tenso
     return keys
 
 
-def _prepare_queries(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None
+def prepare_queries(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     k = validate_k(k)
     q = validate_queries(queries, index.dim)
@@ -412,7 +412,7 @@ def _prepare_queries(index: Int8Index, queries: np.ndarray, k: int, exclude_ids:
     return torch.from_numpy(qc), torch.from_numpy(qs), torch.from_numpy(excl), k
 
 
-def _empty(batch: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def empty_results(batch: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((batch, k), -1, np.int64), np.full((batch, k), -np.inf, np.float32)
 
 
@@ -424,28 +424,16 @@ def exact_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.
     (like every value in it) never depends on the other queries of the batch. ``block_rows`` caps the item
     rows per block (rounded to a multiple of 64); the result does not depend on it.
     """
-    qc, qs, excl, k = _prepare_queries(index, queries, k, exclude_ids)
+    qc, qs, excl, k = prepare_queries(index, queries, k, exclude_ids)
     if not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
     batch, k_out = qc.shape[0], min(k, index.count)
-    step = max(1, _query_chunk(batch, k_out) // _threads())  # a query may hold a reservoir per thread
+    step = max(1, query_chunk(batch, k_out) // kernel_threads())  # a query may hold a reservoir per thread
     if step >= batch > 0:  # one chunk: its decoded arrays are the result (no second 12 bytes x B x k copy)
         return keys_to_results(index, scan_keys(index.cache, qc, qs, excl, k_out, block_rows))
-    ids, scores = _empty(batch, k_out)
+    ids, scores = empty_results(batch, k_out)
     for b0 in range(0, batch, step):
         sl = slice(b0, b0 + step)
         keys = scan_keys(index.cache, qc[sl], qs[sl], excl[sl], k_out, block_rows)
         ids[sl], scores[sl] = keys_to_results(index, keys)
     return ids, scores
-
-
-def search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None,
-           nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scan when ``nprobe`` is None or the index has no IVF, else IVF search over ``nprobe`` lists."""
-    if nprobe is None or index.ivf is None:
-        if nprobe is not None:
-            validate_nprobe(nprobe)
-        return exact_search(index, queries, k, exclude_ids)
-    from widefunnel.ann.ivf import ivf_search
-
-    return ivf_search(index, queries, k, nprobe, exclude_ids)

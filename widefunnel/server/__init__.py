@@ -11,7 +11,6 @@ from widefunnel.server.distribution import (
     PYTHON_BASED_BACKENDS,
     TritonDistribution,
     assemble_backends,
-    plugins_dir,
     server_environment,
 )
 from widefunnel.server.ports import Ports, free_port, port_in_use
@@ -19,5 +18,5 @@ from widefunnel.server.processes import dead_instances, process_dead, stub_proce
 from widefunnel.server.triton import ServerError, TritonServer
 
 __all__ = ["PYTHON_BASED_BACKENDS", "Ports", "ServerError", "TritonDistribution", "TritonServer",
-           "assemble_backends", "dead_instances", "free_port", "plugins_dir", "port_in_use", "process_dead",
+           "assemble_backends", "dead_instances", "free_port", "port_in_use", "process_dead",
            "server_environment", "stub_processes", "tree_rss_kib"]

@@ -15,20 +15,14 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from widefunnel.layout import plugin_file
+
 # Python-based backends this project ships; each is `<name>/model.py` in the backend directory.
 PYTHON_BASED_BACKENDS = ("onnxruntime", "widefunnel_ann")
 
 
 class DistributionError(RuntimeError):
     """The server binary or its Python stub is missing."""
-
-
-def plugins_dir() -> Path:
-    """`plugins/` at the repository root, installed as the package `widefunnel.plugins`."""
-    spec = importlib.util.find_spec("widefunnel.plugins")
-    if spec is not None and spec.submodule_search_locations:
-        return Path(next(iter(spec.submodule_search_locations)))
-    return Path(__file__).resolve().parents[2] / "plugins"
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ def assemble_backends(target: Path, dist: TritonDistribution | None = None) -> P
     shutil.copy2(dist.stub(), python_dir / "triton_python_backend_stub")
     for backend in PYTHON_BASED_BACKENDS:
         (target / backend).mkdir(exist_ok=True)
-        shutil.copy2(plugins_dir() / backend / "model.py", target / backend / "model.py")
+        shutil.copy2(plugin_file(backend), target / backend / "model.py")
     return target
 
 

@@ -5,9 +5,9 @@ Triton 2.51 keeps reporting such a model ready and fails every request with "Stu
 it down; instead the supervisor reloads it in place with a config override that differs only in the
 `widefunnel_restart` parameter (Triton skips a load whose config did not change): the new stub starts beside
 the dead one and the ensembles keep their state. A stub that exits because its model was unloaded or reloaded
-on purpose (a swap) is left alone: Triton finalizes such a stub first, and every widefunnel model notes that
-in `finalize()` (`widefunnel.stub.record_clean_exit`). A stub that vanished without that note is a death once
-``grace_s`` has passed without a new stub serving its instance, if its version is still READY.
+on purpose (a swap) is left alone: a stub that vanished counts as a death only once ``grace_s`` has passed
+with no stub of any version serving its instance while its version is still READY (an unloaded version stops
+being READY; a swap's new version, or a reload's new stub, serves the instance).
 
 The dead stub is reaped by the kernel (the server runs with SIGCHLD ignored), and the shared-memory region
 it leaves behind in /dev/shm is removed once no process of the server maps it.
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class StubSupervisor(threading.Thread):
-    def __init__(self, server: TritonServer, interval: float = 0.5, sweep_every: int = 10, grace_s: float = 1.0):
+    def __init__(self, server: TritonServer, interval: float = 0.5, sweep_every: int = 10, grace_s: float = 5.0):
         super().__init__(daemon=True, name="widefunnel-stub-supervisor")
         self.server, self.interval, self.sweep_every, self.grace_s = server, interval, sweep_every, grace_s
         self.stopped = threading.Event()
@@ -46,13 +46,6 @@ class StubSupervisor(threading.Thread):
                        for m in index)
         except Exception:
             return False
-
-    def _clean_exit(self, pid: int) -> bool:
-        marker = self.server.stub_exits_dir / str(pid) if self.server.stub_exits_dir else None
-        if marker is None or not marker.exists():
-            return False
-        marker.unlink(missing_ok=True)
-        return True
 
     def restart(self, client, model: str) -> None:
         """Reload `model` in place: its served config with a new restart generation."""
@@ -83,12 +76,13 @@ class StubSupervisor(threading.Thread):
             current = stub_processes(proc.pid)  # one snapshot: a stub dying after it is found next round
             dead = dead_instances(known, current, process_dead)
             now = time.monotonic()
-            for pid, stub in known.items():
-                if stub in dead and not self._clean_exit(pid):
-                    suspects.setdefault(stub, now)
-            live = {stub for pid, stub in current.items() if not process_dead(pid)}
+            for stub in dead:
+                suspects.setdefault(stub, now)
+            # (model, instance) without the version: a swap retires version 1 while version 2's stub of the same
+            # instance serves, and reloads an instance by starting its new stub (an ANN index takes seconds)
+            live = {(m, i) for pid, (m, _, i) in current.items() if not process_dead(pid)}
             for stub, since in list(suspects.items()):
-                if stub in live:  # a new stub serves the instance: a reload, not a death
+                if (stub[0], stub[2]) in live:  # another stub serves the instance: a reload or a retire
                     del suspects[stub]
                 elif now - since >= self.grace_s:
                     del suspects[stub]

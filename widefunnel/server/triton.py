@@ -30,7 +30,6 @@ from widefunnel.server.distribution import DistributionError, TritonDistribution
 from widefunnel.server.ports import Ports, free_port, port_in_use
 from widefunnel.server.processes import remove_regions, shm_regions
 from widefunnel.server.supervisor import StubSupervisor
-from widefunnel.stub import EXITS_DIR_ENV
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
@@ -77,7 +76,6 @@ class TritonServer:
     supervisor: StubSupervisor | None = None
     triton_ports: Ports = field(default_factory=Ports)
     shm_prefix: str = ""
-    stub_exits_dir: Path | None = None  # where stubs note a clean exit (widefunnel.stub.record_clean_exit)
     _workdir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -175,9 +173,7 @@ class TritonServer:
             raise ServerError(str(exc)) from exc
         if self.log_path is None:
             self.log_path = self._workdir / "tritonserver.log"
-        self.stub_exits_dir = self._workdir / "stub-exits"
-        self.stub_exits_dir.mkdir()
-        env = server_environment({EXITS_DIR_ENV: str(self.stub_exits_dir), **self.env})
+        env = server_environment(self.env)
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(self.command(backend_dir), stdout=log_file, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True, preexec_fn=_ignore_sigchld)

@@ -1,0 +1,112 @@
+"""The model repository's layout on disk: one owner for every fact about folders, versions and build records.
+
+A model is `<repository>/<model>/config.pbtxt` beside numbered version folders. A version is written under a
+non-numeric staging name (`.<version>.partial`, which Triton ignores) and renamed into place, so a server never
+sees half a version. `builds.json` records each build's tower fingerprint; an ANN model's config parameter
+`tower_fingerprints` (`"1=abc;2=def"`) names the fingerprint each version's index must carry. Plugin files
+(`plugins/<name>/model.py`) ship as package data of `widefunnel.plugins`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+BUILDS_FILE = "builds.json"
+CONFIG_FILE = "config.pbtxt"
+FINGERPRINTS_PARAMETER = "tower_fingerprints"
+
+
+def plugin_file(name: str, filename: str = "model.py") -> Path:
+    """`plugins/<name>/<filename>`, wherever the package is installed."""
+    return Path(str(importlib.resources.files("widefunnel.plugins").joinpath(name, filename)))
+
+
+def versions(model_dir: Path) -> list[int]:
+    """The numbered version folders of one model, ascending (staging folders are not versions)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def complete_versions(repository: Path, models: Iterable[str]) -> list[int]:
+    """Versions that exist for every one of ``models`` (the builds a swap can go to)."""
+    per_model = [set(versions(Path(repository) / m)) for m in models]
+    return sorted(set.intersection(*per_model)) if per_model else []
+
+
+def next_version(repository: Path, models: Iterable[str]) -> int:
+    return 1 + max([0] + [v for m in models for v in versions(Path(repository) / m)])
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace a file in one rename; an unchanged file is left alone (Triton reloads every version of a model
+    whose folder changed)."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def stage_version(model_dir: Path, version: int) -> Path:
+    """An empty staging folder for ``version``; `commit_version` renames it into place."""
+    staged = Path(model_dir) / f".{version}.partial"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    return staged
+
+
+def commit_version(staged: Path, version: int) -> Path:
+    final = staged.parent / str(version)
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; versions are immutable")
+    os.rename(staged, final)
+    return final
+
+
+def prune_versions(model_dir: Path, keep: set[int]) -> None:
+    for v in versions(model_dir):
+        if v not in keep:
+            shutil.rmtree(Path(model_dir) / str(v))
+
+
+def read_builds(repository: Path) -> dict[str, dict]:
+    path = Path(repository) / BUILDS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_build(repository: Path, version: int, fingerprint: str, target: str) -> None:
+    builds = read_builds(repository)
+    builds[str(version)] = {"fingerprint": fingerprint, "target": target, "time": int(time.time())}
+    atomic_write(Path(repository) / BUILDS_FILE, json.dumps(builds, indent=2, sort_keys=True))
+
+
+def build_fingerprint(repository: Path, version: int) -> str | None:
+    return read_builds(repository).get(str(version), {}).get("fingerprint")
+
+
+def parse_fingerprints(text: str) -> dict[str, str]:
+    """'1=abc;2=def' -> {'1': 'abc', '2': 'def'}: the expected tower fingerprint of each version."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        version, sep, fp = part.partition("=")
+        if not sep or not version.strip().isdigit() or not fp.strip():
+            raise ValueError(f"{FINGERPRINTS_PARAMETER}: malformed entry {part!r}; expected 'VERSION=FINGERPRINT'")
+        out[version.strip()] = fp.strip()
+    return out
+
+
+def format_fingerprints(entries: dict[str, str], keep: Iterable[int | str] | None = None) -> str:
+    """{'2': 'def', '1': 'abc'} -> '1=abc;2=def' (by version; only versions in ``keep`` when given)."""
+    kept = None if keep is None else {str(v) for v in keep}
+    return ";".join(f"{v}={fp}" for v, fp in sorted(entries.items(), key=lambda e: int(e[0]))
+                    if kept is None or v in kept)
