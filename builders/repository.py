@@ -30,8 +30,8 @@ from widefunnel.layout import (
     atomic_write,
     commit_version,
     format_fingerprints,
+    install_plugin,
     parse_fingerprints,
-    plugin_file,
     record_build,
     stage_version,
     versions,
@@ -170,8 +170,8 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, data: Training
                     fingerprint: str) -> None:
     dim = funnel.tables[0].shape[1]
     np.save(writer.folder("preprocess") / "catalogue.npy", data.catalogue.item_ids)
-    shutil.copy2(plugin_file("preprocess"), writer.folder("preprocess") / "model.py")
-    shutil.copy2(plugin_file("quota_merge"), writer.folder("quota_merge") / "model.py")
+    install_plugin("preprocess", writer.folder("preprocess"))
+    install_plugin("quota_merge", writer.folder("quota_merge"))
     export_query_tower(funnel.tower, fingerprint, writer.folder("query_tower") / "model.onnx")
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
         save_index(index, writer.folder(f"ann_{head}") / "index")

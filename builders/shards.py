@@ -34,8 +34,8 @@ from widefunnel.layout import (
     atomic_write,
     commit_version,
     format_fingerprints,
+    install_plugin,
     parse_fingerprints,
-    plugin_file,
     prune_versions,
     stage_version,
     versions,
@@ -158,7 +158,7 @@ def write_router_model(repository: Path, name: str, config: mc.ModelConfig, mode
     for version in model_versions:
         if not (model_dir / str(version)).exists():
             staged = stage_version(model_dir, version)
-            shutil.copy2(plugin_file(ROUTER_PLUGIN), staged / "model.py")
+            install_plugin(ROUTER_PLUGIN, staged)
             commit_version(staged, version)
     if prune:
         prune_versions(model_dir, set(model_versions))

@@ -27,6 +27,18 @@ def plugin_file(name: str, filename: str = "model.py") -> Path:
     return Path(str(importlib.resources.files("widefunnel.plugins").joinpath(name, filename)))
 
 
+SITE_BOOTSTRAP = "widefunnel_site.py"  # imported first by every Python model (plugins/widefunnel_site.py)
+
+
+def install_plugin(name: str, folder: Path) -> None:
+    """Put `plugins/<name>/model.py` into `folder` (a backend folder or a model version), with the bootstrap
+    it imports first."""
+    folder = Path(folder)
+    shutil.copy2(plugin_file(name), folder / "model.py")
+    shutil.copy2(Path(str(importlib.resources.files("widefunnel.plugins").joinpath(SITE_BOOTSTRAP))),
+                 folder / SITE_BOOTSTRAP)
+
+
 def versions(model_dir: Path) -> list[int]:
     """The numbered version folders of one model, ascending (staging folders are not versions)."""
     model_dir = Path(model_dir)

@@ -6,6 +6,7 @@ baseline when measuring the ensemble's overhead.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -16,6 +17,9 @@ from widefunnel.ann.query import search
 from widefunnel.ann.search import dequantized
 from widefunnel.merge import HEADS, Recommendation, merge_batch
 from widefunnel.validation import RequestLimits, recommend_tensors, validate_request
+
+if TYPE_CHECKING:
+    from widefunnel.ann.triton_kernel import GpuIndex
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -35,7 +39,10 @@ def _parameters(repository: Path, model: str) -> dict[str, str]:
 
 
 class InProcessFunnel:
-    def __init__(self, repository: Path):
+    """``ann_device`` (a torch device, e.g. "cuda"): heads that search exactly do so on that device through
+    ``GpuIndex``, as a KIND_GPU ``widefunnel_ann`` instance does (IVF heads stay on the CPU, as there)."""
+
+    def __init__(self, repository: Path, ann_device: str | None = None):
         repository = Path(repository)
         v = _pinned_versions(repository)
         self.versions = v
@@ -51,6 +58,12 @@ class InProcessFunnel:
             self.indexes[head] = load_index(repository / f"ann_{head}" / str(v[f"ann_{head}"]) / "index")
             self.rerankers[head] = _session(repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx")
             self.ann_params[head] = _parameters(repository, f"ann_{head}")
+        self.gpu_indexes: dict[str, GpuIndex] = {}
+        if ann_device is not None:
+            from widefunnel.ann.triton_kernel import GpuIndex  # imports triton: only when asked for
+
+            self.gpu_indexes = {head: GpuIndex.from_index(self.indexes[head], ann_device) for head in mcfg.HEADS
+                                if self.ann_params[head]["search"] != "ivf" or self.indexes[head].ivf is None}
 
     def retrieve(self, item_id: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per head: (candidate ids, ANN scores, dequantised candidate embeddings) for [B, 1] seeds."""
@@ -58,6 +71,12 @@ class InProcessFunnel:
         out = {}
         for head in mcfg.HEADS:
             index, params = self.indexes[head], self.ann_params[head]
+            if head in self.gpu_indexes:
+                found = self.gpu_indexes[head].search(emb[head], int(params["k"]), item_id[:, 0], True)
+                ids, scores, cand_emb = (found[name].cpu().numpy() for name in
+                                         ("CANDIDATE_ID", "CANDIDATE_SCORE", "CANDIDATE_EMB"))
+                out[head] = (ids, scores, cand_emb, emb[head])
+                continue
             nprobe = int(params["nprobe"]) if params["search"] == "ivf" else None
             ids, scores = search(index, emb[head], int(params["k"]), item_id[:, 0], nprobe)
             out[head] = (ids, scores, dequantized(index, ids), emb[head])

@@ -16,16 +16,6 @@ shards that answered). A request the shards find invalid stays INVALID_ARG. Neve
 
 from __future__ import annotations
 
-import os
-import site
-import sys
-
-# The embedded server's stub runs Python isolated (PYTHONPATH ignored): `widefunnel serve` names the
-# environment's site-packages here. Unset on NVIDIA's image, where packages are installed system-wide.
-for _path in filter(None, os.environ.get("WIDEFUNNEL_SITE", "").split(os.pathsep)):
-    if _path not in sys.path:
-        site.addsitedir(_path)
-
 import asyncio
 import collections
 import contextlib
@@ -33,6 +23,7 @@ import json
 import threading
 import time
 
+import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in the stub)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 import tritonclient.grpc.aio as grpcclient

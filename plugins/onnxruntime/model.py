@@ -8,18 +8,10 @@ non-batch shapes agree run as one ORT call; a request whose inputs ORT rejects f
 
 from __future__ import annotations
 
-import os
-import site
-import sys
-
-# The embedded server's stub runs Python isolated (PYTHONPATH ignored): `widefunnel serve` names the
-# environment's site-packages here. Unset on NVIDIA's image, where packages are installed system-wide.
-for _path in filter(None, os.environ.get("WIDEFUNNEL_SITE", "").split(os.pathsep)):
-    if _path not in sys.path:
-        site.addsitedir(_path)
-
 import json
+import os
 
+import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in the stub)
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils

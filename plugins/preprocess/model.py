@@ -8,15 +8,8 @@ well-formed tensors and a bad request fails here with the field's name, alone in
 from __future__ import annotations
 
 import os
-import site
-import sys
 
-# The embedded server's stub runs Python isolated (PYTHONPATH ignored): `widefunnel serve` names the
-# environment's site-packages here. Unset on NVIDIA's image, where packages are installed system-wide.
-for _path in filter(None, os.environ.get("WIDEFUNNEL_SITE", "").split(os.pathsep)):
-    if _path not in sys.path:
-        site.addsitedir(_path)
-
+import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in the stub)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 

@@ -8,18 +8,10 @@ index resident in GPU memory; KIND_CPU the blocked exact scan (or IVF).
 
 from __future__ import annotations
 
-import os
-import site
-import sys
-
-# The embedded server's stub runs Python isolated (PYTHONPATH ignored): `widefunnel serve` names the
-# environment's site-packages here. Unset on NVIDIA's image, where packages are installed system-wide.
-for _path in filter(None, os.environ.get("WIDEFUNNEL_SITE", "").split(os.pathsep)):
-    if _path not in sys.path:
-        site.addsitedir(_path)
-
 import json
+import os
 
+import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in the stub)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -68,44 +60,19 @@ class TritonPythonModel:
         self.fingerprint = np.int64(int(self.index.manifest["tower_fingerprint"], 16) & 0x7FFF_FFFF_FFFF_FFFF)
         self.gpu = None
         if args.get("model_instance_kind") == "GPU":
-            import torch
+            from widefunnel.ann.triton_kernel import GpuIndex
 
-            device = f"cuda:{args['model_instance_device_id']}"  # the instance's own GPU, not device 0
-            self.gpu = {
-                "device": device,
-                "codes": torch.from_numpy(np.ascontiguousarray(self.index.codes)).to(device),
-                "scales": torch.from_numpy(np.ascontiguousarray(self.index.scales)).to(device),
-                "ids": torch.from_numpy(self.index.ids).to(device),
-                "sorted_ids": torch.from_numpy(self.index.cache["ids_sorted"]).to(device),
-                "rows_by_id": torch.from_numpy(self.index.cache["ids_order"]).to(device),
-            }
+            # the instance's own GPU, not device 0; the index stays resident there
+            self.gpu = GpuIndex.from_index(self.index, f"cuda:{args['model_instance_device_id']}")
 
     def _gpu_search(self, request, k: int) -> list:
         """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step."""
-        import torch
-        import torch.utils.dlpack as dl
-
-        from widefunnel.ann.triton_kernel import gpu_search
-
-        g = self.gpu
         query = pb_utils.get_input_tensor_by_name(request, "QUERY")
-        q = query.as_numpy() if query.is_cpu() else dl.from_dlpack(query.to_dlpack())
-        q = torch.as_tensor(q, device=g["device"]).float()
-        exclude_rows = None
-        ex = pb_utils.get_input_tensor_by_name(request, "EXCLUDE_ID")
-        if ex is not None:
-            ex_ids = torch.as_tensor(input_array(request, "EXCLUDE_ID")[:, 0], device=g["device"])
-            pos = torch.searchsorted(g["sorted_ids"], ex_ids).clamp(max=len(g["sorted_ids"]) - 1)
-            exclude_rows = torch.where(g["sorted_ids"][pos] == ex_ids, g["rows_by_id"][pos], -1)
-        rows, scores = gpu_search(g["codes"], g["scales"], q, k, exclude_rows)
-        safe = rows.clamp(min=0)
-        ids = torch.where(rows >= 0, g["ids"][safe], -1)
-        fp = torch.full((q.shape[0], 1), int(self.fingerprint), dtype=torch.int64, device=g["device"])
-        outputs = [("CANDIDATE_ID", ids), ("CANDIDATE_SCORE", scores.float()), ("FINGERPRINT", fp)]
-        if self.emit_embeddings:
-            emb = g["codes"][safe].float() * g["scales"][safe][..., None]
-            outputs.append(("CANDIDATE_EMB", emb * (rows >= 0)[..., None]))  # the -1 pad gets zeros, as on CPU
-        return [pb_utils.Tensor.from_dlpack(n, dl.to_dlpack(t.contiguous())) for n, t in outputs]
+        exclude = input_array(request, "EXCLUDE_ID")
+        outputs = self.gpu.search_dlpack(query.as_numpy() if query.is_cpu() else query.to_dlpack(), k,
+                                         None if exclude is None else exclude[:, 0], self.emit_embeddings,
+                                         int(self.fingerprint))
+        return [pb_utils.Tensor.from_dlpack(name, capsule) for name, capsule in outputs]
 
     @staticmethod
     def _scalar(request, name: str, default: int, low: int, high: int) -> int:

@@ -13,14 +13,20 @@ CI runs the kernel on CPU through the Triton interpreter: set ``TRITON_INTERPRET
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import torch
 
+from widefunnel.ann.index import Int8Index
 from widefunnel.ann.quantize import QMAX
 from widefunnel.ann.search import (
     INT64_MIN,
     decode_keys,
     int_dot,
     make_keys,
+    prepare_index,
     scores_from_dot,
     select_top,
     validate_k,
@@ -35,6 +41,12 @@ except ImportError:  # pragma: no cover - triton is a declared dependency, but k
 
 KERNEL_MAX_K = 32  # per-tile max-extraction costs K passes over a tile; above it the GEMM+topk fallback wins
 _BM = 16  # tl.dot needs >= 16 rows
+_FALLBACK_ROWS = 65536  # item rows per block of the fallback's scan (off the GPU, and its minimum on one)
+# On a GPU, a block is as wide as two budgets allow: queries x rows int64 keys (512 MiB) and the rows' float32
+# copy for the GEMM (1 GiB). Fewer, wider blocks: a large k (100,000) is merged by a few top-ks, not by one
+# per 65,536 rows, and a batch of one reads a 10M-row index in a few GEMVs instead of 153.
+_FALLBACK_GPU_KEYS = 1 << 26
+_FALLBACK_GPU_FLOATS = 1 << 28
 
 
 def quantize_rows_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,17 +60,22 @@ def quantize_rows_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 if triton is not None:
 
-    @triton.jit
-    def _int8_topk_kernel(q_ptr, qs_ptr, c_ptr, cs_ptr, ex_ptr, out_ptr, n_queries, n_items, n_tiles,
+    # sizes are not specialised on (== 1, multiple of 16): one compile per (D, BN, K), not one more for each
+    # new batch size or index length met while serving
+    @triton.jit(do_not_specialize=["n_queries", "n_items", "n_tiles", "n_mblocks"])
+    def _int8_topk_kernel(q_ptr, qs_ptr, c_ptr, cs_ptr, ex_ptr, out_ptr, n_queries, n_items, n_tiles, n_mblocks,
                           D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
-        """One [BM x BN] tile: exact int8 dot products -> scores -> unique keys -> best K keys per query."""
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
+        """One [BM x BN] tile: exact int8 dot products -> scores -> unique keys -> best K keys per query.
+        A 1-D grid, query blocks fastest (the blocks of one item tile run together and share it in L2): a
+        grid's y size stops at 65,535, fewer item tiles than 10M rows make at BN = 128. Offsets in int64."""
+        pid = tl.program_id(0)
+        pid_m = pid % n_mblocks
+        pid_n = pid // n_mblocks
         rm = pid_m * BM + tl.arange(0, BM)
         rn = pid_n * BN + tl.arange(0, BN)
         rd = tl.arange(0, D)
         q = tl.load(q_ptr + rm[:, None] * D + rd[None, :], mask=rm[:, None] < n_queries, other=0)
-        c = tl.load(c_ptr + rn[:, None] * D + rd[None, :], mask=rn[:, None] < n_items, other=0)
+        c = tl.load(c_ptr + rn[:, None].to(tl.int64) * D + rd[None, :], mask=rn[:, None] < n_items, other=0)
         acc = tl.dot(q, tl.trans(c), out_dtype=tl.int32)  # int8 x int8 -> exact int32
         qs = tl.load(qs_ptr + rm, mask=rm < n_queries, other=1.0)
         cs = tl.load(cs_ptr + rn, mask=rn < n_items, other=1.0)
@@ -69,7 +86,7 @@ if triton is not None:
         ex = tl.load(ex_ptr + rm, mask=rm < n_queries, other=-1)
         dead = (rn[None, :] >= n_items) | (rn[None, :] == ex[:, None])
         key = tl.where(dead, (-9223372036854775807 - 1), key)
-        base = (rm * n_tiles + pid_n) * K
+        base = (rm.to(tl.int64) * n_tiles + pid_n) * K
         for i in tl.static_range(K):
             best = tl.max(key, axis=1)
             tl.store(out_ptr + base + i, best, mask=rm < n_queries)
@@ -93,16 +110,27 @@ def _kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor
     n_tiles = triton.cdiv(n, bn)
     b = qc.shape[0]
     out = torch.empty((b, n_tiles * kt), dtype=torch.int64, device=qc.device)
-    grid = (triton.cdiv(b, _BM), n_tiles)
-    _int8_topk_kernel[grid](qc.contiguous(), qs.contiguous(), codes_t.contiguous(), scales_t.contiguous(),
-                            exclude.contiguous(), out, b, n, n_tiles, D=dp, BM=_BM, BN=bn, K=kt)
+    n_mblocks = triton.cdiv(b, _BM)
+    _int8_topk_kernel[(n_mblocks * n_tiles,)](qc.contiguous(), qs.contiguous(), codes_t.contiguous(),
+                                              scales_t.contiguous(), exclude.contiguous(), out, b, n, n_tiles,
+                                              n_mblocks, D=dp, BM=_BM, BN=bn, K=kt)
     return select_top(out, kk)
 
 
+def fallback_block_rows(b: int, n: int, d: int, device: torch.device) -> int:
+    """Rows per block of the fallback's scan for ``b`` queries over ``n`` rows of ``d`` codes: 65,536 off the
+    GPU; on one, as many as ``_FALLBACK_GPU_KEYS`` and ``_FALLBACK_GPU_FLOATS`` allow (never fewer)."""
+    if device.type != "cuda":
+        return _FALLBACK_ROWS
+    return max(_FALLBACK_ROWS, min(n, _FALLBACK_GPU_KEYS // max(1, b), _FALLBACK_GPU_FLOATS // max(1, d)))
+
+
 def _fallback_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor, qs: torch.Tensor, kk: int,
-                   exclude: torch.Tensor, block_rows: int = 65536) -> torch.Tensor:
+                   exclude: torch.Tensor, block_rows: int | None = None) -> torch.Tensor:
     """Device-agnostic blocked scan with a running top-k merge (same keys, so the same exact result)."""
     b, n = qc.shape[0], codes_t.shape[0]
+    if block_rows is None:
+        block_rows = fallback_block_rows(b, n, codes_t.shape[1], qc.device)
     best = torch.full((b, 0), INT64_MIN, dtype=torch.int64, device=qc.device)
     for r0 in range(0, n, block_rows):
         c = codes_t[r0:r0 + block_rows]
@@ -145,6 +173,69 @@ def gpu_search(codes_t: torch.Tensor, scales_t: torch.Tensor, queries_t: torch.T
         keys = _fallback_keys(codes_t, scales_t, qc, qs, kk, exclude)
     rows, scores, valid = decode_keys(keys)
     return torch.where(valid, rows, -1), torch.where(valid, scores, -float("inf"))
+
+
+@dataclass
+class GpuIndex:
+    """An ``Int8Index`` resident on one torch device, with the glue around ``gpu_search`` that a served
+    request needs (item ids <-> rows on the device, the exclusion, dequantised embeddings). The
+    ``widefunnel_ann`` plugin's KIND_GPU instances, the in-process funnel and ``benchmarks/gpu_check.py``
+    all search through it, so the GPU check measures the code the server runs."""
+
+    codes: torch.Tensor  # int8 [N, d]
+    scales: torch.Tensor  # float32 [N]
+    ids: torch.Tensor  # int64 [N]: external id of each row
+    sorted_ids: torch.Tensor  # int64 [N]: ids ascending ...
+    rows_by_id: torch.Tensor  # int64 [N]: ... and the row of each
+
+    @classmethod
+    def from_index(cls, index: Int8Index, device: str | torch.device) -> GpuIndex:
+        cache = prepare_index(index)
+
+        def put(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+        return cls(put(index.codes), put(index.scales), put(index.ids), put(cache["ids_sorted"]),
+                   put(cache["ids_order"]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def exclude_rows(self, exclude_ids: torch.Tensor) -> torch.Tensor:
+        """Per-query excluded item ids (-1 = none) -> row indices (-1 = none or unknown id), on the device."""
+        ex = exclude_ids.to(self.device, torch.int64).reshape(-1)
+        pos = torch.searchsorted(self.sorted_ids, ex).clamp(max=len(self.sorted_ids) - 1)
+        return torch.where(self.sorted_ids[pos] == ex, self.rows_by_id[pos], -1)
+
+    def search(self, queries: torch.Tensor, k: int, exclude_ids: torch.Tensor | None = None,
+               emit_embeddings: bool = False, use_kernel: bool | None = None) -> dict[str, torch.Tensor]:
+        """-> CANDIDATE_ID int64 [B,k'], CANDIDATE_SCORE float32 [B,k'] (and CANDIDATE_EMB float32 [B,k',d]):
+        what the CPU path returns for the same index, padded alike (id -1, score -inf, zero embedding)."""
+        q = torch.as_tensor(queries, device=self.device).float()
+        excl = None if exclude_ids is None else self.exclude_rows(torch.as_tensor(exclude_ids))
+        rows, scores = gpu_search(self.codes, self.scales, q, k, excl, use_kernel)
+        safe = rows.clamp(min=0)
+        out = {"CANDIDATE_ID": torch.where(rows >= 0, self.ids[safe], -1), "CANDIDATE_SCORE": scores.float()}
+        if emit_embeddings:
+            emb = self.codes[safe].float() * self.scales[safe][..., None]
+            out["CANDIDATE_EMB"] = emb * (rows >= 0)[..., None]  # the -1 pad gets zeros, as on CPU
+        return out
+
+    def search_dlpack(self, query: Any, k: int, exclude_ids: np.ndarray | None, emit_embeddings: bool,
+                      fingerprint: int) -> list[tuple[str, Any]]:
+        """The plugin's request path: QUERY as a numpy array (a CPU input) or a DLPack capsule (a GPU one),
+        EXCLUDE_ID as numpy or None -> (output name, DLPack capsule) pairs, FINGERPRINT last; the outputs
+        stay on the device for the next step."""
+        import torch.utils.dlpack as dl
+
+        q = query if isinstance(query, np.ndarray) else dl.from_dlpack(query)
+        out = self.search(torch.as_tensor(q, device=self.device), k,
+                          None if exclude_ids is None else torch.from_numpy(np.array(exclude_ids, np.int64)),
+                          emit_embeddings)
+        b = out["CANDIDATE_ID"].shape[0]
+        out["FINGERPRINT"] = torch.full((b, 1), int(fingerprint), dtype=torch.int64, device=self.device)
+        return [(name, dl.to_dlpack(t.contiguous())) for name, t in out.items()]
 
 
 def _interpreting() -> bool:

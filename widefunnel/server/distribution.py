@@ -15,7 +15,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from widefunnel.layout import plugin_file
+from widefunnel.layout import install_plugin
 
 # Python-based backends this project ships; each is `<name>/model.py` in the backend directory.
 PYTHON_BASED_BACKENDS = ("onnxruntime", "widefunnel_ann")
@@ -66,7 +66,7 @@ def assemble_backends(target: Path, dist: TritonDistribution | None = None) -> P
     shutil.copy2(dist.stub(), python_dir / "triton_python_backend_stub")
     for backend in PYTHON_BASED_BACKENDS:
         (target / backend).mkdir(exist_ok=True)
-        shutil.copy2(plugin_file(backend), target / backend / "model.py")
+        install_plugin(backend, target / backend)
     return target
 
 

@@ -14,13 +14,19 @@ SHM_DIR = Path("/dev/shm")
 
 
 def children(pid: int) -> list[int]:
-    """Every child of the process: /proc lists children per thread, and Triton starts stubs from its model
-    loading threads, not only from its main one."""
+    """Every child of the process, found by the parent pid in each process's /proc stat.
+
+    Not /proc/<pid>/task/*/children: Triton starts stubs from its model-loading threads, and that file is
+    only reliable while the children are stopped (proc(5)); reading it missed stubs under load (a dead stub
+    never restarted, a swap's new stubs unseen)."""
     out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError, ValueError):
-            out += [int(p) for p in (task / "children").read_text().split()]
-    return sorted(set(out))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return sorted(out)
 
 
 def stub_processes(server_pid: int) -> dict[int, Stub]:
@@ -37,6 +43,12 @@ def stub_processes(server_pid: int) -> dict[int, Stub]:
             instance = argv[8].decode(errors="replace") if len(argv) > 8 else ""
             out[pid] = (model_file.parent.parent.name, model_file.parent.name, instance)
     return out
+
+
+def instance_stubs(stubs: dict[int, Stub]) -> dict[int, Stub]:
+    """The stubs that serve a model instance. Loading a model first runs a stub named after the model alone
+    (it completes the config: `auto_complete_config`) that exits by design once that is done."""
+    return {pid: stub for pid, stub in stubs.items() if stub[2] and stub[2] != stub[0]}
 
 
 def dead_instances(known: dict[int, Stub], current: dict[int, Stub], dead: Callable[[int], bool]) -> set[Stub]:

@@ -22,7 +22,14 @@ import time
 from typing import TYPE_CHECKING
 
 from widefunnel.model_configs import RESTART_PARAMETER
-from widefunnel.server.processes import dead_instances, orphan_regions, process_dead, remove_regions, stub_processes
+from widefunnel.server.processes import (
+    dead_instances,
+    instance_stubs,
+    orphan_regions,
+    process_dead,
+    remove_regions,
+    stub_processes,
+)
 
 if TYPE_CHECKING:
     from widefunnel.server.triton import TritonServer
@@ -39,20 +46,25 @@ class StubSupervisor(threading.Thread):
         self.regions_removed = 0
         self._generation = 0
 
-    def _ready(self, client, model: str, version: str) -> bool:
+    def _ready_versions(self, client, model: str) -> set[str] | None:
+        """The model's READY versions; None when the server did not say (asked again next round)."""
         try:
             index = client.get_model_repository_index(headers=self.server.admin_headers("http"))
-            return any(m.get("name") == model and m.get("version") == version and m.get("state") == "READY"
-                       for m in index)
         except Exception:
-            return False
+            return None
+        return {m.get("version") for m in index if m.get("name") == model and m.get("state") == "READY"}
 
     def restart(self, client, model: str) -> None:
-        """Reload `model` in place: its served config with a new restart generation."""
+        """Reload `model` in place: its served config with a new restart generation, pinned to the versions
+        READY now (the served config may still name a version a swap has just retired)."""
         headers = self.server.admin_headers("http")
+        versions = self._ready_versions(client, model)
+        if not versions:
+            raise RuntimeError("no READY version to reload")
         config = client.get_model_config(model, headers=headers)
         self._generation += 1
         config.setdefault("parameters", {})[RESTART_PARAMETER] = {"string_value": str(self._generation)}
+        config["version_policy"] = {"specific": {"versions": sorted(int(v) for v in versions)}}
         client.load_model(model, config=json.dumps(config), headers=headers)
 
     def sweep(self, pid: int) -> None:
@@ -65,7 +77,7 @@ class StubSupervisor(threading.Thread):
         import tritonclient.http as httpclient
 
         proc = self.server.process
-        known = stub_processes(proc.pid) if proc is not None else {}
+        known = instance_stubs(stub_processes(proc.pid)) if proc is not None else {}
         client = httpclient.InferenceServerClient(self.server.triton_http_url, network_timeout=300.0,
                                                   connection_timeout=300.0)
         rounds, pending, suspects = 0, set(), {}
@@ -73,7 +85,7 @@ class StubSupervisor(threading.Thread):
             proc = self.server.process
             if proc is None or proc.poll() is not None:
                 break
-            current = stub_processes(proc.pid)  # one snapshot: a stub dying after it is found next round
+            current = instance_stubs(stub_processes(proc.pid))  # one snapshot; a stub dying after it: next round
             dead = dead_instances(known, current, process_dead)
             now = time.monotonic()
             for stub in dead:
@@ -84,9 +96,9 @@ class StubSupervisor(threading.Thread):
             for stub, since in list(suspects.items()):
                 if (stub[0], stub[2]) in live:  # another stub serves the instance: a reload or a retire
                     del suspects[stub]
-                elif now - since >= self.grace_s:
+                elif now - since >= self.grace_s and (ready := self._ready_versions(client, stub[0])) is not None:
                     del suspects[stub]
-                    if self._ready(client, stub[0], stub[1]):
+                    if stub[1] in ready:
                         pending.add(stub[0])
             for model in sorted(pending):
                 log.warning("the Python stub of model '%s' died; reloading the model in place", model)

@@ -1,0 +1,728 @@
+"""GPU check of the int8 ANN (issue 20; supersedes issue 4's ``bench_gpu.py``): exactness, time, the served path.
+
+One script, one run on a lent GPU (the `device` tool), bounded by ``--budget-s``; it writes its markdown
+table to ``--out`` row by row (flushed, so a killed run still leaves what it measured) and prints it:
+
+1. **Exact.** Fresh random and clustered data (N = 1M and 10M, d = 64 and 128): the GPU results (the Triton
+   kernel for k <= KERNEL_MAX_K, forced up to k = 128; the torch fallback above) equal the CPU int8 path
+   (``exact_search``) key for key: same ids, same float32 score bits, with ties (duplicate rows, an all-zero
+   query), exclusions (the seed's own id) and padding (k > N). recall@k of the int8 scan against a float64
+   search of the unquantised vectors. At 10M the CPU comparison is batch 1 and 32 at k = 100, and batch 1
+   at the big ks (the CPU scan of 10M rows is the slow part).
+2. **Timed** with CUDA events (warm-up calls, then the median of enough calls for ~0.3 s): batch 1, 32, 256 x
+   k = 100, 10,000, 100,000 (and the kernel's own k = 10, 32): ``gpu_search`` as the server calls it, the
+   kernel forced (k <= 128), ``torch`` int8 (``_int_mm``) and fp16 matmul + ``topk``, the HBM floor (index
+   bytes over a device copy's bandwidth measured in this run), and the peak extra memory of a call.
+3. **The served path.** ``GpuIndex.search_dlpack``, what a KIND_GPU ``widefunnel_ann`` instance runs per
+   request (DLPack in and out, ids and exclusions mapped on the device, embeddings), against the CPU path;
+   and ``InProcessFunnel`` with its ANN on the GPU against the CPU funnel, batch 1 and 32, from a small
+   built repository carried to the GPU machine (``--prepare-carry``; without one that row says skipped).
+
+Cells run in order of importance; a cell that fails records ``ERROR: ...`` and the run goes on; once the
+budget is spent the remaining cells say ``skipped: budget``. Exit status 1 if any exactness cell is not exact
+or any cell failed.
+
+    .venv/bin/python benchmarks/gpu_check.py --prepare-carry benchmarks/out/gpu_carry --repository REPO  # here
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT/gpu_check.md --budget-s 420  # on the GPU
+    .venv/bin/python benchmarks/gpu_check.py --interpret                 # here: Triton interpreter, tiny sizes
+
+On the GPU machine (the `device` tool's ``run``): carry ``benchmarks/out/gpu_carry`` (an ignored folder,
+about 2 MiB: the funnel's repository and tritonclient's ``model_config_pb2.py``) and give ``timeout_s`` 480.
+
+``--interpret`` runs the same code on CPU through ``TRITON_INTERPRET=1`` at tiny sizes (N = 1,000 and 2,000,
+d = 16 and 48, batch 1 and 20, k = 10 to 900, the kernel up to k = 50): its times mean nothing, it proves the
+script; the test suite runs it so (``tests/test_gpu_check.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+if "--interpret" in sys.argv:  # must precede the first import of triton
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the GPU machine runs this from a copy of the tree, the package not installed
+
+from widefunnel.ann import kernels  # noqa: E402
+from widefunnel.ann.index import Int8Index  # noqa: E402
+from widefunnel.ann.search import exact_search, int_mm_is_exact, prepare_index  # noqa: E402
+from widefunnel.ann.triton_kernel import (  # noqa: E402
+    KERNEL_MAX_K,
+    GpuIndex,
+    gpu_search,
+    quantize_rows_torch,
+    triton,
+)
+
+log = logging.getLogger("gpu_check")
+
+DEFAULT_CARRY = ROOT / "benchmarks" / "out" / "gpu_carry"  # ignored by git: carried to the GPU machine by name
+PB2 = "model_config_pb2.py"  # tritonclient's generated model-config module (the GPU machine has no tritonclient)
+QUERY_ELEMS = 1 << 30  # a torch baseline scores at most this many (query, item) pairs at once (topk indexing)
+REF_ROWS = 1 << 20  # float64 reference: item rows per block
+SERVED_K = 200  # the default build's ann k (widefunnel/default.toml)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What one run covers; the GPU defaults follow issue 20, ``--interpret`` shrinks them."""
+
+    sizes: tuple[int, ...]
+    dims: tuple[int, ...]
+    batches: tuple[int, ...]
+    ks: tuple[int, ...]  # the issue's ks (the fallback's, at the default KERNEL_MAX_K)
+    kernel_ks: tuple[int, ...]  # ks the kernel serves by default
+    forced_kernel_max: int  # force the kernel up to this k, to see where it stands against the fallback
+    exact_batch: int
+    pad_sizes: tuple[int, ...]  # tiny indexes for the padding cells (k > N)
+    copy_gib: float
+    target_s: float  # timed calls per measurement: about this many seconds ...
+    min_reps: int  # ... and at least this many (0: the first call only, for the interpreter)
+
+
+GPU_GRID = Grid((1_000_000, 10_000_000), (64, 128), (1, 32, 256), (100, 10_000, 100_000), (10, 32), 128, 32,
+                (20, 1000), 2.0, 0.3, 3)
+INTERPRET_GRID = Grid((1000, 2000), (16, 48), (1, 20), (50, 300, 900), (10, 32), 50, 20, (20, 300), 0.01, 0.0, 0)
+
+
+# --------------------------------------------------------------------------------------------- the report
+@dataclass
+class Report:
+    """Markdown rows to stdout and ``out``, flushed one by one; the budget clock; the run's verdict."""
+
+    out: Path | None
+    budget_s: float
+    start: float = field(default_factory=time.monotonic)
+    failed: list[str] = field(default_factory=list)
+    columns: int = 0
+    _file: TextIO | None = None
+
+    def __post_init__(self) -> None:
+        if self.out is not None:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.out, "w")  # noqa: SIM115 - held for the whole run, closed by close()
+
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - self.start)
+
+    def line(self, text: str = "") -> None:
+        print(text, flush=True)
+        if self._file is not None:
+            self._file.write(text + "\n")
+            self._file.flush()
+
+    def table(self, title: str, columns: list[str], note: str = "") -> None:
+        self.line(f"\n### {title}\n")
+        if note:
+            self.line(note + "\n")
+        self.columns = len(columns)
+        self.line("| " + " | ".join(columns) + " |")
+        self.line("|" + "---|" * len(columns))
+
+    def row(self, key: list[str], fn: Callable[[], list[str]], exact: bool = False) -> list[str]:
+        """One row: ``key`` cells, then ``fn()``'s; ``skipped: budget`` or ``ERROR: ...`` instead of failing.
+        ``exact``: a value starting with "NO" fails the run."""
+        n = self.columns - len(key)
+        if self.left() <= 0:
+            values = ["skipped: budget"]
+        else:
+            try:
+                values = fn()
+            except Exception as exc:  # one failing cell must not cost the rest of the run
+                log.exception("cell %s failed", key)
+                values = [f"ERROR: {type(exc).__name__}: {exc}"[:300]]
+                self.failed.append(f"{key}: {values[0]}")
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            if exact and any(str(v).startswith("NO") for v in values):
+                self.failed.append(f"{key}: not exact")
+        values = [str(v).replace("|", "/").replace("\n", " ") for v in values]
+        values += [""] * (n - len(values))
+        self.line("| " + " | ".join(key + values) + " |")
+        return values
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+# --------------------------------------------------------------------------------------------- measuring
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, grid: Grid, events: bool = True
+          ) -> tuple[float, float | None]:
+    """-> (median seconds per call, peak extra device MiB of one call; None off the GPU).
+
+    A first call (it compiles; its peak memory is the one reported), a second to size the run, then enough
+    calls for about ``grid.target_s`` (``grid.min_reps`` to 30; 2 for calls over a second; with ``min_reps``
+    0 the first call's wall time is all). ``events``: CUDA
+    events around each call (device time); else the wall clock to a synchronize, what a caller waits."""
+    peak = None
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    first = time.perf_counter() - t0
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    if grid.min_reps == 0:
+        return first, peak
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    once = time.perf_counter() - t0
+    reps = 2 if once > 1.0 else int(min(30, max(grid.min_reps, grid.target_s / max(once, 1e-6))))
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda" and events:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times)), peak
+
+
+def copy_bandwidth(device: torch.device, grid: Grid) -> float:
+    """Bytes/s of a device-to-device copy (read + write counted), best of 5: the HBM rate a scan can reach."""
+    n = int(grid.copy_gib * 2**30) // 4
+    a, b = torch.ones(n, dtype=torch.float32, device=device), torch.empty(n, dtype=torch.float32, device=device)
+    best = min(timed(lambda: b.copy_(a), device, grid)[0] for _ in range(5))
+    return 2 * 4 * n / best
+
+
+def ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1e3:.3f}"
+
+
+def mib(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+# ------------------------------------------------------------------------------------------------ the data
+@dataclass
+class Dataset:
+    """One fresh index, made on the device (quantised with the torch twin of ``quantize_rows``, rows sorted
+    by descending scale as ``build_index`` sorts them); the CPU ``Int8Index`` of the same rows on demand."""
+
+    n: int
+    d: int
+    kind: str
+    x: torch.Tensor  # float32 [N, d], the unquantised vectors, rows in index order (float64 reference)
+    gpu: GpuIndex
+    warm: threading.Thread
+    _cpu: Int8Index | None = None
+    _x16: torch.Tensor | None = None
+
+    def cpu(self) -> Int8Index:
+        if self._cpu is None:
+            self.warm.join()  # the CPU kernels' compile, started in the background at start-up
+            g = self.gpu
+            self._cpu = Int8Index(codes=g.codes.cpu().numpy(), scales=g.scales.cpu().numpy(), ids=g.ids.cpu().numpy(),
+                                  manifest={"dim": self.d, "count": self.n, "tower_fingerprint": "gpu-check"})
+            prepare_index(self._cpu)
+        return self._cpu
+
+    @property
+    def x16(self) -> torch.Tensor:
+        if self._x16 is None:
+            self._x16 = self.x.half()
+        return self._x16
+
+
+def make_dataset(n: int, d: int, kind: str, seed: int, device: torch.device, warm: threading.Thread) -> Dataset:
+    """``random``: standard normal. ``clustered``: N/100 unit centres plus noise, normalised (as bench_ann), so
+    scores crowd together. Both: rows 10 to 13 duplicate row 0 (exact ties); ids a permutation, not the rows."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    if kind == "random":
+        x = torch.randn(n, d, generator=g, device=device)
+    else:
+        centres = torch.randn(max(1, n // 100), d, generator=g, device=device)
+        x = centres[torch.randint(0, len(centres), (n,), generator=g, device=device)]
+        x += 0.6 * torch.randn(n, d, generator=g, device=device)
+        x /= x.norm(dim=1, keepdim=True)
+    x[10:14] = x[0]
+    codes, scales = quantize_rows_torch(x)
+    order = torch.sort(scales, descending=True, stable=True).indices
+    x, codes, scales = x[order].contiguous(), codes[order].contiguous(), scales[order].contiguous()
+    ids = (torch.randperm(n, generator=g, device=device) * 3 + 5).to(torch.int64)
+    sorted_ids, rows_by_id = torch.sort(ids, stable=True)
+    return Dataset(n, d, kind, x, GpuIndex(codes, scales, ids, sorted_ids, rows_by_id), warm)
+
+
+def subset(ds: Dataset, n: int) -> Dataset:
+    """The first ``n`` rows of a dataset (still scale-sorted): a tiny index for the padding cells."""
+    g = ds.gpu
+    sorted_ids, rows_by_id = torch.sort(g.ids[:n], stable=True)
+    return Dataset(n, ds.d, ds.kind, ds.x[:n], GpuIndex(g.codes[:n], g.scales[:n], g.ids[:n], sorted_ids, rows_by_id),
+                   ds.warm)
+
+
+def exact_queries(ds: Dataset, b: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """-> (queries float32 [b, d] on the device, exclude ids [b]). Every 4th query is a stored item's own
+    vector with that item excluded (the funnel's seed); query 1 is all zeros (every score ties at 0); query 3
+    excludes an id that is not in the index; the rest are fresh vectors of the data's kind."""
+    g = torch.Generator(device=ds.x.device).manual_seed(seed)
+    rows = torch.randint(0, ds.n, (b,), generator=g, device=ds.x.device)
+    q = ds.x[rows] + 0.5 * torch.randn(b, ds.d, generator=g, device=ds.x.device)
+    ex = np.full(b, -1, np.int64)
+    seeds = np.arange(0, b, 4)
+    q[seeds] = ds.x[rows[seeds]]
+    ex[seeds] = ds.gpu.ids[rows[seeds]].cpu().numpy()
+    if b > 1:
+        q[1] = 0.0
+    if b > 3:
+        ex[3] = int(ds.gpu.ids.max()) + 1
+    return q.contiguous(), ex
+
+
+def float64_topk(ds: Dataset, q: torch.Tensor, ex_rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Rows of the float64 top-k of the unquantised vectors (the excluded row left out), blocked."""
+    q64 = q.double()
+    best_s = torch.empty((len(q), 0), dtype=torch.float64, device=q.device)
+    best_r = torch.empty((len(q), 0), dtype=torch.int64, device=q.device)
+    for r0 in range(0, ds.n, REF_ROWS):
+        x = ds.x[r0:r0 + REF_ROWS].double()
+        rows = torch.arange(r0, r0 + len(x), device=q.device)
+        s = (q64 @ x.T).masked_fill_(rows[None, :] == ex_rows[:, None], -float("inf"))
+        s, r = torch.cat([best_s, s], 1), torch.cat([best_r, rows.expand(len(q), -1)], 1)
+        top = torch.topk(s, min(k, s.shape[1]), dim=1)
+        best_s, best_r = top.values, r.gather(1, top.indices)
+    return best_r
+
+
+# ------------------------------------------------------------------------------------------- the torch ways
+def torch_int8_topk(codes: torch.Tensor, scales: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
+    """What one would write with torch alone, int8: quantise, ``_int_mm`` (cuBLASLt wants > 16 rows and
+    multiples of 8: the batch is zero-padded), scale, ``topk``; chunks of queries bound the score matrix."""
+    qc, qs = quantize_rows_torch(q)
+    n = codes.shape[0]
+    step = max(1, QUERY_ELEMS // n)
+    out = []
+    for b0 in range(0, len(qc), step):
+        chunk = qc[b0:b0 + step]
+        m = max(24, -(-len(chunk) // 8) * 8)
+        padded = torch.nn.functional.pad(chunk, (0, 0, 0, m - len(chunk)))
+        s = torch._int_mm(padded, codes.T)[:len(chunk)].float() * scales * qs[b0:b0 + step, None]
+        out.append(torch.topk(s, k, dim=1).indices)
+    return torch.cat(out)
+
+
+def torch_fp16_topk(x16: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
+    """What one would write with torch alone, fp16: the float vectors in half precision, matmul, ``topk``."""
+    n = x16.shape[0]
+    step = max(1, QUERY_ELEMS // n)
+    return torch.cat([torch.topk(q[b0:b0 + step].half() @ x16.T, k, dim=1).indices
+                      for b0 in range(0, len(q), step)])
+
+
+# ----------------------------------------------------------------------------------------------- the cells
+def same(got: tuple[np.ndarray, np.ndarray], want_ids: np.ndarray, want_scores: np.ndarray) -> str:
+    """"yes" when ids and float32 score bits equal the CPU's, else "NO (rows differing)"."""
+    ids, scores = got
+    if ids.shape != want_ids.shape:
+        return f"NO (shape {ids.shape} vs {want_ids.shape})"
+    bad = ~((ids == want_ids) & (scores.view(np.int32) == want_scores.view(np.int32))).all(axis=1)
+    return "yes" if not bad.any() else f"NO ({int(bad.sum())} of {len(bad)} rows)"
+
+
+def recall(ds: Dataset, q: torch.Tensor, ex: np.ndarray, got_ids: torch.Tensor, k: int) -> str:
+    """Mean recall@k of the int8 result against the float64 top-k (the all-zero query left out)."""
+    ref_ids = ds.gpu.ids[float64_topk(ds, q, ds.gpu.exclude_rows(torch.from_numpy(ex)), k)]
+    keep = [i for i in range(len(q)) if bool(q[i].any())]
+    hits = [int(torch.isin(got_ids[i], ref_ids[i]).sum()) / max(1, ref_ids.shape[1]) for i in keep]
+    return f"{np.mean(hits):.4f}" if hits else "—"
+
+
+@dataclass
+class GpuSide:
+    """An exactness cell's device half: its queries and each path's (ids, scores) on the host, or the error
+    of a forced kernel (a measurement, not the served path: its failure is noted, not fatal)."""
+
+    q: np.ndarray
+    ex: np.ndarray
+    kernel_default: bool
+    found: dict[str, tuple[np.ndarray, np.ndarray] | str]
+    recall: str
+
+
+def gpu_side(ds: Dataset, b: int, k: int, grid: Grid, seed: int) -> GpuSide:
+    """The default path, and the other one where it serves this k: the fallback under the kernel's max k,
+    the kernel forced above it (up to ``grid.forced_kernel_max``); recall@k of the default path."""
+    q, ex = exact_queries(ds, b, seed)
+    ex_t = torch.from_numpy(ex)
+    kk = min(k, ds.n)
+    kernel_default = triton is not None and kk <= KERNEL_MAX_K
+
+    def run(use_kernel: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        out = ds.gpu.search(q, k, ex_t, use_kernel=use_kernel)
+        return out["CANDIDATE_ID"].cpu().numpy(), out["CANDIDATE_SCORE"].cpu().numpy()
+
+    found: dict[str, tuple[np.ndarray, np.ndarray] | str] = {"default": run(None)}
+    if kernel_default:
+        found["fallback"] = run(False)
+    elif triton is not None and kk <= grid.forced_kernel_max:
+        try:
+            found["kernel"] = run(True)
+        except Exception as exc:  # noqa: BLE001 - reported in its column
+            log.exception("forced kernel, k = %s", k)
+            found["kernel"] = f"ERROR: {type(exc).__name__}: {str(exc)[:120]}"
+    rec = recall(ds, q, ex, torch.from_numpy(found["default"][0]).to(q.device), kk)
+    return GpuSide(q.cpu().numpy(), ex, kernel_default, found, rec)
+
+
+def exact_cell(ds: Dataset, b: int, k: int, grid: Grid, seed: int, side: GpuSide | Exception | None = None
+               ) -> list[str]:
+    """GPU (the default path, the kernel forced, the fallback forced) vs the CPU int8 path, key for key.
+    ``side``: the device half, computed earlier (while the CPU kernels compiled), or the error it raised."""
+    if isinstance(side, Exception):
+        raise side
+    side = side or gpu_side(ds, b, k, grid, seed)
+    want_ids, want_scores = exact_search(ds.cpu(), side.q, k, side.ex)
+    verdict = {name: got if isinstance(got, str) else same(got, want_ids, want_scores)
+               for name, got in side.found.items()}
+    return [str(b), f"{k:,}", "kernel" if side.kernel_default else "fallback", verdict["default"],
+            verdict["default"] if side.kernel_default else verdict.get("kernel", "—"),
+            verdict["fallback"] if side.kernel_default else verdict["default"], str(int((want_ids < 0).sum())),
+            side.recall]
+
+
+def timing_cell(ds: Dataset, b: int, k: int, grid: Grid, bw: float, seed: int, report: Report) -> list[str]:
+    """Device time of one search of ``b`` plain queries: the default path, the kernel forced, torch int8 and
+    fp16 + topk; the HBM floor; peak extra memory of a call."""
+    g = ds.gpu
+    dev = g.device
+    q = torch.randn(b, ds.d, generator=torch.Generator(device=dev).manual_seed(seed), device=dev)
+    floor = ds.n * (ds.d + 4) / bw  # int8 codes + float32 scale per row, read once
+    t_auto, mem = timed(lambda: gpu_search(g.codes, g.scales, q, k), dev, grid)
+
+    def maybe(fn: Callable[[], object]) -> tuple[str, float | None, float | None]:
+        if report.left() <= 0:
+            return "skipped: budget", None, None
+        try:
+            t, m = timed(fn, dev, grid)
+            return ms(t), t, m
+        except Exception as exc:  # a baseline torch cannot run here (e.g. _int_mm's shape rules) is a note
+            log.warning("cell %s x %s: %s", b, k, exc)
+            return f"ERROR: {type(exc).__name__}: {str(exc)[:80]}", None, None
+
+    kernel = ("—", None, None)
+    if triton is not None and KERNEL_MAX_K < k <= grid.forced_kernel_max and b <= 32:
+        kernel = maybe(lambda: gpu_search(g.codes, g.scales, q, k, use_kernel=True))
+    i8 = maybe(lambda: torch_int8_topk(g.codes, g.scales, q, k))
+    f16 = maybe(lambda: torch_fp16_topk(ds.x16, q, k))
+    torch_best = min((t for _, t, _ in (i8, f16) if t is not None), default=None)
+    path = "kernel" if k <= KERNEL_MAX_K and triton is not None else "fallback"
+    ahead = "—" if torch_best is None else f"{torch_best / t_auto:.2f}x"
+    return [str(b), f"{k:,}", path, ms(t_auto), kernel[0], i8[0], f16[0], ms(floor), f"{t_auto / floor:.1f}x",
+            ahead, f"{mib(mem)} / {mib(f16[2])}"]
+
+
+def served_cell(ds: Dataset, b: int, k: int, grid: Grid, seed: int) -> list[str]:
+    """``GpuIndex.search_dlpack`` as a KIND_GPU instance calls it (query and outputs as DLPack capsules,
+    EXCLUDE_ID as numpy) vs the CPU path a KIND_CPU instance runs (``search`` + ``dequantized``); wall time
+    to results ready, and equality of ids, score bits and embeddings."""
+    import torch.utils.dlpack as dl
+
+    from widefunnel.ann.query import search
+    from widefunnel.ann.search import dequantized
+
+    index = ds.cpu()
+    gi = GpuIndex.from_index(index, ds.gpu.device)  # as the plugin's initialize does
+    q, ex = exact_queries(ds, b, seed)
+    q_np = q.cpu().numpy()
+    dev = gi.device
+
+    def gpu_call() -> dict[str, torch.Tensor]:
+        outs = gi.search_dlpack(dl.to_dlpack(q), k, ex, True, 12345)
+        return {name: dl.from_dlpack(capsule) for name, capsule in outs}  # the next step takes them
+
+    def cpu_call() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, scores = search(index, q_np, k, ex)
+        return ids, scores, dequantized(index, ids)
+
+    t_gpu, _ = timed(gpu_call, dev, grid, events=False)
+    t_cpu, _ = timed(cpu_call, torch.device("cpu"), grid)
+    got, (ids, scores, emb) = gpu_call(), cpu_call()
+    ok = same((got["CANDIDATE_ID"].cpu().numpy(), got["CANDIDATE_SCORE"].cpu().numpy()), ids, scores)
+    if ok == "yes" and not np.array_equal(got["CANDIDATE_EMB"].cpu().numpy(), emb):
+        ok = "NO (embeddings)"
+    if ok == "yes" and not bool((got["FINGERPRINT"] == 12345).all()):
+        ok = "NO (fingerprint)"
+    return [str(b), str(k), ms(t_gpu), ms(t_cpu), ok]
+
+
+def load_model_config_pb2(carry: Path | None) -> str | None:
+    """Make ``widefunnel.model_configs`` importable: tritonclient's ``model_config_pb2``, or the copy carried
+    (the GPU machine has no tritonclient). -> None, or why the funnel cannot run."""
+    try:
+        import tritonclient.grpc.model_config_pb2  # noqa: F401
+        return None
+    except ImportError:
+        pass
+    path = None if carry is None else carry / PB2
+    if path is None or not path.is_file():
+        return f"tritonclient absent and no {PB2} carried (--prepare-carry)"
+    for name in ("tritonclient", "tritonclient.grpc"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    spec = importlib.util.spec_from_file_location("tritonclient.grpc.model_config_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    sys.modules["tritonclient.grpc"].model_config_pb2 = module
+    return None
+
+
+def funnel_cells(report: Report, repository: Path | None, carry: Path | None, device: torch.device,
+                 batches: tuple[int, ...], grid: Grid) -> None:
+    """``InProcessFunnel`` with the ANN on ``device`` vs on the CPU: recommend() wall time and equal answers."""
+    why = "no built repository (--repository, or carry one with --prepare-carry)" if repository is None else None
+    if why is None and not (repository / "widefunnel" / "config.pbtxt").is_file():
+        why = f"{repository} is not a built repository"
+    try:
+        why = why or load_model_config_pb2(carry)
+        if why is None:
+            from widefunnel.pipeline import InProcessFunnel
+    except Exception as exc:  # e.g. no protobuf or onnxruntime on the GPU machine
+        why = f"cannot import the pipeline: {type(exc).__name__}: {exc}"
+    if why is not None:
+        report.row(["funnel", "—"], lambda: [f"skipped: {why}"])
+        return
+
+    funnels: dict[str, InProcessFunnel] = {}
+
+    def cell(b: int) -> list[str]:
+        if not funnels:
+            funnels["cpu"], funnels["gpu"] = InProcessFunnel(repository), InProcessFunnel(repository, str(device))
+        cpu, gpu = funnels["cpu"], funnels["gpu"]
+        catalogue = np.sort(cpu.indexes["engagement"].ids)
+        seeds = catalogue[np.linspace(0, len(catalogue) - 1, b).astype(np.int64)][:, None]
+        t_gpu, _ = timed(lambda: gpu.recommend(seeds), device, grid, events=False)
+        t_cpu, _ = timed(lambda: cpu.recommend(seeds), torch.device("cpu"), grid)
+        a, w = gpu.recommend(seeds), cpu.recommend(seeds)
+        ok = all(np.array_equal(getattr(a, f), getattr(w, f)) for f in ("item_id", "score", "source_head"))
+        k = cpu.ann_params["engagement"]["k"]
+        n = cpu.indexes["engagement"].count
+        return [f"{n:,} items, k = {k}, ANN heads on {device.type}: {sorted(gpu.gpu_indexes)}", ms(t_gpu),
+                ms(t_cpu), "yes" if ok else "NO"]
+
+    for b in batches:
+        report.row(["funnel (InProcessFunnel.recommend)", str(b)], lambda b=b: cell(b), exact=True)
+
+
+# -------------------------------------------------------------------------------------------------- the run
+def environment(device: torch.device, bw: float, args: argparse.Namespace) -> list[str]:
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        dev = (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}, "
+               f"CUDA {torch.version.cuda}")
+    else:
+        dev = "CPU through the Triton interpreter (times mean nothing)"
+    versions = [f"python {platform.python_version()}", f"torch {torch.__version__}",
+                f"triton {getattr(triton, '__version__', 'absent')}", f"numpy {np.__version__}"]
+    for name in ("numba", "onnxruntime"):
+        try:
+            versions.append(f"{name} {__import__(name).__version__}")
+        except ImportError:
+            versions.append(f"{name} absent")
+    return [f"- device: {dev}", f"- {', '.join(versions)}; {os.cpu_count()} CPUs",
+            f"- device copy bandwidth (read + write, best of 5): {bw / 1e9:,.0f} GB/s",
+            f"- KERNEL_MAX_K = {KERNEL_MAX_K}; budget {args.budget_s:.0f} s; seed {args.seed}"]
+
+
+def prepare_carry(target: Path, repository: Path | None) -> int:
+    """Here, not on the GPU machine: fill the carried folder with tritonclient's model-config module and a
+    copy of a built repository (without caches), for the funnel cells."""
+    import tritonclient.grpc.model_config_pb2 as pb2
+
+    if repository is None or not (repository / "widefunnel" / "config.pbtxt").is_file():
+        print("--prepare-carry needs --repository: a built repository (e.g. `widefunnel build`'s)")
+        return 2
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(pb2.__file__, target / PB2)
+    copy = target / "model_repository"
+    if repository.resolve() != copy.resolve():
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(repository, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    print(f"{target}: {size / 2**20:.1f} MiB (the device tool carries at most 64 MiB)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, help="markdown table, written row by row")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting cells after this many seconds")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--interpret", action="store_true", help="CPU via the Triton interpreter, tiny sizes")
+    ap.add_argument("--carry", type=Path, default=DEFAULT_CARRY if DEFAULT_CARRY.is_dir() else None,
+                    help=f"folder from --prepare-carry (default {DEFAULT_CARRY.relative_to(ROOT)} if present)")
+    ap.add_argument("--repository", type=Path, help="a built repository (default: the carried one)")
+    ap.add_argument("--prepare-carry", type=Path, metavar="DIR", help="fill DIR for the GPU machine and exit")
+    ap.add_argument("--sizes", type=int, nargs="+", help="N of the datasets (default 1M 10M)")
+    ap.add_argument("--dims", type=int, nargs="+")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    if args.prepare_carry is not None:
+        return prepare_carry(args.prepare_carry, args.repository)
+    if args.interpret:
+        device, grid = torch.device("cpu"), INTERPRET_GRID
+    elif torch.cuda.is_available():
+        device, grid = torch.device("cuda"), GPU_GRID
+    else:
+        print("no CUDA device: run this on a GPU machine, or pass --interpret (tiny sizes) to check the script")
+        return 2
+    sizes, dims = tuple(args.sizes or grid.sizes), tuple(args.dims or grid.dims)
+    repository = args.repository or (args.carry / "model_repository" if args.carry is not None else None)
+    if repository is not None and not repository.is_dir():
+        repository = None
+
+    report = Report(args.out, args.budget_s)
+    bw = copy_bandwidth(device, grid)  # before the compile thread below takes a core
+    # numba compiles the CPU scan's kernels on first use (about a minute on a fresh machine): in the
+    # background while the GPU work of the first cells runs; joined before the first CPU search
+    warm = threading.Thread(target=lambda: (int_mm_is_exact(), kernels.warm_up()), name="numba-warm-up")
+    warm.start()
+    report.line("## GPU check of the int8 ANN (benchmarks/gpu_check.py, issue 20)\n")
+    for text in environment(device, bw, args):
+        report.line(text)
+
+    datasets: dict[tuple[int, int, str], Dataset] = {}
+
+    def dataset(n: int, d: int, kind: str) -> Dataset:
+        key = (n, d, kind)
+        if key not in datasets:
+            for other in [o for o in datasets if o[0] != n and o != (sizes[0], dims[0], "random")]:
+                del datasets[other]  # one size on the device at a time (and the served path's index)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.info("dataset N=%s d=%s %s", n, d, kind)
+            datasets[key] = make_dataset(n, d, kind, args.seed + n + d + (kind == "clustered"), device, warm)
+        return datasets[key]
+
+    exact_cols = ["N", "d", "data", "batch", "k", "default path", "default = CPU", "kernel = CPU",
+                  "fallback = CPU", "padded results", "recall@k vs float64"]
+    exact_note = ("`= CPU`: ids and float32 score bits equal `exact_search`'s for every query (`—`: that path "
+                  "does not serve this k). Queries: every 4th a stored item's own vector with that item "
+                  "excluded, query 1 all zeros (all scores tie), query 3 excludes an unknown id; rows 10-13 "
+                  "duplicate row 0. recall@k: against float64 on the unquantised vectors, zero query left out.")
+    time_cols = ["N", "d", "batch", "k", "default path", "gpu_search ms", "kernel forced ms", "torch int8 ms",
+                 "torch fp16 ms", "HBM floor ms", "gpu_search / floor", "torch best / gpu_search",
+                 "peak extra MiB (search / fp16)"]
+    time_note = ("Device time per call (CUDA events, median); plain random queries. HBM floor: N x (d + 4) bytes "
+                 "over the copy bandwidth above. `torch best / gpu_search` > 1: ahead of torch.")
+    small, big = sizes[0], sizes[-1]
+    small_ks, big_ks = grid.ks[:1], grid.ks[1:]
+    all_ks = tuple(grid.kernel_ks) + small_ks
+
+    def exact_cells(n: int, batches: tuple[int, ...], ks: tuple[int, ...], kinds: tuple[str, ...]
+                    ) -> list[tuple[int, int, str, int, int]]:
+        return [(n, d, kind, b, k) for d in dims for kind in kinds for b in batches for k in ks]
+
+    def exact_rows(cells: list[tuple[int, int, str, int, int]], sides: dict | None = None) -> None:
+        for n, d, kind, b, k in cells:
+            report.row([f"{n:,}", str(d), kind], lambda n=n, d=d, kind=kind, b=b, k=k: exact_cell(
+                dataset(n, d, kind), b, k, grid, args.seed + b + k, (sides or {}).get((n, d, kind, b, k))),
+                exact=True)
+
+    def device_halves(cells: list[tuple[int, int, str, int, int]]) -> dict:
+        """The device halves of exactness cells first, while numba compiles the CPU scan (an error is kept
+        for its row to report)."""
+        sides: dict[tuple[int, int, str, int, int], GpuSide | Exception] = {}
+        for n, d, kind, b, k in cells:
+            if report.left() <= 0:
+                break
+            try:
+                sides[(n, d, kind, b, k)] = gpu_side(dataset(n, d, kind), b, k, grid, args.seed + b + k)
+            except Exception as exc:  # noqa: BLE001 - its row raises it again
+                log.exception("device half of %s", (n, d, kind, b, k))
+                sides[(n, d, kind, b, k)] = exc
+        return sides
+
+    def time_rows(n: int, batches: tuple[int, ...], ks: tuple[int, ...]) -> None:
+        for d in reversed(dims):
+            for b in batches:
+                for k in ks:
+                    report.row([f"{n:,}", str(d)], lambda d=d, b=b, k=k: timing_cell(
+                        dataset(n, d, "random"), b, k, grid, bw, args.seed + b, report))
+
+    # 1. exactness at the small size: every k, batch 32 and 1, random and clustered; padding (k > N)
+    report.table(f"1. Exact: GPU = CPU int8 path, key for key (N = {small:,})", exact_cols, exact_note)
+    cells = exact_cells(small, (grid.exact_batch, 1), all_ks + big_ks, ("random", "clustered"))
+    exact_rows(cells, device_halves(cells))
+    for n_pad in grid.pad_sizes:
+        k = n_pad + 50 if n_pad > KERNEL_MAX_K else KERNEL_MAX_K
+        report.row([f"{n_pad:,}", str(dims[0]), "random (first rows)"], lambda n_pad=n_pad, k=k: exact_cell(
+            subset(dataset(small, dims[0], "random"), min(n_pad, small)), grid.exact_batch, k, grid, args.seed),
+            exact=True)
+
+    # 2. time at the small size, batch 1 and 32, the kernel's ks and k = 100
+    report.table("2. Timed", time_cols, time_note)
+    time_rows(small, tuple(b for b in grid.batches if b <= 32), all_ks)
+
+    # 3, 4. the big size: exactness at k = 100 (batch 32 and 1), time at batch 1 and 32
+    if big != small:
+        report.table(f"3. Exact at N = {big:,} (k = {small_ks[0]})", exact_cols, "Columns as in 1.")
+        exact_rows(exact_cells(big, (grid.exact_batch, 1), small_ks, ("random", "clustered")))
+        report.table(f"4. Timed at N = {big:,}", time_cols, "Columns as in 2.")
+        time_rows(big, tuple(b for b in grid.batches if b <= 32), all_ks)
+
+    # 5, 6. the wide batch and the big ks, both sizes; the big ks' exactness at the big size (batch 1)
+    report.table(f"5. Timed: batch {grid.batches[-1]} and the big ks", time_cols, "Columns as in 2.")
+    for n in dict.fromkeys((small, big)):
+        time_rows(n, tuple(b for b in grid.batches if b > 32), all_ks)
+        time_rows(n, grid.batches, big_ks)
+    if big != small:
+        report.table(f"6. Exact at N = {big:,}, the big ks (batch 1)", exact_cols, "Columns as in 1.")
+        exact_rows(exact_cells(big, (1,), big_ks, ("random",)))
+
+    # 7. the served path: the plugin's GPU search (DLPack in and out) and the in-process funnel
+    report.table("7. The served path against the CPU path", ["path", "batch", "k", "GPU ms", "CPU ms", "= CPU"],
+                 "Wall time to results ready (the GPU path to a synchronize), median. Plugin path: "
+                 f"`GpuIndex.search_dlpack` on the N = {small:,}, d = {dims[0]} index, k = {SERVED_K} (the "
+                 "default build's), with embeddings; CPU: `search` + `dequantized` as a KIND_CPU instance.")
+    for b in (1, 32):
+        report.row(["widefunnel_ann GPU (search_dlpack)"], lambda b=b: served_cell(
+            dataset(small, dims[0], "random"), b, SERVED_K, grid, args.seed), exact=True)
+    funnel_cells(report, repository, args.carry, device, (1, 32), grid)
+
+    elapsed = time.monotonic() - report.start
+    report.line(f"\n{len(report.failed)} failing cell(s); {elapsed:.0f} s of {args.budget_s:.0f} s budget used.")
+    for failure in report.failed:
+        report.line(f"- {failure}")
+    report.close()
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

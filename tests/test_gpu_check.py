@@ -1,0 +1,58 @@
+"""benchmarks/gpu_check.py is what a lent GPU runs (issue 20); here it runs through the Triton interpreter.
+
+Each run is a fresh process (``TRITON_INTERPRET=1`` only works when set before triton's first import), with
+``--carry`` pointed at an empty folder so a carried repository on this machine does not change what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, *extra: str) -> dict[str, list[list[str]]]:
+    """Run the script in interpret mode -> its table rows (cells) by section title."""
+    out = tmp_path / "gpu_check.md"
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--interpret", "--out", str(out),
+                           "--carry", str(tmp_path), *extra], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    assert out.read_text() in proc.stdout  # the file holds the printed table
+    sections: dict[str, list[list[str]]] = {}
+    title = ""
+    for line in out.read_text().splitlines():
+        if line.startswith("### "):
+            title = line[4:]
+            sections[title] = []
+        elif line.startswith("| ") and not line.startswith("| N |") and not line.startswith("| path |"):
+            sections[title].append([c.strip() for c in line.strip("|").split("|")])
+    return sections
+
+
+def test_interpreter_run_is_exact_everywhere(tmp_path):
+    sections = _run(tmp_path)
+    exact = [row for title, rows in sections.items() if "Exact" in title for row in rows]
+    # N=1000/2000 x d=16/48 x random/clustered x batch 20/1 x k=10,32,50,300,900, two padding cells, N=2000 rows
+    assert len(exact) >= 40 + 2 + 8 + 4
+    for row in exact:
+        default, kernel, fallback, pads, recall = row[6:11]
+        assert default == "yes" and fallback == "yes" and kernel in ("yes", "—"), row
+        assert float(recall) > 0.5, row
+    assert any(row[5] == "kernel" and row[7] == "yes" for row in exact)  # the kernel served and matched
+    assert any(row[5] == "fallback" and row[7] == "yes" for row in exact)  # the kernel forced above its max k
+    assert any(int(row[9]) > 0 for row in exact)  # k > N: padded results, equal to the CPU's
+    timed = [row for title, rows in sections.items() if "Timed" in title for row in rows]
+    assert timed and all(float(row[5]) > 0 for row in timed), timed  # gpu_search ran in every timed cell
+    served = sections["7. The served path against the CPU path"]
+    assert [row[-1] for row in served if row[0].startswith("widefunnel_ann")] == ["yes", "yes"], served
+    assert "skipped: no built repository" in served[-1][2], served  # no repository given, none carried
+
+
+def test_funnel_with_the_ann_on_the_device_equals_the_cpu_funnel(tmp_path, built_repository):
+    sections = _run(tmp_path, "--sizes", "300", "--dims", "16", "--repository", str(built_repository))
+    funnel = [row for row in sections["7. The served path against the CPU path"] if row[0].startswith("funnel")]
+    assert [row[1] for row in funnel] == ["1", "32"] and all(row[-1] == "yes" for row in funnel), funnel
