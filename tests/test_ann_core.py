@@ -309,7 +309,7 @@ def test_a_wrong_threshold_guess_is_rescanned(index_20k, monkeypatch):
 
     def too_high(cache, *args):
         bars, guessed = real(cache, *args)
-        if cache is not index_20k.cache:  # the sample's own bars (a level down): left alone
+        if cache is not index_20k.prepared.levels:  # the sample's own bars (a level down): left alone
             return bars, guessed
         assert guessed  # k = 3000 of 20,000 takes the guessed path
         bars[1:3] = np.iinfo(np.int64).max  # above every key: nothing would be kept without the rescan
@@ -327,9 +327,9 @@ def test_sample_levels_and_their_rescans_are_exact(monkeypatch):
     q = _queries(3, 16, seed=23)
     want = _reference(index, q, 12000)
     assert _same(exact_search(index, q, 12000), want)
-    assert index.cache["sample"]["sample"] is not None
+    assert index.prepared.levels.sample.sample is not None
     real = search_mod._starting_bars
-    for level in (index.cache, index.cache["sample"]):
+    for level in (index.prepared.levels, index.prepared.levels.sample):
         def too_high(cache, *args, level=level):
             bars, guessed = real(cache, *args)
             if cache is level:

@@ -20,7 +20,7 @@ LAYERS = (
     ("command line", ("widefunnel.cli",)),
     ("Triton glue", ("widefunnel.cluster", "widefunnel.server", "widefunnel.plugins")),
     ("build and use", ("widefunnel.builders", "widefunnel.client", "widefunnel.pipeline", "widefunnel.gateway",
-                       "widefunnel.stub")),
+                       "widefunnel.stub", "widefunnel.router")),
     ("core", ("widefunnel.ann", "widefunnel.merge", "widefunnel.validation", "widefunnel.sharding",
               "widefunnel.model_configs", "widefunnel.layout", "widefunnel.security", "widefunnel.config",
               "widefunnel.data", "widefunnel")),

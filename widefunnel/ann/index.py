@@ -13,12 +13,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from widefunnel.ann.coarse import assign_lists, train_coarse
 from widefunnel.ann.quantize import QMAX, quantize_rows
+
+if TYPE_CHECKING:
+    from widefunnel.ann.prepared import PreparedIndex
 
 FORMAT = "widefunnel-int8-index"
 FORMAT_VERSION = 1
@@ -71,8 +74,8 @@ class Int8Index:
     ids: np.ndarray  # int64 [N], external item ids, unique, >= 0 (-1 is the "no result" pad)
     manifest: dict
     ivf: IvfLists | None = None
-    # search-time derived data (torch views, id lookup, block bounds); filled lazily by search.prepare_index
-    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # the search-time form (``prepared.PreparedIndex``), built once by ``search.prepare_index``
+    prepared: PreparedIndex | None = field(default=None, repr=False, compare=False)
 
     @property
     def dim(self) -> int:

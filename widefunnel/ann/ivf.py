@@ -14,22 +14,24 @@ import torch
 
 from widefunnel.ann import kernels
 from widefunnel.ann.index import Int8Index
+from widefunnel.ann.prepared import IvfTables
 from widefunnel.ann.search import (
     empty_results,
     exact_search,
     kernel_threads,
-    keys_to_results,
+    prepare_index,
     prepare_queries,
     query_chunk,
     reservoirs,
+    scan_in_chunks,
     validate_nprobe,
 )
 
 
-def probe_lists(cache: dict, qc: torch.Tensor, qs: torch.Tensor, nprobe: int) -> torch.Tensor:
+def probe_lists(ivf: IvfTables, qc: torch.Tensor, qs: torch.Tensor, nprobe: int) -> torch.Tensor:
     """Top-``nprobe`` lists per query [B, nprobe] by exact int8 centroid scores (lower list wins ties)."""
-    return torch.from_numpy(kernels.probe(qc.numpy(), qs.numpy(), cache["centroid_codes"],
-                                          cache["centroid_scales"], nprobe))
+    return torch.from_numpy(kernels.probe(qc.numpy(), qs.numpy(), ivf.centroid_codes, ivf.centroid_scales,
+                                          nprobe))
 
 
 def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
@@ -48,15 +50,14 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
     batch, k_out = qc.shape[0], min(k, index.count)
     if batch == 0:
         return empty_results(0, k_out)
-    cache = index.cache
-    probes = np.ascontiguousarray(probe_lists(cache, qc, qs, nprobe).numpy())
+    prepared = prepare_index(index)
+    probes = np.ascontiguousarray(probe_lists(prepared.ivf, qc, qs, nprobe).numpy())
     n_seg = max(1, min(kernel_threads() // batch, nprobe))
-    ids, scores = empty_results(batch, k_out)
-    step = max(1, query_chunk(batch, k_out) // n_seg)
-    for b0 in range(0, batch, step):  # bounded memory: the reservoirs of one group of queries
-        sl = slice(b0, b0 + step)
+
+    def scan(sl: slice) -> np.ndarray:
         buf, fill, kth = reservoirs(len(qc[sl]) * n_seg, k_out)
-        kernels.ivf_scan(qc[sl].numpy(), qs[sl].numpy(), probes[sl], cache["ivf_offsets"], cache["codes_np"],
-                         cache["table"]["scales"], excl[sl].numpy(), buf, fill, kth, k_out, n_seg)
-        ids[sl], scores[sl] = keys_to_results(index, kernels.finish(buf, fill, k_out, k_out, n_seg))
-    return ids, scores
+        kernels.ivf_scan(qc[sl].numpy(), qs[sl].numpy(), probes[sl], prepared.ivf.offsets, prepared.codes,
+                         prepared.table.scales, excl[sl].numpy(), buf, fill, kth, k_out, n_seg)
+        return kernels.finish(buf, fill, k_out, k_out, n_seg)
+
+    return scan_in_chunks(index, batch, k_out, max(1, query_chunk(batch, k_out) // n_seg), scan)

@@ -28,6 +28,7 @@ scores) give a safe one.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -35,9 +36,9 @@ import torch
 
 from widefunnel.ann import kernels
 from widefunnel.ann.index import Int8Index
+from widefunnel.ann.prepared import CHUNK, IvfTables, PreparedIndex, RowTable, SampledTable
 from widefunnel.ann.quantize import QMAX, quantize_rows
 
-CHUNK = 64  # rows per upper-bound chunk (the kernels use >> 6 for it)
 INT64_MIN = -(2**63)  # "empty" key; decodes to a NaN score, never produced by a real (row, score)
 _LOW32 = 0xFFFFFFFF
 MAX_BLOCK_ROWS = 262144  # default cap on item rows per scan block (``exact_search(block_rows=)``)
@@ -47,8 +48,6 @@ _GEMV_MAX_BATCH = 6  # batches this small scan with the fused GEMV (``_gemv_scan
 _ROW_SCAN_BATCH = 16  # batches this wide filter their blocks row-wise (see ``_scan_table``)
 _RESERVOIR_SLACK = 1024  # a reservoir holds max(2k, k + slack) keys before it is compacted to k
 _RESERVOIR_KEYS = 1 << 25  # query rows x reservoir width, int64 (256 MiB) before the batch is split
-_SAMPLE_STEP = 16  # starting bars come from a strided 1-in-16 row sample
-_MIN_SAMPLED = 1600  # a row table this large gets a sample (of >= 100 rows)
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -95,18 +94,13 @@ def exclude_rows(index: Int8Index, exclude_ids: np.ndarray | None, batch: int) -
     if ex.size != batch or ex.ndim > 2 or not np.issubdtype(ex.dtype, np.integer):
         raise ValueError(f"exclude_ids must be an integer array of shape [{batch}], "
                          f"got {ex.dtype} {list(ex.shape)}")
-    ex = ex.reshape(batch).astype(np.int64)
-    srt, order = index.cache["ids_sorted"], index.cache["ids_order"]
-    pos = np.minimum(np.searchsorted(srt, ex), len(srt) - 1)
-    hit = (srt[pos] == ex) & (ex >= 0)
-    return np.where(hit, order[pos], -1).astype(np.int64)
+    return prepare_index(index).rows_of(ex.reshape(batch))
 
 
 def dequantized(index: Int8Index, ids: np.ndarray) -> np.ndarray:
     """Dequantised embeddings of result ids (any shape) -> float32 [..., d]; the -1 pad gets zeros."""
     ids = np.asarray(ids)
-    prepare_index(index)  # the id lookup lives in the search caches (already built by load_index)
-    rows = exclude_rows(index, ids.reshape(-1), ids.size).reshape(ids.shape)
+    rows = prepare_index(index).rows_of(ids)
     safe = np.maximum(rows, 0)
     out = index.codes[safe].astype(np.float32) * index.scales[safe][..., None]
     out[rows < 0] = 0.0
@@ -196,31 +190,28 @@ def select_top(keys: torch.Tensor, k: int) -> torch.Tensor:
 def keys_to_results(index: Int8Index, keys: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted keys -> (ids int64, scores float32) numpy, padding with id -1 / score -inf."""
     keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
-    return kernels.decode(np.ascontiguousarray(keys), index.cache.get("ids_np", np.asarray(index.ids)))
+    return kernels.decode(np.ascontiguousarray(keys), prepare_index(index).ids)
 
 
-# ------------------------------------------------------------------------------------------ prepared caches
-def prepare_index(index: Int8Index) -> dict:
-    """Build the search-time caches once (torch views, id lookup, 64-row scale bounds, int8 centroids) and run
-    the int8 GEMM self-test, so the first request is not slow. Idempotent; ``load_index`` calls it."""
-    cache = index.cache
-    if cache.get("ready"):
-        return cache
-    scales = np.ascontiguousarray(index.scales, dtype=np.float32)
-    # plain ndarray views: slicing an np.memmap (a loaded index) costs microseconds of Python per slice
-    cache["codes_np"] = np.asarray(index.codes)
-    cache.update(_sampled_table(cache["codes_np"], scales))
+# --------------------------------------------------------------------------------------------- preparation
+def prepare_index(index: Int8Index) -> PreparedIndex:
+    """The index's search-time form (``PreparedIndex``), built once (torch views, id lookup, 64-row scale
+    bounds, row samples, int8 centroids), and the int8 GEMM self-test and kernel compiles run, so the first
+    request is not slow. Idempotent; a server calls it right after ``load_index``."""
+    if index.prepared is not None:
+        return index.prepared
+    codes = np.asarray(index.codes)
     order = np.argsort(index.ids, kind="stable")
-    cache["ids_order"], cache["ids_sorted"] = order, index.ids[order]
-    cache["ids_np"] = np.ascontiguousarray(index.ids, dtype=np.int64)
+    ivf = None
     if index.ivf is not None:
         ccodes, cscales = quantize_rows(index.ivf.centroids)
-        cache["centroid_codes"], cache["centroid_scales"] = ccodes, cscales
-        cache["ivf_offsets"] = np.ascontiguousarray(index.ivf.offsets, dtype=np.int64)
+        ivf = IvfTables(ccodes, cscales, np.ascontiguousarray(index.ivf.offsets, dtype=np.int64))
+    prepared = PreparedIndex(SampledTable.of(codes, np.ascontiguousarray(index.scales, dtype=np.float32)), codes,
+                             np.ascontiguousarray(index.ids, dtype=np.int64), index.ids[order], order, ivf)
     int_mm_is_exact()
     kernels.warm_up()
-    cache["ready"] = True
-    return cache
+    index.prepared = prepared
+    return prepared
 
 
 # ------------------------------------------------------------------------------------------------ exact scan
@@ -252,31 +243,6 @@ def query_chunk(batch: int, kk: int) -> int:
     return b
 
 
-def _row_table(codes: np.ndarray, scales: np.ndarray) -> dict:
-    """What the blocked scan needs of a set of scale-sorted rows: codes, scales and per-64-row-chunk inverse
-    scale bounds (float64: the integer bound is computed in float64 with a relative margin)."""
-    starts = np.arange(0, len(scales), CHUNK)
-    # float64: 1 / (the smallest float32 subnormal) is finite, so no clamp (a clamped 1 / s_min would lift
-    # the bound u / s_min of a negative u above the truth); scales are > 0 (a zero row gets scale 1)
-    smax, smin = np.maximum.reduceat(scales, starts), np.minimum.reduceat(scales, starts)
-    inv_smax, inv_smin = 1 / smax.astype(np.float64), 1 / smin.astype(np.float64)
-    codes = np.ascontiguousarray(codes)
-    return {"codes_t": torch.from_numpy(codes), "scales": np.ascontiguousarray(scales, dtype=np.float32),
-            "inv_smax": inv_smax, "inv_smin": inv_smin, "smax": smax.astype(np.float64),
-            "smin": smin.astype(np.float64)}
-
-
-def _sampled_table(codes: np.ndarray, scales: np.ndarray) -> dict:
-    """A row table with its strided 1-in-16 row sample, itself sampled, down to ~100 rows: each level's
-    scan takes its starting bars from the next level's (``_starting_bars``), so a sample scan is cheap too."""
-    n = len(scales)
-    level = {"table": _row_table(codes, scales), "sample": None, "sample_rows": None}
-    if n >= _MIN_SAMPLED:
-        rows = np.unique(np.linspace(0, n - 1, n // _SAMPLE_STEP).astype(np.int64))
-        level["sample"], level["sample_rows"] = _sampled_table(codes[rows], scales[rows]), rows
-    return level
-
-
 def scan_block_rows(n: int, b: int, block_rows: int = MAX_BLOCK_ROWS) -> int:
     """Item rows per block of a scan of ``n`` rows for ``b`` queries: an int32 block of about
     ``_BLOCK_ELEMS``, at most ``block_rows``, a multiple of 64."""
@@ -284,26 +250,26 @@ def scan_block_rows(n: int, b: int, block_rows: int = MAX_BLOCK_ROWS) -> int:
     return max(CHUNK, rows // CHUNK * CHUNK)
 
 
-def _gemv_scan(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, buf: np.ndarray,
+def _gemv_scan(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, buf: np.ndarray,
                fill: np.ndarray, kth: np.ndarray, rows: int, n_seg: int) -> None:
     """Tiny batches: score the table's rows with IVF's compiled GEMV + filter (``kernels.ivf_scan``), query by
     query, the rows cut into spans it treats as lists (at least 8 per thread, at most ``rows`` long). At
     batch 1 the int8 GEMM is a memory-bound GEMV whose output block is then read again; fused, the scan runs
     at about the streaming bandwidth (1M x 128: 4.4 vs 8.0 ms per query, measured)."""
-    n = table["codes_t"].shape[0]
+    n = table.rows
     span = max(CHUNK, min(rows, -(-n // (8 * n_seg * CHUNK)) * CHUNK))
     offsets = np.append(np.arange(0, n, span, dtype=np.int64), np.int64(n))
     probes = np.tile(np.arange(len(offsets) - 1, dtype=np.int64), (qc.shape[0], 1))
-    kernels.ivf_scan(qc.numpy(), qs, probes, offsets, table["codes_t"].numpy(), table["scales"], excl, buf, fill,
-                     kth, kk, n_seg)
+    kernels.ivf_scan(qc.numpy(), qs, probes, offsets, table.codes_t.numpy(), table.scales, excl, buf, fill, kth,
+                     kk, n_seg)
 
 
-def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, kth: np.ndarray,
+def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, kth: np.ndarray,
                 block_rows: int, bar_only: bool = False) -> np.ndarray:
     """Blocked scan of a row table -> sorted best keys [b, kk] (INT64_MIN pads), or with ``bar_only`` just
     the kk-th best [b, 1]. ``kth``: each query's starting bar (INT64_MIN, or a guessed key); only keys above
     it are kept."""
-    codes_t = table["codes_t"]
+    codes_t = table.codes_t
     n, b = codes_t.shape[0], qc.shape[0]
     threads = numba.get_num_threads()
     # every filter splits the rows between the threads as the GEMM does, so each thread reads the rows its
@@ -333,16 +299,16 @@ def _scan_table(table: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray,
         if first:
             bars = np.full(b, INT64_MIN, np.int64)
             if by_groups:
-                kernels.group_bars(maxima[0], r0, r1 - r0, table["smin"], table["smax"], qs, excl, kk, bars)
+                kernels.group_bars(maxima[0], r0, r1 - r0, table.smin, table.smax, qs, excl, kk, bars)
             else:  # a narrow block (wide batch): from its rows' exact scores
-                kernels.row_bars(dot, r0, table["scales"], qs, excl, kk, bars)
+                kernels.row_bars(dot, r0, table.scales, qs, excl, kk, bars)
             kth = np.maximum(kth, np.repeat(bars, n_seg))
         if row_scan:
-            kernels.block_rows_scan(dot, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs, excl,
-                                    buf, fill, kth, kk, n_groups, n_seg)
+            kernels.block_rows_scan(dot, r0, table.inv_smax, table.inv_smin, table.scales, qs, excl, buf, fill,
+                                    kth, kk, n_groups, n_seg)
         else:
-            kernels.block_offer(dot, *maxima, r0, table["inv_smax"], table["inv_smin"], table["scales"], qs,
-                                excl, buf, fill, kth, kk, n_groups, n_seg)
+            kernels.block_offer(dot, *maxima, r0, table.inv_smax, table.inv_smin, table.scales, qs, excl, buf,
+                                fill, kth, kk, n_groups, n_seg)
     return _collect(buf, fill, kk, n_seg, bar_only)
 
 
@@ -353,7 +319,7 @@ def _collect(buf: np.ndarray, fill: np.ndarray, kk: int, n_seg: int, bar_only: b
     return kernels.finish(buf, fill, kk, kk, n_seg)
 
 
-def _starting_bars(cache: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, block_rows: int
+def _starting_bars(levels: SampledTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, block_rows: int
                    ) -> tuple[np.ndarray | None, bool]:
     """A starting bar per query from a scan of the 1-in-16 row sample (rows are scale-sorted, so the sample is
     stratified) -> (bar keys or None, guessed). Without a bar the first rows all survive until k are seen.
@@ -363,10 +329,10 @@ def _starting_bars(cache: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarr
     * large k (>= 32 expected sample hits): the score that k rows (+3 sigma) of the whole index are expected
       to beat; tighter, but only a guess: a query that ends with fewer than k keys above it is rescanned.
     """
-    sample = cache["sample"]
+    sample = levels.sample
     if sample is None:
         return None, False
-    m, n = sample["table"]["codes_t"].shape[0], cache["table"]["codes_t"].shape[0]
+    m, n = sample.table.rows, levels.table.rows
     expect = kk * m / n
     j = int(expect + 3 * expect**0.5 + 8)
     guessed = expect >= 32 and j <= m // 2
@@ -374,7 +340,7 @@ def _starting_bars(cache: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarr
         j = kk
     if j > m // 2:
         return None, False
-    rows = cache["sample_rows"]
+    rows = levels.sample_rows
     pos = np.minimum(np.searchsorted(rows, excl), m - 1)
     sample_excl = np.where((excl >= 0) & (rows[pos] == excl), pos, -1)
     # a guessed (large) j is worth the sample's own starting bars; for a small one they cost more than they save
@@ -385,20 +351,20 @@ def _starting_bars(cache: dict, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarr
     return np.where(valid.numpy(), bars, INT64_MIN), guessed
 
 
-def scan_keys(cache: dict, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tensor, k: int,
+def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tensor, k: int,
               block_rows: int, estimate: bool = True, bar_only: bool = False) -> torch.Tensor:
     """Exact scan over all rows -> sorted keys [b, min(k, N)] (CPU tensors); with ``bar_only`` only the
     last of them [b, 1] (a starting bar for the level above)."""
     kernel_threads()
-    table = cache["table"]
-    kk = min(k, table["codes_t"].shape[0])
+    table = levels.table
+    kk = min(k, table.rows)
     qs_np, excl_np = qs.numpy(), excl.numpy()
-    bars, guessed = _starting_bars(cache, qc, qs_np, excl_np, kk, block_rows) if estimate else (None, False)
+    bars, guessed = _starting_bars(levels, qc, qs_np, excl_np, kk, block_rows) if estimate else (None, False)
     kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
     keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, kk, kth, block_rows, bar_only))
     short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1)
     if guessed and short.numel():  # the guess was too high for these queries: redo them without one
-        keys[short] = scan_keys(cache, qc[short], qs[short], excl[short], k, block_rows, False, bar_only)
+        keys[short] = scan_keys(levels, qc[short], qs[short], excl[short], k, block_rows, False, bar_only)
     return keys
 
 
@@ -406,7 +372,6 @@ def prepare_queries(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: 
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     k = validate_k(k)
     q = validate_queries(queries, index.dim)
-    prepare_index(index)
     excl = exclude_rows(index, exclude_ids, q.shape[0])
     qc, qs = quantize_rows(q)
     return torch.from_numpy(qc), torch.from_numpy(qs), torch.from_numpy(excl), k
@@ -428,12 +393,20 @@ def exact_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.
     if not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
     batch, k_out = qc.shape[0], min(k, index.count)
+    levels = prepare_index(index).levels
     step = max(1, query_chunk(batch, k_out) // kernel_threads())  # a query may hold a reservoir per thread
+    return scan_in_chunks(index, batch, k_out, step,
+                          lambda sl: scan_keys(levels, qc[sl], qs[sl], excl[sl], k_out, block_rows))
+
+
+def scan_in_chunks(index: Int8Index, batch: int, k_out: int, step: int,
+                   scan: Callable[[slice], torch.Tensor | np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The driver every CPU scan (exact, IVF) runs: ``scan(queries)`` -> sorted keys for ``step`` queries at
+    a time (bounded memory: one chunk's reservoirs), decoded into (ids, scores) [batch, k_out]."""
     if step >= batch > 0:  # one chunk: its decoded arrays are the result (no second 12 bytes x B x k copy)
-        return keys_to_results(index, scan_keys(index.cache, qc, qs, excl, k_out, block_rows))
+        return keys_to_results(index, scan(slice(0, batch)))
     ids, scores = empty_results(batch, k_out)
     for b0 in range(0, batch, step):
         sl = slice(b0, b0 + step)
-        keys = scan_keys(index.cache, qc[sl], qs[sl], excl[sl], k_out, block_rows)
-        ids[sl], scores[sl] = keys_to_results(index, keys)
+        ids[sl], scores[sl] = keys_to_results(index, scan(sl))
     return ids, scores

@@ -190,13 +190,13 @@ class GpuIndex:
 
     @classmethod
     def from_index(cls, index: Int8Index, device: str | torch.device) -> GpuIndex:
-        cache = prepare_index(index)
+        prepared = prepare_index(index)
 
         def put(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
-        return cls(put(index.codes), put(index.scales), put(index.ids), put(cache["ids_sorted"]),
-                   put(cache["ids_order"]))
+        return cls(put(index.codes), put(index.scales), put(index.ids), put(prepared.ids_sorted),
+                   put(prepared.ids_order))
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,92 @@
+"""The search-time form of an ``Int8Index``: what every scan reads, built once when the index is loaded.
+
+Typed, so the exact scan, IVF and the GPU glue name what they read (``prepared.ids_sorted``) rather than
+agreeing on dictionary keys. Pure data and its construction; the scans live in ``search.py`` / ``ivf.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CHUNK = 64  # rows per upper-bound chunk (the kernels use >> 6 for it)
+SAMPLE_STEP = 16  # starting bars come from a strided 1-in-16 row sample
+MIN_SAMPLED = 1600  # a row table this large gets a sample (of >= 100 rows)
+
+
+@dataclass(frozen=True)
+class RowTable:
+    """What the blocked scan needs of a set of scale-sorted rows: codes, scales and per-64-row-chunk scale
+    bounds (float64: the integer bound is computed in float64 with a relative margin)."""
+
+    codes_t: torch.Tensor  # int8 [n, d], a view of the codes
+    scales: np.ndarray  # float32 [n]
+    inv_smax: np.ndarray  # float64 [n / 64]: 1 / the chunk's largest scale
+    inv_smin: np.ndarray  # float64 [n / 64]: 1 / its smallest
+    smax: np.ndarray
+    smin: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return int(self.codes_t.shape[0])
+
+    @classmethod
+    def of(cls, codes: np.ndarray, scales: np.ndarray) -> RowTable:
+        starts = np.arange(0, len(scales), CHUNK)
+        # float64: 1 / (the smallest float32 subnormal) is finite, so no clamp (a clamped 1 / s_min would lift
+        # the bound u / s_min of a negative u above the truth); scales are > 0 (a zero row gets scale 1)
+        smax, smin = np.maximum.reduceat(scales, starts), np.minimum.reduceat(scales, starts)
+        return cls(torch.from_numpy(np.ascontiguousarray(codes)), np.ascontiguousarray(scales, dtype=np.float32),
+                   1 / smax.astype(np.float64), 1 / smin.astype(np.float64), smax.astype(np.float64),
+                   smin.astype(np.float64))
+
+
+@dataclass(frozen=True)
+class SampledTable:
+    """A row table with its strided 1-in-16 row sample, itself sampled, down to ~100 rows: each level's scan
+    takes its starting bars from the next level's (``search._starting_bars``), so a sample scan is cheap too."""
+
+    table: RowTable
+    sample: SampledTable | None = None
+    sample_rows: np.ndarray | None = None  # int64: the sample's rows in ``table``
+
+    @classmethod
+    def of(cls, codes: np.ndarray, scales: np.ndarray) -> SampledTable:
+        n = len(scales)
+        if n < MIN_SAMPLED:
+            return cls(RowTable.of(codes, scales))
+        rows = np.unique(np.linspace(0, n - 1, n // SAMPLE_STEP).astype(np.int64))
+        return cls(RowTable.of(codes, scales), cls.of(codes[rows], scales[rows]), rows)
+
+
+@dataclass(frozen=True)
+class IvfTables:
+    """IVF's probe and scan inputs: int8-quantised centroids (ranked with the item scan's exact formula) and
+    each list's row range."""
+
+    centroid_codes: np.ndarray  # int8 [L, d]
+    centroid_scales: np.ndarray  # float32 [L]
+    offsets: np.ndarray  # int64 [L + 1]
+
+
+@dataclass(frozen=True)
+class PreparedIndex:
+    levels: SampledTable  # the full row table and its samples
+    codes: np.ndarray  # int8 [N, d], a plain ndarray (slicing an np.memmap costs microseconds per slice)
+    ids: np.ndarray  # int64 [N], contiguous
+    ids_sorted: np.ndarray  # ids ascending ...
+    ids_order: np.ndarray  # ... and the row of each
+    ivf: IvfTables | None = None
+
+    @property
+    def table(self) -> RowTable:
+        return self.levels.table
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Item ids (any shape, -1 = none) -> rows (-1 = none or unknown id)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.ids_sorted, ids), len(self.ids_sorted) - 1)
+        hit = (self.ids_sorted[pos] == ids) & (ids >= 0)
+        return np.where(hit, self.ids_order[pos], -1).astype(np.int64)
