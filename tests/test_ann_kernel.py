@@ -91,3 +91,46 @@ def test_gpu_search_validates_inputs():
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "VALIDATE-OK" in proc.stdout, proc.stderr[-4000:]
+
+
+_FILTERED = textwrap.dedent("""
+    import os, sys
+    assert "triton" not in sys.modules
+    os.environ["TRITON_INTERPRET"] = "1"
+    import numpy as np
+    import torch
+    from widefunnel.ann import filters
+    from widefunnel.ann.index import build_index
+    from widefunnel.ann.search import exact_search, exclude_rows
+    from widefunnel.ann.triton_kernel import gpu_search
+
+    rng = np.random.default_rng(4)
+    n, d, b = 700, 32, 18
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x[10:14] = x[0]
+    index = build_index(x, np.arange(n) * 5 + 1, "fp")
+    q = rng.standard_normal((b, d)).astype(np.float32)
+    mask = rng.random((b, n)) < np.linspace(0.002, 0.6, b)[:, None]  # a selectivity per query
+    mask[3] = False  # matches nothing: all padding
+    ex_ids = np.where(np.arange(b) % 2 == 0, index.ids[np.argmax(mask, axis=1)], -1)
+    allow = filters.pack_rows(mask)
+    for k, use_kernel in ((8, True), (32, True), (8, False), (300, False)):
+        want_ids, want_scores = exact_search(index, q, k, exclude_ids=ex_ids, allow=allow)
+        rows, scores = gpu_search(torch.from_numpy(index.codes), torch.from_numpy(index.scales), torch.from_numpy(q),
+                                  k, torch.from_numpy(exclude_rows(index, ex_ids, b)), use_kernel=use_kernel,
+                                  allow=torch.from_numpy(allow))
+        rows, scores = rows.numpy(), scores.numpy()
+        got_ids = np.where(rows >= 0, index.ids[np.maximum(rows, 0)], -1)
+        assert np.array_equal(got_ids, want_ids), (k, use_kernel)
+        assert np.array_equal(scores.view(np.int32), want_scores.view(np.int32)), (k, use_kernel)
+        assert (got_ids[3] == -1).all()
+    print("FILTERED-OK")
+""")
+
+
+def test_filtered_kernel_and_fallback_match_the_filtered_cpu_scan():
+    """Issue 18 in the GPU kernel: the row bitmap is applied inside the tile, exact against the CPU scan."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", _FILTERED], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "FILTERED-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from widefunnel.ann import kernels
+from widefunnel.ann import filters, kernels
 from widefunnel.ann.index import Int8Index
 from widefunnel.ann.prepared import IvfTables
 from widefunnel.ann.search import (
@@ -35,19 +35,22 @@ def probe_lists(ivf: IvfTables, qc: torch.Tensor, qs: torch.Tensor, nprobe: int)
 
 
 def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
-               exclude_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               exclude_ids: np.ndarray | None = None, allow: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """IVF search -> (ids int64 [B,k'], scores float32 [B,k']), k' = min(k, N), same contract as exact_search.
 
     ``nprobe`` is clipped to [1, L]; rows with fewer than k' candidates in their probed lists are padded with
-    id -1 / score -inf.
+    id -1 / score -inf. ``allow`` (a row bitmap per query, ``filters``): the top-k among the probed lists'
+    admissible rows.
     """
     if index.ivf is None:
         raise ValueError("ivf_search needs an index built with ivf_lists > 0")
     nprobe = validate_nprobe(nprobe)
     if nprobe >= index.ivf.n_lists:
-        return exact_search(index, queries, k, exclude_ids)
+        return exact_search(index, queries, k, exclude_ids, allow=allow)
     qc, qs, excl, k = prepare_queries(index, queries, k, exclude_ids)
     batch, k_out = qc.shape[0], min(k, index.count)
+    allow = filters.check_allow(allow, batch, index.count)
     if batch == 0:
         return empty_results(0, k_out)
     prepared = prepare_index(index)
@@ -57,7 +60,7 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
     def scan(sl: slice) -> np.ndarray:
         buf, fill, kth = reservoirs(len(qc[sl]) * n_seg, k_out)
         kernels.ivf_scan(qc[sl].numpy(), qs[sl].numpy(), probes[sl], prepared.ivf.offsets, prepared.codes,
-                         prepared.table.scales, excl[sl].numpy(), buf, fill, kth, k_out, n_seg)
+                         prepared.table.scales, excl[sl].numpy(), allow[sl], buf, fill, kth, k_out, n_seg)
         return kernels.finish(buf, fill, k_out, k_out, n_seg)
 
     return scan_in_chunks(index, batch, k_out, max(1, query_chunk(batch, k_out) // n_seg), scan)

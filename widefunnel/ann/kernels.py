@@ -56,6 +56,15 @@ def _key_score(key: np.int64, scratch: np.ndarray) -> float:
 
 
 @njit(inline="always")
+def _admits(allow, qi, row) -> bool:
+    """Row ``row`` passes query ``qi``'s filter: ``allow`` [b, W] uint64 is a bitmap over the index's rows
+    (bit ``row & 63`` of word ``row >> 6``); W = 0 means no filter."""
+    if allow.shape[1] == 0:
+        return True
+    return (allow[qi, row >> 6] >> np.uint64(row & 63)) & np.uint64(1) != np.uint64(0)
+
+
+@njit(inline="always")
 def _dot_floor(kth: np.int64, qs: np.float32, scratch: np.ndarray) -> float:
     """u: a lower bound on dot * s_item for any row whose key can still beat ``kth``.
 
@@ -161,38 +170,39 @@ def group_bars(m8, r0, r, chunk_smin, chunk_smax, qs, excl, kk, kth):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def row_bars(dot, r0, scales, qs, excl, kk, kth):
+def row_bars(dot, r0, scales, qs, excl, allow, kk, kth):
     """``group_bars`` for a first block with fewer than kk 8-row groups but more than kk rows (narrow blocks
-    of wide batches): each query's bar becomes the kk-th best exact score of the block's rows (leaving out
-    its excluded row), keyed below every real row of that score. Safe: kk real rows reach it."""
+    of wide batches), and for every filtered scan (a group's max may be a row the filter refuses): each
+    query's bar becomes the kk-th best exact score of the block's admissible rows (not its excluded row, only
+    rows its filter admits), keyed below every real row of that score. Safe: kk admissible rows reach it."""
     r, b = dot.shape
     for qi in prange(b):
-        skip = excl[qi] - r0 if r0 <= excl[qi] < r0 + r else -1
-        n = r - (skip >= 0)
+        scratch = np.empty(1, np.float32)
+        s = np.empty(r, np.float32)
+        n = 0
+        for j in range(r):
+            row = r0 + j
+            if row != excl[qi] and _admits(allow, qi, row):
+                s[n] = _score(dot[j, qi], scales[row], qs[qi])
+                n += 1
         if n < kk:
             continue
-        scratch = np.empty(1, np.float32)
-        s = np.empty(n, np.float32)
-        i = 0
-        for j in range(r):
-            if j != skip:
-                s[i] = _score(dot[j, qi], scales[r0 + j], qs[qi])
-                i += 1
-        bar = np.partition(s, n - kk)[n - kk]
+        bar = np.partition(s[:n], n - kk)[n - kk]
         if np.isfinite(bar):
             kth[qi] = max(kth[qi], _key(bar, _LOW32, scratch))
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, buf, fill, kth, kk, n_groups,
-                n_seg):
+def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, allow, buf, fill, kth, kk,
+                n_groups, n_seg):
     """Pass 2: offer the block's rows to the reservoirs. Work item p = (query group, row segment) owns its
     queries' reservoirs (query q, segment s: reservoir q * n_seg + s), so no two threads touch one. Per
     chunk, only queries whose chunk max reaches their bound look further, only into the 8-row groups that
     do, and only rows with dot >= bound are scored exactly and keyed; a raised k-th key tightens the bound
-    at once."""
+    at once. A filtered query skips every chunk its bitmap word empties (a chunk is one 64-bit word)."""
     r, b = dot.shape
     nc = (r + 63) >> 6
+    filtered = allow.shape[1] > 0
     for p in prange(n_groups * n_seg):
         g, sg = p // n_seg, p % n_seg
         q0, q1 = b * g // n_groups, b * (g + 1) // n_groups
@@ -205,6 +215,8 @@ def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, exc
             ism, isn = chunk_inv_smax[chunk], chunk_inv_smin[chunk]
             j1 = min(r, (c + 1) << 6)
             for qi in range(q0, q1):
+                if filtered and allow[qi, chunk] == 0:
+                    continue
                 t = _real_bound(u[qi - q0], ism, isn)
                 if mc[c, qi] < t:
                     continue
@@ -218,7 +230,7 @@ def block_offer(dot, m8, mc, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, exc
                         if d < t:
                             continue
                         row = r0 + j
-                        if row == ex:
+                        if row == ex or not _admits(allow, qi, row):
                             continue
                         key = _key(_score(d, scales[row], q_s), row, scratch)
                         if key > kth[res] and _offer(buf, fill, kth, res, key, kk):
@@ -271,7 +283,8 @@ def _int_bound(t: float) -> np.int32:
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, buf, fill, kth, kk, n_groups, n_seg):
+def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, allow, buf, fill, kth, kk, n_groups,
+                    n_seg):
     """One-pass alternative to ``block_maxima`` + ``block_offer`` for batches of 16 and more. Work item p =
     (query group g, row segment s) owns reservoirs ``q * n_seg + s`` of its queries (16-query tiles) and walks
     its rows: it tests a whole row slice against the queries' integer bounds (contiguous, vectorised), and in
@@ -326,7 +339,7 @@ def block_rows_scan(dot, r0, chunk_inv_smax, chunk_inv_smin, scales, qs, excl, b
                 while m:
                     qi = a + np.intp(_cttz(m))
                     m &= m - np.uint64(1)
-                    if row == excl[qi]:
+                    if row == excl[qi] or not _admits(allow, qi, row):
                         continue
                     key = _key(_score(flat[base + qi], scales[row], qs[qi]), row, scratch)
                     if key <= lk[qi]:
@@ -367,7 +380,7 @@ def _int8_dot(q, codes, row) -> np.int64:
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def ivf_scan(qc, qs, probes, offsets, codes, scales, excl, buf, fill, kth, kk, n_seg):
+def ivf_scan(qc, qs, probes, offsets, codes, scales, excl, allow, buf, fill, kth, kk, n_seg):
     """Reservoir ``p`` scores every row of probed lists ``probes[q, s::n_seg]`` (q, s = divmod(p, n_seg)):
     lists are contiguous row ranges, read in place; segments keep every core busy at small batch. A list's
     dot products are computed first (a tight GEMV loop), then a row is keyed only if its score reaches the
@@ -388,7 +401,7 @@ def ivf_scan(qc, qs, probes, offsets, codes, scales, excl, buf, fill, kth, kk, n
                 dots[row - lo] = _int8_dot(q, codes, row)
             for row in range(lo, hi):
                 s = _score(dots[row - lo], scales[row], q_s)
-                if s < bar or row == ex:
+                if s < bar or row == ex or not _admits(allow, qi, row):
                     continue
                 key = _key(s, row, scratch)
                 if key > kth[p] and _offer(buf, fill, kth, p, key, kk):
@@ -529,18 +542,22 @@ def warm_up() -> None:
     scales = np.ones(130, np.float32)
     inv = np.ones(3, np.float64)
     qc, qs, ex = np.ones((1, 4), np.int8), np.ones(1, np.float32), np.full(1, -1, np.int64)
+    allows = (np.zeros((1, 0), np.uint64), np.full((1, 3), np.uint64(2**64 - 1)))
     buf, fill, kth = np.empty((1, 8), np.int64), np.zeros(1, np.int64), np.full(1, INT64_MIN, np.int64)
     for dot in (np.zeros((130, 1), np.int32), np.zeros((130, 1), np.float32)):
         m8, mc = np.empty((17, 1), dot.dtype), np.empty((3, 1), dot.dtype)
         block_maxima(dot, m8, mc)
         group_bars(m8, 0, 130, inv, inv, qs, ex, 2, kth)
-        row_bars(dot, 0, scales, qs, ex, 2, kth)
-        block_offer(dot, m8, mc, 0, inv, inv, scales, qs, ex, buf, fill, kth, 2, 1, 1)
-        block_rows_scan(dot, 0, inv, inv, scales, qs, ex, buf, fill, kth, 2, 1, 1)
+        for allow in allows:
+            row_bars(dot, 0, scales, qs, ex, allow, 2, kth)
+            block_offer(dot, m8, mc, 0, inv, inv, scales, qs, ex, allow, buf, fill, kth, 2, 1, 1)
+            block_rows_scan(dot, 0, inv, inv, scales, qs, ex, allow, buf, fill, kth, 2, 1, 1)
     finish(buf, fill, 2, 2, 1)
     kth_keys(buf, fill, 2, 1)
     fill[:], kth[:] = 0, INT64_MIN
-    ivf_scan(qc, qs, np.zeros((1, 1), np.int64), np.array([0, 130], np.int64), codes, scales, ex, buf, fill,
-             kth, 2, 1)
+    for allow in allows:
+        fill[:], kth[:] = 0, INT64_MIN
+        ivf_scan(qc, qs, np.zeros((1, 1), np.int64), np.array([0, 130], np.int64), codes, scales, ex, allow, buf,
+                 fill, kth, 2, 1)
     probe(qc, qs, codes, scales, 2)
     decode(finish(buf, fill, 2, 2, 1), np.arange(130, dtype=np.int64))

@@ -10,10 +10,11 @@ from widefunnel.ann.search import exact_search, validate_nprobe
 
 
 def search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None,
-           nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scan when ``nprobe`` is None or the index has no IVF, else IVF search over ``nprobe`` lists."""
+           nprobe: int | None = None, allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scan when ``nprobe`` is None or the index has no IVF, else IVF search over ``nprobe`` lists;
+    ``allow`` restricts either to the rows a per-query bitmap admits (``filters``)."""
     if nprobe is None or index.ivf is None:
         if nprobe is not None:
             validate_nprobe(nprobe)
-        return exact_search(index, queries, k, exclude_ids)
-    return ivf_search(index, queries, k, nprobe, exclude_ids)
+        return exact_search(index, queries, k, exclude_ids, allow=allow)
+    return ivf_search(index, queries, k, nprobe, exclude_ids, allow)

@@ -34,7 +34,7 @@ import numba
 import numpy as np
 import torch
 
-from widefunnel.ann import kernels
+from widefunnel.ann import filters, kernels
 from widefunnel.ann.index import Int8Index
 from widefunnel.ann.prepared import CHUNK, IvfTables, PreparedIndex, RowTable, SampledTable
 from widefunnel.ann.quantize import QMAX, quantize_rows
@@ -250,8 +250,8 @@ def scan_block_rows(n: int, b: int, block_rows: int = MAX_BLOCK_ROWS) -> int:
     return max(CHUNK, rows // CHUNK * CHUNK)
 
 
-def _gemv_scan(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, buf: np.ndarray,
-               fill: np.ndarray, kth: np.ndarray, rows: int, n_seg: int) -> None:
+def _gemv_scan(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, allow: np.ndarray, kk: int,
+               buf: np.ndarray, fill: np.ndarray, kth: np.ndarray, rows: int, n_seg: int) -> None:
     """Tiny batches: score the table's rows with IVF's compiled GEMV + filter (``kernels.ivf_scan``), query by
     query, the rows cut into spans it treats as lists (at least 8 per thread, at most ``rows`` long). At
     batch 1 the int8 GEMM is a memory-bound GEMV whose output block is then read again; fused, the scan runs
@@ -260,12 +260,12 @@ def _gemv_scan(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarr
     span = max(CHUNK, min(rows, -(-n // (8 * n_seg * CHUNK)) * CHUNK))
     offsets = np.append(np.arange(0, n, span, dtype=np.int64), np.int64(n))
     probes = np.tile(np.arange(len(offsets) - 1, dtype=np.int64), (qc.shape[0], 1))
-    kernels.ivf_scan(qc.numpy(), qs, probes, offsets, table.codes_t.numpy(), table.scales, excl, buf, fill, kth,
-                     kk, n_seg)
+    kernels.ivf_scan(qc.numpy(), qs, probes, offsets, table.codes_t.numpy(), table.scales, excl, allow, buf, fill,
+                     kth, kk, n_seg)
 
 
-def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, kth: np.ndarray,
-                block_rows: int, bar_only: bool = False) -> np.ndarray:
+def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, allow: np.ndarray, kk: int,
+                kth: np.ndarray, block_rows: int, bar_only: bool = False) -> np.ndarray:
     """Blocked scan of a row table -> sorted best keys [b, kk] (INT64_MIN pads), or with ``bar_only`` just
     the kk-th best [b, 1]. ``kth``: each query's starting bar (INT64_MIN, or a guessed key); only keys above
     it are kept."""
@@ -282,7 +282,7 @@ def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndar
     buf, fill, kth = reservoirs(b * n_seg, kk, np.repeat(kth, n_seg))
     rows = scan_block_rows(n, b, block_rows)
     if b <= _GEMV_MAX_BATCH:  # the fused int8 GEMV + filter reads each row once and writes no dot block
-        _gemv_scan(table, qc, qs, excl, kk, buf, fill, kth, rows, n_seg)
+        _gemv_scan(table, qc, qs, excl, allow, kk, buf, fill, kth, rows, n_seg)
         return _collect(buf, fill, kk, n_seg, bar_only)
     qt = qc.T.contiguous()
     out = dot_buffer(rows, b)
@@ -293,22 +293,23 @@ def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndar
         if maxima is None:  # int32, or float32 on the exact-float fallback
             maxima = np.empty((rows // 8, b), dot.dtype), np.empty((rows // CHUNK, b), dot.dtype)
         first = r0 == 0 and bool((kth == INT64_MIN).any())  # no bar yet: a safe one from the first block
-        by_groups = first and (r1 - r0) // 8 > kk  # cheap: from its 8-row groups' maxima
+        # cheap: from its 8-row groups' maxima (not when filtered: a group's max may be a refused row)
+        by_groups = first and (r1 - r0) // 8 > kk and allow.shape[1] == 0
         if not row_scan or by_groups:
             kernels.block_maxima(dot, *maxima)
         if first:
             bars = np.full(b, INT64_MIN, np.int64)
             if by_groups:
                 kernels.group_bars(maxima[0], r0, r1 - r0, table.smin, table.smax, qs, excl, kk, bars)
-            else:  # a narrow block (wide batch): from its rows' exact scores
-                kernels.row_bars(dot, r0, table.scales, qs, excl, kk, bars)
+            else:  # a narrow block (wide batch) or a filtered scan: from its admissible rows' exact scores
+                kernels.row_bars(dot, r0, table.scales, qs, excl, allow, kk, bars)
             kth = np.maximum(kth, np.repeat(bars, n_seg))
         if row_scan:
-            kernels.block_rows_scan(dot, r0, table.inv_smax, table.inv_smin, table.scales, qs, excl, buf, fill,
-                                    kth, kk, n_groups, n_seg)
+            kernels.block_rows_scan(dot, r0, table.inv_smax, table.inv_smin, table.scales, qs, excl, allow, buf,
+                                    fill, kth, kk, n_groups, n_seg)
         else:
-            kernels.block_offer(dot, *maxima, r0, table.inv_smax, table.inv_smin, table.scales, qs, excl, buf,
-                                fill, kth, kk, n_groups, n_seg)
+            kernels.block_offer(dot, *maxima, r0, table.inv_smax, table.inv_smin, table.scales, qs, excl, allow,
+                                buf, fill, kth, kk, n_groups, n_seg)
     return _collect(buf, fill, kk, n_seg, bar_only)
 
 
@@ -319,8 +320,8 @@ def _collect(buf: np.ndarray, fill: np.ndarray, kk: int, n_seg: int, bar_only: b
     return kernels.finish(buf, fill, kk, kk, n_seg)
 
 
-def _starting_bars(levels: SampledTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, kk: int, block_rows: int
-                   ) -> tuple[np.ndarray | None, bool]:
+def _starting_bars(levels: SampledTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, allow: np.ndarray,
+                   kk: int, block_rows: int) -> tuple[np.ndarray | None, bool]:
     """A starting bar per query from a scan of the 1-in-16 row sample (rows are scale-sorted, so the sample is
     stratified) -> (bar keys or None, guessed). Without a bar the first rows all survive until k are seen.
 
@@ -328,6 +329,8 @@ def _starting_bars(levels: SampledTable, qc: torch.Tensor, qs: np.ndarray, excl:
       safe (never above the true k-th score); the excluded row is excluded from the sample too.
     * large k (>= 32 expected sample hits): the score that k rows (+3 sigma) of the whole index are expected
       to beat; tighter, but only a guess: a query that ends with fewer than k keys above it is rescanned.
+      Never for a filtered scan (its admissible share differs per query): the safe bar, from the admissible
+      sample rows.
     """
     sample = levels.sample
     if sample is None:
@@ -335,7 +338,7 @@ def _starting_bars(levels: SampledTable, qc: torch.Tensor, qs: np.ndarray, excl:
     m, n = sample.table.rows, levels.table.rows
     expect = kk * m / n
     j = int(expect + 3 * expect**0.5 + 8)
-    guessed = expect >= 32 and j <= m // 2
+    guessed = expect >= 32 and j <= m // 2 and allow.shape[1] == 0
     if not guessed:
         j = kk
     if j > m // 2:
@@ -345,26 +348,31 @@ def _starting_bars(levels: SampledTable, qc: torch.Tensor, qs: np.ndarray, excl:
     sample_excl = np.where((excl >= 0) & (rows[pos] == excl), pos, -1)
     # a guessed (large) j is worth the sample's own starting bars; for a small one they cost more than they save
     keys = scan_keys(sample, qc, torch.from_numpy(qs), torch.from_numpy(sample_excl), j, block_rows,
-                     estimate=guessed, bar_only=True).numpy()
+                     estimate=guessed, bar_only=True, allow=filters.subset(allow, rows)).numpy()
     _, score, valid = decode_keys(torch.from_numpy(keys[:, -1]))
     bars = make_keys(score, torch.full(score.shape, _LOW32, dtype=torch.int64)).numpy()
     return np.where(valid.numpy(), bars, INT64_MIN), guessed
 
 
 def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tensor, k: int,
-              block_rows: int, estimate: bool = True, bar_only: bool = False) -> torch.Tensor:
+              block_rows: int, estimate: bool = True, bar_only: bool = False, allow: np.ndarray | None = None
+              ) -> torch.Tensor:
     """Exact scan over all rows -> sorted keys [b, min(k, N)] (CPU tensors); with ``bar_only`` only the
-    last of them [b, 1] (a starting bar for the level above)."""
+    last of them [b, 1] (a starting bar for the level above). ``allow``: a row bitmap per query
+    (``filters``); the keys are then the best of the admissible rows, INT64_MIN-padded."""
     kernel_threads()
     table = levels.table
     kk = min(k, table.rows)
     qs_np, excl_np = qs.numpy(), excl.numpy()
-    bars, guessed = _starting_bars(levels, qc, qs_np, excl_np, kk, block_rows) if estimate else (None, False)
+    allow = filters.no_filter(qc.shape[0]) if allow is None else allow
+    bars, guessed = (_starting_bars(levels, qc, qs_np, excl_np, allow, kk, block_rows) if estimate
+                     else (None, False))
     kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
-    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, kk, kth, block_rows, bar_only))
+    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, allow, kk, kth, block_rows, bar_only))
     short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1)
     if guessed and short.numel():  # the guess was too high for these queries: redo them without one
-        keys[short] = scan_keys(levels, qc[short], qs[short], excl[short], k, block_rows, False, bar_only)
+        keys[short] = scan_keys(levels, qc[short], qs[short], excl[short], k, block_rows, False, bar_only,
+                                allow[short.numpy()])
     return keys
 
 
@@ -382,21 +390,24 @@ def empty_results(batch: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def exact_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None,
-                 block_rows: int = MAX_BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+                 block_rows: int = MAX_BLOCK_ROWS, allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """queries float32 [B,d] -> (ids int64 [B,k'], scores float32 [B,k']) best first, k' = min(k, N).
 
     A row whose exclusion leaves fewer than k' items is padded with id -1 / score -inf, so the output shape
     (like every value in it) never depends on the other queries of the batch. ``block_rows`` caps the item
-    rows per block (rounded to a multiple of 64); the result does not depend on it.
+    rows per block (rounded to a multiple of 64); the result does not depend on it. ``allow``: a uint64 row
+    bitmap per query (``filters.pack_rows``): the result is then the exact top-k of the admissible rows,
+    padded when fewer are admissible.
     """
     qc, qs, excl, k = prepare_queries(index, queries, k, exclude_ids)
     if not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
     batch, k_out = qc.shape[0], min(k, index.count)
+    allow = filters.check_allow(allow, batch, index.count)
     levels = prepare_index(index).levels
     step = max(1, query_chunk(batch, k_out) // kernel_threads())  # a query may hold a reservoir per thread
     return scan_in_chunks(index, batch, k_out, step,
-                          lambda sl: scan_keys(levels, qc[sl], qs[sl], excl[sl], k_out, block_rows))
+                          lambda sl: scan_keys(levels, qc[sl], qs[sl], excl[sl], k_out, block_rows, allow=allow[sl]))
 
 
 def scan_in_chunks(index: Int8Index, batch: int, k_out: int, step: int,

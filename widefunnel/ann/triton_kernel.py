@@ -62,9 +62,10 @@ if triton is not None:
 
     # sizes are not specialised on (== 1, multiple of 16): one compile per (D, BN, K), not one more for each
     # new batch size or index length met while serving
-    @triton.jit(do_not_specialize=["n_queries", "n_items", "n_tiles", "n_mblocks"])
-    def _int8_topk_kernel(q_ptr, qs_ptr, c_ptr, cs_ptr, ex_ptr, out_ptr, n_queries, n_items, n_tiles, n_mblocks,
-                          D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
+    @triton.jit(do_not_specialize=["n_queries", "n_items", "n_tiles", "n_mblocks", "n_words"])
+    def _int8_topk_kernel(q_ptr, qs_ptr, c_ptr, cs_ptr, ex_ptr, allow_ptr, out_ptr, n_queries, n_items, n_tiles,
+                          n_mblocks, n_words, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
+                          FILTERED: tl.constexpr):
         """One [BM x BN] tile: exact int8 dot products -> scores -> unique keys -> best K keys per query.
         A 1-D grid, query blocks fastest (the blocks of one item tile run together and share it in L2): a
         grid's y size stops at 65,535, fewer item tiles than 10M rows make at BN = 128. Offsets in int64."""
@@ -85,6 +86,10 @@ if triton is not None:
         key = ordered.to(tl.int64) * 4294967296 + (4294967295 - rn[None, :].to(tl.int64))
         ex = tl.load(ex_ptr + rm, mask=rm < n_queries, other=-1)
         dead = (rn[None, :] >= n_items) | (rn[None, :] == ex[:, None])
+        if FILTERED:  # the row bitmap (``filters``): bit rn & 63 of word rn >> 6, an int64 view of the uint64
+            word = tl.load(allow_ptr + rm[:, None].to(tl.int64) * n_words + (rn[None, :] >> 6),
+                           mask=(rm[:, None] < n_queries) & (rn[None, :] < n_items), other=0)
+            dead = dead | (((word >> (rn[None, :] & 63).to(tl.int64)) & 1) == 0)
         key = tl.where(dead, (-9223372036854775807 - 1), key)
         base = (rm.to(tl.int64) * n_tiles + pid_n) * K
         for i in tl.static_range(K):
@@ -98,7 +103,7 @@ def _next_pow2(x: int) -> int:
 
 
 def _kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor, qs: torch.Tensor, kk: int,
-                 exclude: torch.Tensor) -> torch.Tensor:
+                 exclude: torch.Tensor, allow: torch.Tensor | None = None) -> torch.Tensor:
     """Per-tile best keys from the Triton kernel, merged -> [B, kk] sorted keys."""
     n, d = codes_t.shape
     dp = max(32, _next_pow2(d))  # tl.dot: power-of-two K, >= 32 for int8 MMA; zero padding keeps dots exact
@@ -111,9 +116,12 @@ def _kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor
     b = qc.shape[0]
     out = torch.empty((b, n_tiles * kt), dtype=torch.int64, device=qc.device)
     n_mblocks = triton.cdiv(b, _BM)
+    filtered = allow is not None
+    words = allow.contiguous() if filtered else exclude  # any int64 tensor: never read unfiltered
     _int8_topk_kernel[(n_mblocks * n_tiles,)](qc.contiguous(), qs.contiguous(), codes_t.contiguous(),
-                                              scales_t.contiguous(), exclude.contiguous(), out, b, n, n_tiles,
-                                              n_mblocks, D=dp, BM=_BM, BN=bn, K=kt)
+                                              scales_t.contiguous(), exclude.contiguous(), words, out, b, n,
+                                              n_tiles, n_mblocks, words.shape[1] if filtered else 0, D=dp, BM=_BM,
+                                              BN=bn, K=kt, FILTERED=filtered)
     return select_top(out, kk)
 
 
@@ -126,7 +134,8 @@ def fallback_block_rows(b: int, n: int, d: int, device: torch.device) -> int:
 
 
 def _fallback_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor, qs: torch.Tensor, kk: int,
-                   exclude: torch.Tensor, block_rows: int | None = None) -> torch.Tensor:
+                   exclude: torch.Tensor, block_rows: int | None = None, allow: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """Device-agnostic blocked scan with a running top-k merge (same keys, so the same exact result)."""
     b, n = qc.shape[0], codes_t.shape[0]
     if block_rows is None:
@@ -136,21 +145,25 @@ def _fallback_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tens
         c = codes_t[r0:r0 + block_rows]
         rows = torch.arange(r0, r0 + c.shape[0], device=qc.device)
         keys = make_keys(scores_from_dot(int_dot(qc, c), scales_t[r0:r0 + c.shape[0]], qs[:, None]), rows)
-        keys = torch.where(rows[None, :] == exclude[:, None], INT64_MIN, keys)
+        dead = rows[None, :] == exclude[:, None]
+        if allow is not None:
+            dead |= ((allow[:, rows >> 6] >> (rows & 63)[None, :]) & 1) == 0
+        keys = torch.where(dead, INT64_MIN, keys)
         keys = torch.cat([best, keys], dim=1)
         best = torch.topk(keys, min(kk, keys.shape[1]), dim=1, sorted=False).values
     return select_top(best, kk)
 
 
 def gpu_search(codes_t: torch.Tensor, scales_t: torch.Tensor, queries_t: torch.Tensor, k: int,
-               exclude: torch.Tensor | None = None, use_kernel: bool | None = None
+               exclude: torch.Tensor | None = None, use_kernel: bool | None = None, allow: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact int8 search on torch tensors (CUDA in production) -> (rows int64 [B,k'], scores float32 [B,k']).
 
     ``codes_t`` int8 [N,d], ``scales_t`` float32 [N], ``queries_t`` float [B,d], ``exclude`` int64 [B] of
     *row* indices (-1 = none; map ids to rows with ``search.exclude_rows``). k' = min(k, N); rows left short
     by an exclusion are padded with row -1 / score -inf. ``use_kernel`` None = the Triton kernel when triton
-    is importable, the tensors are on CUDA (or the interpreter is on) and k <= KERNEL_MAX_K.
+    is importable, the tensors are on CUDA (or the interpreter is on) and k <= KERNEL_MAX_K. ``allow``: a row
+    bitmap per query (``filters``; int64 or uint64 [B, ceil(N / 64)]), the top-k of the admissible rows.
     """
     k = validate_k(k)
     if queries_t.ndim != 2 or queries_t.shape[1] != codes_t.shape[1]:
@@ -162,15 +175,19 @@ def gpu_search(codes_t: torch.Tensor, scales_t: torch.Tensor, queries_t: torch.T
     if exclude is None:
         exclude = torch.full((b,), -1, dtype=torch.int64, device=queries_t.device)
     exclude = exclude.to(torch.int64).reshape(b)
+    if allow is not None:
+        if tuple(allow.shape) != (b, -(-n // 64)):
+            raise ValueError(f"allow must be a row bitmap of shape [{b}, {-(-n // 64)}], got {list(allow.shape)}")
+        allow = allow.view(torch.int64) if allow.dtype == torch.uint64 else allow.to(torch.int64)
     qc, qs = quantize_rows_torch(queries_t)
     if use_kernel is None:
         use_kernel = triton is not None and kk <= KERNEL_MAX_K and (queries_t.is_cuda or _interpreting())
     if b == 0:
         keys = torch.full((0, kk), INT64_MIN, dtype=torch.int64, device=queries_t.device)
     elif use_kernel:
-        keys = _kernel_keys(codes_t, scales_t, qc, qs, kk, exclude)
+        keys = _kernel_keys(codes_t, scales_t, qc, qs, kk, exclude, allow)
     else:
-        keys = _fallback_keys(codes_t, scales_t, qc, qs, kk, exclude)
+        keys = _fallback_keys(codes_t, scales_t, qc, qs, kk, exclude, allow=allow)
     rows, scores, valid = decode_keys(keys)
     return torch.where(valid, rows, -1), torch.where(valid, scores, -float("inf"))
 
@@ -209,12 +226,16 @@ class GpuIndex:
         return torch.where(self.sorted_ids[pos] == ex, self.rows_by_id[pos], -1)
 
     def search(self, queries: torch.Tensor, k: int, exclude_ids: torch.Tensor | None = None,
-               emit_embeddings: bool = False, use_kernel: bool | None = None) -> dict[str, torch.Tensor]:
+               emit_embeddings: bool = False, use_kernel: bool | None = None, allow: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
         """-> CANDIDATE_ID int64 [B,k'], CANDIDATE_SCORE float32 [B,k'] (and CANDIDATE_EMB float32 [B,k',d]):
-        what the CPU path returns for the same index, padded alike (id -1, score -inf, zero embedding)."""
+        what the CPU path returns for the same index, padded alike (id -1, score -inf, zero embedding).
+        ``allow``: a row bitmap per query (``filters``), moved to the device."""
         q = torch.as_tensor(queries, device=self.device).float()
         excl = None if exclude_ids is None else self.exclude_rows(torch.as_tensor(exclude_ids))
-        rows, scores = gpu_search(self.codes, self.scales, q, k, excl, use_kernel)
+        if allow is not None:
+            allow = torch.as_tensor(allow).to(self.device)
+        rows, scores = gpu_search(self.codes, self.scales, q, k, excl, use_kernel, allow)
         safe = rows.clamp(min=0)
         out = {"CANDIDATE_ID": torch.where(rows >= 0, self.ids[safe], -1), "CANDIDATE_SCORE": scores.float()}
         if emit_embeddings:

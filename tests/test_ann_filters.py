@@ -1,0 +1,111 @@
+"""Filters inside the scan (issue 18, core): the exact top-k of the admissible rows, for any selectivity,
+batch size and k, on the exact (GEMV, GEMM + offer, row-scan paths) and the IVF scan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from widefunnel.ann import filters
+from widefunnel.ann.index import build_index
+from widefunnel.ann.ivf import ivf_search
+from widefunnel.ann.quantize import quantize_rows
+from widefunnel.ann.search import exact_search
+
+FP = "tower-filters"
+
+
+def _reference(index, queries, k, mask, exclude=None, rows_subset=None):
+    """Brute force over the admissible rows (``mask`` [B, N] in row order), documented tie rule."""
+    qc, qs = quantize_rows(queries)
+    dot = (qc.astype(np.int64) @ index.codes.astype(np.int64).T).astype(np.float32)
+    scores = (dot * index.scales[None, :]) * qs[:, None] + np.float32(0.0)
+    n, k_out = index.count, min(k, index.count)
+    ids = np.full((len(queries), k_out), -1, np.int64)
+    out = np.full((len(queries), k_out), -np.inf, np.float32)
+    for i in range(len(queries)):
+        order = np.lexsort((np.arange(n), -scores[i]))
+        keep = mask[i, order]
+        if rows_subset is not None:
+            keep &= np.isin(order, rows_subset[i])
+        if exclude is not None:
+            keep &= index.ids[order] != exclude[i]
+        order = order[keep][:k_out]
+        ids[i, :len(order)], out[i, :len(order)] = index.ids[order], scores[i, order]
+    return ids, out
+
+
+def _same(a, b) -> bool:
+    return np.array_equal(a[0], b[0]) and np.array_equal(a[1].view(np.int32), b[1].view(np.int32))
+
+
+@pytest.fixture(scope="module")
+def index_12k():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12000, 32)).astype(np.float32)
+    x[100:130] = x[7]  # ties
+    return build_index(x, rng.permutation(10**6)[:12000].astype(np.int64), FP)
+
+
+def _mask(b: int, n: int, share: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mask = rng.random((b, n)) < share
+    if b > 1:
+        mask[1, :] = False  # a query whose filter matches nothing: a padded empty list, not an error
+    if b > 2:
+        mask[2, ::64] = True  # one admissible row per chunk
+    return mask
+
+
+@pytest.mark.parametrize("batch", [1, 5, 9, 40])  # GEMV, GEMV, GEMM + offer, row scan
+@pytest.mark.parametrize("share", [0.5, 0.01, 0.001])
+@pytest.mark.parametrize("k", [10, 500])
+def test_filtered_exact_search_is_the_exact_top_k_of_the_admissible_rows(index_12k, batch, share, k):
+    rng = np.random.default_rng(batch)
+    q = rng.standard_normal((batch, 32)).astype(np.float32)
+    mask = _mask(batch, index_12k.count, share, seed=int(share * 1000) + k)
+    exclude = np.where(np.arange(batch) % 2 == 0, index_12k.ids[np.argmax(mask, axis=1)], -1)
+    got = exact_search(index_12k, q, k, exclude, allow=filters.pack_rows(mask))
+    assert _same(got, _reference(index_12k, q, k, mask, exclude))
+    if batch > 1:
+        assert (got[0][1] == -1).all()  # nothing admissible: all padding
+
+
+def test_a_filter_is_batch_invariant(index_12k):
+    q = np.random.default_rng(0).standard_normal((24, 32)).astype(np.float32)
+    mask = _mask(24, index_12k.count, 0.1, seed=3)
+    whole = exact_search(index_12k, q, 50, allow=filters.pack_rows(mask))
+    for i in (0, 2, 17):
+        alone = exact_search(index_12k, q[i:i + 1], 50, allow=filters.pack_rows(mask[i:i + 1]))
+        assert _same((whole[0][i:i + 1], whole[1][i:i + 1]), alone)
+
+
+def test_an_all_admitting_filter_equals_no_filter(index_12k):
+    q = np.random.default_rng(1).standard_normal((20, 32)).astype(np.float32)
+    full = filters.pack_rows(np.ones((20, index_12k.count), bool))
+    assert _same(exact_search(index_12k, q, 3000, allow=full), exact_search(index_12k, q, 3000))
+
+
+def test_ivf_filtered_is_the_top_k_of_the_probed_lists_admissible_rows():
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((32, 16)).astype(np.float32)
+    x = (centers[rng.integers(0, 32, 4000)] + 0.4 * rng.standard_normal((4000, 16))).astype(np.float32)
+    index = build_index(x, np.arange(4000) * 3, FP, ivf_lists=16, seed=0)
+    q = (centers[rng.integers(0, 32, 6)] + 0.4 * rng.standard_normal((6, 16))).astype(np.float32)
+    mask = _mask(6, index.count, 0.2, seed=9)
+    got = ivf_search(index, q, 40, nprobe=3, allow=filters.pack_rows(mask))
+    # the probed lists' rows: what the unfiltered IVF search can return at k = N
+    probed = [np.flatnonzero(np.isin(index.ids, row[row >= 0])) for row in ivf_search(index, q, index.count, 3)[0]]
+    assert _same(got, _reference(index, q, 40, mask, rows_subset=probed))
+
+
+def test_bitmaps_pack_and_refuse_by_name():
+    mask = np.random.default_rng(0).random((3, 130)) < 0.5
+    packed = filters.pack_rows(mask)
+    assert packed.shape == (3, 3) and packed.dtype == np.uint64
+    assert np.array_equal(filters.unpack_rows(packed, 130), mask)
+    rows = np.array([0, 5, 64, 129])
+    assert np.array_equal(filters.unpack_rows(filters.subset(packed, rows), 4), mask[:, rows])
+    with pytest.raises(ValueError, match="allow"):
+        exact_search(build_index(np.ones((130, 4), np.float32), np.arange(130), FP), np.ones((3, 4), np.float32), 5,
+                     allow=packed[:, :2])
