@@ -20,6 +20,7 @@ import numpy as np
 
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
+from widefunnel.ann.filters import ItemAttributes
 from widefunnel.ann.index import save_index
 from widefunnel.builders import gpu
 from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
@@ -27,6 +28,7 @@ from widefunnel.builders.train import TrainedFunnel, TrainingData, train_funnel,
 from widefunnel.layout import (
     CONFIG_FILE,
     FINGERPRINTS_PARAMETER,
+    ITEM_ATTRIBUTES,
     atomic_write,
     commit_version,
     format_fingerprints,
@@ -111,7 +113,8 @@ def _ann_parameters(repository: Path, head: str, version: int, fingerprint: str,
 
 
 def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int, fingerprint: str,
-                 dim: int, max_item_id: int, engines: bool = False) -> dict[str, object]:
+                 dim: int, max_item_id: int, engines: bool = False, genres: tuple[str, ...] = ()
+                 ) -> dict[str, object]:
     tasks = len(cfg["scorer"]["tasks"])
     mcf = cfg["merge"]
     per_request = cfg["serving"]["max_request_candidates"]
@@ -120,6 +123,7 @@ def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int,
         "default_value_weights": json.dumps(value_weights(cfg).tolist()),
         "max_candidates": str(cfg["ann"]["max_k"]),
         "max_request_candidates": str(cfg["serving"]["max_request_candidates"]),
+        "genres": json.dumps(list(genres)), "max_exclude": str(cfg["serving"]["max_exclude"]),
     }
     configs = {
         "preprocess": mcfg.preprocess_config(target, tasks, preprocess_params),
@@ -173,8 +177,11 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, data: Training
     install_plugin("preprocess", writer.folder("preprocess"))
     install_plugin("quota_merge", writer.folder("quota_merge"))
     export_query_tower(funnel.tower, fingerprint, writer.folder("query_tower") / "model.onnx")
+    cat = data.catalogue
+    attributes = ItemAttributes.of(cat.item_ids, cat.genres, cat.years, cat.genre_names)
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
         save_index(index, writer.folder(f"ann_{head}") / "index")
+        attributes.save(writer.folder(f"ann_{head}") / ITEM_ATTRIBUTES)
         export_reranker(reranker, cfg["rerank"]["keep"], dim, fingerprint,
                         writer.folder(f"rerank_{head}") / "model.onnx")
     export_scorer(funnel.scorer, len(cfg["scorer"]["tasks"]), fingerprint,
@@ -199,7 +206,7 @@ def write_repository(repository: Path, funnel: TrainedFunnel, data: TrainingData
     # 1. step configs (ANN now also expects this version's fingerprint), 2. version folders, 3. ensembles.
     max_item_id = int(data.catalogue.item_ids.max())
     for name, config in step_configs(repository, cfg, target, version, fingerprint, dim, max_item_id,
-                                     engines).items():
+                                     engines, data.catalogue.genre_names).items():
         atomic_write(repository / name / CONFIG_FILE, mcfg.to_pbtxt(config))
     writer.commit()
     for name, config in ensemble_configs(cfg, target, version).items():

@@ -31,6 +31,7 @@ from widefunnel.layout import (
     BUILDS_FILE,
     CONFIG_FILE,
     FINGERPRINTS_PARAMETER,
+    ITEM_ATTRIBUTES,
     atomic_write,
     commit_version,
     format_fingerprints,
@@ -117,6 +118,9 @@ def write_shard_repositories(source: Path, shard_repositories: list[Path], prune
                     continue
                 staged = stage_version(Path(repo) / model, version)
                 save_index(part.index, staged / "index")
+                attributes = source / model / str(version) / ITEM_ATTRIBUTES
+                if attributes.exists():  # keyed by id: every shard reads the whole table for its own rows
+                    shutil.copy2(attributes, staged / ITEM_ATTRIBUTES)
                 (staged / SHARD_FILE).write_text(json.dumps(part.describe(), indent=2, sort_keys=True) + "\n")
                 commit_version(staged, version)
         if prune:
@@ -241,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------- prebuilt-index serving
 def write_index_repository(repository: Path, indexes: dict[int, object], head: str = "engagement", k: int = 100,
                            max_k: int = 100_000, emit_embeddings: bool = True,
-                           target: mcfg.Target | None = None) -> str:
+                           target: mcfg.Target | None = None, attributes=None) -> str:
     """A repository serving given ``{version: Int8Index}`` as ``ann_<head>`` (widefunnel_ann, all versions):
-    the single server for an index that did not come from `widefunnel build` (tests, benchmarks)."""
+    the single server for an index that did not come from `widefunnel build` (tests, benchmarks);
+    ``attributes`` (an ``ann.filters.ItemAttributes``) makes its filters usable."""
     repository, target = Path(repository), target or mcfg.Target("cpu")
     first = next(iter(indexes.values()))
     fingerprints = format_fingerprints({str(v): index.manifest["tower_fingerprint"] for v, index in indexes.items()})
@@ -258,6 +263,8 @@ def write_index_repository(repository: Path, indexes: dict[int, object], head: s
         if not (model_dir / str(version)).exists():
             staged = stage_version(model_dir, version)
             save_index(index, staged / "index")
+            if attributes is not None:
+                attributes.save(staged / ITEM_ATTRIBUTES)
             commit_version(staged, version)
     return config.name
 

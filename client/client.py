@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from widefunnel import model_configs as mcfg
 from widefunnel.merge import Recommendation
-from widefunnel.validation import recommend_tensors
+from widefunnel.validation import filter_tensors, recommend_tensors
 
 PROTOCOLS = ("http", "grpc")
 
@@ -110,17 +110,23 @@ class WidefunnelClient:
         except InferenceServerException as exc:
             raise map_error(exc) from None
 
-    def recommend(self, seeds, alpha=None, top_n=None, value_weights=None) -> Recommendation:
-        return decode_recommendation(self._infer(mcfg.ENSEMBLE, recommend_tensors(seeds, alpha, top_n, value_weights)))
+    def recommend(self, seeds, alpha=None, top_n=None, value_weights=None, **filters) -> Recommendation:
+        """``filters`` (inside retrieval, the same for every seed): ``exclude`` ids, ``include_genres`` (any of),
+        ``exclude_genres``, ``years`` (an inclusive (min, max))."""
+        tensors = recommend_tensors(seeds, alpha, top_n, value_weights)
+        tensors |= filter_tensors(**filters, batch=len(tensors["seed_item_id"]))
+        return decode_recommendation(self._infer(mcfg.ENSEMBLE, tensors))
 
     def recommend_many(self, seeds, batch_size: int = 32, **kwargs) -> list[Recommendation]:
         """Many seeds in batches of at most `batch_size` (the ensemble's max_batch_size caps it)."""
         seeds = np.asarray(seeds, np.int64).ravel()
         return [self.recommend(seeds[i:i + batch_size], **kwargs) for i in range(0, len(seeds), batch_size)]
 
-    def retrieve(self, seeds) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Retrieval only: each head's ANN candidates and scores, unscored."""
-        result = self._infer(mcfg.RETRIEVE_ENSEMBLE, {"seed_item_id": np.asarray(seeds, np.int64).reshape(-1, 1)})
+    def retrieve(self, seeds, **filters) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Retrieval only: each head's ANN candidates and scores, unscored (``filters`` as ``recommend``)."""
+        seeds = np.asarray(seeds, np.int64).reshape(-1, 1)
+        result = self._infer(mcfg.RETRIEVE_ENSEMBLE, {"seed_item_id": seeds} | filter_tensors(**filters,
+                                                                                              batch=len(seeds)))
         return {h: (result.as_numpy(f"{h}_item_id"), result.as_numpy(f"{h}_score")) for h in mcfg.HEADS}
 
     def score(self, seeds, candidates, value_weights=None) -> dict[str, np.ndarray]:

@@ -109,3 +109,45 @@ def test_bitmaps_pack_and_refuse_by_name():
     with pytest.raises(ValueError, match="allow"):
         exact_search(build_index(np.ones((130, 4), np.float32), np.arange(130), FP), np.ones((3, 4), np.float32), 5,
                      allow=packed[:, :2])
+
+
+def test_request_filters_become_the_admissible_rows():
+    from widefunnel.ann.filters import YEAR_ANY, ItemAttributes, RowAttributes, request_bitmap
+
+    ids = np.array([10, 20, 30, 40, 50])
+    attrs = ItemAttributes.of(ids, {10: ("a",), 20: ("b",), 30: ("a", "c"), 40: (), 50: ("c",)},
+                              np.array([0] * 10 + [1990] + [0] * 9 + [2001] + [0] * 9 + [1995] + [0] * 9 + [0]
+                                       + [0] * 9 + [1980]), ("a", "b", "c"))
+    row_ids = np.array([30, 10, 50, 20, 40])  # an index's row order
+    rows = RowAttributes.of(attrs, row_ids)
+
+    def rows_of(x):
+        return np.vectorize(lambda i: int(np.flatnonzero(row_ids == i)[0]) if i in row_ids else -1)(x)
+
+    def admitted(**kw):
+        args = {"exclude_ids": None, "genres_any": None, "genres_none": None, "years": None} | kw
+        allow = request_bitmap(5, rows, rows_of, **args)
+        return None if allow is None else set(row_ids[filters.unpack_rows(allow, 5)[0]].tolist())
+
+    assert admitted() is None and admitted(exclude_ids=np.array([[-1]])) is None  # nothing to filter
+    assert admitted(genres_any=np.array([0b001])) == {10, 30}
+    assert admitted(genres_any=np.array([0b011]), genres_none=np.array([0b100])) == {10, 20}
+    assert admitted(years=np.array([[1985, 2000]])) == {10, 30}  # unknown year (40) does not match a range
+    assert admitted(years=np.array([YEAR_ANY]), exclude_ids=np.array([[50, 99, -1]])) == {10, 20, 30, 40}
+    with pytest.raises(ValueError, match="no item attributes"):
+        request_bitmap(5, None, rows_of, None, np.array([1]), None, None)
+
+
+def test_filter_validation_names_the_field():
+    from widefunnel.validation import RequestError, RequestLimits, validate_filters
+
+    limits = RequestLimits(np.arange(1, 10), 0.5, 10, 100, np.ones(4, np.float32), 100, 1000, ("Comedy", "Drama"), 3)
+    ok = validate_filters(limits, 2, include_genre=np.array([[b"Drama", b""], [b"Comedy", b"Drama"]], object))
+    assert ok.genres_any[:, 0].tolist() == [0b10, 0b11] and (ok.exclude_ids == -1).all()
+    for kwargs, field in (({"include_genre": np.array([[b"Opera"]] * 2, object)}, "include_genre"),
+                          ({"exclude_item_id": np.ones((2, 4), np.int64)}, "exclude_item_id"),
+                          ({"exclude_item_id": np.full((2, 1), -3)}, "exclude_item_id"),
+                          ({"min_year": np.full((2, 1), 2000, np.int32), "max_year": np.full((2, 1), 1990, np.int32)},
+                           "empty range")):
+        with pytest.raises(RequestError, match=field):
+            validate_filters(limits, 2, **kwargs)

@@ -26,6 +26,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from widefunnel.ann.filters import ItemAttributes, RowAttributes, request_bitmap
 from widefunnel.ann.index import build_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import exact_search, prepare_index
@@ -80,7 +81,11 @@ def data():
     top1 = exact_search(index, queries, 1)[0][:, 0]
     far_tie = [int(index.ids[b + 5]) for b in _boundaries()]  # an item of the tie block, past the boundary
     exclude = np.array(far_tie + top1[3:].tolist(), np.int64)
-    return {"index": index, "queries": queries, "exclude": exclude, "block_ids": block_ids}
+    genres = {int(i): tuple(g for g, keep in zip(("a", "b", "c"), rng.random(3) < 0.3) if keep) for i in index.ids}
+    attributes = ItemAttributes.of(np.sort(index.ids), genres, rng.integers(1950, 2000, int(index.ids.max()) + 1),
+                                   ("a", "b", "c"))
+    return {"index": index, "queries": queries, "exclude": exclude, "block_ids": block_ids,
+            "attributes": attributes}
 
 
 # -------------------------------------------------------------------------------------------------- pure tests
@@ -182,7 +187,7 @@ def test_layout_is_incremental_and_keeps_dropped_versions_until_pruned(tmp_path)
 def servers(tmp_path_factory, data):
     root = tmp_path_factory.mktemp("sharded")
     src = root / "source"
-    sb.write_index_repository(src, {1: data["index"]}, k=100, max_k=100_000)
+    sb.write_index_repository(src, {1: data["index"]}, k=100, max_k=100_000, attributes=data["attributes"])
     single = TritonServer(src, Ports().resolved())
     metrics = ["--metrics-config", "summary_latencies=true"]
     two = LocalCluster(src, 2, workdir=root / "two", timeout_s=3.0, instances=1, extra_args=metrics)
@@ -204,8 +209,8 @@ def servers(tmp_path_factory, data):
 
 
 def _infer(url: str, model: str, queries: np.ndarray, k: int | None = None, exclude: np.ndarray | None = None,
-           outputs=OUTPUTS, client=None):
-    tensors = {"QUERY": queries.astype(np.float32)}
+           outputs=OUTPUTS, client=None, filters: dict | None = None):
+    tensors = {"QUERY": queries.astype(np.float32)} | (filters or {})
     if k is not None:
         tensors["K"] = np.full((len(queries), 1), k, np.int32)
     if exclude is not None:
@@ -249,6 +254,36 @@ def test_sharded_equals_single_server(servers, data, k, with_exclusion):
         assert not (want_ids == data["exclude"][:, None]).any()
     if k > N:
         assert want_ids.shape[1] == N and ((want_ids[:, -1] == -1) == with_exclusion).all()
+
+
+@pytest.mark.parametrize("k", [10, 5_000])
+def test_sharded_filters_reach_every_shard_and_stay_exact(servers, data, k):
+    """Issue 18 through the router: exclusion lists, genres and a year range go to every shard, each maps them
+    to its own rows, and the merge equals the single server and the filtered exact search."""
+    queries, b = data["queries"], len(data["queries"])
+    index, attributes = data["index"], data["attributes"]
+    exclude_ids = np.tile(np.concatenate([index.ids[:4], [-1], index.ids[10:13]]), (b, 1))
+    filters = {"EXCLUDE_IDS": exclude_ids.astype(np.int64),
+               "GENRES_ANY": np.full((b, 1), 0b011, np.int64), "GENRES_NONE": np.full((b, 1), 0b100, np.int64),
+               "YEARS": np.tile(np.array([[1960, 1990]], np.int32), (b, 1))}
+    rows = RowAttributes.of(attributes, index.ids)
+    allow = request_bitmap(index.count, rows, prepare_index(index).rows_of, filters["EXCLUDE_IDS"],
+                           filters["GENRES_ANY"][:, 0], filters["GENRES_NONE"][:, 0], filters["YEARS"])
+    want_ids, _ = exact_search(index, queries, k, allow=allow)
+    single = _infer(servers["single"].grpc_url, MODEL, queries, k, outputs=OUTPUTS[:3], filters=filters)
+    assert np.array_equal(single["CANDIDATE_ID"], want_ids)
+    admissible = set(index.ids[filters_mask(rows, filters, index)].tolist())
+    assert set(want_ids[want_ids >= 0].tolist()) <= admissible
+    for shards, (cluster, model) in ROUTERS.items():
+        got = _infer(servers[cluster].router.grpc_url, model, queries, k, filters=filters)
+        assert np.array_equal(got["CANDIDATE_ID"], single["CANDIDATE_ID"]), f"S={shards} k={k}"
+
+
+def filters_mask(rows, filters, index) -> np.ndarray:
+    """An independent reading of the filter (first query's): genre a or b, not c, year in [1960, 1990]."""
+    g, y = rows.genres, rows.years
+    ok = ((g & 0b011) != 0) & ((g & 0b100) == 0) & (y >= 1960) & (y <= 1990)
+    return ok & ~np.isin(index.ids, filters["EXCLUDE_IDS"][0])
 
 
 def test_sharded_embeddings_and_default_k_match(servers, data):

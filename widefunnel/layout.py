@@ -27,6 +27,7 @@ def plugin_file(name: str, filename: str = "model.py") -> Path:
     return Path(str(importlib.resources.files("widefunnel.plugins").joinpath(name, filename)))
 
 
+ITEM_ATTRIBUTES = "item_attributes.npz"  # an ANN version's filterable item attributes (ann.filters.ItemAttributes)
 SITE_BOOTSTRAP = "widefunnel_site.py"  # imported first by every Python model (plugins/widefunnel_site.py)
 
 

@@ -80,12 +80,29 @@ SEED = Tensor("seed_item_id", "INT64", (1,), optional=True)
 SCORING_SEED = Tensor("scoring_seed_item_id", "INT64", (1,), optional=True)
 
 
+# Filters inside retrieval (issue 18), per seed: excluded ids (-1 pads), genres (any of / none of), an inclusive
+# release-year range. Preprocess validates them into FILTER_STEP_TENSORS, which the ANN steps apply in the scan.
+FILTER_INPUTS = [Tensor("exclude_item_id", "INT64", (-1,), True), Tensor("include_genre", "BYTES", (-1,), True),
+                 Tensor("exclude_genre", "BYTES", (-1,), True), Tensor("min_year", "INT32", (1,), True),
+                 Tensor("max_year", "INT32", (1,), True)]
+FILTER_STEP_TENSORS = [Tensor("EXCLUDE_IDS", "INT64", (-1,)), Tensor("GENRES_ANY", "INT64", (1,)),
+                       Tensor("GENRES_NONE", "INT64", (1,)), Tensor("YEARS", "INT32", (2,))]
+
+
+def _filter_wiring() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(ensemble -> preprocess inputs, preprocess -> ensemble outputs, ensemble -> ANN inputs): the step
+    tensors travel under the same ensemble names (`_exclude_ids`, ...) from preprocess to both ANN steps."""
+    between = {t.name: f"_{t.name.lower()}" for t in FILTER_STEP_TENSORS}
+    return {t.name: t.name for t in FILTER_INPUTS}, between, between
+
+
 def preprocess_config(target: Target, tasks: int, parameters: dict[str, str]) -> mc.ModelConfig:
     inputs = [SEED, Tensor("alpha", "FP32", (1,), True),
               Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True),
-              Tensor("candidate_item_id", "INT64", (-1,), True), SCORING_SEED]
+              Tensor("candidate_item_id", "INT64", (-1,), True), SCORING_SEED, *FILTER_INPUTS]
     outputs = [Tensor("ITEM_ID", "INT64", (1,)), Tensor("ALPHA", "FP32", (1,)), Tensor("TOP_N", "INT32", (1,)),
-               Tensor("VALUE_WEIGHTS", "FP32", (tasks + 1,)), Tensor("CANDIDATE_ID", "INT64", (-1,))]
+               Tensor("VALUE_WEIGHTS", "FP32", (tasks + 1,)), Tensor("CANDIDATE_ID", "INT64", (-1,)),
+               *FILTER_STEP_TENSORS]
     # Validation runs on the CPU wherever the rest runs.
     return _model("preprocess", "python", inputs, outputs, target, parameters, kind=mc.ModelInstanceGroup.KIND_CPU)
 
@@ -98,7 +115,8 @@ def query_tower_config(target: Target, dim: int) -> mc.ModelConfig:
 
 def ann_config(head: str, target: Target, dim: int, parameters: dict[str, str]) -> mc.ModelConfig:
     inputs = [Tensor("QUERY", "FP32", (dim,)), Tensor("EXCLUDE_ID", "INT64", (1,), True),
-              Tensor("K", "INT32", (1,), True), Tensor("NPROBE", "INT32", (1,), True)]
+              Tensor("K", "INT32", (1,), True), Tensor("NPROBE", "INT32", (1,), True),
+              *[Tensor(t.name, t.dtype, t.dims, True) for t in FILTER_STEP_TENSORS]]
     outputs = [Tensor("CANDIDATE_ID", "INT64", (-1,)), Tensor("CANDIDATE_SCORE", "FP32", (-1,)),
                Tensor("CANDIDATE_EMB", "FP32", (-1, dim)), Tensor("FINGERPRINT", "INT64", (1,))]
     return _model(f"ann_{head}", "widefunnel_ann", inputs, outputs, target, parameters)
@@ -174,9 +192,11 @@ def _ensemble(name: str, target: Target, inputs: list[Tensor], outputs: list[Ten
 
 
 def _front(config: mc.ModelConfig, versions: dict[str, int], with_candidates: bool = False) -> None:
+    client, filtered, _ = _filter_wiring()
     inputs = {"seed_item_id": "seed_item_id", "alpha": "alpha", "top_n": "top_n",
-              "value_weights": "value_weights"}
-    outputs = {"ITEM_ID": "_item_id", "ALPHA": "_alpha", "TOP_N": "_top_n", "VALUE_WEIGHTS": "_value_weights"}
+              "value_weights": "value_weights"} | client
+    outputs = {"ITEM_ID": "_item_id", "ALPHA": "_alpha", "TOP_N": "_top_n",
+               "VALUE_WEIGHTS": "_value_weights"} | filtered
     if with_candidates:
         inputs["candidate_item_id"] = "candidate_item_id"
         outputs["CANDIDATE_ID"] = "_candidate_id"
@@ -185,7 +205,7 @@ def _front(config: mc.ModelConfig, versions: dict[str, int], with_candidates: bo
 
 def _client_inputs(tasks: int) -> list[Tensor]:
     return [SEED, Tensor("alpha", "FP32", (1,), True),
-            Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True)]
+            Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True), *FILTER_INPUTS]
 
 
 def _towers_and_ann(config: mc.ModelConfig, versions: dict[str, int], full: bool = True) -> None:
@@ -197,8 +217,8 @@ def _towers_and_ann(config: mc.ModelConfig, versions: dict[str, int], full: bool
         outputs = {"CANDIDATE_ID": f"_ann_id_{head}", "CANDIDATE_EMB": f"_ann_emb_{head}",
                    "FINGERPRINT": f"_fp_ann_{head}"} if full else \
             {"CANDIDATE_ID": f"{head}_item_id", "CANDIDATE_SCORE": f"{head}_score"}
-        _step(config, f"ann_{head}", versions[f"ann_{head}"], {"QUERY": f"_emb_{head}", "EXCLUDE_ID": "_item_id"},
-              outputs)
+        _step(config, f"ann_{head}", versions[f"ann_{head}"],
+              {"QUERY": f"_emb_{head}", "EXCLUDE_ID": "_item_id"} | _filter_wiring()[2], outputs)
 
 
 def ensemble_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.ModelConfig:
@@ -228,9 +248,10 @@ def retrieve_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.
     outputs = []
     for head in HEADS:
         outputs += [Tensor(f"{head}_item_id", "INT64", (-1,)), Tensor(f"{head}_score", "FP32", (-1,))]
-    config = _ensemble(RETRIEVE_ENSEMBLE, target, [SEED], outputs)
-    _step(config, "preprocess", versions["preprocess"], {"seed_item_id": "seed_item_id"},
-          {"ITEM_ID": "_item_id"})
+    config = _ensemble(RETRIEVE_ENSEMBLE, target, [SEED, *FILTER_INPUTS], outputs)
+    client, filtered, _ = _filter_wiring()
+    _step(config, "preprocess", versions["preprocess"], {"seed_item_id": "seed_item_id"} | client,
+          {"ITEM_ID": "_item_id"} | filtered)
     _towers_and_ann(config, versions, full=False)
     return config
 

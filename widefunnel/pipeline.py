@@ -12,11 +12,20 @@ import numpy as np
 import onnxruntime as ort
 
 from widefunnel import model_configs as mcfg
+from widefunnel.ann.filters import ItemAttributes, RowAttributes, request_bitmap
 from widefunnel.ann.index import Int8Index, load_index
 from widefunnel.ann.query import search
-from widefunnel.ann.search import dequantized
+from widefunnel.ann.search import dequantized, prepare_index
+from widefunnel.layout import ITEM_ATTRIBUTES
 from widefunnel.merge import HEADS, Recommendation, merge_batch
-from widefunnel.validation import RequestLimits, recommend_tensors, validate_request
+from widefunnel.validation import (
+    RequestLimits,
+    ValidFilters,
+    filter_tensors,
+    recommend_tensors,
+    validate_filters,
+    validate_request,
+)
 
 if TYPE_CHECKING:
     from widefunnel.ann.triton_kernel import GpuIndex
@@ -54,10 +63,14 @@ class InProcessFunnel:
         self.indexes: dict[str, Int8Index] = {}
         self.rerankers: dict[str, ort.InferenceSession] = {}
         self.ann_params: dict[str, dict[str, str]] = {}
+        self.attributes: dict[str, RowAttributes | None] = {}
         for head in mcfg.HEADS:
             self.indexes[head] = load_index(repository / f"ann_{head}" / str(v[f"ann_{head}"]) / "index")
             self.rerankers[head] = _session(repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx")
             self.ann_params[head] = _parameters(repository, f"ann_{head}")
+            attributes = repository / f"ann_{head}" / str(v[f"ann_{head}"]) / ITEM_ATTRIBUTES
+            self.attributes[head] = (RowAttributes.of(ItemAttributes.load(attributes), self.indexes[head].ids)
+                                     if attributes.exists() else None)
         self.gpu_indexes: dict[str, GpuIndex] = {}
         if ann_device is not None:
             from widefunnel.ann.triton_kernel import GpuIndex  # imports triton: only when asked for
@@ -65,27 +78,43 @@ class InProcessFunnel:
             self.gpu_indexes = {head: GpuIndex.from_index(self.indexes[head], ann_device) for head in mcfg.HEADS
                                 if self.ann_params[head]["search"] != "ivf" or self.indexes[head].ivf is None}
 
-    def retrieve(self, item_id: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def filters(self, batch: int, **filters) -> ValidFilters:
+        """``exclude``, ``include_genres``, ``exclude_genres``, ``years`` (as the client takes them), validated
+        as preprocess validates them."""
+        return validate_filters(self.limits, batch, **filter_tensors(**filters, batch=batch))
+
+    def _allow(self, head: str, filters: ValidFilters | None) -> np.ndarray | None:
+        if filters is None:
+            return None
+        index = self.indexes[head]
+        return request_bitmap(index.count, self.attributes[head], prepare_index(index).rows_of, filters.exclude_ids,
+                              filters.genres_any[:, 0], filters.genres_none[:, 0], filters.years)
+
+    def retrieve(self, item_id: np.ndarray, filters: ValidFilters | None = None
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per head: (candidate ids, ANN scores, dequantised candidate embeddings) for [B, 1] seeds."""
         emb = dict(zip(mcfg.HEADS, self.tower.run(["EMB_ENGAGEMENT", "EMB_RELEVANCE"], {"ITEM_ID": item_id})))
         out = {}
         for head in mcfg.HEADS:
             index, params = self.indexes[head], self.ann_params[head]
+            allow = self._allow(head, filters)
             if head in self.gpu_indexes:
-                found = self.gpu_indexes[head].search(emb[head], int(params["k"]), item_id[:, 0], True)
+                found = self.gpu_indexes[head].search(emb[head], int(params["k"]), item_id[:, 0], True,
+                                                      allow=allow)
                 ids, scores, cand_emb = (found[name].cpu().numpy() for name in
                                          ("CANDIDATE_ID", "CANDIDATE_SCORE", "CANDIDATE_EMB"))
                 out[head] = (ids, scores, cand_emb, emb[head])
                 continue
             nprobe = int(params["nprobe"]) if params["search"] == "ivf" else None
-            ids, scores = search(index, emb[head], int(params["k"]), item_id[:, 0], nprobe)
+            ids, scores = search(index, emb[head], int(params["k"]), item_id[:, 0], nprobe, allow)
             out[head] = (ids, scores, dequantized(index, ids), emb[head])
         return out
 
-    def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None) -> Recommendation:
+    def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None, **filters) -> Recommendation:
         req = validate_request(self.limits, **recommend_tensors(seed_item_id, alpha, top_n, value_weights))
+        valid = self.filters(len(req.item_id), **filters) if filters else None
         heads = {}
-        for head, (ids, _, cand_emb, query) in self.retrieve(req.item_id).items():
+        for head, (ids, _, cand_emb, query) in self.retrieve(req.item_id, valid).items():
             kept, _ = self.rerankers[head].run(["RERANK_ID", "RERANK_SCORE"],
                                                {"QUERY": query, "CANDIDATE_ID": ids, "CANDIDATE_EMB": cand_emb})
             probs, score = self.scorer.run(["TASK_PROBS", "SCORE"], {

@@ -49,6 +49,10 @@ def check_request_candidates(name: str, batch: int, per_seed: int, limit: int) -
                            f"at most {limit}")
 
 
+DEFAULT_MAX_EXCLUDE = 1000
+YEAR_ANY = (-(2**31), 2**31 - 1)  # no year filter (the same bounds as ``ann.filters.YEAR_ANY``)
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     catalogue: np.ndarray  # sorted int64 item ids
@@ -59,9 +63,14 @@ class RequestLimits:
     max_candidates: int  # per seed
     max_request_candidates: int  # per request, all seeds together
 
-    # The preprocess model's config parameters that make these limits (written by the builder).
+    genres: tuple[str, ...] = ()  # the filterable genres, in bit order (a build's item attributes)
+    max_exclude: int = DEFAULT_MAX_EXCLUDE  # exclusion ids per seed
+
+    # The preprocess model's config parameters that make these limits (written by the builder); the optional
+    # ones are absent in builds older than filters.
     PARAMETERS = frozenset({"default_alpha", "default_top_n", "max_top_n", "default_value_weights",
                             "max_candidates", "max_request_candidates"})
+    OPTIONAL = frozenset({"genres", "max_exclude"})
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], catalogue: np.ndarray) -> RequestLimits:
@@ -70,7 +79,9 @@ class RequestLimits:
                    max_top_n=int(params["max_top_n"]),
                    default_value_weights=np.array(json.loads(params["default_value_weights"]), np.float32),
                    max_candidates=int(params["max_candidates"]),
-                   max_request_candidates=int(params["max_request_candidates"]))
+                   max_request_candidates=int(params["max_request_candidates"]),
+                   genres=tuple(json.loads(params.get("genres", "[]"))),
+                   max_exclude=int(params.get("max_exclude", DEFAULT_MAX_EXCLUDE)))
 
 
 @dataclass(frozen=True)
@@ -153,4 +164,79 @@ def recommend_tensors(seeds, alpha=None, top_n=None, value_weights=None) -> dict
         w = np.asarray(value_weights, np.float32)
         tensors["value_weights"] = np.broadcast_to(w.reshape(1, -1) if w.ndim == 1 else w,
                                                    (len(seeds), w.shape[-1])).copy()
+    return tensors
+
+
+@dataclass(frozen=True)
+class ValidFilters:
+    """A request's filters in the form the ANN steps take (one row per seed)."""
+
+    exclude_ids: np.ndarray  # int64 [B, E] (E >= 1), -1 pads
+    genres_any: np.ndarray  # int64 [B, 1] bitmask, 0 = any genre
+    genres_none: np.ndarray  # int64 [B, 1] bitmask
+    years: np.ndarray  # int32 [B, 2] inclusive range; YEAR_ANY = none
+
+    FIELDS = ("exclude_item_id", "include_genre", "exclude_genre", "min_year", "max_year")
+
+
+def _genre_masks(field: str, values: np.ndarray | None, batch: int, genres: tuple[str, ...]) -> np.ndarray:
+    out = np.zeros((batch, 1), np.int64)
+    if values is None:
+        return out
+    if values.ndim != 2 or values.shape[0] != batch:
+        raise RequestError(f"{field}: expected shape [{batch}, G] (genre names, '' pads), got {list(values.shape)}")
+    bit = {g: j for j, g in enumerate(genres)}
+    for i, row in enumerate(values):
+        for raw in row:
+            name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            if name == "":
+                continue
+            if name not in bit:
+                known = ", ".join(genres) if genres else "none (this build has no item attributes)"
+                raise RequestError(f"{field}: unknown genre {name!r}; known: {known}")
+            out[i, 0] |= np.int64(1) << np.int64(bit[name])
+    return out
+
+
+def validate_filters(limits: RequestLimits, batch: int, exclude_item_id: np.ndarray | None = None,
+                     include_genre: np.ndarray | None = None, exclude_genre: np.ndarray | None = None,
+                     min_year: np.ndarray | None = None, max_year: np.ndarray | None = None) -> ValidFilters:
+    """The filter inputs of one request -> ``ValidFilters``; RequestError naming the field otherwise. A filter
+    that matches nothing is valid (the answer is a padded empty list)."""
+    if exclude_item_id is None:
+        ex = np.full((batch, 1), -1, np.int64)
+    else:
+        if exclude_item_id.ndim != 2 or exclude_item_id.shape[0] != batch:
+            raise RequestError(f"exclude_item_id: expected shape [{batch}, E] (-1 pads), "
+                               f"got {list(exclude_item_id.shape)}")
+        if not 1 <= exclude_item_id.shape[1] <= limits.max_exclude:
+            raise RequestError(f"exclude_item_id: between 1 and {limits.max_exclude} ids per seed, "
+                               f"got {exclude_item_id.shape[1]}")
+        ex = exclude_item_id.astype(np.int64, copy=False)
+        if np.any(ex < -1):
+            raise RequestError(f"exclude_item_id: ids must be >= 0 (-1 pads), got {ex[ex < -1][:5].tolist()}")
+    any_ = _genre_masks("include_genre", include_genre, batch, limits.genres)
+    none = _genre_masks("exclude_genre", exclude_genre, batch, limits.genres)
+    lo = _column("min_year", min_year, batch, np.int32, YEAR_ANY[0]).astype(np.int64)
+    hi = _column("max_year", max_year, batch, np.int32, YEAR_ANY[1]).astype(np.int64)
+    if np.any(lo > hi):
+        raise RequestError(f"min_year, max_year: empty range, got [{int(lo[lo > hi][0])}, {int(hi[lo > hi][0])}]")
+    return ValidFilters(ex, any_, none, np.concatenate([lo, hi], axis=1).astype(np.int32))
+
+
+def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years=None, batch: int = 1
+                   ) -> dict[str, np.ndarray]:
+    """Client tensors for one set of filters, repeated for ``batch`` seeds (None = that filter is not sent)."""
+    tensors: dict[str, np.ndarray] = {}
+    if exclude is not None:
+        ids = np.asarray(exclude, np.int64).reshape(1, -1)
+        ids = ids if ids.size else np.full((1, 1), -1, np.int64)
+        tensors["exclude_item_id"] = np.repeat(ids, batch, axis=0)
+    for field, names in (("include_genre", include_genres), ("exclude_genre", exclude_genres)):
+        if names is not None:
+            row = np.array([n.encode() for n in names] or [b""], dtype=np.object_).reshape(1, -1)
+            tensors[field] = np.repeat(row, batch, axis=0)
+    if years is not None:
+        tensors["min_year"] = np.full((batch, 1), years[0], np.int32)
+        tensors["max_year"] = np.full((batch, 1), years[1], np.int32)
     return tensors

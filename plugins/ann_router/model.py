@@ -25,7 +25,8 @@ from widefunnel.model_configs import model_parameters
 from widefunnel.router import REASONS, InvalidRequest, ShardFailure, ShardRouter
 from widefunnel.sharding import ROUTER_OPTIONAL, ROUTER_REQUIRED, parse_router_parameters
 
-OPTIONAL_INPUTS = ("EXCLUDE_ID", "K", "NPROBE")
+# every shard gets the same filters (its attribute table is keyed by id, so it maps them to its own rows)
+OPTIONAL_INPUTS = ("EXCLUDE_ID", "K", "NPROBE", "EXCLUDE_IDS", "GENRES_ANY", "GENRES_NONE", "YEARS")
 
 
 class TritonPythonModel:

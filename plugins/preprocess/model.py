@@ -15,7 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 from widefunnel.model_configs import model_parameters
 from widefunnel.stub import input_array, respond_each
-from widefunnel.validation import RequestLimits, validate_request
+from widefunnel.validation import RequestLimits, ValidFilters, validate_filters, validate_request
 
 _INPUTS = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id")
 
@@ -27,7 +27,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.name = config["name"]
         try:
-            params = model_parameters(config, set(RequestLimits.PARAMETERS))
+            params = model_parameters(config, set(RequestLimits.PARAMETERS), set(RequestLimits.OPTIONAL))
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
         catalogue = os.path.join(args["model_repository"], args["model_version"], "catalogue.npy")
@@ -39,9 +39,13 @@ class TritonPythonModel:
     def _validate(self, request) -> list:
         valid = validate_request(self.limits, **{n: input_array(request, n) for n in _INPUTS},
                                  require_candidates=input_array(request, "scoring_seed_item_id") is not None)
+        filters = validate_filters(self.limits, len(valid.item_id),
+                                   **{n: input_array(request, n) for n in ValidFilters.FIELDS})
         return [pb_utils.Tensor("ITEM_ID", valid.item_id), pb_utils.Tensor("ALPHA", valid.alpha),
                 pb_utils.Tensor("TOP_N", valid.top_n), pb_utils.Tensor("VALUE_WEIGHTS", valid.value_weights),
-                pb_utils.Tensor("CANDIDATE_ID", valid.candidate_id)]
+                pb_utils.Tensor("CANDIDATE_ID", valid.candidate_id),
+                pb_utils.Tensor("EXCLUDE_IDS", filters.exclude_ids), pb_utils.Tensor("GENRES_ANY", filters.genres_any),
+                pb_utils.Tensor("GENRES_NONE", filters.genres_none), pb_utils.Tensor("YEARS", filters.years)]
 
     def execute(self, requests):
         return respond_each(requests, self._validate, self.name)

@@ -15,10 +15,11 @@ import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in t
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from widefunnel.ann.filters import ItemAttributes, RowAttributes, request_bitmap
 from widefunnel.ann.index import IndexLoadError, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import dequantized, prepare_index
-from widefunnel.layout import FINGERPRINTS_PARAMETER, parse_fingerprints
+from widefunnel.layout import FINGERPRINTS_PARAMETER, ITEM_ATTRIBUTES, parse_fingerprints
 from widefunnel.model_configs import model_parameters
 from widefunnel.stub import input_array, required_array, respond_each
 from widefunnel.validation import RequestError, check_request_candidates, check_step_input
@@ -50,6 +51,12 @@ class TritonPythonModel:
             prepare_index(self.index)  # caches, the GEMM self-test and kernel warm-up: not on the first request
         except (IndexLoadError, OSError) as exc:
             raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing index: {exc}") from exc
+        attributes = os.path.join(args["model_repository"], version, ITEM_ATTRIBUTES)
+        try:  # filters read them in row order; absent in builds older than filters (exclusions still work)
+            self.attributes = (RowAttributes.of(ItemAttributes.load(attributes), self.index.ids)
+                               if os.path.exists(attributes) else None)
+        except (OSError, ValueError, KeyError) as exc:
+            raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing {attributes}: {exc}") from exc
         self.k, self.max_k = int(params["k"]), int(params["max_k"])
         self.mode = params["search"]
         if self.mode not in ("exact", "ivf"):
@@ -65,13 +72,32 @@ class TritonPythonModel:
             # the instance's own GPU, not device 0; the index stays resident there
             self.gpu = GpuIndex.from_index(self.index, f"cuda:{args['model_instance_device_id']}")
 
-    def _gpu_search(self, request, k: int) -> list:
+    def _allow(self, request, batch: int) -> np.ndarray | None:
+        """The request's filters (EXCLUDE_IDS, GENRES_ANY, GENRES_NONE, YEARS; one row per query) -> a row
+        bitmap the scan applies, or None when nothing is filtered."""
+        tensors = {}
+        for name, width in (("EXCLUDE_IDS", None), ("GENRES_ANY", 1), ("GENRES_NONE", 1), ("YEARS", 2)):
+            value = input_array(request, name)
+            if value is not None and (value.ndim != 2 or value.shape[0] != batch
+                                      or (width is not None and value.shape[1] != width)):
+                raise RequestError(f"{name}: expected shape [{batch}, {width or 'E'}], got {list(value.shape)}")
+            tensors[name] = value
+        try:
+            return request_bitmap(self.index.count, self.attributes, prepare_index(self.index).rows_of,
+                                  tensors["EXCLUDE_IDS"],
+                                  None if tensors["GENRES_ANY"] is None else tensors["GENRES_ANY"][:, 0],
+                                  None if tensors["GENRES_NONE"] is None else tensors["GENRES_NONE"][:, 0],
+                                  tensors["YEARS"])
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+
+    def _gpu_search(self, request, k: int, allow: np.ndarray | None) -> list:
         """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step."""
         query = pb_utils.get_input_tensor_by_name(request, "QUERY")
         exclude = input_array(request, "EXCLUDE_ID")
         outputs = self.gpu.search_dlpack(query.as_numpy() if query.is_cpu() else query.to_dlpack(), k,
                                          None if exclude is None else exclude[:, 0], self.emit_embeddings,
-                                         int(self.fingerprint))
+                                         int(self.fingerprint), allow)
         return [pb_utils.Tensor.from_dlpack(name, capsule) for name, capsule in outputs]
 
     @staticmethod
@@ -99,14 +125,15 @@ class TritonPythonModel:
                                "applies to IVF models only")
         nprobe = self._scalar(request, "NPROBE", self.nprobe, 1, 1 << 20)
         use_ivf = self.mode == "ivf" and self.index.ivf is not None
+        allow = self._allow(request, len(queries))
         if self.gpu is not None and not use_ivf:
-            return self._gpu_search(request, k)
+            return self._gpu_search(request, k, allow)
         exclude = input_array(request, "EXCLUDE_ID")
         if exclude is not None:
             if exclude.shape != (len(queries), 1):
                 raise RequestError(f"EXCLUDE_ID: expected shape [{len(queries)}, 1], got {list(exclude.shape)}")
             exclude = exclude[:, 0]
-        ids, scores = search(self.index, queries, k, exclude, nprobe if use_ivf else None)
+        ids, scores = search(self.index, queries, k, exclude, nprobe if use_ivf else None, allow)
         outputs = [pb_utils.Tensor("CANDIDATE_ID", ids), pb_utils.Tensor("CANDIDATE_SCORE", scores),
                    pb_utils.Tensor("FINGERPRINT", np.full((len(queries), 1), self.fingerprint, np.int64))]
         if self.emit_embeddings:

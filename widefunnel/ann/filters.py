@@ -6,6 +6,9 @@ so a chunk with no admissible row costs one load. ``[B, 0]`` means "no filter".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
 
@@ -52,3 +55,108 @@ def subset(allow: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return no_filter(allow.shape[0])
     bits = (allow[:, rows >> 6] >> (rows & 63).astype(np.uint64)) & np.uint64(1)
     return pack_rows(bits.astype(bool))
+
+
+# ------------------------------------------------------------------------------------------ item attributes
+YEAR_ANY = (-(2**31), 2**31 - 1)  # an inclusive year range that admits everything (unknown years too)
+MAX_GENRES = 63  # genres are bits of an int64 mask
+
+
+@dataclass(frozen=True)
+class ItemAttributes:
+    """What a filter can ask of an item, keyed by item id (so every shard of an index reads the same table):
+    a genre bitmask (bit j = ``genre_names[j]``) and a release year (0 = unknown: a year range excludes it).
+    Written beside each ANN version's index (``layout.ITEM_ATTRIBUTES``), so it is versioned with it."""
+
+    ids: np.ndarray  # int64 [M]
+    genres: np.ndarray  # int64 [M] bitmask
+    years: np.ndarray  # int32 [M]
+    genre_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, ids: np.ndarray, genres: dict[int, tuple[str, ...]], years: np.ndarray,
+           genre_names: tuple[str, ...]) -> ItemAttributes:
+        if len(genre_names) > MAX_GENRES:
+            raise ValueError(f"at most {MAX_GENRES} genres, got {len(genre_names)}")
+        bit = {g: j for j, g in enumerate(genre_names)}
+        ids = np.asarray(ids, np.int64)
+        mask = np.array([sum(1 << bit[g] for g in genres.get(int(i), ())) for i in ids], np.int64)
+        return cls(ids, mask, np.asarray(years, np.int64)[ids].astype(np.int32), tuple(genre_names))
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, ids=self.ids, genres=self.genres, years=self.years, genre_names=np.array(self.genre_names))
+
+    @classmethod
+    def load(cls, path: Path) -> ItemAttributes:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["ids"].astype(np.int64), z["genres"].astype(np.int64), z["years"].astype(np.int32),
+                       tuple(str(g) for g in z["genre_names"]))
+
+    def genre_mask(self, names, field: str) -> int:
+        """Genre names -> bitmask; ValueError naming ``field`` and the unknown genre."""
+        bit = {g: j for j, g in enumerate(self.genre_names)}
+        out = 0
+        for name in names:
+            if name not in bit:
+                raise ValueError(f"{field}: unknown genre {name!r}; known: {', '.join(self.genre_names)}")
+            out |= 1 << bit[name]
+        return out
+
+
+@dataclass(frozen=True)
+class RowAttributes:
+    """``ItemAttributes`` in one index's row order (rows absent from the table: no genre, unknown year)."""
+
+    genres: np.ndarray  # int64 [N]
+    years: np.ndarray  # int32 [N]
+
+    @classmethod
+    def of(cls, attributes: ItemAttributes, row_ids: np.ndarray) -> RowAttributes:
+        order = np.argsort(attributes.ids, kind="stable")
+        sorted_ids = attributes.ids[order]
+        pos = np.minimum(np.searchsorted(sorted_ids, row_ids), max(0, len(sorted_ids) - 1))
+        hit = (sorted_ids[pos] == row_ids) if len(sorted_ids) else np.zeros(len(row_ids), bool)
+        return cls(np.where(hit, attributes.genres[order][pos], 0).astype(np.int64),
+                   np.where(hit, attributes.years[order][pos], 0).astype(np.int32))
+
+
+def attribute_mask(rows: RowAttributes, genres_any: int, genres_none: int, years: tuple[int, int]) -> np.ndarray:
+    """bool [N]: the rows a query's attribute filter admits. ``genres_any`` 0 = any genre; ``years`` inclusive
+    (``YEAR_ANY`` = no year filter)."""
+    mask = np.ones(len(rows.genres), bool)
+    if genres_any:
+        mask &= (rows.genres & np.int64(genres_any)) != 0
+    if genres_none:
+        mask &= (rows.genres & np.int64(genres_none)) == 0
+    if tuple(years) != YEAR_ANY:
+        mask &= (rows.years >= years[0]) & (rows.years <= years[1]) & (rows.years != 0)
+    return mask
+
+
+def request_bitmap(n_rows: int, rows: RowAttributes | None, rows_of_ids, exclude_ids: np.ndarray | None,
+                   genres_any: np.ndarray | None, genres_none: np.ndarray | None, years: np.ndarray | None
+                   ) -> np.ndarray | None:
+    """Per-query filters (exclusion ids [B, E] with -1 pads; genre masks [B]; inclusive year ranges [B, 2]) ->
+    a row bitmap [B, W] over ``n_rows`` rows, or None when no query filters anything (the unfiltered scan
+    runs). ``rows_of_ids`` maps ids to rows (-1 = not in this index). ValueError when an attribute filter meets
+    an index without attributes."""
+    given = [a for a in (exclude_ids, genres_any, genres_none, years) if a is not None]
+    if not given:
+        return None
+    batch = len(given[0])
+    attr = [(0 if genres_any is None else int(genres_any[i]), 0 if genres_none is None else int(genres_none[i]),
+             YEAR_ANY if years is None else (int(years[i][0]), int(years[i][1]))) for i in range(batch)]
+    excl = None if exclude_ids is None else rows_of_ids(np.asarray(exclude_ids, np.int64).reshape(batch, -1))
+    filtering = any(a != (0, 0, YEAR_ANY) for a in attr)
+    if not filtering and (excl is None or not (excl >= 0).any()):
+        return None
+    if filtering and rows is None:
+        raise ValueError("filters: this index has no item attributes (built before filters existed); rebuild it")
+    masks = np.ones((batch, n_rows), bool)
+    for i in range(batch):
+        if rows is not None and attr[i] != (0, 0, YEAR_ANY):
+            masks[i] = attribute_mask(rows, *attr[i])
+        if excl is not None:
+            masks[i, excl[i][excl[i] >= 0]] = False
+    return pack_rows(masks)

@@ -244,7 +244,7 @@ class GpuIndex:
         return out
 
     def search_dlpack(self, query: Any, k: int, exclude_ids: np.ndarray | None, emit_embeddings: bool,
-                      fingerprint: int) -> list[tuple[str, Any]]:
+                      fingerprint: int, allow: np.ndarray | None = None) -> list[tuple[str, Any]]:
         """The plugin's request path: QUERY as a numpy array (a CPU input) or a DLPack capsule (a GPU one),
         EXCLUDE_ID as numpy or None -> (output name, DLPack capsule) pairs, FINGERPRINT last; the outputs
         stay on the device for the next step."""
@@ -253,7 +253,7 @@ class GpuIndex:
         q = query if isinstance(query, np.ndarray) else dl.from_dlpack(query)
         out = self.search(torch.as_tensor(q, device=self.device), k,
                           None if exclude_ids is None else torch.from_numpy(np.array(exclude_ids, np.int64)),
-                          emit_embeddings)
+                          emit_embeddings, allow=None if allow is None else torch.from_numpy(allow))
         b = out["CANDIDATE_ID"].shape[0]
         out["FINGERPRINT"] = torch.full((b, 1), int(fingerprint), dtype=torch.int64, device=self.device)
         return [(name, dl.to_dlpack(t.contiguous())) for name, t in out.items()]
