@@ -60,7 +60,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the GPU machine runs this from a copy of the tree, the package not installed
 
-from widefunnel.ann import kernels  # noqa: E402
+from widefunnel.ann import filters, kernels  # noqa: E402
 from widefunnel.ann.index import Int8Index  # noqa: E402
 from widefunnel.ann.search import exact_search, int_mm_is_exact, prepare_index  # noqa: E402
 from widefunnel.ann.triton_kernel import (  # noqa: E402
@@ -416,6 +416,26 @@ def exact_cell(ds: Dataset, b: int, k: int, grid: Grid, seed: int, side: GpuSide
             side.recall]
 
 
+def filtered_cell(ds: Dataset, b: int, k: int, share: float, seed: int) -> list[str]:
+    """Issue 18 on the device: a per-query row bitmap (``share`` of the rows admissible, one query admitting
+    nothing) through the kernel and the fallback, against the CPU's filtered scan, key for key."""
+    q, ex = exact_queries(ds, b, seed)
+    mask = np.random.default_rng(seed).random((b, ds.n)) < share
+    mask[min(2, b - 1)] = False
+    allow = filters.pack_rows(mask)
+    want_ids, want_scores = exact_search(ds.cpu(), q.cpu().numpy(), k, ex, allow=allow)
+    verdict = {}
+    for name, use_kernel in (("kernel", True), ("fallback", False)):
+        if use_kernel and (triton is None or min(k, ds.n) > KERNEL_MAX_K):
+            verdict[name] = "—"
+            continue
+        out = ds.gpu.search(q, k, torch.from_numpy(ex), use_kernel=use_kernel, allow=torch.from_numpy(allow))
+        verdict[name] = same((out["CANDIDATE_ID"].cpu().numpy(), out["CANDIDATE_SCORE"].cpu().numpy()),
+                             want_ids, want_scores)
+    return [str(b), f"{k:,}", f"filtered {share:.0%}", verdict["kernel"] if verdict["kernel"] != "—"
+            else verdict["fallback"], verdict["kernel"], verdict["fallback"], str(int((want_ids < 0).sum())), "—"]
+
+
 def timing_cell(ds: Dataset, b: int, k: int, grid: Grid, bw: float, seed: int, report: Report) -> list[str]:
     """Device time of one search of ``b`` plain queries: the default path, the kernel forced, torch int8 and
     fp16 + topk; the HBM floor; peak extra memory of a call."""
@@ -685,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
         report.row([f"{n_pad:,}", str(dims[0]), "random (first rows)"], lambda n_pad=n_pad, k=k: exact_cell(
             subset(dataset(small, dims[0], "random"), min(n_pad, small)), grid.exact_batch, k, grid, args.seed),
             exact=True)
+    for share, k in ((0.3, KERNEL_MAX_K), (0.01, KERNEL_MAX_K), (0.01, 100)):  # filters inside the scan
+        report.row([f"{small:,}", str(dims[0]), "random"], lambda share=share, k=k: filtered_cell(
+            dataset(small, dims[0], "random"), grid.exact_batch, k, share, args.seed), exact=True)
 
     # 2. time at the small size, batch 1 and 32, the kernel's ks and k = 100
     report.table("2. Timed", time_cols, time_note)

@@ -49,6 +49,16 @@ def check_allow(allow: np.ndarray | None, batch: int, rows: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def admitted_share(allow: np.ndarray, sample_words: int = 4096) -> float:
+    """The share of admissible rows (1.0 for no filter), estimated from up to ``sample_words`` evenly spread
+    words per query: it only picks a scan strategy, never what the scan returns."""
+    if allow.shape[1] == 0 or allow.shape[0] == 0:
+        return 1.0
+    step = max(1, allow.shape[1] // sample_words)
+    words_ = np.ascontiguousarray(allow[:, ::step])
+    return float(np.unpackbits(words_.view(np.uint8)).mean())
+
+
 def subset(allow: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The bitmap of a row subset (the scan's 1-in-16 sample): bit i = bit ``rows[i]`` of ``allow``."""
     if allow.shape[1] == 0:

@@ -394,14 +394,24 @@ def ivf_scan(qc, qs, probes, offsets, codes, scales, excl, allow, buf, fill, kth
         dots = np.empty(longest, np.int32)
         q, q_s, ex = qc[qi], qs[qi], excl[qi]
         bar = _key_score(kth[p], scratch)
+        filtered = allow.shape[1] > 0
         for li in range(sg, probes.shape[1], n_seg):
             lst = probes[qi, li]
             lo, hi = offsets[lst], offsets[lst + 1]
+            if filtered:  # only admissible rows are read and scored: a sparse filter reads little
+                for row in range(lo, hi):
+                    if _admits(allow, qi, row) and row != ex:
+                        s = _score(_int8_dot(q, codes, row), scales[row], q_s)
+                        if s >= bar:
+                            key = _key(s, row, scratch)
+                            if key > kth[p] and _offer(buf, fill, kth, p, key, kk):
+                                bar = _key_score(kth[p], scratch)
+                continue
             for row in range(lo, hi):
                 dots[row - lo] = _int8_dot(q, codes, row)
             for row in range(lo, hi):
                 s = _score(dots[row - lo], scales[row], q_s)
-                if s < bar or row == ex or not _admits(allow, qi, row):
+                if s < bar or row == ex:
                     continue
                 key = _key(s, row, scratch)
                 if key > kth[p] and _offer(buf, fill, kth, p, key, kk):

@@ -45,6 +45,7 @@ MAX_BLOCK_ROWS = 262144  # default cap on item rows per scan block (``exact_sear
 _BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
 _GEMV_MAX_BATCH = 6  # batches this small scan with the fused GEMV (``_gemv_scan``), a pass per query:
 # measured on 1M x 64, batch 4: 10.0 vs 14.9 ms with the GEMM, batch 6 15.4 vs 21.2, batch 8 18.4 vs 16.1
+_SPARSE_FILTER = 0.05  # a filter admitting less than this share of the rows scans only those (``_gemv_scan``)
 _ROW_SCAN_BATCH = 16  # batches this wide filter their blocks row-wise (see ``_scan_table``)
 _RESERVOIR_SLACK = 1024  # a reservoir holds max(2k, k + slack) keys before it is compacted to k
 _RESERVOIR_KEYS = 1 << 25  # query rows x reservoir width, int64 (256 MiB) before the batch is split
@@ -281,7 +282,9 @@ def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndar
     row_scan = b >= _ROW_SCAN_BATCH
     buf, fill, kth = reservoirs(b * n_seg, kk, np.repeat(kth, n_seg))
     rows = scan_block_rows(n, b, block_rows)
-    if b <= _GEMV_MAX_BATCH:  # the fused int8 GEMV + filter reads each row once and writes no dot block
+    # the fused int8 GEMV + filter reads each row once and writes no dot block; under a sparse filter it reads
+    # only the admissible rows, which beats a GEMM over all of them at any batch
+    if b <= _GEMV_MAX_BATCH or filters.admitted_share(allow) < _SPARSE_FILTER:
         _gemv_scan(table, qc, qs, excl, allow, kk, buf, fill, kth, rows, n_seg)
         return _collect(buf, fill, kk, n_seg, bar_only)
     qt = qc.T.contiguous()
