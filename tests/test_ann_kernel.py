@@ -58,11 +58,16 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_triton_kernel_and_fallback_match_exact_search():
+def _interpreted(script: str, marker: str, timeout: float = 300) -> None:
+    """Runs ``script`` in a fresh interpreter with TRITON_INTERPRET=1; it must exit 0 and print ``marker``."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0 and "KERNEL-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0 and marker in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_triton_kernel_and_fallback_match_exact_search():
+    _interpreted(_SCRIPT, "KERNEL-OK")
 
 
 def test_gpu_search_validates_inputs():
@@ -87,10 +92,7 @@ def test_gpu_search_validates_inputs():
                 raise AssertionError("query accepted")
         print("VALIDATE-OK")
     """)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0 and "VALIDATE-OK" in proc.stdout, proc.stderr[-4000:]
+    _interpreted(script, "VALIDATE-OK", timeout=120)
 
 
 _FILTERED = textwrap.dedent("""
@@ -130,7 +132,4 @@ _FILTERED = textwrap.dedent("""
 
 def test_filtered_kernel_and_fallback_match_the_filtered_cpu_scan():
     """Issue 18 in the GPU kernel: the row bitmap is applied inside the tile, exact against the CPU scan."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", _FILTERED], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0 and "FILTERED-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+    _interpreted(_FILTERED, "FILTERED-OK")

@@ -81,7 +81,7 @@ def test_retrieval_is_the_exact_top_k_of_the_admissible_items(client, reference,
 def test_recommendations_respect_filters_and_compose_with_the_knobs(client, catalogue):
     filters = {"include_genres": ["Action", "Thriller"], "exclude": [50, 172, 174, 181, 121], "years": (1985, 1997)}
     admissible = _admissible(catalogue, ["Action", "Thriller"], (), (1985, 1997), {50, 172, 174, 181, 121})
-    for alpha, top_n, weights in ((0.0, 5, None), (0.5, 20, [1.0, 0.5, 0.1]), (1.0, 12, None)):
+    for alpha, top_n, weights in ((0.0, 5, None), (0.5, 20, [1.0, 0.5, 0.1, 0.2]), (1.0, 12, None)):
         rec = client.recommend(SEEDS, alpha=alpha, top_n=top_n, value_weights=weights, **filters)
         assert rec.item_id.shape == (len(SEEDS), top_n)
         assert set(rec.item_id.ravel().tolist()) <= admissible  # full: enough items match

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass
+
+_HANDED_OUT: set[int] = set()
+_LOCK = threading.Lock()
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now and that this process has not handed out before: servers started side
+    by side pick their ports before any of them binds, and the kernel may offer a picked port again."""
+    with _LOCK:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise OSError("no free port left that this process has not handed out")
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
