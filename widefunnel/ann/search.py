@@ -28,6 +28,7 @@ scores) give a safe one.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 
 import numba
@@ -133,9 +134,37 @@ def int_mm_is_exact() -> bool:
     return True
 
 
+@functools.cache
+def int_mm_is_fast() -> bool:
+    """Whether ``torch._int_mm`` beats the exact float32 GEMM on a block of the scan's shape here (once per
+    process). With AVX-512 VNNI it runs at ~270 GOP/s; on an AVX2-only host oneDNN's int8 path measured 3 to 4
+    GOP/s against 28 to 93 GFLOP/s for sgemm, so there the scan takes the float32 path (exact all the same)."""
+    if not int_mm_is_exact():
+        return False
+    rng = np.random.default_rng(1)
+    c = torch.from_numpy(rng.integers(-QMAX, QMAX + 1, (8192, 64)).astype(np.int8))
+    q_t = torch.from_numpy(rng.integers(-QMAX, QMAX + 1, (64, 32)).astype(np.int8))
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(lambda: torch._int_mm(c, q_t)) <= best(lambda: c.float() @ q_t.float())
+
+
+def _use_int_mm(t: torch.Tensor) -> bool:
+    # d < 8: oneDNN misreads c.T strides
+    return t.device.type == "cpu" and t.shape[1] >= 8 and int_mm_is_exact() and int_mm_is_fast()
+
+
 def int_dot(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """int8 [b,d] x int8 [R,d] -> exact dot products [b,R] (int32 on CPU, else integer-valued float32)."""
-    if q.device.type == "cpu" and q.shape[1] >= 8 and int_mm_is_exact():  # d < 8: oneDNN misreads c.T strides
+    if _use_int_mm(q):
         return torch._int_mm(q, c.T)
     # every product and partial sum is an integer < 2**24: exact in float32 (and TF32) in any summation
     # order; "+ 0.0" turns a -0.0 (an all-zero sum's sign depends on the order) into +0.0, like the int path
@@ -146,7 +175,7 @@ def item_dot(c: torch.Tensor, q_t: torch.Tensor, out: torch.Tensor | None = None
     """int8 items [R,d] x int8 queries^T [d,b] -> exact dot products [R,b]: the scan's GEMM. Items-major is
     the layout oneDNN's int8 GEMM runs fastest in here (3x at batch 256); same exactness rules as int_dot.
     ``out``: an int32 [R,b] buffer the scan reuses for every block (see ``dot_buffer``)."""
-    if c.device.type == "cpu" and c.shape[1] >= 8 and int_mm_is_exact():
+    if _use_int_mm(c):
         return torch._int_mm(c, q_t) if out is None else torch._int_mm(c, q_t, out=out)
     return (c.float() @ q_t.float()).add_(0.0)
 
@@ -209,7 +238,7 @@ def prepare_index(index: Int8Index) -> PreparedIndex:
         ivf = IvfTables(ccodes, cscales, np.ascontiguousarray(index.ivf.offsets, dtype=np.int64))
     prepared = PreparedIndex(SampledTable.of(codes, np.ascontiguousarray(index.scales, dtype=np.float32)), codes,
                              np.ascontiguousarray(index.ids, dtype=np.int64), index.ids[order], order, ivf)
-    int_mm_is_exact()
+    int_mm_is_fast()
     kernels.warm_up()
     index.prepared = prepared
     return prepared
