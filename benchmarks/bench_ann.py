@@ -175,8 +175,7 @@ def gemm_options(batch: int, d: int) -> list[list[str]]:
 def measure_scan_gemm(index, q: np.ndarray, reps: int = 3) -> float:
     """Seconds of the exact scan's int8 GEMM alone: every item row, in the scan's own block size, outputs
     discarded (best of ``reps``). What is left of a search's time is the filter and the top-k selection."""
-    table = prepare_index(index)["table"]
-    codes, b = table["codes_t"], q.shape[0]
+    codes, b = prepare_index(index).table.codes_t, q.shape[0]
     qt = torch.from_numpy(quantize_rows(q)[0]).T.contiguous()
     rows = search_mod.scan_block_rows(codes.shape[0], b)
 
