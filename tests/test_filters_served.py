@@ -107,3 +107,17 @@ def test_bad_filters_are_refused_by_name_and_the_server_keeps_serving(client, fi
     with pytest.raises(InvalidRequest, match=field):
         client.retrieve([1], **filters)
     assert client.recommend([1], top_n=5).item_id.shape == (1, 5)
+
+
+def test_the_cli_query_takes_filters(server, capsys, catalogue):
+    import json
+
+    from widefunnel.cli import main
+
+    code = main(["query", "50", "--url", server.http_url, "--top-n", "5", "--genre", "Comedy", "--not-genre",
+                 "Drama", "--years", "1990", "1997", "--exclude", "1", "--json"])
+    assert code == 0
+    got = json.loads(capsys.readouterr().out)["item_id"][0]
+    assert set(got) <= _admissible(catalogue, ["Comedy"], ["Drama"], (1990, 1997), {1}) and len(got) == 5
+    assert main(["query", "50", "--url", server.http_url, "--genre", "Opera"]) == 2
+    assert "include_genre: unknown genre 'Opera'" in capsys.readouterr().err

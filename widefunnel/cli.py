@@ -117,7 +117,10 @@ def _query(args: argparse.Namespace) -> int:
 
     try:
         with WidefunnelClient(args.url, args.protocol) as client:
-            rec = client.recommend(args.seeds, alpha=args.alpha, top_n=args.top_n)
+            filters = {"exclude": args.exclude, "include_genres": args.genre, "exclude_genres": args.not_genre,
+                       "years": args.years}
+            rec = client.recommend(args.seeds, alpha=args.alpha, top_n=args.top_n,
+                                   **{k: v for k, v in filters.items() if v is not None})
     except WidefunnelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -315,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")
     p.add_argument("--alpha", type=float, default=None)
     p.add_argument("--top-n", type=int, default=None)
+    p.add_argument("--exclude", type=int, nargs="+", help="item ids never to return (e.g. already seen)")
+    p.add_argument("--genre", nargs="+", help="only items of one of these genres")
+    p.add_argument("--not-genre", nargs="+", help="no items of these genres")
+    p.add_argument("--years", type=int, nargs=2, metavar=("MIN", "MAX"), help="inclusive release-year range")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_query)
 
