@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from widefunnel.ann import kernels
+
 
 def no_filter(batch: int) -> np.ndarray:
     return np.zeros((batch, 0), np.uint64)
@@ -56,15 +58,16 @@ def admitted_share(allow: np.ndarray, sample_words: int = 4096) -> float:
         return 1.0
     step = max(1, allow.shape[1] // sample_words)
     words_ = np.ascontiguousarray(allow[:, ::step])
-    return float(np.unpackbits(words_.view(np.uint8)).mean())
+    return kernels.bit_count(words_) / (64 * words_.size)
 
 
 def subset(allow: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The bitmap of a row subset (the scan's 1-in-16 sample): bit i = bit ``rows[i]`` of ``allow``."""
     if allow.shape[1] == 0:
         return no_filter(allow.shape[0])
-    bits = (allow[:, rows >> 6] >> (rows & 63).astype(np.uint64)) & np.uint64(1)
-    return pack_rows(bits.astype(bool))
+    out = np.empty((allow.shape[0], words(len(rows))), np.uint64)
+    kernels.subset_bits(np.ascontiguousarray(allow), np.ascontiguousarray(rows, dtype=np.int64), out)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ item attributes

@@ -546,6 +546,34 @@ def sort_desc(keys):
     return (~a ^ _SIGN).view(np.int64)
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def subset_bits(allow, rows, out):
+    """``out[q]`` = the bits of ``allow[q]`` at ``rows`` (bit i of ``out[q]`` = bit ``rows[i]`` of ``allow[q]``):
+    a filter's bitmap over the scan's row sample. ``out`` [b, ceil(len(rows) / 64)] uint64."""
+    one = np.uint64(1)
+    for qi in prange(allow.shape[0]):
+        for w in range(out.shape[1]):
+            out[qi, w] = np.uint64(0)
+        for i in range(rows.shape[0]):
+            r = rows[i]
+            if (allow[qi, r >> 6] >> np.uint64(r & 63)) & one:
+                out[qi, i >> 6] |= one << np.uint64(i & 63)
+
+
+@njit(nogil=True, cache=True)
+def bit_count(words) -> np.int64:
+    """Set bits in a uint64 array (SWAR popcount)."""
+    total = np.int64(0)
+    m1, m2, m4 = np.uint64(0x5555555555555555), np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F)
+    h01 = np.uint64(0x0101010101010101)
+    for w in words.ravel():
+        x = w - ((w >> np.uint64(1)) & m1)
+        x = (x & m2) + ((x >> np.uint64(2)) & m2)
+        x = (x + (x >> np.uint64(4))) & m4
+        total += np.int64((x * h01) >> np.uint64(56))
+    return total
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel on tiny inputs, so no request pays for it."""
     codes = np.zeros((130, 4), np.int8)
@@ -570,4 +598,7 @@ def warm_up() -> None:
         ivf_scan(qc, qs, np.zeros((1, 1), np.int64), np.array([0, 130], np.int64), codes, scales, ex, allow, buf,
                  fill, kth, 2, 1)
     probe(qc, qs, codes, scales, 2)
+    sub = np.zeros((1, 1), np.uint64)
+    subset_bits(allows[1], np.arange(3, dtype=np.int64), sub)
+    bit_count(sub)
     decode(finish(buf, fill, 2, 2, 1), np.arange(130, dtype=np.int64))
