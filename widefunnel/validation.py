@@ -50,7 +50,7 @@ def check_request_candidates(name: str, batch: int, per_seed: int, limit: int) -
 
 
 DEFAULT_MAX_EXCLUDE = 1000
-YEAR_ANY = (-(2**31), 2**31 - 1)  # no year filter (the same bounds as ``ann.filters.YEAR_ANY``)
+YEAR_ANY = (-(2**31), 2**31 - 1)  # an inclusive year range that admits everything (no year filter)
 
 
 @dataclass(frozen=True)

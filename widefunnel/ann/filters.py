@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel.ann import kernels
+from widefunnel.validation import YEAR_ANY  # one owner: the client-facing default of min_year/max_year
 
 
 def no_filter(batch: int) -> np.ndarray:
@@ -71,7 +72,6 @@ def subset(allow: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ item attributes
-YEAR_ANY = (-(2**31), 2**31 - 1)  # an inclusive year range that admits everything (unknown years too)
 MAX_GENRES = 63  # genres are bits of an int64 mask
 
 
@@ -105,16 +105,6 @@ class ItemAttributes:
         with np.load(path, allow_pickle=False) as z:
             return cls(z["ids"].astype(np.int64), z["genres"].astype(np.int64), z["years"].astype(np.int32),
                        tuple(str(g) for g in z["genre_names"]))
-
-    def genre_mask(self, names, field: str) -> int:
-        """Genre names -> bitmask; ValueError naming ``field`` and the unknown genre."""
-        bit = {g: j for j, g in enumerate(self.genre_names)}
-        out = 0
-        for name in names:
-            if name not in bit:
-                raise ValueError(f"{field}: unknown genre {name!r}; known: {', '.join(self.genre_names)}")
-            out |= 1 << bit[name]
-        return out
 
 
 @dataclass(frozen=True)
