@@ -275,9 +275,9 @@ def funnel_stages(funnel, seeds: np.ndarray, batch: int = 128) -> dict[str, dict
     for start in range(0, len(seeds), batch):
         item_id = np.asarray(seeds[start:start + batch], np.int64).reshape(-1, 1)
         vw = np.tile(weights, (len(item_id), 1)).astype(np.float32)
-        for head, (ids, ann_scores, cand_emb, query) in funnel.retrieve(item_id).items():
-            kept, kept_scores = funnel.rerankers[head].run(
-                ["RERANK_ID", "RERANK_SCORE"], {"QUERY": query, "CANDIDATE_ID": ids, "CANDIDATE_EMB": cand_emb})
+        keep = np.full((len(item_id), 1), funnel.limits.default_keep, np.int32)
+        for head, (ids, ann_scores, query) in funnel.retrieve(item_id).items():
+            kept, kept_scores = funnel.rerank(head, query, ids, keep)
             (all_scores,) = funnel.scorer.run(["SCORE"], {"ITEM_ID": item_id, "CANDIDATE_ID": ids, "VALUE_WEIGHTS": vw})
             (kept_comp,) = funnel.scorer.run(["SCORE"], {"ITEM_ID": item_id, "CANDIDATE_ID": kept, "VALUE_WEIGHTS": vw})
             parts[head]["ann"].append((ids, ann_scores))

@@ -48,19 +48,32 @@ class QueryTowerGraph(nn.Module):
 
 
 class RerankGraph(nn.Module):
-    """Scores the head's K candidates and keeps the best min(M, K), sorted."""
+    """Scores the head's candidates and keeps each seed's best min(KEEP, K), sorted.
 
-    def __init__(self, reranker: Reranker, keep: int, fingerprint: str):
+    Candidates arrive as ids: the head's item table (the ANN index's int8 codes and scales, row = item id) is
+    part of the graph, so embeddings never cross the step boundary (SilverTorch's resident representations).
+    A batch may mix seeds asking for different KEEP: the graph keeps the largest and pads the rest (-1, -inf)."""
+
+    def __init__(self, reranker: Reranker, codes: np.ndarray, scales: np.ndarray, fingerprint: str):
         super().__init__()
-        self.reranker, self.keep, self.fp = reranker, keep, fingerprint_int(fingerprint)
+        self.reranker, self.fp = reranker, fingerprint_int(fingerprint)
+        self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(codes, np.int8)))
+        self.register_buffer("scales", torch.from_numpy(np.ascontiguousarray(scales, np.float32)))
 
-    def forward(self, query: torch.Tensor, candidate_id: torch.Tensor, candidate_emb: torch.Tensor):
-        scores = self.reranker(query, candidate_emb)
-        # the ANN pads short lists with id -1 (zero embedding): a pad must never outrank a real candidate
-        scores = torch.where(candidate_id >= 0, scores, torch.full_like(scores, float("-inf")))
-        k = torch.clamp(torch._shape_as_tensor(scores)[1], max=self.keep)
-        top, pos = torch.topk(scores, k, dim=1)
-        return torch.gather(candidate_id, 1, pos), top, _stamp(candidate_id, self.fp)
+    def forward(self, query: torch.Tensor, candidate_id: torch.Tensor, keep: torch.Tensor):
+        real = candidate_id >= 0  # the ANN pads short lists with id -1: row 0 (zeros), scored -inf
+        rows = torch.where(real, candidate_id, torch.zeros_like(candidate_id))
+        emb = self.codes[rows].to(torch.float32) * self.scales[rows].unsqueeze(-1)
+        scores = self.reranker(query, emb)
+        scores = torch.where(real, scores, torch.full_like(scores, float("-inf")))
+        keep = keep.to(torch.int64)
+        k = torch.minimum(keep.max().reshape(1), torch._shape_as_tensor(scores)[1:2])
+        top, pos = torch.topk(scores, k[0], dim=1)
+        ids = torch.gather(candidate_id, 1, pos)
+        within = torch.arange(top.shape[1], dtype=torch.int64).unsqueeze(0) < keep
+        ids = torch.where(within, ids, torch.full_like(ids, -1))
+        top = torch.where(within, top, torch.full_like(top, float("-inf")))
+        return ids, top, _stamp(candidate_id, self.fp)
 
 
 class ScorerGraph(nn.Module):
@@ -91,11 +104,14 @@ def export_query_tower(tower: ItemTower, fingerprint: str, path: Path) -> None:
             {n: {0: "batch"} for n in ("ITEM_ID", "EMB_ENGAGEMENT", "EMB_RELEVANCE", "FINGERPRINT")})
 
 
-def export_reranker(reranker: Reranker, keep: int, dim: int, fingerprint: str, path: Path) -> None:
-    args = (torch.randn(2, dim), torch.ones(2, 5, dtype=torch.int64), torch.randn(2, 5, dim))
-    _export(RerankGraph(reranker, keep, fingerprint), args, path,
-            ["QUERY", "CANDIDATE_ID", "CANDIDATE_EMB"], ["RERANK_ID", "RERANK_SCORE", "FINGERPRINT"],
-            {"QUERY": {0: "batch"}, "CANDIDATE_ID": {0: "batch", 1: "k"}, "CANDIDATE_EMB": {0: "batch", 1: "k"},
+def export_reranker(reranker: Reranker, codes: np.ndarray, scales: np.ndarray, fingerprint: str,
+                    path: Path) -> None:
+    """``codes`` int8 [table, d] and ``scales`` float32 [table]: the head's item table by id (`item_table`)."""
+    dim = codes.shape[1]
+    args = (torch.randn(2, dim), torch.ones(2, 5, dtype=torch.int64), torch.full((2, 1), 3, dtype=torch.int32))
+    _export(RerankGraph(reranker, codes, scales, fingerprint), args, path,
+            ["QUERY", "CANDIDATE_ID", "KEEP"], ["RERANK_ID", "RERANK_SCORE", "FINGERPRINT"],
+            {"QUERY": {0: "batch"}, "CANDIDATE_ID": {0: "batch", 1: "k"}, "KEEP": {0: "batch"},
              "RERANK_ID": {0: "batch", 1: "m"}, "RERANK_SCORE": {0: "batch", 1: "m"}, "FINGERPRINT": {0: "batch"}})
 
 

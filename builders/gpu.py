@@ -77,7 +77,7 @@ def stage_profiles(max_batch: int, dim: int, k: int, max_candidates: int, keep: 
         "rerank": {
             "QUERY": Profile((b[0], dim), (b[1], dim), (b[2], dim)),
             "CANDIDATE_ID": Profile((b[0], 1), (b[1], k), (b[2], max_candidates)),
-            "CANDIDATE_EMB": Profile((b[0], 1, dim), (b[1], k, dim), (b[2], max_candidates, dim)),
+            "KEEP": Profile((b[0], 1), (b[1], 1), (b[2], 1)),
         },
         "composite_scorer": {
             "ITEM_ID": Profile((b[0], 1), (b[1], 1), (b[2], 1)),

@@ -21,7 +21,7 @@ import numpy as np
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
 from widefunnel.ann.filters import ItemAttributes
-from widefunnel.ann.index import save_index
+from widefunnel.ann.index import item_table, save_index
 from widefunnel.builders import gpu
 from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
 from widefunnel.builders.train import TrainedFunnel, TrainingData, train_funnel, value_weights
@@ -124,6 +124,8 @@ def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int,
         "max_candidates": str(cfg["ann"]["max_k"]),
         "max_request_candidates": str(cfg["serving"]["max_request_candidates"]),
         "genres": json.dumps(list(genres)), "max_exclude": str(cfg["serving"]["max_exclude"]),
+        "default_candidates": str(cfg["ann"]["k"]), "default_keep": str(cfg["rerank"]["keep"]),
+        "max_keep": str(cfg["rerank"]["max_keep"]),
     }
     configs = {
         "preprocess": mcfg.preprocess_config(target, tasks, preprocess_params),
@@ -172,7 +174,6 @@ def ensemble_configs(cfg: dict, target: mcfg.Target, version: int) -> dict[str, 
 
 def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, data: TrainingData, cfg: dict,
                     fingerprint: str) -> None:
-    dim = funnel.tables[0].shape[1]
     np.save(writer.folder("preprocess") / "catalogue.npy", data.catalogue.item_ids)
     install_plugin("preprocess", writer.folder("preprocess"))
     install_plugin("quota_merge", writer.folder("quota_merge"))
@@ -182,8 +183,8 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, data: Training
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
         save_index(index, writer.folder(f"ann_{head}") / "index")
         attributes.save(writer.folder(f"ann_{head}") / ITEM_ATTRIBUTES)
-        export_reranker(reranker, cfg["rerank"]["keep"], dim, fingerprint,
-                        writer.folder(f"rerank_{head}") / "model.onnx")
+        codes, scales = item_table(index, cat.table_size)
+        export_reranker(reranker, codes, scales, fingerprint, writer.folder(f"rerank_{head}") / "model.onnx")
     export_scorer(funnel.scorer, len(cfg["scorer"]["tasks"]), fingerprint,
                   writer.folder("composite_scorer") / "model.onnx")
 
@@ -195,7 +196,8 @@ def prune_versions(repository: Path, keep: int) -> None:
 
 
 def write_repository(repository: Path, funnel: TrainedFunnel, data: TrainingData, cfg: dict,
-                     target: mcfg.Target, version: int | None = None, keep_versions: int = 2) -> tuple[int, str]:
+                     target: mcfg.Target, version: int | None = None, keep_versions: int = 2,
+                     record: dict | None = None) -> tuple[int, str]:
     repository.mkdir(parents=True, exist_ok=True)
     version = version or next_version(repository)
     fingerprint = tower_fingerprint(funnel.tower)
@@ -212,15 +214,22 @@ def write_repository(repository: Path, funnel: TrainedFunnel, data: TrainingData
     for name, config in ensemble_configs(cfg, target, version).items():
         (repository / name / "1").mkdir(parents=True, exist_ok=True)  # ensembles need a version folder
         atomic_write(repository / name / CONFIG_FILE, mcfg.to_pbtxt(config))
-    record_build(repository, version, fingerprint, target.kind)
+    record_build(repository, version, fingerprint, target.kind, record)
     prune_versions(repository, keep_versions)
     return version, fingerprint
 
 
 def build(repository: Path, cfg: dict, target: mcfg.Target, version: int | None = None,
-          progress: bool = True) -> BuildResult:
+          progress: bool = True, items: int | None = None) -> BuildResult:
+    """``items``: the catalogue's size, the real items plus synthetic ones (``builders.synthetic``)."""
     start = time.monotonic()
     data = TrainingData.load(cfg, progress)
     funnel = train_funnel(data, cfg, tower_fingerprint, progress)
-    version, fingerprint = write_repository(Path(repository), funnel, data, cfg, target, version)
+    record = None
+    if items is not None and items != len(data.catalogue.item_ids):
+        from widefunnel.builders.synthetic import widen
+
+        funnel, data, synthetic = widen(funnel, data, cfg, items, tower_fingerprint)
+        record = {"items": items, "synthetic_items": synthetic.record()}
+    version, fingerprint = write_repository(Path(repository), funnel, data, cfg, target, version, record=record)
     return BuildResult(Path(repository), version, fingerprint, time.monotonic() - start)

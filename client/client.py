@@ -34,7 +34,9 @@ class Unavailable(WidefunnelError):
     """The server or a model is not there (not ready, unloaded, queue full): retry or fail over."""
 
 
-_FIELDS = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id")
+# The client-facing inputs an error may name (the first named wins).
+_FIELDS = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id", mcfg.WIDTH.name, mcfg.KEEP.name,
+           *(t.name for t in mcfg.FILTER_INPUTS))
 
 
 def map_error(exc: InferenceServerException) -> WidefunnelError:
@@ -110,10 +112,12 @@ class WidefunnelClient:
         except InferenceServerException as exc:
             raise map_error(exc) from None
 
-    def recommend(self, seeds, alpha=None, top_n=None, value_weights=None, **filters) -> Recommendation:
-        """``filters`` (inside retrieval, the same for every seed): ``exclude`` ids, ``include_genres`` (any of),
+    def recommend(self, seeds, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None,
+                  **filters) -> Recommendation:
+        """``candidates`` per head from the ANN and the rerankers' ``keep`` (the build's defaults when None).
+        ``filters`` (inside retrieval, the same for every seed): ``exclude`` ids, ``include_genres`` (any of),
         ``exclude_genres``, ``years`` (an inclusive (min, max))."""
-        tensors = recommend_tensors(seeds, alpha, top_n, value_weights)
+        tensors = recommend_tensors(seeds, alpha, top_n, value_weights, candidates, keep)
         tensors |= filter_tensors(**filters, batch=len(tensors["seed_item_id"]))
         return decode_recommendation(self._infer(mcfg.ENSEMBLE, tensors))
 
@@ -122,11 +126,12 @@ class WidefunnelClient:
         seeds = np.asarray(seeds, np.int64).ravel()
         return [self.recommend(seeds[i:i + batch_size], **kwargs) for i in range(0, len(seeds), batch_size)]
 
-    def retrieve(self, seeds, **filters) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Retrieval only: each head's ANN candidates and scores, unscored (``filters`` as ``recommend``)."""
-        seeds = np.asarray(seeds, np.int64).reshape(-1, 1)
-        result = self._infer(mcfg.RETRIEVE_ENSEMBLE, {"seed_item_id": seeds} | filter_tensors(**filters,
-                                                                                              batch=len(seeds)))
+    def retrieve(self, seeds, candidates=None, **filters) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Retrieval only: each head's ``candidates`` ANN candidates and scores, unscored (``filters`` as
+        ``recommend``)."""
+        tensors = recommend_tensors(seeds, candidates=candidates)
+        result = self._infer(mcfg.RETRIEVE_ENSEMBLE, tensors | filter_tensors(**filters,
+                                                                              batch=len(tensors["seed_item_id"])))
         return {h: (result.as_numpy(f"{h}_item_id"), result.as_numpy(f"{h}_score")) for h in mcfg.HEADS}
 
     def score(self, seeds, candidates, value_weights=None) -> dict[str, np.ndarray]:
@@ -172,8 +177,9 @@ class AsyncWidefunnelClient:
         self._sync_module = protocol_module(protocol)
         self.client = self.module.InferenceServerClient(url)
 
-    async def recommend(self, seeds, alpha=None, top_n=None, value_weights=None) -> Recommendation:
-        tensors = recommend_tensors(seeds, alpha, top_n, value_weights)
+    async def recommend(self, seeds, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None
+                        ) -> Recommendation:
+        tensors = recommend_tensors(seeds, alpha, top_n, value_weights, candidates, keep)
         outputs = [self.module.InferRequestedOutput(n) for n in _OUTPUTS[mcfg.ENSEMBLE]]
         try:
             result = await self.client.infer(mcfg.ENSEMBLE, build_inputs(self.module, tensors), outputs=outputs)

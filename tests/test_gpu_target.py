@@ -66,7 +66,7 @@ def test_engine_build_is_skipped_with_a_clear_message_without_gpu(tmp_path, test
 
 def test_profiles_cover_batch_and_candidates():
     p = gpu.stage_profiles(64, 32, 200, 4096, 100, 3)
-    assert p["rerank"]["CANDIDATE_EMB"].max == (64, 4096, 32)
+    assert p["rerank"]["CANDIDATE_ID"].max == (64, 4096) and p["rerank"]["KEEP"].max == (64, 1)
     assert p["composite_scorer"]["CANDIDATE_ID"].opt == (16, 100)
     for stage in p.values():
         for prof in stage.values():

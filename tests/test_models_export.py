@@ -10,27 +10,49 @@ from widefunnel.builders.export import export_reranker, export_scorer
 from widefunnel.builders.models import CompositeScorer, Reranker
 
 
+def _table(rows: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-127, 128, (rows, dim)).astype(np.int8)
+    scales = rng.uniform(0.001, 0.01, rows).astype(np.float32)
+    codes[0], scales[0] = 0, 0.0  # row 0: no item (the pad's row)
+    return codes, scales
+
+
+def _embeddings(codes, scales, ids):
+    rows = np.maximum(ids, 0)
+    return np.where((ids >= 0)[..., None], codes[rows].astype(np.float32) * scales[rows][..., None], 0.0)
+
+
 @pytest.mark.parametrize("kind", ["mlp", "mixture_of_logits"])
 def test_reranker_variants_export_and_keep_the_best_m(tmp_path, kind):
+    """The graph gathers each candidate's codes from its own item table (ids in, no embeddings) and keeps the
+    best min(KEEP, K) per seed, sorted."""
     torch.manual_seed(0)
     model = Reranker(8, [16, 8], kind=kind, components=3).eval()
+    codes, scales = _table(40, 8)
     path = tmp_path / "rerank.onnx"
-    export_reranker(model, keep=4, dim=8, fingerprint="00000000000000ff", path=path)
+    export_reranker(model, codes, scales, fingerprint="00000000000000ff", path=path)
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    q, emb = np.random.default_rng(1).standard_normal((2, 8), np.float32), None
+    q = np.random.default_rng(1).standard_normal((2, 8), np.float32)
     for k in (3, 10):  # fewer candidates than keep, and more
-        emb = np.random.default_rng(k).standard_normal((2, k, 8)).astype(np.float32)
-        ids = np.arange(2 * k, dtype=np.int64).reshape(2, k) + 100
-        kept, scores, fp = session.run(None, {"QUERY": q, "CANDIDATE_ID": ids, "CANDIDATE_EMB": emb})
+        ids = np.arange(2 * k, dtype=np.int64).reshape(2, k) + 1
+        kept, scores, fp = session.run(None, {"QUERY": q, "CANDIDATE_ID": ids, "KEEP": np.full((2, 1), 4, np.int32)})
         with torch.no_grad():
-            expected = model(torch.from_numpy(q), torch.from_numpy(emb)).numpy()
+            expected = model(torch.from_numpy(q), torch.from_numpy(_embeddings(codes, scales, ids))).numpy()
         order = np.argsort(-expected, axis=1, kind="stable")[:, : min(4, k)]
         assert kept.shape == (2, min(4, k))
         np.testing.assert_array_equal(kept, np.take_along_axis(ids, order, 1))
         np.testing.assert_allclose(scores, np.take_along_axis(expected, order, 1), rtol=1e-5, atol=1e-6)
         assert (fp == 0xFF).all()
+    # seeds of one batch asking different KEEP: each gets its own, the shorter padded (-1, -inf)
+    ids = np.arange(20, dtype=np.int64).reshape(2, 10) + 1
+    kept, scores, _ = session.run(None, {"QUERY": q, "CANDIDATE_ID": ids, "KEEP": np.array([[2], [5]], np.int32)})
+    assert kept.shape == (2, 5) and (kept[0, 2:] == -1).all() and np.isneginf(scores[0, 2:]).all()
+    assert (kept[1] > 0).all() and np.isfinite(scores[1]).all()
+    full, _, _ = session.run(None, {"QUERY": q, "CANDIDATE_ID": ids, "KEEP": np.array([[5], [5]], np.int32)})
+    np.testing.assert_array_equal(kept[0, :2], full[0, :2])
 
 
 def test_unknown_reranker_kind_is_refused():
@@ -49,20 +71,19 @@ def test_padding_never_outranks_a_real_candidate(tmp_path):
     embedding can score above real items) and the scorer must give them -inf, not item -1's score."""
     torch.manual_seed(0)
     model = Reranker(8, [16, 8]).eval()
-    export_reranker(model, keep=3, dim=8, fingerprint="00000000000000ff", path=tmp_path / "r.onnx")
+    codes, scales = _table(20, 8)
     q = np.random.default_rng(1).standard_normal((1, 8), np.float32)
-    emb = np.random.default_rng(2).standard_normal((1, 6, 8)).astype(np.float32)
-    emb[0, 3:] = 0.0
-    with torch.no_grad():
-        raw = model(torch.from_numpy(q), torch.from_numpy(emb)).numpy()[0]
     ids = np.array([[10, 11, 12, -1, -1, -1]], np.int64)
-    if raw[3] <= raw[:3].min():  # make sure a pad would have won without the mask
-        emb[0, :3] = -emb[0, :3]
-    kept, scores, _ = _session(tmp_path / "r.onnx").run(None, {"QUERY": q, "CANDIDATE_ID": ids,
-                                                                "CANDIDATE_EMB": emb})
+    with torch.no_grad():
+        raw = model(torch.from_numpy(q), torch.from_numpy(_embeddings(codes, scales, ids))).numpy()[0]
+    if raw[3] <= raw[:3].min():  # make sure a pad (zero embedding) would have won without the mask
+        codes[10:13] = -codes[10:13]
+    export_reranker(model, codes, scales, fingerprint="00000000000000ff", path=tmp_path / "r.onnx")
+    keep = np.full((1, 1), 3, np.int32)
+    kept, scores, _ = _session(tmp_path / "r.onnx").run(None, {"QUERY": q, "CANDIDATE_ID": ids, "KEEP": keep})
     assert sorted(kept[0].tolist()) == [10, 11, 12] and np.isfinite(scores).all()
     kept, scores, _ = _session(tmp_path / "r.onnx").run(None, {"QUERY": q, "CANDIDATE_ID": ids[:, [0, 3, 4, 5]],
-                                                                "CANDIDATE_EMB": emb[:, [0, 3, 4, 5]]})
+                                                                "KEEP": keep})
     assert kept[0, 0] == 10 and (kept[0, 1:] == -1).all() and np.isneginf(scores[0, 1:]).all()
 
     features = torch.randn(20, 4)

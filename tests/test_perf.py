@@ -117,7 +117,7 @@ def test_direct_chain_reproduces_the_ensemble(server, grpc_client):
 def test_perf_analyzer_measures_the_ensemble_and_a_step(server, grpc_client, built_repository, tmp_path):
     seeds = perf.sample_seeds(built_repository, perf.served_steps(grpc_client)[0].version, 4)
     samples = perf.model_inputs(grpc_client, seeds)
-    assert len(samples["composite_scorer"]) == 8 and samples["rerank_engagement"][0]["CANDIDATE_EMB"].ndim == 3
+    assert len(samples["composite_scorer"]) == 8 and samples["rerank_engagement"][0]["KEEP"].shape == (1, 1)
     files = perf.write_input_files({m: samples[m] for m in (mcfg.ENSEMBLE, "rerank_engagement")}, tmp_path)
     assert len(json.loads(files[mcfg.ENSEMBLE].read_text())["data"]) == 4
     settings = perf.SweepSettings("1,2", measurement_interval_ms=500, max_trials=6, admin_key=server.admin_key)

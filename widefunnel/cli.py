@@ -23,7 +23,8 @@ def _build(args: argparse.Namespace) -> int:
     from widefunnel.model_configs import Target
 
     cfg = load_config(args.config)
-    result = build(args.repository, cfg, Target(kind=args.target), args.version, progress=not args.quiet)
+    result = build(args.repository, cfg, Target(kind=args.target), args.version, progress=not args.quiet,
+                   items=args.items)
     print(f"built version {result.version} (fingerprint {result.fingerprint}) of {result.repository} "
           f"for target {args.target} in {result.seconds:.0f}s")
     return 0
@@ -119,8 +120,8 @@ def _query(args: argparse.Namespace) -> int:
         with WidefunnelClient(args.url, args.protocol) as client:
             filters = {"exclude": args.exclude, "include_genres": args.genre, "exclude_genres": args.not_genre,
                        "years": args.years}
-            rec = client.recommend(args.seeds, alpha=args.alpha, top_n=args.top_n,
-                                   **{k: v for k, v in filters.items() if v is not None})
+            rec = client.recommend(args.seeds, alpha=args.alpha, top_n=args.top_n, candidates=args.candidates,
+                                   keep=args.keep, **{k: v for k, v in filters.items() if v is not None})
     except WidefunnelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -291,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=None, help="TOML overriding widefunnel/default.toml")
     p.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--version", type=int, default=None, help="version number (default: next)")
+    p.add_argument("--items", type=int, default=None,
+                   help="catalogue size: the real items plus synthetic ones drawn from them (default: the real ones)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_build)
 
@@ -318,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")
     p.add_argument("--alpha", type=float, default=None)
     p.add_argument("--top-n", type=int, default=None)
+    p.add_argument("--candidates", type=int, default=None, help="ANN candidates per head (the funnel's width)")
+    p.add_argument("--keep", type=int, default=None, help="candidates each head's reranker keeps")
     p.add_argument("--exclude", type=int, nargs="+", help="item ids never to return (e.g. already seen)")
     p.add_argument("--genre", nargs="+", help="only items of one of these genres")
     p.add_argument("--not-genre", nargs="+", help="no items of these genres")

@@ -97,9 +97,10 @@ def read_builds(repository: Path) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def record_build(repository: Path, version: int, fingerprint: str, target: str) -> None:
+def record_build(repository: Path, version: int, fingerprint: str, target: str, extra: dict | None = None) -> None:
+    """``extra``: more facts about the build (e.g. its synthetic items), kept beside the fingerprint."""
     builds = read_builds(repository)
-    builds[str(version)] = {"fingerprint": fingerprint, "target": target, "time": int(time.time())}
+    builds[str(version)] = {"fingerprint": fingerprint, "target": target, "time": int(time.time())} | (extra or {})
     atomic_write(Path(repository) / BUILDS_FILE, json.dumps(builds, indent=2, sort_keys=True))
 
 

@@ -82,6 +82,10 @@ SCORING_SEED = Tensor("scoring_seed_item_id", "INT64", (1,), optional=True)
 
 # Filters inside retrieval (issue 18), per seed: excluded ids (-1 pads), genres (any of / none of), an inclusive
 # release-year range. Preprocess validates them into FILTER_STEP_TENSORS, which the ANN steps apply in the scan.
+# The funnel's width per request (issue 16): candidates per head from the ANN, and how many the reranker keeps.
+WIDTH = Tensor("candidates_per_head", "INT32", (1,), True)
+KEEP = Tensor("rerank_keep", "INT32", (1,), True)
+
 FILTER_INPUTS = [Tensor("exclude_item_id", "INT64", (-1,), True), Tensor("include_genre", "BYTES", (-1,), True),
                  Tensor("exclude_genre", "BYTES", (-1,), True), Tensor("min_year", "INT32", (1,), True),
                  Tensor("max_year", "INT32", (1,), True)]
@@ -99,10 +103,10 @@ def _filter_wiring() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
 def preprocess_config(target: Target, tasks: int, parameters: dict[str, str]) -> mc.ModelConfig:
     inputs = [SEED, Tensor("alpha", "FP32", (1,), True),
               Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True),
-              Tensor("candidate_item_id", "INT64", (-1,), True), SCORING_SEED, *FILTER_INPUTS]
+              Tensor("candidate_item_id", "INT64", (-1,), True), SCORING_SEED, WIDTH, KEEP, *FILTER_INPUTS]
     outputs = [Tensor("ITEM_ID", "INT64", (1,)), Tensor("ALPHA", "FP32", (1,)), Tensor("TOP_N", "INT32", (1,)),
                Tensor("VALUE_WEIGHTS", "FP32", (tasks + 1,)), Tensor("CANDIDATE_ID", "INT64", (-1,)),
-               *FILTER_STEP_TENSORS]
+               Tensor("K", "INT32", (1,)), Tensor("KEEP", "INT32", (1,)), *FILTER_STEP_TENSORS]
     # Validation runs on the CPU wherever the rest runs.
     return _model("preprocess", "python", inputs, outputs, target, parameters, kind=mc.ModelInstanceGroup.KIND_CPU)
 
@@ -114,6 +118,8 @@ def query_tower_config(target: Target, dim: int) -> mc.ModelConfig:
 
 
 def ann_config(head: str, target: Target, dim: int, parameters: dict[str, str]) -> mc.ModelConfig:
+    """CANDIDATE_EMB is produced only when a caller asks for it by name; the ensembles never do (the
+    rerankers gather candidates' codes from their own table)."""
     inputs = [Tensor("QUERY", "FP32", (dim,)), Tensor("EXCLUDE_ID", "INT64", (1,), True),
               Tensor("K", "INT32", (1,), True), Tensor("NPROBE", "INT32", (1,), True),
               *[Tensor(t.name, t.dtype, t.dims, True) for t in FILTER_STEP_TENSORS]]
@@ -123,8 +129,7 @@ def ann_config(head: str, target: Target, dim: int, parameters: dict[str, str]) 
 
 
 def rerank_config(head: str, target: Target, dim: int) -> mc.ModelConfig:
-    inputs = [Tensor("QUERY", "FP32", (dim,)), Tensor("CANDIDATE_ID", "INT64", (-1,)),
-              Tensor("CANDIDATE_EMB", "FP32", (-1, dim))]
+    inputs = [Tensor("QUERY", "FP32", (dim,)), Tensor("CANDIDATE_ID", "INT64", (-1,)), Tensor("KEEP", "INT32", (1,))]
     outputs = [Tensor("RERANK_ID", "INT64", (-1,)), Tensor("RERANK_SCORE", "FP32", (-1,)),
                Tensor("FINGERPRINT", "INT64", (1,))]
     return _model(f"rerank_{head}", target.onnx_backend, inputs, outputs, target)
@@ -142,7 +147,7 @@ def scorer_config(target: Target, tasks: int, levels: int = 3) -> mc.ModelConfig
 # `input_checks` parameter (rules: widefunnel.validation.STEP_RULES). -1 is the ANN's padding id.
 INPUT_CHECKS = {
     "query_tower": {"ITEM_ID": "id"},
-    "rerank": {"QUERY": "finite", "CANDIDATE_ID": "id_or_pad", "CANDIDATE_EMB": "finite"},
+    "rerank": {"QUERY": "finite", "CANDIDATE_ID": "id_or_pad", "KEEP": "positive"},
     "composite_scorer": {"ITEM_ID": "id", "CANDIDATE_ID": "id_or_pad", "VALUE_WEIGHTS": "finite_nonnegative"},
 }
 
@@ -193,10 +198,10 @@ def _ensemble(name: str, target: Target, inputs: list[Tensor], outputs: list[Ten
 
 def _front(config: mc.ModelConfig, versions: dict[str, int], with_candidates: bool = False) -> None:
     client, filtered, _ = _filter_wiring()
-    inputs = {"seed_item_id": "seed_item_id", "alpha": "alpha", "top_n": "top_n",
-              "value_weights": "value_weights"} | client
-    outputs = {"ITEM_ID": "_item_id", "ALPHA": "_alpha", "TOP_N": "_top_n",
-               "VALUE_WEIGHTS": "_value_weights"} | filtered
+    inputs = {"seed_item_id": "seed_item_id", "alpha": "alpha", "top_n": "top_n", "value_weights": "value_weights",
+              WIDTH.name: WIDTH.name, KEEP.name: KEEP.name} | client
+    outputs = {"ITEM_ID": "_item_id", "ALPHA": "_alpha", "TOP_N": "_top_n", "VALUE_WEIGHTS": "_value_weights",
+               "K": "_k", "KEEP": "_keep"} | filtered
     if with_candidates:
         inputs["candidate_item_id"] = "candidate_item_id"
         outputs["CANDIDATE_ID"] = "_candidate_id"
@@ -205,7 +210,8 @@ def _front(config: mc.ModelConfig, versions: dict[str, int], with_candidates: bo
 
 def _client_inputs(tasks: int) -> list[Tensor]:
     return [SEED, Tensor("alpha", "FP32", (1,), True),
-            Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True), *FILTER_INPUTS]
+            Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True), WIDTH, KEEP,
+            *FILTER_INPUTS]
 
 
 def _towers_and_ann(config: mc.ModelConfig, versions: dict[str, int], full: bool = True) -> None:
@@ -214,11 +220,10 @@ def _towers_and_ann(config: mc.ModelConfig, versions: dict[str, int], full: bool
     _step(config, "query_tower", versions["query_tower"], {"ITEM_ID": "_item_id"},
           tower_out | ({"FINGERPRINT": "_fp_tower"} if full else {}))
     for head in HEADS:
-        outputs = {"CANDIDATE_ID": f"_ann_id_{head}", "CANDIDATE_EMB": f"_ann_emb_{head}",
-                   "FINGERPRINT": f"_fp_ann_{head}"} if full else \
+        outputs = {"CANDIDATE_ID": f"_ann_id_{head}", "FINGERPRINT": f"_fp_ann_{head}"} if full else \
             {"CANDIDATE_ID": f"{head}_item_id", "CANDIDATE_SCORE": f"{head}_score"}
         _step(config, f"ann_{head}", versions[f"ann_{head}"],
-              {"QUERY": f"_emb_{head}", "EXCLUDE_ID": "_item_id"} | _filter_wiring()[2], outputs)
+              {"QUERY": f"_emb_{head}", "EXCLUDE_ID": "_item_id", "K": "_k"} | _filter_wiring()[2], outputs)
 
 
 def ensemble_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.ModelConfig:
@@ -228,7 +233,7 @@ def ensemble_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.
     _towers_and_ann(config, versions)
     for head in HEADS:
         _step(config, f"rerank_{head}", versions[f"rerank_{head}"],
-              {"QUERY": f"_emb_{head}", "CANDIDATE_ID": f"_ann_id_{head}", "CANDIDATE_EMB": f"_ann_emb_{head}"},
+              {"QUERY": f"_emb_{head}", "CANDIDATE_ID": f"_ann_id_{head}", "KEEP": "_keep"},
               {"RERANK_ID": f"_rerank_id_{head}", "FINGERPRINT": f"_fp_rerank_{head}"})
         _step(config, "composite_scorer", versions["composite_scorer"],
               {"ITEM_ID": "_item_id", "CANDIDATE_ID": f"_rerank_id_{head}", "VALUE_WEIGHTS": "_value_weights"},
@@ -248,10 +253,10 @@ def retrieve_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.
     outputs = []
     for head in HEADS:
         outputs += [Tensor(f"{head}_item_id", "INT64", (-1,)), Tensor(f"{head}_score", "FP32", (-1,))]
-    config = _ensemble(RETRIEVE_ENSEMBLE, target, [SEED, *FILTER_INPUTS], outputs)
+    config = _ensemble(RETRIEVE_ENSEMBLE, target, [SEED, WIDTH, *FILTER_INPUTS], outputs)
     client, filtered, _ = _filter_wiring()
-    _step(config, "preprocess", versions["preprocess"], {"seed_item_id": "seed_item_id"} | client,
-          {"ITEM_ID": "_item_id"} | filtered)
+    _step(config, "preprocess", versions["preprocess"], {"seed_item_id": "seed_item_id", WIDTH.name: WIDTH.name}
+          | client, {"ITEM_ID": "_item_id", "K": "_k"} | filtered)
     _towers_and_ann(config, versions, full=False)
     return config
 

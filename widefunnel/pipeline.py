@@ -15,7 +15,7 @@ from widefunnel import model_configs as mcfg
 from widefunnel.ann.filters import ItemAttributes, RowAttributes, request_bitmap
 from widefunnel.ann.index import Int8Index, load_index
 from widefunnel.ann.query import search
-from widefunnel.ann.search import dequantized, prepare_index
+from widefunnel.ann.search import prepare_index
 from widefunnel.layout import ITEM_ATTRIBUTES
 from widefunnel.merge import HEADS, Recommendation, merge_batch
 from widefunnel.validation import (
@@ -90,33 +90,41 @@ class InProcessFunnel:
         return request_bitmap(index.count, self.attributes[head], prepare_index(index).rows_of, filters.exclude_ids,
                               filters.genres_any[:, 0], filters.genres_none[:, 0], filters.years)
 
-    def retrieve(self, item_id: np.ndarray, filters: ValidFilters | None = None
+    def retrieve(self, item_id: np.ndarray, filters: ValidFilters | None = None, k: int | None = None
                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per head: (candidate ids, ANN scores, dequantised candidate embeddings) for [B, 1] seeds."""
+        """Per head: (candidate ids, ANN scores, the seeds' query embeddings) for [B, 1] seeds; ``k`` candidates
+        per head (the build's default when None)."""
         emb = dict(zip(mcfg.HEADS, self.tower.run(["EMB_ENGAGEMENT", "EMB_RELEVANCE"], {"ITEM_ID": item_id})))
+        k = self.limits.default_candidates if k is None else int(k)
         out = {}
         for head in mcfg.HEADS:
             index, params = self.indexes[head], self.ann_params[head]
             allow = self._allow(head, filters)
             if head in self.gpu_indexes:
-                found = self.gpu_indexes[head].search(emb[head], int(params["k"]), item_id[:, 0], True,
-                                                      allow=allow)
-                ids, scores, cand_emb = (found[name].cpu().numpy() for name in
-                                         ("CANDIDATE_ID", "CANDIDATE_SCORE", "CANDIDATE_EMB"))
-                out[head] = (ids, scores, cand_emb, emb[head])
+                found = self.gpu_indexes[head].search(emb[head], k, item_id[:, 0], allow=allow)
+                out[head] = (found["CANDIDATE_ID"].cpu().numpy(), found["CANDIDATE_SCORE"].cpu().numpy(), emb[head])
                 continue
             nprobe = int(params["nprobe"]) if params["search"] == "ivf" else None
-            ids, scores = search(index, emb[head], int(params["k"]), item_id[:, 0], nprobe, allow)
-            out[head] = (ids, scores, dequantized(index, ids), emb[head])
+            ids, scores = search(index, emb[head], k, item_id[:, 0], nprobe, allow)
+            out[head] = (ids, scores, emb[head])
         return out
 
-    def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None, **filters) -> Recommendation:
-        req = validate_request(self.limits, **recommend_tensors(seed_item_id, alpha, top_n, value_weights))
+    def rerank(self, head: str, query: np.ndarray, ids: np.ndarray, keep: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The head's reranker on candidate ids (it gathers their codes from its own item table)."""
+        kept, scores = self.rerankers[head].run(["RERANK_ID", "RERANK_SCORE"],
+                                                {"QUERY": query, "CANDIDATE_ID": ids, "KEEP": keep})
+        return kept, scores
+
+    def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None,
+                  **filters) -> Recommendation:
+        """As the ``widefunnel`` ensemble answers; ``candidates`` per head and reranker ``keep`` as the client's."""
+        req = validate_request(self.limits, **recommend_tensors(seed_item_id, alpha, top_n, value_weights,
+                                                                candidates, keep))
         valid = self.filters(len(req.item_id), **filters) if filters else None
         heads = {}
-        for head, (ids, _, cand_emb, query) in self.retrieve(req.item_id, valid).items():
-            kept, _ = self.rerankers[head].run(["RERANK_ID", "RERANK_SCORE"],
-                                               {"QUERY": query, "CANDIDATE_ID": ids, "CANDIDATE_EMB": cand_emb})
+        for head, (ids, _, query) in self.retrieve(req.item_id, valid, int(req.k[0, 0])).items():
+            kept, _ = self.rerank(head, query, ids, req.keep)
             probs, score = self.scorer.run(["TASK_PROBS", "SCORE"], {
                 "ITEM_ID": req.item_id, "CANDIDATE_ID": kept, "VALUE_WEIGHTS": req.value_weights})
             heads[head] = (kept, score, probs)

@@ -13,7 +13,7 @@ class RequestError(ValueError):
 
 
 # Rules a step model applies to an input it is called with directly (config parameter `input_checks`).
-STEP_RULES = ("id", "id_or_pad", "finite", "finite_nonnegative", "not_nan")
+STEP_RULES = ("id", "id_or_pad", "finite", "finite_nonnegative", "not_nan", "positive")
 
 
 def check_step_input(name: str, array: np.ndarray, rule: str, max_item_id: int) -> None:
@@ -33,6 +33,9 @@ def check_step_input(name: str, array: np.ndarray, rule: str, max_item_id: int) 
             raise RequestError(f"{name}: must be finite (no NaN or inf)")
         if rule == "finite_nonnegative" and np.any(array < 0):
             raise RequestError(f"{name}: must be >= 0")
+    elif rule == "positive":
+        if np.any(array < 1):
+            raise RequestError(f"{name}: must be >= 1, got {array[array < 1][:5].tolist()}")
     elif rule == "not_nan":
         if np.any(np.isnan(array)):
             raise RequestError(f"{name}: must not be NaN")
@@ -65,12 +68,15 @@ class RequestLimits:
 
     genres: tuple[str, ...] = ()  # the filterable genres, in bit order (a build's item attributes)
     max_exclude: int = DEFAULT_MAX_EXCLUDE  # exclusion ids per seed
+    default_candidates: int = 200  # candidates per head when a request does not say (ann.k)
+    default_keep: int = 100  # candidates each reranker keeps when a request does not say (rerank.keep)
+    max_keep: int = 10_000
 
     # The preprocess model's config parameters that make these limits (written by the builder); the optional
     # ones are absent in builds older than filters.
     PARAMETERS = frozenset({"default_alpha", "default_top_n", "max_top_n", "default_value_weights",
                             "max_candidates", "max_request_candidates"})
-    OPTIONAL = frozenset({"genres", "max_exclude"})
+    OPTIONAL = frozenset({"genres", "max_exclude", "default_candidates", "default_keep", "max_keep"})
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], catalogue: np.ndarray) -> RequestLimits:
@@ -81,7 +87,10 @@ class RequestLimits:
                    max_candidates=int(params["max_candidates"]),
                    max_request_candidates=int(params["max_request_candidates"]),
                    genres=tuple(json.loads(params.get("genres", "[]"))),
-                   max_exclude=int(params.get("max_exclude", DEFAULT_MAX_EXCLUDE)))
+                   max_exclude=int(params.get("max_exclude", DEFAULT_MAX_EXCLUDE)),
+                   default_candidates=int(params.get("default_candidates", cls.default_candidates)),
+                   default_keep=int(params.get("default_keep", cls.default_keep)),
+                   max_keep=int(params.get("max_keep", cls.max_keep)))
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,8 @@ class ValidRequest:
     top_n: np.ndarray  # int32 [B, 1]
     value_weights: np.ndarray  # float32 [B, T + 1]
     candidate_id: np.ndarray  # int64 [B, C] (C = 0 when none were sent)
+    k: np.ndarray  # int32 [B, 1]: candidates per head (one value for the request)
+    keep: np.ndarray  # int32 [B, 1]: candidates each reranker keeps
 
 
 def _column(name: str, value: np.ndarray | None, batch: int, dtype, default) -> np.ndarray:
@@ -108,7 +119,9 @@ def unknown_ids(catalogue: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def validate_request(limits: RequestLimits, seed_item_id: np.ndarray | None, alpha: np.ndarray | None = None,
                      top_n: np.ndarray | None = None, value_weights: np.ndarray | None = None,
-                     candidate_item_id: np.ndarray | None = None, require_candidates: bool = False) -> ValidRequest:
+                     candidate_item_id: np.ndarray | None = None, require_candidates: bool = False,
+                     candidates_per_head: np.ndarray | None = None, rerank_keep: np.ndarray | None = None
+                     ) -> ValidRequest:
     if seed_item_id is None:
         raise RequestError("seed_item_id: required input is missing")
     if seed_item_id.ndim != 2 or seed_item_id.shape[1] != 1 or seed_item_id.shape[0] < 1:
@@ -149,17 +162,38 @@ def validate_request(limits: RequestLimits, seed_item_id: np.ndarray | None, alp
         if bad.size:
             raise RequestError(f"candidate_item_id: unknown item id(s) {bad[:5].tolist()} (not in the catalogue)")
         c = candidate_item_id.astype(np.int64, copy=False)
-    return ValidRequest(seed_item_id.astype(np.int64, copy=False), a, n, w, c)
+    k = _width("candidates_per_head", candidates_per_head, batch, limits.default_candidates, limits.max_candidates,
+               limits.max_request_candidates)
+    keep = _width("rerank_keep", rerank_keep, batch, limits.default_keep, limits.max_keep,
+                  limits.max_request_candidates)
+    return ValidRequest(seed_item_id.astype(np.int64, copy=False), a, n, w, c, k, keep)
 
 
-def recommend_tensors(seeds, alpha=None, top_n=None, value_weights=None) -> dict[str, np.ndarray]:
-    """Client tensors for seeds; scalar alpha / top_n / weights are broadcast to one per seed."""
+def _width(name: str, value: np.ndarray | None, batch: int, default: int, limit: int, request_limit: int
+           ) -> np.ndarray:
+    """A width of the funnel (candidates per head, reranker keep): one value for all seeds of a request, within
+    [1, limit], and seeds x width within the per-request candidate budget."""
+    w = _column(name, value, batch, np.int32, default)
+    if np.any(w != w[0, 0]):
+        raise RequestError(f"{name}: one value for all seeds of a request, got {np.unique(w)[:5].tolist()}")
+    if not 1 <= int(w[0, 0]) <= limit:
+        raise RequestError(f"{name}: must be within [1, {limit}], got {int(w[0, 0])}")
+    check_request_candidates(name, batch, int(w[0, 0]), request_limit)
+    return w
+
+
+def recommend_tensors(seeds, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None
+                      ) -> dict[str, np.ndarray]:
+    """Client tensors for seeds; scalar alpha / top_n / weights / widths are broadcast to one per seed."""
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1, 1)
     tensors = {"seed_item_id": seeds}
     if alpha is not None:
         tensors["alpha"] = np.broadcast_to(np.asarray(alpha, np.float32).reshape(-1, 1), seeds.shape).copy()
     if top_n is not None:
         tensors["top_n"] = np.broadcast_to(np.asarray(top_n, np.int32).reshape(-1, 1), seeds.shape).copy()
+    for name, value in (("candidates_per_head", candidates), ("rerank_keep", keep)):
+        if value is not None:
+            tensors[name] = np.full(seeds.shape, value, np.int32)
     if value_weights is not None:
         w = np.asarray(value_weights, np.float32)
         tensors["value_weights"] = np.broadcast_to(w.reshape(1, -1) if w.ndim == 1 else w,

@@ -1,8 +1,8 @@
 """Python-backend model `preprocess`: the ensemble's front door.
 
 Validates what clients send (seed ids in the catalogue, alpha in [0, 1], 1 <= top_n <= max_top_n, finite
-non-negative value weights, candidate ids) and fills defaults from the config, so every later step sees
-well-formed tensors and a bad request fails here with the field's name, alone in its batch.
+non-negative value weights, candidate ids, the funnel's width) and fills defaults from the config, so every
+later step sees well-formed tensors and a bad request fails here with the field's name, alone in its batch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from widefunnel.model_configs import model_parameters
 from widefunnel.stub import input_array, respond_each
 from widefunnel.validation import RequestLimits, ValidFilters, validate_filters, validate_request
 
-_INPUTS = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id")
+_INPUTS = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id", "candidates_per_head",
+           "rerank_keep")
 
 
 class TritonPythonModel:
@@ -43,7 +44,8 @@ class TritonPythonModel:
                                    **{n: input_array(request, n) for n in ValidFilters.FIELDS})
         return [pb_utils.Tensor("ITEM_ID", valid.item_id), pb_utils.Tensor("ALPHA", valid.alpha),
                 pb_utils.Tensor("TOP_N", valid.top_n), pb_utils.Tensor("VALUE_WEIGHTS", valid.value_weights),
-                pb_utils.Tensor("CANDIDATE_ID", valid.candidate_id),
+                pb_utils.Tensor("CANDIDATE_ID", valid.candidate_id), pb_utils.Tensor("K", valid.k),
+                pb_utils.Tensor("KEEP", valid.keep),
                 pb_utils.Tensor("EXCLUDE_IDS", filters.exclude_ids), pb_utils.Tensor("GENRES_ANY", filters.genres_any),
                 pb_utils.Tensor("GENRES_NONE", filters.genres_none), pb_utils.Tensor("YEARS", filters.years)]
 

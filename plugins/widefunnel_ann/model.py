@@ -95,8 +95,9 @@ class TritonPythonModel:
         """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step."""
         query = pb_utils.get_input_tensor_by_name(request, "QUERY")
         exclude = input_array(request, "EXCLUDE_ID")
+        emit = self.emit_embeddings and "CANDIDATE_EMB" in request.requested_output_names()
         outputs = self.gpu.search_dlpack(query.as_numpy() if query.is_cpu() else query.to_dlpack(), k,
-                                         None if exclude is None else exclude[:, 0], self.emit_embeddings,
+                                         None if exclude is None else exclude[:, 0], emit,
                                          int(self.fingerprint), allow)
         return [pb_utils.Tensor.from_dlpack(name, capsule) for name, capsule in outputs]
 
@@ -136,7 +137,7 @@ class TritonPythonModel:
         ids, scores = search(self.index, queries, k, exclude, nprobe if use_ivf else None, allow)
         outputs = [pb_utils.Tensor("CANDIDATE_ID", ids), pb_utils.Tensor("CANDIDATE_SCORE", scores),
                    pb_utils.Tensor("FINGERPRINT", np.full((len(queries), 1), self.fingerprint, np.int64))]
-        if self.emit_embeddings:
+        if self.emit_embeddings and "CANDIDATE_EMB" in request.requested_output_names():
             outputs.append(pb_utils.Tensor("CANDIDATE_EMB", dequantized(self.index, ids)))
         return outputs
 

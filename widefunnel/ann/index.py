@@ -92,6 +92,17 @@ class Int8Index:
         return int(self.codes.nbytes + self.scales.nbytes + self.ids.nbytes + extra)
 
 
+def item_table(index: Int8Index, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The index's int8 codes and scales by item id (row = id, zeros where no item): the table a step that
+    scores candidates gathers from, so candidates cross step boundaries as ids, not embeddings."""
+    if index.count and int(index.ids.max()) >= size:
+        raise ValueError(f"item_table: id {int(index.ids.max())} does not fit a table of {size} rows")
+    codes = np.zeros((size, index.dim), np.int8)
+    scales = np.zeros(size, np.float32)
+    codes[index.ids], scales[index.ids] = index.codes, index.scales
+    return codes, scales
+
+
 def _row_order(scales: np.ndarray, lists: np.ndarray | None) -> np.ndarray:
     """Rows grouped by IVF list, then by descending scale (stable), so a 64-row block has near-equal scales
     and its score upper bound (block max dot * block max scale) is tight enough to skip most blocks."""

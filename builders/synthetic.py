@@ -1,0 +1,111 @@
+"""Catalogue-scale builds: the real MovieLens items plus synthetic ones drawn from them (issue 16).
+
+MovieLens-100K has 1,682 items; serving questions (a 100,000-candidate pool, a million-item scan) need more.
+A synthetic item takes
+- the content (genres, release year) of a real item drawn uniformly,
+- a training popularity drawn from the real items' popularities,
+- an id embedding drawn from a Gaussian fitted to the trained real id embeddings (mean, full covariance),
+and the trained tower maps it like any item, so its head embeddings follow the real items' distribution without
+copying any one of them. Training sees only the real interactions; synthetic items are added afterwards (the
+build stays within minutes), take the ids after the real ones, and are recorded in the build record so that
+quality metrics (which only ever use real interactions) can say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from widefunnel.ann.index import build_index
+from widefunnel.builders.models import CompositeScorer, ItemTower
+from widefunnel.builders.train import TrainedFunnel, TrainingData, item_embeddings, scorer_features
+from widefunnel.data import Catalogue
+
+
+@dataclass(frozen=True)
+class SyntheticItems:
+    first_id: int  # synthetic ids are first_id .. first_id + count - 1
+    count: int
+    source: np.ndarray  # int64 [count]: the real item whose content each one takes
+
+    def record(self) -> dict:
+        """What the build record says about them."""
+        return {"first_id": self.first_id, "count": self.count,
+                "how": "content of a uniformly drawn real item; popularity drawn from the real items'; id "
+                       "embedding from a Gaussian fitted to the trained real id embeddings"}
+
+
+def plan(catalogue: Catalogue, items: int, seed: int) -> SyntheticItems:
+    """``items`` in all (real + synthetic); ValueError when fewer than the real items."""
+    real = len(catalogue.item_ids)
+    if items < real:
+        raise ValueError(f"--items: at least the {real} real items, got {items}")
+    rng = np.random.default_rng(seed)
+    return SyntheticItems(catalogue.table_size, items - real, rng.choice(catalogue.item_ids, items - real))
+
+
+def extend_catalogue(catalogue: Catalogue, synthetic: SyntheticItems) -> Catalogue:
+    """The catalogue with the synthetic items (genres and year of their source; no title)."""
+    ids = np.arange(synthetic.first_id, synthetic.first_id + synthetic.count, dtype=np.int64)
+    years = np.concatenate([catalogue.years, catalogue.years[synthetic.source]])
+    genres = dict(catalogue.genres)
+    genres.update(zip(ids.tolist(), (catalogue.genres[s] for s in synthetic.source.tolist())))
+    return replace(catalogue, item_ids=np.concatenate([catalogue.item_ids, ids]), years=years, genres=genres)
+
+
+def extend_popularity(popularity: np.ndarray, real_ids: np.ndarray, synthetic: SyntheticItems,
+                      seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    return np.concatenate([popularity, rng.choice(popularity[real_ids], synthetic.count)])
+
+
+def _gaussian_rows(real: np.ndarray, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 2)
+    mean = real.mean(axis=0)
+    cov = np.cov(real, rowvar=False) + 1e-8 * np.eye(real.shape[1])
+    return rng.multivariate_normal(mean, cov, size=count, method="cholesky").astype(np.float32)
+
+
+@torch.no_grad()
+def extend_tower(tower: ItemTower, tower_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                 real_ids: np.ndarray, synthetic: SyntheticItems, seed: int) -> ItemTower:
+    """The trained tower with the synthetic items' rows (features from ``tower_inputs`` of the extended
+    catalogue, id embeddings drawn from the real ones' Gaussian); the real items' rows are unchanged."""
+    genres, year_bucket, dense = tower_inputs
+    weight = tower.id_embedding.weight
+    drawn = torch.from_numpy(_gaussian_rows(weight[torch.from_numpy(real_ids)].numpy(), synthetic.count, seed))
+    tower.id_embedding = torch.nn.Embedding.from_pretrained(torch.cat([weight, drawn]), freeze=True)
+    tower.genres, tower.year_bucket, tower.dense = genres.float(), year_bucket.long(), dense.float()
+    return tower.eval()
+
+
+@torch.no_grad()
+def extend_scorer(scorer: CompositeScorer, features: torch.Tensor) -> CompositeScorer:
+    """The trained scorer over the extended item features (the real rows are unchanged)."""
+    scorer.features = features.float()
+    return scorer.eval()
+
+
+def widen(funnel: TrainedFunnel, data: TrainingData, cfg: dict, items: int, fingerprint_of
+          ) -> tuple[TrainedFunnel, TrainingData, SyntheticItems]:
+    """A trained funnel and its data at ``items`` items: towers and scorer extended, indexes rebuilt over every
+    item under the extended tower's fingerprint; the rerankers are the trained ones (they read the item
+    table of the index they are exported with)."""
+    seed = cfg["seed"]
+    synthetic = plan(data.catalogue, items, seed)
+    real_ids = data.catalogue.item_ids
+    catalogue = extend_catalogue(data.catalogue, synthetic)
+    split = replace(data.split, train_popularity=extend_popularity(data.split.train_popularity, real_ids,
+                                                                   synthetic, seed))
+    wide = replace(data, catalogue=catalogue, split=split)
+    tower = extend_tower(funnel.tower, wide.tower_inputs(), real_ids, synthetic, seed)
+    all_ids = np.arange(catalogue.table_size, dtype=np.int64)
+    parts = [item_embeddings(tower, all_ids[i:i + 100_000]) for i in range(0, len(all_ids), 100_000)]
+    tables = [np.concatenate([p[h] for p in parts]) for h in range(len(parts[0]))]
+    fingerprint = fingerprint_of(tower)
+    ids = catalogue.item_ids
+    indexes = [build_index(t[ids], ids, fingerprint, ivf_lists=cfg["ann"]["ivf_lists"], seed=seed) for t in tables]
+    scorer = extend_scorer(funnel.scorer, scorer_features(wide, tables))
+    return TrainedFunnel(tower, tables, indexes, funnel.rerankers, scorer), wide, synthetic
