@@ -266,9 +266,10 @@ class SweepSettings:
 
 def perf_command(model: str, url: str, protocol: str, data: Path, csv_path: Path, settings: SweepSettings,
                  version: int | None = None, concurrency_range: str | None = None,
-                 interval_ms: int | None = None) -> list[str]:
+                 interval_ms: int | None = None, batch: int = 1) -> list[str]:
+    """``batch``: perf_analyzer stacks that many data entries into one request."""
     cmd = [str(perf_analyzer_binary()), "-m", model, "-u", url, "-i", protocol, "--input-data", str(data),
-           "-b", "1", "--concurrency-range", concurrency_range or settings.ranges()[0],
+           "-b", str(batch), "--concurrency-range", concurrency_range or settings.ranges()[0],
            "--measurement-interval", str(interval_ms or settings.measurement_interval_ms),
            "--max-trials", str(settings.max_trials), "-s", str(settings.stability_percentage), "-f", str(csv_path)]
     if version is not None and version > 0:
@@ -295,7 +296,8 @@ UNSTABLE = "Failed to obtain stable measurement"
 
 
 def run_perf(model: str, url: str, protocol: str, data: Path, out_dir: Path, settings: SweepSettings,
-             version: int | None = None, env: dict[str, str] | None = None) -> list[dict[str, float | str]]:
+             version: int | None = None, env: dict[str, str] | None = None, batch: int = 1
+             ) -> list[dict[str, float | str]]:
     """perf_analyzer on one model over one protocol, each concurrency level; rows tagged with model and protocol.
 
     A level perf_analyzer calls unstable is measured once more with windows twice as long.
@@ -303,10 +305,10 @@ def run_perf(model: str, url: str, protocol: str, data: Path, out_dir: Path, set
     env = env or perf_environment()
     rows: list[dict[str, float | str]] = []
     for concurrency in settings.ranges():
-        csv_path = out_dir / f"perf_{model}_{protocol}_{concurrency.replace(':', '-')}.csv"
+        csv_path = out_dir / f"perf_{model}_{protocol}_b{batch}_{concurrency.replace(':', '-')}.csv"
         for interval in (settings.measurement_interval_ms, 2 * settings.measurement_interval_ms):
             csv_path.unlink(missing_ok=True)
-            cmd = perf_command(model, url, protocol, data, csv_path, settings, version, concurrency, interval)
+            cmd = perf_command(model, url, protocol, data, csv_path, settings, version, concurrency, interval, batch)
             try:
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=settings.timeout_s)
             except subprocess.TimeoutExpired as exc:

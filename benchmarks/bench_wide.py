@@ -1,0 +1,313 @@
+"""The wide funnel (issue 16): served vs in process vs the floor vs a faiss-based peer, and the bytes that cross
+each step boundary.
+
+  default   the default catalogue (1,682 items, K = 200): served (perf_analyzer, gRPC) at batch 1 and 8,
+            concurrency 1 and 8, against `InProcessFunnel` on one thread, measured before and after the served
+            runs in the same process (the ratio uses their mean)
+  scale     a catalogue-scale build (`widefunnel build --items 1000000`): K in {1,000, 10,000, 100,000} per head,
+            top_n 100, batch 1 and 8, one request at a time, interleaved round-robin on the same seeds:
+            served (gRPC) vs in process vs the peer a user would build in one process (faiss IndexFlatIP top-K
+            over the same vectors + the same ONNX reranker and scorer + the same merge) vs the floor
+            (scan: max(index bytes / copy bandwidth, 2BNd / GEMM rate); scoring: reranker and scorer FLOPs /
+            GEMM rate; every rate measured in this run). Every path's item ids are checked equal to in-process.
+  synthetic how the synthetic items of a catalogue-scale build score next to the real ones: per head, the
+            quantiles of seed . item over real seeds against all real and all synthetic items, and the synthetic
+            share of each seed's top 100 against their share of the catalogue
+  bytes     the bytes each step receives per request (the ensemble's wiring, replayed step by step through
+            the server: `client.perf.DirectChain`), now and as before issue 16 (when each ANN step also sent
+            its K candidates' float32 embeddings to the reranker: measured by asking an ANN step for them)
+
+    .venv/bin/python benchmarks/bench_wide.py default --repository benchmarks/out/model_repository
+    .venv/bin/python benchmarks/bench_wide.py scale --repository benchmarks/out/wide_1m
+    .venv/bin/python benchmarks/bench_wide.py synthetic --repository benchmarks/out/wide_1m
+    .venv/bin/python benchmarks/bench_wide.py bytes --repository benchmarks/out/wide_1m --k 10000
+
+The catalogue-scale repository: `widefunnel build --items 1000000 --config benchmarks/out/wide.toml` with the
+test suite's shortened training and `serving.max_request_candidates = 1000000` (batch 8 x K = 100,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _ms(samples: list[float]) -> float:
+    return float(np.median(samples) * 1e3)
+
+
+# ------------------------------------------------------------------------------------------------ the default
+def in_process_rate(funnel, seeds: np.ndarray, batch: int, seconds: float = 8.0) -> tuple[float, float]:
+    """(p50 ms per request, seeds/s) of ``funnel.recommend`` on one thread, cycling through ``seeds``."""
+    times, i, start = [], 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        chunk = np.take(seeds, range(i, i + batch), mode="wrap")
+        t0 = time.perf_counter()
+        funnel.recommend(chunk)
+        times.append(time.perf_counter() - t0)
+        i += batch
+    return _ms(times), batch * len(times) / sum(times)
+
+
+def default_part(repository: Path, out: Path) -> str:
+    from widefunnel import model_configs as mcfg
+    from widefunnel.client.perf import SweepSettings, input_data, run_perf, sample_seeds
+    from widefunnel.pipeline import InProcessFunnel
+    from widefunnel.server import TritonServer
+
+    funnel = InProcessFunnel(repository)
+    seeds = sample_seeds(repository, funnel.versions["preprocess"], 256, seed=3)
+    data = out / "default_seeds.json"
+    data.write_text(__import__("json").dumps(input_data({"seed_item_id": np.array([[s]], np.int64)} for s in seeds)))
+    for _ in range(20):
+        funnel.recommend(seeds[:8])
+    rows = []
+    with TritonServer(repository) as server:
+        settings = SweepSettings("1,8", measurement_interval_ms=2000, max_trials=6, admin_key=server.admin_key)
+        for batch in (1, 8):
+            before = in_process_rate(funnel, seeds, batch)
+            served = run_perf(mcfg.ENSEMBLE, server.grpc_url, "grpc", data, out, settings, batch=batch)
+            after = in_process_rate(funnel, seeds, batch)
+            local_p50, local_rate = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+            for row in served:
+                p50, rate = row["p50 latency"] / 1e3, row["Inferences/Second"]
+                rows.append(f"| {batch} | {int(row['Concurrency'])} | {p50:.2f} | {local_p50:.2f} | "
+                            f"{p50 / local_p50:.2f}x | {rate:.0f} | {local_rate:.0f} | {rate / local_rate:.2f}x |")
+    head = ("| batch | concurrency | served p50 ms | in-process p50 ms | p50 ratio | served seeds/s | "
+            "in-process seeds/s (1 thread) | throughput ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+    return head + "\n" + "\n".join(rows)
+
+
+# -------------------------------------------------------------------------------------------------- the scale
+class FaissPeer:
+    """What a user would build in one process: faiss IndexFlatIP over the same (dequantised) item vectors for
+    the top K, then the same ONNX reranker and scorer and the same merge (through ``InProcessFunnel``)."""
+
+    def __init__(self, funnel, threads: int):
+        import faiss
+
+        from widefunnel.ann.search import dequantized
+
+        faiss.omp_set_num_threads(threads)
+        self.funnel, self.faiss, self.indexes = funnel, faiss, {}
+        for head, index in funnel.indexes.items():
+            flat = faiss.IndexFlatIP(index.dim)
+            flat.add(np.ascontiguousarray(dequantized(index, index.ids)))
+            self.indexes[head] = (flat, index.ids)
+
+    def recommend(self, seeds: np.ndarray, top_n: int, k: int):
+        from widefunnel.merge import HEADS, merge_batch
+
+        f = self.funnel
+        item_id = np.asarray(seeds, np.int64).reshape(-1, 1)
+        emb = dict(zip(HEADS, f.tower.run(["EMB_ENGAGEMENT", "EMB_RELEVANCE"], {"ITEM_ID": item_id})))
+        keep = np.full((len(item_id), 1), f.limits.default_keep, np.int32)
+        weights = np.tile(f.limits.default_value_weights, (len(item_id), 1)).astype(np.float32)
+        heads = {}
+        for head in HEADS:
+            flat, ids = self.indexes[head]
+            _, rows = flat.search(emb[head], k + 1)
+            found = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+            not_seed = found != item_id  # the seed itself is excluded, as the funnel excludes it
+            found = np.stack([r[m][:k] for r, m in zip(found, not_seed)])
+            kept, _ = f.rerank(head, emb[head], found, keep)
+            probs, score = f.scorer.run(["TASK_PROBS", "SCORE"], {"ITEM_ID": item_id, "CANDIDATE_ID": kept,
+                                                                  "VALUE_WEIGHTS": weights})
+            heads[head] = (kept, score, probs)
+        alpha = np.full((len(item_id), 1), f.limits.default_alpha, np.float32)
+        return merge_batch(heads["engagement"], heads["relevance"], alpha,
+                           np.full((len(item_id), 1), top_n, np.int32)).ids
+
+
+def _rates(threads: int) -> dict[str, float]:
+    """Copy bandwidth (bytes/s, read + write) and float32 GEMM rate (FLOP/s), measured now, best of 5."""
+    import torch
+
+    torch.set_num_threads(threads)
+    src = np.ones(64 << 20, np.float32)  # 256 MB
+    dst = np.empty_like(src)
+    copy = min(_timed(lambda: np.copyto(dst, src)) for _ in range(5))
+    a, b = torch.randn(256, 96), torch.randn(96, 100_000)
+    gemm = min(_timed(lambda: torch.mm(a, b)) for _ in range(5))
+    return {"bandwidth": 2 * src.nbytes / copy, "gemm": 2 * 256 * 96 * 100_000 / gemm}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _flops_per_candidate(path: Path, table_rows: int) -> float:
+    """2 x the weights of an ONNX graph's layers, leaving out its item tables (initializers with a row per item)."""
+    import onnx
+    from onnx import numpy_helper
+
+    weights = 0
+    for init in onnx.load(str(path)).graph.initializer:
+        shape = numpy_helper.to_array(init).shape
+        if len(shape) == 2 and shape[0] != table_rows:
+            weights += shape[0] * shape[1]
+    return 2.0 * weights
+
+
+def floor_ms(funnel, repository: Path, batch: int, k: int, rates: dict[str, float]) -> float:
+    v = funnel.versions
+    table_rows = int(funnel.limits.catalogue.max()) + 1
+    total = 0.0
+    for head, index in funnel.indexes.items():
+        scan = max((index.codes.nbytes + index.scales.nbytes) / rates["bandwidth"],
+                   2 * batch * index.count * index.dim / rates["gemm"])
+        rerank = batch * k * _flops_per_candidate(
+            repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx", table_rows) / rates["gemm"]
+        score = batch * funnel.limits.default_keep * _flops_per_candidate(
+            repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx", table_rows) / rates["gemm"]
+        total += scan + rerank + score
+    return total * 1e3
+
+
+def scale_part(repository: Path, requests: int, threads: int) -> str:
+    from widefunnel.client.client import WidefunnelClient
+    from widefunnel.client.perf import sample_seeds
+    from widefunnel.pipeline import InProcessFunnel
+    from widefunnel.server import TritonServer
+
+    funnel = InProcessFunnel(repository)
+    peer = FaissPeer(funnel, threads)
+    rates = _rates(threads)
+    index = funnel.indexes["engagement"]
+    lines = [f"copy bandwidth {rates['bandwidth'] / 1e9:.1f} GB/s, float32 GEMM {rates['gemm'] / 1e9:.1f} GFLOP/s "
+             f"({threads} threads), N = {index.count:,}, d = {index.dim}",
+             "", "| K per head | batch | served ms | in-process ms | faiss peer ms | floor ms | served / in-process "
+             "throughput | in-process share of floor | in-process vs peer |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    seeds = sample_seeds(repository, funnel.versions["preprocess"], 8 * (requests + 1), seed=5)
+    with TritonServer(repository) as server, WidefunnelClient(server.grpc_url, "grpc") as client:
+        for k in (1000, 10_000, 100_000):
+            for batch in (1, 8):
+                paths = {"served": lambda s, k=k: client.recommend(s, top_n=100, candidates=k).item_id,
+                         "in-process": lambda s, k=k: funnel.recommend(s, top_n=100, candidates=k).item_id,
+                         "peer": lambda s, k=k: peer.recommend(s, 100, k)}
+                times = {name: [] for name in paths}
+                for i in range(requests + 1):  # the first round warms up
+                    chunk = seeds[i * batch:(i + 1) * batch]
+                    answers = {}
+                    for j in range(len(paths)):
+                        name = list(paths)[(i + j) % len(paths)]
+                        t0 = time.perf_counter()
+                        answers[name] = paths[name](chunk)
+                        if i:
+                            times[name].append(time.perf_counter() - t0)
+                    if not np.array_equal(answers["served"], answers["in-process"]):
+                        raise SystemExit(f"K={k} batch={batch}: served and in-process answers differ")
+                    same = np.mean([len(set(a) & set(b)) / max(1, len(set(b)))
+                                    for a, b in zip(answers["peer"], answers["in-process"])])
+                served, local, other = (_ms(times[n]) for n in ("served", "in-process", "peer"))
+                floor = floor_ms(funnel, repository, batch, k, rates)
+                lines.append(f"| {k:,} | {batch} | {served:.1f} | {local:.1f} | {other:.1f} | {floor:.2f} | "
+                             f"{local / served:.2f}x | {floor / local:.0%} | {other / local:.2f}x "
+                             f"(same items {same:.0%}) |")
+                print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- the synthetic
+def synthetic_part(repository: Path, seeds: int = 200) -> str:
+    import json
+
+    from widefunnel.ann.search import dequantized
+    from widefunnel.merge import HEADS
+    from widefunnel.pipeline import InProcessFunnel
+
+    funnel = InProcessFunnel(repository)
+    record = json.loads((repository / "builds.json").read_text())[str(funnel.versions["preprocess"])]
+    first = int(record["synthetic_items"]["first_id"])
+    real_seeds = np.random.default_rng(11).choice(funnel.limits.catalogue[funnel.limits.catalogue < first], seeds,
+                                                  replace=False).reshape(-1, 1)
+    emb = dict(zip(HEADS, funnel.tower.run(["EMB_ENGAGEMENT", "EMB_RELEVANCE"], {"ITEM_ID": real_seeds})))
+    qs = (1, 10, 50, 90, 99, 99.9)
+    lines = [f"{len(real_seeds)} real seeds; {int((funnel.limits.catalogue < first).sum()):,} real and "
+             f"{int(record['synthetic_items']['count']):,} synthetic items", "",
+             "| head | items | " + " | ".join(f"p{q}" for q in qs) + " | share of catalogue | share of top 100 |",
+             "|---|---|" + "---:|" * (len(qs) + 2)]
+    for head in HEADS:
+        index = funnel.indexes[head]
+        vectors = dequantized(index, index.ids)
+        scores = emb[head] @ vectors.T
+        synthetic = index.ids >= first
+        top = np.argpartition(-scores, 100, axis=1)[:, :100]
+        for name, mask in (("real", ~synthetic), ("synthetic", synthetic)):
+            values = np.percentile(scores[:, mask], qs)
+            lines.append(f"| {head} | {name} | " + " | ".join(f"{v:.3f}" for v in values)
+                         + f" | {mask.mean():.1%} | {mask[top].mean():.1%} |")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- the bytes
+def bytes_part(repository: Path, k: int) -> str:
+    import tritonclient.grpc as grpc
+
+    from widefunnel.client.perf import DirectChain, sample_seeds, served_steps
+    from widefunnel.security import with_admin_key
+    from widefunnel.server import TritonServer
+
+    rows = []
+    with TritonServer(repository) as server:
+        client = with_admin_key(grpc.InferenceServerClient(server.grpc_url), server.admin_key, "grpc")
+        steps = served_steps(client)
+        seed = int(sample_seeds(repository, steps[0].version, 1, seed=7)[0])
+        received: list[tuple[str, dict[str, int]]] = []
+        request = {"seed_item_id": np.array([[seed]], np.int64), "candidates_per_head": np.array([[k]], np.int32)}
+        final = DirectChain(client, steps).run(
+            request, lambda step, tensors: received.append((step.model, {n: a.nbytes for n, a in tensors.items()})))
+        # before issue 16 the ANN steps also sent CANDIDATE_EMB to the rerankers: ask an ANN step for it
+        query = final["_emb_engagement"]
+        inputs = [grpc.InferInput("QUERY", list(query.shape), "FP32"), grpc.InferInput("K", [1, 1], "INT32")]
+        inputs[0].set_data_from_numpy(query)
+        inputs[1].set_data_from_numpy(np.array([[k]], np.int32))
+        emb = client.infer("ann_engagement", inputs, outputs=[grpc.InferRequestedOutput("CANDIDATE_EMB")])
+        emb_bytes = emb.as_numpy("CANDIDATE_EMB").nbytes
+        client.close()
+    for model, sizes in received:
+        now = sum(sizes.values())
+        before = now - sizes.get("KEEP", 0) + emb_bytes if model.startswith("rerank_") else now
+        rows.append(f"| {model} | {', '.join(sorted(sizes))} | {before:,} | {now:,} |")
+    total_before = sum(int(r.split("|")[3].replace(",", "")) for r in rows)
+    total_now = sum(int(r.split("|")[4].replace(",", "")) for r in rows)
+    head = (f"K = {k:,} per head, batch 1 (one seed)\n\n| step | inputs now | bytes in before | bytes in now |\n"
+            "|---|---|---:|---:|")
+    return head + "\n" + "\n".join(rows) + f"\n| all steps | | {total_before:,} | {total_now:,} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("default", "scale", "synthetic", "bytes"))
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--requests", type=int, default=10, help="scale: requests per path and cell")
+    parser.add_argument("--threads", type=int, default=2, help="scale: threads of the peer and the measured rates")
+    parser.add_argument("--k", type=int, default=10_000, help="bytes: candidates per head")
+    args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if args.part == "default":
+            print(default_part(args.repository, out))
+        elif args.part == "scale":
+            print(scale_part(args.repository, args.requests, args.threads))
+        elif args.part == "synthetic":
+            print(synthetic_part(args.repository))
+        else:
+            print(bytes_part(args.repository, args.k))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
