@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 REPO   ?= model_repository
 
-.PHONY: env demo test lint bench quality soak clean
+ANALYZER_VENV ?= .venv-analyzer
+
+.PHONY: env demo test lint bench quality soak clean analyzer-env analyze
 
 env: $(VENV)/.installed
 	@# perf_analyzer (from the tritonclient wheel) links libb64.so.0d: Debian's libb64-0d where apt-get exists and
@@ -35,6 +37,19 @@ test: env
 
 lint: env
 	$(BIN)/ruff check .
+
+# Triton Model Analyzer in its own venv (it pins tritonclient and numpy versions the serving venv does not use).
+analyzer-env: $(ANALYZER_VENV)/.installed
+
+$(ANALYZER_VENV)/.installed:
+	$(PYTHON) -m venv $(ANALYZER_VENV)
+	$(ANALYZER_VENV)/bin/pip install -q --upgrade pip
+	$(ANALYZER_VENV)/bin/pip install -q triton-model-analyzer==1.58.0
+	touch $@
+
+# Per-step batching delay and instances for this machine (about 15 min); writes serving.toml for `build --config`.
+analyze: env analyzer-env
+	$(BIN)/widefunnel analyze --repository $(REPO) --venv $(ANALYZER_VENV) --out serving.toml
 
 bench: env
 	$(BIN)/python benchmarks/bench_ann.py

@@ -141,7 +141,25 @@ def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int,
                                                  _ann_parameters(repository, head, version, fingerprint, cfg))
         configs[f"rerank_{head}"] = mcfg.add_input_checks(mcfg.rerank_config(head, target, dim), "rerank",
                                                           max_item_id, per_request)
+    for name, config in configs.items():
+        serving_settings(config, cfg["serving"], name)
     return {name: _step_config(for_target(name, c, target, engines)) for name, c in configs.items()}
+
+
+def serving_settings(config, serving: dict, name: str):
+    """Dynamic-batching delay and instance count: `serving.max_queue_delay_us`, then `serving.steps.<model>`
+    (what `widefunnel analyze` chose with Triton Model Analyzer)."""
+    step = serving.get("steps", {}).get(name, {})
+    unknown = set(step) - {"max_queue_delay_us", "instances"}
+    if unknown:
+        raise ValueError(f"serving.steps.{name}: unknown keys {sorted(unknown)}; known: instances, max_queue_delay_us")
+    if config.HasField("dynamic_batching"):
+        config.dynamic_batching.max_queue_delay_microseconds = int(step.get("max_queue_delay_us",
+                                                                            serving["max_queue_delay_us"]))
+    if "instances" in step:
+        for group in config.instance_group:
+            group.count = int(step["instances"])
+    return config
 
 
 def build_engines(writer: VersionWriter, cfg: dict, target: mcfg.Target, dim: int, log=None) -> bool:

@@ -248,6 +248,76 @@ def _swap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    import tritonclient.grpc as grpc
+
+    from widefunnel.client.analyze import analyze, serving_toml
+    from widefunnel.client.perf import model_inputs, sample_seeds, served_steps, write_input_files
+    from widefunnel.security import with_admin_key
+    from widefunnel.server import TritonServer
+    from widefunnel.server.distribution import TritonDistribution, assemble_backends, server_environment
+
+    work = args.work.resolve()
+    try:
+        with TritonServer(args.repository) as server:  # each step's inputs, as the ensemble feeds it
+            client = with_admin_key(grpc.InferenceServerClient(server.grpc_url), server.admin_key, "grpc")
+            seeds = sample_seeds(args.repository, served_steps(client)[0].version, args.samples)
+            inputs = write_input_files(model_inputs(client, seeds), work / "inputs")
+            client.close()
+        choices = analyze(args.repository, work, args.venv, inputs, assemble_backends(work / "backends"),
+                          TritonDistribution.find().binary, server_environment(),
+                          models=tuple(args.models) if args.models else None)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.write_text(serving_toml(choices))
+    print("| step | max_queue_delay_us | instances | mean ms at 1 / 4 | infer/s at 1 / 4 |\n|---|---:|---:|---:|---:|")
+    for c in choices:
+        (p1, p4), (t1, t4) = c.avg_ms.values(), c.throughput.values()
+        print(f"| {c.model} | {c.max_queue_delay_us} | {c.instances} | {p1:.2f} / {p4:.2f} | {t1:.0f} / {t4:.0f} |")
+    print(f"\nwritten: {args.out} (build with it: widefunnel build --config {args.out}; Model Analyzer's reports: "
+          f"{args.work / 'export'})")
+    return 0
+
+
+def _item_ids(args: argparse.Namespace) -> list[int]:
+    from widefunnel.takedowns import parse_ids
+
+    ids = list(args.ids or [])
+    if args.file is not None:
+        ids += parse_ids(args.file.read_text(), str(args.file))
+    if not ids:
+        raise SystemExit("error: no item ids given (IDS or --file)")
+    return ids
+
+
+def _items(args: argparse.Namespace) -> int:
+    """Takedowns: applied by every serving step from the next request on; no rebuild, no reload."""
+    import numpy as np
+
+    from widefunnel import takedowns as td
+    from widefunnel.layout import versions
+
+    try:
+        if args.action == "list-removed":
+            for item, entry in td.read_takedowns(args.repository).items():
+                print(f"{item}\t{entry.get('time', '')}\t{entry.get('reason', '')}")
+            return 0
+        ids = _item_ids(args)
+        if args.action == "remove":
+            pre = args.repository / "preprocess"
+            known = np.unique(np.concatenate([np.load(pre / str(v) / "catalogue.npy") for v in versions(pre)]))
+            new = td.take_down(args.repository, ids, known, args.reason)
+            print(f"taken down: {new or 'nothing new'} ({len(td.read_takedowns(args.repository))} in all); "
+                  f"served from the next request on, across restarts, swaps and rollbacks")
+        else:
+            print(f"restored: {td.restore(args.repository, ids)}")
+    except (td.TakedownError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _key_file_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-key-file", type=Path, default=None,
                    help="file holding the server's admin key (default: $WIDEFUNNEL_ADMIN_KEY, else "
@@ -269,6 +339,23 @@ def _add_operations_commands(sub) -> None:
     p.add_argument("--samples", type=int, default=32, help="distinct real seeds in the input data")
     _key_file_argument(p)
     p.set_defaults(func=_perf)
+
+    p = sub.add_parser("items", help="take items down (never served) or restore them, without a rebuild")
+    p.add_argument("action", choices=("remove", "restore", "list-removed"))
+    p.add_argument("ids", type=int, nargs="*", help="item ids")
+    p.add_argument("--file", type=Path, default=None, help="a file of item ids (one per line, or comma-separated)")
+    p.add_argument("--reason", default="", help="kept beside each takedown")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.set_defaults(func=_items)
+
+    p = sub.add_parser("analyze", help="Triton Model Analyzer per step: batching delay and instances, latency first")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--work", type=Path, default=Path("benchmarks/out/analyze"), help="Model Analyzer's files")
+    p.add_argument("--venv", type=Path, default=Path(".venv-analyzer"), help="where `make analyzer-env` put it")
+    p.add_argument("--out", type=Path, default=Path("serving.toml"), help="the chosen settings, a build config")
+    p.add_argument("--models", nargs="+", default=None, help="default: every step model")
+    p.add_argument("--samples", type=int, default=32, help="distinct real seeds in the recorded inputs")
+    p.set_defaults(func=_analyze)
 
     for name, text in (("swap", "serve another build on disk: stage its steps, switch the ensembles, retire"),
                        ("rollback", "go back to the previous build still on disk")):

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 BUILDS_FILE = "builds.json"
+TAKEDOWNS_FILE = "takedowns.json"  # items taken down, for every version (widefunnel.takedowns)
 CONFIG_FILE = "config.pbtxt"
 FINGERPRINTS_PARAMETER = "tower_fingerprints"
 

@@ -12,17 +12,19 @@ import numpy as np
 import onnxruntime as ort
 
 from widefunnel import model_configs as mcfg
-from widefunnel.ann.filters import ItemAttributes, RowAttributes, request_bitmap
+from widefunnel.ann.filters import ItemAttributes, RowAttributes, StandingBlock, request_bitmap, restrict
 from widefunnel.ann.index import Int8Index, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import prepare_index
 from widefunnel.layout import ITEM_ATTRIBUTES
 from widefunnel.merge import HEADS, Recommendation, merge_batch
+from widefunnel.takedowns import TakedownWatch
 from widefunnel.validation import (
     RequestLimits,
     ValidFilters,
     filter_tensors,
     recommend_tensors,
+    refuse_taken_down,
     validate_filters,
     validate_request,
 )
@@ -60,6 +62,8 @@ class InProcessFunnel:
             pre, np.load(repository / "preprocess" / str(v["preprocess"]) / "catalogue.npy"))
         self.tower = _session(repository / "query_tower" / str(v["query_tower"]) / "model.onnx")
         self.scorer = _session(repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx")
+        self.takedowns = TakedownWatch(repository)
+        self.blocked: dict[str, StandingBlock] = {}
         self.indexes: dict[str, Int8Index] = {}
         self.rerankers: dict[str, ort.InferenceSession] = {}
         self.ann_params: dict[str, dict[str, str]] = {}
@@ -68,6 +72,8 @@ class InProcessFunnel:
             self.indexes[head] = load_index(repository / f"ann_{head}" / str(v[f"ann_{head}"]) / "index")
             self.rerankers[head] = _session(repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx")
             self.ann_params[head] = _parameters(repository, f"ann_{head}")
+            index = self.indexes[head]
+            self.blocked[head] = StandingBlock(self.takedowns.ids, index.count, prepare_index(index).rows_of)
             attributes = repository / f"ann_{head}" / str(v[f"ann_{head}"]) / ITEM_ATTRIBUTES
             self.attributes[head] = (RowAttributes.of(ItemAttributes.load(attributes), self.indexes[head].ids)
                                      if attributes.exists() else None)
@@ -83,7 +89,10 @@ class InProcessFunnel:
         as preprocess validates them."""
         return validate_filters(self.limits, batch, **filter_tensors(**filters, batch=batch))
 
-    def _allow(self, head: str, filters: ValidFilters | None) -> np.ndarray | None:
+    def _allow(self, head: str, filters: ValidFilters | None, batch: int) -> np.ndarray | None:
+        return restrict(self._filters_bitmap(head, filters), self.blocked[head].bits(), batch)
+
+    def _filters_bitmap(self, head: str, filters: ValidFilters | None) -> np.ndarray | None:
         if filters is None:
             return None
         index = self.indexes[head]
@@ -99,7 +108,7 @@ class InProcessFunnel:
         out = {}
         for head in mcfg.HEADS:
             index, params = self.indexes[head], self.ann_params[head]
-            allow = self._allow(head, filters)
+            allow = self._allow(head, filters, len(item_id))
             if head in self.gpu_indexes:
                 found = self.gpu_indexes[head].search(emb[head], k, item_id[:, 0], allow=allow)
                 out[head] = (found["CANDIDATE_ID"].cpu().numpy(), found["CANDIDATE_SCORE"].cpu().numpy(), emb[head])
@@ -121,6 +130,7 @@ class InProcessFunnel:
         """As the ``widefunnel`` ensemble answers; ``candidates`` per head and reranker ``keep`` as the client's."""
         req = validate_request(self.limits, **recommend_tensors(seed_item_id, alpha, top_n, value_weights,
                                                                 candidates, keep))
+        refuse_taken_down("seed_item_id", req.item_id, self.takedowns.ids())
         valid = self.filters(len(req.item_id), **filters) if filters else None
         heads = {}
         for head, (ids, _, query) in self.retrieve(req.item_id, valid, int(req.k[0, 0])).items():

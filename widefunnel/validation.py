@@ -182,6 +182,15 @@ def _width(name: str, value: np.ndarray | None, batch: int, default: int, limit:
     return w
 
 
+def refuse_taken_down(field: str, ids: np.ndarray, taken: np.ndarray) -> None:
+    """A request may not name a taken-down item (``widefunnel.takedowns``) as a seed or a candidate."""
+    if taken.size and ids.size:
+        hit = np.unique(ids[np.isin(ids, taken)])
+        if hit.size:
+            raise RequestError(f"{field}: item id(s) {hit[:5].tolist()} are taken down (not served; "
+                               f"`widefunnel items restore` undoes it)")
+
+
 def recommend_tensors(seeds, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None
                       ) -> dict[str, np.ndarray]:
     """Client tensors for seeds; scalar alpha / top_n / weights / widths are broadcast to one per seed."""

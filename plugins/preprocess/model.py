@@ -15,7 +15,14 @@ import triton_python_backend_utils as pb_utils
 
 from widefunnel.model_configs import model_parameters
 from widefunnel.stub import input_array, respond_each
-from widefunnel.validation import RequestLimits, ValidFilters, validate_filters, validate_request
+from widefunnel.takedowns import TakedownWatch
+from widefunnel.validation import (
+    RequestLimits,
+    ValidFilters,
+    refuse_taken_down,
+    validate_filters,
+    validate_request,
+)
 
 _INPUTS = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id", "candidates_per_head",
            "rerank_keep")
@@ -36,10 +43,14 @@ class TritonPythonModel:
             self.limits = RequestLimits.from_parameters(params, np.load(catalogue, allow_pickle=False))
         except Exception as exc:
             raise pb_utils.TritonModelException(f"{self.name}: cannot read {catalogue}: {exc}") from exc
+        self.takedowns = TakedownWatch(os.path.dirname(os.path.normpath(args["model_repository"])))
 
     def _validate(self, request) -> list:
         valid = validate_request(self.limits, **{n: input_array(request, n) for n in _INPUTS},
                                  require_candidates=input_array(request, "scoring_seed_item_id") is not None)
+        taken = self.takedowns.ids()
+        refuse_taken_down("seed_item_id", valid.item_id, taken)
+        refuse_taken_down("candidate_item_id", valid.candidate_id, taken)
         filters = validate_filters(self.limits, len(valid.item_id),
                                    **{n: input_array(request, n) for n in ValidFilters.FIELDS})
         return [pb_utils.Tensor("ITEM_ID", valid.item_id), pb_utils.Tensor("ALPHA", valid.alpha),

@@ -15,13 +15,14 @@ import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in t
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from widefunnel.ann.filters import ItemAttributes, RowAttributes, request_bitmap
+from widefunnel.ann.filters import ItemAttributes, RowAttributes, StandingBlock, request_bitmap, restrict
 from widefunnel.ann.index import IndexLoadError, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import dequantized, prepare_index
 from widefunnel.layout import FINGERPRINTS_PARAMETER, ITEM_ATTRIBUTES, parse_fingerprints
 from widefunnel.model_configs import model_parameters
 from widefunnel.stub import input_array, required_array, respond_each
+from widefunnel.takedowns import TakedownWatch
 from widefunnel.validation import RequestError, check_request_candidates, check_step_input
 
 _PARAMETERS = {"k", "max_k", "search", "nprobe", "tower_fingerprints", "emit_embeddings"}
@@ -57,6 +58,9 @@ class TritonPythonModel:
                                if os.path.exists(attributes) else None)
         except (OSError, ValueError, KeyError) as exc:
             raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing {attributes}: {exc}") from exc
+        # taken-down items (the repository's takedowns.json) are never admissible, whatever the request
+        watch = TakedownWatch(os.path.dirname(os.path.normpath(args["model_repository"])))
+        self.blocked = StandingBlock(watch.ids, self.index.count, prepare_index(self.index).rows_of)
         self.k, self.max_k = int(params["k"]), int(params["max_k"])
         self.mode = params["search"]
         if self.mode not in ("exact", "ivf"):
@@ -126,7 +130,7 @@ class TritonPythonModel:
                                "applies to IVF models only")
         nprobe = self._scalar(request, "NPROBE", self.nprobe, 1, 1 << 20)
         use_ivf = self.mode == "ivf" and self.index.ivf is not None
-        allow = self._allow(request, len(queries))
+        allow = restrict(self._allow(request, len(queries)), self.blocked.bits(), len(queries))
         if self.gpu is not None and not use_ivf:
             return self._gpu_search(request, k, allow)
         exclude = input_array(request, "EXCLUDE_ID")

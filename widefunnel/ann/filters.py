@@ -137,6 +137,44 @@ def attribute_mask(rows: RowAttributes, genres_any: int, genres_none: int, years
     return mask
 
 
+def blocked_bits(n_rows: int, rows: np.ndarray) -> np.ndarray | None:
+    """Rows never admissible (e.g. taken-down items; -1 = not in this index) -> the packed bitmap [1, W] of the
+    other rows, or None when no row is blocked."""
+    rows = np.asarray(rows, np.int64)
+    rows = rows[rows >= 0]
+    if rows.size == 0:
+        return None
+    mask = np.ones((1, n_rows), bool)
+    mask[0, rows] = False
+    return pack_rows(mask)
+
+
+def restrict(allow: np.ndarray | None, keep: np.ndarray | None, batch: int) -> np.ndarray | None:
+    """A request's bitmap [B, W] (or None: everything) AND a standing bitmap [1, W] (or None: nothing blocked)."""
+    if keep is None:
+        return allow
+    if allow is None:
+        return np.repeat(keep, batch, axis=0)
+    return allow & keep
+
+
+class StandingBlock:
+    """Rows never admissible while ``ids()`` lists their items (taken-down items, ``takedowns.TakedownWatch``):
+    the packed bitmap [1, W] of the other rows, recomputed only when ``ids()`` returns a new array."""
+
+    def __init__(self, ids, n_rows: int, rows_of):
+        self._ids, self._n_rows, self._rows_of = ids, n_rows, rows_of
+        self._for: np.ndarray | None = None
+        self._bits: np.ndarray | None = None
+
+    def bits(self) -> np.ndarray | None:
+        ids = self._ids()
+        if ids is not self._for:
+            self._for = ids
+            self._bits = blocked_bits(self._n_rows, self._rows_of(ids)) if ids.size else None
+        return self._bits
+
+
 def request_bitmap(n_rows: int, rows: RowAttributes | None, rows_of_ids, exclude_ids: np.ndarray | None,
                    genres_any: np.ndarray | None, genres_none: np.ndarray | None, years: np.ndarray | None
                    ) -> np.ndarray | None:

@@ -1,0 +1,74 @@
+"""Takedowns as pure functions: the file, its ids, the watch that serving steps keep, and the row bitmap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from widefunnel import takedowns as td
+from widefunnel.ann.filters import StandingBlock, blocked_bits, restrict, unpack_rows
+from widefunnel.validation import RequestError, refuse_taken_down
+
+CATALOGUE = np.arange(1, 101, dtype=np.int64)
+
+
+def test_take_down_restore_and_list(tmp_path):
+    assert td.read_takedowns(tmp_path) == {}
+    assert td.take_down(tmp_path, [5, 7], CATALOGUE, "rights expired") == [5, 7]
+    assert td.take_down(tmp_path, [7, 9], CATALOGUE) == [9]  # 7 was already down
+    entries = td.read_takedowns(tmp_path)
+    assert sorted(entries) == [5, 7, 9] and entries[5]["reason"] == "rights expired"
+    assert td.restore(tmp_path, [7]) == [7]
+    assert sorted(td.read_takedowns(tmp_path)) == [5, 9]
+    with pytest.raises(td.TakedownError, match=r"item ids \[7\] are not taken down"):
+        td.restore(tmp_path, [7])
+    with pytest.raises(td.TakedownError, match=r"item ids \[1000\] are not in the catalogue"):
+        td.take_down(tmp_path, [3, 1000], CATALOGUE)
+    assert sorted(td.read_takedowns(tmp_path)) == [5, 9]  # a refused call changes nothing
+
+
+def test_id_files_name_the_bad_line():
+    assert td.parse_ids("1\n2, 3  # comment\n\n# all comment\n4 5", "ids.txt") == [1, 2, 3, 4, 5]
+    with pytest.raises(td.TakedownError, match=r"ids.txt, line 2: 'x7' is not an item id"):
+        td.parse_ids("1\nx7", "ids.txt")
+    with pytest.raises(td.TakedownError, match=r"ids.txt, line 1: item ids are >= 1, got -3"):
+        td.parse_ids("-3", "ids.txt")
+
+
+def test_a_corrupt_file_is_refused_and_the_watch_keeps_the_last_good_list(tmp_path):
+    watch = td.TakedownWatch(tmp_path)
+    assert watch.ids().size == 0
+    td.take_down(tmp_path, [4], CATALOGUE)
+    first = watch.ids()
+    assert first.tolist() == [4] and watch.ids() is first  # no re-read while unchanged
+    (tmp_path / "takedowns.json").write_text("{not json")
+    assert watch.ids().tolist() == [4] and "not a takedown file" in watch.error
+    with pytest.raises(td.TakedownError):
+        td.read_takedowns(tmp_path)
+    (tmp_path / "takedowns.json").unlink()
+    assert watch.ids().size == 0
+
+
+def test_blocked_rows_never_admissible_and_cached_per_list():
+    assert blocked_bits(10, np.array([-1])) is None
+    keep = blocked_bits(130, np.array([0, 64, 129, -1]))
+    rows = unpack_rows(keep, 130)[0]
+    assert not rows[[0, 64, 129]].any() and rows.sum() == 127
+    request = np.zeros((2, keep.shape[1]), np.uint64)
+    request[1] = keep[0]  # seed 1 admits everything but the blocked rows
+    assert (restrict(request, keep, 2) == request & keep).all()
+    assert restrict(None, keep, 3).shape == (3, keep.shape[1]) and restrict(request, None, 2) is request
+    ids = [np.array([11, 12])]
+    block = StandingBlock(lambda: ids[0], 5, lambda x: x - 10)
+    first = block.bits()
+    assert block.bits() is first and unpack_rows(first, 5)[0].tolist() == [True, False, False, True, True]
+    ids[0] = np.zeros(0, np.int64)
+    assert block.bits() is None
+
+
+def test_a_taken_down_seed_or_candidate_is_refused_by_name():
+    refuse_taken_down("seed_item_id", np.array([[1], [2]]), np.zeros(0, np.int64))
+    with pytest.raises(RequestError, match=r"seed_item_id: item id\(s\) \[2\] are taken down"):
+        refuse_taken_down("seed_item_id", np.array([[1], [2]]), np.array([2, 3]))
+    with pytest.raises(RequestError, match=r"candidate_item_id: item id\(s\) \[3\]"):
+        refuse_taken_down("candidate_item_id", np.array([[3, 3, 4]]), np.array([2, 3]))

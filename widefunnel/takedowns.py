@@ -1,0 +1,112 @@
+"""Takedowns: items never to recommend again, from now on, without a rebuild (issue 17).
+
+One file per repository, `<repository>/takedowns.json` (beside `builds.json`, outside every version), so a
+takedown holds across restarts, swaps and rollbacks until it is undone. Preprocess refuses taken-down seeds
+and candidates by name; each ANN step excludes them inside its scan (a row bitmap, like any filter), so the
+rerankers, scorer and merge never see them and `top_n` stays full. Readers stat the file on every request and
+re-read it only when it changed, so a takedown applies from the next request on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from widefunnel.layout import TAKEDOWNS_FILE, atomic_write
+
+
+class TakedownError(ValueError):
+    """A takedown file or request that cannot be applied; the message names the id, line or field."""
+
+
+def takedowns_path(repository: Path) -> Path:
+    return Path(repository) / TAKEDOWNS_FILE
+
+
+def read_takedowns(repository: Path) -> dict[int, dict]:
+    """id -> {"time": unix seconds, "reason": str}; {} when nothing was ever taken down."""
+    path = takedowns_path(repository)
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        return {int(k): dict(v) for k, v in raw["items"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TakedownError(f"{path}: not a takedown file ({exc})") from None
+
+
+def write_takedowns(repository: Path, entries: dict[int, dict]) -> None:
+    body = {"items": {str(k): entries[k] for k in sorted(entries)}}
+    atomic_write(takedowns_path(repository), json.dumps(body, indent=1, sort_keys=True))
+
+
+def take_down(repository: Path, ids: list[int], catalogue: np.ndarray, reason: str = "") -> list[int]:
+    """Adds ``ids`` (each must be in ``catalogue``); returns those not already down."""
+    unknown = sorted(set(ids) - set(np.asarray(catalogue).tolist()))
+    if unknown:
+        raise TakedownError(f"item ids {unknown[:10]} are not in the catalogue")
+    entries = read_takedowns(repository)
+    new = sorted(set(ids) - set(entries))
+    now = int(time.time())
+    entries.update({i: {"time": now, "reason": reason} for i in new})
+    write_takedowns(repository, entries)
+    return new
+
+
+def restore(repository: Path, ids: list[int]) -> list[int]:
+    """Undoes takedowns; returns the ids that were down. Ids that were not down are refused by name."""
+    entries = read_takedowns(repository)
+    missing = sorted(set(ids) - set(entries))
+    if missing:
+        raise TakedownError(f"item ids {missing[:10]} are not taken down")
+    for i in ids:
+        entries.pop(i, None)
+    write_takedowns(repository, entries)
+    return sorted(set(ids))
+
+
+def parse_ids(text: str, source: str) -> list[int]:
+    """Ids from a file: one per line or separated by commas / spaces; '#' starts a comment. TakedownError names
+    the line."""
+    ids = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for token in line.split("#", 1)[0].replace(",", " ").split():
+            try:
+                value = int(token)
+            except ValueError:
+                raise TakedownError(f"{source}, line {number}: {token!r} is not an item id") from None
+            if value < 1:
+                raise TakedownError(f"{source}, line {number}: item ids are >= 1, got {value}")
+            ids.append(value)
+    return ids
+
+
+class TakedownWatch:
+    """The taken-down ids of one repository for a serving process: a stat per call, a read only on change. A
+    file that cannot be read keeps the last good list (and says so once in ``error``)."""
+
+    def __init__(self, repository: Path):
+        self.path = takedowns_path(repository)
+        self._stamp: tuple[int, int, int] | None = None
+        self._ids = np.zeros(0, np.int64)
+        self.error: str | None = None
+
+    def ids(self) -> np.ndarray:
+        """Sorted int64 ids currently taken down."""
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._stamp:
+            try:
+                entries = read_takedowns(self.path.parent) if stamp is not None else {}
+                self._ids, self.error = np.array(sorted(entries), np.int64), None
+                self._stamp = stamp
+            except TakedownError as exc:
+                self.error = str(exc)
+        return self._ids
