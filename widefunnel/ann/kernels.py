@@ -55,6 +55,20 @@ def _key_score(key: np.int64, scratch: np.ndarray) -> float:
     return float(scratch[0])
 
 
+# the lowest set bit of a 64-bit word, for walking a row bitmap word by word
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_DEBRUIJN_INDEX = np.zeros(64, np.int64)
+for _bit in range(64):
+    _DEBRUIJN_INDEX[(((1 << _bit) * 0x03F79D71B4CB0A89) & (2**64 - 1)) >> 58] = _bit
+
+
+@njit(inline="always")
+def _lowest_bit(word):
+    """Index of the lowest set bit of a non-zero uint64 word (De Bruijn multiplication)."""
+    low = word & (~word + np.uint64(1))
+    return _DEBRUIJN_INDEX[(low * _DEBRUIJN) >> np.uint64(58)]
+
+
 @njit(inline="always")
 def _admits(allow, qi, row) -> bool:
     """Row ``row`` passes query ``qi``'s filter: ``allow`` [b, W] uint64 is a bitmap over the index's rows
@@ -398,9 +412,14 @@ def ivf_scan(qc, qs, probes, offsets, codes, scales, excl, allow, buf, fill, kth
         for li in range(sg, probes.shape[1], n_seg):
             lst = probes[qi, li]
             lo, hi = offsets[lst], offsets[lst + 1]
-            if filtered:  # only admissible rows are read and scored: a sparse filter reads little
-                for row in range(lo, hi):
-                    if _admits(allow, qi, row) and row != ex:
+            if filtered:  # only admissible rows are read and scored, found a bitmap word at a time
+                for w in range(lo >> 6, (hi + 63) >> 6):
+                    word = allow[qi, w]
+                    while word != np.uint64(0):
+                        row = (w << 6) + _lowest_bit(word)
+                        word &= word - np.uint64(1)
+                        if row < lo or row >= hi or row == ex:
+                            continue
                         s = _score(_int8_dot(q, codes, row), scales[row], q_s)
                         if s >= bar:
                             key = _key(s, row, scratch)

@@ -397,6 +397,8 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
     kk = min(k, table.rows)
     qs_np, excl_np = qs.numpy(), excl.numpy()
     allow = filters.no_filter(qc.shape[0]) if allow is None else allow
+    # a sparse filter's scan reads only its admissible rows: a bar from the row sample would cost more than it saves
+    estimate = estimate and not (allow.shape[1] and filters.admitted_share(allow) < _SPARSE_FILTER)
     bars, guessed = (_starting_bars(levels, qc, qs_np, excl_np, allow, kk, block_rows) if estimate
                      else (None, False))
     kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
