@@ -72,7 +72,10 @@ def analyzer_config(repository: Path, work: Path, inputs: dict[str, Path], backe
         "client_protocol": "grpc",
         "triton_launch_mode": "local",
         "triton_server_path": str(server_binary),
-        "triton_server_flags": {"backend-directory": str(backend_dir), "strict-readiness": "true"},
+        # loopback only: this server has no gateway and no admin key (its repository API is open)
+        "triton_server_flags": {"backend-directory": str(backend_dir), "strict-readiness": "true",
+                                "http-address": "127.0.0.1", "grpc-address": "127.0.0.1",
+                                "metrics-address": "127.0.0.1"},
         # Model Analyzer runs perf_analyzer with this environment too: it must find libcudart and libb64
         "triton_server_environment": {k: server_env[k] for k in _SERVER_ENV if k in server_env},
         "perf_analyzer_path": str(perf_binary),

@@ -34,6 +34,7 @@ def test_config_profiles_each_step_with_its_recorded_inputs(tmp_path):
     assert rerank["model_config_parameters"]["dynamic_batching"]["max_queue_delay_microseconds"] == [0, 100, 500]
     assert cfg["triton_server_environment"] == {"LD_LIBRARY_PATH": "/a:/b", "WIDEFUNNEL_SITE": "/site"}
     assert cfg["triton_server_flags"]["backend-directory"] == str(tmp_path / "backends")
+    assert {cfg["triton_server_flags"][f"{p}-address"] for p in ("http", "grpc", "metrics")} == {"127.0.0.1"}
     assert cfg["run_config_search_disable"] and cfg["concurrency"] == [1, 4]
 
 
