@@ -32,6 +32,11 @@ ITEM_ATTRIBUTES = "item_attributes.npz"  # an ANN version's filterable item attr
 SITE_BOOTSTRAP = "widefunnel_site.py"  # imported first by every Python model (plugins/widefunnel_site.py)
 
 
+def repository_of(model_dir: str | Path) -> Path:
+    """The repository a model folder belongs to (Triton hands a model its folder as `model_repository`)."""
+    return Path(os.path.normpath(model_dir)).parent
+
+
 def install_plugin(name: str, folder: Path) -> None:
     """Put `plugins/<name>/model.py` into `folder` (a backend folder or a model version), with the bootstrap
     it imports first."""

@@ -13,6 +13,7 @@ import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in t
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from widefunnel.layout import repository_of
 from widefunnel.model_configs import model_parameters
 from widefunnel.stub import input_array, respond_each
 from widefunnel.takedowns import TakedownWatch
@@ -43,7 +44,7 @@ class TritonPythonModel:
             self.limits = RequestLimits.from_parameters(params, np.load(catalogue, allow_pickle=False))
         except Exception as exc:
             raise pb_utils.TritonModelException(f"{self.name}: cannot read {catalogue}: {exc}") from exc
-        self.takedowns = TakedownWatch(os.path.dirname(os.path.normpath(args["model_repository"])))
+        self.takedowns = TakedownWatch(repository_of(args["model_repository"]))
 
     def _validate(self, request) -> list:
         valid = validate_request(self.limits, **{n: input_array(request, n) for n in _INPUTS},

@@ -19,7 +19,7 @@ from widefunnel.ann.filters import ItemAttributes, RowAttributes, StandingBlock,
 from widefunnel.ann.index import IndexLoadError, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import dequantized, prepare_index
-from widefunnel.layout import FINGERPRINTS_PARAMETER, ITEM_ATTRIBUTES, parse_fingerprints
+from widefunnel.layout import FINGERPRINTS_PARAMETER, ITEM_ATTRIBUTES, parse_fingerprints, repository_of
 from widefunnel.model_configs import model_parameters
 from widefunnel.stub import input_array, required_array, respond_each
 from widefunnel.takedowns import TakedownWatch
@@ -59,7 +59,7 @@ class TritonPythonModel:
         except (OSError, ValueError, KeyError) as exc:
             raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing {attributes}: {exc}") from exc
         # taken-down items (the repository's takedowns.json) are never admissible, whatever the request
-        watch = TakedownWatch(os.path.dirname(os.path.normpath(args["model_repository"])))
+        watch = TakedownWatch(repository_of(args["model_repository"]))
         self.blocked = StandingBlock(watch.ids, self.index.count, prepare_index(self.index).rows_of)
         self.k, self.max_k = int(params["k"]), int(params["max_k"])
         self.mode = params["search"]
@@ -95,11 +95,10 @@ class TritonPythonModel:
         except ValueError as exc:
             raise RequestError(str(exc)) from None
 
-    def _gpu_search(self, request, k: int, allow: np.ndarray | None) -> list:
+    def _gpu_search(self, request, k: int, allow: np.ndarray | None, emit: bool) -> list:
         """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step."""
         query = pb_utils.get_input_tensor_by_name(request, "QUERY")
         exclude = input_array(request, "EXCLUDE_ID")
-        emit = self.emit_embeddings and "CANDIDATE_EMB" in request.requested_output_names()
         outputs = self.gpu.search_dlpack(query.as_numpy() if query.is_cpu() else query.to_dlpack(), k,
                                          None if exclude is None else exclude[:, 0], emit,
                                          int(self.fingerprint), allow)
@@ -131,8 +130,9 @@ class TritonPythonModel:
         nprobe = self._scalar(request, "NPROBE", self.nprobe, 1, 1 << 20)
         use_ivf = self.mode == "ivf" and self.index.ivf is not None
         allow = restrict(self._allow(request, len(queries)), self.blocked.bits(), len(queries))
+        emit = self.emit_embeddings and "CANDIDATE_EMB" in request.requested_output_names()
         if self.gpu is not None and not use_ivf:
-            return self._gpu_search(request, k, allow)
+            return self._gpu_search(request, k, allow, emit)
         exclude = input_array(request, "EXCLUDE_ID")
         if exclude is not None:
             if exclude.shape != (len(queries), 1):
@@ -141,7 +141,7 @@ class TritonPythonModel:
         ids, scores = search(self.index, queries, k, exclude, nprobe if use_ivf else None, allow)
         outputs = [pb_utils.Tensor("CANDIDATE_ID", ids), pb_utils.Tensor("CANDIDATE_SCORE", scores),
                    pb_utils.Tensor("FINGERPRINT", np.full((len(queries), 1), self.fingerprint, np.int64))]
-        if self.emit_embeddings and "CANDIDATE_EMB" in request.requested_output_names():
+        if emit:
             outputs.append(pb_utils.Tensor("CANDIDATE_EMB", dequantized(self.index, ids)))
         return outputs
 

@@ -159,7 +159,7 @@ def int_mm_is_fast() -> bool:
 
 def _use_int_mm(t: torch.Tensor) -> bool:
     # d < 8: oneDNN misreads c.T strides
-    return t.device.type == "cpu" and t.shape[1] >= 8 and int_mm_is_exact() and int_mm_is_fast()
+    return t.device.type == "cpu" and t.shape[1] >= 8 and int_mm_is_fast()  # fast implies exact
 
 
 def int_dot(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -295,10 +295,10 @@ def _gemv_scan(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarr
 
 
 def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, allow: np.ndarray, kk: int,
-                kth: np.ndarray, block_rows: int, bar_only: bool = False) -> np.ndarray:
+                kth: np.ndarray, block_rows: int, bar_only: bool = False, sparse: bool = False) -> np.ndarray:
     """Blocked scan of a row table -> sorted best keys [b, kk] (INT64_MIN pads), or with ``bar_only`` just
     the kk-th best [b, 1]. ``kth``: each query's starting bar (INT64_MIN, or a guessed key); only keys above
-    it are kept."""
+    it are kept. ``sparse``: ``allow`` admits under ``_SPARSE_FILTER`` of the rows."""
     codes_t = table.codes_t
     n, b = codes_t.shape[0], qc.shape[0]
     threads = numba.get_num_threads()
@@ -313,7 +313,7 @@ def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndar
     rows = scan_block_rows(n, b, block_rows)
     # the fused int8 GEMV + filter reads each row once and writes no dot block; under a sparse filter it reads
     # only the admissible rows, which beats a GEMM over all of them at any batch
-    if b <= _GEMV_MAX_BATCH or filters.admitted_share(allow) < _SPARSE_FILTER:
+    if b <= _GEMV_MAX_BATCH or sparse:
         _gemv_scan(table, qc, qs, excl, allow, kk, buf, fill, kth, rows, n_seg)
         return _collect(buf, fill, kk, n_seg, bar_only)
     qt = qc.T.contiguous()
@@ -398,11 +398,12 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
     qs_np, excl_np = qs.numpy(), excl.numpy()
     allow = filters.no_filter(qc.shape[0]) if allow is None else allow
     # a sparse filter's scan reads only its admissible rows: a bar from the row sample would cost more than it saves
-    estimate = estimate and not (allow.shape[1] and filters.admitted_share(allow) < _SPARSE_FILTER)
+    sparse = filters.admitted_share(allow) < _SPARSE_FILTER
+    estimate = estimate and not sparse
     bars, guessed = (_starting_bars(levels, qc, qs_np, excl_np, allow, kk, block_rows) if estimate
                      else (None, False))
     kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
-    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, allow, kk, kth, block_rows, bar_only))
+    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, allow, kk, kth, block_rows, bar_only, sparse))
     short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1)
     if guessed and short.numel():  # the guess was too high for these queries: redo them without one
         keys[short] = scan_keys(levels, qc[short], qs[short], excl[short], k, block_rows, False, bar_only,
