@@ -116,7 +116,7 @@ def build_funnel(tower, data, cfg: dict, repository: Path):
     rerankers = [train_reranker(data, idx, t, cfg, progress=False) for idx, t in zip(indexes, tables)]
     scorer = train_scorer(data, tables, cfg, progress=False)
     version, fingerprint = write_repository(repository, TrainedFunnel(tower, tables, indexes, rerankers, scorer),
-                                            data, cfg, Target("cpu"))
+                                            data.catalogue, cfg, Target("cpu"))
     return InProcessFunnel(repository), fingerprint
 
 

@@ -6,6 +6,8 @@ item ids and carries its own lookups: the serving graph needs no feature store.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,33 +24,74 @@ def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@dataclass
+class TowerFeatures:
+    """Everything the item tower knows about every item, row = item id (row 0 is padding).
+
+    ``content`` holds the frozen content encoder's embeddings (title, year, genres) by content row, and
+    ``content_row`` maps an item to its row, so items that share content (synthetic ones) share a row.
+    ``known`` is 1 for items seen often enough in training to trust an id embedding, else 0: such an item is
+    served from content and features alone, as it was trained (`ItemTower.forward`'s ``cold``)."""
+
+    genres: torch.Tensor  # [table, G] multi-hot
+    year_bucket: torch.Tensor  # [table] 5-year bins, 0 unknown
+    dense: torch.Tensor  # [table, 2]: scaled log training popularity, scaled year
+    content: torch.Tensor  # [rows, 384] float32
+    content_row: torch.Tensor  # [table] int64
+    known: torch.Tensor  # [table] float32 in {0, 1}
+
+
+POPULARITY = 0  # the column of `TowerFeatures.dense` that holds the popularity (zero for a cold item)
+
+
 class ItemTower(nn.Module):
-    """Shared sparse (id, genre, year) + dense (popularity, year) backbone, then one MLP head per task.
+    """Shared backbone over id, content (projected encoder embedding), genres, year and popularity, then one MLP
+    head per task. Used for both sides of item-to-item retrieval: the query item and every candidate item.
 
-    Used for both sides of item-to-item retrieval: the query item and every candidate item."""
+    Cold start: an item's id embedding only counts where ``known`` says it was trained on enough pairs; in
+    training a share of items is also served "cold" (id embedding and popularity zeroed, as for an item added
+    after the build), so content alone must place an item in the space (dropout of id features, as production
+    two-tower models do for fresh items)."""
 
-    def __init__(self, genres: torch.Tensor, year_bucket: torch.Tensor, dense: torch.Tensor, cfg: dict,
-                 heads: int = 2):
+    def __init__(self, features: TowerFeatures, cfg: dict, heads: int = 2):
         super().__init__()
-        self.register_buffer("genres", genres.float())
-        self.register_buffer("year_bucket", year_bucket.long())
-        self.register_buffer("dense", dense.float())
-        size = genres.shape[0]
-        self.id_embedding = nn.Embedding(size, cfg["id_dim"])
-        nn.init.normal_(self.id_embedding.weight, std=0.01)  # fresh items start near zero: content decides
-        self.genre = nn.Linear(genres.shape[1], cfg["genre_dim"], bias=False)
-        self.year = nn.Embedding(int(year_bucket.max()) + 1, cfg["year_dim"])
-        width = cfg["id_dim"] + cfg["genre_dim"] + cfg["year_dim"] + dense.shape[1]
+        self.register_buffer("genres", features.genres.float())
+        self.register_buffer("year_bucket", features.year_bucket.long())
+        self.register_buffer("dense", features.dense.float())
+        self.register_buffer("content", features.content.float())
+        self.register_buffer("content_row", features.content_row.long())
+        self.register_buffer("known", features.known.float())
+        self.id_embedding = nn.Embedding(features.genres.shape[0], cfg["id_dim"])
+        nn.init.normal_(self.id_embedding.weight, std=0.01)
+        self.project = nn.Linear(features.content.shape[1], cfg["content_dim"], bias=False)
+        self.genre = nn.Linear(features.genres.shape[1], cfg["genre_dim"], bias=False)
+        self.year = nn.Embedding(int(features.year_bucket.max()) + 1, cfg["year_dim"])
+        width = cfg["id_dim"] + cfg["content_dim"] + cfg["genre_dim"] + cfg["year_dim"] + features.dense.shape[1]
         self.backbone = mlp([width, *cfg["hidden"]], final_activation=True)
         self.heads = nn.ModuleList(
             mlp([cfg["hidden"][-1], cfg["head_hidden"], cfg["embedding_dim"]]) for _ in range(heads)
         )
 
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = torch.cat([self.id_embedding(ids), self.genre(self.genres[ids]),
-                       self.year(self.year_bucket[ids]), self.dense[ids]], dim=-1)
+    def forward(self, ids: torch.Tensor, cold: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """``cold`` (bool, like ``ids``; training only): serve these as items never seen in training."""
+        warm = self.known[ids]
+        dense = self.dense[ids]
+        if cold is not None:
+            warm = warm * (~cold).float()
+            keep = torch.ones_like(dense)
+            keep[:, POPULARITY] = (~cold).float()
+            dense = dense * keep
+        x = torch.cat([self.id_embedding(ids) * warm[:, None], self.project(self.content[self.content_row[ids]]),
+                       self.genre(self.genres[ids]), self.year(self.year_bucket[ids]), dense], dim=-1)
         h = self.backbone(x)
         return tuple(F.normalize(head(h), dim=-1) for head in self.heads)
+
+
+def set_features(tower: ItemTower, features: TowerFeatures) -> None:
+    """Replace the tower's item tables (a catalogue grown after training); the trained weights stay."""
+    for name in ("genres", "year_bucket", "dense", "content", "content_row", "known"):
+        old = getattr(tower, name)
+        setattr(tower, name, getattr(features, name).to(old.dtype))
 
 
 class Reranker(nn.Module):

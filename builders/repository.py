@@ -24,7 +24,9 @@ from widefunnel.ann.filters import ItemAttributes
 from widefunnel.ann.index import item_table, save_index
 from widefunnel.builders import gpu
 from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
+from widefunnel.builders.state import save_state
 from widefunnel.builders.train import TrainedFunnel, TrainingData, train_funnel, value_weights
+from widefunnel.data import Catalogue
 from widefunnel.layout import (
     CONFIG_FILE,
     FINGERPRINTS_PARAMETER,
@@ -190,13 +192,14 @@ def ensemble_configs(cfg: dict, target: mcfg.Target, version: int) -> dict[str, 
             mcfg.SCORE_ENSEMBLE: mcfg.score_config(target, tasks, versions)}
 
 
-def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, data: TrainingData, cfg: dict,
+def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Catalogue, cfg: dict,
                     fingerprint: str) -> None:
-    np.save(writer.folder("preprocess") / "catalogue.npy", data.catalogue.item_ids)
+    np.save(writer.folder("preprocess") / "catalogue.npy", catalogue.item_ids)
     install_plugin("preprocess", writer.folder("preprocess"))
     install_plugin("quota_merge", writer.folder("quota_merge"))
     export_query_tower(funnel.tower, fingerprint, writer.folder("query_tower") / "model.onnx")
-    cat = data.catalogue
+    save_state(writer.folder("query_tower") / layout.BUILD_STATE_FILE, funnel, catalogue, cfg)
+    cat = catalogue
     attributes = ItemAttributes.of(cat.item_ids, cat.genres, cat.years, cat.genre_names)
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
         save_index(index, writer.folder(f"ann_{head}") / "index")
@@ -213,7 +216,7 @@ def prune_versions(repository: Path, keep: int) -> None:
             shutil.rmtree(repository / model / str(v))
 
 
-def write_repository(repository: Path, funnel: TrainedFunnel, data: TrainingData, cfg: dict,
+def write_repository(repository: Path, funnel: TrainedFunnel, catalogue: Catalogue, cfg: dict,
                      target: mcfg.Target, version: int | None = None, keep_versions: int = 2,
                      record: dict | None = None) -> tuple[int, str]:
     repository.mkdir(parents=True, exist_ok=True)
@@ -221,12 +224,12 @@ def write_repository(repository: Path, funnel: TrainedFunnel, data: TrainingData
     fingerprint = tower_fingerprint(funnel.tower)
     dim = funnel.tables[0].shape[1]
     writer = VersionWriter(repository, version)
-    write_artifacts(writer, funnel, data, cfg, fingerprint)
+    write_artifacts(writer, funnel, catalogue, cfg, fingerprint)
     engines = build_engines(writer, cfg, target, dim)
     # 1. step configs (ANN now also expects this version's fingerprint), 2. version folders, 3. ensembles.
-    max_item_id = int(data.catalogue.item_ids.max())
+    max_item_id = int(catalogue.item_ids.max())
     for name, config in step_configs(repository, cfg, target, version, fingerprint, dim, max_item_id,
-                                     engines, data.catalogue.genre_names).items():
+                                     engines, catalogue.genre_names).items():
         atomic_write(repository / name / CONFIG_FILE, mcfg.to_pbtxt(config))
     writer.commit()
     for name, config in ensemble_configs(cfg, target, version).items():
@@ -249,5 +252,6 @@ def build(repository: Path, cfg: dict, target: mcfg.Target, version: int | None 
 
         funnel, data, synthetic = widen(funnel, data, cfg, items, tower_fingerprint)
         record = {"items": items, "synthetic_items": synthetic.record()}
-    version, fingerprint = write_repository(Path(repository), funnel, data, cfg, target, version, record=record)
+    version, fingerprint = write_repository(Path(repository), funnel, data.catalogue, cfg, target, version,
+                                            record=record)
     return BuildResult(Path(repository), version, fingerprint, time.monotonic() - start)

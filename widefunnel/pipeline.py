@@ -51,11 +51,14 @@ def _parameters(repository: Path, model: str) -> dict[str, str]:
 
 class InProcessFunnel:
     """``ann_device`` (a torch device, e.g. "cuda"): heads that search exactly do so on that device through
-    ``GpuIndex``, as a KIND_GPU ``widefunnel_ann`` instance does (IVF heads stay on the CPU, as there)."""
+    ``GpuIndex``, as a KIND_GPU ``widefunnel_ann`` instance does (IVF heads stay on the CPU, as there).
+    ``version``: every step at that version (a build on disk not yet served); default: the ensemble's pins."""
 
-    def __init__(self, repository: Path, ann_device: str | None = None):
+    def __init__(self, repository: Path, ann_device: str | None = None, version: int | None = None):
         repository = Path(repository)
         v = _pinned_versions(repository)
+        if version is not None:
+            v = dict.fromkeys(v, int(version))
         self.versions = v
         pre = _parameters(repository, "preprocess")
         self.limits = RequestLimits.from_parameters(

@@ -1,0 +1,252 @@
+"""`widefunnel items add`: new items join the catalogue without retraining (issue 17).
+
+The serving tower places a new item from its content: the content encoder's embedding of its text (title, year,
+genres), its genres and year, no popularity and no id embedding, which is how training saw a share of its items
+("cold" dropout, `builders.models.ItemTower`). Every step that holds item data gets a new version written from
+the served build's state (`builders.state`): query tower, both indexes and filter tables, both rerankers' item
+tables, the scorer's item table, the catalogue; all under one new tower fingerprint. The trained weights are the
+served build's, so the embeddings of the items already there do not move. `widefunnel swap` (or `items add
+--url`) then serves the new version under load, and `widefunnel rollback` goes back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from widefunnel import layout
+from widefunnel import model_configs as mcfg
+from widefunnel.ann.index import build_index
+from widefunnel.builders.export import tower_fingerprint
+from widefunnel.builders.models import ItemTower
+from widefunnel.builders.state import BuildState, load_state, tower_features_of
+from widefunnel.builders.train import TrainedFunnel, item_embeddings, scorer_features, tower_features
+from widefunnel.data import Catalogue
+
+logger = logging.getLogger(__name__)
+
+MAX_ITEMS_PER_FILE = 100_000
+MAX_TITLE = 500
+MAX_LINE = 10_000  # characters in one line of the file
+MAX_ID_GAP = 1_000_000  # a new id at most this far past the largest one: ids index every item table
+YEARS = (1870, 2100)  # or 0 / empty: unknown
+FIELDS = ("id", "title", "year", "genres")
+
+
+class NewItemsError(ValueError):
+    """A file of new items was refused; the message names the line and the field."""
+
+
+@dataclass(frozen=True)
+class NewItem:
+    item_id: int
+    title: str
+    year: int  # 0 = unknown
+    genres: tuple[str, ...]
+
+    def text(self) -> str:
+        """The content encoder's input, as for the catalogue's items (`data.Catalogue.text`)."""
+        return Catalogue.describe(self.title, self.year, self.genres)
+
+
+def _field(where: str, name: str, why: str) -> NewItemsError:
+    return NewItemsError(f"{where}: field '{name}': {why}")
+
+
+def _item(row: dict, where: str, genre_names: tuple[str, ...]) -> NewItem:
+    unknown = set(row) - set(FIELDS)
+    if unknown:
+        raise NewItemsError(f"{where}: unknown field(s) {sorted(unknown)}; expected {', '.join(FIELDS)}")
+    for name in ("id", "title"):
+        if row.get(name) in (None, ""):
+            raise _field(where, name, "missing")
+    raw_id = row["id"]
+    if isinstance(raw_id, bool) or not (isinstance(raw_id, int) or (isinstance(raw_id, str) and raw_id.isdigit())):
+        raise _field(where, "id", f"must be a positive integer, got {raw_id!r}")
+    item_id = int(raw_id)
+    if item_id <= 0:
+        raise _field(where, "id", f"must be a positive integer, got {item_id}")
+    title = row["title"]
+    if not isinstance(title, str) or not title.strip():
+        raise _field(where, "title", "must be non-empty text")
+    if len(title) > MAX_TITLE:
+        raise _field(where, "title", f"longer than {MAX_TITLE} characters")
+    year = row.get("year")
+    if year in (None, "", 0, "0"):
+        year = 0
+    elif isinstance(year, bool) or not (isinstance(year, int) or (isinstance(year, str) and year.isdigit())):
+        raise _field(where, "year", f"must be a year or empty, got {year!r}")
+    else:
+        year = int(year)
+        if not YEARS[0] <= year <= YEARS[1]:
+            raise _field(where, "year", f"{year} outside {YEARS[0]}..{YEARS[1]}")
+    genres = row.get("genres") or []
+    if isinstance(genres, str):
+        genres = [g for g in genres.split("|") if g.strip()]
+    if not isinstance(genres, list) or not all(isinstance(g, str) for g in genres):
+        raise _field(where, "genres", "must be a list of genre names (or 'A|B' in CSV)")
+    genres = [g.strip() for g in genres]
+    bad = [g for g in genres if g not in genre_names]
+    if bad:
+        raise _field(where, "genres", f"unknown genre(s) {bad}; known: {', '.join(genre_names)}")
+    return NewItem(item_id, title.strip(), year, tuple(dict.fromkeys(genres)) or ("unknown",))
+
+
+def _rows(text: str, source: str):
+    """(where, row) for each record: JSON lines when the first record starts with '{', else CSV with a header."""
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE:
+            raise NewItemsError(f"{source}:{number}: line longer than {MAX_LINE} characters")
+    first = next((line for line in lines if line.strip()), "")
+    if not first:
+        return
+    if first.lstrip().startswith("{"):
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as exc:
+                raise NewItemsError(f"{source}:{number}: not a JSON object ({exc})") from None
+            if not isinstance(row, dict):
+                raise NewItemsError(f"{source}:{number}: not a JSON object")
+            yield f"{source}:{number}", row
+        return
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in reader.fieldnames or []]
+    if "id" not in header or "title" not in header:
+        raise NewItemsError(f"{source}:1: CSV needs a header with {', '.join(FIELDS)} (or use JSON lines)")
+    reader.fieldnames = header
+    for row in reader:
+        if None in row:
+            raise NewItemsError(f"{source}:{reader.line_num}: more values than the header's {len(header)} columns")
+        yield f"{source}:{reader.line_num}", {k: v.strip() if isinstance(v, str) else v for k, v in row.items()
+                                              if not (k not in FIELDS and v in (None, ""))}
+
+
+def parse_new_items(text: str, source: str, catalogue: Catalogue) -> list[NewItem]:
+    """Validate a file of new items against the catalogue they join; NewItemsError names the line and field."""
+    items: list[NewItem] = []
+    seen: dict[int, str] = {}
+    known = set(catalogue.item_ids.tolist())
+    limit = catalogue.table_size + MAX_ID_GAP
+    for where, row in _rows(text, source):
+        item = _item(row, where, catalogue.genre_names)
+        if item.item_id in known:
+            raise _field(where, "id", f"{item.item_id} is already in the catalogue")
+        if item.item_id in seen:
+            raise _field(where, "id", f"{item.item_id} also on {seen[item.item_id]}")
+        if item.item_id >= limit:
+            raise _field(where, "id", f"{item.item_id} is more than {MAX_ID_GAP} past the largest id "
+                                      f"{catalogue.table_size - 1} (ids index every item table)")
+        seen[item.item_id] = where
+        items.append(item)
+        if len(items) > MAX_ITEMS_PER_FILE:
+            raise NewItemsError(f"{where}: more than {MAX_ITEMS_PER_FILE} items in one file")
+    if not items:
+        raise NewItemsError(f"{source}: no items")
+    return items
+
+
+def grow_catalogue(catalogue: Catalogue, items: list[NewItem]) -> Catalogue:
+    ids = np.array([i.item_id for i in items], dtype=np.int64)
+    size = max(catalogue.table_size, int(ids.max()) + 1)
+    years = np.zeros(size, dtype=np.int64)
+    years[: catalogue.table_size] = catalogue.years
+    years[ids] = [i.year for i in items]
+    titles = dict(catalogue.titles) | {i.item_id: i.title for i in items}
+    genres = dict(catalogue.genres) | {i.item_id: i.genres for i in items}
+    return replace(catalogue, item_ids=np.sort(np.concatenate([catalogue.item_ids, ids])), titles=titles,
+                   years=years, genres=genres)
+
+
+@torch.no_grad()
+def grow_tower(tower: ItemTower, catalogue: Catalogue, items: list[NewItem], content: np.ndarray,
+               min_id_count: int) -> ItemTower:
+    """The tower with rows for ``items`` (``catalogue`` already grown; ``content`` their encoder embeddings):
+    content rows appended, no popularity, no id embedding (zero, and not `known`). Old rows are unchanged."""
+    from widefunnel.builders.models import set_features
+
+    ids = torch.from_numpy(np.array([i.item_id for i in items], dtype=np.int64))
+    old = tower_features_of(tower)
+    size, before = catalogue.table_size, old.genres.shape[0]
+    rows = np.zeros(size, dtype=np.int64)
+    rows[ids.numpy()] = old.content.shape[0] + np.arange(len(items))
+    mine = tower_features(catalogue, np.zeros(size), content, rows, min_id_count)  # rows of the new items only
+    last_bucket = tower.year.num_embeddings - 1  # a year past training's last bucket takes it (scaled year says more)
+
+    def merged(old_t: torch.Tensor, new_t: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([old_t, torch.zeros((size - before, *old_t.shape[1:]), dtype=old_t.dtype)])
+        out[ids] = new_t[ids].to(old_t.dtype)
+        return out
+
+    set_features(tower, replace(mine, genres=merged(old.genres, mine.genres),
+                                year_bucket=merged(old.year_bucket, mine.year_bucket.clamp(max=last_bucket)),
+                                dense=merged(old.dense, mine.dense), known=merged(old.known, mine.known),
+                                content_row=merged(old.content_row, mine.content_row),
+                                content=torch.cat([old.content, torch.from_numpy(content).to(old.content.dtype)])))
+    weight = tower.id_embedding.weight
+    tower.id_embedding = torch.nn.Embedding.from_pretrained(
+        torch.cat([weight, torch.zeros(size - before, weight.shape[1])]), freeze=True)
+    return tower.eval()
+
+
+def grown_funnel(state: BuildState, items: list[NewItem], content: np.ndarray) -> tuple[TrainedFunnel, Catalogue]:
+    """The served build's funnel over its catalogue plus ``items``: tables, indexes and scorer table recomputed
+    with the trained weights (which do not change)."""
+    cfg = state.cfg
+    catalogue = grow_catalogue(state.catalogue, items)
+    tower = grow_tower(state.tower, catalogue, items, content, cfg["towers"]["min_id_count"])
+    all_ids = np.arange(catalogue.table_size, dtype=np.int64)
+    parts = [item_embeddings(tower, all_ids[i:i + 100_000]) for i in range(0, len(all_ids), 100_000)]
+    tables = [np.concatenate([p[h] for p in parts]) for h in range(len(parts[0]))]
+    fingerprint = tower_fingerprint(tower)
+    ids = catalogue.item_ids
+    indexes = [build_index(t[ids], ids, fingerprint, ivf_lists=cfg["ann"]["ivf_lists"], seed=cfg["seed"])
+               for t in tables]
+    scorer = state.scorer(scorer_features(tower_features_of(tower), tables))
+    return TrainedFunnel(tower, tables, indexes, state.rerankers, scorer), catalogue
+
+
+@dataclass(frozen=True)
+class AddResult:
+    version: int
+    from_version: int
+    fingerprint: str
+    added: list[int]
+    seconds: float
+
+
+def add_items(repository: Path, file: Path, from_version: int | None = None) -> AddResult:
+    """Write a new version of every step with the items of ``file`` added to build ``from_version`` (default: the
+    newest on disk). Nothing is served until a swap; a refused file writes nothing."""
+    from widefunnel.builders.repository import write_repository
+    from widefunnel.builders.teacher import encode_texts
+
+    start = time.monotonic()
+    repository = Path(repository)
+    source = from_version or max(layout.complete_versions(repository, mcfg.STEP_MODELS), default=0)
+    if not source:
+        raise FileNotFoundError(f"{repository}: no complete build to add items to")
+    state = load_state(repository / "query_tower" / str(source) / layout.BUILD_STATE_FILE)
+    items = parse_new_items(Path(file).read_text(encoding="utf-8"), str(file), state.catalogue)
+    content = encode_texts([i.text() for i in items], state.cfg["teacher"]["batch_size"])
+    funnel, catalogue = grown_funnel(state, items, content)
+    target = mcfg.Target(layout.read_builds(repository).get(str(source), {}).get("target", "cpu"))
+    added = sorted(i.item_id for i in items)
+    record = {k: v for k, v in layout.read_builds(repository).get(str(source), {}).items()
+              if k == "synthetic_items"}  # still in the catalogue, still never counted in quality metrics
+    record |= {"items": len(catalogue.item_ids),
+               "added_items": {"from_version": source, "count": len(added), "first_ids": added[:100]}}
+    version, fingerprint = write_repository(repository, funnel, catalogue, state.cfg, target, record=record)
+    logger.info("version %d: %d items added to build %d", version, len(added), source)
+    return AddResult(version, source, fingerprint, added, time.monotonic() - start)

@@ -1,0 +1,86 @@
+"""A build's training state: what `widefunnel items add` needs to grow the catalogue without retraining.
+
+Saved with the build's query tower version (`layout.BUILD_STATE_FILE`), so it is pruned with that version and a
+later build never reads another build's weights. It holds the trained weights (tower with its item tables,
+rerankers, scorer without its item table, which follows from the tower), the catalogue's titles and years, and
+the build config. Loaded with `torch.load(weights_only=True)`: tensors and plain containers only, no pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, TowerFeatures
+from widefunnel.data import Catalogue
+
+FORMAT = 1
+SCORER_TABLE = "features"  # the scorer's item table: rebuilt from the tower (train.scorer_features)
+
+
+@dataclass
+class BuildState:
+    cfg: dict
+    tower: ItemTower
+    rerankers: list[Reranker]
+    scorer_state: dict[str, torch.Tensor]  # without SCORER_TABLE
+    catalogue: Catalogue
+
+    def scorer(self, features: torch.Tensor) -> CompositeScorer:
+        """The trained scorer over ``features`` (one row per item id)."""
+        scfg = self.cfg["scorer"]
+        scorer = CompositeScorer(features, scfg["hidden"], len(scfg["tasks"]))
+        scorer.load_state_dict({**self.scorer_state, SCORER_TABLE: features.float()})
+        return scorer.eval()
+
+
+def tower_features_of(tower: ItemTower) -> TowerFeatures:
+    """The item tables a tower carries (its buffers)."""
+    return TowerFeatures(tower.genres, tower.year_bucket, tower.dense, tower.content, tower.content_row, tower.known)
+
+
+def save_state(path: Path, funnel, catalogue: Catalogue, cfg: dict) -> None:
+    """``funnel``: a `train.TrainedFunnel`."""
+    torch.save({
+        "format": FORMAT,
+        "config": json.dumps(cfg),
+        "heads": len(funnel.tower.heads),
+        "tower": funnel.tower.state_dict(),
+        "rerankers": [r.state_dict() for r in funnel.rerankers],
+        "scorer": {k: v for k, v in funnel.scorer.state_dict().items() if k != SCORER_TABLE},
+        "catalogue": {"item_ids": torch.from_numpy(catalogue.item_ids), "years": torch.from_numpy(catalogue.years),
+                      "titles": {int(k): v for k, v in catalogue.titles.items()},
+                      "genre_names": list(catalogue.genre_names)},
+    }, path)
+
+
+def load_state(path: Path) -> BuildState:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no build state (a build older than `items add`; rebuild once)")
+    raw = torch.load(path, weights_only=True, map_location="cpu")
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{path}: build state format {raw.get('format')!r}, this widefunnel reads {FORMAT}")
+    cfg = json.loads(raw["config"])
+    sd = raw["tower"]
+    tower = ItemTower(TowerFeatures(sd["genres"], sd["year_bucket"], sd["dense"], sd["content"], sd["content_row"],
+                                    sd["known"]), cfg["towers"], heads=raw["heads"])
+    tower.load_state_dict(sd)
+    rcfg = cfg["rerank"]
+    dim = cfg["towers"]["embedding_dim"]
+    rerankers = []
+    for state in raw["rerankers"]:
+        reranker = Reranker(dim, rcfg["hidden"], rcfg["kind"], rcfg["mixture_components"])
+        reranker.load_state_dict(state)
+        rerankers.append(reranker.eval())
+    c = raw["catalogue"]
+    names = tuple(c["genre_names"])
+    ids = c["item_ids"].numpy()
+    matrix = tower.genres.numpy()
+    genres = {int(i): tuple(names[j] for j in np.flatnonzero(matrix[i])) for i in ids}
+    catalogue = Catalogue(ids, dict(c["titles"]), c["years"].numpy(), genres, names)
+    return BuildState(cfg, tower.eval(), rerankers, raw["scorer"], catalogue)

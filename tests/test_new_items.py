@@ -1,0 +1,108 @@
+"""`items add` without a server: the file's validation (errors name line and field) and the grown build (old items
+do not move; a new item is placed by its content; every step's version shares one new fingerprint)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from widefunnel.builders.new_items import NewItemsError, add_items, grow_catalogue, parse_new_items
+from widefunnel.data import load_catalogue
+
+CAT = load_catalogue()
+
+
+def _jsonl(*rows) -> str:
+    return "\n".join(json.dumps(r) for r in rows) + "\n"
+
+
+def test_json_lines_and_csv_parse_to_the_same_items():
+    rows = [{"id": 5000, "title": "A New Film", "year": 2024, "genres": ["Comedy", "Drama"]},
+            {"id": 5001, "title": "Another, With A Comma", "year": None, "genres": []}]
+    from_json = parse_new_items(_jsonl(*rows), "new.jsonl", CAT)
+    csv = 'id,title,year,genres\n5000,A New Film,2024,Comedy|Drama\n5001,"Another, With A Comma",,\n'
+    assert parse_new_items(csv, "new.csv", CAT) == from_json
+    assert from_json[0].genres == ("Comedy", "Drama") and from_json[1].year == 0
+    assert from_json[1].genres == ("unknown",)  # as the catalogue marks an item without genres
+    assert from_json[0].text() == "A New Film (2024). Genres: Comedy, Drama."
+
+
+@pytest.mark.parametrize("text, message", [
+    (_jsonl({"id": 5000, "title": "x", "genres": ["Space Western"]}), r"new:1: field 'genres': unknown genre"),
+    (_jsonl({"id": 5000, "title": "x"}, {"id": 5000, "title": "y"}), r"new:2: field 'id': 5000 also on new:1"),
+    (_jsonl({"id": 1, "title": "x"}), r"new:1: field 'id': 1 is already in the catalogue"),
+    (_jsonl({"id": -3, "title": "x"}), r"new:1: field 'id': must be a positive integer"),
+    (_jsonl({"id": "7x", "title": "x"}), r"new:1: field 'id': must be a positive integer"),
+    (_jsonl({"id": 10 ** 9, "title": "x"}), r"new:1: field 'id': .* more than 1000000 past the largest id"),
+    (_jsonl({"id": 5000, "title": "x", "year": 3000}), r"new:1: field 'year': 3000 outside"),
+    (_jsonl({"id": 5000, "title": "x", "year": "soon"}), r"new:1: field 'year': must be a year"),
+    (_jsonl({"id": 5000, "title": ""}), r"new:1: field 'title': missing"),
+    (_jsonl({"id": 5000, "title": "x" * 501}), r"new:1: field 'title': longer than 500"),
+    (_jsonl({"id": 5000}), r"new:1: field 'title': missing"),
+    (_jsonl({"id": 5000, "title": "x", "rating": 5}), r"new:1: unknown field\(s\) \['rating'\]"),
+    ('{"id": 5000, "title": "x"}\n{"id": 5001,\n', r"new:2: not a JSON object"),
+    ('{"id": 5000, "title": "x"}\n[1, 2]\n', r"new:2: not a JSON object"),
+    ("id,name\n5000,x\n", r"new:1: CSV needs a header"),
+    ("id,title,year,genres\n5000,x,1999,Comedy,extra\n", r"new:2: more values than the header"),
+    ("id,title,year,genres\n5000,x,1999,Comedy\n5001,,1999,Comedy\n", r"new:3: field 'title': missing"),
+    ("", r"new: no items"),
+    ('{"id": 5000, "title": "' + "[" * 20000 + '"}\n', r"new:1: line longer than"),
+])
+def test_bad_files_are_refused_naming_line_and_field(text, message):
+    with pytest.raises(NewItemsError, match=message):
+        parse_new_items(text, "new", CAT)
+
+
+def test_the_catalogue_grows_with_gaps_as_padding():
+    items = parse_new_items(_jsonl({"id": 1690, "title": "Later", "year": 2001, "genres": ["Drama"]}), "n", CAT)
+    grown = grow_catalogue(CAT, items)
+    assert grown.table_size == 1691 and 1690 in grown.item_ids and 1685 not in grown.item_ids
+    assert grown.years[1690] == 2001 and grown.genres[1690] == ("Drama",) and grown.titles[1690] == "Later"
+    assert len(grown.item_ids) == len(CAT.item_ids) + 1
+
+
+@pytest.fixture(scope="module")
+def grown(built_repository, tmp_path_factory):
+    repository = tmp_path_factory.mktemp("grow") / "repo"
+    shutil.copytree(built_repository, repository)
+    new = tmp_path_factory.mktemp("grow-file") / "new.jsonl"
+    # a film with Toy Story's content (id 1) and one unlike anything in 1990s MovieLens
+    toy_story = {"title": CAT.titles[1], "year": int(CAT.years[1]), "genres": list(CAT.genres[1])}
+    new.write_text(_jsonl({"id": 1700, **toy_story},
+                          {"id": 1701, "title": "Documentary about deep sea fishing fleets", "year": 2023,
+                           "genres": ["Documentary"]}))
+    result = add_items(repository, new)
+    return repository, result
+
+
+def test_added_items_get_a_new_version_of_every_step_under_one_new_fingerprint(grown):
+    from widefunnel import model_configs as mcfg
+    from widefunnel.layout import complete_versions, read_builds
+
+    repository, result = grown
+    assert result.version == 2 and result.from_version == 1 and result.added == [1700, 1701]
+    assert complete_versions(repository, mcfg.STEP_MODELS) == [1, 2]
+    builds = read_builds(repository)
+    assert builds["2"]["fingerprint"] == result.fingerprint != builds["1"]["fingerprint"]
+    assert builds["2"]["added_items"] == {"from_version": 1, "count": 2, "first_ids": [1700, 1701]}
+    assert set(np.load(repository / "preprocess" / "2" / "catalogue.npy").tolist()) == set(CAT.item_ids.tolist()) | {
+        1700, 1701}
+
+
+def test_old_items_do_not_move_and_a_new_item_is_placed_by_its_content(grown):
+    from widefunnel.pipeline import InProcessFunnel
+
+    repository, _ = grown
+    old, new = InProcessFunnel(repository, version=1), InProcessFunnel(repository, version=2)
+    seeds = np.array([[1], [50], [181], [300]])
+    before, after = old.retrieve(seeds, k=20), new.retrieve(seeds, k=20)
+    for head in before:
+        np.testing.assert_array_equal(before[head][2], after[head][2])  # the seeds' embeddings
+    # the copy of Toy Story is found from Toy Story by the relevance head (distilled from the content encoder)
+    found = new.retrieve(np.array([[1]]), k=50)
+    assert 1700 in found["relevance"][0][0]
+    rec = new.recommend([1700, 1701], top_n=10)
+    assert (rec.item_id >= 0).all() and 1700 not in rec.item_id[0]
