@@ -2,7 +2,7 @@
 
 MovieLens-100K has 1,682 items; serving questions (a 100,000-candidate pool, a million-item scan) need more.
 A synthetic item takes
-- the content (genres, release year) of a real item drawn uniformly,
+- the content (content-encoder embedding, genres, release year) of a real item drawn uniformly,
 - a training popularity drawn from the real items' popularities,
 - an id embedding drawn from a Gaussian fitted to the trained real id embeddings (mean, full covariance),
 and the trained tower maps it like any item, so its head embeddings follow the real items' distribution without

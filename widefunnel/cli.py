@@ -149,6 +149,45 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# The demo's new film, added from its content alone (issue 17): no interactions, no retraining.
+DEMO_FILM = {"id": 1683, "title": "Toy Story 2", "year": 1999, "genres": ["Animation", "Children's", "Comedy"]}
+DEMO_FILM_SEED = 1  # Toy Story
+
+
+def _demo_new_film(server, repository: Path, titles: dict[int, str]) -> None:
+    """Add DEMO_FILM to the served build (once), swap it in, and show it recommended for a related seed."""
+    import json
+    import tempfile
+
+    from widefunnel.builders.new_items import add_items
+    from widefunnel.client.client import WidefunnelClient, WidefunnelError
+    from widefunnel.client.swap import swap
+
+    film = DEMO_FILM["id"]
+    titles[film] = f"{DEMO_FILM['title']} ({DEMO_FILM['year']})  <- new, from its content only"
+    with WidefunnelClient(server.grpc_url, "grpc") as client:
+        try:
+            client.recommend([film], top_n=1)
+            print(f"\n{DEMO_FILM['title']} ({film}) is already in the served catalogue")
+        except WidefunnelError as exc:  # not in this build's catalogue: add it
+            if exc.field != "seed_item_id":
+                raise
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "new_film.jsonl"
+                path.write_text(json.dumps(DEMO_FILM) + "\n")
+                print(f"\nadding a new film from its content (widefunnel items add): {json.dumps(DEMO_FILM)}",
+                      flush=True)
+                result = add_items(repository, path)
+            report = swap(server.http_url, repository, result.version, "http", admin_key=server.admin_key)
+            print(f"version {result.version} written in {result.seconds:.0f}s and swapped in ({report.seconds:.1f}s)")
+        rec = client.recommend([DEMO_FILM_SEED, film], top_n=10)
+        deeper = client.recommend([DEMO_FILM_SEED], top_n=100).item_id[0]
+    print(format_recommendations([DEMO_FILM_SEED, film], rec, titles))
+    where = np.flatnonzero(deeper == film)
+    print(f"\n{DEMO_FILM['title']} among the recommendations for {titles[DEMO_FILM_SEED]}: "
+          + (f"#{int(where[0]) + 1}" if len(where) else "not in the top 100"))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from widefunnel.client.client import WidefunnelClient
     from widefunnel.data import SOURCE, load_catalogue
@@ -158,10 +197,10 @@ def _demo(args: argparse.Namespace) -> int:
     if args.rebuild or not (repository / "widefunnel" / "config.pbtxt").exists():
         print(f"building the model repository in {repository} from MovieLens-100K ({SOURCE})", flush=True)
         rc = _build(argparse.Namespace(config=args.config, repository=repository, target="cpu", version=None,
-                                       quiet=False))
+                                       quiet=False, items=None))
         if rc:
             return rc
-    titles = load_catalogue().titles
+    titles = dict(load_catalogue().titles)
     seeds = list(args.seeds)
     print("starting tritonserver ...", flush=True)
     with TritonServer(repository) as server:
@@ -174,6 +213,8 @@ def _demo(args: argparse.Namespace) -> int:
         same = np.array_equal(http.item_id, grpc.item_id) and np.array_equal(http.score, grpc.score, equal_nan=True)
         print(f"\nHTTP and gRPC answers identical: {same}")
         print(format_recommendations(seeds, results["grpc"], titles))
+        if not args.no_new_film:
+            _demo_new_film(server, repository, titles)
     return 0 if same else 1
 
 
@@ -438,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--seeds", type=int, nargs="+", default=list(DEMO_SEEDS))
+    p.add_argument("--no-new-film", action="store_true", help="skip adding the demo's new film (items add + swap)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("query", help="recommendations for seed item ids from a running server")
