@@ -41,7 +41,8 @@ class TowerFeatures:
     known: torch.Tensor  # [table] float32 in {0, 1}
 
 
-POPULARITY = 0  # the column of `TowerFeatures.dense` that holds the popularity (zero for a cold item)
+DENSE = ("popularity", "year")  # the columns of `TowerFeatures.dense`
+POPULARITY = DENSE.index("popularity")  # zero for a cold item
 
 
 class ItemTower(nn.Module):
@@ -121,8 +122,10 @@ class CompositeScorer(nn.Module):
     Item features are frozen tower embeddings, genres and popularity, looked up from buffers."""
 
     def __init__(self, features: torch.Tensor, hidden: list[int], tasks: int, levels: int = 3):
+        """``features`` [table, F] ends with the tower's dense columns (`train.scorer_features`)."""
         super().__init__()
         self.register_buffer("features", features.float())
+        self.popularity_column = features.shape[1] - len(DENSE) + POPULARITY
         width = 3 * features.shape[1]
         self.body = mlp([width, *hidden], final_activation=True)
         self.tasks = nn.Linear(hidden[-1], tasks)
@@ -130,10 +133,22 @@ class CompositeScorer(nn.Module):
         self.first_threshold = nn.Parameter(torch.zeros(()))
         self.gaps = nn.Parameter(torch.zeros(levels - 2))
 
-    def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """query [B], candidates [B, M] -> task probabilities [B, M, T], P(rel >= j) [B, M, levels - 1]."""
-        q = self.features[query][:, None, :].expand(-1, candidates.shape[1], -1)
-        c = self.features[candidates]
+    def _lookup(self, ids: torch.Tensor, cold: torch.Tensor | None) -> torch.Tensor:
+        rows = self.features[ids]
+        if cold is None:
+            return rows
+        keep = torch.ones_like(rows)
+        keep[..., self.popularity_column] = (~cold).float()
+        return rows * keep
+
+    def forward(self, query: torch.Tensor, candidates: torch.Tensor,
+                cold: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """query [B], candidates [B, M] -> task probabilities [B, M, T], P(rel >= j) [B, M, levels - 1].
+        ``cold`` (training only): masks like query and candidates whose popularity is hidden, as for a fresh
+        item's, so that zero popularity reads "not known yet" rather than "never wanted"."""
+        q_cold, c_cold = cold if cold is not None else (None, None)
+        q = self._lookup(query, q_cold)[:, None, :].expand(-1, candidates.shape[1], -1)
+        c = self._lookup(candidates, c_cold)
         h = self.body(torch.cat([q, c, q * c], dim=-1))
         cumulative = ordinal_cumulative(self.relevance(h)[..., 0], self.first_threshold, self.gaps)
         return torch.sigmoid(self.tasks(h)), cumulative

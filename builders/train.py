@@ -225,7 +225,11 @@ def train_scorer(data: TrainingData, tower_tables: list[np.ndarray], cfg: dict,
         perm = torch.randperm(len(q), generator=gen)
         for start in range(0, len(perm), 4096):
             idx = perm[start:start + 4096]
-            probs, cumulative = model(q[idx], t[idx][:, None])
+            cold = None
+            if scfg["cold_dropout"] > 0:
+                hidden = torch.rand(2, len(idx), generator=gen) < scfg["cold_dropout"]
+                cold = (hidden[0], hidden[1][:, None])
+            probs, cumulative = model(q[idx], t[idx][:, None], cold)
             loss = F.binary_cross_entropy(probs[:, 0].clamp(1e-6, 1 - 1e-6), y[idx])
             loss = loss + ordinal_loss(cumulative[:, 0], lvl[idx])
             opt.zero_grad()
