@@ -8,6 +8,10 @@
   with the shards' gRPC URLs. Its version v fans out to version v on every shard, so the ensembles' pinned
   versions keep meaning one build everywhere.
 
+Takedowns (`takedowns.json`) are copied to the router and every shard, so each shard excludes them inside its own
+scan and the router's preprocess refuses them as seeds; `widefunnel items remove --also DIR...` updates them
+in place later, without re-deriving anything.
+
 Updates are incremental and in the builder's order: configs first, then version folders (staged under a
 non-numeric name and renamed, so a server never sees half a version), the router's ensembles last;
 versions gone from the source are pruned. Run again after each `widefunnel build`, then roll out
@@ -42,6 +46,7 @@ from widefunnel.layout import (
     versions,
 )
 from widefunnel.sharding import IndexShard, split_index
+from widefunnel.takedowns import publish as publish_takedowns
 
 ANN_BACKEND = "widefunnel_ann"
 ROUTER_PLUGIN = "ann_router"
@@ -208,6 +213,7 @@ def write_sharded(source: Path, out: Path, shards: int, shard_urls: list[str], p
     if len(shard_urls) != shards:
         raise ValueError(f"{shards} shards need {shards} shard URLs, got {len(shard_urls)}")
     lay = layout(out, shards)
+    publish_takedowns(source, [*lay.shard_repositories, lay.router_repository])
     write_shard_repositories(source, lay.shard_repositories, prune)
     write_router_repository(source, lay.router_repository, shard_urls, prune=prune, **router_options)
     return lay

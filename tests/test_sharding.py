@@ -286,6 +286,34 @@ def filters_mask(rows, filters, index) -> np.ndarray:
     return ok & ~np.isin(index.ids, filters["EXCLUDE_IDS"][0])
 
 
+def test_takedowns_reach_every_shard_and_stay_exact(servers, data):
+    """Issue 17 through the router: `items remove --also` puts the takedowns beside every shard, each excludes
+    them inside its own scan, and the merge equals the exact search of the items still up; restore undoes it."""
+    from widefunnel import takedowns as td
+
+    index, queries, k = data["index"], data["queries"], 100
+    victims = np.unique(exact_search(index, queries, 3)[0]).tolist()
+    ranked, _ = exact_search(index, queries, k + len(victims))
+    want = np.stack([row[~np.isin(row, victims)][:k] for row in ranked])  # top-k of the items still up
+    deployments = [[c.router.repository, *(s.repository for s in c.shard_servers)]
+                   for c in (servers["two"], servers["three"])]
+    td.take_down(servers["source"], victims, index.ids, "test")
+    td.publish(servers["source"], [repo for repos in deployments for repo in repos])
+    try:
+        single = _infer(servers["single"].grpc_url, MODEL, queries, k, outputs=OUTPUTS[:3])
+        assert np.array_equal(single["CANDIDATE_ID"], want)
+        for shards, (cluster, model) in ROUTERS.items():
+            got = _infer(servers[cluster].router.grpc_url, model, queries, k)
+            assert np.array_equal(got["CANDIDATE_ID"], want), f"S={shards}"
+    finally:
+        td.restore(servers["source"], victims)
+        td.publish(servers["source"], [repo for repos in deployments for repo in repos])
+    assert all(not (repo / "takedowns.json").exists() or not td.read_takedowns(repo)
+               for repos in deployments for repo in repos)
+    got = _infer(servers["two"].router.grpc_url, MODEL, queries, k)
+    assert np.array_equal(got["CANDIDATE_ID"], exact_search(index, queries, k)[0])
+
+
 def test_sharded_embeddings_and_default_k_match(servers, data):
     queries, exclude = data["queries"], data["exclude"]
     outputs = ("CANDIDATE_ID", "CANDIDATE_SCORE", "CANDIDATE_EMB")

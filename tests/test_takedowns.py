@@ -72,3 +72,25 @@ def test_a_taken_down_seed_or_candidate_is_refused_by_name():
         refuse_taken_down("seed_item_id", np.array([[1], [2]]), np.array([2, 3]))
     with pytest.raises(RequestError, match=r"candidate_item_id: item id\(s\) \[3\]"):
         refuse_taken_down("candidate_item_id", np.array([[3, 3, 4]]), np.array([2, 3]))
+
+
+def test_items_remove_also_updates_a_sharded_deployment_and_restore_clears_it(tmp_path, capsys):
+    from widefunnel.cli import main
+
+    source, router, shard = tmp_path / "source", tmp_path / "router", tmp_path / "shard-0"
+    (source / "preprocess" / "1").mkdir(parents=True)
+    np.save(source / "preprocess" / "1" / "catalogue.npy", np.arange(1, 20, dtype=np.int64))
+    also = ["--also", str(router), str(shard)]
+    router.mkdir()
+    shard.mkdir()
+    assert main(["items", "remove", "3", "7", "--repository", str(source), *also]) == 0
+    for repo in (source, router, shard):
+        assert sorted(td.read_takedowns(repo)) == [3, 7]
+    assert main(["items", "restore", "3", "--repository", str(source), *also]) == 0
+    for repo in (router, shard):
+        assert sorted(td.read_takedowns(repo)) == [7]
+    assert main(["items", "remove", "x1", "--repository", str(source)]) == 2
+    assert "IDS, line 1: 'x1' is not an item id" in capsys.readouterr().err
+    td.restore(source, [7])
+    td.publish(source, [router])
+    assert td.read_takedowns(router) == {}

@@ -379,10 +379,13 @@ def _items(args: argparse.Namespace) -> int:
             pre = args.repository / "preprocess"
             known = np.unique(np.concatenate([np.load(pre / str(v) / "catalogue.npy") for v in versions(pre)]))
             new = td.take_down(args.repository, ids, known, args.reason)
+            td.publish(args.repository, args.also)
             print(f"taken down: {new or 'nothing new'} ({len(td.read_takedowns(args.repository))} in all); "
                   f"served from the next request on, across restarts, swaps and rollbacks")
         else:
-            print(f"restored: {td.restore(args.repository, ids)}")
+            restored = td.restore(args.repository, ids)
+            td.publish(args.repository, args.also)
+            print(f"restored: {restored}")
     except (td.TakedownError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -420,6 +423,9 @@ def _add_operations_commands(sub) -> None:
                                                           "comma-separated); add: the file of new items")
     p.add_argument("--reason", default="", help="remove: kept beside each takedown")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--also", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="remove / restore: also update these repositories (a sharded deployment's router and shards, "
+                        "python -m widefunnel.builders.shards)")
     p.add_argument("--from-version", type=int, default=None, help="add: the build to grow (default: the newest)")
     p.add_argument("--url", default=None, help="add: swap the served ensembles to the new version on this server "
                                                "(HTTP host:port or gRPC with --protocol grpc)")

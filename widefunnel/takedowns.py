@@ -69,6 +69,19 @@ def restore(repository: Path, ids: list[int]) -> list[int]:
     return sorted(set(ids))
 
 
+def publish(source: Path, repositories: list[Path]) -> None:
+    """Copy ``source``'s takedowns to other repositories serving the same catalogue (a sharded deployment's
+    router and shards, `builders.shards`), each in one rename; none at the source removes theirs."""
+    path = takedowns_path(source)
+    text = path.read_text() if path.exists() else None
+    for repository in repositories:
+        target = takedowns_path(repository)
+        if text is None:
+            target.unlink(missing_ok=True)
+        else:
+            atomic_write(target, text)
+
+
 def parse_ids(text: str, source: str) -> list[int]:
     """Ids from a file: one per line or separated by commas / spaces; '#' starts a comment. TakedownError names
     the line."""
