@@ -71,6 +71,30 @@ def test_filtered_exact_search_is_the_exact_top_k_of_the_admissible_rows(index_1
         assert (got[0][1] == -1).all()  # nothing admissible: all padding
 
 
+@pytest.mark.parametrize("k", [1000, 3000])  # >= 32 expected sample hits: the scan starts from a guessed bar
+def test_a_guessed_bar_under_a_dense_filter_stays_exact_when_the_sample_misleads(index_12k, k):
+    from widefunnel.ann.search import prepare_index
+
+    n = index_12k.count
+    sample = prepare_index(index_12k).levels.sample_rows
+    rng = np.random.default_rng(k)
+    q = rng.standard_normal((8, 32)).astype(np.float32)
+    mask = rng.random((8, n)) < 0.5  # rows 0, 1: plain dense filters
+    mask[2] = rng.random(n) < 0.1
+    mask[2, sample] = True  # the sample over-represents the filter: the guess is too high, rescanned
+    mask[3] = True
+    mask[3, sample] = False  # no admissible sample row: no bar at all
+    mask[4] = False
+    mask[4, rng.choice(n, k // 2, replace=False)] = True  # fewer admissible rows than k
+    mask[5] = np.arange(n) < n // 3  # the first rows only (the table is sorted by scale)
+    mask[6] = np.arange(n) >= n // 2
+    got = exact_search(index_12k, q, k, allow=filters.pack_rows(mask))
+    assert _same(got, _reference(index_12k, q, k, mask))
+    for i in (2, 4):  # and batch-invariant
+        alone = exact_search(index_12k, q[i:i + 1], k, allow=filters.pack_rows(mask[i:i + 1]))
+        assert _same((got[0][i:i + 1], got[1][i:i + 1]), alone)
+
+
 def test_a_filter_is_batch_invariant(index_12k):
     q = np.random.default_rng(0).standard_normal((24, 32)).astype(np.float32)
     mask = _mask(24, index_12k.count, 0.1, seed=3)

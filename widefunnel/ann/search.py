@@ -360,9 +360,10 @@ def _starting_bars(levels: SampledTable, qc: torch.Tensor, qs: np.ndarray, excl:
     * small k: the k-th best sampled score. Any k real rows bound the k-th best from below, so the bar is
       safe (never above the true k-th score); the excluded row is excluded from the sample too.
     * large k (>= 32 expected sample hits): the score that k rows (+3 sigma) of the whole index are expected
-      to beat; tighter, but only a guess: a query that ends with fewer than k keys above it is rescanned.
-      Never for a filtered scan (its admissible share differs per query): the safe bar, from the admissible
-      sample rows.
+      to beat; tighter, but only a guess: a query that ends with fewer than k keys above it is rescanned. A
+      dense filter guesses from its admissible sample rows as if they were the index (the sample is a
+      stratified 1-in-16 of the rows, so about the same share of it is admissible); a query whose filter the
+      sample misrepresents, or which admits fewer than k rows, is rescanned the same way.
     """
     sample = levels.sample
     if sample is None:
@@ -370,7 +371,7 @@ def _starting_bars(levels: SampledTable, qc: torch.Tensor, qs: np.ndarray, excl:
     m, n = sample.table.rows, levels.table.rows
     expect = kk * m / n
     j = int(expect + 3 * expect**0.5 + 8)
-    guessed = expect >= 32 and j <= m // 2 and allow.shape[1] == 0
+    guessed = expect >= 32 and j <= m // 2
     if not guessed:
         j = kk
     if j > m // 2:
