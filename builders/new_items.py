@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 MAX_ITEMS_PER_FILE = 100_000
 MAX_TITLE = 500
 MAX_LINE = 10_000  # characters in one line of the file
+MAX_FILE_BYTES = 64 << 20  # a file of MAX_ITEMS_PER_FILE items is a few MiB; refuse before reading a huge one
 MAX_ID_GAP = 1_000_000  # a new id at most this far past the largest one: ids index every item table
 YEARS = (1870, 2100)  # or 0 / empty: unknown
 FIELDS = ("id", "title", "year", "genres")
@@ -233,10 +234,15 @@ def add_items(repository: Path, file: Path, from_version: int | None = None) -> 
     from widefunnel.builders.teacher import encode_texts
 
     start = time.monotonic()
+    size = Path(file).stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise NewItemsError(f"{file}: {size} bytes, more than {MAX_FILE_BYTES} (split it; at most "
+                            f"{MAX_ITEMS_PER_FILE} items per file)")
     repository = Path(repository)
-    source = from_version or max(layout.complete_versions(repository, mcfg.STEP_MODELS), default=0)
-    if not source:
-        raise FileNotFoundError(f"{repository}: no complete build to add items to")
+    builds = layout.complete_versions(repository, mcfg.STEP_MODELS)
+    source = from_version or max(builds, default=0)
+    if source not in builds:
+        raise FileNotFoundError(f"{repository}: no complete build {source or ''} to add items to (on disk: {builds})")
     state = load_state(repository / "query_tower" / str(source) / layout.BUILD_STATE_FILE)
     items = parse_new_items(Path(file).read_text(encoding="utf-8"), str(file), state.catalogue)
     content = encode_texts([i.text() for i in items], state.cfg["teacher"]["batch_size"])

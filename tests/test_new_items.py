@@ -56,6 +56,21 @@ def test_bad_files_are_refused_naming_line_and_field(text, message):
         parse_new_items(text, "new", CAT)
 
 
+def test_a_huge_file_or_a_missing_build_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from widefunnel.builders import new_items
+
+    big = tmp_path / "big.jsonl"
+    big.write_text(_jsonl({"id": 5000, "title": "x"}))
+    monkeypatch.setattr(new_items, "MAX_FILE_BYTES", 10)
+    with pytest.raises(NewItemsError, match=r"big.jsonl: \d+ bytes, more than 10"):
+        add_items(tmp_path / "no-repository", big)
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match="no complete build"):
+        add_items(tmp_path / "no-repository", big)
+    with pytest.raises(FileNotFoundError, match=r"no complete build 7 to add items to \(on disk: \[\]\)"):
+        add_items(tmp_path / "no-repository", big, from_version=7)
+
+
 def test_the_catalogue_grows_with_gaps_as_padding():
     items = parse_new_items(_jsonl({"id": 1690, "title": "Later", "year": 2001, "genres": ["Drama"]}), "n", CAT)
     grown = grow_catalogue(CAT, items)
