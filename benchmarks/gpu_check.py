@@ -78,6 +78,7 @@ PB2 = "model_config_pb2.py"  # tritonclient's generated model-config module (the
 QUERY_ELEMS = 1 << 30  # a torch baseline scores at most this many (query, item) pairs at once (topk indexing)
 REF_ROWS = 1 << 20  # float64 reference: item rows per block
 SERVED_K = 200  # the default build's ann k (widefunnel/default.toml)
+SECTIONS = ("1", "2", "2b", "3", "5", "7")
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,15 @@ class Grid:
     copy_gib: float
     target_s: float  # timed calls per measurement: about this many seconds ...
     min_reps: int  # ... and at least this many (0: the first call only, for the interpreter)
+    wide_dim: int = 32  # issue 16's cells: the build's embedding_dim ...
+    wide_ks: tuple[int, ...] = (1000, 10_000, 100_000)  # ... its candidates per head ...
+    wide_batches: tuple[int, ...] = (1, 8)  # ... and batches
 
 
 GPU_GRID = Grid((1_000_000, 10_000_000), (64, 128), (1, 32, 256), (100, 10_000, 100_000), (10, 32), 128, 32,
                 (20, 1000), 2.0, 0.3, 3)
-INTERPRET_GRID = Grid((1000, 2000), (16, 48), (1, 20), (50, 300, 900), (10, 32), 50, 20, (20, 300), 0.01, 0.0, 0)
+INTERPRET_GRID = Grid((1000, 2000), (16, 48), (1, 20), (50, 300, 900), (10, 32), 50, 20, (20, 300), 0.01, 0.0, 0,
+                      16, (50, 900), (1, 8))
 
 
 # --------------------------------------------------------------------------------------------- the report
@@ -467,6 +472,41 @@ def timing_cell(ds: Dataset, b: int, k: int, grid: Grid, bw: float, seed: int, r
             ahead, f"{mib(mem)} / {mib(f16[2])}"]
 
 
+def wide_cell(ds: Dataset, b: int, k: int, grid: Grid, bw: float, seed: int, report: Report) -> list[str]:
+    """Issue 16 on the device: one head's retrieval of K candidates per seed, as the funnel's ANN step runs it
+    (seeds' own vectors, the seed excluded): ``GpuIndex.search`` against the torch fp16 peer, the HBM floor
+    and the CPU int8 path on this machine's cores (``exact_search``), with equal keys."""
+    g = ds.gpu
+    dev = g.device
+    q, ex = exact_queries(ds, b, seed)
+    ex_t = torch.from_numpy(ex)
+    floor = ds.n * (ds.d + 4) / bw
+    t_gpu, mem = timed(lambda: g.search(q, k, ex_t), dev, grid)
+    f16 = "skipped: budget"
+    if report.left() > 0:
+        f16 = ms(timed(lambda: torch_fp16_topk(ds.x16, q, min(k, ds.n)), dev, grid)[0])
+    q_np = q.cpu().numpy()
+    index = ds.cpu()
+    t_cpu = timed(lambda: exact_search(index, q_np, k, ex), torch.device("cpu"), grid)[0]
+    got = g.search(q, k, ex_t)
+    ok = same((got["CANDIDATE_ID"].cpu().numpy(), got["CANDIDATE_SCORE"].cpu().numpy()),
+              *exact_search(index, q_np, k, ex))
+    return [str(b), f"{k:,}", ms(t_gpu), f16, ms(floor), f"{t_gpu / floor:.1f}x", ms(t_cpu),
+            f"{t_cpu / t_gpu:.1f}x", mib(mem), ok]
+
+
+def quantize_cell(ds: Dataset) -> list[str]:
+    """The query quantisation twin: ``quantize_rows_torch`` on the device against numpy's ``quantize_rows``,
+    bit for bit, over the dataset's unquantised rows (as queries)."""
+    from widefunnel.ann.quantize import quantize_rows
+
+    codes, scales = quantize_rows_torch(ds.x)
+    want_codes, want_scales = quantize_rows(ds.x.cpu().numpy())
+    bad = ~((codes.cpu().numpy() == want_codes).all(axis=1)
+            & (scales.cpu().numpy().view(np.int32) == want_scales.view(np.int32)))
+    return [f"{ds.n:,} rows", "—", "—", "—", "yes" if not bad.any() else f"NO ({int(bad.sum()):,} rows)"]
+
+
 def served_cell(ds: Dataset, b: int, k: int, grid: Grid, seed: int) -> list[str]:
     """``GpuIndex.search_dlpack`` as a KIND_GPU instance calls it (query and outputs as DLPack capsules,
     EXCLUDE_ID as numpy) vs the CPU path a KIND_CPU instance runs (``search`` + ``dequantized``); wall time
@@ -610,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepare-carry", type=Path, metavar="DIR", help="fill DIR for the GPU machine and exit")
     ap.add_argument("--sizes", type=int, nargs="+", help="N of the datasets (default 1M 10M)")
     ap.add_argument("--dims", type=int, nargs="+")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                    help="which tables to run (default all; 1-2 exact and timed at the small N, 2b issue 16's "
+                         "grid, 3 the big N (3 and 4), 5 the big batch and ks (5 and 6), 7 the served path)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -623,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: run this on a GPU machine, or pass --interpret (tiny sizes) to check the script")
         return 2
     sizes, dims = tuple(args.sizes or grid.sizes), tuple(args.dims or grid.dims)
+    sections = set(args.sections)
     repository = args.repository or (args.carry / "model_repository" if args.carry is not None else None)
     if repository is not None and not repository.is_dir():
         repository = None
@@ -697,47 +741,69 @@ def main(argv: list[str] | None = None) -> int:
                         dataset(n, d, "random"), b, k, grid, bw, args.seed + b, report))
 
     # 1. exactness at the small size: every k, batch 32 and 1, random and clustered; padding (k > N)
-    report.table(f"1. Exact: GPU = CPU int8 path, key for key (N = {small:,})", exact_cols, exact_note)
-    cells = exact_cells(small, (grid.exact_batch, 1), all_ks + big_ks, ("random", "clustered"))
-    exact_rows(cells, device_halves(cells))
-    for n_pad in grid.pad_sizes:
-        k = n_pad + 50 if n_pad > KERNEL_MAX_K else KERNEL_MAX_K
-        report.row([f"{n_pad:,}", str(dims[0]), "random (first rows)"], lambda n_pad=n_pad, k=k: exact_cell(
-            subset(dataset(small, dims[0], "random"), min(n_pad, small)), grid.exact_batch, k, grid, args.seed),
-            exact=True)
-    for share, k in ((0.3, KERNEL_MAX_K), (0.01, KERNEL_MAX_K), (0.01, 100)):  # filters inside the scan
-        report.row([f"{small:,}", str(dims[0]), "random"], lambda share=share, k=k: filtered_cell(
-            dataset(small, dims[0], "random"), grid.exact_batch, k, share, args.seed), exact=True)
+    if "1" in sections:
+        report.table(f"1. Exact: GPU = CPU int8 path, key for key (N = {small:,})", exact_cols, exact_note)
+        cells = exact_cells(small, (grid.exact_batch, 1), all_ks + big_ks, ("random", "clustered"))
+        exact_rows(cells, device_halves(cells))
+        for n_pad in grid.pad_sizes:
+            k = n_pad + 50 if n_pad > KERNEL_MAX_K else KERNEL_MAX_K
+            report.row([f"{n_pad:,}", str(dims[0]), "random (first rows)"], lambda n_pad=n_pad, k=k: exact_cell(
+                subset(dataset(small, dims[0], "random"), min(n_pad, small)), grid.exact_batch, k, grid, args.seed),
+                exact=True)
+        for share, k in ((0.3, KERNEL_MAX_K), (0.01, KERNEL_MAX_K), (0.01, 100)):  # filters inside the scan
+            report.row([f"{small:,}", str(dims[0]), "random"], lambda share=share, k=k: filtered_cell(
+                dataset(small, dims[0], "random"), grid.exact_batch, k, share, args.seed), exact=True)
 
     # 2. time at the small size, batch 1 and 32, the kernel's ks and k = 100
-    report.table("2. Timed", time_cols, time_note)
-    time_rows(small, tuple(b for b in grid.batches if b <= 32), all_ks)
+    if "2" in sections:
+        report.table("2. Timed", time_cols, time_note)
+        time_rows(small, tuple(b for b in grid.batches if b <= 32), all_ks)
+
+    # 2b. issue 16's grid at the big size: one head's K candidates per seed, batch 1 and 8
+    if "2b" in sections:
+        report.table(f"2b. Issue 16: the funnel's ANN step at N = {big:,}, d = {grid.wide_dim} (one head)",
+                     ["N", "d", "batch", "K", "GPU ms", "torch fp16 ms", "HBM floor ms", "GPU / floor", "CPU int8 ms",
+                      "CPU / GPU", "peak extra MiB", "= CPU"],
+                     "`GpuIndex.search` (what a KIND_GPU `widefunnel_ann` instance runs), device time, median; "
+                     "clustered, normalised rows (as the towers' L2-normalised embeddings); queries: stored items' "
+                     "own vectors with the item excluded (the funnel's seeds), one all-zero. torch fp16: the peer "
+                     "one would write on a GPU (faiss-GPU stops at k = 2,048). CPU int8: `exact_search` on this "
+                     f"machine's {os.cpu_count()} CPUs, wall time. `= CPU`: ids and score bits equal. The funnel "
+                     "runs two such steps (one per head).")
+        for b in grid.wide_batches:
+            for k in grid.wide_ks:
+                report.row([f"{big:,}", str(grid.wide_dim)], lambda b=b, k=k: wide_cell(
+                    dataset(big, grid.wide_dim, "clustered"), b, k, grid, bw, args.seed + b, report), exact=True)
 
     # 3, 4. the big size: exactness at k = 100 (batch 32 and 1), time at batch 1 and 32
-    if big != small:
+    if "3" in sections and big != small:
         report.table(f"3. Exact at N = {big:,} (k = {small_ks[0]})", exact_cols, "Columns as in 1.")
         exact_rows(exact_cells(big, (grid.exact_batch, 1), small_ks, ("random", "clustered")))
         report.table(f"4. Timed at N = {big:,}", time_cols, "Columns as in 2.")
         time_rows(big, tuple(b for b in grid.batches if b <= 32), all_ks)
 
     # 5, 6. the wide batch and the big ks, both sizes; the big ks' exactness at the big size (batch 1)
-    report.table(f"5. Timed: batch {grid.batches[-1]} and the big ks", time_cols, "Columns as in 2.")
-    for n in dict.fromkeys((small, big)):
-        time_rows(n, tuple(b for b in grid.batches if b > 32), all_ks)
-        time_rows(n, grid.batches, big_ks)
-    if big != small:
-        report.table(f"6. Exact at N = {big:,}, the big ks (batch 1)", exact_cols, "Columns as in 1.")
-        exact_rows(exact_cells(big, (1,), big_ks, ("random",)))
+    if "5" in sections:
+        report.table(f"5. Timed: batch {grid.batches[-1]} and the big ks", time_cols, "Columns as in 2.")
+        for n in dict.fromkeys((small, big)):
+            time_rows(n, tuple(b for b in grid.batches if b > 32), all_ks)
+            time_rows(n, grid.batches, big_ks)
+        if big != small:
+            report.table(f"6. Exact at N = {big:,}, the big ks (batch 1)", exact_cols, "Columns as in 1.")
+            exact_rows(exact_cells(big, (1,), big_ks, ("random",)))
 
     # 7. the served path: the plugin's GPU search (DLPack in and out) and the in-process funnel
-    report.table("7. The served path against the CPU path", ["path", "batch", "k", "GPU ms", "CPU ms", "= CPU"],
-                 "Wall time to results ready (the GPU path to a synchronize), median. Plugin path: "
-                 f"`GpuIndex.search_dlpack` on the N = {small:,}, d = {dims[0]} index, k = {SERVED_K} (the "
-                 "default build's), with embeddings; CPU: `search` + `dequantized` as a KIND_CPU instance.")
-    for b in (1, 32):
-        report.row(["widefunnel_ann GPU (search_dlpack)"], lambda b=b: served_cell(
-            dataset(small, dims[0], "random"), b, SERVED_K, grid, args.seed), exact=True)
-    funnel_cells(report, repository, args.carry, device, (1, 32), grid)
+    if "7" in sections:
+        report.table("7. The served path against the CPU path", ["path", "batch", "k", "GPU ms", "CPU ms", "= CPU"],
+                     "Wall time to results ready (the GPU path to a synchronize), median. Plugin path: "
+                     f"`GpuIndex.search_dlpack` on the N = {small:,}, d = {dims[0]} index, k = {SERVED_K} (the "
+                     "default build's), with embeddings; CPU: `search` + `dequantized` as a KIND_CPU instance.")
+        report.row(["quantize_rows_torch on the device = quantize_rows"], lambda: quantize_cell(
+            dataset(small, dims[0], "random")), exact=True)
+        for b in (1, 32, 256):
+            report.row(["widefunnel_ann GPU (search_dlpack)"], lambda b=b: served_cell(
+                dataset(small, dims[0], "random"), b, SERVED_K, grid, args.seed), exact=True)
+        funnel_cells(report, repository, args.carry, device, (1, 32), grid)
 
     elapsed = time.monotonic() - report.start
     report.line(f"\n{len(report.failed)} failing cell(s); {elapsed:.0f} s of {args.budget_s:.0f} s budget used.")

@@ -49,8 +49,11 @@ def test_interpreter_run_is_exact_everywhere(tmp_path):
     assert len(filtered) == 3 and all(row[7] == "yes" for row in filtered[:2]), filtered
     timed = [row for title, rows in sections.items() if "Timed" in title for row in rows]
     assert timed and all(float(row[5]) > 0 for row in timed), timed  # gpu_search ran in every timed cell
+    wide = next(rows for title, rows in sections.items() if title.startswith("2b. Issue 16"))
+    assert len(wide) == 4 and all(row[-1] == "yes" for row in wide), wide  # batch 1 and 8 x K 50 and 900
     served = sections["7. The served path against the CPU path"]
-    assert [row[-1] for row in served if row[0].startswith("widefunnel_ann")] == ["yes", "yes"], served
+    assert [row[-1] for row in served if row[0].startswith("widefunnel_ann")] == ["yes"] * 3, served
+    assert [row[-1] for row in served if row[0].startswith("quantize_rows_torch")] == ["yes"], served
     assert "skipped: no built repository" in served[-1][2], served  # no repository given, none carried
 
 
