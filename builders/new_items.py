@@ -24,11 +24,10 @@ import torch
 
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
-from widefunnel.ann.index import build_index
 from widefunnel.builders.export import tower_fingerprint
-from widefunnel.builders.models import ItemTower
+from widefunnel.builders.models import ItemTower, set_features
 from widefunnel.builders.state import BuildState, load_state, tower_features_of
-from widefunnel.builders.train import TrainedFunnel, item_embeddings, scorer_features, tower_features
+from widefunnel.builders.train import TrainedFunnel, scorer_features, tables_and_indexes, tower_features
 from widefunnel.data import Catalogue
 
 logger = logging.getLogger(__name__)
@@ -175,8 +174,6 @@ def grow_tower(tower: ItemTower, catalogue: Catalogue, items: list[NewItem], con
                min_id_count: int) -> ItemTower:
     """The tower with rows for ``items`` (``catalogue`` already grown; ``content`` their encoder embeddings):
     content rows appended, no popularity, no id embedding (zero, and not `known`). Old rows are unchanged."""
-    from widefunnel.builders.models import set_features
-
     ids = torch.from_numpy(np.array([i.item_id for i in items], dtype=np.int64))
     old = tower_features_of(tower)
     size, before = catalogue.table_size, old.genres.shape[0]
@@ -207,13 +204,7 @@ def grown_funnel(state: BuildState, items: list[NewItem], content: np.ndarray) -
     cfg = state.cfg
     catalogue = grow_catalogue(state.catalogue, items)
     tower = grow_tower(state.tower, catalogue, items, content, cfg["towers"]["min_id_count"])
-    all_ids = np.arange(catalogue.table_size, dtype=np.int64)
-    parts = [item_embeddings(tower, all_ids[i:i + 100_000]) for i in range(0, len(all_ids), 100_000)]
-    tables = [np.concatenate([p[h] for p in parts]) for h in range(len(parts[0]))]
-    fingerprint = tower_fingerprint(tower)
-    ids = catalogue.item_ids
-    indexes = [build_index(t[ids], ids, fingerprint, ivf_lists=cfg["ann"]["ivf_lists"], seed=cfg["seed"])
-               for t in tables]
+    tables, indexes = tables_and_indexes(tower, catalogue, cfg, tower_fingerprint)
     scorer = state.scorer(scorer_features(tower_features_of(tower), tables))
     return TrainedFunnel(tower, tables, indexes, state.rerankers, scorer), catalogue
 

@@ -18,9 +18,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from widefunnel.ann.index import build_index
 from widefunnel.builders.models import CompositeScorer, ItemTower, TowerFeatures, set_features
-from widefunnel.builders.train import TrainedFunnel, TrainingData, item_embeddings, scorer_features
+from widefunnel.builders.train import TrainedFunnel, TrainingData, scorer_features, tables_and_indexes
 from widefunnel.data import Catalogue
 
 
@@ -102,11 +101,6 @@ def widen(funnel: TrainedFunnel, data: TrainingData, cfg: dict, items: int, fing
     rows = np.arange(data.catalogue.table_size) if data.content_row is None else data.content_row
     wide = replace(data, catalogue=catalogue, split=split, content_row=np.concatenate([rows, rows[synthetic.source]]))
     tower = extend_tower(funnel.tower, wide.tower_inputs(cfg["towers"]["min_id_count"]), real_ids, synthetic, seed)
-    all_ids = np.arange(catalogue.table_size, dtype=np.int64)
-    parts = [item_embeddings(tower, all_ids[i:i + 100_000]) for i in range(0, len(all_ids), 100_000)]
-    tables = [np.concatenate([p[h] for p in parts]) for h in range(len(parts[0]))]
-    fingerprint = fingerprint_of(tower)
-    ids = catalogue.item_ids
-    indexes = [build_index(t[ids], ids, fingerprint, ivf_lists=cfg["ann"]["ivf_lists"], seed=seed) for t in tables]
+    tables, indexes = tables_and_indexes(tower, catalogue, cfg, fingerprint_of)
     scorer = extend_scorer(funnel.scorer, scorer_features(wide.tower_inputs(), tables))
     return TrainedFunnel(tower, tables, indexes, funnel.rerankers, scorer), wide, synthetic

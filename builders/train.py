@@ -253,23 +253,34 @@ class TrainedFunnel:
     scorer: CompositeScorer
 
 
+EMBED_CHUNK = 100_000  # items per tower call: a catalogue-scale build never embeds a million rows at once
+
+
+def tables_and_indexes(tower: ItemTower, catalogue: Catalogue, cfg: dict, fingerprint_of
+                       ) -> tuple[list[np.ndarray], list[Int8Index]]:
+    """Every table row's embedding per head, then an int8 index per head over the catalogue's items under
+    `fingerprint_of(tower)`. The one place a build, a widened build and a grown one make their tables."""
+    all_ids = np.arange(catalogue.table_size, dtype=np.int64)
+    parts = [item_embeddings(tower, all_ids[i:i + EMBED_CHUNK]) for i in range(0, len(all_ids), EMBED_CHUNK)]
+    tables = [np.concatenate([p[h] for p in parts]) for h in range(len(parts[0]))]
+    fingerprint = fingerprint_of(tower)
+    ids = catalogue.item_ids
+    # IVF lists are always built, so a request may ask for approximate search whatever the default.
+    indexes = [build_index(t[ids], ids, fingerprint, ivf_lists=cfg["ann"]["ivf_lists"], seed=cfg["seed"])
+               for t in tables]
+    return tables, indexes
+
+
 def train_funnel(data: TrainingData, cfg: dict, fingerprint_of, progress: bool = True) -> TrainedFunnel:
     """Towers, then an int8 index per head, then a reranker per head on its own candidates, then the scorer.
 
     `fingerprint_of(tower)` names the tower version; every artifact of this build carries it."""
     tower = train_towers(data, cfg, progress=progress)
-    ids = data.catalogue.item_ids
-    all_ids = np.arange(data.catalogue.table_size, dtype=np.int64)
-    tables = item_embeddings(tower, all_ids)
-    fingerprint = fingerprint_of(tower)
-    acfg = cfg["ann"]
-    # IVF lists are always built, so a request may ask for approximate search whatever the default.
-    indexes = [build_index(t[ids], ids, fingerprint, ivf_lists=acfg["ivf_lists"], seed=cfg["seed"])
-               for t in tables]
+    tables, indexes = tables_and_indexes(tower, data.catalogue, cfg, fingerprint_of)
     rerankers = [train_reranker(data, idx, t, cfg, progress) for idx, t in zip(indexes, tables)]
     scorer = train_scorer(data, tables, cfg, progress)
     return TrainedFunnel(tower, tables, indexes, rerankers, scorer)
 
 
-__all__ = ["TrainingData", "TrainedFunnel", "train_funnel", "train_towers", "unified_value",
+__all__ = ["TrainingData", "TrainedFunnel", "tables_and_indexes", "train_funnel", "train_towers", "unified_value",
            "value_weights"]

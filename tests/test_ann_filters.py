@@ -58,7 +58,7 @@ def _mask(b: int, n: int, share: float, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("batch", [1, 5, 9, 40])  # GEMV, GEMV, GEMM + offer, row scan
-@pytest.mark.parametrize("share", [0.5, 0.01, 0.001])
+@pytest.mark.parametrize("share", [0.5, 0.1, 0.01, 0.001])
 @pytest.mark.parametrize("k", [10, 500])
 def test_filtered_exact_search_is_the_exact_top_k_of_the_admissible_rows(index_12k, batch, share, k):
     rng = np.random.default_rng(batch)
@@ -69,6 +69,28 @@ def test_filtered_exact_search_is_the_exact_top_k_of_the_admissible_rows(index_1
     assert _same(got, _reference(index_12k, q, k, mask, exclude))
     if batch > 1:
         assert (got[0][1] == -1).all()  # nothing admissible: all padding
+
+
+@pytest.mark.parametrize("batch", [1, 9, 40])
+@pytest.mark.parametrize("share", [0.003, 0.06, 0.2, 0.55])  # a GEMM batch scans a copy of the rows it admits
+@pytest.mark.parametrize("k", [10, 500, 3000])
+def test_a_filter_shared_by_the_batch_scans_a_copy_of_its_rows_and_stays_exact(index_12k, batch, share, k):
+    n = index_12k.count
+    rng = np.random.default_rng(batch + k)
+    q = rng.standard_normal((batch, 32)).astype(np.float32)
+    q[-1] = index_12k.codes[7]  # a query on the tied rows 7 and 100..129
+    shared = rng.random(n) < share
+    shared[[7, 100, 101, 129]] = True
+    mask = np.tile(shared, (batch, 1))
+    mask[0, rng.choice(np.flatnonzero(shared), 20, replace=False)] = False  # per-query exclusions ...
+    if batch > 2:
+        mask[1] = False  # ... one query admitting nothing ...
+        mask[2] = shared & (np.arange(n) < n // 3)  # ... and one a subset, of the first rows only
+    exclude = np.where(np.arange(batch) % 2 == 0, index_12k.ids[np.argmax(mask, axis=1)], -1)
+    got = exact_search(index_12k, q, k, exclude, allow=filters.pack_rows(mask))
+    assert _same(got, _reference(index_12k, q, k, mask, exclude))
+    alone = exact_search(index_12k, q[-1:], k, exclude[-1:], allow=filters.pack_rows(mask[-1:]))
+    assert _same((got[0][-1:], got[1][-1:]), alone)  # batch-invariant
 
 
 @pytest.mark.parametrize("k", [1000, 3000])  # >= 32 expected sample hits: the scan starts from a guessed bar

@@ -62,6 +62,12 @@ def admitted_share(allow: np.ndarray, sample_words: int = 4096) -> float:
     return kernels.bit_count(words_) / (64 * words_.size)
 
 
+def union_rows(allow: np.ndarray, rows: int) -> np.ndarray:
+    """The rows (int64, ascending) that at least one query of a filtered batch admits."""
+    union = allow[0] if len(allow) == 1 else np.bitwise_or.reduce(allow, axis=0)
+    return kernels.set_rows(np.ascontiguousarray(union), rows)
+
+
 def subset(allow: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The bitmap of a row subset (the scan's 1-in-16 sample): bit i = bit ``rows[i]`` of ``allow``."""
     if allow.shape[1] == 0:

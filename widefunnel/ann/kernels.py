@@ -624,6 +624,49 @@ def bit_count(words) -> np.int64:
     return total
 
 
+@njit(nogil=True, cache=True)
+def set_rows(words, n_rows) -> np.ndarray:
+    """The rows (int64, ascending) whose bits are set in a uint64 bitmap [ceil(n_rows / 64)]."""
+    out = np.empty(min(n_rows, np.int64(bit_count(words))), np.int64)
+    j = 0
+    for w in range(words.shape[0]):
+        x = words[w]
+        base = np.int64(w) * 64
+        while x != np.uint64(0) and j < out.shape[0]:
+            low = x & (~x + np.uint64(1))  # the lowest set bit
+            r = base + np.int64(63 - _leading_zeros(low))
+            if r >= n_rows:
+                break
+            out[j] = r
+            j += 1
+            x ^= low
+    return out[:j]
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _leading_zeros(x) -> np.int64:
+    """Leading zero bits of a nonzero uint64 (binary search: numba has no portable clz for uint64)."""
+    n = np.int64(0)
+    if x <= np.uint64(0x00000000FFFFFFFF):
+        n += 32
+        x <<= np.uint64(32)
+    if x <= np.uint64(0x0000FFFFFFFFFFFF):
+        n += 16
+        x <<= np.uint64(16)
+    if x <= np.uint64(0x00FFFFFFFFFFFFFF):
+        n += 8
+        x <<= np.uint64(8)
+    if x <= np.uint64(0x0FFFFFFFFFFFFFFF):
+        n += 4
+        x <<= np.uint64(4)
+    if x <= np.uint64(0x3FFFFFFFFFFFFFFF):
+        n += 2
+        x <<= np.uint64(2)
+    if x <= np.uint64(0x7FFFFFFFFFFFFFFF):
+        n += 1
+    return n
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel on tiny inputs, so no request pays for it."""
     codes = np.zeros((130, 4), np.int8)
@@ -651,4 +694,5 @@ def warm_up() -> None:
     sub = np.zeros((1, 1), np.uint64)
     subset_bits(allows[1], np.arange(3, dtype=np.int64), sub)
     bit_count(sub)
+    set_rows(allows[1][0], 130)
     decode(finish(buf, fill, 2, 2, 1), np.arange(130, dtype=np.int64))

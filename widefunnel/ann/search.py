@@ -47,6 +47,8 @@ _BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
 _GEMV_MAX_BATCH = 6  # batches this small scan with the fused GEMV (``_gemv_scan``), a pass per query:
 # measured on 1M x 64, batch 4: 10.0 vs 14.9 ms with the GEMM, batch 6 15.4 vs 21.2, batch 8 18.4 vs 16.1
 _SPARSE_FILTER = 0.05  # a filter admitting less than this share of the rows scans only those (``_gemv_scan``)
+_COMPACT_FILTER = 0.6  # a GEMM batch whose filters together admit less than this share scans a copy of those rows
+_COMPACT_BYTES = 256 << 20  # ... unless the copy would be larger (a 10M x 32 index at 60 %: 192 MB)
 _ROW_SCAN_BATCH = 16  # batches this wide filter their blocks row-wise (see ``_scan_table``)
 _RESERVOIR_SLACK = 1024  # a reservoir holds max(2k, k + slack) keys before it is compacted to k
 _RESERVOIR_KEYS = 1 << 25  # query rows x reservoir width, int64 (256 MiB) before the batch is split
@@ -399,7 +401,16 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
     qs_np, excl_np = qs.numpy(), excl.numpy()
     allow = filters.no_filter(qc.shape[0]) if allow is None else allow
     # a sparse filter's scan reads only its admissible rows: a bar from the row sample would cost more than it saves
-    sparse = filters.admitted_share(allow) < _SPARSE_FILTER
+    share = filters.admitted_share(allow)
+    sparse = share < _SPARSE_FILTER
+    b, n = qc.shape[0], table.rows
+    if b > _GEMV_MAX_BATCH and share < _COMPACT_FILTER and not bar_only:
+        union = filters.union_rows(allow, n)
+        # sparse filters walk their own rows query by query: copied only when the batch shares them (a union
+        # at most half their sum), so the copy's one GEMM replaces b walks
+        small = len(union) < _COMPACT_FILTER * n and len(union) * table.codes_t.shape[1] <= _COMPACT_BYTES
+        if small and (not sparse or 2 * len(union) <= b * share * n):
+            return _compacted_scan(levels, union, qc, qs, excl, k, block_rows, estimate, allow)
     estimate = estimate and not sparse
     bars, guessed = (_starting_bars(levels, qc, qs_np, excl_np, allow, kk, block_rows) if estimate
                      else (None, False))
@@ -409,6 +420,30 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
     if guessed and short.numel():  # the guess was too high for these queries: redo them without one
         keys[short] = scan_keys(levels, qc[short], qs[short], excl[short], k, block_rows, False, bar_only,
                                 allow[short.numpy()])
+    return keys
+
+
+def _compacted_scan(levels: SampledTable, union: np.ndarray, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tensor,
+                    k: int, block_rows: int, estimate: bool, allow: np.ndarray) -> torch.Tensor:
+    """``scan_keys`` over a copy of the rows some query of the batch admits (``union``, ascending). A filter
+    shared by the batch, as a genre or a release window is, may admit 0.1 to 60 % of the rows, and a batch's
+    GEMM over all of them costs what the unfiltered scan does; the copy costs a gather of the admitted rows.
+    (A batch of one or a few walks its bitmap instead, reading only admissible rows: there a copy was even.)
+    The copy keeps the rows' order, so its keys map back to the keys the full scan makes, ties included."""
+    table = levels.table
+    rows = torch.from_numpy(union)
+    sub = SampledTable.of(table.codes_t.index_select(0, rows).numpy(), table.scales[union])  # torch: threaded
+    ex = excl.numpy()
+    pos = np.minimum(np.searchsorted(union, ex), len(union) - 1)
+    sub_excl = np.where((ex >= 0) & (union[pos] == ex), pos, -1)
+    keys = scan_keys(sub, qc, qs, torch.from_numpy(sub_excl), k, block_rows, estimate,
+                     allow=filters.subset(allow, union))
+    valid = keys != INT64_MIN
+    found = rows[(_LOW32 - (keys & _LOW32)).clamp(0, len(union) - 1)]
+    keys = torch.where(valid, (keys >> 32 << 32) + (_LOW32 - found), INT64_MIN)
+    width = min(k, table.rows)  # the full table's k': fewer admissible rows than k pad with INT64_MIN
+    if keys.shape[1] < width:
+        keys = torch.cat([keys, torch.full((keys.shape[0], width - keys.shape[1]), INT64_MIN, dtype=torch.int64)], 1)
     return keys
 
 
