@@ -197,3 +197,15 @@ def test_filter_validation_names_the_field():
                            "empty range")):
         with pytest.raises(RequestError, match=field):
             validate_filters(limits, 2, **kwargs)
+
+
+@pytest.mark.parametrize("n", [1, 64, 65, 130, 5000])
+def test_union_rows_lists_the_rows_some_query_admits(n):
+    rng = np.random.default_rng(n)
+    for share in (0.0, 0.01, 0.5, 1.0):
+        mask = rng.random((3, n)) < share
+        allow = filters.pack_rows(mask)
+        if n % 64:
+            allow[:, -1] |= np.uint64(1) << np.uint64(63)  # bits past the last row are ignored
+        assert np.array_equal(filters.union_rows(allow, n), np.flatnonzero(mask.any(axis=0)))
+        assert np.array_equal(filters.union_rows(allow[:1], n), np.flatnonzero(mask[0]))

@@ -610,17 +610,22 @@ def subset_bits(allow, rows, out):
                 out[qi, i >> 6] |= one << np.uint64(i & 63)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _popcount(w) -> np.int64:
+    """Set bits of one uint64 (SWAR)."""
+    m1, m2, m4 = np.uint64(0x5555555555555555), np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F)
+    x = w - ((w >> np.uint64(1)) & m1)
+    x = (x & m2) + ((x >> np.uint64(2)) & m2)
+    x = (x + (x >> np.uint64(4))) & m4
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
 @njit(nogil=True, cache=True)
 def bit_count(words) -> np.int64:
-    """Set bits in a uint64 array (SWAR popcount)."""
+    """Set bits in a uint64 array."""
     total = np.int64(0)
-    m1, m2, m4 = np.uint64(0x5555555555555555), np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F)
-    h01 = np.uint64(0x0101010101010101)
     for w in words.ravel():
-        x = w - ((w >> np.uint64(1)) & m1)
-        x = (x & m2) + ((x >> np.uint64(2)) & m2)
-        x = (x + (x >> np.uint64(4))) & m4
-        total += np.int64((x * h01) >> np.uint64(56))
+        total += _popcount(w)
     return total
 
 
@@ -634,37 +639,13 @@ def set_rows(words, n_rows) -> np.ndarray:
         base = np.int64(w) * 64
         while x != np.uint64(0) and j < out.shape[0]:
             low = x & (~x + np.uint64(1))  # the lowest set bit
-            r = base + np.int64(63 - _leading_zeros(low))
+            r = base + _popcount(low - np.uint64(1))  # the bit's position: the ones below it
             if r >= n_rows:
                 break
             out[j] = r
             j += 1
             x ^= low
     return out[:j]
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _leading_zeros(x) -> np.int64:
-    """Leading zero bits of a nonzero uint64 (binary search: numba has no portable clz for uint64)."""
-    n = np.int64(0)
-    if x <= np.uint64(0x00000000FFFFFFFF):
-        n += 32
-        x <<= np.uint64(32)
-    if x <= np.uint64(0x0000FFFFFFFFFFFF):
-        n += 16
-        x <<= np.uint64(16)
-    if x <= np.uint64(0x00FFFFFFFFFFFFFF):
-        n += 8
-        x <<= np.uint64(8)
-    if x <= np.uint64(0x0FFFFFFFFFFFFFFF):
-        n += 4
-        x <<= np.uint64(4)
-    if x <= np.uint64(0x3FFFFFFFFFFFFFFF):
-        n += 2
-        x <<= np.uint64(2)
-    if x <= np.uint64(0x7FFFFFFFFFFFFFFF):
-        n += 1
-    return n
 
 
 def warm_up() -> None:
