@@ -54,6 +54,7 @@ _SCRIPT = textwrap.dedent("""
     check(40, 16, 17, 64, True, 2)     # k > N, more queries than one tile of 16
     for k in (10, 40, 500):            # the torch fallback, incl. k > N
         check(300, 64, 5, k, False, 3)
+    check(70000, 16, 5, 100, False, 4)  # the fallback over two blocks of rows
     print("KERNEL-OK")
 """)
 
@@ -133,3 +134,29 @@ _FILTERED = textwrap.dedent("""
 def test_filtered_kernel_and_fallback_match_the_filtered_cpu_scan():
     """Issue 18 in the GPU kernel: the row bitmap is applied inside the tile, exact against the CPU scan."""
     _interpreted(_FILTERED, "FILTERED-OK")
+
+
+def test_a_blocks_float_top_k_keeps_every_row_the_exact_keys_need():
+    """The fallback keys only a block's float top k + slack: ties at the k-th score, refused rows and short
+    blocks give the same best keys as keying every row."""
+    script = textwrap.dedent("""
+        import numpy as np
+        import torch
+        from widefunnel.ann.search import INT64_MIN, make_keys, select_top
+        from widefunnel.ann.triton_kernel import _TIE_SLACK, _block_top_keys
+
+        rng = np.random.default_rng(3)
+        scores = torch.from_numpy(rng.integers(-40, 40, (6, 3000)).astype(np.float32) / 8)  # many ties
+        scores[1] = 0.0  # ties everywhere: the whole block is keyed
+        scores[2, 100:] = -float("inf")  # fewer admissible rows than k
+        scores[3, rng.choice(3000, 2000, replace=False)] = -float("inf")
+        scores[4, :] = 1.0
+        scores[4, 500:500 + _TIE_SLACK + 5] = 2.0  # more ties above the k-th score than the slack
+        rows = torch.arange(7, 3007)
+        for k in (1, 10, 150, 2990, 3000):
+            want = select_top(torch.where(scores > -float("inf"), make_keys(scores, rows), INT64_MIN), k)
+            got = select_top(_block_top_keys(scores.clone(), rows, k), k)
+            assert torch.equal(got, want), k
+        print("BLOCK-OK")
+    """)
+    _interpreted(script, "BLOCK-OK")

@@ -152,14 +152,35 @@ def _fallback_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tens
     for r0 in range(0, n, block_rows):
         c = codes_t[r0:r0 + block_rows]
         rows = torch.arange(r0, r0 + c.shape[0], device=qc.device)
-        keys = make_keys(scores_from_dot(int_dot(qc, c), scales_t[r0:r0 + c.shape[0]], qs[:, None]), rows)
+        scores = scores_from_dot(int_dot(qc, c), scales_t[r0:r0 + c.shape[0]], qs[:, None])
         dead = rows[None, :] == exclude[:, None]
         if allow is not None:
             dead |= ((allow[:, rows >> 6] >> (rows & 63)[None, :]) & 1) == 0
-        keys = torch.where(dead, INT64_MIN, keys)
+        keys = _block_top_keys(scores.masked_fill_(dead, -float("inf")), rows, kk)
         keys = torch.cat([best, keys], dim=1)
         best = torch.topk(keys, min(kk, keys.shape[1]), dim=1, sorted=False).values
     return select_top(best, kk)
+
+
+_TIE_SLACK = 64  # a block's float top-k takes this many more rows, so ties at its k-th score are all in
+
+
+def _block_top_keys(scores: torch.Tensor, rows: torch.Tensor, kk: int) -> torch.Tensor:
+    """A block's float32 scores (-inf: refused) -> keys of a set of rows that holds its best ``kk`` by key.
+
+    Keys break ties by row, so the best ``kk`` keys are among the rows scoring at least the ``kk``-th best
+    score. A float ``topk`` of ``kk`` + slack rows holds all of those when no more of them tie at that score
+    than the slack; keys are made for those rows only, not for the whole block (at 10M rows, 80 MB of keys per
+    query). Where more tie (an all-zero query ties everywhere), the whole block is keyed, as before."""
+    m = min(scores.shape[1], kk + _TIE_SLACK)
+    vals, idx = torch.topk(scores, m, dim=1, sorted=False)
+    if m < scores.shape[1]:
+        kth = torch.topk(vals, kk, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+        # (a -inf k-th score: fewer than kk admissible rows, every one of them in the top m)
+        fits = ((scores >= kth) & (kth > -float("inf"))).sum(dim=1) <= m
+        if not bool(fits.all()):
+            return torch.where(scores > -float("inf"), make_keys(scores, rows), INT64_MIN)
+    return torch.where(vals > -float("inf"), make_keys(vals, rows[idx]), INT64_MIN)
 
 
 def gpu_search(codes_t: torch.Tensor, scales_t: torch.Tensor, queries_t: torch.Tensor, k: int,
