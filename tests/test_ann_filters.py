@@ -91,6 +91,8 @@ def test_a_filter_shared_by_the_batch_scans_a_copy_of_its_rows_and_stays_exact(i
     assert _same(got, _reference(index_12k, q, k, mask, exclude))
     alone = exact_search(index_12k, q[-1:], k, exclude[-1:], allow=filters.pack_rows(mask[-1:]))
     assert _same((got[0][-1:], got[1][-1:]), alone)  # batch-invariant
+    nothing = exact_search(index_12k, q, k, allow=filters.pack_rows(np.zeros_like(mask)))
+    assert (nothing[0] == -1).all() and nothing[0].shape == (batch, min(k, n))  # no query admits a row
 
 
 @pytest.mark.parametrize("k", [1000, 3000])  # >= 32 expected sample hits: the scan starts from a guessed bar

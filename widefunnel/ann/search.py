@@ -409,7 +409,7 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
         # sparse filters walk their own rows query by query: copied only when the batch shares them (a union
         # at most half their sum), so the copy's one GEMM replaces b walks
         small = len(union) < _COMPACT_FILTER * n and len(union) * table.codes_t.shape[1] <= _COMPACT_BYTES
-        if small and (not sparse or 2 * len(union) <= b * share * n):
+        if small and len(union) and (not sparse or 2 * len(union) <= b * share * n):
             return _compacted_scan(levels, union, qc, qs, excl, k, block_rows, estimate, allow)
     estimate = estimate and not sparse
     bars, guessed = (_starting_bars(levels, qc, qs_np, excl_np, allow, kk, block_rows) if estimate
