@@ -91,7 +91,8 @@ class Grid:
     ks: tuple[int, ...]  # the ks (the fallback's, at the default KERNEL_MAX_K)
     kernel_ks: tuple[int, ...]  # ks the kernel serves by default
     forced_kernel_max: int  # force the kernel up to this k, to see where it stands against the fallback
-    # (64 on a GPU: on an H200 the first run's compiles up to k = 128 took the whole lease; see RESULTS.md)
+    # (64 on a GPU: on an H200 the first run never finished its device halves, the kernel's compiles up to
+    # k = 128 suspected; see RESULTS.md)
     exact_batch: int
     pad_sizes: tuple[int, ...]  # tiny indexes for the padding cells (k > N)
     copy_gib: float
