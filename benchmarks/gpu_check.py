@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))  # the GPU machine runs this from a copy of the tr
 
 from widefunnel.ann import filters, kernels  # noqa: E402
 from widefunnel.ann.index import Int8Index  # noqa: E402
+from widefunnel.ann.quantize import quantize_rows  # noqa: E402
 from widefunnel.ann.search import exact_search, int_mm_is_exact, prepare_index  # noqa: E402
 from widefunnel.ann.triton_kernel import (  # noqa: E402
     KERNEL_MAX_K,
@@ -500,8 +501,6 @@ def wide_cell(ds: Dataset, b: int, k: int, grid: Grid, bw: float, seed: int, rep
 def quantize_cell(ds: Dataset) -> list[str]:
     """The query quantisation twin: ``quantize_rows_torch`` on the device against numpy's ``quantize_rows``,
     bit for bit, over the dataset's unquantised rows (as queries)."""
-    from widefunnel.ann.quantize import quantize_rows
-
     codes, scales = quantize_rows_torch(ds.x)
     want_codes, want_scales = quantize_rows(ds.x.cpu().numpy())
     bad = ~((codes.cpu().numpy() == want_codes).all(axis=1)

@@ -379,8 +379,7 @@ def _starting_bars(levels: SampledTable, qc: torch.Tensor, qs: np.ndarray, excl:
     if j > m // 2:
         return None, False
     rows = levels.sample_rows
-    pos = np.minimum(np.searchsorted(rows, excl), m - 1)
-    sample_excl = np.where((excl >= 0) & (rows[pos] == excl), pos, -1)
+    sample_excl = _positions_in(rows, excl)
     # a guessed (large) j is worth the sample's own starting bars; for a small one they cost more than they save
     keys = scan_keys(sample, qc, torch.from_numpy(qs), torch.from_numpy(sample_excl), j, block_rows,
                      estimate=guessed, bar_only=True, allow=filters.subset(allow, rows)).numpy()
@@ -423,6 +422,12 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
     return keys
 
 
+def _positions_in(rows: np.ndarray, excl: np.ndarray) -> np.ndarray:
+    """Each query's excluded row (-1: none) -> its position in ``rows`` (ascending), -1 where it is not there."""
+    pos = np.minimum(np.searchsorted(rows, excl), len(rows) - 1)
+    return np.where((excl >= 0) & (rows[pos] == excl), pos, -1)
+
+
 def _compacted_scan(levels: SampledTable, union: np.ndarray, qc: torch.Tensor, qs: torch.Tensor, excl: torch.Tensor,
                     k: int, block_rows: int, estimate: bool, allow: np.ndarray) -> torch.Tensor:
     """``scan_keys`` over a copy of the rows some query of the batch admits (``union``, ascending). A filter
@@ -433,14 +438,10 @@ def _compacted_scan(levels: SampledTable, union: np.ndarray, qc: torch.Tensor, q
     table = levels.table
     rows = torch.from_numpy(union)
     sub = SampledTable.of(table.codes_t.index_select(0, rows).numpy(), table.scales[union])  # torch: threaded
-    ex = excl.numpy()
-    pos = np.minimum(np.searchsorted(union, ex), len(union) - 1)
-    sub_excl = np.where((ex >= 0) & (union[pos] == ex), pos, -1)
-    keys = scan_keys(sub, qc, qs, torch.from_numpy(sub_excl), k, block_rows, estimate,
+    keys = scan_keys(sub, qc, qs, torch.from_numpy(_positions_in(union, excl.numpy())), k, block_rows, estimate,
                      allow=filters.subset(allow, union))
-    valid = keys != INT64_MIN
-    found = rows[(_LOW32 - (keys & _LOW32)).clamp(0, len(union) - 1)]
-    keys = torch.where(valid, (keys >> 32 << 32) + (_LOW32 - found), INT64_MIN)
+    sub_rows, scores, valid = decode_keys(keys)
+    keys = torch.where(valid, make_keys(scores, rows[sub_rows.clamp(0, len(union) - 1)]), INT64_MIN)
     width = min(k, table.rows)  # the full table's k': fewer admissible rows than k pad with INT64_MIN
     if keys.shape[1] < width:
         keys = torch.cat([keys, torch.full((keys.shape[0], width - keys.shape[1]), INT64_MIN, dtype=torch.int64)], 1)
