@@ -2,7 +2,8 @@
 IndexFlatIP with an IDSelectorBitmap, and vs post-filtering an over-fetch.
 
 One row per (batch, k, selectivity). Methods, all on the same queries, interleaved call by call within a cell
-(one warm-up round, then ``--reps`` timed rounds; the method order rotates each round; median ms per query):
+(one warm-up round, then ``--reps-b1`` (batch 1) or ``--reps`` timed rounds; the method order rotates each round; median
+ms per query):
 
 * **unfiltered**: ``exact_search(index, q, k)``, no filter (the yardstick "at 1% no slower than unfiltered").
 * **filtered**: ``exact_search(index, q, k, allow=bitmap)``: the filter checked inside the scan.
@@ -29,8 +30,8 @@ the int8 reference is slightly below 1 by construction.
 
 Data: standard normal embeddings and queries (fixed seeds), d = 64, item id = faiss position = 0..N-1.
 
-    .venv/bin/python benchmarks/bench_filters.py --out /tmp/filters.md  # N = 1M, reps 3 (est. 2-5 min on 2 quiet cores)
-    .venv/bin/python benchmarks/bench_filters.py --n 50000 --reps 1     # smoke test (seconds)
+    .venv/bin/python benchmarks/bench_filters.py --out /tmp/filters.md  # N = 1M, reps 5 (est. 3-6 min on 2 quiet cores)
+    .venv/bin/python benchmarks/bench_filters.py --n 50000 --reps 1 --reps-b1 1    # smoke test (seconds)
 """
 
 from __future__ import annotations
@@ -139,7 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ks", type=int, nargs="+", default=[100, 10000])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--selectivities", type=float, nargs="+", default=[0.5, 0.1, 0.01, 0.001])
-    ap.add_argument("--reps", type=int, default=3, help="timed rounds per cell (median), after --warmup rounds")
+    ap.add_argument("--reps-b1", type=int, default=5 * len(METHODS),
+                    help="timed rounds per batch-1 cell: one query per call (a few ms) varies more than a batch")
+    ap.add_argument("--reps", type=int, default=len(METHODS),
+                    help="timed rounds per batched cell (median), after --warmup rounds. A multiple of the methods "
+                         "times each method equally often after each of the others (a fast call is slower after one "
+                         "that evicts its rows from the caches)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--overfetch", type=float, default=1.0,
                     help="post-filter fetches k' = min(N, ceil(overfetch * k / selectivity)) then filters")
@@ -148,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (for a shared box)")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file")
     args = ap.parse_args(argv)
-    if args.reps < 1 or args.warmup < 0:
-        ap.error("--reps must be >= 1 and --warmup >= 0")
+    if min(args.reps, args.reps_b1) < 1 or args.warmup < 0:
+        ap.error("--reps and --reps-b1 must be >= 1 and --warmup >= 0")
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -173,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
          f"numba {numba.__version__}")
     emit(f"- OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp default)')}; load average at "
          f"start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    emit(f"- timing: {args.warmup} warm-up + {args.reps} timed rounds per cell, methods interleaved (rotating "
+    emit(f"- timing: {args.warmup} warm-up + {args.reps_b1} (batch 1) or {args.reps} timed rounds per cell, "
+         "methods interleaved (rotating "
          f"order); median ms per query (call time / batch). One random filter per selectivity, shared by all "
          f"queries and methods. Post-filter over-fetch k' = min(N, ceil({args.overfetch:g} * k / s)).")
 
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                 times = {m: [] for m in METHODS}
                 found: dict[str, dict[int, np.ndarray]] = {m: {} for m in METHODS}
                 filt_scores: dict[int, np.ndarray] = {}
-                for rnd in range(args.warmup + args.reps):
+                for rnd in range(args.warmup + (args.reps_b1 if batch == 1 else args.reps)):
                     qi = np.array([rnd % n_q]) if batch == 1 else np.arange(batch)
                     qb = np.ascontiguousarray(q[qi])
                     for j in range(len(METHODS)):

@@ -301,22 +301,26 @@ def test_thread_count_does_not_change_results(index_20k, ivf_index):
     assert all(_same(a, b) for a, b in zip(one + one_ivf, two + two_ivf))
 
 
-def test_a_wrong_threshold_guess_is_rescanned(index_20k, monkeypatch):
+@pytest.mark.parametrize("batch, k", [(16, 3000), (2, 5000)])  # GEMM chunks of 8 queries; the fused GEMV
+def test_a_wrong_threshold_guess_is_rescanned(index_20k, monkeypatch, batch, k):
     """Large k starts from a guessed bar; a query whose guess is too high must be rescanned, not truncated."""
-    q = _queries(4, 64, seed=22)
-    want = _reference(index_20k, q, 3000)
+    q = _queries(batch, 64, seed=22)
+    want = _reference(index_20k, q, k)
     real = search_mod._starting_bars
+    forced = []
 
     def too_high(cache, *args):
         bars, guessed = real(cache, *args)
         if cache is not index_20k.prepared.levels:  # the sample's own bars (a level down): left alone
             return bars, guessed
-        assert guessed  # k = 3000 of 20,000 takes the guessed path
+        assert guessed  # k of 20,000 takes the guessed path
         bars[1:3] = np.iinfo(np.int64).max  # above every key: nothing would be kept without the rescan
+        forced.append(True)
         return bars, guessed
 
     monkeypatch.setattr(search_mod, "_starting_bars", too_high)
-    assert _same(exact_search(index_20k, q, 3000), want)
+    assert _same(exact_search(index_20k, q, k), want)
+    assert forced
 
 
 def test_sample_levels_and_their_rescans_are_exact(monkeypatch):
@@ -324,21 +328,25 @@ def test_sample_levels_and_their_rescans_are_exact(monkeypatch):
     sample's own bar is a guess. Forced too high at either level, the rescans still give the exact result."""
     x, ids = _data(60000, 16, seed=9)
     index = build_index(x, ids, FP)
-    q = _queries(3, 16, seed=23)
+    q = _queries(16, 16, seed=23)  # GEMM chunks (of 8): batches of up to 6 skip the sample bar below k = 4,096
     want = _reference(index, q, 12000)
     assert _same(exact_search(index, q, 12000), want)
     assert index.prepared.levels.sample.sample is not None
     real = search_mod._starting_bars
     for level in (index.prepared.levels, index.prepared.levels.sample):
-        def too_high(cache, *args, level=level):
+        forced: list[bool] = []
+
+        def too_high(cache, *args, level=level, forced=forced):
             bars, guessed = real(cache, *args)
             if cache is level:
                 assert guessed
                 bars[1:] = np.iinfo(np.int64).max
+                forced.append(True)
             return bars, guessed
 
         monkeypatch.setattr(search_mod, "_starting_bars", too_high)
         assert _same(exact_search(index, q, 12000), want)
+        assert forced
 
 
 def test_self_excluded_item_to_item_search_is_exact():

@@ -16,6 +16,7 @@ from widefunnel.ann import filters, kernels
 from widefunnel.ann.index import Int8Index
 from widefunnel.ann.prepared import IvfTables
 from widefunnel.ann.search import (
+    WALK_FILTER,
     empty_results,
     exact_search,
     kernel_threads,
@@ -56,11 +57,13 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
     prepared = prepare_index(index)
     probes = np.ascontiguousarray(probe_lists(prepared.ivf, qc, qs, nprobe).numpy())
     n_seg = max(1, min(kernel_threads() // batch, nprobe))
+    walk = filters.admitted_share(allow) < WALK_FILTER
 
     def scan(sl: slice) -> np.ndarray:
         buf, fill, kth = reservoirs(len(qc[sl]) * n_seg, k_out)
         kernels.ivf_scan(qc[sl].numpy(), qs[sl].numpy(), probes[sl], prepared.ivf.offsets, prepared.codes,
-                         prepared.table.scales, excl[sl].numpy(), allow[sl], buf, fill, kth, k_out, n_seg)
+                         prepared.table.scales, prepared.table.inv_smax, prepared.table.inv_smin, excl[sl].numpy(),
+                         allow[sl], walk, buf, fill, kth, k_out, n_seg)
         return kernels.finish(buf, fill, k_out, k_out, n_seg)
 
     return scan_in_chunks(index, batch, k_out, max(1, query_chunk(batch, k_out) // n_seg), scan)

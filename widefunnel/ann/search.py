@@ -21,7 +21,8 @@ masks. A batch of one skips the GEMM: a fused int8 GEMV + filter reads each row 
 Each query's first bar comes from a scan of a strided 1-in-16 row sample (itself sampled, so for large k
 that scan starts from a bar too): for small k its k-th best score (a safe lower bound), for large k a
 statistical guess; a query whose guess proves too high is rescanned without it, so the result is always
-exact. Without a sample bar, the first block's 8-row group maxima (or, for a narrow block, its rows' exact
+exact. The fused GEMV of a small batch skips the sample below k = 4,096 (its running k-th key rises fast
+enough on its own). Without a sample bar, the first block's 8-row group maxima (or, for a narrow block, its rows' exact
 scores) give a safe one.
 """
 
@@ -46,7 +47,12 @@ MAX_BLOCK_ROWS = 262144  # default cap on item rows per scan block (``exact_sear
 _BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
 _GEMV_MAX_BATCH = 6  # batches this small scan with the fused GEMV (``_gemv_scan``), a pass per query:
 # measured on 1M x 64, batch 4: 10.0 vs 14.9 ms with the GEMM, batch 6 15.4 vs 21.2, batch 8 18.4 vs 16.1
+_GEMV_BAR_K = 4096  # the fused GEMV starts from a sample bar only from this k on: below it the bar's scan costs
+# more than the keys it spares (1M x 64, batch 1, no bar vs bar: k = 100 3.5 vs 4.2 ms, 1,000 3.8 vs 4.4, 4,000
+# 4.9 vs 5.0, 6,000 5.5 vs 5.2, 10,000 6.4 vs 5.1; at 50 % and 10 % admitted alike; d = 32 alike)
 _SPARSE_FILTER = 0.05  # a filter admitting less than this share of the rows scans only those (``_gemv_scan``)
+WALK_FILTER = 0.25  # the fused GEMV reads only the admissible rows of a filter admitting less than this share;
+# a denser one is streamed (every row read, the bitmap checked for rows that beat the bar): see ``ivf_scan``
 _COMPACT_FILTER = 0.6  # a GEMM batch whose filters together admit less than this share scans a copy of those rows
 _COMPACT_BYTES = 256 << 20  # ... unless the copy would be larger (a 10M x 32 index at 60 %: 192 MB)
 _ROW_SCAN_BATCH = 16  # batches this wide filter their blocks row-wise (see ``_scan_table``)
@@ -283,7 +289,7 @@ def scan_block_rows(n: int, b: int, block_rows: int = MAX_BLOCK_ROWS) -> int:
 
 
 def _gemv_scan(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, allow: np.ndarray, kk: int,
-               buf: np.ndarray, fill: np.ndarray, kth: np.ndarray, rows: int, n_seg: int) -> None:
+               buf: np.ndarray, fill: np.ndarray, kth: np.ndarray, rows: int, n_seg: int, walk: bool) -> None:
     """Tiny batches: score the table's rows with IVF's compiled GEMV + filter (``kernels.ivf_scan``), query by
     query, the rows cut into spans it treats as lists (at least 8 per thread, at most ``rows`` long). At
     batch 1 the int8 GEMM is a memory-bound GEMV whose output block is then read again; fused, the scan runs
@@ -292,15 +298,15 @@ def _gemv_scan(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarr
     span = max(CHUNK, min(rows, -(-n // (8 * n_seg * CHUNK)) * CHUNK))
     offsets = np.append(np.arange(0, n, span, dtype=np.int64), np.int64(n))
     probes = np.tile(np.arange(len(offsets) - 1, dtype=np.int64), (qc.shape[0], 1))
-    kernels.ivf_scan(qc.numpy(), qs, probes, offsets, table.codes_t.numpy(), table.scales, excl, allow, buf, fill,
-                     kth, kk, n_seg)
+    kernels.ivf_scan(qc.numpy(), qs, probes, offsets, table.codes_t.numpy(), table.scales, table.inv_smax,
+                     table.inv_smin, excl, allow, walk, buf, fill, kth, kk, n_seg)
 
 
 def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, allow: np.ndarray, kk: int,
-                kth: np.ndarray, block_rows: int, bar_only: bool = False, sparse: bool = False) -> np.ndarray:
+                kth: np.ndarray, block_rows: int, bar_only: bool = False, share: float = 1.0) -> np.ndarray:
     """Blocked scan of a row table -> sorted best keys [b, kk] (INT64_MIN pads), or with ``bar_only`` just
     the kk-th best [b, 1]. ``kth``: each query's starting bar (INT64_MIN, or a guessed key); only keys above
-    it are kept. ``sparse``: ``allow`` admits under ``_SPARSE_FILTER`` of the rows."""
+    it are kept. ``share``: about the share of rows ``allow`` admits (``filters.admitted_share``)."""
     codes_t = table.codes_t
     n, b = codes_t.shape[0], qc.shape[0]
     threads = numba.get_num_threads()
@@ -315,8 +321,8 @@ def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndar
     rows = scan_block_rows(n, b, block_rows)
     # the fused int8 GEMV + filter reads each row once and writes no dot block; under a sparse filter it reads
     # only the admissible rows, which beats a GEMM over all of them at any batch
-    if b <= _GEMV_MAX_BATCH or sparse:
-        _gemv_scan(table, qc, qs, excl, allow, kk, buf, fill, kth, rows, n_seg)
+    if b <= _GEMV_MAX_BATCH or share < _SPARSE_FILTER:
+        _gemv_scan(table, qc, qs, excl, allow, kk, buf, fill, kth, rows, n_seg, share < WALK_FILTER)
         return _collect(buf, fill, kk, n_seg, bar_only)
     qt = qc.T.contiguous()
     out = dot_buffer(rows, b)
@@ -410,11 +416,11 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
         small = len(union) < _COMPACT_FILTER * n and len(union) * table.codes_t.shape[1] <= _COMPACT_BYTES
         if small and len(union) and (not sparse or 2 * len(union) <= b * share * n):
             return _compacted_scan(levels, union, qc, qs, excl, k, block_rows, estimate, allow)
-    estimate = estimate and not sparse
+    estimate = estimate and not sparse and (b > _GEMV_MAX_BATCH or kk >= _GEMV_BAR_K)
     bars, guessed = (_starting_bars(levels, qc, qs_np, excl_np, allow, kk, block_rows) if estimate
                      else (None, False))
     kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
-    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, allow, kk, kth, block_rows, bar_only, sparse))
+    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, allow, kk, kth, block_rows, bar_only, share))
     short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1)
     if guessed and short.numel():  # the guess was too high for these queries: redo them without one
         keys[short] = scan_keys(levels, qc[short], qs[short], excl[short], k, block_rows, False, bar_only,
