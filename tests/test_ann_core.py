@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 import widefunnel.ann.search as search_mod
 from widefunnel.ann.index import IndexLoadError, build_index, load_index, save_index
 from widefunnel.ann.ivf import ivf_search
-from widefunnel.ann.quantize import dequantize_rows, quantize_rows
+from widefunnel.ann.quantize import dequantize_rows, quantize_checked_rows, quantize_rows
 from widefunnel.ann.query import search
 from widefunnel.ann.search import exact_search
 
@@ -81,6 +81,25 @@ def test_quantize_round_trip_error_is_at_most_half_a_step(x):
     assert codes.min() >= -127 and (scales > 0).all()
     err = np.abs(dequantize_rows(codes, scales) - x)
     assert (err <= scales[:, None] * (0.5 + 1e-5) + 1e-30).all()
+
+
+_F32_BIG = float(np.float32(3.4e38))
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 8), st.integers(1, 40)),
+              elements=st.floats(-_F32_BIG, _F32_BIG, width=32, allow_subnormal=True)))
+def test_the_compiled_query_quantiser_is_bit_identical(x):
+    """``quantize_checked_rows`` (the query path's) and ``quantize_rows`` agree bit for bit on finite rows,
+    halves that round to even, subnormal and huge values included; rows holding NaN or inf are flagged."""
+    halves = (np.arange(-254, 255, dtype=np.float32) / 2).reshape(1, -1)
+    for rows in (x, halves, np.zeros((2, 3), np.float32), x * np.float32(1e-38)):
+        want, got = quantize_rows(rows), quantize_checked_rows(rows)
+        assert np.array_equal(want[0], got[0]) and np.array_equal(want[1].view(np.int32), got[1].view(np.int32))
+        assert got[2].all()
+    bad = np.ones((4, 5), np.float32)
+    bad[1, 3], bad[3, 0] = np.nan, -np.inf
+    assert quantize_checked_rows(bad)[2].tolist() == [True, False, True, False]
 
 
 def test_quantize_zero_rows_get_scale_one():

@@ -514,21 +514,35 @@ def probe(qc, qs, centroid_codes, centroid_scales, nprobe):
     return out
 
 
+# A batch of one query runs these on the calling thread: a parallel region over one query would still wake
+# the whole thread team (with OMP_WAIT_POLICY=PASSIVE a wake-up per region, measurable at batch 1).
+@njit(inline="always")
+def _decode_query(keys, ids, qi, out_ids, out_scores, scratch):
+    for i in range(keys.shape[1]):
+        key = keys[qi, i]
+        if key == INT64_MIN:
+            out_ids[qi, i], out_scores[qi, i] = -1, -np.inf
+        else:
+            out_ids[qi, i] = ids[_LOW32 - (key & _LOW32)]
+            out_scores[qi, i] = _key_score(key, scratch)
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def decode(keys, ids):
+def _decode_batch(keys, ids, out_ids, out_scores):
+    for qi in prange(keys.shape[0]):
+        _decode_query(keys, ids, qi, out_ids, out_scores, np.empty(1, np.float32))
+
+
+@njit(nogil=True, cache=True)
+def _decode_single(keys, ids, out_ids, out_scores):
+    for qi in range(keys.shape[0]):
+        _decode_query(keys, ids, qi, out_ids, out_scores, np.empty(1, np.float32))
+
+
+def decode(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted keys [b, k] -> (item ids int64, scores float32); the empty key gives id -1 / score -inf."""
-    b, k = keys.shape
-    out_ids = np.empty((b, k), np.int64)
-    out_scores = np.empty((b, k), np.float32)
-    for qi in prange(b):
-        scratch = np.empty(1, np.float32)
-        for i in range(k):
-            key = keys[qi, i]
-            if key == INT64_MIN:
-                out_ids[qi, i], out_scores[qi, i] = -1, -np.inf
-            else:
-                out_ids[qi, i] = ids[_LOW32 - (key & _LOW32)]
-                out_scores[qi, i] = _key_score(key, scratch)
+    out_ids, out_scores = np.empty(keys.shape, np.int64), np.empty(keys.shape, np.float32)
+    (_decode_batch if keys.shape[0] > 1 else _decode_single)(keys, ids, out_ids, out_scores)
     return out_ids, out_scores
 
 
@@ -547,35 +561,63 @@ def _gathered(buf, fill, qi, groups):
     return allk
 
 
+@njit(inline="always")
+def _finish_query(buf, fill, kk, k_out, groups, qi, out):
+    allk = _gathered(buf, fill, qi, groups)
+    total = allk.shape[0]
+    take = min(kk, total)
+    if total > 2 * take:  # else sorting the surplus costs less than partitioning it away (measured)
+        allk = np.partition(allk, total - take)[total - take:]
+    best = sort_desc(allk)[:min(take, k_out)]
+    out[qi, :best.shape[0]] = best
+    out[qi, best.shape[0]:] = INT64_MIN
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def finish(buf, fill, kk, k_out, groups):
+def _finish_batch(buf, fill, kk, k_out, groups, out):
+    for qi in prange(out.shape[0]):
+        _finish_query(buf, fill, kk, k_out, groups, qi, out)
+
+
+@njit(nogil=True, cache=True)
+def _finish_single(buf, fill, kk, k_out, groups, out):
+    for qi in range(out.shape[0]):
+        _finish_query(buf, fill, kk, k_out, groups, qi, out)
+
+
+def finish(buf: np.ndarray, fill: np.ndarray, kk: int, k_out: int, groups: int) -> np.ndarray:
     """Reservoirs -> sorted best keys [len(buf) // groups, k_out]; ``groups`` consecutive reservoirs (the
     segments of one query) are merged. Missing results are the empty key (INT64_MIN)."""
-    nq = buf.shape[0] // groups
-    out = np.empty((nq, k_out), np.int64)
-    for qi in prange(nq):
-        allk = _gathered(buf, fill, qi, groups)
-        total = allk.shape[0]
-        take = min(kk, total)
-        if total > 2 * take:  # else sorting the surplus costs less than partitioning it away (measured)
-            allk = np.partition(allk, total - take)[total - take:]
-        best = sort_desc(allk)[:min(take, k_out)]
-        out[qi, :best.shape[0]] = best
-        out[qi, best.shape[0]:] = INT64_MIN
+    out = np.empty((buf.shape[0] // groups, k_out), np.int64)
+    (_finish_batch if out.shape[0] > 1 else _finish_single)(buf, fill, kk, k_out, groups, out)
     return out
 
 
+@njit(inline="always")
+def _kth_query(buf, fill, kk, groups, qi, out):
+    allk = _gathered(buf, fill, qi, groups)
+    total = allk.shape[0]
+    if total >= kk:
+        out[qi] = np.partition(allk, total - kk)[total - kk]
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def kth_keys(buf, fill, kk, groups):
+def _kth_batch(buf, fill, kk, groups, out):
+    for qi in prange(out.shape[0]):
+        _kth_query(buf, fill, kk, groups, qi, out)
+
+
+@njit(nogil=True, cache=True)
+def _kth_single(buf, fill, kk, groups, out):
+    for qi in range(out.shape[0]):
+        _kth_query(buf, fill, kk, groups, qi, out)
+
+
+def kth_keys(buf: np.ndarray, fill: np.ndarray, kk: int, groups: int) -> np.ndarray:
     """Reservoirs -> each query's kk-th best key [len(buf) // groups] (INT64_MIN when it has fewer): what a
     starting bar needs of a sample scan, without sorting the rest."""
-    nq = buf.shape[0] // groups
-    out = np.full(nq, INT64_MIN, np.int64)
-    for qi in prange(nq):
-        allk = _gathered(buf, fill, qi, groups)
-        total = allk.shape[0]
-        if total >= kk:
-            out[qi] = np.partition(allk, total - kk)[total - kk]
+    out = np.full(buf.shape[0] // groups, INT64_MIN, np.int64)
+    (_kth_batch if out.shape[0] > 1 else _kth_single)(buf, fill, kk, groups, out)
     return out
 
 
@@ -692,8 +734,11 @@ def warm_up() -> None:
             row_bars(dot, 0, scales, qs, ex, allow, 2, kth)
             block_offer(dot, m8, mc, 0, inv, inv, scales, qs, ex, allow, buf, fill, kth, 2, 1, 1)
             block_rows_scan(dot, 0, inv, inv, scales, qs, ex, allow, buf, fill, kth, 2, 1, 1)
-    finish(buf, fill, 2, 2, 1)
-    kth_keys(buf, fill, 2, 1)
+    for batch in (buf, np.empty((2, 8), np.int64)):  # the one-query and the batch variants
+        n = batch.shape[0]
+        fills = np.zeros(n, np.int64)
+        decode(finish(batch, fills, 2, 2, 1), np.arange(130, dtype=np.int64))
+        kth_keys(batch, fills, 2, 1)
     for allow in allows:
         for walk in (False, True):
             fill[:], kth[:] = 0, INT64_MIN
@@ -704,4 +749,3 @@ def warm_up() -> None:
     subset_bits(allows[1], np.arange(3, dtype=np.int64), sub)
     bit_count(sub)
     set_rows(allows[1][0], 130)
-    decode(finish(buf, fill, 2, 2, 1), np.arange(130, dtype=np.int64))

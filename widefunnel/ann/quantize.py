@@ -7,6 +7,7 @@ first half of the batch-invariance argument (the second is the exact integer dot
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 QMAX = 127  # symmetric range [-127, 127]; -128 is never produced
 
@@ -27,6 +28,38 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         codes = np.rint(x / scales[:, None])
     codes = np.clip(codes, -QMAX, QMAX).astype(np.int8)
     return codes, scales
+
+
+@njit(nogil=True, cache=True)
+def _quantize_into(x, codes, scales, finite):
+    qmax = np.float32(QMAX)
+    for i in range(x.shape[0]):
+        amax = np.float32(0)
+        ok = True
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            ok &= np.isfinite(v)
+            amax = max(amax, abs(v))
+        finite[i] = ok
+        if not ok:
+            continue
+        s = amax / qmax
+        if s == 0:
+            s = np.float32(1)
+        scales[i] = s
+        for j in range(x.shape[1]):
+            codes[i, j] = np.int8(min(max(np.rint(x[i, j] / s), -qmax), qmax))
+
+
+def quantize_checked_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``quantize_rows`` in one compiled pass that also checks the values -> (codes, scales, finite bool [N]).
+    Bit-identical on finite rows (the same float32 division, round-half-even and clip); a row holding NaN or
+    inf is only flagged (its codes and scale are undefined). The query path's: at batch 1, numpy's dozen
+    small calls and the separate finiteness check cost ~40 us warm, several times that with cold caches."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    codes, scales, finite = np.empty(x.shape, np.int8), np.empty(x.shape[0], np.float32), np.empty(x.shape[0], bool)
+    _quantize_into(x, codes, scales, finite)
+    return codes, scales, finite
 
 
 def dequantize_rows(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:

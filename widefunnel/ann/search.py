@@ -39,7 +39,7 @@ import torch
 from widefunnel.ann import filters, kernels
 from widefunnel.ann.index import Int8Index
 from widefunnel.ann.prepared import CHUNK, IvfTables, PreparedIndex, RowTable, SampledTable
-from widefunnel.ann.quantize import QMAX, quantize_rows
+from widefunnel.ann.quantize import QMAX, quantize_checked_rows, quantize_rows
 
 INT64_MIN = -(2**63)  # "empty" key; decodes to a NaN score, never produced by a real (row, score)
 _LOW32 = 0xFFFFFFFF
@@ -82,18 +82,26 @@ def invalid_query_rows(queries: np.ndarray) -> np.ndarray:
 
 
 def validate_queries(queries: np.ndarray, dim: int) -> np.ndarray:
-    """-> float32 [B, dim]; ValueError naming ``query`` on wrong rank/dim/dtype or non-finite values."""
+    """-> contiguous float32 [B, dim]; ValueError naming ``query`` on a wrong rank/dim/dtype. Values are checked
+    where they are quantised (``quantize_queries``), in the same pass."""
     q = np.asarray(queries)
     if q.ndim != 2 or q.shape[1] != dim:
         raise ValueError(f"query must have shape [B, {dim}], got {list(q.shape)}")
-    if not (np.issubdtype(q.dtype, np.floating) or np.issubdtype(q.dtype, np.integer)):
-        raise ValueError(f"query must be a float array, got dtype {q.dtype}")
-    with np.errstate(over="ignore"):
-        q = q.astype(np.float32, copy=False)
-    bad = invalid_query_rows(q)
-    if len(bad):
-        raise ValueError(f"query rows {bad[:8].tolist()} contain NaN or inf (after float32 conversion)")
+    if q.dtype != np.float32:
+        if not (np.issubdtype(q.dtype, np.floating) or np.issubdtype(q.dtype, np.integer)):
+            raise ValueError(f"query must be a float array, got dtype {q.dtype}")
+        with np.errstate(over="ignore"):
+            q = q.astype(np.float32)
     return np.ascontiguousarray(q)
+
+
+def quantize_queries(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float32 queries -> (codes, scales); ValueError naming ``query`` rows holding NaN or inf."""
+    codes, scales, finite = quantize_checked_rows(q)
+    if not finite.all():
+        raise ValueError(f"query rows {np.flatnonzero(~finite)[:8].tolist()} contain NaN or inf "
+                         "(after float32 conversion)")
+    return codes, scales
 
 
 def exclude_rows(index: Int8Index, exclude_ids: np.ndarray | None, batch: int) -> np.ndarray:
@@ -288,16 +296,24 @@ def scan_block_rows(n: int, b: int, block_rows: int = MAX_BLOCK_ROWS) -> int:
     return max(CHUNK, rows // CHUNK * CHUNK)
 
 
+@functools.lru_cache(maxsize=64)
+def _spans(n: int, rows: int, n_seg: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_gemv_scan``'s spans of ``n`` rows as IVF lists -> (offsets, each query's "probes": all of them);
+    cached, being the same for every request of a shape. Shared: never written (left writable, since numba
+    compiles a read-only array argument as another type, which ``kernels.warm_up`` would not have compiled)."""
+    span = max(CHUNK, min(rows, -(-n // (8 * n_seg * CHUNK)) * CHUNK))
+    offsets = np.append(np.arange(0, n, span, dtype=np.int64), np.int64(n))
+    probes = np.tile(np.arange(len(offsets) - 1, dtype=np.int64), (b, 1))
+    return offsets, probes
+
+
 def _gemv_scan(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, allow: np.ndarray, kk: int,
                buf: np.ndarray, fill: np.ndarray, kth: np.ndarray, rows: int, n_seg: int, walk: bool) -> None:
     """Tiny batches: score the table's rows with IVF's compiled GEMV + filter (``kernels.ivf_scan``), query by
     query, the rows cut into spans it treats as lists (at least 8 per thread, at most ``rows`` long). At
     batch 1 the int8 GEMM is a memory-bound GEMV whose output block is then read again; fused, the scan runs
     at about the streaming bandwidth (1M x 128: 4.4 vs 8.0 ms per query, measured)."""
-    n = table.rows
-    span = max(CHUNK, min(rows, -(-n // (8 * n_seg * CHUNK)) * CHUNK))
-    offsets = np.append(np.arange(0, n, span, dtype=np.int64), np.int64(n))
-    probes = np.tile(np.arange(len(offsets) - 1, dtype=np.int64), (qc.shape[0], 1))
+    offsets, probes = _spans(table.rows, rows, n_seg, qc.shape[0])
     kernels.ivf_scan(qc.numpy(), qs, probes, offsets, table.codes_t.numpy(), table.scales, table.inv_smax,
                      table.inv_smin, excl, allow, walk, buf, fill, kth, kk, n_seg)
 
@@ -421,8 +437,8 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
                      else (None, False))
     kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
     keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, allow, kk, kth, block_rows, bar_only, share))
-    short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1)
-    if guessed and short.numel():  # the guess was too high for these queries: redo them without one
+    short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1) if guessed else None
+    if short is not None and short.numel():  # the guess was too high for these queries: redo them without one
         keys[short] = scan_keys(levels, qc[short], qs[short], excl[short], k, block_rows, False, bar_only,
                                 allow[short.numpy()])
     return keys
@@ -459,7 +475,7 @@ def prepare_queries(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: 
     k = validate_k(k)
     q = validate_queries(queries, index.dim)
     excl = exclude_rows(index, exclude_ids, q.shape[0])
-    qc, qs = quantize_rows(q)
+    qc, qs = quantize_queries(q)
     return torch.from_numpy(qc), torch.from_numpy(qs), torch.from_numpy(excl), k
 
 
