@@ -415,6 +415,33 @@ def _int8_dot(q, codes, row) -> np.int64:
     return _dot_n(q, codes, row, d)
 
 
+@njit(inline="always")
+def _dots4_n(q, codes, r, n, dots, at):
+    a0 = a1 = a2 = a3 = np.int32(0)
+    for j in range(n):
+        qj = np.int32(q[j])
+        a0 += qj * np.int32(codes[r, j])
+        a1 += qj * np.int32(codes[r + 1, j])
+        a2 += qj * np.int32(codes[r + 2, j])
+        a3 += qj * np.int32(codes[r + 3, j])
+    dots[at], dots[at + 1], dots[at + 2], dots[at + 3] = a0, a1, a2, a3
+
+
+@njit(inline="always")
+def _chunk_dots(q, codes, a, b, dots):
+    """``dots[i]`` = the exact dot of rows a + i < b. At d = 32 four rows at a time: one row's 32 products
+    are too few to amortise their horizontal sum (2M x 32, 2 threads: 6.1 vs 10.4 ms; a batch-1 search of the
+    1M x 32 wide build, k = 100: 17 -> 5 ms); at d = 64 one row at a time is faster (1M x 64, k = 100: 6.3 vs
+    7.5 ms)."""
+    r = a
+    if codes.shape[1] == 32:
+        while r + 4 <= b:
+            _dots4_n(q, codes, r, 32, dots, r - a)
+            r += 4
+    for row in range(r, b):
+        dots[row - a] = _int8_dot(q, codes, row)
+
+
 _PREFETCH_ROWS = 8  # admitted rows fetched ahead of the one being scored by a bitmap walk (``ivf_scan``).
 # 1M x 64, 100,000 scattered rows, 2 threads, cold / warm ms: none 5.1 / 4.9, 4 ahead 3.0 / 2.6, 8 2.2 / 2.1,
 # 16 2.9 / 2.9, 32 3.3 / 2.7 (more in flight than the core's miss buffers hold stalls the loads behind them)
@@ -477,8 +504,7 @@ def ivf_scan(qc, qs, probes, offsets, codes, scales, chunk_inv_smax, chunk_inv_s
                 if filtered and allow[qi, chunk] == 0:
                     a = b
                     continue
-                for row in range(a, b):
-                    dots[row - a] = _int8_dot(q, codes, row)
+                _chunk_dots(q, codes, a, b, dots)
                 ism, isn = chunk_inv_smax[chunk], chunk_inv_smin[chunk]
                 t = _int_bound(_real_bound(u, ism, isn))
                 for row in range(a, b):
