@@ -495,7 +495,6 @@ def ivf_scan(qc, qs, probes, offsets, codes, scales, chunk_inv_smax, chunk_inv_s
                         key = _key(s, row, scratch)
                         if key > kth[p] and _offer(buf, fill, kth, p, key, kk):
                             bar = _key_score(kth[p], scratch)
-                            u = _dot_floor(kth[p], q_s, scratch)
                 continue
             a = lo
             while a < hi:
@@ -760,11 +759,10 @@ def warm_up() -> None:
             row_bars(dot, 0, scales, qs, ex, allow, 2, kth)
             block_offer(dot, m8, mc, 0, inv, inv, scales, qs, ex, allow, buf, fill, kth, 2, 1, 1)
             block_rows_scan(dot, 0, inv, inv, scales, qs, ex, allow, buf, fill, kth, 2, 1, 1)
-    for batch in (buf, np.empty((2, 8), np.int64)):  # the one-query and the batch variants
-        n = batch.shape[0]
-        fills = np.zeros(n, np.int64)
-        decode(finish(batch, fills, 2, 2, 1), np.arange(130, dtype=np.int64))
-        kth_keys(batch, fills, 2, 1)
+    for held in (buf, np.empty((2, 8), np.int64)):  # one query's reservoir, then two: both variants
+        fills = np.zeros(held.shape[0], np.int64)
+        decode(finish(held, fills, 2, 2, 1), np.arange(130, dtype=np.int64))
+        kth_keys(held, fills, 2, 1)
     for allow in allows:
         for walk in (False, True):
             fill[:], kth[:] = 0, INT64_MIN
