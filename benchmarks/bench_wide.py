@@ -6,7 +6,8 @@ each step boundary.
             runs in the same process (the ratio uses their mean)
   scale     a catalogue-scale build (`widefunnel build --items 1000000`): K in {1,000, 10,000, 100,000} per head,
             top_n 100, batch 1 and 8, one request at a time, interleaved round-robin on the same seeds:
-            served (gRPC) vs in process vs the peer a user would build in one process (faiss IndexFlatIP top-K
+            served (gRPC) vs in process (`--threads` ONNX Runtime and scan threads, and once more with one ONNX
+            Runtime thread) vs the peer a user would build in one process (faiss IndexFlatIP top-K
             over the same vectors + the same ONNX reranker and scorer + the same merge) vs the floor
             (scan: max(index bytes / copy bandwidth, 2BNd / GEMM rate); scoring: reranker and scorer FLOPs /
             GEMM rate; every rate measured in this run). Every path's item ids are checked equal to in-process.
@@ -181,21 +182,23 @@ def scale_part(repository: Path, requests: int, threads: int) -> str:
     from widefunnel.pipeline import InProcessFunnel
     from widefunnel.server import TritonServer
 
-    funnel = InProcessFunnel(repository)
+    funnel = InProcessFunnel(repository, threads=threads)
+    single = InProcessFunnel(repository, threads=1)  # ONNX Runtime on one thread, as before session 10
     peer = FaissPeer(funnel, threads)
     rates = _rates(threads)
     index = funnel.indexes["engagement"]
     lines = [f"copy bandwidth {rates['bandwidth'] / 1e9:.1f} GB/s, float32 GEMM {rates['gemm'] / 1e9:.1f} GFLOP/s "
              f"({threads} threads), N = {index.count:,}, d = {index.dim}",
-             "", "| K per head | batch | served ms | in-process ms | faiss peer ms | floor ms | served / in-process "
-             "throughput | in-process share of floor | in-process vs peer |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "", "| K per head | batch | served ms | in-process ms | in-process ms, 1 ORT thread | faiss peer ms | "
+             "floor ms | served / in-process throughput | in-process share of floor | in-process vs peer |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     seeds = sample_seeds(repository, funnel.versions["preprocess"], 8 * (requests + 1), seed=5)
     with TritonServer(repository) as server, WidefunnelClient(server.grpc_url, "grpc") as client:
         for k in (1000, 10_000, 100_000):
             for batch in (1, 8):
                 paths = {"served": lambda s, k=k: client.recommend(s, top_n=100, candidates=k).item_id,
                          "in-process": lambda s, k=k: funnel.recommend(s, top_n=100, candidates=k).item_id,
+                         "in-process 1": lambda s, k=k: single.recommend(s, top_n=100, candidates=k).item_id,
                          "peer": lambda s, k=k: peer.recommend(s, 100, k)}
                 times = {name: [] for name in paths}
                 for i in range(requests + 1):  # the first round warms up
@@ -207,13 +210,16 @@ def scale_part(repository: Path, requests: int, threads: int) -> str:
                         answers[name] = paths[name](chunk)
                         if i:
                             times[name].append(time.perf_counter() - t0)
-                    if not np.array_equal(answers["served"], answers["in-process"]):
+                    if not (np.array_equal(answers["served"], answers["in-process"])
+                            and np.array_equal(answers["in-process 1"], answers["in-process"])):
                         raise SystemExit(f"K={k} batch={batch}: served and in-process answers differ")
                     same = np.mean([len(set(a) & set(b)) / max(1, len(set(b)))
                                     for a, b in zip(answers["peer"], answers["in-process"])])
-                served, local, other = (_ms(times[n]) for n in ("served", "in-process", "peer"))
+                served, local, one, other = (_ms(times[n])
+                                             for n in ("served", "in-process", "in-process 1", "peer"))
                 floor = floor_ms(funnel, repository, batch, k, rates)
-                lines.append(f"| {k:,} | {batch} | {served:.1f} | {local:.1f} | {other:.1f} | {floor:.2f} | "
+                lines.append(f"| {k:,} | {batch} | {served:.1f} | {local:.1f} | {one:.1f} | {other:.1f} | "
+                             f"{floor:.2f} | "
                              f"{local / served:.2f}x | {floor / local:.0%} | {other / local:.2f}x "
                              f"(same items {same:.0%}) |")
                 print(lines[-1], flush=True)
@@ -293,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("part", choices=("default", "scale", "synthetic", "bytes"))
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--requests", type=int, default=10, help="scale: requests per path and cell")
-    parser.add_argument("--threads", type=int, default=2, help="scale: threads of the peer and the measured rates")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="scale: threads of in process, the peer and the measured rates")
     parser.add_argument("--k", type=int, default=10_000, help="bytes: candidates per head")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:

@@ -33,9 +33,11 @@ if TYPE_CHECKING:
     from widefunnel.ann.triton_kernel import GpuIndex
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def _session(path: Path, threads: int = 1) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
+    # idle workers sleep instead of spinning: a benchmark interleaves this process with a server on the same cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -52,9 +54,12 @@ def _parameters(repository: Path, model: str) -> dict[str, str]:
 class InProcessFunnel:
     """``ann_device`` (a torch device, e.g. "cuda"): heads that search exactly do so on that device through
     ``GpuIndex``, as a KIND_GPU ``widefunnel_ann`` instance does (IVF heads stay on the CPU, as there).
-    ``version``: every step at that version (a build on disk not yet served); default: the ensemble's pins."""
+    ``version``: every step at that version (a build on disk not yet served); default: the ensemble's pins.
+    ``threads``: ONNX Runtime's intra-op threads per model (1: batch-1 latency, no thread team to wake; the
+    machine's cores for wide requests). The ANN scan's threads follow torch's (``torch.set_num_threads``)."""
 
-    def __init__(self, repository: Path, ann_device: str | None = None, version: int | None = None):
+    def __init__(self, repository: Path, ann_device: str | None = None, version: int | None = None,
+                 threads: int = 1):
         repository = Path(repository)
         v = _pinned_versions(repository)
         if version is not None:
@@ -63,8 +68,8 @@ class InProcessFunnel:
         pre = _parameters(repository, "preprocess")
         self.limits = RequestLimits.from_parameters(
             pre, np.load(repository / "preprocess" / str(v["preprocess"]) / "catalogue.npy"))
-        self.tower = _session(repository / "query_tower" / str(v["query_tower"]) / "model.onnx")
-        self.scorer = _session(repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx")
+        self.tower = _session(repository / "query_tower" / str(v["query_tower"]) / "model.onnx", threads)
+        self.scorer = _session(repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx", threads)
         self.takedowns = TakedownWatch(repository)
         self.blocked: dict[str, StandingBlock] = {}
         self.indexes: dict[str, Int8Index] = {}
@@ -73,7 +78,8 @@ class InProcessFunnel:
         self.attributes: dict[str, RowAttributes | None] = {}
         for head in mcfg.HEADS:
             self.indexes[head] = load_index(repository / f"ann_{head}" / str(v[f"ann_{head}"]) / "index")
-            self.rerankers[head] = _session(repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx")
+            self.rerankers[head] = _session(
+                repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx", threads)
             self.ann_params[head] = _parameters(repository, f"ann_{head}")
             index = self.indexes[head]
             self.blocked[head] = StandingBlock(self.takedowns.ids, index.count, prepare_index(index).rows_of)
