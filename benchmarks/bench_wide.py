@@ -148,30 +148,48 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _flops_per_candidate(path: Path, table_rows: int) -> float:
-    """2 x the weights of an ONNX graph's layers, leaving out its item tables (initializers with a row per item)."""
+def _flops_per_candidate(path: Path, candidates: int = 1000) -> float:
+    """The matmul FLOPs an ONNX graph performs per candidate: its MatMul and Gemm nodes at one seed with
+    ``candidates`` candidates (ONNX shape inference), over ``candidates``. Counted from the graph as it runs, so a
+    reranker whose first layer is folded per query (`Reranker.serve`: d x h per candidate, not 3d x h) is
+    held to the work it does; per-query products come amortised. Item-table lookups are gathers: not counted."""
     import onnx
-    from onnx import numpy_helper
+    from onnx import shape_inference
 
-    weights = 0
-    for init in onnx.load(str(path)).graph.initializer:
-        shape = numpy_helper.to_array(init).shape
-        if len(shape) == 2 and shape[0] != table_rows:
-            weights += shape[0] * shape[1]
-    return 2.0 * weights
+    model = onnx.load(str(path))
+    for tensor in model.graph.input:  # dim 0 is the batch, dim 1 the candidates
+        for axis, dim in enumerate(tensor.type.tensor_type.shape.dim):
+            if dim.dim_param:
+                dim.dim_value = 1 if axis == 0 else candidates
+    model = shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    flops = 0
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        a, b = shapes[node.input[0]], shapes[node.input[1]]
+        if not all(a + b):
+            raise SystemExit(f"{path}: shape inference left {node.name}'s shapes open ({a}, {b})")
+        if node.op_type == "Gemm":
+            trans_b = next((attr.i for attr in node.attribute if attr.name == "transB"), 0)
+            flops += 2 * a[0] * a[1] * (b[0] if trans_b else b[1])
+        else:
+            flops += 2 * int(np.prod(a[:-1])) * a[-1] * b[-1]
+    return flops / candidates
 
 
 def floor_ms(funnel, repository: Path, batch: int, k: int, rates: dict[str, float]) -> float:
     v = funnel.versions
-    table_rows = int(funnel.limits.catalogue.max()) + 1
     total = 0.0
     for head, index in funnel.indexes.items():
         scan = max((index.codes.nbytes + index.scales.nbytes) / rates["bandwidth"],
                    2 * batch * index.count * index.dim / rates["gemm"])
         rerank = batch * k * _flops_per_candidate(
-            repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx", table_rows) / rates["gemm"]
+            repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx") / rates["gemm"]
         score = batch * funnel.limits.default_keep * _flops_per_candidate(
-            repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx", table_rows) / rates["gemm"]
+            repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx") / rates["gemm"]
         total += scan + rerank + score
     return total * 1e3
 

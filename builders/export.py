@@ -64,7 +64,7 @@ class RerankGraph(nn.Module):
         real = candidate_id >= 0  # the ANN pads short lists with id -1: row 0 (zeros), scored -inf
         rows = torch.where(real, candidate_id, torch.zeros_like(candidate_id))
         emb = self.codes[rows].to(torch.float32) * self.scales[rows].unsqueeze(-1)
-        scores = self.reranker(query, emb)
+        scores = self.reranker.serve(query, emb)
         scores = torch.where(real, scores, torch.full_like(scores, float("-inf")))
         keep = keep.to(torch.int64)
         k = torch.minimum(keep.max().reshape(1), torch._shape_as_tensor(scores)[1:2])

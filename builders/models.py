@@ -115,6 +115,29 @@ class Reranker(nn.Module):
             return logits[..., 0]
         return (torch.softmax(self.gate(x), dim=-1) * logits).sum(-1)
 
+    def serve(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``forward``'s scores (to float rounding) the way the serving graph computes them.
+
+        The first layer on [q, c, q*c] is W_q q + W_c c + W_qc (q*c) + b = (W_c + W_qc diag(q)) c + (W_q q + b):
+        one [h, d] matrix and one bias per query, applied to the candidates as a batched matmul. Per candidate
+        that is d x h multiply-adds instead of 3d x h, with no [B, K, 3d] concatenation (at K = 10,000 the
+        expand, product and concat were a quarter of the reranker's time). The layers after it run on
+        [B*K, h] rows, where ONNX Runtime fuses each matmul with its bias and ReLU."""
+        logits = self._rows(self.body, query, candidates)
+        if self.gate is None:
+            return logits[..., 0]
+        return (torch.softmax(self._rows(self.gate, query, candidates), dim=-1) * logits).sum(-1)
+
+    @staticmethod
+    def _rows(net: nn.Sequential, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        first = net[0]
+        w_q, w_c, w_qc = first.weight.split(candidates.shape[-1], dim=1)  # each [h, d]
+        per_query = w_c.unsqueeze(0) + w_qc.unsqueeze(0) * query.unsqueeze(1)  # [B, h, d]
+        bias = query @ w_q.T + first.bias  # [B, h]
+        x = torch.bmm(candidates, per_query.transpose(1, 2)) + bias.unsqueeze(1)  # [B, K, h]
+        x = net[1:](x.reshape(-1, x.shape[-1]))  # [B*K, out]
+        return x.reshape(candidates.shape[0], candidates.shape[1], -1)
+
 
 class CompositeScorer(nn.Module):
     """Multi-task (engaged, liked, loved) probabilities plus an ordinal relevance head, per (query, item).

@@ -55,6 +55,20 @@ def test_reranker_variants_export_and_keep_the_best_m(tmp_path, kind):
     np.testing.assert_array_equal(kept[0, :2], full[0, :2])
 
 
+@pytest.mark.parametrize("kind", ["mlp", "mixture_of_logits"])
+@pytest.mark.parametrize("batch,k", [(1, 1), (3, 7), (2, 300)])
+def test_the_serving_form_of_the_reranker_scores_as_training_does(kind, batch, k):
+    """`Reranker.serve` (first layer folded per query, the rest on [B*K, h] rows: what the graph runs) equals
+    `forward` (what training optimised) to float rounding."""
+    torch.manual_seed(1)
+    model = Reranker(16, [24, 8], kind=kind, components=3).eval()
+    q, c = torch.randn(batch, 16), torch.randn(batch, k, 16)
+    with torch.no_grad():
+        served, trained = model.serve(q, c), model(q, c)
+    assert served.shape == trained.shape == (batch, k)
+    torch.testing.assert_close(served, trained, rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_reranker_kind_is_refused():
     with pytest.raises(ValueError, match="rerank.kind"):
         Reranker(8, [8], kind="transformer")
