@@ -35,7 +35,8 @@ STEP_SWEEP = {"max_queue_delay_microseconds": [0, 100, 500], "count": [1, 2]}
 CONCURRENCY = (1, 4)
 # The server's environment keys the Python stubs need (widefunnel.server.distribution.server_environment).
 _SERVER_ENV = ("LD_LIBRARY_PATH", "WIDEFUNNEL_SITE", "PYTHONDONTWRITEBYTECODE", "OMP_NUM_THREADS",
-               "OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
+               "OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
+               "GLIBC_TUNABLES")
 
 
 @dataclass(frozen=True)
