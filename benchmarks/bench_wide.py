@@ -14,11 +14,18 @@ each step boundary.
   synthetic how the synthetic items of a catalogue-scale build score next to the real ones: per head, the
             quantiles of seed . item over real seeds against all real and all synthetic items, and the synthetic
             share of each seed's top 100 against their share of the catalogue
+  fold      the reranker's served form (first layer folded per seed, `Reranker.serve`) against its training
+            form (`forward`, [q, c, q*c] concatenated), both exported as the served graph with the same random
+            weights over the repository's own item table, timed interleaved in ONNX Runtime on one thread
+  cold      one ANN search of the repository's engagement index, warm (back to back) and after this process
+            touched 1 to 64 MiB of other memory (as 9 steps' processes do between a stub's calls on 2 cores)
   bytes     the bytes each step receives per request (the ensemble's wiring, replayed step by step through
             the server: `client.perf.DirectChain`), now and as before issue 16 (when each ANN step also sent
             its K candidates' float32 embeddings to the reranker: measured by asking an ANN step for them)
 
     .venv/bin/python benchmarks/bench_wide.py default --repository benchmarks/out/model_repository
+    .venv/bin/python benchmarks/bench_wide.py fold --repository benchmarks/out/wide_1m
+    .venv/bin/python benchmarks/bench_wide.py cold --repository benchmarks/out/model_repository
     .venv/bin/python benchmarks/bench_wide.py scale --repository benchmarks/out/wide_1m
     .venv/bin/python benchmarks/bench_wide.py synthetic --repository benchmarks/out/wide_1m
     .venv/bin/python benchmarks/bench_wide.py bytes --repository benchmarks/out/wide_1m --k 10000
@@ -244,6 +251,78 @@ def scale_part(repository: Path, requests: int, threads: int) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------ the fold and cold
+def fold_part(repository: Path, rounds: int = 15) -> str:
+    import onnxruntime as ort
+    import torch
+
+    from widefunnel.ann.index import item_table, load_index
+    from widefunnel.builders.export import export_reranker
+    from widefunnel.builders.models import Reranker
+    from widefunnel.config import load_config
+    from widefunnel.pipeline import InProcessFunnel
+
+    funnel = InProcessFunnel(repository)
+    index = load_index(repository / "ann_engagement" / str(funnel.versions["ann_engagement"]) / "index")
+    codes, scales = item_table(index, int(funnel.limits.catalogue.max()) + 1)
+    torch.manual_seed(0)
+    reranker = Reranker(index.dim, load_config()["rerank"]["hidden"]).eval()
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("forward", "serve"):
+            served = Reranker.serve
+            if name == "forward":  # the graph as it was exported before session 10
+                Reranker.serve = Reranker.forward
+            try:
+                export_reranker(reranker, codes, scales, "00000000000000ff", Path(tmp) / f"{name}.onnx")
+            finally:
+                Reranker.serve = served
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            sessions[name] = ort.InferenceSession(str(Path(tmp) / f"{name}.onnx"), options,
+                                                  providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    lines = ["| seeds x K | [q, c, q*c] ms | folded ms | folded / concatenated | same kept ids |",
+             "|---|---:|---:|---:|---|"]
+    for batch, k in ((1, 1000), (1, 10_000), (8, 10_000)):
+        feeds = {"QUERY": rng.standard_normal((batch, index.dim)).astype(np.float32),
+                 "CANDIDATE_ID": rng.choice(index.ids, (batch, k)).astype(np.int64),
+                 "KEEP": np.full((batch, 1), 100, np.int32)}
+        times, out = {n: [] for n in sessions}, {}
+        for _ in range(rounds):
+            for name, session in sessions.items():
+                t0 = time.perf_counter()
+                out[name] = session.run(None, feeds)
+                times[name].append(time.perf_counter() - t0)
+        old, new = _ms(times["forward"]), _ms(times["serve"])
+        lines.append(f"| {batch} x {k:,} | {old:.2f} | {new:.2f} | {new / old:.2f}x | "
+                     f"{np.array_equal(out['forward'][0], out['serve'][0])} |")
+    return "\n".join(lines)
+
+
+def cold_part(repository: Path, calls: int = 300) -> str:
+    from widefunnel.ann.query import search
+    from widefunnel.pipeline import InProcessFunnel
+
+    funnel = InProcessFunnel(repository)
+    index = funnel.indexes["engagement"]
+    query = np.random.default_rng(0).standard_normal((1, index.dim)).astype(np.float32)
+    others = {mib: np.ones(mib << 18, np.float32) for mib in (1, 4, 16, 64)}
+    lines = [f"one exact search, N = {index.count:,}, d = {index.dim}, K = {funnel.limits.default_candidates}", "",
+             "| before each call | median µs |", "|---|---:|"]
+    for touched in (None, 1, 4, 16, 64, None):
+        times = []
+        for _ in range(calls):
+            if touched is not None:
+                others[touched] += 1.0
+            t0 = time.perf_counter()
+            search(index, query, funnel.limits.default_candidates, np.array([1]), None, None)
+            times.append(time.perf_counter() - t0)
+        label = "nothing (back to back)" if touched is None else f"touch {touched} MiB of other memory"
+        lines.append(f"| {label} | {_ms(times) * 1e3:.0f} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- the synthetic
 def synthetic_part(repository: Path, seeds: int = 200) -> str:
     import json
@@ -314,7 +393,7 @@ def bytes_part(repository: Path, k: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("default", "scale", "synthetic", "bytes"))
+    parser.add_argument("part", choices=("default", "scale", "synthetic", "bytes", "fold", "cold"))
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--requests", type=int, default=10, help="scale: requests per path and cell")
     parser.add_argument("--threads", type=int, default=2,
@@ -327,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             print(default_part(args.repository, out))
         elif args.part == "scale":
             print(scale_part(args.repository, args.requests, args.threads))
+        elif args.part == "fold":
+            print(fold_part(args.repository))
+        elif args.part == "cold":
+            print(cold_part(args.repository))
         elif args.part == "synthetic":
             print(synthetic_part(args.repository))
         else:
