@@ -51,6 +51,8 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(_parameter(self.config, "intra_op_thread_count", "1"))
         options.inter_op_num_threads = int(_parameter(self.config, "inter_op_thread_count", "1"))
+        # idle intra-op workers sleep instead of spinning: every step's stub shares the same few cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # ORT's arena keeps the largest request's buffers for the life of the session: off by default, so the
         # stub returns to its idle size after a wide request.
         options.enable_cpu_mem_arena = _parameter(self.config, "enable_mem_arena", "false").lower() == "true"
