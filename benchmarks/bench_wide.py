@@ -254,17 +254,16 @@ def scale_part(repository: Path, requests: int, threads: int) -> str:
 
 # ------------------------------------------------------------------------------------------ the fold and cold
 def fold_part(repository: Path, rounds: int = 15) -> str:
-    import onnxruntime as ort
     import torch
 
-    from widefunnel.ann.index import item_table, load_index
+    from widefunnel.ann.index import item_table
     from widefunnel.builders.export import export_reranker
     from widefunnel.builders.models import Reranker
     from widefunnel.config import load_config
-    from widefunnel.pipeline import InProcessFunnel
+    from widefunnel.pipeline import InProcessFunnel, _session
 
     funnel = InProcessFunnel(repository)
-    index = load_index(repository / "ann_engagement" / str(funnel.versions["ann_engagement"]) / "index")
+    index = funnel.indexes["engagement"]
     codes, scales = item_table(index, int(funnel.limits.catalogue.max()) + 1)
     torch.manual_seed(0)
     reranker = Reranker(index.dim, load_config()["rerank"]["hidden"]).eval()
@@ -274,10 +273,7 @@ def fold_part(repository: Path, rounds: int = 15) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in (("forward", concatenated), ("serve", reranker)):
             export_reranker(model, codes, scales, "00000000000000ff", Path(tmp) / f"{name}.onnx")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            sessions[name] = ort.InferenceSession(str(Path(tmp) / f"{name}.onnx"), options,
-                                                  providers=["CPUExecutionProvider"])
+            sessions[name] = _session(Path(tmp) / f"{name}.onnx", threads=1)  # as InProcessFunnel's, 1 thread
     rng = np.random.default_rng(0)
     lines = ["| seeds x K | [q, c, q*c] ms | folded ms | folded / concatenated | kept ids in common | largest score "
              "difference |", "|---|---:|---:|---:|---:|---:|"]

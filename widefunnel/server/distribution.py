@@ -77,9 +77,9 @@ def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     4 MiB stays free for the next request; larger blocks are mapped and returned when freed (fixed thresholds:
     by default they follow the largest free, so one wide request's memory would stay). Memory is asked for in
     transparent huge pages (`glibc.malloc.hugetlb=1`, where the kernel allows them), so a 200 MB tensor takes
-    100 page faults, not 50,000. Measured on the 1M build, served, 8 seeds: K = 100,000 1,567 -> 834 ms per
-    request; with the former 256 KiB threshold K = 10,000 took 370 ms, now about 200. Two arenas per process
-    bound fragmentation across threads."""
+    100 page faults, not 50,000. Served on the 1M build, 8 seeds (`benchmarks/bench_malloc.py`): K = 100,000
+    1,590 -> 780 ms per request, K = 10,000 253 -> 186 ms against the former 256 KiB / 1 MiB thresholds.
+    Two arenas per process bound fragmentation across threads."""
     env = dict(os.environ)
     libs = str(TritonDistribution.find().libs)
     env["LD_LIBRARY_PATH"] = ":".join(p for p in (libs, env.get("LD_LIBRARY_PATH", "")) if p)
