@@ -19,6 +19,10 @@ each step boundary.
             weights over the repository's own item table, timed interleaved in ONNX Runtime on one thread
   cold      one ANN search of the repository's engagement index, warm (back to back) and after this process
             touched 1 to 64 MiB of other memory (as 9 steps' processes do between a stub's calls on 2 cores)
+  crossover the exact scan's two paths for a batch (the fused int8 GEMV, a pass per query, vs one GEMM per
+            block + the compiled filter), forced by the threshold ``search._GEMV_MAX_BATCH``, on the repository's
+            engagement index and on a random 1M x 64 index, batch 1 to 12, k 100 and 10,000, at ``--threads``;
+            ids checked equal between the two
   bytes     the bytes each step receives per request (the ensemble's wiring, replayed step by step through
             the server: `client.perf.DirectChain`), now and as before issue 16 (when each ANN step also sent
             its K candidates' float32 embeddings to the reranker: measured by asking an ANN step for them)
@@ -26,6 +30,7 @@ each step boundary.
     .venv/bin/python benchmarks/bench_wide.py default --repository benchmarks/out/model_repository
     .venv/bin/python benchmarks/bench_wide.py fold --repository benchmarks/out/wide_1m
     .venv/bin/python benchmarks/bench_wide.py cold --repository benchmarks/out/model_repository
+    .venv/bin/python benchmarks/bench_wide.py crossover --repository benchmarks/out/wide_1m
     .venv/bin/python benchmarks/bench_wide.py scale --repository benchmarks/out/wide_1m
     .venv/bin/python benchmarks/bench_wide.py synthetic --repository benchmarks/out/wide_1m
     .venv/bin/python benchmarks/bench_wide.py bytes --repository benchmarks/out/wide_1m --k 10000
@@ -317,6 +322,47 @@ def cold_part(repository: Path, calls: int = 300) -> str:
     return "\n".join(lines)
 
 
+def crossover_part(repository: Path, threads: int, rounds: int = 7) -> str:
+    import torch
+
+    from widefunnel.ann import search as scan
+    from widefunnel.ann.index import build_index, load_index
+    from widefunnel.pipeline import _pinned_versions
+
+    torch.set_num_threads(threads)
+    v = _pinned_versions(repository)
+    rng = np.random.default_rng(0)
+    random = rng.standard_normal((1_000_000, 64)).astype(np.float32)
+    random /= np.linalg.norm(random, axis=1, keepdims=True)
+    indexes = {"repository": load_index(repository / "ann_engagement" / str(v["ann_engagement"]) / "index"),
+               "random": build_index(random, np.arange(len(random)), "00000000000000ff")}
+    del random
+    lines = ["| index | batch | k | GEMV ms | GEMM ms | GEMM / GEMV | same ids |", "|---|---:|---:|---:|---:|---:|---|"]
+    default = scan._GEMV_MAX_BATCH
+    try:
+        for name, index in indexes.items():
+            scan.prepare_index(index)
+            for batch in (1, 2, 4, 8, 12):
+                for k in (100, 10_000):
+                    q = rng.standard_normal((batch, index.dim)).astype(np.float32)
+                    times, ids = {}, {}
+                    for path, threshold in (("gemv", batch), ("gemm", 0)):
+                        scan._GEMV_MAX_BATCH = threshold
+                        ids[path] = scan.exact_search(index, q, k)[0]  # also the warm-up
+                        samples = []
+                        for _ in range(rounds):
+                            t0 = time.perf_counter()
+                            scan.exact_search(index, q, k)
+                            samples.append(time.perf_counter() - t0)
+                        times[path] = _ms(samples)
+                    lines.append(f"| {name} {index.count:,} x {index.dim} | {batch} | {k:,} | {times['gemv']:.1f} | "
+                                 f"{times['gemm']:.1f} | {times['gemm'] / times['gemv']:.2f}x | "
+                                 f"{bool((ids['gemv'] == ids['gemm']).all())} |")
+    finally:
+        scan._GEMV_MAX_BATCH = default
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- the synthetic
 def synthetic_part(repository: Path, seeds: int = 200) -> str:
     import json
@@ -387,7 +433,8 @@ def bytes_part(repository: Path, k: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("default", "scale", "synthetic", "bytes", "fold", "cold"))
+    parser.add_argument("part", choices=("default", "scale", "synthetic", "bytes", "fold", "cold",
+                                             "crossover"))
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--requests", type=int, default=10, help="scale: requests per path and cell")
     parser.add_argument("--threads", type=int, default=2,
@@ -404,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             print(fold_part(args.repository))
         elif args.part == "cold":
             print(cold_part(args.repository))
+        elif args.part == "crossover":
+            print(crossover_part(args.repository, args.threads))
         elif args.part == "synthetic":
             print(synthetic_part(args.repository))
         else:

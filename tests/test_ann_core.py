@@ -320,7 +320,7 @@ def test_thread_count_does_not_change_results(index_20k, ivf_index):
     assert all(_same(a, b) for a, b in zip(one + one_ivf, two + two_ivf))
 
 
-@pytest.mark.parametrize("batch, k", [(16, 3000), (2, 5000)])  # GEMM chunks of 8 queries; the fused GEMV
+@pytest.mark.parametrize("batch, k", [(16, 3000), (2, 5000), (1, 5000)])  # the GEMM path twice; the fused GEMV
 def test_a_wrong_threshold_guess_is_rescanned(index_20k, monkeypatch, batch, k):
     """Large k starts from a guessed bar; a query whose guess is too high must be rescanned, not truncated."""
     q = _queries(batch, 64, seed=22)
@@ -333,7 +333,7 @@ def test_a_wrong_threshold_guess_is_rescanned(index_20k, monkeypatch, batch, k):
         if cache is not index_20k.prepared.levels:  # the sample's own bars (a level down): left alone
             return bars, guessed
         assert guessed  # k of 20,000 takes the guessed path
-        bars[1:3] = np.iinfo(np.int64).max  # above every key: nothing would be kept without the rescan
+        bars[-2:] = np.iinfo(np.int64).max  # above every key: nothing would be kept without the rescan
         forced.append(True)
         return bars, guessed
 

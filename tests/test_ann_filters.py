@@ -57,7 +57,7 @@ def _mask(b: int, n: int, share: float, seed: int) -> np.ndarray:
     return mask
 
 
-@pytest.mark.parametrize("batch", [1, 5, 9, 40])  # GEMV, GEMV, GEMM + offer, row scan
+@pytest.mark.parametrize("batch", [1, 5, 9, 40])  # GEMV; GEMM + offer (a sparse filter: GEMV); row scan
 @pytest.mark.parametrize("share", [0.5, 0.1, 0.01, 0.001])
 @pytest.mark.parametrize("k", [10, 500])
 def test_filtered_exact_search_is_the_exact_top_k_of_the_admissible_rows(index_12k, batch, share, k):

@@ -66,4 +66,4 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
                          allow[sl], walk, buf, fill, kth, k_out, n_seg)
         return kernels.finish(buf, fill, k_out, k_out, n_seg)
 
-    return scan_in_chunks(index, batch, k_out, max(1, query_chunk(batch, k_out) // n_seg), scan)
+    return scan_in_chunks(index, batch, k_out, query_chunk(batch, k_out, n_seg), scan)

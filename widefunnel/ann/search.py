@@ -45,8 +45,11 @@ INT64_MIN = -(2**63)  # "empty" key; decodes to a NaN score, never produced by a
 _LOW32 = 0xFFFFFFFF
 MAX_BLOCK_ROWS = 262144  # default cap on item rows per scan block (``exact_search(block_rows=)``)
 _BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
-_GEMV_MAX_BATCH = 6  # batches this small scan with the fused GEMV (``_gemv_scan``), a pass per query:
-# measured on 1M x 64, batch 4: 10.0 vs 14.9 ms with the GEMM, batch 6 15.4 vs 21.2, batch 8 18.4 vs 16.1
+_GEMV_MAX_BATCH = 1  # batches this small scan with the fused GEMV (``_gemv_scan``), a pass per query; wider ones
+# take one GEMM per block. Measured (`bench_wide.py crossover`, 1M rows, 2 threads, k = 100 / 10,000, GEMV vs GEMM
+# ms): d = 32 batch 1 2.8 / 4.0 vs 3.4 / 4.3, batch 2 5.5 / 7.3 vs 3.8 / 5.6, batch 8 22.9 / 27.5 vs 6.7 / 10.7;
+# d = 64 batch 2 14.6 / 16.7 vs 8.5 / 11.4. (It was 6, from a run in which every batch was also cut in chunks of
+# batch / threads queries, so a batch of 8 never reached one GEMM.)
 _GEMV_BAR_K = 4096  # the fused GEMV starts from a sample bar only from this k on: below it the bar's scan costs
 # more than the keys it spares (1M x 64, batch 1, no bar vs bar: k = 100 3.5 vs 4.2 ms, 1,000 3.8 vs 4.4, 4,000
 # 4.9 vs 5.0, 6,000 5.5 vs 5.2, 10,000 6.4 vs 5.1; at 50 % and 10 % admitted alike; d = 32 alike)
@@ -281,10 +284,13 @@ def reservoirs(n: int, kk: int, kth: np.ndarray | None = None) -> tuple[np.ndarr
     return np.empty((n, _reservoir_width(kk)), np.int64), np.zeros(n, np.int64), bars
 
 
-def query_chunk(batch: int, kk: int) -> int:
-    """Largest query chunk whose reservoirs (b x width int64) stay under the memory cap."""
-    b = batch
-    while b > 1 and b * _reservoir_width(kk) > _RESERVOIR_KEYS:
+def query_chunk(batch: int, kk: int, per_query: int = 1) -> int:
+    """Largest query chunk whose reservoirs (b x ``per_query`` x width int64: a reservoir per thread) stay
+    under the memory cap. Only the cap splits a batch: a batch of 8 cut into two chunks of 4 (as this once did
+    by dividing the chunk by the threads) takes the per-query GEMV twice over instead of one GEMM, 1.8x slower
+    at k = 10,000 on the 1M x 32 build."""
+    b = max(1, batch)
+    while b > 1 and b * per_query * _reservoir_width(kk) > _RESERVOIR_KEYS:
         b = (b + 1) // 2
     return b
 
@@ -499,7 +505,7 @@ def exact_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.
     batch, k_out = qc.shape[0], min(k, index.count)
     allow = filters.check_allow(allow, batch, index.count)
     levels = prepare_index(index).levels
-    step = max(1, query_chunk(batch, k_out) // kernel_threads())  # a query may hold a reservoir per thread
+    step = query_chunk(batch, k_out, kernel_threads())  # a query may hold a reservoir per thread
     return scan_in_chunks(index, batch, k_out, step,
                           lambda sl: scan_keys(levels, qc[sl], qs[sl], excl[sl], k_out, block_rows, allow=allow[sl]))
 
