@@ -9,7 +9,7 @@ logged with its traceback through `pb_utils.Logger` (the server's own log).
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -56,12 +56,23 @@ def respond_each(requests: list, handle: Callable[[object], list], model: str) -
     return responses
 
 
-def input_array(request, name: str) -> np.ndarray | None:
-    """An input as numpy (None when the optional input is absent). Inputs arrive on the GPU only when the
-    config sets FORCE_CPU_ONLY_INPUT_TENSORS "no"; those are copied to the host here."""
-    import triton_python_backend_utils as pb_utils
+def request_inputs(request) -> dict[str, object]:
+    """A request's input tensors by name, listed once: `pb_utils.get_input_tensor_by_name` lists and wraps
+    every input of the request again on each call (a step reading 11 inputs made 121 tensor wrappers)."""
+    return {tensor.name(): tensor for tensor in request.inputs()}
 
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
+
+def input_array(inputs: Mapping[str, object], name: str) -> np.ndarray | None:
+    """An input of ``inputs`` (`request_inputs`) as numpy (None when the optional input is absent). Inputs
+    arrive on the GPU only when the config sets FORCE_CPU_ONLY_INPUT_TENSORS "no"; those are copied to the
+    host here. A request in place of ``inputs`` is still read, for the `model.py` copies of repositories built
+    before `request_inputs` existed (a build copies its model files; the package they import is upgraded)."""
+    if isinstance(inputs, Mapping):
+        tensor = inputs.get(name)
+    else:
+        import triton_python_backend_utils as pb_utils
+
+        tensor = pb_utils.get_input_tensor_by_name(inputs, name)
     if tensor is None:
         return None
     if tensor.is_cpu():
@@ -71,8 +82,8 @@ def input_array(request, name: str) -> np.ndarray | None:
     return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu().numpy()
 
 
-def required_array(request, name: str) -> np.ndarray:
-    array = input_array(request, name)
+def required_array(inputs: Mapping[str, object], name: str) -> np.ndarray:
+    array = input_array(inputs, name)
     if array is None:
         raise RequestError(f"{name}: required input is missing")
     return array

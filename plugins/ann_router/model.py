@@ -24,6 +24,7 @@ import triton_python_backend_utils as pb_utils
 from widefunnel.model_configs import model_parameters
 from widefunnel.router import REASONS, InvalidRequest, ShardFailure, ShardRouter
 from widefunnel.sharding import ROUTER_OPTIONAL, ROUTER_REQUIRED, parse_router_parameters
+from widefunnel.stub import request_inputs
 
 # every shard gets the same filters (its attribute table is keyed by id, so it maps them to its own rows)
 OPTIONAL_INPUTS = ("EXCLUDE_ID", "K", "NPROBE", "EXCLUDE_IDS", "GENRES_ANY", "GENRES_NONE", "YEARS")
@@ -81,11 +82,11 @@ class TritonPythonModel:
 
     @staticmethod
     def _tensors(request) -> dict:
-        tensors = {"QUERY": pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()}
+        inputs = request_inputs(request)
+        tensors = {"QUERY": inputs["QUERY"].as_numpy()}
         for name in OPTIONAL_INPUTS:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is not None:
-                tensors[name] = tensor.as_numpy()
+            if name in inputs:
+                tensors[name] = inputs[name].as_numpy()
         return tensors
 
     def _response(self, result):

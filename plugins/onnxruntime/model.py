@@ -17,7 +17,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from widefunnel.model_configs import model_parameters
-from widefunnel.stub import failure_response
+from widefunnel.stub import failure_response, request_inputs
 from widefunnel.validation import STEP_RULES, RequestError, check_request_candidates, check_step_input
 
 # ORT settings, and what a direct call may send: `input_checks` (JSON {input: rule}, rules in
@@ -73,9 +73,9 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"model '{name}': config names tensors not in {path}: {missing}")
 
     def _request_inputs(self, request) -> dict[str, np.ndarray]:
-        feeds = {}
+        feeds, tensors = {}, request_inputs(request)
         for name, dtype, optional in self.inputs:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            tensor = tensors.get(name)
             if tensor is None:
                 if optional:
                     continue

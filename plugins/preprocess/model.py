@@ -15,7 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 from widefunnel.layout import repository_of
 from widefunnel.model_configs import model_parameters
-from widefunnel.stub import input_array, respond_each
+from widefunnel.stub import input_array, request_inputs, respond_each
 from widefunnel.takedowns import TakedownWatch
 from widefunnel.validation import (
     RequestLimits,
@@ -47,13 +47,14 @@ class TritonPythonModel:
         self.takedowns = TakedownWatch(repository_of(args["model_repository"]))
 
     def _validate(self, request) -> list:
-        valid = validate_request(self.limits, **{n: input_array(request, n) for n in _INPUTS},
-                                 require_candidates=input_array(request, "scoring_seed_item_id") is not None)
+        inputs = request_inputs(request)
+        valid = validate_request(self.limits, **{n: input_array(inputs, n) for n in _INPUTS},
+                                 require_candidates=input_array(inputs, "scoring_seed_item_id") is not None)
         taken = self.takedowns.ids()
         refuse_taken_down("seed_item_id", valid.item_id, taken)
         refuse_taken_down("candidate_item_id", valid.candidate_id, taken)
         filters = validate_filters(self.limits, len(valid.item_id),
-                                   **{n: input_array(request, n) for n in ValidFilters.FIELDS})
+                                   **{n: input_array(inputs, n) for n in ValidFilters.FIELDS})
         return [pb_utils.Tensor("ITEM_ID", valid.item_id), pb_utils.Tensor("ALPHA", valid.alpha),
                 pb_utils.Tensor("TOP_N", valid.top_n), pb_utils.Tensor("VALUE_WEIGHTS", valid.value_weights),
                 pb_utils.Tensor("CANDIDATE_ID", valid.candidate_id), pb_utils.Tensor("K", valid.k),

@@ -14,7 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from widefunnel.merge import HEADS, check_merge_inputs, merge_batch
 from widefunnel.model_configs import FINGERPRINT_INPUTS, model_parameters
-from widefunnel.stub import StepUnavailable, required_array, respond_each
+from widefunnel.stub import StepUnavailable, request_inputs, required_array, respond_each
 
 _REQUIRED = {"sort_by_score", "max_top_n", "max_item_id"}
 
@@ -31,10 +31,11 @@ class TritonPythonModel:
         self.max_top_n, self.max_item_id = int(params["max_top_n"]), int(params["max_item_id"])
 
     def _merge_one(self, request) -> list:
-        heads = [tuple(required_array(request, f"{p}_{s}") for s in ("ID", "SCORE", "PROBS")) for p in ("ENG", "REL")]
-        alpha, top_n = required_array(request, "ALPHA"), required_array(request, "TOP_N")
+        inputs = request_inputs(request)
+        heads = [tuple(required_array(inputs, f"{p}_{s}") for s in ("ID", "SCORE", "PROBS")) for p in ("ENG", "REL")]
+        alpha, top_n = required_array(inputs, "ALPHA"), required_array(inputs, "TOP_N")
         check_merge_inputs(*heads, alpha, top_n, self.max_top_n, self.max_item_id)
-        fps = np.concatenate([required_array(request, n).reshape(-1, 1) for n in FINGERPRINT_INPUTS], axis=1)
+        fps = np.concatenate([required_array(inputs, n).reshape(-1, 1) for n in FINGERPRINT_INPUTS], axis=1)
         mixed = np.flatnonzero((fps != fps[:, :1]).any(axis=1))
         if mixed.size:  # never serve a mixed answer: a swap that is half done, not the client's fault
             raise StepUnavailable(f"steps of one request came from different builds: {fps[mixed[0]].tolist()}")
