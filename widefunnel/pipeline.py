@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from widefunnel import model_configs as mcfg
-from widefunnel.ann.filters import ItemAttributes, RowAttributes, StandingBlock, request_bitmap, restrict
+from widefunnel.ann.filters import HeadFilter
 from widefunnel.ann.index import Int8Index, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import prepare_index
@@ -71,21 +71,18 @@ class InProcessFunnel:
         self.tower = _session(repository / "query_tower" / str(v["query_tower"]) / "model.onnx", threads)
         self.scorer = _session(repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx", threads)
         self.takedowns = TakedownWatch(repository)
-        self.blocked: dict[str, StandingBlock] = {}
         self.indexes: dict[str, Int8Index] = {}
         self.rerankers: dict[str, ort.InferenceSession] = {}
         self.ann_params: dict[str, dict[str, str]] = {}
-        self.attributes: dict[str, RowAttributes | None] = {}
+        self.head_filters: dict[str, HeadFilter] = {}
         for head in mcfg.HEADS:
             self.indexes[head] = load_index(repository / f"ann_{head}" / str(v[f"ann_{head}"]) / "index")
             self.rerankers[head] = _session(
                 repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx", threads)
             self.ann_params[head] = _parameters(repository, f"ann_{head}")
             index = self.indexes[head]
-            self.blocked[head] = StandingBlock(self.takedowns.ids, index.count, prepare_index(index).rows_of)
-            attributes = repository / f"ann_{head}" / str(v[f"ann_{head}"]) / ITEM_ATTRIBUTES
-            self.attributes[head] = (RowAttributes.of(ItemAttributes.load(attributes), self.indexes[head].ids)
-                                     if attributes.exists() else None)
+            self.head_filters[head] = HeadFilter(index.ids, prepare_index(index).rows_of, repository / f"ann_{head}"
+                                                 / str(v[f"ann_{head}"]) / ITEM_ATTRIBUTES, self.takedowns.ids)
         self.gpu_indexes: dict[str, GpuIndex] = {}
         if ann_device is not None:
             from widefunnel.ann.triton_kernel import GpuIndex  # imports triton: only when asked for
@@ -99,14 +96,10 @@ class InProcessFunnel:
         return validate_filters(self.limits, batch, **filter_tensors(**filters, batch=batch))
 
     def _allow(self, head: str, filters: ValidFilters | None, batch: int) -> np.ndarray | None:
-        return restrict(self._filters_bitmap(head, filters), self.blocked[head].bits(), batch)
-
-    def _filters_bitmap(self, head: str, filters: ValidFilters | None) -> np.ndarray | None:
         if filters is None:
-            return None
-        index = self.indexes[head]
-        return request_bitmap(index.count, self.attributes[head], prepare_index(index).rows_of, filters.exclude_ids,
-                              filters.genres_any[:, 0], filters.genres_none[:, 0], filters.years)
+            return self.head_filters[head].allow(batch)
+        return self.head_filters[head].allow(batch, filters.exclude_ids, filters.genres_any[:, 0],
+                                             filters.genres_none[:, 0], filters.years)
 
     def retrieve(self, item_id: np.ndarray, filters: ValidFilters | None = None, k: int | None = None
                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -15,13 +15,13 @@ import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in t
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from widefunnel.ann.filters import ItemAttributes, RowAttributes, StandingBlock, request_bitmap, restrict
+from widefunnel.ann.filters import HeadFilter
 from widefunnel.ann.index import IndexLoadError, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import dequantized, prepare_index
 from widefunnel.layout import FINGERPRINTS_PARAMETER, ITEM_ATTRIBUTES, parse_fingerprints, repository_of
 from widefunnel.model_configs import model_parameters
-from widefunnel.stub import input_array, required_array, respond_each
+from widefunnel.stub import input_array, request_inputs, required_array, respond_each
 from widefunnel.takedowns import TakedownWatch
 from widefunnel.validation import RequestError, check_request_candidates, check_step_input
 
@@ -53,14 +53,12 @@ class TritonPythonModel:
         except (IndexLoadError, OSError) as exc:
             raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing index: {exc}") from exc
         attributes = os.path.join(args["model_repository"], version, ITEM_ATTRIBUTES)
-        try:  # filters read them in row order; absent in builds older than filters (exclusions still work)
-            self.attributes = (RowAttributes.of(ItemAttributes.load(attributes), self.index.ids)
-                               if os.path.exists(attributes) else None)
-        except (OSError, ValueError, KeyError) as exc:
-            raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing {attributes}: {exc}") from exc
         # taken-down items (the repository's takedowns.json) are never admissible, whatever the request
         watch = TakedownWatch(repository_of(args["model_repository"]))
-        self.blocked = StandingBlock(watch.ids, self.index.count, prepare_index(self.index).rows_of)
+        try:  # attributes absent in builds older than filters (exclusions still work)
+            self.filter = HeadFilter(self.index.ids, prepare_index(self.index).rows_of, attributes, watch.ids)
+        except (OSError, ValueError, KeyError) as exc:
+            raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing {attributes}: {exc}") from exc
         self.k, self.max_k = int(params["k"]), int(params["max_k"])
         self.mode = params["search"]
         if self.mode not in ("exact", "ivf"):
@@ -76,37 +74,36 @@ class TritonPythonModel:
             # the instance's own GPU, not device 0; the index stays resident there
             self.gpu = GpuIndex.from_index(self.index, f"cuda:{args['model_instance_device_id']}")
 
-    def _allow(self, request, batch: int) -> np.ndarray | None:
-        """The request's filters (EXCLUDE_IDS, GENRES_ANY, GENRES_NONE, YEARS; one row per query) -> a row
-        bitmap the scan applies, or None when nothing is filtered."""
+    def _allow(self, inputs: dict, batch: int) -> np.ndarray | None:
+        """The request's filters (EXCLUDE_IDS, GENRES_ANY, GENRES_NONE, YEARS; one row per query) and the
+        taken-down items -> a row bitmap the scan applies, or None when nothing is filtered."""
         tensors = {}
         for name, width in (("EXCLUDE_IDS", None), ("GENRES_ANY", 1), ("GENRES_NONE", 1), ("YEARS", 2)):
-            value = input_array(request, name)
+            value = input_array(inputs, name)
             if value is not None and (value.ndim != 2 or value.shape[0] != batch
                                       or (width is not None and value.shape[1] != width)):
                 raise RequestError(f"{name}: expected shape [{batch}, {width or 'E'}], got {list(value.shape)}")
             tensors[name] = value
         try:
-            return request_bitmap(self.index.count, self.attributes, prepare_index(self.index).rows_of,
-                                  tensors["EXCLUDE_IDS"],
-                                  None if tensors["GENRES_ANY"] is None else tensors["GENRES_ANY"][:, 0],
-                                  None if tensors["GENRES_NONE"] is None else tensors["GENRES_NONE"][:, 0],
-                                  tensors["YEARS"])
+            return self.filter.allow(batch, tensors["EXCLUDE_IDS"],
+                                     None if tensors["GENRES_ANY"] is None else tensors["GENRES_ANY"][:, 0],
+                                     None if tensors["GENRES_NONE"] is None else tensors["GENRES_NONE"][:, 0],
+                                     tensors["YEARS"])
         except ValueError as exc:
             raise RequestError(str(exc)) from None
 
-    def _gpu_search(self, request, k: int, allow: np.ndarray | None, emit: bool) -> list:
+    def _gpu_search(self, inputs: dict, k: int, allow: np.ndarray | None, emit: bool) -> list:
         """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step."""
-        query = pb_utils.get_input_tensor_by_name(request, "QUERY")
-        exclude = input_array(request, "EXCLUDE_ID")
+        query = inputs["QUERY"]
+        exclude = input_array(inputs, "EXCLUDE_ID")
         outputs = self.gpu.search_dlpack(query.as_numpy() if query.is_cpu() else query.to_dlpack(), k,
                                          None if exclude is None else exclude[:, 0], emit,
                                          int(self.fingerprint), allow)
         return [pb_utils.Tensor.from_dlpack(name, capsule) for name, capsule in outputs]
 
     @staticmethod
-    def _scalar(request, name: str, default: int, low: int, high: int) -> int:
-        values = input_array(request, name)
+    def _scalar(inputs: dict, name: str, default: int, low: int, high: int) -> int:
+        values = input_array(inputs, name)
         if values is None:
             return default
         values = values.ravel()
@@ -118,22 +115,23 @@ class TritonPythonModel:
         return value
 
     def _search(self, request) -> list:
-        queries = required_array(request, "QUERY")
+        inputs = request_inputs(request)
+        queries = required_array(inputs, "QUERY")
         check_step_input("QUERY", queries, "finite", 0)
-        k = self._scalar(request, "K", self.k, 1, self.max_k)
+        k = self._scalar(inputs, "K", self.k, 1, self.max_k)
         if self.max_request_candidates:
             check_request_candidates("K", len(queries), k, self.max_request_candidates)
-        has_probe = input_array(request, "NPROBE") is not None
+        has_probe = input_array(inputs, "NPROBE") is not None
         if has_probe and (self.mode != "ivf" or self.index.ivf is None):
             raise RequestError("NPROBE: this model searches exactly (parameter search = 'exact'); NPROBE "
                                "applies to IVF models only")
-        nprobe = self._scalar(request, "NPROBE", self.nprobe, 1, 1 << 20)
+        nprobe = self._scalar(inputs, "NPROBE", self.nprobe, 1, 1 << 20)
         use_ivf = self.mode == "ivf" and self.index.ivf is not None
-        allow = restrict(self._allow(request, len(queries)), self.blocked.bits(), len(queries))
+        allow = self._allow(inputs, len(queries))
         emit = self.emit_embeddings and "CANDIDATE_EMB" in request.requested_output_names()
         if self.gpu is not None and not use_ivf:
-            return self._gpu_search(request, k, allow, emit)
-        exclude = input_array(request, "EXCLUDE_ID")
+            return self._gpu_search(inputs, k, allow, emit)
+        exclude = input_array(inputs, "EXCLUDE_ID")
         if exclude is not None:
             if exclude.shape != (len(queries), 1):
                 raise RequestError(f"EXCLUDE_ID: expected shape [{len(queries)}, 1], got {list(exclude.shape)}")

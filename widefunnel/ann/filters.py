@@ -207,3 +207,25 @@ def request_bitmap(n_rows: int, rows: RowAttributes | None, rows_of_ids, exclude
         if excl is not None:
             masks[i, excl[i][excl[i] >= 0]] = False
     return pack_rows(masks)
+
+
+class HeadFilter:
+    """What one head's scan admits: a request's filters (``request_bitmap``) AND the standing block of
+    taken-down items (``StandingBlock``). One owner for the ANN step and ``InProcessFunnel``, so both filter
+    alike. ``row_ids``: the index's item id per row; ``rows_of``: ids -> rows (-1 = not in this index);
+    ``attributes``: the build's item attributes file (None or absent: a build older than filters, where only
+    exclusions work); ``takedown_ids``: returns the taken-down ids (``takedowns.TakedownWatch.ids``)."""
+
+    def __init__(self, row_ids: np.ndarray, rows_of, attributes: Path | str | None, takedown_ids):
+        self.n_rows, self.rows_of = len(row_ids), rows_of
+        self.attributes = (RowAttributes.of(ItemAttributes.load(attributes), row_ids)
+                           if attributes is not None and Path(attributes).exists() else None)
+        self.blocked = StandingBlock(takedown_ids, self.n_rows, rows_of)
+
+    def allow(self, batch: int, exclude_ids: np.ndarray | None = None, genres_any: np.ndarray | None = None,
+              genres_none: np.ndarray | None = None, years: np.ndarray | None = None) -> np.ndarray | None:
+        """The row bitmap [batch, W] a scan applies, or None when nothing is filtered or blocked. Genre masks
+        [B]; the rest as ``request_bitmap``'s. ValueError when an attribute filter meets a build without
+        attributes."""
+        return restrict(request_bitmap(self.n_rows, self.attributes, self.rows_of, exclude_ids, genres_any,
+                                       genres_none, years), self.blocked.bits(), batch)
