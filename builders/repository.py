@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +148,15 @@ def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int,
     return {name: _step_config(for_target(name, c, target, engines)) for name, c in configs.items()}
 
 
+def serving_target(target: mcfg.Target, serving: dict) -> mcfg.Target:
+    """``target`` with `serving.max_batch_size`: every step's and ensemble's max_batch_size, and the GPU
+    engines' profiles."""
+    value = serving["max_batch_size"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"serving.max_batch_size: an integer >= 1 expected, got {value!r}")
+    return replace(target, max_batch_size=value)
+
+
 def serving_settings(config, serving: dict, name: str):
     """Dynamic-batching delay and instance count: `serving.max_queue_delay_us`, then `serving.steps.<model>`
     (what `widefunnel analyze` chose with Triton Model Analyzer)."""
@@ -220,6 +229,7 @@ def write_repository(repository: Path, funnel: TrainedFunnel, catalogue: Catalog
                      target: mcfg.Target, version: int | None = None, keep_versions: int = 2,
                      record: dict | None = None) -> tuple[int, str]:
     repository.mkdir(parents=True, exist_ok=True)
+    target = serving_target(target, cfg["serving"])
     version = version or next_version(repository)
     fingerprint = tower_fingerprint(funnel.tower)
     dim = funnel.tables[0].shape[1]

@@ -76,6 +76,18 @@ def test_the_builder_writes_the_chosen_settings_into_each_step(tmp_path):
         cfg["serving"]["steps"]["preprocess"]["max_queue_delay_us"]
 
 
+def test_serving_max_batch_size_reaches_every_step_and_ensemble(tmp_path):
+    from widefunnel.builders.repository import ensemble_configs, serving_target, step_configs
+
+    cfg = load_config(overrides={"serving": {"max_batch_size": 16}})
+    target = serving_target(mcfg.Target("cpu"), cfg["serving"])
+    configs = {**step_configs(tmp_path, cfg, target, 1, "00000000000000ff", 32, 1682),
+               **ensemble_configs(cfg, target, 1)}
+    assert {name: c.max_batch_size for name, c in configs.items()} == dict.fromkeys(configs, 16)
+    with pytest.raises(ValueError, match="serving.max_batch_size: an integer >= 1 expected, got 0"):
+        serving_target(mcfg.Target("cpu"), {"max_batch_size": 0})
+
+
 def test_an_unknown_step_setting_is_refused(tmp_path):
     from widefunnel.builders.repository import serving_settings
 

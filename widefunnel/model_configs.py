@@ -33,11 +33,12 @@ class Tensor:
 
 @dataclass
 class Target:
-    """Where the repository will run: `cpu` (embedded server or NVIDIA's image on CPU) or `gpu`."""
+    """Where the repository will run: `cpu` (embedded server or NVIDIA's image on CPU) or `gpu`. The builder
+    sets ``max_batch_size`` from `serving.max_batch_size`; each step's batching delay and instances come from
+    `serving` too (`builders.repository.serving_settings`), not from here."""
 
     kind: str = "cpu"
     max_batch_size: int = 64
-    max_queue_delay_us: int = 500
     onnx_backend: str = "onnxruntime"
     extra: dict = field(default_factory=dict)
 
@@ -65,8 +66,8 @@ def _model(name: str, backend: str, inputs: list[Tensor], outputs: list[Tensor],
     _tensors(config.input, inputs)
     _tensors(config.output, outputs)
     config.instance_group.add(kind=target.instance_kind if kind is None else kind, count=instances)
-    if batching:
-        config.dynamic_batching.max_queue_delay_microseconds = target.max_queue_delay_us
+    if batching:  # its delay: `serving_settings`
+        config.dynamic_batching.SetInParent()
     for key, value in sorted((parameters or {}).items()):
         config.parameters[key].string_value = str(value)
     return config
