@@ -19,10 +19,11 @@ each step boundary.
             weights over the repository's own item table, timed interleaved in ONNX Runtime on one thread
   cold      one ANN search of the repository's engagement index, warm (back to back) and after this process
             touched 1 to 64 MiB of other memory (as 9 steps' processes do between a stub's calls on 2 cores)
-  crossover the exact scan's two paths for a batch (the fused int8 GEMV, a pass per query, vs one GEMM per
-            block + the compiled filter), forced by the threshold ``search._GEMV_MAX_BATCH``, on the repository's
-            engagement index and on a random 1M x 64 index, batch 1 to 12, k 100 and 10,000, at ``--threads``;
-            ids checked equal between the two
+  crossover the exact scan's paths for a batch: the fused int8 GEMV (a pass per query) vs one GEMM per block
+            + the compiled filter, the GEMM as torch's int8 `_int_mm` (where it is exact and fast here) and as
+            the exact float32 fallback; forced through ``search._GEMV_MAX_BATCH`` and ``search._use_int_mm``,
+            on the repository's engagement index and on a random 1M x 64 index, batch 1 to 12, k 100 and
+            10,000, at ``--threads``; ids checked equal between the paths
   bytes     the bytes each step receives per request (the ensemble's wiring, replayed step by step through
             the server: `client.perf.DirectChain`), now and as before issue 16 (when each ANN step also sent
             its K candidates' float32 embeddings to the reranker: measured by asking an ANN step for them)
@@ -337,8 +338,13 @@ def crossover_part(repository: Path, threads: int, rounds: int = 7) -> str:
     indexes = {"repository": load_index(repository / "ann_engagement" / str(v["ann_engagement"]) / "index"),
                "random": build_index(random, np.arange(len(random)), "00000000000000ff")}
     del random
-    lines = ["| index | batch | k | GEMV ms | GEMM ms | GEMM / GEMV | same ids |", "|---|---:|---:|---:|---:|---:|---|"]
-    default = scan._GEMV_MAX_BATCH
+    int8 = scan.int_mm_is_fast()
+    paths = {"gemv": (None, True), **({"int8": (0, True)} if int8 else {}), "float": (0, False)}
+    lines = [f"torch's int8 GEMM exact and fast here: {int8} (the scan's default batch threshold: "
+             f"{scan.gemv_max_batch(32)})", "",
+             "| index | batch | k | GEMV ms | int8 GEMM ms | float32 GEMM ms | same ids |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    default, use_int_mm = scan._GEMV_MAX_BATCH, scan._use_int_mm
     try:
         for name, index in indexes.items():
             scan.prepare_index(index)
@@ -346,8 +352,9 @@ def crossover_part(repository: Path, threads: int, rounds: int = 7) -> str:
                 for k in (100, 10_000):
                     q = rng.standard_normal((batch, index.dim)).astype(np.float32)
                     times, ids = {}, {}
-                    for path, threshold in (("gemv", batch), ("gemm", 0)):
-                        scan._GEMV_MAX_BATCH = threshold
+                    for path, (threshold, int_mm) in paths.items():
+                        scan._GEMV_MAX_BATCH = batch if threshold is None else threshold
+                        scan._use_int_mm = use_int_mm if int_mm else (lambda t: False)
                         ids[path] = scan.exact_search(index, q, k)[0]  # also the warm-up
                         samples = []
                         for _ in range(rounds):
@@ -355,11 +362,11 @@ def crossover_part(repository: Path, threads: int, rounds: int = 7) -> str:
                             scan.exact_search(index, q, k)
                             samples.append(time.perf_counter() - t0)
                         times[path] = _ms(samples)
-                    lines.append(f"| {name} {index.count:,} x {index.dim} | {batch} | {k:,} | {times['gemv']:.1f} | "
-                                 f"{times['gemm']:.1f} | {times['gemm'] / times['gemv']:.2f}x | "
-                                 f"{bool((ids['gemv'] == ids['gemm']).all())} |")
+                    cells = " | ".join(f"{times[p]:.1f}" if p in times else "-" for p in ("gemv", "int8", "float"))
+                    same = all((ids[p] == ids["gemv"]).all() for p in ids)
+                    lines.append(f"| {name} {index.count:,} x {index.dim} | {batch} | {k:,} | {cells} | {same} |")
     finally:
-        scan._GEMV_MAX_BATCH = default
+        scan._GEMV_MAX_BATCH, scan._use_int_mm = default, use_int_mm
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from widefunnel.ann import filters
+from widefunnel.ann import search as search_mod
 from widefunnel.ann.index import build_index
 from widefunnel.ann.ivf import ivf_search
 from widefunnel.ann.quantize import quantize_rows
@@ -57,10 +58,13 @@ def _mask(b: int, n: int, share: float, seed: int) -> np.ndarray:
     return mask
 
 
-@pytest.mark.parametrize("batch", [1, 5, 9, 40])  # GEMV; GEMM + offer (a sparse filter: GEMV); row scan
+@pytest.mark.parametrize("gemv_max_batch", [1, 6])  # the threshold with an int8 GEMM / the float32 one
+@pytest.mark.parametrize("batch", [1, 5, 9, 40])  # GEMV; GEMV or GEMM + offer (a sparse filter: GEMV); row scan
 @pytest.mark.parametrize("share", [0.5, 0.1, 0.01, 0.001])
 @pytest.mark.parametrize("k", [10, 500])
-def test_filtered_exact_search_is_the_exact_top_k_of_the_admissible_rows(index_12k, batch, share, k):
+def test_filtered_exact_search_is_the_exact_top_k_of_the_admissible_rows(index_12k, monkeypatch, gemv_max_batch,
+                                                                         batch, share, k):
+    monkeypatch.setattr(search_mod, "_GEMV_MAX_BATCH", gemv_max_batch)
     rng = np.random.default_rng(batch)
     q = rng.standard_normal((batch, 32)).astype(np.float32)
     mask = _mask(batch, index_12k.count, share, seed=int(share * 1000) + k)

@@ -45,11 +45,13 @@ INT64_MIN = -(2**63)  # "empty" key; decodes to a NaN score, never produced by a
 _LOW32 = 0xFFFFFFFF
 MAX_BLOCK_ROWS = 262144  # default cap on item rows per scan block (``exact_search(block_rows=)``)
 _BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
-_GEMV_MAX_BATCH = 1  # batches this small scan with the fused GEMV (``_gemv_scan``), a pass per query; wider ones
-# take one GEMM per block. Measured (`bench_wide.py crossover`, 1M rows, 2 threads, k = 100 / 10,000, GEMV vs GEMM
-# ms): d = 32 batch 1 2.8 / 4.0 vs 3.4 / 4.3, batch 2 5.5 / 7.3 vs 3.8 / 5.6, batch 8 22.9 / 27.5 vs 6.7 / 10.7;
-# d = 64 batch 2 14.6 / 16.7 vs 8.5 / 11.4. (It was 6, from a run in which every batch was also cut in chunks of
-# batch / threads queries, so a batch of 8 never reached one GEMM.)
+_GEMV_MAX_BATCH: int | None = None  # batches this small scan with the fused GEMV (``_gemv_scan``), a pass per
+# query; wider ones take one GEMM per block. None: by the GEMM this host runs (``gemv_max_batch``)
+_GEMV_MAX_BATCH_INT8 = 1  # with torch's int8 GEMM (a host with VNNI; `bench_wide.py crossover`, 1M x 32, 2 threads,
+# k = 100 / 10,000, GEMV vs GEMM ms): batch 1 2.5 / 2.7 vs 3.1 / 3.2, batch 2 4.0 / 4.7 vs 2.8 / 3.7, batch 8
+# 14.8 / 17.4 vs 4.2 / 6.9
+_GEMV_MAX_BATCH_FLOAT = 6  # with the exact float32 GEMM (an AVX2 host without VNNI, 1M x 64: batch 4 10.0 vs 14.9
+# ms, batch 6 15.4 vs 21.2, batch 8 18.4 vs 16.1)
 _GEMV_BAR_K = 4096  # the fused GEMV starts from a sample bar only from this k on: below it the bar's scan costs
 # more than the keys it spares (1M x 64, batch 1, no bar vs bar: k = 100 3.5 vs 4.2 ms, 1,000 3.8 vs 4.4, 4,000
 # 4.9 vs 5.0, 6,000 5.5 vs 5.2, 10,000 6.4 vs 5.1; at 50 % and 10 % admitted alike; d = 32 alike)
@@ -176,6 +178,14 @@ def int_mm_is_fast() -> bool:
     return best(lambda: torch._int_mm(c, q_t)) <= best(lambda: c.float() @ q_t.float())
 
 
+def gemv_max_batch(d: int) -> int:
+    """The widest batch the fused GEMV scans (a pass per query) before one GEMM per block pays: 1 where the
+    GEMM is torch's int8 one, 6 on its exact float32 fallback (``_GEMV_MAX_BATCH_*``)."""
+    if _GEMV_MAX_BATCH is not None:
+        return _GEMV_MAX_BATCH
+    return _GEMV_MAX_BATCH_INT8 if d >= 8 and int_mm_is_fast() else _GEMV_MAX_BATCH_FLOAT
+
+
 def _use_int_mm(t: torch.Tensor) -> bool:
     # d < 8: oneDNN misreads c.T strides
     return t.device.type == "cpu" and t.shape[1] >= 8 and int_mm_is_fast()  # fast implies exact
@@ -286,9 +296,9 @@ def reservoirs(n: int, kk: int, kth: np.ndarray | None = None) -> tuple[np.ndarr
 
 def query_chunk(batch: int, kk: int, per_query: int = 1) -> int:
     """Largest query chunk whose reservoirs (b x ``per_query`` x width int64: a reservoir per thread) stay
-    under the memory cap. Only the cap splits a batch: a batch of 8 cut into two chunks of 4 (as this once did
-    by dividing the chunk by the threads) takes the per-query GEMV twice over instead of one GEMM, 1.8x slower
-    at k = 10,000 on the 1M x 32 build."""
+    under the memory cap. Only the cap splits a batch: cut into chunks of batch / threads queries (as this once
+    did), a batch of 8 took the per-query GEMV in two chunks of 4 instead of one GEMM (1M x 32, k = 10,000: 31
+    vs 11 ms)."""
     b = max(1, batch)
     while b > 1 and b * per_query * _reservoir_width(kk) > _RESERVOIR_KEYS:
         b = (b + 1) // 2
@@ -343,7 +353,7 @@ def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndar
     rows = scan_block_rows(n, b, block_rows)
     # the fused int8 GEMV + filter reads each row once and writes no dot block; under a sparse filter it reads
     # only the admissible rows, which beats a GEMM over all of them at any batch
-    if b <= _GEMV_MAX_BATCH or share < _SPARSE_FILTER:
+    if b <= gemv_max_batch(codes_t.shape[1]) or share < _SPARSE_FILTER:
         _gemv_scan(table, qc, qs, excl, allow, kk, buf, fill, kth, rows, n_seg, share < WALK_FILTER)
         return _collect(buf, fill, kk, n_seg, bar_only)
     qt = qc.T.contiguous()
@@ -431,14 +441,15 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
     share = filters.admitted_share(allow)
     sparse = share < _SPARSE_FILTER
     b, n = qc.shape[0], table.rows
-    if b > _GEMV_MAX_BATCH and share < _COMPACT_FILTER and not bar_only:
+    gemv_batch = gemv_max_batch(table.codes_t.shape[1])
+    if b > gemv_batch and share < _COMPACT_FILTER and not bar_only:
         union = filters.union_rows(allow, n)
         # sparse filters walk their own rows query by query: copied only when the batch shares them (a union
         # at most half their sum), so the copy's one GEMM replaces b walks
         small = len(union) < _COMPACT_FILTER * n and len(union) * table.codes_t.shape[1] <= _COMPACT_BYTES
         if small and len(union) and (not sparse or 2 * len(union) <= b * share * n):
             return _compacted_scan(levels, union, qc, qs, excl, k, block_rows, estimate, allow)
-    estimate = estimate and not sparse and (b > _GEMV_MAX_BATCH or kk >= _GEMV_BAR_K)
+    estimate = estimate and not sparse and (b > gemv_batch or kk >= _GEMV_BAR_K)
     bars, guessed = (_starting_bars(levels, qc, qs_np, excl_np, allow, kk, block_rows) if estimate
                      else (None, False))
     kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
