@@ -9,9 +9,9 @@ each step boundary.
             served (gRPC) vs in process (`--threads` ONNX Runtime and scan threads, and once more with one ONNX
             Runtime thread) vs the peer a user would build in one process (faiss IndexFlatIP top-K
             over the same vectors + the same ONNX reranker and scorer + the same merge) vs the floor
-            (scan: max(index bytes / copy bandwidth, 2BNd / GEMM rate); scoring: reranker and scorer FLOPs /
-            GEMM rate; every rate measured between the cell's own rounds, the best taken). Every path's item
-            ids are checked equal to in-process.
+            (scan: max(index bytes / copy bandwidth, 2BNd / the faster of the float32 and int8 GEMM rates);
+            scoring: reranker and scorer FLOPs / float32 GEMM rate; every rate measured between the cell's own
+            rounds, the best taken). Every path's item ids are checked equal to in-process.
   synthetic how the synthetic items of a catalogue-scale build score next to the real ones: per head, the
             quantiles of seed . item over real seeds against all real and all synthetic items, and the synthetic
             share of each seed's top 100 against their share of the catalogue
@@ -145,9 +145,12 @@ class FaissPeer:
 
 
 def _rates(threads: int, repeats: int = 5) -> dict[str, float]:
-    """Copy bandwidth (bytes/s, read + write) and float32 GEMM rate (FLOP/s), measured now, best of ``repeats``
-    after one untimed run of each (the copy's first run faults its destination in)."""
+    """Copy bandwidth (bytes/s, read + write), float32 GEMM rate (FLOP/s) and int8 GEMM rate (torch's
+    `_int_mm`, op/s; 0 where it is not exact here), measured now, best of ``repeats`` after one untimed run of
+    each (the copy's first run faults its destination in)."""
     import torch
+
+    from widefunnel.ann.search import int_mm_is_exact
 
     torch.set_num_threads(threads)
     src = np.ones(64 << 20, np.float32)  # 256 MB
@@ -157,7 +160,12 @@ def _rates(threads: int, repeats: int = 5) -> dict[str, float]:
     a, b = torch.randn(256, 96), torch.randn(96, 100_000)
     torch.mm(a, b)
     gemm = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return {"bandwidth": 2 * src.nbytes / copy, "gemm": 2 * 256 * 96 * 100_000 / gemm}
+    int8 = 0.0
+    if int_mm_is_exact():
+        c, q = torch.ones(65_536, 64, dtype=torch.int8), torch.ones(64, 256, dtype=torch.int8)
+        torch._int_mm(c, q)
+        int8 = 2 * 65_536 * 64 * 256 / min(_timed(lambda: torch._int_mm(c, q)) for _ in range(repeats))
+    return {"bandwidth": 2 * src.nbytes / copy, "gemm": 2 * 256 * 96 * 100_000 / gemm, "int8": int8}
 
 
 def _timed(fn) -> float:
@@ -202,8 +210,10 @@ def floor_ms(funnel, repository: Path, batch: int, k: int, rates: dict[str, floa
     v = funnel.versions
     total = 0.0
     for head, index in funnel.indexes.items():
+        # int8 x int8 dot products at the faster of this host's int8 and float32 GEMM rates (without VNNI the
+        # exact float32 GEMM on integer operands is the faster way to compute them)
         scan = max((index.codes.nbytes + index.scales.nbytes) / rates["bandwidth"],
-                   2 * batch * index.count * index.dim / rates["gemm"])
+                   2 * batch * index.count * index.dim / max(rates["gemm"], rates["int8"]))
         rerank = batch * k * _flops_per_candidate(
             repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx") / rates["gemm"]
         score = batch * funnel.limits.default_keep * _flops_per_candidate(
@@ -227,8 +237,8 @@ def scale_part(repository: Path, requests: int, threads: int) -> str:
     lines = [f"{threads} threads, N = {index.count:,}, d = {index.dim}; the floor's rates measured in each cell's "
              "rounds (best of them)",
              "", "| K per head | batch | served ms | in-process ms | in-process ms, 1 ORT thread | faiss peer ms | "
-             "copy GB/s, GEMM GFLOP/s | floor ms | served / in-process throughput | in-process share of floor | "
-             "in-process vs peer |",
+             "copy GB/s, GEMM GFLOP/s, int8 GOP/s | floor ms | served / in-process throughput | "
+             "in-process share of floor | in-process vs peer |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     seeds = sample_seeds(repository, funnel.versions["preprocess"], 8 * (requests + 1), seed=5)
     with TritonServer(repository) as server, WidefunnelClient(server.grpc_url, "grpc") as client:
@@ -260,7 +270,8 @@ def scale_part(repository: Path, requests: int, threads: int) -> str:
                 rates = {name: max(r[name] for r in samples) for name in samples[0]}
                 floor = floor_ms(funnel, repository, batch, k, rates)
                 lines.append(f"| {k:,} | {batch} | {served:.1f} | {local:.1f} | {one:.1f} | {other:.1f} | "
-                             f"{rates['bandwidth'] / 1e9:.1f}, {rates['gemm'] / 1e9:.0f} | {floor:.2f} | "
+                             f"{rates['bandwidth'] / 1e9:.1f}, {rates['gemm'] / 1e9:.0f}, {rates['int8'] / 1e9:.0f} | "
+                             f"{floor:.2f} | "
                              f"{local / served:.2f}x | {floor / local:.0%} | {other / local:.2f}x "
                              f"(same items {same:.0%}) |")
                 print(lines[-1], flush=True)
