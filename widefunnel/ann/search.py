@@ -50,8 +50,8 @@ _GEMV_MAX_BATCH: int | None = None  # batches this small scan with the fused GEM
 _GEMV_MAX_BATCH_INT8 = 1  # with torch's int8 GEMM (a host with VNNI; `bench_wide.py crossover`, 1M x 32, 2 threads,
 # k = 100 / 10,000, GEMV vs GEMM ms): batch 1 2.5 / 2.7 vs 3.1 / 3.2, batch 2 4.0 / 4.7 vs 2.8 / 3.7, batch 8
 # 14.8 / 17.4 vs 4.2 / 6.9
-_GEMV_MAX_BATCH_FLOAT = 6  # with the exact float32 GEMM (an AVX2 host without VNNI, 1M x 64: batch 4 10.0 vs 14.9
-# ms, batch 6 15.4 vs 21.2, batch 8 18.4 vs 16.1)
+_GEMV_MAX_BATCH_FLOAT = 6  # with the exact float32 GEMM (the AVX2 host without VNNI, 2026-11-24: 1M x 64,
+# batch 4 10.0 vs 14.9 ms, batch 6 15.4 vs 21.2, batch 8 18.4 vs 16.1)
 _GEMV_BAR_K = 4096  # the fused GEMV starts from a sample bar only from this k on: below it the bar's scan costs
 # more than the keys it spares (1M x 64, batch 1, no bar vs bar: k = 100 3.5 vs 4.2 ms, 1,000 3.8 vs 4.4, 4,000
 # 4.9 vs 5.0, 6,000 5.5 vs 5.2, 10,000 6.4 vs 5.1; at 50 % and 10 % admitted alike; d = 32 alike)
