@@ -360,8 +360,9 @@ def crossover_part(repository: Path, threads: int, rounds: int = 7) -> str:
     del random
     int8 = scan.int_mm_is_fast()
     paths = {"gemv": (None, True), **({"int8": (0, True)} if int8 else {}), "float": (0, False)}
-    lines = [f"torch's int8 GEMM exact and fast here: {int8} (the scan's default batch threshold: "
-             f"{scan.gemv_max_batch(32)})", "",
+    default_max = scan._GEMV_MAX_BATCH_INT8 if int8 else scan._GEMV_MAX_BATCH_FLOAT
+    lines = [f"torch's int8 GEMM exact and fast here: {int8} (so the scan runs the GEMV up to batch {default_max})",
+             "",
              "| index | batch | k | GEMV ms | int8 GEMM ms | float32 GEMM ms | same ids |",
              "|---|---:|---:|---:|---:|---:|---|"]
     default, use_int_mm = scan._GEMV_MAX_BATCH, scan._use_int_mm

@@ -178,12 +178,13 @@ def int_mm_is_fast() -> bool:
     return best(lambda: torch._int_mm(c, q_t)) <= best(lambda: c.float() @ q_t.float())
 
 
-def gemv_max_batch(d: int) -> int:
-    """The widest batch the fused GEMV scans (a pass per query) before one GEMM per block pays: 1 where the
-    GEMM is torch's int8 one, 6 on its exact float32 fallback (``_GEMV_MAX_BATCH_*``)."""
+def gemv_max_batch(codes: torch.Tensor) -> int:
+    """The widest batch the fused GEMV scans (a pass per query) before one GEMM per block over ``codes`` pays:
+    1 where that GEMM is torch's int8 one (``_use_int_mm``, as ``item_dot`` decides), 6 on its exact float32
+    fallback (``_GEMV_MAX_BATCH_*``)."""
     if _GEMV_MAX_BATCH is not None:
         return _GEMV_MAX_BATCH
-    return _GEMV_MAX_BATCH_INT8 if d >= 8 and int_mm_is_fast() else _GEMV_MAX_BATCH_FLOAT
+    return _GEMV_MAX_BATCH_INT8 if _use_int_mm(codes) else _GEMV_MAX_BATCH_FLOAT
 
 
 def _use_int_mm(t: torch.Tensor) -> bool:
@@ -335,10 +336,13 @@ def _gemv_scan(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarr
 
 
 def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndarray, allow: np.ndarray, kk: int,
-                kth: np.ndarray, block_rows: int, bar_only: bool = False, share: float = 1.0) -> np.ndarray:
+                kth: np.ndarray, block_rows: int, gemv: bool, bar_only: bool = False, share: float = 1.0
+                ) -> np.ndarray:
     """Blocked scan of a row table -> sorted best keys [b, kk] (INT64_MIN pads), or with ``bar_only`` just
     the kk-th best [b, 1]. ``kth``: each query's starting bar (INT64_MIN, or a guessed key); only keys above
-    it are kept. ``share``: about the share of rows ``allow`` admits (``filters.admitted_share``)."""
+    it are kept. ``gemv``: scan with the fused GEMV, query by query (``scan_keys`` decides: a small batch or a
+    sparse filter), else one GEMM per block. ``share``: about the share of rows ``allow`` admits
+    (``filters.admitted_share``)."""
     codes_t = table.codes_t
     n, b = codes_t.shape[0], qc.shape[0]
     threads = numba.get_num_threads()
@@ -353,7 +357,7 @@ def _scan_table(table: RowTable, qc: torch.Tensor, qs: np.ndarray, excl: np.ndar
     rows = scan_block_rows(n, b, block_rows)
     # the fused int8 GEMV + filter reads each row once and writes no dot block; under a sparse filter it reads
     # only the admissible rows, which beats a GEMM over all of them at any batch
-    if b <= gemv_max_batch(codes_t.shape[1]) or share < _SPARSE_FILTER:
+    if gemv:
         _gemv_scan(table, qc, qs, excl, allow, kk, buf, fill, kth, rows, n_seg, share < WALK_FILTER)
         return _collect(buf, fill, kk, n_seg, bar_only)
     qt = qc.T.contiguous()
@@ -441,7 +445,7 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
     share = filters.admitted_share(allow)
     sparse = share < _SPARSE_FILTER
     b, n = qc.shape[0], table.rows
-    gemv_batch = gemv_max_batch(table.codes_t.shape[1])
+    gemv_batch = gemv_max_batch(table.codes_t)
     if b > gemv_batch and share < _COMPACT_FILTER and not bar_only:
         union = filters.union_rows(allow, n)
         # sparse filters walk their own rows query by query: copied only when the batch shares them (a union
@@ -453,7 +457,8 @@ def scan_keys(levels: SampledTable, qc: torch.Tensor, qs: torch.Tensor, excl: to
     bars, guessed = (_starting_bars(levels, qc, qs_np, excl_np, allow, kk, block_rows) if estimate
                      else (None, False))
     kth = np.full(qc.shape[0], INT64_MIN, np.int64) if bars is None else bars
-    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, allow, kk, kth, block_rows, bar_only, share))
+    gemv = b <= gemv_batch or sparse
+    keys = torch.from_numpy(_scan_table(table, qc, qs_np, excl_np, allow, kk, kth, block_rows, gemv, bar_only, share))
     short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1) if guessed else None
     if short is not None and short.numel():  # the guess was too high for these queries: redo them without one
         keys[short] = scan_keys(levels, qc[short], qs[short], excl[short], k, block_rows, False, bar_only,
