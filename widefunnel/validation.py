@@ -53,6 +53,13 @@ def check_request_candidates(name: str, batch: int, per_seed: int, limit: int) -
 
 
 DEFAULT_MAX_EXCLUDE = 1000
+# What one request may carry beyond its ids and widths (issue 33): the gateway refuses more before it reaches
+# tritonserver, and preprocess and the steps refuse it when called directly. A value over these is a client's
+# mistake, never a cost other clients pay.
+MAX_FILTER_VALUES = 64  # values of one filter field (include_genre, ...) for one seed
+MAX_REQUEST_FILTER_VALUES = 4096  # values of one filter field for all seeds of a request together
+MAX_STRING_BYTES = 256  # one BYTES element (a filter value, a request parameter's string)
+MAX_REQUEST_ID_CHARS = 128  # the request's "id", echoed back by the server
 YEAR_ANY = (-(2**31), 2**31 - 1)  # an inclusive year range that admits everything (no year filter)
 
 
