@@ -100,15 +100,18 @@ def test_json_data_of_the_wrong_type_or_length_names_the_input(data, message):
 
 def test_large_parameters_and_shared_memory_are_refused():
     tensors = {"seed_item_id": np.array([[1]], np.int64)}
-    with pytest.raises(Refusal, match="parameters exceed"):
+    with pytest.raises(Refusal, match="parameter 'x' is longer than"):
         check_http_infer(*_http_body(tensors, parameters={"x": "a" * 10_000}), LIMITS)
+    with pytest.raises(Refusal, match="parameters exceed"):
+        check_http_infer(*_http_body(tensors, parameters={f"x{i}": "a" * 200 for i in range(30)}), LIMITS)
     body = json.dumps({"inputs": [{"name": "seed_item_id", "datatype": "INT64", "shape": [1, 1],
                                    "parameters": {"shared_memory_region": "triton_python_backend_shm_region_1",
                                                   "shared_memory_byte_size": 8}}]}).encode()
     with pytest.raises(Refusal, match="shared-memory"):
         check_http_infer(body, None, LIMITS)
     request = service_pb2.ModelInferRequest(model_name="m")
-    request.parameters["x"].string_param = "a" * 10_000
+    for i in range(30):
+        request.parameters[f"x{i}"].string_param = "a" * 200
     request.inputs.add(name="seed_item_id", datatype="INT64", shape=[1]).contents.int64_contents.append(1)
     with pytest.raises(Refusal, match="parameters exceed"):
         check_grpc_infer(request, LIMITS)

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from widefunnel.gateway.checks import Limits
 from widefunnel.gateway.proxy import serve
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-upstream", required=True, help="tritonserver's gRPC HOST:PORT (loopback)")
     parser.add_argument("--metrics", type=_address, default=None, help="listen HOST:PORT for /metrics")
     parser.add_argument("--metrics-upstream", default=None, help="tritonserver's metrics HOST:PORT (loopback)")
+    parser.add_argument("--repository", type=Path, required=True,
+                        help="the model repository tritonserver serves: only its models are let through")
     parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s widefunnel-gateway %(levelname)s %(message)s")
@@ -33,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         task = asyncio.create_task(serve(args.http, args.grpc, args.http_upstream, args.grpc_upstream, limits,
-                                         metrics_listen=args.metrics, metrics_upstream=args.metrics_upstream))
+                                         args.repository, metrics_listen=args.metrics,
+                                         metrics_upstream=args.metrics_upstream))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)

@@ -150,7 +150,7 @@ class TritonServer:
                 "--metrics", f"{self.host}:{self.ports.metrics}",
                 "--http-upstream", self.triton_http_url, "--grpc-upstream", self.triton_grpc_url,
                 "--metrics-upstream", f"{LOOPBACK}:{self.triton_ports.metrics}",
-                "--max-body-bytes", str(self.limits.max_body_bytes)]
+                "--repository", str(self.repository), "--max-body-bytes", str(self.limits.max_body_bytes)]
 
     def _check_ports(self) -> None:
         for name in ("http", "grpc", "metrics"):
