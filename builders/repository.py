@@ -110,6 +110,7 @@ def _ann_parameters(repository: Path, head: str, version: int, fingerprint: str,
     return {
         "k": str(acfg["k"]), "max_k": str(acfg["max_k"]), "search": acfg["search"], "nprobe": str(acfg["nprobe"]),
         "emit_embeddings": "true", "max_request_candidates": str(cfg["serving"]["max_request_candidates"]),
+        "max_exclude": str(cfg["serving"]["max_exclude"]),  # EXCLUDE_IDS per query, as preprocess bounds them
         FINGERPRINTS_PARAMETER: format_fingerprints(entries, keep=on_disk),
     }
 
