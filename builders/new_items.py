@@ -29,6 +29,8 @@ from widefunnel.builders.models import ItemTower, set_features
 from widefunnel.builders.state import BuildState, load_state, tower_features_of
 from widefunnel.builders.train import TrainedFunnel, scorer_features, tables_and_indexes, tower_features
 from widefunnel.data import Catalogue
+from widefunnel.takedowns import TakedownError, parse_item_id
+from widefunnel.validation import shown
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +71,15 @@ def _item(row: dict, where: str, genre_names: tuple[str, ...]) -> NewItem:
         if row.get(name) in (None, ""):
             raise _field(where, name, "missing")
     raw_id = row["id"]
-    if isinstance(raw_id, bool) or not (isinstance(raw_id, int) or (isinstance(raw_id, str) and raw_id.isdigit())):
-        raise _field(where, "id", f"must be a positive integer, got {raw_id!r}")
-    item_id = int(raw_id)
-    if item_id <= 0:
-        raise _field(where, "id", f"must be a positive integer, got {item_id}")
+    if isinstance(raw_id, str):
+        try:
+            item_id = parse_item_id(raw_id, f"{where}: field 'id'")
+        except TakedownError as exc:
+            raise NewItemsError(str(exc)) from None
+    elif isinstance(raw_id, int) and not isinstance(raw_id, bool) and raw_id > 0:
+        item_id = raw_id
+    else:
+        raise _field(where, "id", f"must be a positive integer, got {shown(raw_id)}")
     title = row["title"]
     if not isinstance(title, str) or not title.strip():
         raise _field(where, "title", "must be non-empty text")
@@ -82,8 +88,9 @@ def _item(row: dict, where: str, genre_names: tuple[str, ...]) -> NewItem:
     year = row.get("year")
     if year in (None, "", 0, "0"):
         year = 0
-    elif isinstance(year, bool) or not (isinstance(year, int) or (isinstance(year, str) and year.isdigit())):
-        raise _field(where, "year", f"must be a year or empty, got {year!r}")
+    elif isinstance(year, bool) or not (isinstance(year, int) or (isinstance(year, str) and year.isascii()
+                                                                  and year.isdigit())):
+        raise _field(where, "year", f"must be a year or empty, got {shown(year)}")
     else:
         year = int(year)
         if not YEARS[0] <= year <= YEARS[1]:
@@ -131,6 +138,30 @@ def _rows(text: str, source: str):
             raise NewItemsError(f"{source}:{reader.line_num}: more values than the header's {len(header)} columns")
         yield f"{source}:{reader.line_num}", {k: v.strip() if isinstance(v, str) else v for k, v in row.items()
                                               if not (k not in FIELDS and v in (None, ""))}
+
+
+def decode_items_file(data: bytes, source: str) -> str:
+    """The file's bytes as UTF-8 text. NewItemsError names the line of the first byte that is not UTF-8 and the
+    field that holds it (found by parsing the line with the bad bytes replaced), or its column when the line does
+    not parse."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start, bad = exc.start, data[exc.start]
+    number = data.count(b"\n", 0, start) + 1
+    where = f"{source}:{number}"
+    column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+    field = None
+    try:
+        for at, row in _rows(data.decode("utf-8", "replace"), source):
+            if at == where:
+                field = next((k for k, v in row.items() if "\ufffd" in f"{k}{v}"), None)
+                break
+    except NewItemsError:
+        pass
+    place = f"field '{field}'" if field else ("the CSV header" if number == 1 and not data.lstrip().startswith(b"{")
+                                              else f"column {column}")
+    raise NewItemsError(f"{where}: {place}: not UTF-8 (byte 0x{bad:02x})")
 
 
 def parse_new_items(text: str, source: str, catalogue: Catalogue) -> list[NewItem]:
@@ -229,13 +260,14 @@ def add_items(repository: Path, file: Path, from_version: int | None = None) -> 
     if size > MAX_FILE_BYTES:
         raise NewItemsError(f"{file}: {size} bytes, more than {MAX_FILE_BYTES} (split it; at most "
                             f"{MAX_ITEMS_PER_FILE} items per file)")
+    text = decode_items_file(Path(file).read_bytes(), str(file))  # before the build's state is loaded
     repository = Path(repository)
     builds = layout.complete_versions(repository, mcfg.STEP_MODELS)
     source = from_version or max(builds, default=0)
     if source not in builds:
         raise FileNotFoundError(f"{repository}: no complete build {source or ''} to add items to (on disk: {builds})")
     state = load_state(repository / "query_tower" / str(source) / layout.BUILD_STATE_FILE)
-    items = parse_new_items(Path(file).read_text(encoding="utf-8"), str(file), state.catalogue)
+    items = parse_new_items(text, str(file), state.catalogue)
     content = encode_texts([i.text() for i in items], state.cfg["teacher"]["batch_size"])
     funnel, catalogue = grown_funnel(state, items, content)
     target = mcfg.Target(layout.read_builds(repository).get(str(source), {}).get("target", "cpu"))

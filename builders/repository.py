@@ -110,6 +110,7 @@ def _ann_parameters(repository: Path, head: str, version: int, fingerprint: str,
     return {
         "k": str(acfg["k"]), "max_k": str(acfg["max_k"]), "search": acfg["search"], "nprobe": str(acfg["nprobe"]),
         "emit_embeddings": "true", "max_request_candidates": str(cfg["serving"]["max_request_candidates"]),
+        "max_exclude": str(cfg["serving"]["max_exclude"]),  # EXCLUDE_IDS per query, as preprocess bounds them
         FINGERPRINTS_PARAMETER: format_fingerprints(entries, keep=on_disk),
     }
 
@@ -219,10 +220,22 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
                   writer.folder("composite_scorer") / "model.onnx")
 
 
+def disk_pinned_version(repository: Path) -> int | None:
+    """The version the main ensemble's config on disk pins: what a server started on ``repository`` serves."""
+    path = Path(repository) / mcfg.ENSEMBLE / CONFIG_FILE
+    return mcfg.pinned_version(mcfg.from_pbtxt(path.read_text())) if path.is_file() else None
+
+
 def prune_versions(repository: Path, keep: int) -> None:
+    """Each step keeps its newest ``keep`` versions, the served one and the one a rollback from it needs
+    (``layout.versions_to_keep``)."""
+    served = layout.served_version(repository)
     for model in mcfg.STEP_MODELS:
-        for v in existing_versions(repository, model)[:-keep]:
-            shutil.rmtree(repository / model / str(v))
+        on_disk = existing_versions(repository, model)
+        kept = layout.versions_to_keep(on_disk, keep, served)
+        for v in on_disk:
+            if v not in kept:
+                shutil.rmtree(repository / model / str(v))
 
 
 def write_repository(repository: Path, funnel: TrainedFunnel, catalogue: Catalogue, cfg: dict,
@@ -233,6 +246,10 @@ def write_repository(repository: Path, funnel: TrainedFunnel, catalogue: Catalog
     version = version or next_version(repository)
     fingerprint = tower_fingerprint(funnel.tower)
     dim = funnel.tables[0].shape[1]
+    if layout.served_version(repository) is None:  # no swap or serve recorded one: a server started earlier
+        pinned = disk_pinned_version(repository)  # serves what the ensembles pin before this build re-pins them
+        if pinned is not None:
+            layout.record_served(repository, pinned)
     writer = VersionWriter(repository, version)
     write_artifacts(writer, funnel, catalogue, cfg, fingerprint)
     engines = build_engines(writer, cfg, target, dim)

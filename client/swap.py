@@ -37,7 +37,7 @@ from tritonclient.utils import InferenceServerException
 
 from widefunnel import model_configs as mcfg
 from widefunnel.client.client import protocol_module
-from widefunnel.layout import CONFIG_FILE, atomic_write, build_fingerprint, complete_versions
+from widefunnel.layout import CONFIG_FILE, atomic_write, build_fingerprint, complete_versions, record_served
 from widefunnel.security import ADMIN_KEY_ENV, AdminKeyError, require_key, with_admin_key
 
 logger = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ def swap(url: str, repository: Path, to_version: int, protocol: str = "http",
             try:
                 for ensemble in mcfg.ENSEMBLES:
                     persist_pins(repository, ensemble, to_version)
+                record_served(repository, to_version)  # no prune removes it (or the version a rollback needs)
                 actions.append(f"persisted: ensembles on disk pin version {to_version}")
             except OSError as exc:
                 actions.append(f"not persisted ({exc}): a restart serves what the ensembles on disk pin")

@@ -217,7 +217,7 @@ def test_filter_validation_names_the_field():
     from widefunnel.validation import RequestError, RequestLimits, validate_filters
 
     limits = RequestLimits(np.arange(1, 10), 0.5, 10, 100, np.ones(4, np.float32), 100, 1000, ("Comedy", "Drama"), 3)
-    ok = validate_filters(limits, 2, include_genre=np.array([[b"Drama", b""], [b"Comedy", b"Drama"]], object))
+    ok = validate_filters(limits, 2, include_genre=np.array([[b"Drama", b"Drama"], [b"Comedy", b"Drama"]], object))
     assert ok.genres_any[:, 0].tolist() == [0b10, 0b11] and (ok.exclude_ids == -1).all()
     for kwargs, field in (({"include_genre": np.array([[b"Opera"]] * 2, object)}, "include_genre"),
                           ({"exclude_item_id": np.ones((2, 4), np.int64)}, "exclude_item_id"),

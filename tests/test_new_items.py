@@ -35,7 +35,12 @@ def test_json_lines_and_csv_parse_to_the_same_items():
     (_jsonl({"id": 5000, "title": "x"}, {"id": 5000, "title": "y"}), r"new:2: field 'id': 5000 also on new:1"),
     (_jsonl({"id": 1, "title": "x"}), r"new:1: field 'id': 1 is already in the catalogue"),
     (_jsonl({"id": -3, "title": "x"}), r"new:1: field 'id': must be a positive integer"),
-    (_jsonl({"id": "7x", "title": "x"}), r"new:1: field 'id': must be a positive integer"),
+    (_jsonl({"id": "7x", "title": "x"}), r"new:1: field 'id': '7x' is not an item id"),
+    (_jsonl({"id": "50_00", "title": "x"}), r"new:1: field 'id': '50_00' is not an item id"),
+    (_jsonl({"id": "\uff15\uff10\uff10\uff10", "title": "x"}), r"new:1: field 'id': '.*' is not an item id"),
+    (_jsonl({"id": 2.5, "title": "x"}), r"new:1: field 'id': must be a positive integer, got 2.5"),
+    ("id,title\n5000,x\n\u00b2,y\n", r"new:3: field 'id': '\u00b2' is not an item id"),
+    (_jsonl({"id": 5000, "title": "x", "year": "\u00b9\u2079\u2079\u2079"}), r"new:1: field 'year': must be a year"),
     (_jsonl({"id": 10 ** 9, "title": "x"}), r"new:1: field 'id': .* more than 1000000 past the largest id"),
     (_jsonl({"id": 5000, "title": "x", "year": 3000}), r"new:1: field 'year': 3000 outside"),
     (_jsonl({"id": 5000, "title": "x", "year": "soon"}), r"new:1: field 'year': must be a year"),
@@ -54,6 +59,21 @@ def test_json_lines_and_csv_parse_to_the_same_items():
 def test_bad_files_are_refused_naming_line_and_field(text, message):
     with pytest.raises(NewItemsError, match=message):
         parse_new_items(text, "new", CAT)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"id": 5000, "title": "x"}\n{"id": 5001, "title": "caf\xe9"}\n', r"^new:2: field 'title': not UTF-8 "
+                                                                        r"\(byte 0xe9\)$"),
+    (b"id,title,year,genres\n5000,x,1999,Comedy\n5001,y,1999,Com\xffedy\n", r"^new:3: field 'genres': not UTF-8"),
+    (b"id,ti\xfftle\n5000,x\n", r"^new:1: the CSV header: not UTF-8"),
+    (b'{"id": 5000,\xff "title": "x"}\n', r"^new:1: column 13: not UTF-8"),  # the line does not parse
+])
+def test_bytes_that_are_not_utf8_are_refused_naming_line_and_field(data, message):
+    from widefunnel.builders.new_items import decode_items_file
+
+    with pytest.raises(NewItemsError, match=message):
+        decode_items_file(data, "new")
+    assert decode_items_file("caf\u00e9".encode(), "new") == "caf\u00e9"
 
 
 def test_a_huge_file_or_a_missing_build_is_refused_before_anything_is_written(tmp_path, monkeypatch):
@@ -121,3 +141,26 @@ def test_old_items_do_not_move_and_a_new_item_is_placed_by_its_content(grown):
     assert 1700 in found["relevance"][0][0]
     rec = new.recommend([1700, 1701], top_n=10)
     assert (rec.item_id >= 0).all() and 1700 not in rec.item_id[0]
+
+
+def test_two_adds_without_a_swap_keep_the_served_build_on_disk(built_repository, tmp_path):
+    """The served build (1) outlives two `items add` runs in a row: a dead stub of it can still be restarted from
+    its folder, and a swap records the new one, after which 1 may go."""
+    from widefunnel import layout
+    from widefunnel import model_configs as mcfg
+    from widefunnel.builders.repository import disk_pinned_version
+
+    repository = tmp_path / "repo"
+    shutil.copytree(built_repository, repository)
+    assert disk_pinned_version(repository) == 1
+    for n, item in enumerate(({"id": 1800, "title": "First Addition"}, {"id": 1801, "title": "Second Addition"})):
+        path = tmp_path / f"new{n}.jsonl"
+        path.write_text(_jsonl(item))
+        add_items(repository, path)
+    assert layout.complete_versions(repository, mcfg.STEP_MODELS) == [1, 2, 3]
+    assert layout.served_version(repository) == 1 and disk_pinned_version(repository) == 3
+    layout.record_served(repository, 3)  # what `swap --to 3` records
+    path = tmp_path / "new2.jsonl"
+    path.write_text(_jsonl({"id": 1802, "title": "Third Addition"}))
+    add_items(repository, path)
+    assert layout.complete_versions(repository, mcfg.STEP_MODELS) == [2, 3, 4]  # 3 served, 2 its rollback

@@ -122,6 +122,7 @@ def test_build_into_live_repository_does_not_change_what_is_served(swapped):
 
 def test_swap_and_rollback_under_load_never_fail_or_mix(swapped, capsys, monkeypatch):
     from widefunnel.cli import main
+    from widefunnel.layout import served_version as served_on_record
 
     fp1, fp2 = swapped.fingerprints[1], swapped.fingerprints[2]
     monkeypatch.setenv("WIDEFUNNEL_ADMIN_KEY", swapped.server.admin_key)  # the CLI reads the key from here
@@ -132,6 +133,7 @@ def test_swap_and_rollback_under_load_never_fail_or_mix(swapped, capsys, monkeyp
         report = swap(swapped.server.http_url, swapped.repository, 2, admin_key=swapped.server.admin_key,  # over HTTP
                       log=lambda action: staged.append(time.monotonic()) if action.startswith("stage") else None)
         t_swapped = time.monotonic()
+        served_after_swap = served_on_record(swapped.repository)
         time.sleep(2.0)
         t_back = time.monotonic()
         code = main(["rollback", "--url", swapped.server.grpc_url, "--protocol", "grpc",  # the CLI, over gRPC
@@ -159,6 +161,8 @@ def test_swap_and_rollback_under_load_never_fail_or_mix(swapped, capsys, monkeyp
     assert {o.fingerprints[0] for o in after_swap} == {fp2}
     assert {o.fingerprints[0] for o in after_back} == {fp1}
     assert {o.fingerprints[0] for o in during_swap} <= {fp1, fp2} and len(during_swap) >= CLIENTS
+    # recorded for the builder: no prune removes the served build or the one its rollback needs
+    assert (served_after_swap, served_on_record(swapped.repository)) == (2, 1)
     for ensemble in mcfg.ENSEMBLES:  # persisted: a restart serves the rolled-back build too
         disk = mcfg.from_pbtxt((swapped.repository / ensemble / "config.pbtxt").read_text())
         assert {s.model_version for s in disk.ensemble_scheduling.step} == {1}, ensemble

@@ -31,8 +31,33 @@ def test_id_files_name_the_bad_line():
     assert td.parse_ids("1\n2, 3  # comment\n\n# all comment\n4 5", "ids.txt") == [1, 2, 3, 4, 5]
     with pytest.raises(td.TakedownError, match=r"ids.txt, line 2: 'x7' is not an item id"):
         td.parse_ids("1\nx7", "ids.txt")
-    with pytest.raises(td.TakedownError, match=r"ids.txt, line 1: item ids are >= 1, got -3"):
+    with pytest.raises(td.TakedownError, match=r"ids.txt, line 1: '-3' is not an item id"):
         td.parse_ids("-3", "ids.txt")
+    with pytest.raises(td.TakedownError, match=r"ids.txt, line 1: item ids are >= 1, got 0"):
+        td.parse_ids("000", "ids.txt")
+
+
+@pytest.mark.parametrize("text", ["1_0", "\uff11\uff10", "\u00b9", "\u0661", "+5", "-5", " ", "1e3", "0x1f",
+                                  "1" * 19, "x" * 10_000])
+def test_item_ids_are_ascii_digits_only(text):
+    with pytest.raises(td.TakedownError, match=r"^IDS, line 2: .* is not an item id") as info:
+        td.parse_item_id(text, "IDS, line 2")
+    assert len(str(info.value)) < 160  # a long token is quoted cut, not whole
+
+
+def test_item_ids_as_a_database_reads_them():
+    assert [td.parse_item_id(t, "x") for t in ("1", "007", "10", "9" * 18)] == [1, 7, 10, int("9" * 18)]
+    assert td.parse_ids("1, 2\n3", "f") == [1, 2, 3]
+
+
+def test_an_id_file_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"1\n2, 3\n4 \xff5\n")
+    with pytest.raises(td.TakedownError, match=r"ids.txt, line 3: not UTF-8 \(byte 0xff at column 3\)"):
+        td.read_ids_file(path)
+    path.write_bytes("1\n\uff12\n".encode())  # valid UTF-8, not an id
+    with pytest.raises(td.TakedownError, match=r"ids.txt, line 2: '\uff12' is not an item id"):
+        td.read_ids_file(path)
 
 
 def test_a_corrupt_file_is_refused_and_the_watch_keeps_the_last_good_list(tmp_path):
@@ -91,6 +116,9 @@ def test_items_remove_also_updates_a_sharded_deployment_and_restore_clears_it(tm
         assert sorted(td.read_takedowns(repo)) == [7]
     assert main(["items", "remove", "x1", "--repository", str(source)]) == 2
     assert "IDS, line 1: 'x1' is not an item id" in capsys.readouterr().err
+    assert main(["items", "remove", "1_0", "--repository", str(source)]) == 2  # not item 10
+    assert "IDS, line 1: '1_0' is not an item id" in capsys.readouterr().err
+    assert sorted(td.read_takedowns(source)) == [7]
     td.restore(source, [7])
     td.publish(source, [router])
     assert td.read_takedowns(router) == {}

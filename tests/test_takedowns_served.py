@@ -120,3 +120,13 @@ def test_items_commands_refuse_bad_input_by_name(own, tmp_path, capsys):
     assert "ids.txt, line 2: 'oops' is not an item id" in capsys.readouterr().err
     assert main(["items", "restore", "5", "--repository", repository]) == 2
     assert "item ids [5] are not taken down" in capsys.readouterr().err
+    ids.write_bytes(b"5\n6\n\xef\xbc\x91\n")  # a full-width 1: UTF-8, not an id
+    assert main(["items", "remove", "--file", str(ids), "--repository", repository]) == 2
+    assert "ids.txt, line 3: '\uff11' is not an item id" in capsys.readouterr().err
+    ids.write_bytes(b"5\n\xff6\n")
+    assert main(["items", "remove", "--file", str(ids), "--repository", repository]) == 2
+    assert "ids.txt, line 2: not UTF-8 (byte 0xff at column 1)" in capsys.readouterr().err
+    new = tmp_path / "new.csv"
+    new.write_bytes(b"id,title,year,genres\n5000,Caf\xe9,1999,Comedy\n")
+    assert main(["items", "add", str(new), "--repository", repository]) == 2
+    assert "new.csv:2: field 'title': not UTF-8 (byte 0xe9)" in capsys.readouterr().err

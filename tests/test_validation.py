@@ -45,3 +45,132 @@ def test_model_parameters_name_what_is_missing_and_unknown():
     assert model_parameters(config, {"a"}, {"x"}) == {"a": "1", "x": "2"}
     with pytest.raises(ValueError, match=r"missing \['b'\] / unknown \['x'\]"):
         model_parameters(config, {"a", "b"})
+
+
+# ---- filter values: bounded per seed and per request, each non-empty and short, names looked up once ----------
+from widefunnel.validation import (  # noqa: E402
+    MAX_FILTER_VALUES,
+    MAX_REQUEST_FILTER_VALUES,
+    MAX_SHOWN_CHARS,
+    MAX_STRING_BYTES,
+    ValidFilters,
+    check_ann_inputs,
+    check_not_empty,
+    filter_tensors,
+    request_scalar,
+    shown,
+    validate_filters,
+)
+
+GENRES = ("Action", "Comedy", "Drama")
+FILTER_LIMITS = RequestLimits(np.arange(1, 10), 0.5, 10, 100, np.ones(4, np.float32), 100, 1000, GENRES, 3)
+
+
+class Untouchable:
+    """A BYTES element that fails the test if validation reads it: a refusal by shape must come first."""
+
+    def __getattribute__(self, name):
+        if name.startswith("__array"):  # numpy asking, as the test builds the array: not the validation
+            raise AttributeError(name)
+        raise AssertionError(f"a value was read ({name}) before the request's shape was refused")
+
+    def __len__(self):
+        raise AssertionError("a value was read before the request's shape was refused")
+
+
+def _names(rows) -> np.ndarray:
+    return np.array([[n.encode() for n in row] for row in rows], dtype=object)
+
+
+def test_genre_masks_are_the_union_of_each_seeds_names():
+    got = validate_filters(FILTER_LIMITS, 3, include_genre=_names([["Drama", "Drama"], ["Action", "Comedy"],
+                                                                   ["Comedy", "Action"]]),
+                           exclude_genre=np.array([["Action"]] * 3, dtype=object))  # str elements too
+    assert got.genres_any[:, 0].tolist() == [0b100, 0b011, 0b011]
+    assert got.genres_none[:, 0].tolist() == [0b001] * 3
+
+
+def test_the_largest_allowed_request_validates():
+    batch = MAX_REQUEST_FILTER_VALUES // MAX_FILTER_VALUES
+    names = np.array([GENRES[(i + j) % 3].encode() for i in range(batch) for j in range(MAX_FILTER_VALUES)],
+                     dtype=object).reshape(batch, MAX_FILTER_VALUES)
+    got = validate_filters(FILTER_LIMITS, batch, include_genre=names, exclude_genre=names)
+    assert (got.genres_any == 0b111).all() and (got.genres_none == 0b111).all()
+
+
+@pytest.mark.parametrize("batch, width, message", [
+    (64, 100_000, r"^include_genre: between 1 and 64 values per seed, got 100000$"),  # the 25.6 MB request
+    (1, MAX_FILTER_VALUES + 1, r"^include_genre: between 1 and 64 values per seed, got 65$"),
+    (1, 0, r"^include_genre: between 1 and 64 values per seed, got 0$"),
+    (100, 50, r"^include_genre: 5000 values in one request \(seeds x values per seed\); at most 4096$"),
+])
+def test_over_the_bounds_is_refused_by_its_shape_before_any_value_is_read(batch, width, message):
+    values = np.empty((batch, width), dtype=object)
+    values[...] = Untouchable()
+    with pytest.raises(RequestError, match=message):
+        validate_filters(FILTER_LIMITS, batch, include_genre=values)
+
+
+@pytest.mark.parametrize("field", ["include_genre", "exclude_genre"])
+def test_an_empty_value_is_refused_by_seed_and_position(field):
+    values = _names([["Drama", "Comedy"], ["Drama", "Comedy"], ["Drama", "Comedy"], ["Comedy", "Drama"]])
+    values[3, 0] = b""
+    with pytest.raises(RequestError, match=rf"^{field}: empty value at seed 3, position 0; send names only"):
+        validate_filters(FILTER_LIMITS, 4, **{field: values})
+
+
+@pytest.mark.parametrize("size", [MAX_STRING_BYTES + 1, 1 << 20])
+def test_a_long_value_is_refused_by_name_and_quoted_short(size):
+    values = _names([["Drama", "x" * size]])
+    with pytest.raises(RequestError, match=rf"^include_genre: value at seed 0, position 1 is {size} bytes, more "
+                                           rf"than {MAX_STRING_BYTES}: 'xxx") as info:
+        validate_filters(FILTER_LIMITS, 1, include_genre=values)
+    assert len(str(info.value)) < 100 + MAX_SHOWN_CHARS
+    values = _names([["Drama", "Opera" * 50]])  # within the bound, unknown: the echo is cut as well
+    with pytest.raises(RequestError, match=r"^include_genre: unknown genre 'OperaOpera") as info:
+        validate_filters(FILTER_LIMITS, 1, include_genre=values)
+    assert len(str(info.value)) < 60 + MAX_SHOWN_CHARS
+
+
+def test_shown_cuts_any_value_to_its_limit():
+    assert shown("Drama") == "'Drama'" and shown(b"Drama") == "'Drama'" and shown(7) == "7"
+    for value in ("x" * 10_000, b"\xff" * 10_000, list(range(10_000))):
+        text = shown(value)
+        assert len(text) == MAX_SHOWN_CHARS and text.endswith("...")
+
+
+def test_the_client_never_sends_an_empty_value():
+    assert filter_tensors(include_genres=[], exclude_genres=[]) == {}  # no names: no filter
+    tensors = filter_tensors(include_genres=["Comedy", "Drama"], exclude_genres=["Action"], batch=3)
+    for field in ("include_genre", "exclude_genre"):
+        assert tensors[field].shape[0] == 3 and all(v for v in tensors[field].ravel())
+    got = validate_filters(FILTER_LIMITS, 3, **tensors)
+    assert got.genres_any[:, 0].tolist() == [0b110] * 3 and set(ValidFilters.FIELDS) >= set(tensors)
+
+
+# ---- step inputs a direct call could send: shapes, widths, one value per request -----------------------------
+def test_ann_inputs_are_bounded_by_shape():
+    check_ann_inputs({"EXCLUDE_IDS": np.full((2, 1000), -1), "GENRES_ANY": np.zeros((2, 1)),
+                      "YEARS": np.zeros((2, 2)), "EXCLUDE_ID": np.ones((2, 1))}, 2, 1000)
+    for inputs, message in (({"EXCLUDE_IDS": np.broadcast_to(np.int64(0), (2, 3_750_000))},
+                             r"^EXCLUDE_IDS: between 1 and 1000 values per query, got 3750000$"),
+                            ({"EXCLUDE_IDS": np.zeros((2, 0), np.int64)}, r"^EXCLUDE_IDS: between 1 and 1000"),
+                            ({"EXCLUDE_IDS": np.zeros((3, 5), np.int64)}, r"^EXCLUDE_IDS: expected shape \[2, E\]"),
+                            ({"GENRES_NONE": np.zeros((2, 2), np.int64)}, r"^GENRES_NONE: expected shape \[2, 1\]"),
+                            ({"YEARS": np.zeros((2,), np.int32)}, r"^YEARS: expected shape \[2, 2\]"),
+                            ({"EXCLUDE_ID": np.zeros((2, 3), np.int64)}, r"^EXCLUDE_ID: expected shape \[2, 1\]")):
+        with pytest.raises(RequestError, match=message):
+            check_ann_inputs(inputs, 2, 1000)
+
+
+def test_one_value_per_request_and_no_empty_inputs():
+    assert request_scalar("K", None, 200, 1, 1000) == 200
+    assert request_scalar("K", np.full((3, 1), 7), 200, 1, 1000) == 7
+    for values, message in ((np.array([[7], [8]]), "K: one value per request"), (np.zeros((0, 1)), "K: one value"),
+                            (np.array([[0]]), r"K: must be within \[1, 1000\], got 0")):
+        with pytest.raises(RequestError, match=message):
+            request_scalar("K", values, 200, 1, 1000)
+    check_not_empty("CANDIDATE_ID", np.ones((1, 1)))
+    for shape in ((1, 0), (0, 1), (0,)):
+        with pytest.raises(RequestError, match=r"^CANDIDATE_ID: empty input"):
+            check_not_empty("CANDIDATE_ID", np.ones(shape))

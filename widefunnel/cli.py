@@ -51,6 +51,19 @@ def _admin_key(args: argparse.Namespace) -> str | None:
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
+def _record_served(repository: Path) -> None:
+    """What the started server serves (the ensembles' pins on disk), so that no later build prunes it."""
+    from widefunnel.builders.repository import disk_pinned_version
+    from widefunnel.layout import record_served
+
+    version = disk_pinned_version(repository)
+    if version is not None:
+        try:
+            record_served(repository, version)
+        except OSError as exc:  # a read-only repository: nothing is built there either
+            print(f"note: cannot record the served version in {repository}: {exc}", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from widefunnel.security import AdminKeyError, ensure_key
     from widefunnel.server import Ports, ServerError, TritonServer
@@ -67,6 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    _record_served(Path(args.repository))
     for line in server.exposure():
         print(line)
     print(f"admin key: {source}")
@@ -322,11 +336,11 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _item_ids(args: argparse.Namespace) -> list[int]:
-    from widefunnel.takedowns import parse_ids
+    from widefunnel.takedowns import parse_ids, read_ids_file
 
     ids = parse_ids(" ".join(args.ids), "IDS") if args.ids else []
     if args.file is not None:
-        ids += parse_ids(args.file.read_text(), str(args.file))
+        ids += read_ids_file(args.file)
     if not ids:
         raise SystemExit("error: no item ids given (IDS or --file)")
     return ids

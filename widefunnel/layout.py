@@ -100,6 +100,20 @@ def prune_versions(model_dir: Path, keep: set[int]) -> None:
             shutil.rmtree(Path(model_dir) / str(v))
 
 
+def versions_to_keep(on_disk: Iterable[int], keep: int, served: int | None) -> set[int]:
+    """Of one model's versions on disk, those a prune keeps: the newest ``keep``, the served version and the one a
+    rollback from it goes to (the newest older one). A server restarts a dead stub from its version folder, so
+    the served version is never pruned, however many builds were written since without a swap."""
+    on_disk = sorted(on_disk)
+    kept = set(on_disk[-keep:]) if keep > 0 else set()
+    if served is not None:
+        kept.add(served)
+        older = [v for v in on_disk if v < served]
+        if older:
+            kept.add(older[-1])
+    return kept & set(on_disk)
+
+
 def read_builds(repository: Path) -> dict[str, dict]:
     path = Path(repository) / BUILDS_FILE
     return json.loads(path.read_text()) if path.exists() else {}
@@ -110,6 +124,24 @@ def record_build(repository: Path, version: int, fingerprint: str, target: str, 
     builds = read_builds(repository)
     builds[str(version)] = {"fingerprint": fingerprint, "target": target, "time": int(time.time())} | (extra or {})
     atomic_write(Path(repository) / BUILDS_FILE, json.dumps(builds, indent=2, sort_keys=True))
+
+
+# In a build's record: when it became the served build (ns). The newest stamp is the served build.
+SERVED_AT = "served_at"
+
+
+def record_served(repository: Path, version: int) -> None:
+    """``version`` is served from now on: written by `swap` / `rollback` and `serve` (and by a build that finds no
+    record, for the version a server started earlier serves), read by every prune."""
+    builds = read_builds(repository)
+    builds.setdefault(str(version), {})[SERVED_AT] = time.time_ns()
+    atomic_write(Path(repository) / BUILDS_FILE, json.dumps(builds, indent=2, sort_keys=True))
+
+
+def served_version(repository: Path) -> int | None:
+    """The version last recorded as served (``record_served``); None when none ever was."""
+    stamped = [(int(r[SERVED_AT]), int(v)) for v, r in read_builds(repository).items() if SERVED_AT in r]
+    return max(stamped)[1] if stamped else None
 
 
 def build_fingerprint(repository: Path, version: int) -> str | None:

@@ -126,8 +126,8 @@ def check_merge_inputs(eng: tuple[np.ndarray, np.ndarray, np.ndarray], rel: tupl
 
     batch = alpha.shape[0]
     for prefix, (ids, scores, probs) in (("ENG", eng), ("REL", rel)):
-        if ids.ndim != 2 or ids.shape[0] != batch:
-            raise RequestError(f"{prefix}_ID: expected shape [{batch}, M], got {list(ids.shape)}")
+        if ids.ndim != 2 or ids.shape[0] != batch or ids.shape[1] == 0:
+            raise RequestError(f"{prefix}_ID: expected shape [{batch}, M] (M >= 1), got {list(ids.shape)}")
         if scores.shape != ids.shape:
             raise RequestError(f"{prefix}_SCORE: shape {list(scores.shape)} does not match {prefix}_ID "
                                f"{list(ids.shape)}")

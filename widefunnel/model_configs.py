@@ -227,6 +227,12 @@ def _towers_and_ann(config: mc.ModelConfig, versions: dict[str, int], full: bool
               {"QUERY": f"_emb_{head}", "EXCLUDE_ID": "_item_id", "K": "_k"} | _filter_wiring()[2], outputs)
 
 
+def pinned_version(config: mc.ModelConfig) -> int | None:
+    """The one version an ensemble's steps are pinned to; None when they pin none or several."""
+    pins = {int(step.model_version) for step in config.ensemble_scheduling.step}
+    return pins.pop() if len(pins) == 1 and -1 not in pins else None
+
+
 def ensemble_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.ModelConfig:
     """seed ids -> towers -> ANN per head -> reranker per head -> composite scorer per head -> quota merge."""
     config = _ensemble(ENSEMBLE, target, _client_inputs(tasks), merge_outputs(tasks))

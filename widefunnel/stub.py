@@ -32,14 +32,24 @@ def log_error(message: str) -> None:
     pb_utils.Logger.log_error(message)
 
 
+# An error's text travels back in a gRPC status (metadata, a few KiB at most): longer, the client would get
+# RESOURCE_EXHAUSTED instead of the reason. Messages quote client values through `validation.shown`; this cut
+# is the last guard for text from elsewhere (a library's exception).
+MAX_ERROR_CHARS = 1000
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else f"{text[:MAX_ERROR_CHARS - 3]}..."
+
+
 def failure_response(model: str, exc: BaseException):
     """The response for one request that raised `exc`."""
     if isinstance(exc, RequestError):
-        return error_response(f"{model}: {exc}", "INVALID_ARG")
+        return error_response(_short(f"{model}: {exc}"), "INVALID_ARG")
     if isinstance(exc, StepUnavailable):
-        return error_response(f"{model}: {exc}", "UNAVAILABLE")
+        return error_response(_short(f"{model}: {exc}"), "UNAVAILABLE")
     log_error(f"{model}: {''.join(traceback.format_exception(exc))}")
-    return error_response(f"{model}: internal error: {type(exc).__name__}: {exc}", "INTERNAL")
+    return error_response(_short(f"{model}: internal error: {type(exc).__name__}: {exc}"), "INTERNAL")
 
 
 def respond_each(requests: list, handle: Callable[[object], list], model: str) -> list:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel.layout import TAKEDOWNS_FILE, atomic_write
+from widefunnel.validation import shown
 
 
 class TakedownError(ValueError):
@@ -82,20 +83,44 @@ def publish(source: Path, repositories: list[Path]) -> None:
             atomic_write(target, text)
 
 
+MAX_ID_DIGITS = 18  # every id of that many digits fits an int64
+
+
+def parse_item_id(text: str, where: str) -> int:
+    """An item id as a database column reads it: ASCII digits only (no sign, no '_', no full-width or superscript
+    digits, which `int` and `str.isdigit` accept), at least 1. TakedownError names ``where`` and the text."""
+    if not (text and text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS):
+        raise TakedownError(f"{where}: {shown(text)} is not an item id (a positive integer in ASCII digits)")
+    value = int(text)
+    if value < 1:
+        raise TakedownError(f"{where}: item ids are >= 1, got {value}")
+    return value
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """``data`` as UTF-8 text; TakedownError naming the line (and the column) of the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise TakedownError(f"{source}, line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column "
+                            f"{column})") from None
+
+
 def parse_ids(text: str, source: str) -> list[int]:
     """Ids from a file: one per line or separated by commas / spaces; '#' starts a comment. TakedownError names
     the line."""
     ids = []
     for number, line in enumerate(text.splitlines(), 1):
         for token in line.split("#", 1)[0].replace(",", " ").split():
-            try:
-                value = int(token)
-            except ValueError:
-                raise TakedownError(f"{source}, line {number}: {token!r} is not an item id") from None
-            if value < 1:
-                raise TakedownError(f"{source}, line {number}: item ids are >= 1, got {value}")
-            ids.append(value)
+            ids.append(parse_item_id(token, f"{source}, line {number}"))
     return ids
+
+
+def read_ids_file(path: Path) -> list[int]:
+    """``parse_ids`` of a file, whose bytes must be UTF-8 (an error names the line)."""
+    return parse_ids(decode_utf8(Path(path).read_bytes(), str(path)), str(path))
 
 
 class TakedownWatch:

@@ -43,6 +43,48 @@ def check_step_input(name: str, array: np.ndarray, rule: str, max_item_id: int) 
         raise ValueError(f"unknown input check {rule!r} for {name}; known: {STEP_RULES}")
 
 
+def check_not_empty(name: str, array: np.ndarray) -> None:
+    """A step input with a zero dimension (no seeds, or no candidates per seed) is a caller's mistake: refused by
+    name before a graph or scan runs on it (an ONNX gather over nothing fails as an internal error)."""
+    if 0 in array.shape:
+        raise RequestError(f"{name}: empty input (shape {list(array.shape)}); at least one value per row")
+
+
+def check_row_shape(name: str, array: np.ndarray | None, batch: int, width: int | None = None,
+                    max_width: int | None = None) -> None:
+    """A step input of one row per query: [batch, width], or [batch, 1..max_width] when the width varies."""
+    if array is None:
+        return
+    if array.ndim != 2 or array.shape[0] != batch or (width is not None and array.shape[1] != width):
+        raise RequestError(f"{name}: expected shape [{batch}, {width or 'E'}], got {list(array.shape)}")
+    if max_width is not None and not 1 <= array.shape[1] <= max_width:
+        raise RequestError(f"{name}: between 1 and {max_width} values per query, got {array.shape[1]}")
+
+
+def check_ann_inputs(inputs: dict[str, np.ndarray | None], batch: int, max_exclude: int) -> None:
+    """The ANN step's per-query inputs: EXCLUDE_ID [B, 1], EXCLUDE_IDS [B, 1..max_exclude] (the build's bound,
+    as preprocess applies it to exclude_item_id), GENRES_ANY and GENRES_NONE [B, 1], YEARS [B, 2]. A direct
+    call has no gateway or preprocess in front of it, so the step bounds what it reads itself."""
+    check_row_shape("EXCLUDE_ID", inputs.get("EXCLUDE_ID"), batch, 1)
+    check_row_shape("EXCLUDE_IDS", inputs.get("EXCLUDE_IDS"), batch, max_width=max_exclude)
+    for name, width in (("GENRES_ANY", 1), ("GENRES_NONE", 1), ("YEARS", 2)):
+        check_row_shape(name, inputs.get(name), batch, width)
+
+
+def request_scalar(name: str, values: np.ndarray | None, default: int, low: int, high: int) -> int:
+    """One value for the whole request (K, NPROBE: one scan per request), within [low, high]; ``default`` when
+    the input is absent."""
+    if values is None:
+        return default
+    values = values.ravel()
+    if values.size == 0 or np.any(values != values[0]):
+        raise RequestError(f"{name}: one value per request expected")
+    value = int(values[0])
+    if not low <= value <= high:
+        raise RequestError(f"{name}: must be within [{low}, {high}], got {value}")
+    return value
+
+
 def check_request_candidates(name: str, batch: int, per_seed: int, limit: int) -> None:
     """Candidates in one request (seeds x per seed) are bounded: the memory budget of every step is sized
     for this many (docs/SECURITY.md)."""
@@ -229,23 +271,78 @@ class ValidFilters:
     FIELDS = ("exclude_item_id", "include_genre", "exclude_genre", "min_year", "max_year")
 
 
+MAX_SHOWN_CHARS = 80  # of a client's value quoted in an error: a long echo would itself be refused (gRPC metadata)
+
+
+def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
+    """A client's value as an error message quotes it: its repr, cut to ``limit`` characters, so that an error
+    never carries more of what was sent than a reader needs to find it."""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value[: limit * 4]).decode("utf-8", "replace")  # never decode a huge value whole
+    text = repr(value[: limit + 1] if isinstance(value, str) else value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def check_filter_shape(field: str, shape: tuple[int, ...], batch: int) -> int:
+    """[batch, width] with 1 <= width <= MAX_FILTER_VALUES and batch x width <= MAX_REQUEST_FILTER_VALUES; the
+    width. Shapes only: a request over a bound is refused before any of its values is read."""
+    if len(shape) != 2 or shape[0] != batch:
+        raise RequestError(f"{field}: expected shape [{batch}, G] (names), got {list(shape)}")
+    width = int(shape[1])
+    if not 1 <= width <= MAX_FILTER_VALUES:
+        raise RequestError(f"{field}: between 1 and {MAX_FILTER_VALUES} values per seed, got {width}")
+    if batch * width > MAX_REQUEST_FILTER_VALUES:
+        raise RequestError(f"{field}: {batch * width} values in one request (seeds x values per seed); at most "
+                           f"{MAX_REQUEST_FILTER_VALUES}")
+    return width
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, np.bytes_ | np.str_):
+        return _as_bytes(value.item())
+    raise TypeError(f"a BYTES element, got {type(value).__name__}")
+
+
+def check_strings(field: str, values: np.ndarray) -> np.ndarray:
+    """The [B, G] elements as bytes (an object array), each non-empty and at most MAX_STRING_BYTES long;
+    RequestError naming the seed and position of the first that is not. One pass, linear in the elements."""
+    flat = np.empty(values.size, object)
+    for n, raw in enumerate(values.ravel()):
+        try:
+            value = _as_bytes(raw)
+        except TypeError as exc:
+            raise RequestError(f"{field}: {exc}") from None
+        if not value or len(value) > MAX_STRING_BYTES:
+            seed, position = divmod(n, values.shape[1])
+            if not value:
+                raise RequestError(f"{field}: empty value at seed {seed}, position {position}; send names only "
+                                   f"(pad a shorter row by repeating one of its names)")
+            raise RequestError(f"{field}: value at seed {seed}, position {position} is {len(value)} bytes, more "
+                               f"than {MAX_STRING_BYTES}: {shown(value)}")
+        flat[n] = value
+    return flat.reshape(values.shape)
+
+
 def _genre_masks(field: str, values: np.ndarray | None, batch: int, genres: tuple[str, ...]) -> np.ndarray:
-    out = np.zeros((batch, 1), np.int64)
+    """Genre names [B, G] -> bitmasks [B, 1]. Bounds are checked on the shape first, then each value once;
+    names are looked up once per distinct value, so the cost is linear in what is accepted."""
     if values is None:
-        return out
-    if values.ndim != 2 or values.shape[0] != batch:
-        raise RequestError(f"{field}: expected shape [{batch}, G] (genre names, '' pads), got {list(values.shape)}")
-    bit = {g: j for j, g in enumerate(genres)}
-    for i, row in enumerate(values):
-        for raw in row:
-            name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            if name == "":
-                continue
-            if name not in bit:
-                known = ", ".join(genres) if genres else "none (this build has no item attributes)"
-                raise RequestError(f"{field}: unknown genre {name!r}; known: {known}")
-            out[i, 0] |= np.int64(1) << np.int64(bit[name])
-    return out
+        return np.zeros((batch, 1), np.int64)
+    check_filter_shape(field, values.shape, batch)
+    strings = check_strings(field, values)
+    distinct, inverse = np.unique(strings.ravel(), return_inverse=True)
+    bit = {g.encode(): j for j, g in enumerate(genres)}
+    bits = np.empty(len(distinct), np.int64)
+    for n, name in enumerate(distinct):
+        if name not in bit:
+            known = ", ".join(genres) if genres else "none (this build has no item attributes)"
+            raise RequestError(f"{field}: unknown genre {shown(name.decode('utf-8', 'replace'))}; known: {known}")
+        bits[n] = np.int64(1) << np.int64(bit[name])
+    return np.bitwise_or.reduce(bits[inverse].reshape(values.shape), axis=1, keepdims=True)
 
 
 def validate_filters(limits: RequestLimits, batch: int, exclude_item_id: np.ndarray | None = None,
@@ -283,8 +380,8 @@ def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years
         ids = ids if ids.size else np.full((1, 1), -1, np.int64)
         tensors["exclude_item_id"] = np.repeat(ids, batch, axis=0)
     for field, names in (("include_genre", include_genres), ("exclude_genre", exclude_genres)):
-        if names is not None:
-            row = np.array([n.encode() for n in names] or [b""], dtype=np.object_).reshape(1, -1)
+        if names:  # no names: no filter, so the field is not sent (empty values are refused)
+            row = np.array([n.encode() for n in names], dtype=np.object_).reshape(1, -1)
             tensors[field] = np.repeat(row, batch, axis=0)
     if years is not None:
         tensors["min_year"] = np.full((batch, 1), years[0], np.int32)

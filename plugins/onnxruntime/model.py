@@ -18,7 +18,13 @@ import triton_python_backend_utils as pb_utils
 
 from widefunnel.model_configs import model_parameters
 from widefunnel.stub import failure_response, request_inputs
-from widefunnel.validation import STEP_RULES, RequestError, check_request_candidates, check_step_input
+from widefunnel.validation import (
+    STEP_RULES,
+    RequestError,
+    check_not_empty,
+    check_request_candidates,
+    check_step_input,
+)
 
 # ORT settings, and what a direct call may send: `input_checks` (JSON {input: rule}, rules in
 # widefunnel.validation.STEP_RULES), the catalogue's largest id, the per-request candidate bound.
@@ -81,6 +87,7 @@ class TritonPythonModel:
                     continue
                 raise RequestError(f"{name}: required input is missing")
             feeds[name] = tensor.as_numpy().astype(dtype, copy=False)
+            check_not_empty(name, feeds[name])
             if name in self.checks:
                 check_step_input(name, feeds[name], self.checks[name], self.max_item_id)
             if name.startswith("CANDIDATE_") and self.max_request_candidates and feeds[name].ndim >= 2:

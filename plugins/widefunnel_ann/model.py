@@ -23,12 +23,21 @@ from widefunnel.layout import FINGERPRINTS_PARAMETER, ITEM_ATTRIBUTES, parse_fin
 from widefunnel.model_configs import model_parameters
 from widefunnel.stub import input_array, request_inputs, required_array, respond_each
 from widefunnel.takedowns import TakedownWatch
-from widefunnel.validation import RequestError, check_request_candidates, check_step_input
+from widefunnel.validation import (
+    DEFAULT_MAX_EXCLUDE,
+    RequestError,
+    check_ann_inputs,
+    check_not_empty,
+    check_request_candidates,
+    check_step_input,
+    request_scalar,
+)
 
 _PARAMETERS = {"k", "max_k", "search", "nprobe", "tower_fingerprints", "emit_embeddings"}
-# Optional: the Python backend's own setting, and the per-request candidate bound (absent in repositories
-# built before it existed, and in index-only ones: then only K <= max_k bounds a request).
-_OPTIONAL = {"FORCE_CPU_ONLY_INPUT_TENSORS", "max_request_candidates"}
+# Optional: the Python backend's own setting, the per-request candidate bound (absent in repositories built
+# before it existed, and in index-only ones: then only K <= max_k bounds a request) and the exclusion ids per
+# query (absent before issue 33: the default build's bound, validation.DEFAULT_MAX_EXCLUDE).
+_OPTIONAL = {"FORCE_CPU_ONLY_INPUT_TENSORS", "max_request_candidates", "max_exclude"}
 
 
 class TritonPythonModel:
@@ -65,6 +74,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: parameter search must be 'exact' or 'ivf'")
         self.nprobe = int(params["nprobe"])
         self.max_request_candidates = int(params.get("max_request_candidates", "0"))
+        self.max_exclude = int(params.get("max_exclude", DEFAULT_MAX_EXCLUDE))
         self.emit_embeddings = params["emit_embeddings"].lower() == "true"
         self.fingerprint = np.int64(int(self.index.manifest["tower_fingerprint"], 16) & 0x7FFF_FFFF_FFFF_FFFF)
         self.gpu = None
@@ -77,13 +87,9 @@ class TritonPythonModel:
     def _allow(self, inputs: dict, batch: int) -> np.ndarray | None:
         """The request's filters (EXCLUDE_IDS, GENRES_ANY, GENRES_NONE, YEARS; one row per query) and the
         taken-down items -> a row bitmap the scan applies, or None when nothing is filtered."""
-        tensors = {}
-        for name, width in (("EXCLUDE_IDS", None), ("GENRES_ANY", 1), ("GENRES_NONE", 1), ("YEARS", 2)):
-            value = input_array(inputs, name)
-            if value is not None and (value.ndim != 2 or value.shape[0] != batch
-                                      or (width is not None and value.shape[1] != width)):
-                raise RequestError(f"{name}: expected shape [{batch}, {width or 'E'}], got {list(value.shape)}")
-            tensors[name] = value
+        tensors = {n: input_array(inputs, n) for n in ("EXCLUDE_ID", "EXCLUDE_IDS", "GENRES_ANY", "GENRES_NONE",
+                                                       "YEARS")}
+        check_ann_inputs(tensors, batch, self.max_exclude)
         try:
             return self.filter.allow(batch, tensors["EXCLUDE_IDS"],
                                      None if tensors["GENRES_ANY"] is None else tensors["GENRES_ANY"][:, 0],
@@ -101,40 +107,26 @@ class TritonPythonModel:
                                          int(self.fingerprint), allow)
         return [pb_utils.Tensor.from_dlpack(name, capsule) for name, capsule in outputs]
 
-    @staticmethod
-    def _scalar(inputs: dict, name: str, default: int, low: int, high: int) -> int:
-        values = input_array(inputs, name)
-        if values is None:
-            return default
-        values = values.ravel()
-        if values.size == 0 or np.any(values != values[0]):
-            raise RequestError(f"{name}: one value per request expected")
-        value = int(values[0])
-        if not low <= value <= high:
-            raise RequestError(f"{name}: must be within [{low}, {high}], got {value}")
-        return value
-
     def _search(self, request) -> list:
         inputs = request_inputs(request)
         queries = required_array(inputs, "QUERY")
+        check_not_empty("QUERY", queries)
         check_step_input("QUERY", queries, "finite", 0)
-        k = self._scalar(inputs, "K", self.k, 1, self.max_k)
+        k = request_scalar("K", input_array(inputs, "K"), self.k, 1, self.max_k)
         if self.max_request_candidates:
             check_request_candidates("K", len(queries), k, self.max_request_candidates)
         has_probe = input_array(inputs, "NPROBE") is not None
         if has_probe and (self.mode != "ivf" or self.index.ivf is None):
             raise RequestError("NPROBE: this model searches exactly (parameter search = 'exact'); NPROBE "
                                "applies to IVF models only")
-        nprobe = self._scalar(inputs, "NPROBE", self.nprobe, 1, 1 << 20)
+        nprobe = request_scalar("NPROBE", input_array(inputs, "NPROBE"), self.nprobe, 1, 1 << 20)
         use_ivf = self.mode == "ivf" and self.index.ivf is not None
         allow = self._allow(inputs, len(queries))
         emit = self.emit_embeddings and "CANDIDATE_EMB" in request.requested_output_names()
         if self.gpu is not None and not use_ivf:
             return self._gpu_search(inputs, k, allow, emit)
-        exclude = input_array(inputs, "EXCLUDE_ID")
+        exclude = input_array(inputs, "EXCLUDE_ID")  # its shape was checked with the filters'
         if exclude is not None:
-            if exclude.shape != (len(queries), 1):
-                raise RequestError(f"EXCLUDE_ID: expected shape [{len(queries)}, 1], got {list(exclude.shape)}")
             exclude = exclude[:, 0]
         ids, scores = search(self.index, queries, k, exclude, nprobe if use_ivf else None, allow)
         outputs = [pb_utils.Tensor("CANDIDATE_ID", ids), pb_utils.Tensor("CANDIDATE_SCORE", scores),
