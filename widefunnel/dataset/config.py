@@ -23,7 +23,7 @@ class DatasetConfig:
     encoding: str = "utf-8"  # of atomic files (MovieLens' reader passes latin-1, as data.py always has)
     roles: dict[str, str] = field(default_factory=lambda: dict(ROLES))  # role -> field name, defaults filled in
     text_fields: tuple[str, ...] = ()  # empty: every token_seq field of the item table, in file order
-    title_field: str = ""  # empty: the first text field
+    title_field: str = ""  # empty: the first text field named *title (or name), else the first text field
     unknown_items: str = "refuse"  # log rows whose item is not in the item table: refuse | drop
 
     @classmethod

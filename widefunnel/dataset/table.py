@@ -136,7 +136,8 @@ def _text_fields(config: DatasetConfig, raw: RawTable) -> tuple[tuple[str, ...],
     if not text:
         raise DatasetError(raw.file, None, None, "no text field for the content encoder: the item table has no "
                                                  "token_seq field; name token fields in [dataset] text_fields")
-    return text, config.title_field or text[0]
+    titled = [n for n in text if n.endswith("title") or n == "name"]
+    return text, config.title_field or (titled or text)[0]
 
 
 def dataset_format(folder: Path, config: DatasetConfig) -> str:
