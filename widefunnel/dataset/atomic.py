@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from widefunnel.dataset.errors import DatasetError
-from widefunnel.dataset.ids import ID_RULE, parse_id_strings
+from widefunnel.dataset.ids import ID_RULE, first_true, parse_id_strings
 from widefunnel.dataset.raw import RawTable
 from widefunnel.dataset.schema import INTER_ROLES, ITEM_ROLES, Kind, Schema, parse_header, require_roles
 
@@ -99,6 +99,13 @@ def _read_strings(path: Path, schema: Schema, encoding: str, handler=None) -> pa
         convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True,
                                              null_values=[""], quoted_strings_can_be_null=False),
     )
+
+
+def _all_null(table: pa.Table) -> np.ndarray:
+    mask = np.ones(table.num_rows, dtype=bool)
+    for column in table.columns:
+        mask &= np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    return mask
 
 
 def _first_bad_cast(values: pa.ChunkedArray, to: pa.DataType) -> int:
@@ -195,6 +202,10 @@ def read_atomic_table(path: Path, roles: dict[str, str], needed: tuple[str, ...]
         raise _encoding_fault(path, encoding) from None
     if strings.num_rows == 0:
         raise DatasetError(str(path), FIRST_DATA_LINE, None, "empty table: no rows after the header")
+    blank = first_true(_all_null(strings))
+    if blank is not None:  # pyarrow reads a blank line as a row of empty fields; say what it is
+        raise DatasetError(str(path), blank + FIRST_DATA_LINE, None,
+                           f"blank line (a row has {len(schema)} tab-separated fields: {', '.join(schema.names)})")
     table = _normalise(strings, schema, roles, path)
     logger.info("read %s: %d rows, fields %s", path, table.num_rows, ", ".join(schema.names))
     return RawTable(str(path), schema, table, lambda row: (str(path), row + FIRST_DATA_LINE))

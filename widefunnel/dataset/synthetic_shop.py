@@ -61,7 +61,7 @@ def generate_shop(n_users: int = 2_000, n_items: int = 5_000, n_interactions: in
     if n_items < 10 or n_users < 1 or n_interactions < 1:
         raise ValueError("a shop needs at least 10 items, 1 user and 1 interaction")
     rng = np.random.default_rng(seed)
-    n_cats = int(np.clip(n_items // 400, 4, 4000))
+    n_cats = int(np.clip(n_items // 100, 4, 10000))
     n_depts = int(np.clip(n_cats // 10, 2, 40))
     n_brands = int(np.clip(n_items // 100, 4, 20000))
 
