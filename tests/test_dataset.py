@@ -154,6 +154,9 @@ def test_sparse_large_ids_round_trip_and_cost_follows_the_item_count():
     rows, missing = index.rows(np.array([42, 2**62 - 1, 43, 1234567890123]))
     assert rows.tolist() == [1, 4, -1, 2] and missing.tolist() == [False, False, True, False]
     assert np.array_equal(index.ids_of(index.rows(ids)[0]), ids)
+    many = np.resize(np.array([42, 2**62 - 1, 43, 1234567890123]), 10_000)  # the hash path, same answer
+    assert np.array_equal(index.rows(many)[0], np.resize(rows, 10_000))
+    assert np.array_equal(index.rows(many)[1], np.resize(missing, 10_000))
     contiguous = IdIndex(np.arange(5, 10))
     assert contiguous.rows(np.array([5, 9, 10, 4]))[0].tolist() == [0, 4, -1, -1]
     assert IdIndex.build(np.array([3, 1, 3]))[2] == 2  # the second 3, in file order

