@@ -86,6 +86,12 @@ def test_roles_map_other_field_names_and_text_fields_are_chosen(tmp_path):
     assert ds.text() == ["acme. a b"] and ds.title_field == "name"
 
 
+def test_log_roles_are_the_logs_only(tmp_path):
+    item = "item_id:token\ttitle:token_seq\ttimestamp:token\n7\tx\tspring 2024\n"  # an item field of that name
+    ds = load_dataset(_atomic(tmp_path, item, INTER.split("bob")[0]))
+    assert ds.strings("timestamp") == ["spring 2024"]
+
+
 # --- Parquet: one file or a folder of parts reads as the atomic version --------------------------------------
 
 def _same(a, b) -> None:
@@ -121,6 +127,12 @@ def test_parquet_parts_and_single_file_read_as_the_atomic_files(shop):
     a = load_dataset(atomic)
     _same(a, load_dataset(parts))
     _same(a, load_dataset(single))
+
+
+def test_the_shop_is_reproducible():
+    a, b = generate_shop(50, 100, 1000, seed=7), generate_shop(50, 100, 1000, seed=7)
+    assert a.items.equals(b.items) and a.inter.equals(b.inter)
+    assert not a.inter.equals(generate_shop(50, 100, 1000, seed=8).inter)
 
 
 def test_the_shop_reads_back_with_its_structure(shop):
@@ -266,6 +278,10 @@ def test_parquet_refusals_name_the_part_file_and_row(tmp_path):
     _refused(tmp_path, "item.parquet", None, "when", "unsupported Arrow type")
     pq.write_table(items.slice(0, 0), tmp_path / "item.parquet")
     _refused(tmp_path, "item.parquet", None, None, "empty table")
+    pq.write_table(items, tmp_path / "item.parquet")
+    for part in (tmp_path / "inter").iterdir():
+        part.rename(part.with_name("_" + part.name))  # Spark's _SUCCESS and friends are not data
+    _refused(tmp_path, "inter", None, None, "no Parquet part files")
 
 
 def test_parquet_timestamps_and_integer_ratings_are_numbers(tmp_path):
@@ -289,9 +305,9 @@ def test_config_keys_are_validated_by_name(tmp_path):
                          ({"text_fields": "title"}, "dataset.text_fields")]:
         with pytest.raises(DatasetConfigError, match=match.replace(".", r"\.")):
             DatasetConfig.from_table(table)
-    _refused(_atomic(tmp_path), "toy.item", None, "blurb", "text_fields names 'blurb'",
+    _refused(_atomic(tmp_path), "toy.item", 1, "blurb", "text_fields names 'blurb'",
              DatasetConfig.from_table({"text_fields": ["blurb"]}))
-    _refused(tmp_path, "toy.item", None, "price", "a float field",
+    _refused(tmp_path, "toy.item", 1, "price", "a float field",
              DatasetConfig.from_table({"title_field": "price"}))
 
 

@@ -151,8 +151,10 @@ def _lists(offsets: np.ndarray, flat: pa.ChunkedArray | pa.Array) -> pa.LargeLis
     return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), flat)
 
 
-def _normalise(raw: pa.Table, schema: Schema, roles: dict[str, str], path: Path) -> pa.Table:
-    """String columns -> the shared Arrow types (raw.py), refusing the first value that does not parse."""
+def _normalise(raw: pa.Table, schema: Schema, roles: dict[str, str], path: Path, log: bool) -> pa.Table:
+    """String columns -> the shared Arrow types (raw.py), refusing the first value that does not parse.
+    The timestamp role is the log's (`log`); an item table's field of that name is an ordinary field."""
+    timestamp = roles["timestamp"] if log else None
 
     def fault(row: int, field: str, message: str) -> DatasetError:
         return DatasetError(str(path), row + FIRST_DATA_LINE, field, message)
@@ -167,7 +169,7 @@ def _normalise(raw: pa.Table, schema: Schema, roles: dict[str, str], path: Path)
                 raise fault(bad, field.name, f"item id {shown!r} is {why}: {ID_RULE}" if shown is not None
                             else "empty item id")
             out[field.name] = pa.array(ids)
-        elif field.name == roles["timestamp"] or field.kind is Kind.FLOAT:
+        elif field.name == timestamp or field.kind is Kind.FLOAT:
             floats, bad = _floats(values)
             if bad is not None:
                 raise fault(bad, field.name, f"{values[bad].as_py()!r} is not a number (type {field.kind.value})")
@@ -206,9 +208,9 @@ def read_atomic_table(path: Path, roles: dict[str, str], needed: tuple[str, ...]
     if blank is not None:  # pyarrow reads a blank line as a row of empty fields; say what it is
         raise DatasetError(str(path), blank + FIRST_DATA_LINE, None,
                            f"blank line (a row has {len(schema)} tab-separated fields: {', '.join(schema.names)})")
-    table = _normalise(strings, schema, roles, path)
+    table = _normalise(strings, schema, roles, path, log="timestamp" in needed)
     logger.info("read %s: %d rows, fields %s", path, table.num_rows, ", ".join(schema.names))
-    return RawTable(str(path), schema, table, lambda row: (str(path), row + FIRST_DATA_LINE))
+    return RawTable(str(path), schema, table, lambda row: (str(path), row + FIRST_DATA_LINE), schema_line=1)
 
 
 def read_atomic(folder: Path, roles: dict[str, str], encoding: str) -> tuple[RawTable, RawTable]:

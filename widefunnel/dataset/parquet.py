@@ -50,8 +50,8 @@ def _kind(t: pa.DataType) -> Kind | None:
     return None
 
 
-def _schema(arrow: pa.Schema, roles: dict[str, str], file: str) -> Schema:
-    numeric = {roles[r]: r for r in NUMERIC_ROLES}
+def _schema(arrow: pa.Schema, roles: dict[str, str], file: str, log: bool) -> Schema:
+    numeric = {roles[r]: r for r in NUMERIC_ROLES} if log else {}
     fields = []
     for f in arrow:
         t = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
@@ -113,6 +113,8 @@ def read_parquet_table(source: Path, roles: dict[str, str], needed: tuple[str, .
     except (pa.ArrowInvalid, OSError) as e:
         raise DatasetError(name, None, None, f"not readable as Parquet: {e}") from None
     files = sorted(dataset.files)
+    if not files:
+        raise DatasetError(name, None, None, "no Parquet part files (names starting with _ or . are skipped)")
     tables, starts = [], [0]
     for file in files:
         try:
@@ -127,7 +129,7 @@ def read_parquet_table(source: Path, roles: dict[str, str], needed: tuple[str, .
         part = int(np.searchsorted(bounds, row, side="right")) - 1
         return files[part], row - int(bounds[part]) + 1
 
-    schema = _schema(dataset.schema, roles, name)
+    schema = _schema(dataset.schema, roles, name, log="timestamp" in needed)
     require_roles(schema, roles, needed, name, line=None)
     table = pa.concat_tables(tables) if tables else dataset.schema.empty_table()
     raw = RawTable(name, schema, table, locate)

@@ -23,6 +23,7 @@ class RawTable:
     schema: Schema  # as declared (atomic) or read from Arrow types (Parquet)
     table: pa.Table  # normalised columns, named as the schema's fields
     locate: Callable[[int], tuple[str, int]]  # row (0-based) -> (file, 1-based line) for messages
+    schema_line: int | None = None  # where the schema is declared: an atomic header's line 1; Parquet: none
 
     @property
     def num_rows(self) -> int:
@@ -36,4 +37,4 @@ class RawTable:
         """Keep some rows; messages still name the rows' original lines."""
         kept = np.flatnonzero(keep)
         return RawTable(self.file, self.schema, self.table.filter(pa.array(keep)),
-                        lambda row: self.locate(int(kept[row])))
+                        lambda row: self.locate(int(kept[row])), self.schema_line)

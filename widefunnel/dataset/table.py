@@ -123,18 +123,18 @@ def _no_nulls(raw: RawTable, name: str) -> None:
 
 
 def _text_fields(config: DatasetConfig, raw: RawTable) -> tuple[tuple[str, ...], str]:
-    schema, id_field = raw.schema, config.roles["item_id"]
+    schema, id_field, line = raw.schema, config.roles["item_id"], raw.schema_line
     text = config.text_fields or tuple(f.name for f in schema if f.kind is Kind.TOKEN_SEQ)
     for key, names in (("text_fields", text), ("title_field", (config.title_field,) if config.title_field else ())):
         for name in names:
             if name not in schema or name == id_field:
-                raise DatasetError(raw.file, None, name, f"[dataset] {key} names '{name}', which is not a field of "
-                                                         f"the item table; fields: {', '.join(schema.names)}")
+                raise DatasetError(raw.file, line, name, f"[dataset] {key} names '{name}', which is not a field "
+                                                         f"of the item table; fields: {', '.join(schema.names)}")
             if schema.kind(name) not in (Kind.TOKEN, Kind.TOKEN_SEQ):
-                raise DatasetError(raw.file, None, name, f"[dataset] {key} names '{name}', a "
+                raise DatasetError(raw.file, line, name, f"[dataset] {key} names '{name}', a "
                                                          f"{schema.kind(name).value} field; text is token or token_seq")
     if not text:
-        raise DatasetError(raw.file, None, None, "no text field for the content encoder: the item table has no "
+        raise DatasetError(raw.file, line, None, "no text field for the content encoder: the item table has no "
                                                  "token_seq field; name token fields in [dataset] text_fields")
     titled = [n for n in text if n.endswith("title") or n == "name"]
     return text, config.title_field or (titled or text)[0]
@@ -180,7 +180,7 @@ def assemble(source: str, config: DatasetConfig, item_raw: RawTable, inter_raw: 
     text_fields, title_field = _text_fields(config, item_raw)
     item_id, user_id, ts = roles["item_id"], roles["user_id"], roles["timestamp"]
     if inter_raw.schema.kind(user_id) is not Kind.TOKEN:
-        raise DatasetError(inter_raw.file, 1 if item_raw.file.endswith(".item") else None, user_id,
+        raise DatasetError(inter_raw.file, inter_raw.schema_line, user_id,
                            f"the user_id field must be a token, not {inter_raw.schema.kind(user_id).value}")
     for name in (user_id, ts):
         _no_nulls(inter_raw, name)
