@@ -57,8 +57,8 @@ class TokenSeqColumn:
 
     def lists(self) -> pa.Array:
         """list<string>, one list of tokens a row."""
-        return pa.ListArray.from_arrays(pa.array(self.offsets.astype(np.int32) if self.offsets[-1] < 2**31
-                                                 else self.offsets), self.vocabulary.take(pa.array(self.codes)))
+        return pa.LargeListArray.from_arrays(pa.array(self.offsets, pa.int64()),
+                                             self.vocabulary.take(pa.array(self.codes)))
 
 
 @dataclass(frozen=True)
