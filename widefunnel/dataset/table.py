@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from widefunnel.dataset.atomic import atomic_files, read_atomic
+from widefunnel.dataset.atomic import read_atomic
 from widefunnel.dataset.columns import (
     Column,
     FloatColumn,
@@ -163,7 +163,6 @@ def load_dataset(path: str | Path, config: DatasetConfig | None = None,
     timings = {} if timings is None else timings
     start = time.perf_counter()
     if dataset_format(folder, config) == "atomic":
-        atomic_files(folder)  # the folder's layout is refused before any file is read
         item_raw, inter_raw = read_atomic(folder, config.roles, config.encoding)
     else:
         item_raw, inter_raw = read_parquet(folder, config.roles)
