@@ -18,10 +18,9 @@ ArrowArray = pa.Array | pa.ChunkedArray
 
 
 def _numpy(values: ArrowArray, dtype: type) -> np.ndarray:
-    """A null-free Arrow array -> a numpy array of `dtype` (a copy only where a chunked array must be joined)."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=dtype)
+    """A null-free Arrow array -> a numpy array of `dtype`."""
+    return np.asarray(values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else values.to_numpy(),
+                      dtype=dtype)
 
 
 def _take_csr(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,13 +81,26 @@ Column = TokenColumn | TokenSeqColumn | FloatColumn | FloatSeqColumn
 
 
 def vocabulary_and_codes(values: ArrowArray) -> tuple[pa.Array, np.ndarray]:
-    """Strings (null or "" = missing) -> (sorted vocabulary with "" first, int32 codes); two hash passes."""
-    unique = pc.unique(values)
-    unique = unique.filter(pc.fill_null(pc.not_equal(unique, ""), False))
-    unique = unique.take(pc.array_sort_indices(unique))
-    codes = pc.fill_null(pc.add(pc.index_in(values, value_set=unique), 1), 0)
-    vocabulary = pa.concat_arrays([pa.array([""], unique.type), unique])
-    return vocabulary, _numpy(codes, np.int32)
+    """Strings (null or "" = missing) -> (sorted vocabulary with "" first, int32 codes): one hash pass
+    (dictionary encoding), a sort of the distinct values, and a gather."""
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.ChunkedArray):
+        dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else pa.array([], pa.string())
+        if not all(c.dictionary.equals(dictionary) for c in encoded.chunks[1:]):  # pyarrow shares one; if not:
+            encoded = encoded.unify_dictionaries()
+            dictionary = encoded.chunk(0).dictionary
+        indices = pa.chunked_array([c.indices for c in encoded.chunks], encoded.type.index_type)
+    else:
+        dictionary, indices = encoded.dictionary, encoded.indices
+    order = pc.array_sort_indices(dictionary).to_numpy()
+    has_empty = len(order) > 0 and dictionary[int(order[0])].as_py() == ""  # "" sorts first
+    rank = np.empty(len(order) + 1, dtype=np.int32)  # the extra slot: null rows
+    rank[order] = np.arange(1, len(order) + 1, dtype=np.int32) - int(has_empty)
+    rank[-1] = 0
+    codes = rank[_numpy(pc.fill_null(indices, len(order)), np.int64)]
+    kept = order[1:] if has_empty else order
+    vocabulary = pa.concat_arrays([pa.array([""], dictionary.type), dictionary.take(pa.array(kept, pa.int64()))])
+    return vocabulary, codes
 
 
 def token_column(values: ArrowArray) -> TokenColumn:
