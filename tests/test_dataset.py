@@ -212,6 +212,7 @@ def test_an_unknown_header_type_is_named(tmp_path):
      "'yesterday' is not a number"),
     ("bob\t1000000000042\t3\t101", "\t1000000000042\t3\t101", "toy.inter", 3, "user_id", "empty value"),
     ("alice\t7\t5\t100", "alice\t\t5\t100", "toy.inter", 2, "item_id", "empty item id"),
+    ("alice\t7\t5\t100", "alice\t7\t5\tnan", "toy.inter", 2, "timestamp", "not a finite number"),
 ])
 def test_a_value_that_does_not_parse_is_named(tmp_path, old, new, file, line, field, match):
     item, inter = (ITEMS.replace(old, new), INTER) if file == "toy.item" else (ITEMS, INTER.replace(old, new))
@@ -271,6 +272,9 @@ def test_parquet_refusals_name_the_part_file_and_row(tmp_path):
     pq.write_table(pa.table({"user_id": ["u", "w"], "item_id": [3, 9], "timestamp": [7, 8]}),
                    tmp_path / "inter" / "part-1.parquet")
     _refused(tmp_path, "part-1.parquet", 2, "item_id", "1 log row")
+    pq.write_table(pa.table({"user_id": ["u", ""], "item_id": [3, 1], "timestamp": [7, 8]}),
+                   tmp_path / "inter" / "part-1.parquet")
+    _refused(tmp_path, "part-1.parquet", 2, "user_id", "empty value")
     pq.write_table(pa.table({"user_id": ["u"], "item_id": [3], "when": [7]}), tmp_path / "inter" / "part-1.parquet")
     pq.write_table(pa.table({"user_id": ["u"], "item_id": [3], "when": [7]}), tmp_path / "inter" / "part-0.parquet")
     _refused(tmp_path, "inter", None, "timestamp", "missing")

@@ -31,7 +31,7 @@ from widefunnel.dataset.columns import (
 )
 from widefunnel.dataset.config import DatasetConfig
 from widefunnel.dataset.errors import DatasetError
-from widefunnel.dataset.ids import IdIndex
+from widefunnel.dataset.ids import IdIndex, first_true
 from widefunnel.dataset.parquet import parquet_source, read_parquet
 from widefunnel.dataset.raw import RawTable
 from widefunnel.dataset.schema import Kind, Schema
@@ -206,11 +206,18 @@ def assemble(source: str, config: DatasetConfig, item_raw: RawTable, inter_raw: 
     item_columns = {f.name: _encode(f.kind, item_raw.table.column(f.name)).take(order)
                     for f in item_raw.schema if f.name != item_id}
     user_vocabulary, user_codes = vocabulary_and_codes(inter_raw.table.column(user_id))
+    empty = first_true(user_codes == 0)  # "" from Parquet (an atomic file's "" is null, refused above)
+    if empty is not None:
+        raise inter_raw.error(empty, user_id, "empty value (this field has a role, so every row needs one)")
+    timestamps = np.asarray(inter_raw.table.column(ts).to_numpy(), dtype=np.float64)
+    bad = first_true(~np.isfinite(timestamps))
+    if bad is not None:
+        raise inter_raw.error(bad, ts, f"timestamp {timestamps[bad]} is not a finite number")
     interactions = Interactions(
-        users=user_codes.astype(np.int64) - 1,  # every row has a user: code 0 ("") never occurs
+        users=user_codes.astype(np.int64) - 1,  # codes 1..U -> 0..U-1: every row has a user
         user_vocabulary=user_vocabulary[1:],
         items=rows,
-        timestamps=np.asarray(inter_raw.table.column(ts).to_numpy(), dtype=np.float64),
+        timestamps=timestamps,
         columns={f.name: _encode(f.kind, inter_raw.table.column(f.name))
                  for f in inter_raw.schema if f.name not in (item_id, user_id, ts)},
     )
