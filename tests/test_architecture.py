@@ -23,7 +23,7 @@ LAYERS = (
                        "widefunnel.stub", "widefunnel.router")),
     ("core", ("widefunnel.ann", "widefunnel.merge", "widefunnel.validation", "widefunnel.sharding",
               "widefunnel.model_configs", "widefunnel.layout", "widefunnel.security", "widefunnel.config",
-              "widefunnel.data", "widefunnel")),
+              "widefunnel.data", "widefunnel.dataset", "widefunnel")),
 )
 
 

@@ -61,6 +61,7 @@ def test_wheel_builds_without_warnings_and_holds_every_package(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("widefunnel/server/triton.py", "widefunnel/gateway/proxy.py", "widefunnel/layout.py",
                  "widefunnel/builders/losses.py", "widefunnel/client/swap.py", "widefunnel/default.toml",
+                 "widefunnel/dataset/table.py",
                  *(f"widefunnel/plugins/{p}/model.py" for p in ("ann_router", "onnxruntime", "preprocess",
                                                                 "quota_merge", "widefunnel_ann"))):
         assert path in names, path

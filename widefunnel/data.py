@@ -12,8 +12,12 @@ import io
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from widefunnel.dataset import Dataset
 
 SOURCE = "recbole==1.2.1: recbole/dataset_example/ml-100k (MovieLens-100K, GroupLens Research)"
 
@@ -100,6 +104,33 @@ def load_interactions() -> Interactions:
         cols["item_id"].astype(np.int64),
         cols["rating"].astype(np.int64),
         cols["timestamp"].astype(np.int64),
+    )
+
+
+def catalogue_of(dataset: Dataset, year_field: str = "release_year", genre_field: str = "class") -> Catalogue:
+    """MovieLens' catalogue from the dataset layer (`widefunnel.dataset.movielens`), equal to `load_catalogue()`."""
+    ids = dataset.items.ids.copy()
+    keys = ids.tolist()
+    year_column = dataset.items.columns[year_field]  # token: one year string per item
+    by_code = np.array([int(v) if v.strip().isdigit() else 0 for v in year_column.vocabulary.to_pylist()],
+                       dtype=np.int64)
+    years = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+    years[ids] = by_code[year_column.codes]
+    titles = dict(zip(keys, (t.strip() for t in dataset.titles())))
+    genres = {item: tuple(g.split()) or ("unknown",) for item, g in zip(keys, dataset.strings(genre_field))}
+    names = tuple(sorted({g for gs in genres.values() for g in gs}))
+    return Catalogue(ids, titles, years, genres, names)
+
+
+def interactions_of(dataset: Dataset) -> Interactions:
+    """MovieLens' log from the dataset layer, equal to `load_interactions()` (ids back from rows and codes)."""
+    inter = dataset.interactions
+    user_ids = np.array([int(u) for u in inter.user_vocabulary.to_pylist()], dtype=np.int64)
+    return Interactions(
+        user_ids[inter.users],
+        dataset.items.ids[inter.items],
+        inter.columns[dataset.field("rating")].values.astype(np.int64),
+        inter.timestamps.astype(np.int64),
     )
 
 
