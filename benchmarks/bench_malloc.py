@@ -38,7 +38,7 @@ CELLS = ((10_000, 1), (10_000, 8), (100_000, 8))
 def run(repository: Path, requests: int) -> str:
     from widefunnel.client.client import WidefunnelClient
     from widefunnel.client.perf import sample_seeds
-    from widefunnel.pipeline import InProcessFunnel
+    from widefunnel.evaluation.pipeline import InProcessFunnel
     from widefunnel.server import TritonServer, tree_rss_kib
 
     version = InProcessFunnel(repository).versions["preprocess"]

@@ -27,8 +27,8 @@ import tritonclient.grpc as grpcclient
 
 from widefunnel.ann.index import build_index
 from widefunnel.builders import shards as sb
+from widefunnel.cli.cluster import LocalCluster, _parallel
 from widefunnel.client.client import build_inputs
-from widefunnel.cluster import LocalCluster, _parallel
 from widefunnel.server import Ports, TritonServer
 from widefunnel.sharding import merge_topk
 

@@ -77,7 +77,7 @@ def in_process_rate(funnel, seeds: np.ndarray, batch: int, seconds: float = 8.0)
 def default_part(repository: Path, out: Path) -> str:
     from widefunnel import model_configs as mcfg
     from widefunnel.client.perf import SweepSettings, input_data, run_perf, sample_seeds
-    from widefunnel.pipeline import InProcessFunnel
+    from widefunnel.evaluation.pipeline import InProcessFunnel
     from widefunnel.server import TritonServer
 
     funnel = InProcessFunnel(repository)
@@ -225,7 +225,7 @@ def floor_ms(funnel, repository: Path, batch: int, k: int, rates: dict[str, floa
 def scale_part(repository: Path, requests: int, threads: int) -> str:
     from widefunnel.client.client import WidefunnelClient
     from widefunnel.client.perf import sample_seeds
-    from widefunnel.pipeline import InProcessFunnel
+    from widefunnel.evaluation.pipeline import InProcessFunnel
     from widefunnel.server import TritonServer
 
     funnel = InProcessFunnel(repository, threads=threads)
@@ -286,7 +286,7 @@ def fold_part(repository: Path, rounds: int = 15) -> str:
     from widefunnel.builders.export import export_reranker
     from widefunnel.builders.models import Reranker
     from widefunnel.config import load_config
-    from widefunnel.pipeline import InProcessFunnel, _session
+    from widefunnel.evaluation.pipeline import InProcessFunnel, _session
 
     funnel = InProcessFunnel(repository)
     index = funnel.indexes["engagement"]
@@ -322,7 +322,7 @@ def fold_part(repository: Path, rounds: int = 15) -> str:
 
 def cold_part(repository: Path, calls: int = 300) -> str:
     from widefunnel.ann.query import search
-    from widefunnel.pipeline import InProcessFunnel
+    from widefunnel.evaluation.pipeline import InProcessFunnel
 
     funnel = InProcessFunnel(repository)
     index = funnel.indexes["engagement"]
@@ -348,7 +348,7 @@ def crossover_part(repository: Path, threads: int, rounds: int = 7) -> str:
 
     from widefunnel.ann import search as scan
     from widefunnel.ann.index import build_index, load_index
-    from widefunnel.pipeline import _pinned_versions
+    from widefunnel.evaluation.pipeline import _pinned_versions
 
     torch.set_num_threads(threads)
     v = _pinned_versions(repository)
@@ -396,8 +396,8 @@ def synthetic_part(repository: Path, seeds: int = 200) -> str:
     import json
 
     from widefunnel.ann.search import dequantized
+    from widefunnel.evaluation.pipeline import InProcessFunnel
     from widefunnel.merge import HEADS
-    from widefunnel.pipeline import InProcessFunnel
 
     funnel = InProcessFunnel(repository)
     record = json.loads((repository / "builds.json").read_text())[str(funnel.versions["preprocess"])]

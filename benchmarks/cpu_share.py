@@ -47,7 +47,7 @@ def label(cmd: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     from widefunnel import model_configs as mcfg
     from widefunnel.client.perf import SweepSettings, input_data, run_perf, sample_seeds
-    from widefunnel.pipeline import _pinned_versions
+    from widefunnel.evaluation.pipeline import _pinned_versions
     from widefunnel.server import TritonServer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -6,7 +6,8 @@ on the same seeds so that drift on a shared machine hits all three alike:
   ensemble      one gRPC request to `widefunnel` (Triton routes the tensors between the steps in-process)
   direct chain  the same step models called one after another, one gRPC request each (DirectChain, wired as
                 the ensemble wires them; 9 calls: composite_scorer runs once per head)
-  in-process    `widefunnel.pipeline.InProcessFunnel`: the same ONNX files, ANN and merge code in this process
+  in-process    `widefunnel.evaluation.pipeline.InProcessFunnel`: the same ONNX files, ANN and merge code in this
+                process
 
 All three must return the same item ids for every seed (checked). Then, from Triton's statistics API, where an
 ensemble request spends its time server-side: per step, queue time (dynamic batching waits up to
@@ -43,7 +44,7 @@ def measure(grpc_url: str, repository: Path, requests: int, warmup: int, seed: i
     import tritonclient.grpc as grpc
 
     from widefunnel.client.perf import DirectChain, sample_seeds, served_steps
-    from widefunnel.pipeline import InProcessFunnel
+    from widefunnel.evaluation.pipeline import InProcessFunnel
     from widefunnel.security import read_key, with_admin_key
 
     # reading the served steps' configs is a restricted API: the server's key

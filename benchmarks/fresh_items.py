@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from widefunnel.builders import evaluate as E
 from widefunnel.config import load_config
+from widefunnel.evaluation import offline as E
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- fresh:begin -->", "<!-- fresh:end -->"
@@ -67,8 +67,8 @@ def run(work: Path, served: bool) -> dict:
     from widefunnel.builders.teacher import teacher_embeddings
     from widefunnel.client.client import WidefunnelClient
     from widefunnel.data import load_catalogue
+    from widefunnel.evaluation.pipeline import InProcessFunnel
     from widefunnel.model_configs import Target
-    from widefunnel.pipeline import InProcessFunnel
     from widefunnel.server import TritonServer
 
     ev = E.eval_set_for(_config({}))

@@ -572,7 +572,7 @@ def funnel_cells(report: Report, repository: Path | None, carry: Path | None, de
     try:
         why = why or load_model_config_pb2(carry)
         if why is None:
-            from widefunnel.pipeline import InProcessFunnel
+            from widefunnel.evaluation.pipeline import InProcessFunnel
     except Exception as exc:  # e.g. no protobuf or onnxruntime on the GPU machine
         why = f"cannot import the pipeline: {type(exc).__name__}: {exc}"
     if why is not None:

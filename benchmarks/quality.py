@@ -2,7 +2,7 @@
 
 Trains every variant, evaluates it on the held-out (future) co-engaged pairs, prints markdown tables and
 writes them to benchmarks/QUALITY.md with a recall-vs-relevance plot over alpha (benchmarks/quality_alpha.png).
-Metric definitions: widefunnel.builders.evaluate.
+Metric definitions: widefunnel.evaluation.offline.
 
     .venv/bin/python benchmarks/quality.py                          # everything (about 20 minutes on 2 CPUs)
     .venv/bin/python benchmarks/quality.py --repository DIR         # also keep the evaluated build in DIR
@@ -30,8 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from widefunnel.builders import evaluate as E  # noqa: E402
 from widefunnel.config import load_config  # noqa: E402
+from widefunnel.evaluation import offline as E  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ALPHAS = (0.0, 0.3, 0.5, 0.7, 1.0)
@@ -101,13 +101,13 @@ def tower_lists(tower, data, ev, k: int) -> list[np.ndarray]:
 
 def build_funnel(tower, data, cfg: dict, repository: Path):
     """The rest of `train_funnel` on an already trained tower, written as a real repository and loaded
-    back through widefunnel.pipeline: the funnel measured here is the one `widefunnel serve` would serve."""
+    back through widefunnel.evaluation.pipeline: the funnel measured here is the one `widefunnel serve` would serve."""
     from widefunnel.ann.index import build_index
     from widefunnel.builders.export import tower_fingerprint
     from widefunnel.builders.repository import write_repository
     from widefunnel.builders.train import TrainedFunnel, item_embeddings, train_reranker, train_scorer
+    from widefunnel.evaluation.pipeline import InProcessFunnel
     from widefunnel.model_configs import Target
-    from widefunnel.pipeline import InProcessFunnel
 
     ids = data.catalogue.item_ids
     tables = item_embeddings(tower, np.arange(data.catalogue.table_size, dtype=np.int64))
@@ -436,7 +436,7 @@ Every value is a percentage, except AUCs and counts.
 - **recall@K** = mean over queries of |top-K ∩ T(q)| / |T(q)|. **Rel@K** (semantic relevance) = mean over
   queries of the share of the K items that share at least one MovieLens genre with the seed. **Jac@K** = mean
   genre Jaccard(seed, item) over the K items. **NDCG@10**: binary gain (item in T(q)), ideal = min(|T(q)|, 10)
-  hits first. **AUC**: Mann-Whitney, ties counted half. (Exact code: `builders/evaluate.py`.)
+  hits first. **AUC**: Mann-Whitney, ties counted half. (Exact code: `evaluation/offline.py`.)
 - Towers: {ep} epochs (`training.epochs`), Adagrad lr {cfg['training']['lr']}, batch {cfg['training']['batch_size']},
   wr = {cfg['training']['wr']}; every tower variant uses the same seed, data and epochs. Retrieval is exact
   int8 search on each head's index, as served. Merged lists: `widefunnel.merge.quota_merge` of the two heads'
@@ -481,7 +481,7 @@ Small slices: read differences of a few points as noise.
 {scoring_summary(r)}
 
 Build fingerprint `{r['fingerprint']}`; ANN k = {r['ann_k']} per head, reranker keeps M = {r['keep']}.
-Stages computed with the build's own ONNX sessions (`widefunnel.pipeline.InProcessFunnel`); the merged
+Stages computed with the build's own ONNX sessions (`widefunnel.evaluation.pipeline.InProcessFunnel`); the merged
 "served" lists were checked to equal `InProcessFunnel.recommend(alpha=0.5, top_n=K)` exactly (K = 10, 50, 100).
 ANN and reranker scores of the two heads are on different scales, so those merged rows keep quota order;
 composite-scored rows are sorted by the composite value, as served.
@@ -509,8 +509,8 @@ training thresholds.
 
 Each head's ANN alone (k = {r['ann_k']}), the merge of those ANN lists, and the ensemble's own output
 (rerank + composite + quota merge, `top_n` = K <= {cfg['merge']['max_top_n']}) per alpha. In process (the
-build's ONNX models via `widefunnel.pipeline`; embeddings from onnxruntime rather than torch, so the last digit
-of a head's row can differ from the retrieval table above):
+build's ONNX models via `widefunnel.evaluation.pipeline`; embeddings from onnxruntime rather than torch, so the last
+digit of a head's row can differ from the retrieval table above):
 
 {table(r['funnel'], retrieval_columns(SERVED_KS))}
 

@@ -15,15 +15,13 @@ in place later, without re-deriving anything.
 Updates are incremental and in the builder's order: configs first, then version folders (staged under a
 non-numeric name and renamed, so a server never sees half a version), the router's ensembles last;
 versions gone from the source are pruned. Run again after each `widefunnel build`, then roll out
-(`widefunnel.cluster.roll_out`): shards load the new version beside the old, the router follows.
+(`widefunnel.cli.cluster.roll_out`): shards load the new version beside the old, the router follows.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,35 +217,6 @@ def write_sharded(source: Path, out: Path, shards: int, shard_urls: list[str], p
     return lay
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m widefunnel.builders.shards", description=__doc__.split("\n")[0])
-    parser.add_argument("--repository", type=Path, required=True, help="a built repository (widefunnel build)")
-    parser.add_argument("--out", type=Path, required=True, help="writes <out>/shards/shard-<s>/ and <out>/router/")
-    parser.add_argument("--shards", type=int, required=True)
-    urls = parser.add_mutually_exclusive_group(required=True)
-    urls.add_argument("--shard-urls", help="comma-separated gRPC host:port of shard 0..S-1")
-    urls.add_argument("--shard-url-template", help="e.g. 'dns:///widefunnel-ann-shard-{shard}:8001'")
-    parser.add_argument("--allow-partial", action="store_true", help="serve partial results (COVERAGE < 1)")
-    parser.add_argument("--timeout-s", type=float, default=5.0)
-    parser.add_argument("--ready-timeout-s", type=float, default=60.0)
-    parser.add_argument("--lb-policy", choices=("pick_first", "round_robin"), default="pick_first")
-    parser.add_argument("--instances", type=int, default=2, help="router model instances")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    shard_urls = args.shard_urls.split(",") if args.shard_urls else \
-        [args.shard_url_template.format(shard=s) for s in range(args.shards)]
-    lay = write_sharded(args.repository, args.out, args.shards, shard_urls, allow_partial=args.allow_partial,
-                        timeout_s=args.timeout_s, ready_timeout_s=args.ready_timeout_s, lb_policy=args.lb_policy,
-                        instances=args.instances)
-    for s, repo in enumerate(lay.shard_repositories):
-        print(f"shard {s}: {repo}  (served at {shard_urls[s]})")
-    print(f"router:  {lay.router_repository}")
-    return 0
-
-
 # ------------------------------------------------------------------------------------- prebuilt-index serving
 def write_index_repository(repository: Path, indexes: dict[int, object], head: str = "engagement", k: int = 100,
                            max_k: int = 100_000, emit_embeddings: bool = True,
@@ -273,7 +242,3 @@ def write_index_repository(repository: Path, indexes: dict[int, object], head: s
                 attributes.save(staged / ITEM_ATTRIBUTES)
             commit_version(staged, version)
     return config.name
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,34 +1,46 @@
-"""docs/ARCHITECTURE.md, enforced: nothing imports upwards, and no import cycle anywhere.
+"""docs/ARCHITECTURE.md, enforced: each top folder is a layer, nothing imports upwards, no import cycle between
+modules or between folders.
 
-The package is spread over four folders (pyproject's `package-dir`: builders/, client/ and plugins/ are
-`widefunnel.builders`, `.client`, `.plugins`), which import-graph tools that walk one package folder do not
-follow; so the graph is read here from each file's `import` statements (deferred ones inside functions too).
+The layers are read from ARCHITECTURE.md's table (layer, folders), highest first, and each module's layer from
+the folder it sits in (pyproject's `package-dir`: builders/ is `widefunnel.builders`, ...), so the test is told
+nothing the tree and the document do not say. Imports are read from each file's `import` statements (deferred
+ones inside functions too), since graph tools that walk one package folder do not follow the mapping.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 import tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent
+while not (ROOT / "pyproject.toml").exists():
+    ROOT = ROOT.parent
+PACKAGE_DIRS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+    "package-dir"]
 
-# Highest first; a module may import its own layer and the layers below it.
-LAYERS = (
-    ("command line", ("widefunnel.cli",)),
-    ("Triton glue", ("widefunnel.cluster", "widefunnel.server", "widefunnel.plugins")),
-    ("build and use", ("widefunnel.builders", "widefunnel.client", "widefunnel.pipeline", "widefunnel.gateway",
-                       "widefunnel.stub", "widefunnel.router")),
-    ("core", ("widefunnel.ann", "widefunnel.merge", "widefunnel.validation", "widefunnel.sharding",
-              "widefunnel.model_configs", "widefunnel.layout", "widefunnel.security", "widefunnel.config",
-              "widefunnel.data", "widefunnel.dataset", "widefunnel")),
-)
+
+def _documented_layers() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(layer, folders) rows of ARCHITECTURE.md's "The layers" table, highest first."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    table = text.split("## The layers", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0] not in ("layer", "") and not set(cells[0]) <= {"-"}:
+            rows.append((cells[0], tuple(f.rstrip("/") for f in re.findall(r"`([^`]+/)`", cells[1]))))
+    return tuple(rows)
+
+
+LAYERS = _documented_layers()
+FOLDER_LAYER = {folder: depth for depth, (_, folders) in enumerate(LAYERS) for folder in folders}
 
 
 def _modules() -> dict[str, Path]:
-    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    mapping = PACKAGE_DIRS
     out = {}
     for package, folder in mapping.items():
         for path in (ROOT / folder).rglob("*.py"):
@@ -68,15 +80,25 @@ def _imports(name: str, path: Path) -> set[str]:
 GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 
 
+def _folder(module: str) -> str:
+    """The top folder a module's file sits in (the longest package-dir prefix)."""
+    package = max((p for p in PACKAGE_DIRS if module == p or module.startswith(p + ".")), key=len)
+    return PACKAGE_DIRS[package].split("/")[0]
+
+
 def _layer(module: str) -> int:
-    """The layer of the longest prefix that names ``module`` or a package above it."""
-    matches = [(len(p), depth) for depth, (_, prefixes) in enumerate(LAYERS) for p in prefixes
-               if module == p or (module.startswith(p + ".") and p != "widefunnel")]
-    return max(matches)[1] if matches else len(LAYERS) - 1
+    return FOLDER_LAYER[_folder(module)]
+
+
+def test_every_folder_is_in_exactly_one_documented_layer():
+    assert [name for name, _ in LAYERS] == ["command line", "Triton glue", "build and use", "core"]
+    documented = [f for _, folders in LAYERS for f in folders]
+    assert len(documented) == len(set(documented)), "a folder in two layers"
+    assert set(documented) == {d.split("/")[0] for d in PACKAGE_DIRS.values()}, "pyproject and ARCHITECTURE.md differ"
 
 
 def test_every_module_is_read():
-    assert {"widefunnel.cli", "widefunnel.builders.repository", "widefunnel.client.swap",
+    assert {"widefunnel.cli.main", "widefunnel.builders.repository", "widefunnel.client.swap",
             "widefunnel.plugins.widefunnel_ann.model", "widefunnel.server.triton", "widefunnel.ann.kernels"} \
         <= set(MODULES)
 
@@ -121,6 +143,13 @@ def _cycles() -> list[set[str]]:
 
 def test_no_import_cycle():
     assert _cycles() == [], "import cycles"
+
+
+def test_no_import_cycle_between_folders():
+    """Within a layer folders may import each other, but never both ways (a folder is one unit to read)."""
+    edges = {(_folder(a), _folder(b)) for a, targets in GRAPH.items() for b in targets if _folder(a) != _folder(b)}
+    both_ways = sorted((a, b) for a, b in edges if (b, a) in edges and a < b)
+    assert not both_ways, f"folders importing each other: {both_ways}"
 
 
 def test_the_cycle_check_finds_a_cycle(monkeypatch):

@@ -10,8 +10,8 @@ import pytest
 from widefunnel.ann.quantize import quantize_rows
 from widefunnel.client.client import InvalidRequest
 from widefunnel.data import load_catalogue
+from widefunnel.evaluation.pipeline import InProcessFunnel
 from widefunnel.merge import HEADS
-from widefunnel.pipeline import InProcessFunnel
 
 SEEDS = [1, 50, 181, 98]
 

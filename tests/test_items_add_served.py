@@ -15,8 +15,8 @@ from widefunnel import model_configs as mcfg
 from widefunnel.cli import main
 from widefunnel.client.client import WidefunnelClient, WidefunnelError
 from widefunnel.data import load_catalogue
+from widefunnel.evaluation.pipeline import InProcessFunnel
 from widefunnel.layout import read_builds
-from widefunnel.pipeline import InProcessFunnel
 from widefunnel.security import ADMIN_KEY_ENV
 
 pytestmark = pytest.mark.server

@@ -156,11 +156,13 @@ def test_clients_reach_tritonserver_only_through_the_gateway_and_shards_only_fro
 
 
 def test_sharded_layout_matches_shards_router_and_services():
-    from widefunnel.builders.shards import build_parser
+    from widefunnel.cli.main import build_parser
 
     deployments, services = _named("Deployment"), _named("Service")
     (job,) = _kind("Job")
-    args = build_parser().parse_args(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["widefunnel", "shard-layout"]
+    args = build_parser().parse_args(["shard-layout", *container["args"]])
     shard_deployments = sorted(n for n in deployments if n.startswith("widefunnel-ann-shard-"))
     assert shard_deployments == [f"widefunnel-ann-shard-{s}" for s in range(args.shards)]
     for s, name in enumerate(shard_deployments):

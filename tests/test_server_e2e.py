@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from widefunnel.client.client import InvalidRequest, WidefunnelClient
-from widefunnel.pipeline import InProcessFunnel
+from widefunnel.evaluation.pipeline import InProcessFunnel
 
 SEEDS = [1, 50, 181, 98, 423, 7, 100, 258]
 

@@ -31,7 +31,7 @@ from widefunnel.ann.index import build_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import exact_search, prepare_index
 from widefunnel.builders import shards as sb
-from widefunnel.cluster import LocalCluster, _parallel
+from widefunnel.cli.cluster import LocalCluster, _parallel
 from widefunnel.server import Ports, TritonServer
 from widefunnel.sharding import merge_topk, parse_router_parameters, shard_bounds, split_index
 

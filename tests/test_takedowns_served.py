@@ -13,7 +13,7 @@ from conftest import private_server
 from widefunnel import model_configs as mcfg
 from widefunnel.cli import main
 from widefunnel.client.client import WidefunnelClient, WidefunnelError
-from widefunnel.pipeline import InProcessFunnel
+from widefunnel.evaluation.pipeline import InProcessFunnel
 
 pytestmark = pytest.mark.server
 

@@ -13,7 +13,7 @@ import pytest
 
 from widefunnel import model_configs as mcfg
 from widefunnel.client.client import WidefunnelClient, WidefunnelError
-from widefunnel.pipeline import InProcessFunnel
+from widefunnel.evaluation.pipeline import InProcessFunnel
 
 pytestmark = pytest.mark.server
 

@@ -72,7 +72,7 @@ def restore(repository: Path, ids: list[int]) -> list[int]:
 
 def publish(source: Path, repositories: list[Path]) -> None:
     """Copy ``source``'s takedowns to other repositories serving the same catalogue (a sharded deployment's
-    router and shards, `builders.shards`), each in one rename; none at the source removes theirs."""
+    router and shards, `widefunnel shard-layout`), each in one rename; none at the source removes theirs."""
     path = takedowns_path(source)
     text = path.read_text() if path.exists() else None
     for repository in repositories:

@@ -1,6 +1,6 @@
 """Python-backend model: the sharded ANN router, a drop-in for `ann_<head>` (same inputs and outputs).
 
-The fan-out and the exact merge are `widefunnel.router.ShardRouter` (every shard's `widefunnel_ann` over
+The fan-out and the exact merge are `widefunnel.client.router.ShardRouter` (every shard's `widefunnel_ann` over
 tritonclient gRPC asyncio; ids and scores equal the single-server answer); this file is its Triton glue:
 parameters, per-shard metrics, responses.
 
@@ -21,10 +21,10 @@ import json
 import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in the stub)
 import triton_python_backend_utils as pb_utils
 
+from widefunnel.client.router import REASONS, InvalidRequest, ShardFailure, ShardRouter
 from widefunnel.model_configs import model_parameters
-from widefunnel.router import REASONS, InvalidRequest, ShardFailure, ShardRouter
+from widefunnel.plugins.stub import request_inputs
 from widefunnel.sharding import ROUTER_OPTIONAL, ROUTER_REQUIRED, parse_router_parameters
-from widefunnel.stub import request_inputs
 
 # every shard gets the same filters (its attribute table is keyed by id, so it maps them to its own rows)
 OPTIONAL_INPUTS = ("EXCLUDE_ID", "K", "NPROBE", "EXCLUDE_IDS", "GENRES_ANY", "GENRES_NONE", "YEARS")

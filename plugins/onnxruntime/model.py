@@ -17,7 +17,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from widefunnel.model_configs import model_parameters
-from widefunnel.stub import failure_response, request_inputs
+from widefunnel.plugins.stub import failure_response, request_inputs
 from widefunnel.validation import (
     STEP_RULES,
     RequestError,

@@ -15,7 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 from widefunnel.layout import repository_of
 from widefunnel.model_configs import model_parameters
-from widefunnel.stub import input_array, request_inputs, respond_each
+from widefunnel.plugins.stub import input_array, request_inputs, respond_each
 from widefunnel.takedowns import TakedownWatch
 from widefunnel.validation import (
     RequestLimits,

@@ -14,7 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from widefunnel.merge import HEADS, check_merge_inputs, merge_batch
 from widefunnel.model_configs import FINGERPRINT_INPUTS, model_parameters
-from widefunnel.stub import StepUnavailable, request_inputs, required_array, respond_each
+from widefunnel.plugins.stub import StepUnavailable, request_inputs, required_array, respond_each
 
 _REQUIRED = {"sort_by_score", "max_top_n", "max_item_id"}
 

@@ -21,7 +21,7 @@ from widefunnel.ann.query import search
 from widefunnel.ann.search import dequantized, prepare_index
 from widefunnel.layout import FINGERPRINTS_PARAMETER, ITEM_ATTRIBUTES, parse_fingerprints, repository_of
 from widefunnel.model_configs import model_parameters
-from widefunnel.stub import input_array, request_inputs, required_array, respond_each
+from widefunnel.plugins.stub import input_array, request_inputs, required_array, respond_each
 from widefunnel.takedowns import TakedownWatch
 from widefunnel.validation import (
     DEFAULT_MAX_EXCLUDE,

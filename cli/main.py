@@ -234,7 +234,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace) -> int:
     """S shard servers + a router server on free loopback ports from one built repository (issue 10)."""
-    from widefunnel.cluster import LocalCluster
+    from widefunnel.cli.cluster import LocalCluster
     from widefunnel.security import ensure_key
     from widefunnel.server import ServerError
 
@@ -439,7 +439,7 @@ def _add_operations_commands(sub) -> None:
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--also", type=Path, nargs="+", default=[], metavar="DIR",
                    help="remove / restore: also update these repositories (a sharded deployment's router and shards, "
-                        "python -m widefunnel.builders.shards)")
+                        "widefunnel shard-layout)")
     p.add_argument("--from-version", type=int, default=None, help="add: the build to grow (default: the newest)")
     p.add_argument("--url", default=None, help="add: swap the served ensembles to the new version on this server "
                                                "(HTTP host:port or gRPC with --protocol grpc)")
@@ -469,7 +469,45 @@ def _add_operations_commands(sub) -> None:
 # ---- end of operations commands --------------------------------------------------------------------------------
 
 
+def _shard_layout(args: argparse.Namespace) -> int:
+    from widefunnel.builders.shards import write_sharded
+
+    shard_urls = args.shard_urls.split(",") if args.shard_urls else \
+        [args.shard_url_template.format(shard=s) for s in range(args.shards)]
+    lay = write_sharded(args.repository, args.out, args.shards, shard_urls, allow_partial=args.allow_partial,
+                        timeout_s=args.timeout_s, ready_timeout_s=args.ready_timeout_s, lb_policy=args.lb_policy,
+                        instances=args.instances)
+    for s, repo in enumerate(lay.shard_repositories):
+        print(f"shard {s}: {repo}  (served at {shard_urls[s]})")
+    print(f"router:  {lay.router_repository}")
+    return 0
+
+
+def _add_shard_layout(sub) -> None:
+    p = sub.add_parser("shard-layout", help="derive S shard repositories and a router repository from a build "
+                                            "(what a Kubernetes Job runs before the shard and router Deployments)")
+    p.add_argument("--repository", type=Path, required=True, help="a built repository (widefunnel build)")
+    p.add_argument("--out", type=Path, required=True, help="writes <out>/shards/shard-<s>/ and <out>/router/")
+    p.add_argument("--shards", type=int, required=True)
+    urls = p.add_mutually_exclusive_group(required=True)
+    urls.add_argument("--shard-urls", help="comma-separated gRPC host:port of shard 0..S-1")
+    urls.add_argument("--shard-url-template", help="e.g. 'dns:///widefunnel-ann-shard-{shard}:8001'")
+    p.add_argument("--allow-partial", action="store_true", help="serve partial results (COVERAGE < 1)")
+    p.add_argument("--timeout-s", type=float, default=5.0)
+    p.add_argument("--ready-timeout-s", type=float, default=60.0)
+    p.add_argument("--lb-policy", choices=("pick_first", "round_robin"), default="pick_first")
+    p.add_argument("--instances", type=int, default=2, help="router model instances")
+    p.set_defaults(func=_shard_layout)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # the library logs (swap and perf actions, the stub supervisor, TensorRT builds); the CLI shows them
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    return args.func(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="widefunnel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -533,10 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cluster)
 
     _add_operations_commands(sub)
-    args = parser.parse_args(argv)
-    # the library logs (swap and perf actions, the stub supervisor, TensorRT builds); the CLI shows them
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    return args.func(args)
+    _add_shard_layout(sub)
+    return parser
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Local simulation of the sharded deployment: S shard servers and one router server on free loopback ports,
 from one built repository (what docker/k8s runs as S shard Deployments and a router Deployment).
 
-The shard and router repositories are derived with `widefunnel.builders.shards`; ports are picked before the
-repositories are written, because the router's config names its shards' gRPC URLs.
+The shard and router repositories are derived with `widefunnel.builders.shards` (`widefunnel shard-layout`);
+ports are picked before the repositories are written, because the router's config names its shards' gRPC URLs.
 """
 
 from __future__ import annotations

@@ -349,7 +349,7 @@ class FunnelSource(Protocol):
 
 
 class InProcessSource:
-    """The funnel computed in this process from a repository's artifacts (widefunnel.pipeline)."""
+    """The funnel computed in this process from a repository's artifacts (widefunnel.evaluation.pipeline)."""
 
     def __init__(self, funnel, batch: int = 128):
         self.funnel, self.batch = funnel, batch
