@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
 from tritonclient.grpc import service_pb2
 
+from widefunnel.gateway import upstream as to_triton
 from widefunnel.gateway.checks import (
     Limits,
     Refusal,
@@ -121,6 +122,7 @@ class HttpProxy:
         except Refusal as refusal:
             return _error(refusal.status, str(refusal)), True
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
+        headers = dict(to_triton.without_key(headers.items())) | to_triton.http_headers()
         if "Accept-Encoding" not in request.headers:  # aiohttp would ask for gzip: the client did not
             headers["Accept-Encoding"] = "identity"
         try:
@@ -189,6 +191,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
                     await context.abort(code, message)
             metadata = tuple((k, v) for k, v in context.invocation_metadata()
                              if not k.startswith((":", "grpc-")) and k != "user-agent")
+            metadata = to_triton.without_key(metadata) + to_triton.grpc_metadata()
             try:
                 response = await self.channel.unary_unary(method)(request, metadata=metadata,
                                                                   timeout=context.time_remaining())
