@@ -158,7 +158,7 @@ class StubSupervisor(threading.Thread):
         lock = threading.Lock()
 
         def callback(model: str):
-            def record(_result, error) -> None:
+            def record(result, error) -> None:  # tritonclient passes both by keyword
                 with lock:
                     results[model] = canary_outcome(error)
                     if len(results) == len(requests):
@@ -175,13 +175,34 @@ class StubSupervisor(threading.Thread):
                 grpc_client.async_infer(model, inputs, callback(model), client_timeout=self.canary_timeout)
             except Exception as exc:  # noqa: BLE001 - the channel itself failed: no answer
                 callback(model)(None, exc)
-        done.wait(self.canary_timeout + 1.0)
+        done.wait(self.canary_timeout + 0.2)
         with lock:
             return {model: results.get(model, NO_ANSWER) for model in requests}
 
-    def check_answers(self, client, grpc_client, live_stubs: set[tuple[str, str]]) -> set[str]:
-        """One canary round: the models to reload (READY without a stub, or not answering their canary).
-        Calls ``on_wedged`` when tritonserver has not answered at all for ``wedged_s``."""
+    def stubless(self, client, live_models: set[str], now: float) -> set[str]:
+        """Models once served by a stub that have had no live stub at all for ``stubless_s`` and are still READY
+        (an unloaded model is not READY; a reload or a swap starts its new stub before the old one exits). This
+        finds a replacement stub that died before any process scan saw it."""
+        self._had_stub |= live_models
+        for model in live_models:
+            self._stubless.pop(model, None)
+        out = set()
+        for model in self._had_stub - live_models:
+            since = self._stubless.setdefault(model, now)
+            if now - since < self.stubless_s:
+                continue
+            ready = self._ready_versions(client, model)
+            if ready:
+                log.warning("model '%s' is READY with no live stub for %.1fs", model, now - since)
+                out.add(model)
+            elif ready is not None:  # unloaded on purpose
+                self._had_stub.discard(model)
+                self._stubless.pop(model, None)
+        return out
+
+    def check_answers(self, client, grpc_client) -> set[str]:
+        """One canary round: the models to reload (not answering their canary). Calls ``on_wedged`` when
+        tritonserver has not answered at all for ``wedged_s``."""
         now = time.monotonic()
         index = self._index(client)
         if index is None or not self._live():
@@ -199,15 +220,6 @@ class StubSupervisor(threading.Thread):
             if entry.get("state") == "READY":
                 ready[entry["name"]] = ready.get(entry["name"], frozenset()) | {entry.get("version")}
         reload = set()
-        self._had_stub |= {model for model, _ in live_stubs}
-        for model, versions in ready.items():  # READY, once served by a stub, and none of its versions has one
-            if model in self._had_stub and not any((model, v) in live_stubs for v in versions):
-                since = self._stubless.setdefault(model, now)
-                if now - since >= self.stubless_s:
-                    log.warning("model '%s' is READY with no live stub for %.1fs", model, now - since)
-                    reload.add(model)
-            else:
-                self._stubless.pop(model, None)
         requests = {}
         for model, versions in ready.items():
             try:
@@ -266,10 +278,10 @@ class StubSupervisor(threading.Thread):
                     del suspects[stub]
                     if stub[1] in ready:
                         pending.add(stub[0])
+            pending |= self.stubless(probe, {m for pid, (m, _, _) in current.items() if not process_dead(pid)}, now)
             if now >= next_canary:
-                live_versions = {(m, v) for pid, (m, v, _) in current.items() if not process_dead(pid)}
                 try:
-                    pending |= self.check_answers(probe, grpc_client, live_versions)
+                    pending |= self.check_answers(probe, grpc_client)
                 except Exception as exc:  # noqa: BLE001 - a supervisor that dies supervises nothing
                     log.error("canary round failed: %s", exc)
                 if self.stopped.is_set():
