@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel.client.client import WidefunnelClient
+from widefunnel.security import with_keys
 from widefunnel.server import TritonServer
 
 
@@ -27,14 +28,17 @@ def _seeds(repository: Path, n: int) -> np.ndarray:
     return np.random.default_rng(0).choice(np.load(catalogue), n)
 
 
-def _run(url: str, protocol: str, seeds: np.ndarray, concurrency: int) -> tuple[list[float], float]:
-    """Latencies (ms) of every request and the wall time of all of them."""
+def _run(url: str, protocol: str, seeds: np.ndarray, concurrency: int, gateway_key: str | None = None
+         ) -> tuple[list[float], float]:
+    """Latencies (ms) of every request and the wall time of all of them (``gateway_key``: for tritonserver's
+    own port, which answers only the gateway)."""
     latencies: list[float] = []
     lock = threading.Lock()
     parts = np.array_split(seeds, concurrency)
 
     def worker(part: np.ndarray) -> None:
         with WidefunnelClient(url, protocol) as client:
+            with_keys(client.client, gateway_key=gateway_key, protocol=protocol)
             for seed in part:
                 start = time.perf_counter()
                 client.recommend([int(seed)], top_n=10)
@@ -61,14 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     with TritonServer(args.repository) as server:
         paths = {"gateway": {"http": server.http_url, "grpc": server.grpc_url},
                  "direct": {"http": server.triton_http_url, "grpc": server.triton_grpc_url}}
+        keys = {"gateway": None, "direct": server.gateway_key}
         for protocol in ("grpc", "http"):
             for concurrency in (1, 8):
                 for path in paths:  # warm-up
-                    _run(paths[path][protocol], protocol, seeds[:40], concurrency)
+                    _run(paths[path][protocol], protocol, seeds[:40], concurrency, keys[path])
                 result = {p: ([], 0.0) for p in paths}
                 for r0 in range(0, args.requests, args.round):
                     for path in paths:
-                        lat, wall = _run(paths[path][protocol], protocol, seeds[r0:r0 + args.round], concurrency)
+                        lat, wall = _run(paths[path][protocol], protocol, seeds[r0:r0 + args.round], concurrency,
+                                         keys[path])
                         result[path] = (result[path][0] + lat, result[path][1] + wall)
                 stats = {p: (statistics.median(lat), float(np.percentile(lat, 99)), len(lat) / wall)
                          for p, (lat, wall) in result.items()}

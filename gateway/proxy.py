@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
 from tritonclient.grpc import service_pb2
 
+from widefunnel.gateway import upstream as to_triton
 from widefunnel.gateway.checks import (
     Limits,
     Refusal,
@@ -163,7 +164,9 @@ class HttpProxy:
             body, framing = self.check(request, body, infer, model)
         except Refusal as refusal:
             return _error(refusal.status, str(refusal)), True
+        # the gateway key (tritonserver answers nothing else) is the gateway's own; a client's copy never passes
         headers = {k: v for k, v in request.headers.items() if k.lower() in _PASS_REQUEST} | framing
+        headers |= to_triton.http_headers()
         if "Accept-Encoding" not in request.headers:  # aiohttp would ask for gzip: the client did not
             headers["Accept-Encoding"] = "identity"
         try:
@@ -243,6 +246,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
                     self.metrics.count(label, "grpc", code.name, refused=True)
                 await context.abort(code, str(refusal))
             metadata = tuple((k, v) for k, v in context.invocation_metadata() if k in _PASS_METADATA)
+            metadata += to_triton.grpc_metadata()
             try:
                 response = await self.channel.unary_unary(method)(request, metadata=metadata,
                                                                   timeout=context.time_remaining())

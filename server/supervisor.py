@@ -11,6 +11,16 @@ being READY; a swap's new version, or a reload's new stub, serves the instance).
 
 The dead stub is reaped by the kernel (the server runs with SIGCHLD ignored), and the shared-memory region
 it leaves behind in /dev/shm is removed once no process of the server maps it.
+
+Liveness means answers (issue 33): a replacement stub that died within 0.5 s of loading was never seen by
+the process scan, its model stayed READY, and every ensemble request hung. So every ``canary_every`` seconds
+the supervisor also (1) reloads a model READY with no live stub for ``stubless_s``, and (2) sends each step
+its canary request (`canary.canary_inputs`) on tritonserver's own gRPC port, with the gateway key and a
+``canary_timeout`` deadline; a step whose stub is reported unhealthy, or that misses ``canary_failures``
+deadlines in a row while another step answers, is reloaded in place. When tritonserver does not even answer
+its liveness endpoint for ``wedged_s``, the whole process is wedged: ``on_wedged`` (the server's narrow
+callback: kill it, so whoever restarts crashed servers restarts it) is called. Canaries never pass the gateway,
+so they are not client traffic in `widefunnel_requests_total`.
 """
 
 from __future__ import annotations
@@ -19,9 +29,16 @@ import json
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from widefunnel.model_configs import RESTART_PARAMETER
+from widefunnel.security import with_keys
+from widefunnel.server.canary import canary_inputs, catalogue_item_id
 from widefunnel.server.processes import (
     dead_instances,
     instance_stubs,
@@ -37,22 +54,57 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# Canary outcomes: the step answered (any response, a refusal included: the stub is there), its stub is reported
+# dead, or no answer within the deadline (a hung stub, a wedged or overloaded server).
+ANSWERED, STUB_DEAD, NO_ANSWER = "answered", "stub dead", "no answer"
+_STUB_DEAD_WORDS = ("stub", "not healthy")
+
+
+def canary_outcome(error: Exception | None) -> str:
+    """What one canary's result says about its step."""
+    if error is None:
+        return ANSWERED
+    text = str(error).lower()
+    if any(word in text for word in _STUB_DEAD_WORDS):
+        return STUB_DEAD
+    status = getattr(error, "status", lambda: None)() or ""
+    if "DEADLINE_EXCEEDED" in status or "UNAVAILABLE" in status or "deadline" in text or "connect" in text:
+        return NO_ANSWER
+    return ANSWERED
+
+
 class StubSupervisor(threading.Thread):
-    def __init__(self, server: TritonServer, interval: float = 0.5, sweep_every: int = 10, grace_s: float = 5.0):
+    def __init__(self, server: TritonServer, interval: float = 0.5, sweep_every: int = 10, grace_s: float = 5.0,
+                 canary_every: float = 1.5, canary_timeout: float = 2.0, canary_failures: int = 2,
+                 stubless_s: float = 1.0, wedged_s: float = 6.0, on_wedged: Callable[[str], None] | None = None):
         super().__init__(daemon=True, name="widefunnel-stub-supervisor")
         self.server, self.interval, self.sweep_every, self.grace_s = server, interval, sweep_every, grace_s
+        self.canary_every, self.canary_timeout, self.canary_failures = canary_every, canary_timeout, canary_failures
+        self.stubless_s, self.wedged_s, self.on_wedged = stubless_s, wedged_s, on_wedged
         self.stopped = threading.Event()
         self.restarts: list[str] = []
+        self.canary_rounds = 0
         self.regions_removed = 0
         self._generation = 0
+        self._configs: dict[str, tuple[frozenset[str], dict[str, np.ndarray] | None]] = {}
+        self._missed: dict[str, int] = {}
+        self._stubless: dict[str, float] = {}
+        self._had_stub: set[str] = set()
+        self._unresponsive_since: float | None = None
+        self._item_id = catalogue_item_id(server.repository)
 
     def _ready_versions(self, client, model: str) -> set[str] | None:
         """The model's READY versions; None when the server did not say (asked again next round)."""
-        try:
-            index = client.get_model_repository_index(headers=self.server.admin_headers("http"))
-        except Exception:
+        index = self._index(client)
+        if index is None:
             return None
         return {m.get("version") for m in index if m.get("name") == model and m.get("state") == "READY"}
+
+    def _index(self, client) -> list[dict] | None:
+        try:
+            return client.get_model_repository_index(headers=self.server.admin_headers("http"))
+        except Exception:
+            return None
 
     def restart(self, client, model: str) -> None:
         """Reload `model` in place: its served config with a new restart generation, pinned to the versions
@@ -66,6 +118,9 @@ class StubSupervisor(threading.Thread):
         config.setdefault("parameters", {})[RESTART_PARAMETER] = {"string_value": str(self._generation)}
         config["version_policy"] = {"specific": {"versions": sorted(int(v) for v in versions)}}
         client.load_model(model, config=json.dumps(config), headers=headers)
+        self._configs.pop(model, None)
+        self._missed.pop(model, None)
+        self._stubless.pop(model, None)
 
     def sweep(self, pid: int) -> None:
         removed = remove_regions(orphan_regions(pid, self.server.shm_prefix))
@@ -73,14 +128,137 @@ class StubSupervisor(threading.Thread):
             self.regions_removed += removed
             log.warning("removed %d shared-memory region(s) left by dead stubs", removed)
 
+    # ------------------------------------------------------------------------------------------ canaries
+    def _live(self) -> bool:
+        """tritonserver's own liveness endpoint answers (an overloaded server still does; a wedged one not)."""
+        request = urllib.request.Request(f"http://{self.server.triton_http_url}/v2/health/live",
+                                         headers=self.server.upstream_headers("http"))
+        try:
+            with urllib.request.urlopen(request, timeout=self.canary_timeout) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def _canary_request(self, client, model: str, versions: frozenset[str]) -> dict[str, np.ndarray] | None:
+        """The model's canary tensors, derived once per set of READY versions (a swap may change a shape)."""
+        cached = self._configs.get(model)
+        if cached is None or cached[0] != versions:
+            config = client.get_model_config(model, headers=self.server.admin_headers("http"))
+            cached = (versions, canary_inputs(config, self._item_id))
+            self._configs[model] = cached
+        return cached[1]
+
+    def _send_canaries(self, grpc_client, requests: dict[str, dict[str, np.ndarray]]) -> dict[str, str]:
+        """model -> outcome, all canaries in flight at once, each with the same deadline."""
+        from tritonclient.grpc import InferInput
+        from tritonclient.utils import np_to_triton_dtype
+
+        results: dict[str, str] = {}
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def callback(model: str):
+            def record(result, error) -> None:  # tritonclient passes both by keyword
+                with lock:
+                    results[model] = canary_outcome(error)
+                    if len(results) == len(requests):
+                        done.set()
+            return record
+
+        for model, tensors in requests.items():
+            inputs = []
+            for name, array in tensors.items():
+                tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+                tensor.set_data_from_numpy(array)
+                inputs.append(tensor)
+            try:
+                grpc_client.async_infer(model, inputs, callback(model), client_timeout=self.canary_timeout)
+            except Exception as exc:  # noqa: BLE001 - the channel itself failed: no answer
+                callback(model)(None, exc)
+        done.wait(self.canary_timeout + 0.2)
+        with lock:
+            return {model: results.get(model, NO_ANSWER) for model in requests}
+
+    def stubless(self, client, live_models: set[str], now: float) -> set[str]:
+        """Models once served by a stub that have had no live stub at all for ``stubless_s`` and are still READY
+        (an unloaded model is not READY; a reload or a swap starts its new stub before the old one exits). This
+        finds a replacement stub that died before any process scan saw it."""
+        self._had_stub |= live_models
+        for model in live_models:
+            self._stubless.pop(model, None)
+        out = set()
+        for model in self._had_stub - live_models:
+            since = self._stubless.setdefault(model, now)
+            if now - since < self.stubless_s:
+                continue
+            ready = self._ready_versions(client, model)
+            if ready:
+                log.warning("model '%s' is READY with no live stub for %.1fs", model, now - since)
+                out.add(model)
+            elif ready is not None:  # unloaded on purpose
+                self._had_stub.discard(model)
+                self._stubless.pop(model, None)
+        return out
+
+    def check_answers(self, client, grpc_client) -> set[str]:
+        """One canary round: the models to reload (not answering their canary). Calls ``on_wedged`` when
+        tritonserver has not answered at all for ``wedged_s``."""
+        now = time.monotonic()
+        index = self._index(client)
+        if index is None or not self._live():
+            self._unresponsive_since = self._unresponsive_since or now
+            if now - self._unresponsive_since >= self.wedged_s and self.on_wedged is not None:
+                reason = f"tritonserver answered nothing for {now - self._unresponsive_since:.0f}s (wedged)"
+                log.error("%s; restarting it", reason)
+                self.on_wedged(reason)
+                self.stopped.set()
+            return set()
+        self._unresponsive_since = None
+        self.canary_rounds += 1
+        ready: dict[str, frozenset[str]] = {}
+        for entry in index:
+            if entry.get("state") == "READY":
+                ready[entry["name"]] = ready.get(entry["name"], frozenset()) | {entry.get("version")}
+        reload = set()
+        requests = {}
+        for model, versions in ready.items():
+            try:
+                tensors = self._canary_request(client, model, versions)
+            except Exception:  # noqa: BLE001 - unloaded meanwhile: next round
+                continue
+            if tensors is not None:
+                requests[model] = tensors
+        outcomes = self._send_canaries(grpc_client, requests) if requests else {}
+        someone_answered = ANSWERED in outcomes.values()
+        for model, outcome in outcomes.items():
+            if outcome == ANSWERED:
+                self._missed.pop(model, None)
+                continue
+            self._missed[model] = self._missed.get(model, 0) + 1
+            # A dead stub is evidence enough; a missed deadline counts only while another step answers (an
+            # overloaded server misses them all, and reloading everything would make it worse).
+            if outcome == STUB_DEAD or (someone_answered and self._missed[model] >= self.canary_failures):
+                log.warning("model '%s' failed its canary (%s, %d in a row)", model, outcome, self._missed[model])
+                reload.add(model)
+        return reload
+
     def run(self) -> None:
+        import tritonclient.grpc as grpcclient
         import tritonclient.http as httpclient
 
         proc = self.server.process
         known = instance_stubs(stub_processes(proc.pid)) if proc is not None else {}
-        client = httpclient.InferenceServerClient(self.server.triton_http_url, network_timeout=300.0,
-                                                  connection_timeout=300.0)
+        gateway_key = self.server.gateway_key
+        client = with_keys(httpclient.InferenceServerClient(self.server.triton_http_url, network_timeout=300.0,
+                                                            connection_timeout=300.0), gateway_key=gateway_key)
+        probe = with_keys(httpclient.InferenceServerClient(self.server.triton_http_url,
+                                                           network_timeout=self.canary_timeout,
+                                                           connection_timeout=self.canary_timeout),
+                          gateway_key=gateway_key)
+        grpc_client = with_keys(grpcclient.InferenceServerClient(self.server.triton_grpc_url),
+                                gateway_key=gateway_key, protocol="grpc")
         rounds, pending, suspects = 0, set(), {}
+        next_canary = time.monotonic() + self.canary_every
         while not self.stopped.wait(self.interval):
             proc = self.server.process
             if proc is None or proc.poll() is not None:
@@ -100,8 +278,17 @@ class StubSupervisor(threading.Thread):
                     del suspects[stub]
                     if stub[1] in ready:
                         pending.add(stub[0])
+            pending |= self.stubless(probe, {m for pid, (m, _, _) in current.items() if not process_dead(pid)}, now)
+            if now >= next_canary:
+                try:
+                    pending |= self.check_answers(probe, grpc_client)
+                except Exception as exc:  # noqa: BLE001 - a supervisor that dies supervises nothing
+                    log.error("canary round failed: %s", exc)
+                if self.stopped.is_set():
+                    break
+                next_canary = time.monotonic() + self.canary_every
             for model in sorted(pending):
-                log.warning("the Python stub of model '%s' died; reloading the model in place", model)
+                log.warning("the Python stub of model '%s' died or stopped answering; reloading it in place", model)
                 try:
                     self.restart(client, model)
                     self.restarts.append(model)
@@ -112,4 +299,5 @@ class StubSupervisor(threading.Thread):
             if dead or rounds % self.sweep_every == 0:
                 self.sweep(proc.pid)
             known = {pid: stub for pid, stub in current.items() if not process_dead(pid)}
-        client.close()
+        for c in (client, probe, grpc_client):
+            c.close()

@@ -1,10 +1,11 @@
 """One served repository: tritonserver on loopback, the gateway in front of it, the stub supervisor beside it.
 
 Clients reach the gateway's HTTP, gRPC and metrics ports (bound to `host`); tritonserver's own ports are
-bound to 127.0.0.1 and its control-plane APIs need the admin key (`widefunnel.security`). The metrics port
-serves tritonserver's series followed by the gateway's (`widefunnel_requests_total`). `gateway=False` exposes
-tritonserver itself, still restricted, for trusted callers (shards behind a router, benchmarks of the
-server alone).
+bound to 127.0.0.1, its control-plane APIs need the admin key and every other API a per-server gateway key
+(`widefunnel.security`) that the gateway gets in its environment, so a local process cannot skip the
+gateway's checks. The metrics port serves tritonserver's series followed by the gateway's
+(`widefunnel_requests_total`). `gateway=False` exposes tritonserver itself, control plane still restricted,
+inference open, for trusted callers (shards behind a router, benchmarks of the server alone).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from widefunnel.gateway.checks import Limits
-from widefunnel.security import admin_headers, new_key, restriction_flags
+from widefunnel.security import GATEWAY_KEY_ENV, admin_headers, gateway_headers, new_key, restriction_flags
 from widefunnel.server.distribution import DistributionError, TritonDistribution, assemble_backends, server_environment
 from widefunnel.server.ports import Ports, free_port, port_in_use
 from widefunnel.server.processes import remove_regions, shm_regions
@@ -64,6 +65,7 @@ class TritonServer:
     host: str = LOOPBACK
     gateway: bool = True
     admin_key: str | None = None  # None: a fresh random key for this server
+    gateway_key: str | None = None  # set in __post_init__ when gateway=True: a fresh random key per server
     explicit: bool = True
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
@@ -76,10 +78,12 @@ class TritonServer:
     supervisor: StubSupervisor | None = None
     triton_ports: Ports = field(default_factory=Ports)
     shm_prefix: str = ""
+    wedged_reason: str | None = None  # why the supervisor killed a tritonserver that answered nothing
     _workdir: Path | None = None
 
     def __post_init__(self) -> None:
         self.admin_key = self.admin_key or new_key()
+        self.gateway_key = (self.gateway_key or new_key()) if self.gateway else None
         self.shm_prefix = self.shm_prefix or f"widefunnel_{os.getpid()}_{secrets.token_hex(4)}_"
 
     @property
@@ -110,6 +114,10 @@ class TritonServer:
     def admin_headers(self, protocol: str = "http") -> dict[str, str]:
         return admin_headers(self.admin_key, protocol)
 
+    def upstream_headers(self, protocol: str = "http") -> dict[str, str]:
+        """What a call to tritonserver's own port must carry (the gateway key; nothing without a gateway)."""
+        return gateway_headers(self.gateway_key, protocol)
+
     def exposure(self) -> list[str]:
         """What listens where, for `serve` to print."""
         front = "gateway" if self.gateway else "tritonserver"
@@ -117,7 +125,9 @@ class TritonServer:
                 f"gRPC    {self.host}:{self.ports.grpc}  ({front})",
                 f"metrics http://{self.host}:{self.ports.metrics}/metrics  ({front})",
                 "open: inference, health, metadata, statistics, metrics; admin key needed: "
-                "model-repository, model-config, shared-memory, logging, trace"]
+                "model-repository, model-config, shared-memory, logging, trace",
+                *(["tritonserver's own ports: loopback, answering only the gateway (gateway key)"]
+                  if self.gateway else [])]
 
     def command(self, backend_dir: Path) -> list[str]:
         dist = TritonDistribution.find()
@@ -138,7 +148,7 @@ class TritonServer:
             "--exit-on-error=true",
             "--log-verbose=0",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-            *restriction_flags(self.admin_key),
+            *restriction_flags(self.admin_key, self.gateway_key),
         ]
         if self.explicit:
             cmd += ["--model-control-mode=explicit", "--load-model=*"]
@@ -164,6 +174,7 @@ class TritonServer:
             raise ServerError(f"model repository {repository} is missing or empty: run `widefunnel build` first")
         self.ports = self.ports.resolved()
         self._check_ports()
+        self.wedged_reason = None
         self.triton_ports = Ports(free_port(), free_port(), free_port()) if self.gateway else \
             Ports(self.ports.http, self.ports.grpc, self.ports.metrics)
         self._workdir = Path(tempfile.mkdtemp(prefix="widefunnel-server-"))
@@ -178,20 +189,23 @@ class TritonServer:
             self.process = subprocess.Popen(self.command(backend_dir), stdout=log_file, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True, preexec_fn=_ignore_sigchld)
         try:
-            self.wait_ready(f"http://{self.triton_http_url}/v2/health/ready", "tritonserver")
+            self.wait_ready(f"http://{self.triton_http_url}/v2/health/ready", "tritonserver",
+                            headers=self.upstream_headers())
             if self.gateway:
                 self._start_gateway()
         except BaseException:
             self.stop()
             raise
         if self.supervise_stubs:
-            self.supervisor = StubSupervisor(self)
+            self.supervisor = StubSupervisor(self, on_wedged=self._kill_wedged)
             self.supervisor.start()
         return self
 
     def _start_gateway(self) -> None:
+        env = dict(os.environ)  # the key in the environment, not argv: /proc/<pid>/environ is the owner's only
+        env[GATEWAY_KEY_ENV] = self.gateway_key
         with open(self._workdir / "gateway.log", "ab") as log_file:
-            self.gateway_process = subprocess.Popen(self.gateway_command(), stdout=log_file,
+            self.gateway_process = subprocess.Popen(self.gateway_command(), stdout=log_file, env=env,
                                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(f"http://{self.http_url}/v2/health/ready", "gateway", self.gateway_process)
 
@@ -214,9 +228,19 @@ class TritonServer:
         picked = reasons or lines[-25:]
         return "\n".join(dict.fromkeys(picked))
 
+    def _kill_wedged(self, reason: str) -> None:
+        """The supervisor's one way to act on the whole server: a tritonserver that answers nothing is killed,
+        so that `alive()` turns False and whoever restarts crashed servers (`widefunnel serve`, Kubernetes)
+        restarts it, saying why."""
+        self.wedged_reason = reason
+        proc = self.process
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
     def death_reason(self) -> str:
         """Why a server that was serving is gone: which process, how it ended, the last log lines."""
-        parts = []
+        parts = [f"the stub supervisor killed tritonserver: {self.wedged_reason}"] if self.wedged_reason else []
         for name, proc, text in (("tritonserver", self.process, self.log_text()),
                                  ("gateway", self.gateway_process, self.gateway_log())):
             if proc is not None and proc.poll() is not None:
@@ -228,15 +252,15 @@ class TritonServer:
         return self._ready(f"http://{self.http_url}/v2/health/ready")
 
     @staticmethod
-    def _ready(url: str) -> bool:
+    def _ready(url: str, headers: dict[str, str] | None = None) -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
 
     def wait_ready(self, url: str | None = None, what: str = "tritonserver",
-                   proc: subprocess.Popen | None = None) -> None:
+                   proc: subprocess.Popen | None = None, headers: dict[str, str] | None = None) -> None:
         url = url or f"http://{self.http_url}/v2/health/ready"
         proc = proc or self.process
         deadline = time.monotonic() + self.startup_timeout
@@ -244,7 +268,7 @@ class TritonServer:
             if proc is not None and proc.poll() is not None:
                 reason = self.failure_reason() if proc is self.process else self.gateway_log()[-3000:]
                 raise ServerError(f"{what} exited with code {proc.returncode} before it was ready:\n{reason}")
-            if self._ready(url):
+            if self._ready(url, headers):
                 return
             time.sleep(0.25)
         raise ServerError(f"{what} not ready after {self.startup_timeout:.0f}s:\n{self.failure_reason()}")

@@ -8,6 +8,10 @@ metadata, statistics and metrics stay open to the clients, probes and Prometheus
 The key comes from `WIDEFUNNEL_ADMIN_KEY`, else from a key file (0600) that `widefunnel serve` writes when
 there is none. Tools that load or unload models (`swap`, `rollback`, `cluster`, `perf`, the stub supervisor)
 send it as the `widefunnel-admin-key` header (gRPC: `triton-grpc-protocol-widefunnel-admin-key`).
+
+Behind a gateway, the open API classes are restricted too, with a per-server random *gateway key*
+(`widefunnel-gateway-key`) that only the gateway and widefunnel's own probes send: tritonserver's loopback
+ports then answer nothing to a local process that skips the gateway's checks.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ ADMIN_KEY_FILE_ENV = "WIDEFUNNEL_ADMIN_KEY_FILE"
 # Triton's API classes that control the server; the same names on HTTP and gRPC.
 RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
 OPEN_APIS = ("inference", "health", "metadata", "statistics")
+GATEWAY_HEADER = "widefunnel-gateway-key"
+GRPC_GATEWAY_HEADER = "triton-grpc-protocol-" + GATEWAY_HEADER
+GATEWAY_KEY_ENV = "WIDEFUNNEL_GATEWAY_KEY"
 _KEY_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 MIN_KEY_LENGTH = 24
 
@@ -105,19 +112,34 @@ def admin_headers(key: str | None, protocol: str = "http") -> dict[str, str] | N
     return {GRPC_ADMIN_HEADER if protocol == "grpc" else ADMIN_HEADER: key}
 
 
-def restriction_flags(key: str) -> list[str]:
-    """tritonserver flags that put the control-plane APIs behind the key on both protocols."""
+def gateway_headers(key: str | None, protocol: str = "http") -> dict[str, str]:
+    """The header every call to a gateway-fronted tritonserver's own port carries; {} without a key."""
+    if not key:
+        return {}
+    return {GRPC_GATEWAY_HEADER if protocol == "grpc" else GATEWAY_HEADER: key}
+
+
+def restriction_flags(key: str, gateway_key: str | None = None) -> list[str]:
+    """tritonserver flags that put the control-plane APIs behind the admin key on both protocols and, given a
+    gateway key, the open ones (inference, health, metadata, statistics) behind that one. tritonserver allows
+    one restriction per API class, so each class is named in exactly one flag."""
     key = check_key(key)
     apis = ",".join(RESTRICTED_APIS)
-    return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}",
-            f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}"]
+    flags = [f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}",
+             f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}"]
+    if gateway_key:
+        gateway_key, opened = check_key(gateway_key), ",".join(OPEN_APIS)
+        flags += [f"--http-restricted-api={opened}:{GATEWAY_HEADER}={gateway_key}",
+                  f"--grpc-restricted-protocol={opened}:{GATEWAY_HEADER}={gateway_key}"]
+    return flags
 
 
-class AdminKeyPlugin(InferenceServerClientPlugin):
-    """A tritonclient plugin that adds the admin header to every call of one client."""
+class HeadersPlugin(InferenceServerClientPlugin):
+    """A tritonclient plugin that adds fixed headers to every call of one client (tritonclient keeps one
+    plugin per client, so the admin and gateway keys share this one)."""
 
-    def __init__(self, key: str, protocol: str = "http"):
-        self.headers = admin_headers(check_key(key), protocol)
+    def __init__(self, headers: dict[str, str]):
+        self.headers = dict(headers)
 
     def __call__(self, request) -> None:
         if request.headers is None:
@@ -125,8 +147,23 @@ class AdminKeyPlugin(InferenceServerClientPlugin):
         request.headers.update(self.headers)
 
 
+class AdminKeyPlugin(HeadersPlugin):
+    """A tritonclient plugin that adds the admin header to every call of one client."""
+
+    def __init__(self, key: str, protocol: str = "http"):
+        super().__init__(admin_headers(check_key(key), protocol))
+
+
 def with_admin_key(client, key: str | None, protocol: str = "http"):
     """`client` (tritonclient HTTP or gRPC, sync or asyncio), sending the admin key on every call."""
     if key:
         client.register_plugin(AdminKeyPlugin(key, protocol))
+    return client
+
+
+def with_keys(client, admin_key: str | None = None, gateway_key: str | None = None, protocol: str = "http"):
+    """`client` sending the admin key and/or the gateway key on every call (tritonserver's own port)."""
+    headers = (admin_headers(admin_key, protocol) or {}) | gateway_headers(gateway_key, protocol)
+    if headers:
+        client.register_plugin(HeadersPlugin(headers))
     return client
