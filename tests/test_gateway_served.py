@@ -59,6 +59,17 @@ def test_duplicate_keys_never_reach_tritonserver(server):
     assert np.array_equal(after.item_id, before.item_id)
 
 
+def test_no_body_that_would_kill_tritonserver_is_forwarded(server):
+    """tritonserver 2.51's HTTP server dies on a body of 4 MiB or more, whatever it holds."""
+    body = json.dumps({"inputs": [{"name": "seed_item_id", "datatype": "INT64", "shape": [1, 1], "data": [1]}],
+                       "outputs": [{"name": "item_id", "parameters": {"binary_data": False}}]}).encode()
+    padded = body[:-1] + b" " * (int(4.5 * 2**20)) + b"}"
+    status, text = _post(f"http://{server.http_url}/v2/models/widefunnel/infer", padded)
+    assert status == 413, text
+    assert server.alive()
+    assert _post(f"http://{server.http_url}/v2/models/widefunnel/infer", body)[0] == 200
+
+
 def test_a_request_spelled_otherwise_gets_the_same_answer(server):
     spelled = (b'{ "outputs" : [ ] , "inputs" : [ { "data" : [ 50 ] , "shape" : [ 1 , 1 ] , '
                b'"datatype" : "INT64" , "name" : "seed\\u005fitem_id" } ] }')
