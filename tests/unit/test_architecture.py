@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Highest first; a module may import its own layer and the layers below it.
 LAYERS = (
