@@ -3,9 +3,13 @@ repository (the funnel on the device against a built repository: tests/served/te
 
 from __future__ import annotations
 
+import pytest
 from gpu_check_run import run_gpu_check
 
 
+# The whole script, its seven sections, through the interpreter: about 20 s of CPU (a third of the unit tier), so
+# `make test-fast` leaves it out; the kernel and its fallback are checked exactly there (test_ann_kernel.py).
+@pytest.mark.slow
 def test_interpreter_run_is_exact_everywhere(tmp_path):
     sections = run_gpu_check(tmp_path)
     exact = [row for title, rows in sections.items() if "Exact" in title for row in rows]
