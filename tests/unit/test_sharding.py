@@ -20,7 +20,6 @@ N, D = 30_000, 32
 MODEL = "ann_engagement"
 
 
-# -------------------------------------------------------------------------------------------------- pure tests
 def test_shard_bounds_cover_all_rows_contiguously():
     for count, shards in ((N, 2), (N, 3), (N, 7), (100, 3), (5, 5), (1682, 3)):
         bounds = shard_bounds(count, shards)
