@@ -6,7 +6,7 @@ REPO   ?= model_repository
 
 ANALYZER_VENV ?= .venv-analyzer
 
-.PHONY: env demo test lint bench quality soak clean analyzer-env analyze
+.PHONY: env demo test test-fast lint bench quality soak clean analyzer-env analyze
 
 env: $(VENV)/.installed
 	@# perf_analyzer (from the tritonclient wheel) links libb64.so.0d: Debian's libb64-0d where apt-get exists and
@@ -34,6 +34,11 @@ demo: env
 test: env
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -rs
+
+# The unit tier alone (tests/README.md): no build, no server, no test marked slow; about a minute.
+test-fast: env
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -rs tests/unit -m "not slow"
 
 lint: env
 	$(BIN)/ruff check .

@@ -31,7 +31,7 @@ about 2 MiB: the funnel's repository and tritonclient's ``model_config_pb2.py``)
 
 ``--interpret`` runs the same code on CPU through ``TRITON_INTERPRET=1`` at tiny sizes (N = 1,000 and 2,000,
 d = 16 and 48, batch 1 and 20, k = 10 to 900, the kernel up to k = 50): its times mean nothing, it proves the
-script; the test suite runs it so (``tests/test_gpu_check.py``).
+script; the test suite runs it so (``tests/unit/test_gpu_check.py``).
 """
 
 from __future__ import annotations

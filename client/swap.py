@@ -15,7 +15,7 @@ race, server #7018):
 
 A failure in 1 or 2 undoes what was done (unstage, switch back) and raises SwapError with the server's reason.
 
-Behaviour of the embedded server (2.51) checked by tests/test_swap.py and worth knowing: loading a step reloads
+Behaviour of the embedded server (2.51) checked by tests/served/test_swap.py and worth knowing: loading a step reloads
 the ensembles that use it with the config they were last loaded with (not the one on disk), so staging or
 retiring never moves an ensemble's pins; a step version that fails to load (e.g. an ANN index whose fingerprint
 is not the one its config expects) fails the whole load call with the server's reason, and the versions already

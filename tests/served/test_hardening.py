@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import admin_client, private_server
+from helpers import admin_client, private_server
 from tritonclient.utils import InferenceServerException
 
 from widefunnel import model_configs as mcfg

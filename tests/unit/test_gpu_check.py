@@ -1,0 +1,34 @@
+"""benchmarks/gpu_check.py is what a lent GPU runs (issue 20); here it runs through the Triton interpreter, with no
+repository (the funnel on the device against a built repository: tests/served/test_gpu_check_served.py)."""
+
+from __future__ import annotations
+
+import pytest
+from gpu_check_run import run_gpu_check
+
+
+# The whole script, its seven sections, through the interpreter: about 20 s of CPU (a third of the unit tier), so
+# `make test-fast` leaves it out; the kernel and its fallback are checked exactly there (test_ann_kernel.py).
+@pytest.mark.slow
+def test_interpreter_run_is_exact_everywhere(tmp_path):
+    sections = run_gpu_check(tmp_path)
+    exact = [row for title, rows in sections.items() if "Exact" in title for row in rows]
+    # N=1000/2000 x d=16/48 x random/clustered x batch 20/1 x k=10,32,50,300,900, two padding cells, N=2000 rows
+    assert len(exact) >= 40 + 2 + 8 + 4
+    for row in exact:
+        default, kernel, fallback, pads, recall = row[6:11]
+        assert default == "yes" and fallback == "yes" and kernel in ("yes", "—"), row
+        assert recall == "—" if row[5].startswith("filtered") else float(recall) > 0.5, row
+    assert any(row[5] == "kernel" and row[7] == "yes" for row in exact)  # the kernel served and matched
+    assert any(row[5] == "fallback" and row[7] == "yes" for row in exact)  # the kernel forced above its max k
+    assert any(int(row[9]) > 0 for row in exact)  # k > N: padded results, equal to the CPU's
+    filtered = [row for row in exact if row[5].startswith("filtered")]  # issue 18 in the kernel and fallback
+    assert len(filtered) == 3 and all(row[7] == "yes" for row in filtered[:2]), filtered
+    timed = [row for title, rows in sections.items() if "Timed" in title for row in rows]
+    assert timed and all(float(row[5]) > 0 for row in timed), timed  # gpu_search ran in every timed cell
+    wide = next(rows for title, rows in sections.items() if title.startswith("2b. Issue 16"))
+    assert len(wide) == 4 and all(row[-1] == "yes" for row in wide), wide  # batch 1 and 8 x K 50 and 900
+    served = sections["7. The served path against the CPU path"]
+    assert [row[-1] for row in served if row[0].startswith("widefunnel_ann")] == ["yes"] * 3, served
+    assert [row[-1] for row in served if row[0].startswith("quantize_rows_torch")] == ["yes"], served
+    assert "skipped: no built repository" in served[-1][2], served  # no repository given, none carried
