@@ -55,3 +55,22 @@ def catalogue_item_id(repository: Path) -> int:
         return int(ids[0]) if len(ids) else FALLBACK_ITEM_ID
     except (OSError, ValueError):
         return FALLBACK_ITEM_ID
+
+
+# Canary outcomes: the step answered (any response, a refusal included: the stub is there), its stub is reported
+# dead, or no answer within the deadline (a hung stub, a wedged or overloaded server).
+ANSWERED, STUB_DEAD, NO_ANSWER = "answered", "stub dead", "no answer"
+_STUB_DEAD_WORDS = ("stub", "not healthy")
+
+
+def canary_outcome(error: Exception | None) -> str:
+    """What one canary's result says about its step."""
+    if error is None:
+        return ANSWERED
+    text = str(error).lower()
+    if any(word in text for word in _STUB_DEAD_WORDS):
+        return STUB_DEAD
+    status = getattr(error, "status", lambda: None)() or ""
+    if "DEADLINE_EXCEEDED" in status or "UNAVAILABLE" in status or "deadline" in text or "connect" in text:
+        return NO_ANSWER
+    return ANSWERED

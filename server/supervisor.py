@@ -38,7 +38,7 @@ import numpy as np
 
 from widefunnel.model_configs import RESTART_PARAMETER
 from widefunnel.security import with_keys
-from widefunnel.server.canary import canary_inputs, catalogue_item_id
+from widefunnel.server.canary import ANSWERED, NO_ANSWER, STUB_DEAD, canary_inputs, canary_outcome, catalogue_item_id
 from widefunnel.server.processes import (
     dead_instances,
     instance_stubs,
@@ -52,25 +52,6 @@ if TYPE_CHECKING:
     from widefunnel.server.triton import TritonServer
 
 log = logging.getLogger(__name__)
-
-
-# Canary outcomes: the step answered (any response, a refusal included: the stub is there), its stub is reported
-# dead, or no answer within the deadline (a hung stub, a wedged or overloaded server).
-ANSWERED, STUB_DEAD, NO_ANSWER = "answered", "stub dead", "no answer"
-_STUB_DEAD_WORDS = ("stub", "not healthy")
-
-
-def canary_outcome(error: Exception | None) -> str:
-    """What one canary's result says about its step."""
-    if error is None:
-        return ANSWERED
-    text = str(error).lower()
-    if any(word in text for word in _STUB_DEAD_WORDS):
-        return STUB_DEAD
-    status = getattr(error, "status", lambda: None)() or ""
-    if "DEADLINE_EXCEEDED" in status or "UNAVAILABLE" in status or "deadline" in text or "connect" in text:
-        return NO_ANSWER
-    return ANSWERED
 
 
 class StubSupervisor(threading.Thread):

@@ -19,8 +19,7 @@ from widefunnel.security import (
     RESTRICTED_APIS,
     restriction_flags,
 )
-from widefunnel.server.canary import canary_inputs, catalogue_item_id
-from widefunnel.server.supervisor import ANSWERED, NO_ANSWER, STUB_DEAD, canary_outcome
+from widefunnel.server.canary import ANSWERED, NO_ANSWER, STUB_DEAD, canary_inputs, canary_outcome, catalogue_item_id
 
 TARGET = mcfg.Target("cpu")
 
