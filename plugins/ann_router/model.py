@@ -23,8 +23,9 @@ import triton_python_backend_utils as pb_utils
 
 from widefunnel.client.router import REASONS, InvalidRequest, ShardFailure, ShardRouter
 from widefunnel.model_configs import model_parameters
-from widefunnel.plugins.stub import request_inputs
+from widefunnel.plugins.stub import StepUnavailable, failure_response, request_inputs
 from widefunnel.sharding import ROUTER_OPTIONAL, ROUTER_REQUIRED, parse_router_parameters
+from widefunnel.validation import RequestError
 
 # every shard gets the same filters (its attribute table is keyed by id, so it maps them to its own rows)
 OPTIONAL_INPUTS = ("EXCLUDE_ID", "K", "NPROBE", "EXCLUDE_IDS", "GENRES_ANY", "GENRES_NONE", "YEARS")
@@ -90,15 +91,14 @@ class TritonPythonModel:
         return tensors
 
     def _response(self, result):
+        """A merged result, or the shards' failure through the one error mapping every model uses: a request the
+        shards refused stays INVALID_ARG (their message names the model), a failed shard is UNAVAILABLE."""
         if isinstance(result, InvalidRequest):
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(  # the shards' message names the model
-                str(result), pb_utils.TritonError.INVALID_ARG))
+            return failure_response(self.name, RequestError(str(result)))
         if isinstance(result, ShardFailure):
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                f"{self.name}: UNAVAILABLE: {result}", pb_utils.TritonError.UNAVAILABLE))
+            return failure_response(self.name, StepUnavailable(str(result)))
         if isinstance(result, BaseException):
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                f"{self.name}: {type(result).__name__}: {result}", pb_utils.TritonError.INTERNAL))
+            return failure_response(self.name, result)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, a) for n, a in result.items()])
 
     def execute(self, requests):

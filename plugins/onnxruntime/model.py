@@ -3,7 +3,8 @@ native onnxruntime backend (the embedded pytriton server). On NVIDIA's image the
 `libtriton_onnxruntime.so` is found first and takes the very same config, so never ship this file there.
 
 Honours the config's inputs, outputs, max_batch_size and dynamic batching: requests in one execute() whose
-non-batch shapes agree run as one ORT call; a request whose inputs ORT rejects fails alone.
+non-batch shapes agree run as one ORT call (so this model keeps its own loop instead of `respond_each`); a
+request whose inputs ORT rejects fails alone, answered through the same `failure_response`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,6 @@ _PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "enable_mem_are
                "input_checks", "max_item_id", "max_request_candidates"}
 
 
-def _parameter(config: dict, key: str, default: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
-
-
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         self.config = json.loads(args["model_config"])
@@ -48,6 +45,7 @@ class TritonPythonModel:
                 raise ValueError(f"input_checks: unknown rules {sorted(unknown_rules)}; known: {STEP_RULES}")
             self.max_item_id = int(params.get("max_item_id", "0"))
             self.max_request_candidates = int(params.get("max_request_candidates", "0"))
+            threads = (int(params.get("intra_op_thread_count", "1")), int(params.get("inter_op_thread_count", "1")))
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"model '{name}': {exc}") from exc
         filename = self.config.get("default_model_filename") or "model.onnx"
@@ -55,14 +53,13 @@ class TritonPythonModel:
         if not os.path.isfile(path):
             raise pb_utils.TritonModelException(f"model '{name}': {path} does not exist")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(_parameter(self.config, "intra_op_thread_count", "1"))
-        options.inter_op_num_threads = int(_parameter(self.config, "inter_op_thread_count", "1"))
+        options.intra_op_num_threads, options.inter_op_num_threads = threads
         # idle intra-op workers sleep instead of spinning: every step's stub shares the same few cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # ORT's arena keeps the largest request's buffers for the life of the session: off by default, so the
         # stub returns to its idle size after a wide request.
-        options.enable_cpu_mem_arena = _parameter(self.config, "enable_mem_arena", "false").lower() == "true"
-        options.enable_mem_pattern = _parameter(self.config, "enable_mem_pattern", "false").lower() == "true"
+        options.enable_cpu_mem_arena = params.get("enable_mem_arena", "false").lower() == "true"
+        options.enable_mem_pattern = params.get("enable_mem_pattern", "false").lower() == "true"
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # corrupt or truncated file: refuse to load with ORT's reason

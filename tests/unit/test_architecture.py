@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,41 @@ def test_the_cycle_check_finds_a_cycle(monkeypatch):
     """Not a rubber stamp: a back edge from the core's index to the exact scan is a cycle."""
     monkeypatch.setitem(GRAPH, "widefunnel.ann.index", GRAPH["widefunnel.ann.index"] | {"widefunnel.ann.search"})
     assert {"widefunnel.ann.index", "widefunnel.ann.search"} <= set().union(*_cycles())
+
+
+# ------------------------------------------------------------------ the conventions ARCHITECTURE.md states
+PLUGIN_MODELS = sorted((ROOT / "plugins").glob("*/model.py"))
+
+
+def _names(tree: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
+        {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+
+
+@pytest.mark.parametrize("path", PLUGIN_MODELS, ids=lambda p: p.parent.name)
+def test_every_python_model_answers_failures_through_the_one_mapping(path):
+    tree = ast.parse(path.read_text())
+    names = _names(tree)
+    assert {"respond_each", "failure_response"} & names, f"{path}: execute neither uses respond_each nor " \
+                                                         "failure_response"
+    assert "TritonError" not in names, f"{path} builds its own TritonError (use failure_response)"
+
+
+@pytest.mark.parametrize("path", PLUGIN_MODELS, ids=lambda p: p.parent.name)
+def test_every_python_model_reads_parameters_through_model_parameters_and_imports_the_site_first(path):
+    text = path.read_text()
+    tree = ast.parse(text)
+    assert "model_parameters" in _names(tree), f"{path} does not read its parameters with model_parameters"
+    raw = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value == "parameters"]
+    assert not raw, f"{path} reads the raw config's parameters"
+    imports = [(n.names[0].name if isinstance(n, ast.Import) else n.module).split(".")[0]
+               for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    outside_stdlib = [name for name in imports if name not in sys.stdlib_module_names and name != "__future__"]
+    assert outside_stdlib[0] == "widefunnel_site", f"{path}: {outside_stdlib[0]} is imported before widefunnel_site"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not m.startswith("widefunnel.cli")))
+def test_only_the_command_line_prints(module):
+    calls = [n for n in ast.walk(ast.parse(MODULES[module].read_text())) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Name) and n.func.id == "print"]
+    assert not calls, f"{module} prints (line {calls[0].lineno}); log instead"
