@@ -46,8 +46,12 @@ def _gateway(deployment: dict) -> dict | None:
     return found[0] if found else None
 
 
+def _args(container: dict, flag: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in container.get("args", []) if a.startswith(flag + "=")]
+
+
 def _arg(container: dict, flag: str) -> str:
-    values = [a.split("=", 1)[1] for a in container.get("args", []) if a.startswith(flag + "=")]
+    values = _args(container, flag)
     assert len(values) == 1, f"{flag} given {len(values)} times"
     return values[0]
 
@@ -123,7 +127,7 @@ def test_control_plane_needs_the_key_from_a_secret_everywhere():
         assert env[ADMIN_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": "widefunnel-admin-key",
                                                                    "key": "admin-key"}, name
         for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
-            assert _arg(container, flag) == f"{apis}:{ADMIN_HEADER}=$({ADMIN_KEY_ENV})", (name, flag)
+            assert f"{apis}:{ADMIN_HEADER}=$({ADMIN_KEY_ENV})" in _args(container, flag), (name, flag)
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     (command,) = compose["services"]["triton"]["command"]
     assert compose["secrets"]["admin_key"] == {"file": "./admin-key"}
@@ -131,11 +135,40 @@ def test_control_plane_needs_the_key_from_a_secret_everywhere():
         assert f"{flag}={apis}:{ADMIN_HEADER}=$$(cat /run/secrets/admin_key)" in command
 
 
+def test_tritonserver_behind_a_gateway_answers_only_the_gateway():
+    """Every other API class needs the gateway key; the gateway gets it from the same secret, reads the models
+    it lets through from the same repository, and tritonserver's own probe sends the key."""
+    from widefunnel.security import GATEWAY_HEADER, GATEWAY_KEY_ENV, OPEN_APIS, restriction_flags
+
+    expected = f"{','.join(OPEN_APIS)}:{GATEWAY_HEADER}=$({GATEWAY_KEY_ENV})"
+    assert any(f.endswith(f"{','.join(OPEN_APIS)}:{GATEWAY_HEADER}=" + "k" * 30)
+               for f in restriction_flags("a" * 30, "k" * 30))  # the flags the embedded server gets alike
+    deployments = _named("Deployment")
+    for name in ("widefunnel", "widefunnel-router"):
+        container, gateway = _container(deployments[name]), _gateway(deployments[name])
+        for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+            assert expected in _args(container, flag), (name, flag)
+        for c in (container, gateway):
+            env = {e["name"]: e for e in c["env"]}
+            assert env[GATEWAY_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": "widefunnel-gateway-key",
+                                                                         "key": "gateway-key"}, name
+        assert _arg(gateway, "--repository") == _arg(container, "--model-repository"), name
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in gateway["volumeMounts"], name
+        assert GATEWAY_HEADER in " ".join(container["livenessProbe"]["exec"]["command"]), name
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    (command,) = compose["services"]["triton"]["command"]
+    assert f"{','.join(OPEN_APIS)}:{GATEWAY_HEADER}=$$(cat /run/secrets/gateway_key)" in command
+    (gateway_command,) = compose["services"]["gateway"]["command"]
+    assert "WIDEFUNNEL_GATEWAY_KEY=$$(cat /run/secrets/gateway_key)" in gateway_command
+    assert "--repository=/models" in gateway_command
+
+
 def test_clients_reach_tritonserver_only_through_the_gateway_and_shards_only_from_routers():
     deployments = _named("Deployment")
     for name in ("widefunnel", "widefunnel-router"):  # client-facing tiers
         container, gateway = _container(deployments[name]), _gateway(deployments[name])
         assert gateway is not None and gateway["command"] == ["python3", "-m", "widefunnel.gateway"], name
+        gateway = gateway | {"args": [a for a in gateway["args"] if not a.startswith("--repository=")]}
         assert "ports" not in container, f"{name}: tritonserver must publish no port of its own"
         upstream = {a.split("=")[0]: a.split("=")[1] for a in gateway["args"]}
         for api in ("http", "grpc", "metrics"):
