@@ -116,11 +116,15 @@ def test_a_step_called_directly_is_bounded_like_the_ensemble(server, protocol):
     client = module.InferenceServerClient(url)
     query = module.InferInput("QUERY", [1, 32], "FP32")
     query.set_data_from_numpy(np.zeros((1, 32), np.float32))
-    exclude = module.InferInput("EXCLUDE_IDS", [1, 3_750_000], "INT64")
-    exclude.set_data_from_numpy(np.full((1, 3_750_000), -1, np.int64))
     from tritonclient.utils import InferenceServerException
 
-    with pytest.raises(InferenceServerException, match="EXCLUDE_IDS': 3750000 values per seed; at most"):
+    exclude = module.InferInput("EXCLUDE_IDS", [1, 3_750_000], "INT64")
+    exclude.set_data_from_numpy(np.full((1, 3_750_000), -1, np.int64))
+    with pytest.raises(InferenceServerException, match="over 3145728 bytes|larger than max"):  # 30 MB: the body cap
+        client.infer("ann_engagement", [query, exclude])
+    exclude = module.InferInput("EXCLUDE_IDS", [1, 5_000], "INT64")
+    exclude.set_data_from_numpy(np.full((1, 5_000), -1, np.int64))
+    with pytest.raises(InferenceServerException, match="EXCLUDE_IDS': 5000 values per seed; at most 1000"):
         client.infer("ann_engagement", [query, exclude])
     wrong = module.InferInput("QUERY", [1, 33], "FP32")
     wrong.set_data_from_numpy(np.zeros((1, 33), np.float32))
