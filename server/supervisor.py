@@ -113,11 +113,10 @@ class StubSupervisor(threading.Thread):
         super().__init__(daemon=True, name="widefunnel-stub-supervisor")
         self.server, self.timing = server, timing or SupervisorTiming()
         t = self.timing
-        self.interval, self.sweep_every, self.grace_s, self.stubless_s = t.interval, t.sweep_every, t.grace_s, \
-            t.stubless_s
-        self.canary_every, self.canary_timeout, self.canary_failures = t.canary_every, t.canary_timeout, \
-            t.canary_failures
-        self.wedged_s, self.on_wedged = t.wedged_s, server.on_wedged
+        self.interval, self.sweep_every, self.grace_s, self.stubless_s = (t.interval, t.sweep_every, t.grace_s,
+                                                                          t.stubless_s)
+        self.canary_every, self.canary_timeout = t.canary_every, t.canary_timeout
+        self.canary_failures, self.wedged_s, self.on_wedged = t.canary_failures, t.wedged_s, server.on_wedged
         self.stopped = threading.Event()
         self.restarts: list[str] = []
         self.canary_rounds = 0
