@@ -1,12 +1,16 @@
 """Typed client for the widefunnel ensembles over tritonclient HTTP or gRPC, sync and asyncio.
 
-Both protocols send the same tensors and decode the same outputs, so results agree exactly.
+Both protocols and both clients (sync, asyncio) build every request with the same `Call` (tensors, outputs, how
+to decode the answer) and map errors with the same `map_error`, so their answers and errors agree exactly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
@@ -92,6 +96,62 @@ _OUTPUTS = {
     mcfg.SCORE_ENSEMBLE: ("task_probs", "relevance_probs", "score"),
 }
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One ensemble request, protocol- and sync-free: what to send and how to read the answer. The sync and
+    asyncio clients only differ in how they await `infer`, so both build their calls here and cannot drift."""
+
+    model: str
+    tensors: dict[str, np.ndarray]
+    decode: Callable[[Any], T]
+    outputs: tuple[str, ...] = ()  # what the call reads; () = every output
+
+    def request(self, module) -> dict[str, Any]:
+        """`infer`'s keyword arguments for tritonclient ``module`` (inputs, and the outputs the call reads)."""
+        outputs = [module.InferRequestedOutput(n) for n in self.outputs] or None
+        return {"model_name": self.model, "inputs": build_inputs(module, self.tensors), "outputs": outputs}
+
+
+def recommend_call(seeds, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None,
+                   **filters) -> Call[Recommendation]:
+    tensors = recommend_tensors(seeds, alpha, top_n, value_weights, candidates, keep)
+    tensors |= filter_tensors(**filters, batch=len(tensors["seed_item_id"]))
+    return Call(mcfg.ENSEMBLE, tensors, decode_recommendation, _OUTPUTS[mcfg.ENSEMBLE])
+
+
+def _decode_retrieval(result) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {h: (result.as_numpy(f"{h}_item_id"), result.as_numpy(f"{h}_score")) for h in mcfg.HEADS}
+
+
+def retrieve_call(seeds, candidates=None, **filters) -> Call[dict[str, tuple[np.ndarray, np.ndarray]]]:
+    tensors = recommend_tensors(seeds, candidates=candidates)
+    tensors |= filter_tensors(**filters, batch=len(tensors["seed_item_id"]))
+    return Call(mcfg.RETRIEVE_ENSEMBLE, tensors, _decode_retrieval, _OUTPUTS[mcfg.RETRIEVE_ENSEMBLE])
+
+
+def _decode_scores(result) -> dict[str, np.ndarray]:
+    return {n: result.as_numpy(n) for n in _OUTPUTS[mcfg.SCORE_ENSEMBLE]}
+
+
+def score_call(seeds, candidates, value_weights=None) -> Call[dict[str, np.ndarray]]:
+    tensors = recommend_tensors(seeds, value_weights=value_weights)
+    tensors["candidate_item_id"] = np.atleast_2d(np.asarray(candidates, np.int64))
+    return Call(mcfg.SCORE_ENSEMBLE, tensors, _decode_scores, _OUTPUTS[mcfg.SCORE_ENSEMBLE])
+
+
+def raw_call(model: str, tensors: dict[str, np.ndarray]) -> Call[Any]:
+    """Any model by name; the answer is tritonclient's result, every output included."""
+    return Call(model, tensors, lambda result: result)
+
+
+def seed_batches(seeds, batch_size: int) -> list[np.ndarray]:
+    """`recommend_many`'s batches: at most `batch_size` seeds each (the ensemble's max_batch_size caps it)."""
+    seeds = np.asarray(seeds, np.int64).ravel()
+    return [seeds[i:i + batch_size] for i in range(0, len(seeds), batch_size)]
+
 
 class WidefunnelClient:
     """Synchronous client. `url` is host:port of the HTTP or gRPC endpoint, matching `protocol`."""
@@ -104,49 +164,36 @@ class WidefunnelClient:
         # gRPC has no client-wide timeout: every call carries one, so no request waits forever
         self._call: dict[str, Any] = {"client_timeout": timeout} if protocol == "grpc" else {}
 
-    def _infer(self, model: str, tensors: dict[str, np.ndarray], version: str = ""):
-        outputs = [self.module.InferRequestedOutput(n) for n in _OUTPUTS.get(model, ())] or None
+    def _run(self, call: Call[T], version: str = "") -> T:
         try:
-            return self.client.infer(model, build_inputs(self.module, tensors), model_version=version,
-                                     outputs=outputs, **self._call)
+            result = self.client.infer(**call.request(self.module), model_version=version, **self._call)
         except InferenceServerException as exc:
             raise map_error(exc) from None
+        return call.decode(result)
 
     def recommend(self, seeds, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None,
                   **filters) -> Recommendation:
         """``candidates`` per head from the ANN and the rerankers' ``keep`` (the build's defaults when None).
         ``filters`` (inside retrieval, the same for every seed): ``exclude`` ids, ``include_genres`` (any of),
         ``exclude_genres``, ``years`` (an inclusive (min, max))."""
-        tensors = recommend_tensors(seeds, alpha, top_n, value_weights, candidates, keep)
-        tensors |= filter_tensors(**filters, batch=len(tensors["seed_item_id"]))
-        return decode_recommendation(self._infer(mcfg.ENSEMBLE, tensors))
+        return self._run(recommend_call(seeds, alpha, top_n, value_weights, candidates, keep, **filters))
 
     def recommend_many(self, seeds, batch_size: int = 32, **kwargs) -> list[Recommendation]:
         """Many seeds in batches of at most `batch_size` (the ensemble's max_batch_size caps it)."""
-        seeds = np.asarray(seeds, np.int64).ravel()
-        return [self.recommend(seeds[i:i + batch_size], **kwargs) for i in range(0, len(seeds), batch_size)]
+        return [self.recommend(batch, **kwargs) for batch in seed_batches(seeds, batch_size)]
 
     def retrieve(self, seeds, candidates=None, **filters) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Retrieval only: each head's ``candidates`` ANN candidates and scores, unscored (``filters`` as
         ``recommend``)."""
-        tensors = recommend_tensors(seeds, candidates=candidates)
-        result = self._infer(mcfg.RETRIEVE_ENSEMBLE, tensors | filter_tensors(**filters,
-                                                                              batch=len(tensors["seed_item_id"])))
-        return {h: (result.as_numpy(f"{h}_item_id"), result.as_numpy(f"{h}_score")) for h in mcfg.HEADS}
+        return self._run(retrieve_call(seeds, candidates, **filters))
 
     def score(self, seeds, candidates, value_weights=None) -> dict[str, np.ndarray]:
         """Scoring only: the composite scorer on given (seed, candidates)."""
-        tensors = recommend_tensors(seeds, value_weights=value_weights)
-        tensors["candidate_item_id"] = np.atleast_2d(np.asarray(candidates, np.int64))
-        result = self._infer(mcfg.SCORE_ENSEMBLE, tensors)
-        return {n: result.as_numpy(n) for n in _OUTPUTS[mcfg.SCORE_ENSEMBLE]}
+        return self._run(score_call(seeds, candidates, value_weights))
 
     def infer(self, model: str, tensors: dict[str, np.ndarray], version: str = ""):
         """Any model of the repository, by name (used for per-stage calls)."""
-        try:
-            return self.client.infer(model, build_inputs(self.module, tensors), model_version=version, **self._call)
-        except InferenceServerException as exc:
-            raise map_error(exc) from None
+        return self._run(raw_call(model, tensors), version)
 
     def ready(self) -> bool:
         try:
@@ -155,9 +202,9 @@ class WidefunnelClient:
             return False
 
     def statistics(self, model: str = "") -> dict:
-        stats = self.client.get_inference_statistics(model, as_json=True) if self.protocol == "grpc" \
-            else self.client.get_inference_statistics(model)
-        return stats
+        if self.protocol == "grpc":
+            return self.client.get_inference_statistics(model, as_json=True)
+        return self.client.get_inference_statistics(model)
 
     def close(self) -> None:
         self.client.close()
@@ -170,22 +217,44 @@ class WidefunnelClient:
 
 
 class AsyncWidefunnelClient:
-    """asyncio client with the same calls as WidefunnelClient (recommend, retrieve, ready)."""
+    """asyncio client with every call of WidefunnelClient, same parameters, same answers, same errors (both
+    build their requests with the `*_call` functions above)."""
 
-    def __init__(self, url: str, protocol: str = "http"):
+    def __init__(self, url: str, protocol: str = "http", timeout: float = 60.0):
         self.protocol, self.module = protocol, protocol_module(protocol, aio=True)
-        self._sync_module = protocol_module(protocol)
-        self.client = self.module.InferenceServerClient(url)
+        # http.aio's conn_timeout bounds each whole request; gRPC takes a deadline per call, as in the sync client
+        kwargs: dict[str, Any] = {"conn_timeout": timeout} if protocol == "http" else {}
+        self.client = self.module.InferenceServerClient(url, **kwargs)
+        self._call: dict[str, Any] = {"client_timeout": timeout} if protocol == "grpc" else {}
 
-    async def recommend(self, seeds, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None
-                        ) -> Recommendation:
-        tensors = recommend_tensors(seeds, alpha, top_n, value_weights, candidates, keep)
-        outputs = [self.module.InferRequestedOutput(n) for n in _OUTPUTS[mcfg.ENSEMBLE]]
+    async def _run(self, call: Call[T], version: str = "") -> T:
         try:
-            result = await self.client.infer(mcfg.ENSEMBLE, build_inputs(self.module, tensors), outputs=outputs)
+            result = await self.client.infer(**call.request(self.module), model_version=version, **self._call)
         except InferenceServerException as exc:
             raise map_error(exc) from None
-        return decode_recommendation(result)
+        return call.decode(result)
+
+    async def recommend(self, seeds, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None,
+                        **filters) -> Recommendation:
+        """As `WidefunnelClient.recommend`."""
+        return await self._run(recommend_call(seeds, alpha, top_n, value_weights, candidates, keep, **filters))
+
+    async def recommend_many(self, seeds, batch_size: int = 32, **kwargs) -> list[Recommendation]:
+        """As `WidefunnelClient.recommend_many`, the batches in flight together."""
+        return list(await asyncio.gather(*(self.recommend(batch, **kwargs)
+                                           for batch in seed_batches(seeds, batch_size))))
+
+    async def retrieve(self, seeds, candidates=None, **filters) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """As `WidefunnelClient.retrieve`."""
+        return await self._run(retrieve_call(seeds, candidates, **filters))
+
+    async def score(self, seeds, candidates, value_weights=None) -> dict[str, np.ndarray]:
+        """As `WidefunnelClient.score`."""
+        return await self._run(score_call(seeds, candidates, value_weights))
+
+    async def infer(self, model: str, tensors: dict[str, np.ndarray], version: str = ""):
+        """As `WidefunnelClient.infer`."""
+        return await self._run(raw_call(model, tensors), version)
 
     async def ready(self) -> bool:
         try:
@@ -193,5 +262,16 @@ class AsyncWidefunnelClient:
         except Exception:
             return False
 
+    async def statistics(self, model: str = "") -> dict:
+        if self.protocol == "grpc":
+            return await self.client.get_inference_statistics(model, as_json=True)
+        return await self.client.get_inference_statistics(model)
+
     async def close(self) -> None:
         await self.client.close()
+
+    async def __aenter__(self) -> AsyncWidefunnelClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -34,7 +34,7 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ports:
     """The ports clients use (HTTP and gRPC: the gateway's; metrics: tritonserver's). 0 = pick a free one."""
 

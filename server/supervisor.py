@@ -32,12 +32,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from widefunnel.model_configs import RESTART_PARAMETER
-from widefunnel.security import with_keys
+from widefunnel.security import admin_headers, gateway_headers, with_keys
 from widefunnel.server.canary import ANSWERED, NO_ANSWER, STUB_DEAD, canary_inputs, canary_outcome, catalogue_item_id
 from widefunnel.server.processes import (
     dead_instances,
@@ -48,20 +49,55 @@ from widefunnel.server.processes import (
     stub_processes,
 )
 
-if TYPE_CHECKING:
-    from widefunnel.server.triton import TritonServer
-
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SupervisorTiming:
+    """How often the supervisor looks and how long it waits before it acts (module docstring)."""
+
+    interval: float = 0.5  # one process scan
+    sweep_every: int = 10  # scans between two sweeps of orphaned shared-memory regions
+    grace_s: float = 5.0  # a vanished stub with no successor for this long is dead
+    canary_every: float = 1.5
+    canary_timeout: float = 2.0
+    canary_failures: int = 2  # missed deadlines in a row (while another step answers) before a reload
+    stubless_s: float = 1.0
+    wedged_s: float = 6.0
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """All the supervisor sees of one started tritonserver, and its one way to act on the whole process.
+
+    A narrow view rather than the server object, so the supervisor does not depend on how servers are started
+    (and `triton.py` imports this module, never the other way)."""
+
+    pid: Callable[[], int | None]  # the running tritonserver's pid; None once it has exited
+    http_url: str  # tritonserver's own ports (host:port), not the gateway's
+    grpc_url: str
+    repository: Path
+    shm_prefix: str  # the Python backend's shared-memory region prefix
+    admin_key: str | None
+    gateway_key: str | None
+    on_wedged: Callable[[str], None] | None = None  # kill the server; whoever restarts crashed servers restarts it
+
+    def admin_headers(self, protocol: str = "http") -> dict[str, str] | None:
+        return admin_headers(self.admin_key, protocol)
+
+    def upstream_headers(self, protocol: str = "http") -> dict[str, str]:
+        return gateway_headers(self.gateway_key, protocol)
+
+
 class StubSupervisor(threading.Thread):
-    def __init__(self, server: TritonServer, interval: float = 0.5, sweep_every: int = 10, grace_s: float = 5.0,
-                 canary_every: float = 1.5, canary_timeout: float = 2.0, canary_failures: int = 2,
-                 stubless_s: float = 1.0, wedged_s: float = 6.0, on_wedged: Callable[[str], None] | None = None):
+    def __init__(self, server: Supervised, timing: SupervisorTiming | None = None):
         super().__init__(daemon=True, name="widefunnel-stub-supervisor")
-        self.server, self.interval, self.sweep_every, self.grace_s = server, interval, sweep_every, grace_s
-        self.canary_every, self.canary_timeout, self.canary_failures = canary_every, canary_timeout, canary_failures
-        self.stubless_s, self.wedged_s, self.on_wedged = stubless_s, wedged_s, on_wedged
+        self.server, self.timing = server, timing or SupervisorTiming()
+        t = self.timing
+        self.interval, self.sweep_every, self.grace_s, self.stubless_s = (t.interval, t.sweep_every, t.grace_s,
+                                                                          t.stubless_s)
+        self.canary_every, self.canary_timeout = t.canary_every, t.canary_timeout
+        self.canary_failures, self.wedged_s, self.on_wedged = t.canary_failures, t.wedged_s, server.on_wedged
         self.stopped = threading.Event()
         self.restarts: list[str] = []
         self.canary_rounds = 0
@@ -112,7 +148,7 @@ class StubSupervisor(threading.Thread):
     # ------------------------------------------------------------------------------------------ canaries
     def _live(self) -> bool:
         """tritonserver's own liveness endpoint answers (an overloaded server still does; a wedged one not)."""
-        request = urllib.request.Request(f"http://{self.server.triton_http_url}/v2/health/live",
+        request = urllib.request.Request(f"http://{self.server.http_url}/v2/health/live",
                                          headers=self.server.upstream_headers("http"))
         try:
             with urllib.request.urlopen(request, timeout=self.canary_timeout) as response:
@@ -227,24 +263,24 @@ class StubSupervisor(threading.Thread):
         import tritonclient.grpc as grpcclient
         import tritonclient.http as httpclient
 
-        proc = self.server.process
-        known = instance_stubs(stub_processes(proc.pid)) if proc is not None else {}
+        pid = self.server.pid()
+        known = instance_stubs(stub_processes(pid)) if pid is not None else {}
         gateway_key = self.server.gateway_key
-        client = with_keys(httpclient.InferenceServerClient(self.server.triton_http_url, network_timeout=300.0,
+        client = with_keys(httpclient.InferenceServerClient(self.server.http_url, network_timeout=300.0,
                                                             connection_timeout=300.0), gateway_key=gateway_key)
-        probe = with_keys(httpclient.InferenceServerClient(self.server.triton_http_url,
+        probe = with_keys(httpclient.InferenceServerClient(self.server.http_url,
                                                            network_timeout=self.canary_timeout,
                                                            connection_timeout=self.canary_timeout),
                           gateway_key=gateway_key)
-        grpc_client = with_keys(grpcclient.InferenceServerClient(self.server.triton_grpc_url),
+        grpc_client = with_keys(grpcclient.InferenceServerClient(self.server.grpc_url),
                                 gateway_key=gateway_key, protocol="grpc")
         rounds, pending, suspects = 0, set(), {}
         next_canary = time.monotonic() + self.canary_every
         while not self.stopped.wait(self.interval):
-            proc = self.server.process
-            if proc is None or proc.poll() is not None:
+            pid = self.server.pid()
+            if pid is None:
                 break
-            current = instance_stubs(stub_processes(proc.pid))  # one snapshot; a stub dying after it: next round
+            current = instance_stubs(stub_processes(pid))  # one snapshot; a stub dying after it: next round
             dead = dead_instances(known, current, process_dead)
             now = time.monotonic()
             for stub in dead:
@@ -278,7 +314,7 @@ class StubSupervisor(threading.Thread):
                     log.error("restarting '%s' failed: %s", model, exc)
             rounds += 1
             if dead or rounds % self.sweep_every == 0:
-                self.sweep(proc.pid)
+                self.sweep(pid)
             known = {pid: stub for pid, stub in current.items() if not process_dead(pid)}
         for c in (client, probe, grpc_client):
             c.close()

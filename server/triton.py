@@ -22,18 +22,18 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from widefunnel.gateway.checks import Limits
-from widefunnel.security import GATEWAY_KEY_ENV, admin_headers, gateway_headers, new_key, restriction_flags
+from widefunnel.security import GATEWAY_KEY_ENV, admin_headers, gateway_headers, restriction_flags
 from widefunnel.server.distribution import DistributionError, TritonDistribution, assemble_backends, server_environment
 from widefunnel.server.ports import Ports, free_port, port_in_use
 from widefunnel.server.processes import remove_regions, shm_regions
-from widefunnel.server.supervisor import StubSupervisor
+from widefunnel.server.settings import LOOPBACK, ServerSettings
+from widefunnel.server.supervisor import StubSupervisor, Supervised
 
 log = logging.getLogger(__name__)
-LOOPBACK = "127.0.0.1"
 
 
 class ServerError(RuntimeError):
@@ -56,39 +56,53 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-@dataclass
 class TritonServer:
-    """A running `tritonserver` child process (and its gateway); a context manager, or start()/stop()."""
+    """The running `tritonserver` child process (and its gateway) of one `ServerSettings`; a context manager,
+    or start()/stop(). ``TritonServer(repository, ports, **options)`` builds the settings from the options
+    given, so every default stays in `ServerSettings`."""
 
-    repository: Path
-    ports: Ports = field(default_factory=Ports)
-    host: str = LOOPBACK
-    gateway: bool = True
-    admin_key: str | None = None  # None: a fresh random key for this server
-    gateway_key: str | None = None  # set in __post_init__ when gateway=True: a fresh random key per server
-    explicit: bool = True
-    log_path: Path | None = None
-    extra_args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    startup_timeout: float = 180.0
-    supervise_stubs: bool = True
-    limits: Limits = field(default_factory=Limits)
-    process: subprocess.Popen | None = None
-    gateway_process: subprocess.Popen | None = None
-    supervisor: StubSupervisor | None = None
-    triton_ports: Ports = field(default_factory=Ports)
-    shm_prefix: str = ""
-    wedged_reason: str | None = None  # why the supervisor killed a tritonserver that answered nothing
-    _workdir: Path | None = None
+    def __init__(self, settings: ServerSettings | Path | str, ports: Ports | None = None, **options: Any):
+        if not isinstance(settings, ServerSettings):
+            settings = ServerSettings(Path(settings), **({"ports": ports} if ports is not None else {}), **options)
+        elif ports is not None or options:
+            settings = replace(settings, **({"ports": ports} if ports is not None else {}), **options)
+        self.settings = settings
+        self.ports: Ports = settings.ports  # resolved at the first start, then kept across restarts
+        self.triton_ports = Ports()  # tritonserver's own, picked at each start
+        self.shm_prefix = f"widefunnel_{os.getpid()}_{secrets.token_hex(4)}_"  # this server's, not the settings'
+        self.log_path: Path | None = settings.log_path
+        self.process: subprocess.Popen | None = None
+        self.gateway_process: subprocess.Popen | None = None
+        self.supervisor: StubSupervisor | None = None
+        self.wedged_reason: str | None = None  # why the supervisor killed a tritonserver that answered nothing
+        self._workdir: Path | None = None
 
-    def __post_init__(self) -> None:
-        self.admin_key = self.admin_key or new_key()
-        self.gateway_key = (self.gateway_key or new_key()) if self.gateway else None
-        self.shm_prefix = self.shm_prefix or f"widefunnel_{os.getpid()}_{secrets.token_hex(4)}_"
+    def __repr__(self) -> str:
+        return f"TritonServer({self.settings.repository}, http={self.http_url}, grpc={self.grpc_url})"
+
+    @property
+    def repository(self) -> Path:
+        return self.settings.repository
+
+    @property
+    def admin_key(self) -> str:
+        return self.settings.admin_key
+
+    @property
+    def gateway_key(self) -> str | None:
+        return self.settings.gateway_key
+
+    @property
+    def gateway(self) -> bool:
+        return self.settings.gateway
+
+    @property
+    def host(self) -> str:
+        return self.settings.host
 
     @property
     def connect_host(self) -> str:
-        return LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host
+        return self.settings.connect_host
 
     @property
     def http_url(self) -> str:
@@ -111,7 +125,7 @@ class TritonServer:
     def triton_grpc_url(self) -> str:
         return f"{LOOPBACK}:{self.triton_ports.grpc}"
 
-    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
+    def admin_headers(self, protocol: str = "http") -> dict[str, str] | None:
         return admin_headers(self.admin_key, protocol)
 
     def upstream_headers(self, protocol: str = "http") -> dict[str, str]:
@@ -131,16 +145,16 @@ class TritonServer:
 
     def command(self, backend_dir: Path) -> list[str]:
         dist = TritonDistribution.find()
-        address = LOOPBACK if self.gateway else self.host
+        settings, address = self.settings, self.settings.triton_address
         cmd = [
             str(dist.binary),
-            f"--model-repository={self.repository}",
+            f"--model-repository={settings.repository}",
             f"--backend-directory={backend_dir}",
             f"--http-address={address}",
             f"--http-port={self.triton_ports.http}",
             f"--grpc-address={address}",
             f"--grpc-port={self.triton_ports.grpc}",
-            f"--metrics-address={LOOPBACK if self.gateway else self.host}",
+            f"--metrics-address={address}",
             f"--metrics-port={self.triton_ports.metrics}",
             "--allow-metrics=true",
             "--allow-gpu-metrics=false",
@@ -150,9 +164,9 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *restriction_flags(self.admin_key, self.gateway_key),
         ]
-        if self.explicit:
+        if settings.explicit:
             cmd += ["--model-control-mode=explicit", "--load-model=*"]
-        return cmd + self.extra_args
+        return cmd + list(settings.extra_args)
 
     def gateway_command(self) -> list[str]:
         return [sys.executable, "-m", "widefunnel.gateway",
@@ -160,7 +174,7 @@ class TritonServer:
                 "--metrics", f"{self.host}:{self.ports.metrics}",
                 "--http-upstream", self.triton_http_url, "--grpc-upstream", self.triton_grpc_url,
                 "--metrics-upstream", f"{LOOPBACK}:{self.triton_ports.metrics}",
-                "--repository", str(self.repository), "--max-body-bytes", str(self.limits.max_body_bytes)]
+                "--repository", str(self.repository), "--max-body-bytes", str(self.settings.limits.max_body_bytes)]
 
     def _check_ports(self) -> None:
         for name in ("http", "grpc", "metrics"):
@@ -169,7 +183,7 @@ class TritonServer:
                 raise ServerError(f"{name} port {port} is already in use; pick another with --{name}-port")
 
     def start(self) -> TritonServer:
-        repository = Path(self.repository)
+        repository = self.repository
         if not (repository.is_dir() and any(repository.iterdir())):
             raise ServerError(f"model repository {repository} is missing or empty: run `widefunnel build` first")
         self.ports = self.ports.resolved()
@@ -182,9 +196,8 @@ class TritonServer:
             backend_dir = assemble_backends(self._workdir / "backends")
         except DistributionError as exc:
             raise ServerError(str(exc)) from exc
-        if self.log_path is None:
-            self.log_path = self._workdir / "tritonserver.log"
-        env = server_environment(self.env)
+        self.log_path = self.settings.log_path or self._workdir / "tritonserver.log"
+        env = server_environment(dict(self.settings.env))
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(self.command(backend_dir), stdout=log_file, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True, preexec_fn=_ignore_sigchld)
@@ -196,8 +209,8 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
-        if self.supervise_stubs:
-            self.supervisor = StubSupervisor(self, on_wedged=self._kill_wedged)
+        if self.settings.supervise_stubs:
+            self.supervisor = StubSupervisor(self._supervised(), self.settings.supervision)
             self.supervisor.start()
         return self
 
@@ -208,6 +221,15 @@ class TritonServer:
             self.gateway_process = subprocess.Popen(self.gateway_command(), stdout=log_file, env=env,
                                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(f"http://{self.http_url}/v2/health/ready", "gateway", self.gateway_process)
+
+    def _supervised(self) -> Supervised:
+        return Supervised(pid=self._running_pid, http_url=self.triton_http_url, grpc_url=self.triton_grpc_url,
+                          repository=self.repository, shm_prefix=self.shm_prefix, admin_key=self.admin_key,
+                          gateway_key=self.gateway_key, on_wedged=self._kill_wedged)
+
+    def _running_pid(self) -> int | None:
+        proc = self.process
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def log_text(self) -> str:
         if self.log_path and Path(self.log_path).exists():
@@ -251,10 +273,10 @@ class TritonServer:
     def is_ready(self) -> bool:
         return self._ready(f"http://{self.http_url}/v2/health/ready")
 
-    @staticmethod
-    def _ready(url: str, headers: dict[str, str] | None = None) -> bool:
+    def _ready(self, url: str, headers: dict[str, str] | None = None) -> bool:
+        request = urllib.request.Request(url, headers=headers or {})
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as resp:
+            with urllib.request.urlopen(request, timeout=self.settings.probe_timeout) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
@@ -263,15 +285,16 @@ class TritonServer:
                    proc: subprocess.Popen | None = None, headers: dict[str, str] | None = None) -> None:
         url = url or f"http://{self.http_url}/v2/health/ready"
         proc = proc or self.process
-        deadline = time.monotonic() + self.startup_timeout
+        timeout = self.settings.startup_timeout
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 reason = self.failure_reason() if proc is self.process else self.gateway_log()[-3000:]
                 raise ServerError(f"{what} exited with code {proc.returncode} before it was ready:\n{reason}")
             if self._ready(url, headers):
                 return
-            time.sleep(0.25)
-        raise ServerError(f"{what} not ready after {self.startup_timeout:.0f}s:\n{self.failure_reason()}")
+            time.sleep(self.settings.ready_poll_s)
+        raise ServerError(f"{what} not ready after {timeout:.0f}s:\n{self.failure_reason()}")
 
     def alive(self) -> bool:
         server = self.process is not None and self.process.poll() is None
@@ -298,21 +321,22 @@ class TritonServer:
             os.killpg(proc.pid, signal.SIGKILL)
         return proc.returncode
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float | None = None) -> int | None:
         """SIGINT lets Triton drain in-flight requests; SIGKILL only if it hangs. The gateway stops first,
         so no new request arrives while Triton drains."""
         self._stop_supervisor()
         gateway, self.gateway_process = self.gateway_process, None
         if gateway is not None:
-            self._end(gateway, signal.SIGTERM, 10.0)
+            self._end(gateway, signal.SIGTERM, self.settings.gateway_stop_timeout)
         proc, self.process = self.process, None
+        timeout = self.settings.stop_timeout if timeout is None else timeout
         code = self._end(proc, signal.SIGINT, timeout) if proc is not None else None
         remove_regions(shm_regions(self.shm_prefix))
         return code
 
     def restart(self) -> TritonServer:
         """After a crash: stop what is left and start again on the same client-facing ports."""
-        self.stop(timeout=10.0)
+        self.stop(timeout=self.settings.restart_stop_timeout)
         self.cleanup()
         return self.start()
 
@@ -332,8 +356,7 @@ class TritonServer:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-        if self.log_path is not None and str(self.log_path).startswith(tempfile.gettempdir() + "/widefunnel-server-"):
-            self.log_path = None
+        self.log_path = self.settings.log_path
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -58,13 +58,18 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imports(name: str, path: Path) -> set[str]:
+def _is_type_checking(test: ast.expr) -> bool:
+    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`."""
+    return getattr(test, "id", "") == "TYPE_CHECKING" or getattr(test, "attr", "") == "TYPE_CHECKING"
+
+
+def _imports(name: str, path: Path, type_checking: bool = False) -> set[str]:
     """Modules ``name`` imports at run time (`from pkg import sub` is an import of pkg.sub, not of pkg;
-    imports under `if TYPE_CHECKING:` are for annotations only)."""
+    imports under `if TYPE_CHECKING:` are for annotations only, and counted only with ``type_checking``)."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+        if isinstance(node, ast.If) and _is_type_checking(node.test) and not type_checking:
             return
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
@@ -79,6 +84,8 @@ def _imports(name: str, path: Path) -> set[str]:
 
 
 GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+# With the annotations' imports: two modules that name each other's types still have to be read together.
+TYPED_GRAPH = {name: _imports(name, path, type_checking=True) for name, path in MODULES.items()}
 
 
 def _folder(module: str) -> str:
@@ -110,8 +117,9 @@ def test_nothing_imports_upwards(module):
     assert not upward, f"{module} ({LAYERS[_layer(module)][0]}) imports a layer above it: {upward}"
 
 
-def _cycles() -> list[set[str]]:
-    """Strongly connected components of more than one module (Tarjan)."""
+def _cycles(graph: dict[str, set[str]] | None = None) -> list[set[str]]:
+    """Strongly connected components of more than one module (Tarjan); of `GRAPH` by default."""
+    graph = GRAPH if graph is None else graph
     index, low, stack, on_stack, out, counter = {}, {}, [], set(), [], [0]
 
     def visit(v: str) -> None:
@@ -119,7 +127,7 @@ def _cycles() -> list[set[str]]:
         counter[0] += 1
         stack.append(v)
         on_stack.add(v)
-        for w in GRAPH[v]:
+        for w in graph[v]:
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -136,7 +144,7 @@ def _cycles() -> list[set[str]]:
             if len(component) > 1:
                 out.append(component)
 
-    for v in sorted(GRAPH):
+    for v in sorted(graph):
         if v not in index:
             visit(v)
     return out
@@ -144,6 +152,21 @@ def _cycles() -> list[set[str]]:
 
 def test_no_import_cycle():
     assert _cycles() == [], "import cycles"
+
+
+def test_no_import_cycle_even_through_type_hints():
+    """A cycle hidden under `if TYPE_CHECKING:` is still a cycle of meaning (the supervisor once read the whole
+    `TritonServer`); a narrow interface, defined by the side that uses it, breaks it."""
+    assert _cycles(TYPED_GRAPH) == [], "import cycles through TYPE_CHECKING imports"
+
+
+def test_the_typed_graph_reads_type_checking_imports(tmp_path):
+    """Not a rubber stamp: an import under `if TYPE_CHECKING:` is an edge of the typed graph only."""
+    path = tmp_path / "m.py"
+    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                    "    from widefunnel.server.triton import TritonServer\n")
+    assert _imports("widefunnel.server.supervisor", path) == set()
+    assert _imports("widefunnel.server.supervisor", path, type_checking=True) == {"widefunnel.server.triton"}
 
 
 def test_no_import_cycle_between_folders():
