@@ -1,4 +1,4 @@
-"""Catalogue-scale builds: the real MovieLens items plus synthetic ones drawn from them (issue 16).
+"""Catalogue-scale builds: the real MovieLens items plus synthetic ones drawn from them.
 
 MovieLens-100K has 1,682 items; serving questions (a 100,000-candidate pool, a million-item scan) need more.
 A synthetic item takes

@@ -255,7 +255,7 @@ def sliced_metrics(topk: TopK, ev: EvalSet, ks: tuple[int, ...]) -> dict[str, fl
     return out
 
 
-# ------------------------------------------------------------------------- the funnel's stages (issue 5)
+# --------------------------------------------------------------------------------------- the funnel's stages
 def _sorted_by(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-scores, axis=1, kind="stable")
     return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
