@@ -16,7 +16,7 @@ from widefunnel.ann import kernels
 from widefunnel.ann.index import Int8Index
 from widefunnel.ann.plan import SearchPlan, plan_search
 from widefunnel.ann.prepared import IvfTables
-from widefunnel.ann.search import empty_results, prepare_index, reservoirs, run
+from widefunnel.ann.search import INT64_MIN, run
 
 
 def probe_lists(ivf: IvfTables, qc: torch.Tensor, qs: torch.Tensor, nprobe: int) -> torch.Tensor:
@@ -36,7 +36,7 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
     """
     if index.ivf is None:
         raise ValueError("ivf_search needs an index built with ivf_lists > 0")
-    plan = plan_search(prepare_index(index), queries, k, exclude_ids, nprobe, allow)
+    plan = plan_search(index, queries, k, exclude_ids, nprobe, allow)
     return run(plan) if plan.ivf is None else scan_lists(plan)  # nprobe >= L: the exact scan
 
 
@@ -47,14 +47,18 @@ def scan_lists(plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
     table = prepared.levels.table
     out_ids = out_scores = None
     for sl in plan.chunks:
-        buf, fill, kth = reservoirs(len(plan.qs[sl]) * ivf.n_seg, ivf.width)
+        n = len(plan.qs[sl]) * ivf.n_seg  # reservoirs: keys, fill, bar (as ``search.reservoirs``)
+        buf, fill, kth = np.empty((n, ivf.width), np.int64), np.zeros(n, np.int64), np.full(n, INT64_MIN, np.int64)
         kernels.ivf_scan(plan.qc[sl].numpy(), plan.qs[sl], ivf.probes[sl], prepared.ivf.offsets, prepared.codes,
                          table.scales, table.inv_smax, table.inv_smin, plan.excl[sl], plan.allow[sl], ivf.walk, buf,
                          fill, kth, k_out, ivf.n_seg)
         ids, scores = kernels.decode(kernels.finish(buf, fill, k_out, k_out, ivf.n_seg), prepared.ids)
         if len(plan.chunks) == 1:  # one chunk: its decoded arrays are the result
             return ids, scores
-        if out_ids is None:
-            out_ids, out_scores = empty_results(plan.batch, k_out)
+        if out_ids is None:  # as ``search.empty_results``
+            shape = (len(plan.qs), k_out)
+            out_ids, out_scores = np.full(shape, -1, np.int64), np.full(shape, -np.inf, np.float32)
         out_ids[sl], out_scores[sl] = ids, scores
-    return empty_results(0, k_out) if out_ids is None else (out_ids, out_scores)
+    if out_ids is None:  # an empty batch
+        return np.zeros((0, k_out), np.int64), np.zeros((0, k_out), np.float32)
+    return out_ids, out_scores

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from widefunnel.ann import filters, kernels
-from widefunnel.ann.prepared import CHUNK, PreparedIndex, SampledTable
-from widefunnel.ann.quantize import QMAX, quantize_checked_rows
+from widefunnel.ann.index import Int8Index
+from widefunnel.ann.prepared import CHUNK, IvfTables, PreparedIndex, SampledTable
+from widefunnel.ann.quantize import QMAX, quantize_checked_rows, quantize_rows
 
 MAX_BLOCK_ROWS = 262144  # default cap on item rows per scan block (``exact_search(block_rows=)``)
 _BLOCK_ELEMS = 1 << 19  # item rows x queries of one int32 score block (2 MiB)
@@ -213,6 +214,27 @@ def positions_in(rows: np.ndarray, excl: np.ndarray) -> np.ndarray:
     return np.where((excl >= 0) & (rows[pos] == excl), pos, -1)
 
 
+# --------------------------------------------------------------------------------------------- preparation
+def prepare_index(index: Int8Index) -> PreparedIndex:
+    """The index's search-time form (``PreparedIndex``), built once (torch views, id lookup, 64-row scale
+    bounds, row samples, int8 centroids), and the int8 GEMM self-test and kernel compiles run, so the first
+    request is not slow. Idempotent; a server calls it right after ``load_index``."""
+    if index.prepared is not None:
+        return index.prepared
+    codes = np.asarray(index.codes)
+    order = np.argsort(index.ids, kind="stable")
+    ivf = None
+    if index.ivf is not None:
+        ccodes, cscales = quantize_rows(index.ivf.centroids)
+        ivf = IvfTables(ccodes, cscales, np.ascontiguousarray(index.ivf.offsets, dtype=np.int64))
+    prepared = PreparedIndex(SampledTable.of(codes, np.ascontiguousarray(index.scales, dtype=np.float32)), codes,
+                             np.ascontiguousarray(index.ids, dtype=np.int64), index.ids[order], order, ivf)
+    int_mm_is_fast()
+    kernels.warm_up()
+    index.prepared = prepared
+    return prepared
+
+
 # ------------------------------------------------------------------------------------------------ the plans
 @dataclass(frozen=True)
 class BarPlan:
@@ -252,9 +274,6 @@ class ScanPlan:
     width: int  # keys per reservoir
     spans: tuple[np.ndarray, np.ndarray] | None  # "gemv": (row span offsets, each query's spans), cached
 
-    @property
-    def batch(self) -> int:
-        return int(self.qc.shape[0])
 
 
 @dataclass(frozen=True)
@@ -282,17 +301,14 @@ class SearchPlan:
     scans: tuple[ScanPlan, ...]  # the exact scan: one per chunk; empty for IVF
     ivf: IvfPlan | None
 
-    @property
-    def batch(self) -> int:
-        return int(self.qc.shape[0])
 
-
-def plan_search(prepared: PreparedIndex, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None,
+def plan_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None,
                 nprobe: int | None = None, allow: np.ndarray | None = None, block_rows: int = MAX_BLOCK_ROWS
                 ) -> SearchPlan:
     """The plan of one search: exact when ``nprobe`` is None, the index has no IVF or ``nprobe`` covers every
     list (then the exact scan is what IVF would return), else IVF over ``nprobe`` lists. ValueError naming
     the argument on any invalid input, in the order the callers always checked them."""
+    prepared = prepare_index(index)
     ivf = prepared.ivf
     if nprobe is not None:
         nprobe = validate_nprobe(nprobe)
@@ -330,7 +346,7 @@ def plan_scan(levels: SampledTable, qc: torch.Tensor, qs: np.ndarray, excl: np.n
               max_block_rows: int, estimate: bool = True, bar_only: bool = False) -> ScanPlan:
     """The exact scan of ``levels``' table for these queries -> its plan (and, recursively, its sample's for the
     starting bars). ``estimate``: starting bars from the sample may be taken; ``bar_only``: only the kk-th key
-    per query is wanted (a sample scan). Also re-plans a rescan (``rescan``) and a compacted copy (``copied``)."""
+    per query is wanted (a sample scan). Also re-plans a rescan (``rescan``) and plans a compacted copy (``copied``)."""
     threads = kernel_threads()
     table = levels.table
     b, n = qc.shape[0], table.codes_t.shape[0]
@@ -399,8 +415,12 @@ def rescan(plan: ScanPlan, queries: np.ndarray) -> ScanPlan:
                      plan.allow[queries], plan.k, plan.max_block_rows, False, plan.bar_only)
 
 
-def copied(plan: ScanPlan, copy: SampledTable) -> ScanPlan:
-    """The plan of a compacted scan's copy (``copy``: the rows ``plan.union`` in their order): the same queries,
-    their exclusions and bitmaps mapped onto the copy's rows."""
-    excl, allow = positions_in(plan.union, plan.excl), filters.subset(plan.allow, plan.union)
+def copied(plan: ScanPlan) -> ScanPlan:
+    """A compacted scan's copy of the rows ``plan.union`` (in their order), and its plan: the same queries, their
+    exclusions and bitmaps mapped onto the copy's rows. Made when the stage scans it, not with the plan: a
+    batch's chunks would otherwise hold a copy each (up to ``_COMPACT_BYTES``) at once."""
+    table, union = plan.levels.table, plan.union
+    # torch: a threaded gather
+    copy = SampledTable.of(table.codes_t.index_select(0, torch.from_numpy(union)).numpy(), table.scales[union])
+    excl, allow = positions_in(union, plan.excl), filters.subset(plan.allow, union)
     return plan_scan(copy, plan.qc, plan.qs, excl, allow, plan.k, plan.max_block_rows, plan.estimate)

@@ -42,17 +42,16 @@ from widefunnel.ann.plan import WALK_FILTER as WALK_FILTER
 from widefunnel.ann.plan import ScanPlan, SearchPlan, copied, excluded_rows, plan_search, rescan, use_int_mm
 from widefunnel.ann.plan import gemv_max_batch as gemv_max_batch
 from widefunnel.ann.plan import int_mm_is_exact as int_mm_is_exact
-from widefunnel.ann.plan import int_mm_is_fast as int_mm_is_fast
 from widefunnel.ann.plan import invalid_query_rows as invalid_query_rows
 from widefunnel.ann.plan import kernel_threads as kernel_threads
+from widefunnel.ann.plan import prepare_index as prepare_index
 from widefunnel.ann.plan import quantize_queries as quantize_queries
 from widefunnel.ann.plan import query_chunk as query_chunk
 from widefunnel.ann.plan import scan_block_rows as scan_block_rows
 from widefunnel.ann.plan import validate_k as validate_k
 from widefunnel.ann.plan import validate_nprobe as validate_nprobe
 from widefunnel.ann.plan import validate_queries as validate_queries
-from widefunnel.ann.prepared import CHUNK, IvfTables, PreparedIndex, SampledTable
-from widefunnel.ann.quantize import quantize_rows
+from widefunnel.ann.prepared import CHUNK, SampledTable
 
 INT64_MIN = -(2**63)  # "empty" key; decodes to a NaN score, never produced by a real (row, score)
 _LOW32 = 0xFFFFFFFF
@@ -135,27 +134,6 @@ def keys_to_results(index: Int8Index, keys: torch.Tensor | np.ndarray) -> tuple[
     return kernels.decode(np.ascontiguousarray(keys), prepare_index(index).ids)
 
 
-# --------------------------------------------------------------------------------------------- preparation
-def prepare_index(index: Int8Index) -> PreparedIndex:
-    """The index's search-time form (``PreparedIndex``), built once (torch views, id lookup, 64-row scale
-    bounds, row samples, int8 centroids), and the int8 GEMM self-test and kernel compiles run, so the first
-    request is not slow. Idempotent; a server calls it right after ``load_index``."""
-    if index.prepared is not None:
-        return index.prepared
-    codes = np.asarray(index.codes)
-    order = np.argsort(index.ids, kind="stable")
-    ivf = None
-    if index.ivf is not None:
-        ccodes, cscales = quantize_rows(index.ivf.centroids)
-        ivf = IvfTables(ccodes, cscales, np.ascontiguousarray(index.ivf.offsets, dtype=np.int64))
-    prepared = PreparedIndex(SampledTable.of(codes, np.ascontiguousarray(index.scales, dtype=np.float32)), codes,
-                             np.ascontiguousarray(index.ids, dtype=np.int64), index.ids[order], order, ivf)
-    int_mm_is_fast()
-    kernels.warm_up()
-    index.prepared = prepared
-    return prepared
-
-
 # ------------------------------------------------------------------------------------------------ exact scan
 def exact_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None,
                  block_rows: int = MAX_BLOCK_ROWS, allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +145,7 @@ def exact_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.
     bitmap per query (``filters.pack_rows``): the result is then the exact top-k of the admissible rows,
     padded when fewer are admissible.
     """
-    return run(plan_search(prepare_index(index), queries, k, exclude_ids, allow=allow, block_rows=block_rows))
+    return run(plan_search(index, queries, k, exclude_ids, allow=allow, block_rows=block_rows))
 
 
 def run(plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +154,7 @@ def run(plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
     ids = plan.prepared.ids
     if len(plan.chunks) == 1:  # one chunk: its decoded arrays are the result (no second 12 bytes x B x k copy)
         return kernels.decode(np.ascontiguousarray(scan(plan.scans[0]).numpy()), ids)
-    out_ids, out_scores = empty_results(plan.batch, plan.k_out)
+    out_ids, out_scores = empty_results(len(plan.qs), plan.k_out)
     for sl, chunk in zip(plan.chunks, plan.scans):
         out_ids[sl], out_scores[sl] = kernels.decode(np.ascontiguousarray(scan(chunk).numpy()), ids)
     return out_ids, out_scores
@@ -200,7 +178,7 @@ def scan(plan: ScanPlan) -> torch.Tensor:
     if plan.path == "compacted":
         return _compacted_scan(plan)
     bars, guessed = _starting_bars(plan.levels, plan) if plan.estimate else (None, False)
-    kth = np.full(plan.batch, INT64_MIN, np.int64) if bars is None else bars
+    kth = np.full(len(plan.qs), INT64_MIN, np.int64) if bars is None else bars
     keys = torch.from_numpy(_scan_table(plan, kth))
     short = torch.nonzero(keys[:, -1] == INT64_MIN).squeeze(1) if guessed else None
     if short is not None and short.numel():  # the guess was too high for these queries: redo them without one
@@ -297,10 +275,9 @@ def _compacted_scan(plan: ScanPlan) -> torch.Tensor:
     GEMM over all of them costs what the unfiltered scan does; the copy costs a gather of the admitted rows.
     (A batch of one or a few walks its bitmap instead, reading only admissible rows: there a copy was even.)
     The copy keeps the rows' order, so its keys map back to the keys the full scan makes, ties included."""
-    table, union = plan.levels.table, plan.union
+    union = plan.union
     rows = torch.from_numpy(union)
-    sub = SampledTable.of(table.codes_t.index_select(0, rows).numpy(), table.scales[union])  # torch: threaded
-    keys = scan(copied(plan, sub))
+    keys = scan(copied(plan))
     sub_rows, scores, valid = decode_keys(keys)
     keys = torch.where(valid, make_keys(scores, rows[sub_rows.clamp(0, len(union) - 1)]), INT64_MIN)
     width = plan.kk  # the full table's k': fewer admissible rows than k pad with INT64_MIN
