@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numba
 import numpy as np
@@ -36,7 +37,7 @@ _GEMV_MAX_BATCH_FLOAT = 6  # with the exact float32 GEMM (the AVX2 host without 
 _GEMV_BAR_K = 4096  # the fused GEMV starts from a sample bar only from this k on: below it the bar's scan costs
 # more than the keys it spares (1M x 64, batch 1, no bar vs bar: k = 100 3.5 vs 4.2 ms, 1,000 3.8 vs 4.4, 4,000
 # 4.9 vs 5.0, 6,000 5.5 vs 5.2, 10,000 6.4 vs 5.1; at 50 % and 10 % admitted alike; d = 32 alike)
-_SPARSE_FILTER = 0.05  # a filter admitting less than this share of the rows scans only those (``_gemv_scan``)
+_SPARSE_FILTER = 0.05  # a filter admitting less than this share of the rows scans only those (``search._gemv_scan``)
 WALK_FILTER = 0.25  # the fused GEMV reads only the admissible rows of a filter admitting less than this share;
 # a denser one is streamed (every row read, the bitmap checked for rows that beat the bar): see ``ivf_scan``
 _COMPACT_FILTER = 0.6  # a GEMM batch whose filters together admit less than this share scans a copy of those rows
@@ -260,8 +261,8 @@ class ScanPlan:
     allow: np.ndarray  # uint64 [b, W] row bitmap, [b, 0] for none
     k: int  # the k asked of this table (the copy of a compacted scan is asked the same)
     kk: int  # min(k, rows): the keys kept per query
-    path: str
-    gemm: str
+    path: Literal["gemv", "gemm", "compacted"]
+    gemm: Literal["int8", "float32"]
     estimate: bool  # take starting bars from ``bars`` (a compacted plan: whether its copy's scan may)
     bars: BarPlan | None  # None: the first block gives safe bars (or the GEMV's own rising bar)
     union: np.ndarray | None  # "compacted": the rows (int64, ascending) some query of the batch admits
@@ -273,7 +274,6 @@ class ScanPlan:
     n_seg: int  # reservoirs (row segments, one per thread) per query
     width: int  # keys per reservoir
     spans: tuple[np.ndarray, np.ndarray] | None  # "gemv": (row span offsets, each query's spans), cached
-
 
 
 @dataclass(frozen=True)
