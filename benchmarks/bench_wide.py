@@ -22,7 +22,7 @@ each step boundary.
             touched 1 to 64 MiB of other memory (as 9 steps' processes do between a stub's calls on 2 cores)
   crossover the exact scan's paths for a batch: the fused int8 GEMV (a pass per query) vs one GEMM per block
             + the compiled filter, the GEMM as torch's int8 `_int_mm` (where it is exact and fast here) and as
-            the exact float32 fallback; forced through ``search._GEMV_MAX_BATCH`` and ``search._use_int_mm``,
+            the exact float32 fallback; forced through ``plan._GEMV_MAX_BATCH`` and ``plan.use_int_mm``,
             on the repository's engagement index and on a random 1M x 64 index, batch 1 to 12, k 100 and
             10,000, at ``--threads``; ids checked equal between the paths
   bytes     the bytes each step receives per request (the ensemble's wiring, replayed step by step through
@@ -346,6 +346,7 @@ def cold_part(repository: Path, calls: int = 300) -> str:
 def crossover_part(repository: Path, threads: int, rounds: int = 7) -> str:
     import torch
 
+    from widefunnel.ann import plan
     from widefunnel.ann import search as scan
     from widefunnel.ann.index import build_index, load_index
     from widefunnel.evaluation.pipeline import _pinned_versions
@@ -360,12 +361,12 @@ def crossover_part(repository: Path, threads: int, rounds: int = 7) -> str:
     del random
     int8 = scan.int_mm_is_fast()
     paths = {"gemv": (None, True), **({"int8": (0, True)} if int8 else {}), "float": (0, False)}
-    default_max = scan._GEMV_MAX_BATCH_INT8 if int8 else scan._GEMV_MAX_BATCH_FLOAT
+    default_max = plan._GEMV_MAX_BATCH_INT8 if int8 else plan._GEMV_MAX_BATCH_FLOAT
     lines = [f"torch's int8 GEMM exact and fast here: {int8} (so the scan runs the GEMV up to batch {default_max})",
              "",
              "| index | batch | k | GEMV ms | int8 GEMM ms | float32 GEMM ms | same ids |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    default, use_int_mm = scan._GEMV_MAX_BATCH, scan._use_int_mm
+    default, use_int_mm = plan._GEMV_MAX_BATCH, plan.use_int_mm
     try:
         for name, index in indexes.items():
             scan.prepare_index(index)
@@ -374,8 +375,8 @@ def crossover_part(repository: Path, threads: int, rounds: int = 7) -> str:
                     q = rng.standard_normal((batch, index.dim)).astype(np.float32)
                     times, ids = {}, {}
                     for path, (threshold, int_mm) in paths.items():
-                        scan._GEMV_MAX_BATCH = batch if threshold is None else threshold
-                        scan._use_int_mm = use_int_mm if int_mm else (lambda t: False)
+                        plan._GEMV_MAX_BATCH = batch if threshold is None else threshold
+                        plan.use_int_mm = use_int_mm if int_mm else (lambda t: False)
                         ids[path] = scan.exact_search(index, q, k)[0]  # also the warm-up
                         samples = []
                         for _ in range(rounds):
@@ -387,7 +388,7 @@ def crossover_part(repository: Path, threads: int, rounds: int = 7) -> str:
                     same = all((ids[p] == ids["gemv"]).all() for p in ids)
                     lines.append(f"| {name} {index.count:,} x {index.dim} | {batch} | {k:,} | {cells} | {same} |")
     finally:
-        scan._GEMV_MAX_BATCH, scan._use_int_mm = default, use_int_mm
+        plan._GEMV_MAX_BATCH, plan.use_int_mm = default, use_int_mm
     return "\n".join(lines)
 
 

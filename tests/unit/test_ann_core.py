@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+import widefunnel.ann.plan as plan_mod
 import widefunnel.ann.search as search_mod
 from widefunnel.ann.index import IndexLoadError, build_index, load_index, save_index
 from widefunnel.ann.ivf import ivf_search
@@ -191,7 +192,7 @@ def test_float_gemm_path_is_identical(index_20k, monkeypatch):
     q = _queries(8, 64, seed=12)
     wide = _queries(40, 64, seed=13)  # 40 queries at k = 2,000: the row-wise filter (16-lane masks)
     want, want_wide = exact_search(index_20k, q, 50), exact_search(index_20k, wide, 2000)
-    monkeypatch.setattr(search_mod, "int_mm_is_exact", lambda: False)
+    monkeypatch.setattr(plan_mod, "int_mm_is_exact", lambda: False)
     assert _same(exact_search(index_20k, q, 50), want)
     assert _same(exact_search(index_20k, wide, 2000), want_wide)
 
@@ -410,7 +411,7 @@ def test_extreme_magnitudes_stay_exact():
 @pytest.mark.parametrize("row_scan", [True, False])
 def test_both_block_filters_are_exact(index_20k, monkeypatch, row_scan):
     """Blocks are filtered row-wise (wide batches, large k) or by 8/64-row maxima: both must be exact."""
-    monkeypatch.setattr(search_mod, "_ROW_SCAN_BATCH", 1 if row_scan else 10**9)
+    monkeypatch.setattr(plan_mod, "_ROW_SCAN_BATCH", 1 if row_scan else 10**9)
     x, ids = _data(20000, 64, dup=True)
     q = np.concatenate([_queries(127, 64, seed=31), x[:3]])  # 130 queries, three of them stored items
     q[5] = 0.0
@@ -427,8 +428,8 @@ def test_row_filter_segments_compact_exactly(index_20k, monkeypatch, threads):
     and tiny reservoirs they fill and compact over and over, and the merged result must still be exact."""
     import torch
 
-    monkeypatch.setattr(search_mod, "_ROW_SCAN_BATCH", 1)
-    monkeypatch.setattr(search_mod, "_RESERVOIR_SLACK", 8)
+    monkeypatch.setattr(plan_mod, "_ROW_SCAN_BATCH", 1)
+    monkeypatch.setattr(plan_mod, "_RESERVOIR_SLACK", 8)
     monkeypatch.setattr(search_mod, "_starting_bars", lambda *args: (None, False))
     x, ids = _data(20000, 64, dup=True)
     q = np.concatenate([_queries(37, 64, seed=41), x[:3]])

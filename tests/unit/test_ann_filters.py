@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from widefunnel.ann import filters
-from widefunnel.ann import search as search_mod
+from widefunnel.ann import plan as plan_mod
 from widefunnel.ann.index import build_index
 from widefunnel.ann.ivf import ivf_search
 from widefunnel.ann.quantize import quantize_rows
@@ -64,7 +64,7 @@ def _mask(b: int, n: int, share: float, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("k", [10, 500])
 def test_filtered_exact_search_is_the_exact_top_k_of_the_admissible_rows(index_12k, monkeypatch, gemv_max_batch,
                                                                          batch, share, k):
-    monkeypatch.setattr(search_mod, "_GEMV_MAX_BATCH", gemv_max_batch)
+    monkeypatch.setattr(plan_mod, "_GEMV_MAX_BATCH", gemv_max_batch)
     rng = np.random.default_rng(batch)
     q = rng.standard_normal((batch, 32)).astype(np.float32)
     mask = _mask(batch, index_12k.count, share, seed=int(share * 1000) + k)

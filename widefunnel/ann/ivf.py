@@ -12,21 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from widefunnel.ann import filters, kernels
+from widefunnel.ann import kernels
 from widefunnel.ann.index import Int8Index
+from widefunnel.ann.plan import SearchPlan, plan_search
 from widefunnel.ann.prepared import IvfTables
-from widefunnel.ann.search import (
-    WALK_FILTER,
-    empty_results,
-    exact_search,
-    kernel_threads,
-    prepare_index,
-    prepare_queries,
-    query_chunk,
-    reservoirs,
-    scan_in_chunks,
-    validate_nprobe,
-)
+from widefunnel.ann.search import INT64_MIN, run
 
 
 def probe_lists(ivf: IvfTables, qc: torch.Tensor, qs: torch.Tensor, nprobe: int) -> torch.Tensor:
@@ -46,24 +36,29 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
     """
     if index.ivf is None:
         raise ValueError("ivf_search needs an index built with ivf_lists > 0")
-    nprobe = validate_nprobe(nprobe)
-    if nprobe >= index.ivf.n_lists:
-        return exact_search(index, queries, k, exclude_ids, allow=allow)
-    qc, qs, excl, k = prepare_queries(index, queries, k, exclude_ids)
-    batch, k_out = qc.shape[0], min(k, index.count)
-    allow = filters.check_allow(allow, batch, index.count)
-    if batch == 0:
-        return empty_results(0, k_out)
-    prepared = prepare_index(index)
-    probes = np.ascontiguousarray(probe_lists(prepared.ivf, qc, qs, nprobe).numpy())
-    n_seg = max(1, min(kernel_threads() // batch, nprobe))
-    walk = filters.admitted_share(allow) < WALK_FILTER
+    plan = plan_search(index, queries, k, exclude_ids, nprobe, allow)
+    return run(plan) if plan.ivf is None else scan_lists(plan)  # nprobe >= L: the exact scan
 
-    def scan(sl: slice) -> np.ndarray:
-        buf, fill, kth = reservoirs(len(qc[sl]) * n_seg, k_out)
-        kernels.ivf_scan(qc[sl].numpy(), qs[sl].numpy(), probes[sl], prepared.ivf.offsets, prepared.codes,
-                         prepared.table.scales, prepared.table.inv_smax, prepared.table.inv_smin, excl[sl].numpy(),
-                         allow[sl], walk, buf, fill, kth, k_out, n_seg)
-        return kernels.finish(buf, fill, k_out, k_out, n_seg)
 
-    return scan_in_chunks(index, batch, k_out, query_chunk(batch, k_out, n_seg), scan)
+def scan_lists(plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
+    """An IVF ``SearchPlan`` -> (ids, scores) [B, k']: each chunk's probed lists scanned in place by the compiled
+    GEMV + filter, the chunk's reservoirs merged and decoded."""
+    ivf, prepared, k_out = plan.ivf, plan.prepared, plan.k_out
+    table = prepared.levels.table
+    out_ids = out_scores = None
+    for sl in plan.chunks:
+        n = len(plan.qs[sl]) * ivf.n_seg  # reservoirs: keys, fill, bar (as ``search.reservoirs``)
+        buf, fill, kth = np.empty((n, ivf.width), np.int64), np.zeros(n, np.int64), np.full(n, INT64_MIN, np.int64)
+        kernels.ivf_scan(plan.qc[sl].numpy(), plan.qs[sl], ivf.probes[sl], prepared.ivf.offsets, prepared.codes,
+                         table.scales, table.inv_smax, table.inv_smin, plan.excl[sl], plan.allow[sl], ivf.walk, buf,
+                         fill, kth, k_out, ivf.n_seg)
+        ids, scores = kernels.decode(kernels.finish(buf, fill, k_out, k_out, ivf.n_seg), prepared.ids)
+        if len(plan.chunks) == 1:  # one chunk: its decoded arrays are the result
+            return ids, scores
+        if out_ids is None:  # as ``search.empty_results``
+            shape = (len(plan.qs), k_out)
+            out_ids, out_scores = np.full(shape, -1, np.int64), np.full(shape, -np.inf, np.float32)
+        out_ids[sl], out_scores[sl] = ids, scores
+    if out_ids is None:  # an empty batch
+        return np.zeros((0, k_out), np.int64), np.zeros((0, k_out), np.float32)
+    return out_ids, out_scores

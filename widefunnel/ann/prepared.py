@@ -1,7 +1,8 @@
 """The search-time form of an ``Int8Index``: what every scan reads, built once when the index is loaded.
 
 Typed, so the exact scan, IVF and the GPU glue name what they read (``prepared.ids_sorted``) rather than
-agreeing on dictionary keys. Pure data and its construction; the scans live in ``search.py`` / ``ivf.py``.
+agreeing on dictionary keys. Pure data and its construction (``plan.prepare_index`` builds it); a search's
+plan is in ``plan.py``, the scans in ``search.py`` / ``ivf.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class RowTable:
 @dataclass(frozen=True)
 class SampledTable:
     """A row table with its strided 1-in-16 row sample, itself sampled, down to ~100 rows: each level's scan
-    takes its starting bars from the next level's (``search._starting_bars``), so a sample scan is cheap too."""
+    takes its starting bars from the next level's (``plan._bar_plan``), so a sample scan is cheap too."""
 
     table: RowTable
     sample: SampledTable | None = None
