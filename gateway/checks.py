@@ -145,11 +145,25 @@ def route(method: str, path: str, models: Container[str]) -> Route:
 
 def depth(value: object) -> int:
     """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    return _walk(value, None)
+
+
+def _walk(value: object, what: str | None) -> int:
+    """Depth, and (with ``what``) every number within what rapidjson reads alike: integers that fit 64 bits,
+    finite doubles. One pass over the parsed value (the parser's own number hooks would cost a Python call per
+    number)."""
     deepest, stack = 0, [(value, 1)]
     while stack:
         node, level = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is None:
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            if what is not None and type(node) is int and not _INT64_MIN <= node <= _UINT64_MAX:
+                raise Refusal(f"{what}: the integer {str(node)[:40]} does not fit 64 bits")
+            if what is not None and type(node) is float and node in (_INF, -_INF):
+                raise Refusal(f"{what}: a number does not fit a double")
             continue
         deepest = max(deepest, level)
         stack.extend((child, level + 1) for child in children)
@@ -157,34 +171,21 @@ def depth(value: object) -> int:
 
 
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+_INF = float("inf")
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise Refusal(f"request body: key {key[:40]!r} appears twice in one object (JSON parsers disagree "
-                          "on which copy counts)")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise Refusal(f"request body: key {key[:40]!r} appears twice in one object (JSON parsers disagree "
+                      "on which copy counts)")
     return out
 
 
 def _no_constant(name: str) -> object:
     raise Refusal(f"request body: {name} is not JSON")
-
-
-def _integer(text: str) -> int:
-    value = int(text)
-    if not _INT64_MIN <= value <= _UINT64_MAX:
-        raise Refusal(f"request body: the integer {text[:40]} does not fit 64 bits")
-    return value
-
-
-def _real(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise Refusal(f"request body: the number {text[:40]} does not fit a double")
-    return value
 
 
 def parse_json(text: bytes, what: str, limits: Limits) -> object:
@@ -195,15 +196,14 @@ def parse_json(text: bytes, what: str, limits: Limits) -> object:
     except UnicodeDecodeError as exc:
         raise Refusal(f"{what}: not UTF-8 (byte {exc.start})") from None
     try:
-        value = json.loads(decoded, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
-                           parse_int=_integer, parse_float=_real)
+        value = json.loads(decoded, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except RecursionError:
         raise Refusal(f"{what}: JSON nested deeper than {limits.max_json_depth} levels") from None
     except Refusal as refusal:
         raise Refusal(str(refusal).replace("request body", what, 1)) from None
     except ValueError as exc:
         raise Refusal(f"{what}: not valid JSON ({exc})") from None
-    if depth(value) > limits.max_json_depth:
+    if _walk(value, what) > limits.max_json_depth:
         raise Refusal(f"{what}: JSON nested deeper than {limits.max_json_depth} levels")
     return value
 

@@ -100,6 +100,7 @@ class ModelAllowlist:
         self._stamp: tuple = ()
         self._checked = -float("inf")
         self._specs: dict[str, ModelSpec] = {}
+        self._names: frozenset[str] = frozenset()
         self._refresh(force=True)
 
     def _fingerprint(self) -> tuple:
@@ -120,6 +121,7 @@ class ModelAllowlist:
         stamp = self._fingerprint()
         if force or stamp != self._stamp:
             self._stamp, self._specs = stamp, read_specs(self.repository)
+            self._names = frozenset(self._specs)
 
     def get(self, name: str) -> ModelSpec | None:
         self._refresh()
@@ -127,4 +129,4 @@ class ModelAllowlist:
 
     def names(self) -> frozenset[str]:
         self._refresh()
-        return frozenset(self._specs)
+        return self._names
