@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
+from widefunnel.layout import fingerprint_hex, fingerprint_int
 
 OPSET = 17
 
@@ -25,12 +26,7 @@ def tower_fingerprint(tower: ItemTower) -> str:
     for name, tensor in sorted(tower.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return f"{int(digest.hexdigest()[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF:016x}"
-
-
-def fingerprint_int(fingerprint: str) -> int:
-    """The 16-hex fingerprint as a non-negative int64 (top bit dropped)."""
-    return int(fingerprint, 16) & 0x7FFF_FFFF_FFFF_FFFF
+    return fingerprint_hex(int(digest.hexdigest()[:16], 16))
 
 
 def _stamp(like: torch.Tensor, value: int) -> torch.Tensor:

@@ -212,7 +212,7 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
     cat = catalogue
     attributes = ItemAttributes.of(cat.item_ids, cat.genres, cat.years, cat.genre_names)
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
-        save_index(index, writer.folder(f"ann_{head}") / "index")
+        save_index(index, writer.folder(f"ann_{head}") / layout.INDEX_DIR)
         attributes.save(writer.folder(f"ann_{head}") / ITEM_ATTRIBUTES)
         codes, scales = item_table(index, cat.table_size)
         export_reranker(reranker, codes, scales, fingerprint, writer.folder(f"rerank_{head}") / "model.onnx")

@@ -33,6 +33,7 @@ from widefunnel.layout import (
     BUILDS_FILE,
     CONFIG_FILE,
     FINGERPRINTS_PARAMETER,
+    INDEX_DIR,
     ITEM_ATTRIBUTES,
     atomic_write,
     commit_version,
@@ -113,14 +114,14 @@ def write_shard_repositories(source: Path, shard_repositories: list[Path], prune
                           mcfg.to_pbtxt(_shard_config(source / model, Path(repo) / model, prune)))
         wanted = versions(source / model)
         for version in wanted:
-            parts = split_index(load_index(source / model / str(version) / "index"), len(shard_repositories))
+            parts = split_index(load_index(source / model / str(version) / INDEX_DIR), len(shard_repositories))
             for repo, part in zip(shard_repositories, parts):
                 target = Path(repo) / model / str(version)
                 if target.exists():
                     _check_existing(target, part)
                     continue
                 staged = stage_version(Path(repo) / model, version)
-                save_index(part.index, staged / "index")
+                save_index(part.index, staged / INDEX_DIR)
                 attributes = source / model / str(version) / ITEM_ATTRIBUTES
                 if attributes.exists():  # keyed by id: every shard reads the whole table for its own rows
                     shutil.copy2(attributes, staged / ITEM_ATTRIBUTES)
@@ -237,7 +238,7 @@ def write_index_repository(repository: Path, indexes: dict[int, object], head: s
     for version, index in sorted(indexes.items()):
         if not (model_dir / str(version)).exists():
             staged = stage_version(model_dir, version)
-            save_index(index, staged / "index")
+            save_index(index, staged / INDEX_DIR)
             if attributes is not None:
                 attributes.save(staged / ITEM_ATTRIBUTES)
             commit_version(staged, version)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from widefunnel.layout import CONFIG_FILE
 from widefunnel.security import new_key, with_admin_key
 from widefunnel.server import Ports, ServerError, TritonServer
 
@@ -140,7 +141,7 @@ class LocalCluster:
 
 
 def _model_dirs(repository: Path) -> list[str]:
-    return sorted(p.name for p in Path(repository).iterdir() if (p / "config.pbtxt").is_file())
+    return sorted(p.name for p in Path(repository).iterdir() if (p / CONFIG_FILE).is_file())
 
 
 def load_shards(servers: list[TritonServer], repositories: list[Path], timeout: float = 120.0

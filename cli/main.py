@@ -205,10 +205,12 @@ def _demo_new_film(server, repository: Path, titles: dict[int, str]) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from widefunnel.client.client import WidefunnelClient
     from widefunnel.data import SOURCE, load_catalogue
+    from widefunnel.layout import CONFIG_FILE
+    from widefunnel.model_configs import ENSEMBLE
     from widefunnel.server import TritonServer
 
     repository = Path(args.repository)
-    if args.rebuild or not (repository / "widefunnel" / "config.pbtxt").exists():
+    if args.rebuild or not (repository / ENSEMBLE / CONFIG_FILE).exists():
         print(f"building the model repository in {repository} from MovieLens-100K ({SOURCE})", flush=True)
         rc = _build(argparse.Namespace(config=args.config, repository=repository, target="cpu", version=None,
                                        quiet=False, items=None))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from widefunnel import model_configs as mcfg
+from widefunnel.layout import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def read_results(export: Path) -> list[dict]:
 
 def config_settings(output_repository: Path, config_name: str) -> tuple[int, int]:
     """(max_queue_delay_us, instances) of one config Model Analyzer wrote."""
-    config = mcfg.from_pbtxt((output_repository / config_name / "config.pbtxt").read_text())
+    config = mcfg.from_pbtxt((output_repository / config_name / CONFIG_FILE).read_text())
     return (int(config.dynamic_batching.max_queue_delay_microseconds),
             sum(g.count or 1 for g in config.instance_group) or 1)
 

@@ -16,7 +16,7 @@ from widefunnel.ann.filters import HeadFilter
 from widefunnel.ann.index import Int8Index, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import prepare_index
-from widefunnel.layout import ITEM_ATTRIBUTES
+from widefunnel.layout import CONFIG_FILE, INDEX_DIR, ITEM_ATTRIBUTES
 from widefunnel.merge import HEADS, Recommendation, merge_batch
 from widefunnel.takedowns import TakedownWatch
 from widefunnel.validation import (
@@ -42,12 +42,12 @@ def _session(path: Path, threads: int = 1) -> ort.InferenceSession:
 
 
 def _pinned_versions(repository: Path) -> dict[str, int]:
-    config = mcfg.from_pbtxt((repository / mcfg.ENSEMBLE / "config.pbtxt").read_text())
+    config = mcfg.from_pbtxt((repository / mcfg.ENSEMBLE / CONFIG_FILE).read_text())
     return {s.model_name: s.model_version for s in config.ensemble_scheduling.step}
 
 
 def _parameters(repository: Path, model: str) -> dict[str, str]:
-    config = mcfg.from_pbtxt((repository / model / "config.pbtxt").read_text())
+    config = mcfg.from_pbtxt((repository / model / CONFIG_FILE).read_text())
     return {k: v.string_value for k, v in config.parameters.items()}
 
 
@@ -76,7 +76,7 @@ class InProcessFunnel:
         self.ann_params: dict[str, dict[str, str]] = {}
         self.head_filters: dict[str, HeadFilter] = {}
         for head in mcfg.HEADS:
-            self.indexes[head] = load_index(repository / f"ann_{head}" / str(v[f"ann_{head}"]) / "index")
+            self.indexes[head] = load_index(repository / f"ann_{head}" / str(v[f"ann_{head}"]) / INDEX_DIR)
             self.rerankers[head] = _session(
                 repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx", threads)
             self.ann_params[head] = _parameters(repository, f"ann_{head}")

@@ -23,6 +23,19 @@ CONFIG_FILE = "config.pbtxt"
 # A build's training state (builders.state), in its query tower's version folder: `items add` grows it.
 BUILD_STATE_FILE = "build_state.pt"
 FINGERPRINTS_PARAMETER = "tower_fingerprints"
+INDEX_DIR = "index"  # an ANN version's int8 index (ann.index.save_index), in `<model>/<version>/`
+_FINGERPRINT_MASK = 0x7FFF_FFFF_FFFF_FFFF
+
+
+def fingerprint_hex(value: int) -> str:
+    """A build's fingerprint in its text form (16 hex digits, top bit clear): what configs, builds.json and the
+    `fingerprint` output carry."""
+    return f"{int(value) & _FINGERPRINT_MASK:016x}"
+
+
+def fingerprint_int(fingerprint: str) -> int:
+    """The text fingerprint as the non-negative int64 that steps emit as FINGERPRINT."""
+    return int(fingerprint, 16) & _FINGERPRINT_MASK
 
 
 def plugin_file(name: str, filename: str = "model.py") -> Path:

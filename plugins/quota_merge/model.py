@@ -12,6 +12,7 @@ import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in t
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from widefunnel.layout import fingerprint_hex
 from widefunnel.merge import HEADS, check_merge_inputs, merge_batch
 from widefunnel.model_configs import FINGERPRINT_INPUTS, model_parameters
 from widefunnel.plugins.stub import StepUnavailable, request_inputs, required_array, respond_each
@@ -42,7 +43,7 @@ class TritonPythonModel:
         merged = merge_batch(*heads, alpha, top_n, self.sort_by_score)
         names = np.array([b""] + [h.encode() for h in HEADS], dtype=object)
         source = names[merged.source.astype(np.int64) + 1]  # -1 (padding) -> b""
-        fingerprint = np.array([[f"{int(fp):016x}".encode()] for fp in fps[:, 0]], dtype=object)
+        fingerprint = np.array([[fingerprint_hex(fp).encode()] for fp in fps[:, 0]], dtype=object)
         return [pb_utils.Tensor("item_id", merged.ids), pb_utils.Tensor("score", merged.scores),
                 pb_utils.Tensor("source_head", source), pb_utils.Tensor("task_probs", merged.probs),
                 pb_utils.Tensor("fingerprint", fingerprint)]

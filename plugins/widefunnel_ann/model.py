@@ -19,7 +19,14 @@ from widefunnel.ann.filters import HeadFilter
 from widefunnel.ann.index import IndexLoadError, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import dequantized, prepare_index
-from widefunnel.layout import FINGERPRINTS_PARAMETER, ITEM_ATTRIBUTES, parse_fingerprints, repository_of
+from widefunnel.layout import (
+    FINGERPRINTS_PARAMETER,
+    INDEX_DIR,
+    ITEM_ATTRIBUTES,
+    fingerprint_int,
+    parse_fingerprints,
+    repository_of,
+)
 from widefunnel.model_configs import model_parameters
 from widefunnel.plugins.stub import input_array, request_inputs, required_array, respond_each
 from widefunnel.takedowns import TakedownWatch
@@ -55,7 +62,7 @@ class TritonPythonModel:
         if version not in expected:
             raise pb_utils.TritonModelException(
                 f"{self.name}: config parameter {FINGERPRINTS_PARAMETER} names no fingerprint for version {version}")
-        directory = os.path.join(args["model_repository"], version, "index")
+        directory = os.path.join(args["model_repository"], version, INDEX_DIR)
         try:
             self.index = load_index(directory, expected_fingerprint=expected[version])
             prepare_index(self.index)  # caches, the GEMM self-test and kernel warm-up: not on the first request
@@ -76,7 +83,7 @@ class TritonPythonModel:
         self.max_request_candidates = int(params.get("max_request_candidates", "0"))
         self.max_exclude = int(params.get("max_exclude", DEFAULT_MAX_EXCLUDE))
         self.emit_embeddings = params["emit_embeddings"].lower() == "true"
-        self.fingerprint = np.int64(int(self.index.manifest["tower_fingerprint"], 16) & 0x7FFF_FFFF_FFFF_FFFF)
+        self.fingerprint = np.int64(fingerprint_int(self.index.manifest["tower_fingerprint"]))
         self.gpu = None
         if args.get("model_instance_kind") == "GPU":
             from widefunnel.ann.triton_kernel import GpuIndex
