@@ -122,6 +122,8 @@ def test_served_by_13_digit_ids(shop, served, protocol):
             client.recommend([1])  # an internal id is no id of this catalogue
         with pytest.raises(WidefunnelError, match=r"include_genre: .*no item attributes"):
             client.recommend(seeds[:1], include_genres=["Comedy"])
+        with pytest.raises(WidefunnelError, match=r"min_year: this build has no item attributes"):
+            client.recommend(seeds[:1], years=(1990, 2000))
 
 
 def test_a_takedown_by_13_digit_id_is_never_served(shop, served):
