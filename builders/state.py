@@ -71,8 +71,10 @@ def load_state(path: Path) -> BuildState:
         raise ValueError(f"{path}: build state format {raw.get('format')!r}, this widefunnel reads {FORMAT}")
     cfg = json.loads(raw["config"])
     sd = raw["tower"]
+    bags = tuple(sd[f"bag_{i}"] for i in range(sum(1 for k in sd if k.startswith("bag_"))))
+    rows = int(sd["field_embedding.weight"].shape[0]) if "field_embedding.weight" in sd else 0
     tower = ItemTower(TowerFeatures(sd["genres"], sd["year_bucket"], sd["dense"], sd["content"], sd["content_row"],
-                                    sd["known"]), cfg["towers"], heads=raw["heads"])
+                                    sd["known"], bags, sd.get("floats"), rows), cfg["towers"], heads=raw["heads"])
     tower.load_state_dict(sd)
     rcfg = cfg["rerank"]
     dim = cfg["towers"]["embedding_dim"]

@@ -70,9 +70,28 @@ def tower_features(catalogue: Catalogue, popularity: np.ndarray, content: np.nda
     pop = np.log1p(popularity)
     dense = np.stack([pop / max(pop.max(), 1.0), scaled_year], axis=1)
     known = (popularity >= max(min_id_count, 0)).astype(np.float32)
+    bags, floats, rows = field_tables(catalogue)
     return TowerFeatures(torch.from_numpy(catalogue.genre_matrix()), torch.from_numpy(bucket),
                          torch.from_numpy(dense), torch.from_numpy(np.asarray(content, np.float32)),
-                         torch.from_numpy(np.asarray(content_row, np.int64)), torch.from_numpy(known))
+                         torch.from_numpy(np.asarray(content_row, np.int64)), torch.from_numpy(known),
+                         bags, floats, rows)
+
+
+def field_tables(catalogue: Catalogue) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, int]:
+    """A dataset's item fields as the tower's buffers: each token / token_seq field's codes moved into its own
+    range of one shared embedding table (row 0 pads; a token field's OOV code 0 keeps a learned row), the floats."""
+    features = catalogue.features
+    if features is None:
+        return (), None, 0
+    bags, offset = [], 1
+    for name, codes in features.tokens.items():  # one code per item, OOV included: never masked
+        bags.append(torch.from_numpy((codes + offset)[:, None]))
+        offset += features.vocabulary[name]
+    for name, codes in features.bags.items():  # 0 pads the bag; code c >= 1 -> its row
+        bags.append(torch.from_numpy(np.where(codes > 0, codes + offset - 1, 0)))
+        offset += features.vocabulary[name] - 1
+    floats = torch.from_numpy(features.dense) if features.dense.shape[1] else None
+    return tuple(bags), floats, offset
 
 
 def seed_everything(seed: int) -> None:

@@ -1,4 +1,5 @@
-"""Internal ids (dense 1..N) and the catalogue's ids, the config's conditions on the log: pure, no server."""
+"""Internal ids (dense 1..N) and the catalogue's ids, the config's conditions on the log, item fields as feature
+tables: pure, no server."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import pytest
 
 from widefunnel.config import load_config
 from widefunnel.data import funnel_data, load_catalogue, load_interactions
-from widefunnel.dataset import DatasetConfigError
+from widefunnel.dataset import DatasetConfigError, load_dataset
 from widefunnel.dataset.conditions import Condition
+from widefunnel.dataset.features import item_features
 from widefunnel.dataset.movielens import load_movielens
+from widefunnel.dataset.synthetic_shop import generate_shop, write_parquet
 from widefunnel.item_ids import NONE, InternalTakedowns, ItemIds
 from widefunnel.router import external_of
 
@@ -69,3 +72,17 @@ def test_conditions_are_parsed_not_evaluated():
             Condition.parse(text, "dataset.positive")
     with pytest.raises(DatasetConfigError, match="is a float"):
         Condition.parse("rating >= high", "k").evaluate(log, "k")
+
+
+def test_item_fields_become_feature_tables_by_type(tmp_path):
+    dataset = load_dataset(write_parquet(generate_shop(50, 200, 2000, seed=1), tmp_path, parts=0))
+    features = item_features(dataset.items, skip=("title", "description"), max_bag=1)
+    n = len(dataset.items)
+    assert set(features.tokens) == {"brand"} and set(features.bags) == {"categories"}
+    assert features.tokens["brand"].shape == (n + 1,) and features.tokens["brand"][0] == 0
+    assert features.bags["categories"].shape == (n + 1, 1)  # truncated to max_bag
+    assert features.dense_names == ("price", "price:missing") and features.dense.shape == (n + 1, 2)
+    z = features.dense[1:, 0]
+    assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 1e-3 and not features.dense[0].any()
+    rare = item_features(dataset.items, skip=("title", "description", "categories"), min_count=10**6)
+    assert not rare.tokens["brand"].any() and rare.vocabulary["brand"] == 1  # every token in the OOV bucket

@@ -81,6 +81,15 @@ def test_the_build_keeps_internal_ids_inside(shop, builds):
     assert quota.parameters["max_item_id"].string_value == str(len(shop["ids"]))
 
 
+def test_every_item_field_is_a_tower_feature(builds):
+    from widefunnel.builders.state import load_state
+
+    tower = load_state(builds["atomic"] / "query_tower" / "1" / layout.BUILD_STATE_FILE).tower
+    assert tower.fields == 4  # title, description, categories (bags), brand (a token with its OOV row)
+    assert tower.floats.shape == (3001, 2)  # price z-scored, its missing flag
+    assert tower.bag_0.shape == (3001, 1)  # brand: one code per item
+
+
 def test_parquet_builds_the_same_funnel_as_atomic(builds):
     """Same data, same seed: the same tower (fingerprint), so the same answers."""
     fingerprints = [layout.build_fingerprint(builds[k], 1) for k in ("atomic", "parquet")]

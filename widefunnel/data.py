@@ -18,6 +18,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from widefunnel.dataset import Dataset
+    from widefunnel.dataset.features import ItemFeatures
 
 SOURCE = "recbole==1.2.1: recbole/dataset_example/ml-100k (MovieLens-100K, GroupLens Research)"
 
@@ -34,6 +35,7 @@ class Catalogue:
     genre_names: tuple[str, ...]
     texts: dict[int, str] | None = None  # the content encoder's input per item; None: from title, year, genres
     external_ids: np.ndarray | None = None  # int64 [table_size], -1 where no item; None: identity
+    features: ItemFeatures | None = None  # the dataset's own item fields as tower tables; None: MovieLens'
 
     @property
     def table_size(self) -> int:
@@ -195,9 +197,11 @@ def funnel_data(dataset: Dataset, table: dict) -> tuple[Catalogue, Interactions]
 
     ``table`` is the config's `[dataset]`: its `positive` and `tasks` conditions label the log. MovieLens
     (`path` empty) keeps its genres and years (the filters' attributes, the tower's features) and its text;
-    any other dataset is served from its id, popularity and content text (`Dataset.text`), with no attributes."""
+    any other dataset is served from its id, popularity, content text (`Dataset.text`) and every item field as a
+    feature (`dataset.features`), with no filter attributes yet."""
     from widefunnel.dataset.columns import FloatColumn
     from widefunnel.dataset.conditions import Condition, parse_tasks
+    from widefunnel.dataset.features import item_features
 
     external = dataset.items.ids
     internal = np.arange(1, len(external) + 1, dtype=np.int64)
@@ -211,7 +215,8 @@ def funnel_data(dataset: Dataset, table: dict) -> tuple[Catalogue, Interactions]
         titles = dict(zip(keys, (t.strip() for t in dataset.titles())))
         catalogue = Catalogue(internal, titles, np.zeros(len(internal) + 1, np.int64), {}, (),
                               texts=dict(zip(keys, dataset.text())),
-                              external_ids=np.concatenate([[-1], external]).astype(np.int64))
+                              external_ids=np.concatenate([[-1], external]).astype(np.int64),
+                              features=item_features(dataset.items))
         log = dataset.interactions
         rating = log.columns.get(dataset.config.roles.get("rating", "rating"))
         ratings = np.zeros(len(log), np.int64)
