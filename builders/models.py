@@ -39,6 +39,12 @@ class TowerFeatures:
     content: torch.Tensor  # [rows, 384] float32
     content_row: torch.Tensor  # [table] int64
     known: torch.Tensor  # [table] float32 in {0, 1}
+    # A dataset's own item fields (`widefunnel.dataset.features`): per token / token_seq field a code matrix
+    # [table, L] into one shared embedding table of ``field_rows`` rows (0 pads; a token field's OOV bucket is
+    # a learned row of its own), and the z-scored floats and float_seq vectors [table, F]. Empty for MovieLens.
+    bags: tuple[torch.Tensor, ...] = ()
+    floats: torch.Tensor | None = None
+    field_rows: int = 0
 
 
 DENSE = ("popularity", "year")  # the columns of `TowerFeatures.dense`
@@ -68,10 +74,37 @@ class ItemTower(nn.Module):
         self.genre = nn.Linear(features.genres.shape[1], cfg["genre_dim"], bias=False)
         self.year = nn.Embedding(int(features.year_bucket.max()) + 1, cfg["year_dim"])
         width = cfg["id_dim"] + cfg["content_dim"] + cfg["genre_dim"] + cfg["year_dim"] + features.dense.shape[1]
+        field_dim = cfg.get("field_dim", 16)
+        floats = 0 if features.floats is None else features.floats.shape[1]
+        width += len(features.bags) * field_dim + floats
         self.backbone = mlp([width, *cfg["hidden"]], final_activation=True)
         self.heads = nn.ModuleList(
             mlp([cfg["hidden"][-1], cfg["head_hidden"], cfg["embedding_dim"]]) for _ in range(heads)
         )
+        # after every other module: a catalogue without fields of its own initialises exactly as before
+        self.fields = len(features.bags)
+        for i, bag in enumerate(features.bags):
+            self.register_buffer(f"bag_{i}", bag.long())
+        if self.fields:
+            self.field_embedding = nn.Embedding(features.field_rows, field_dim, padding_idx=0)
+            nn.init.normal_(self.field_embedding.weight, std=0.05)
+            with torch.no_grad():
+                self.field_embedding.weight[0] = 0
+        self.has_floats = bool(floats)
+        if self.has_floats:
+            self.register_buffer("floats", features.floats.float())
+
+    def _fields(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """Per field the masked mean of its codes' embeddings (a token field: one code), then the floats."""
+        out = []
+        for i in range(self.fields):
+            codes = getattr(self, f"bag_{i}")[ids]  # [B, L]
+            mask = (codes > 0).float().unsqueeze(-1)
+            summed = (self.field_embedding(codes) * mask).sum(1)
+            out.append(summed / mask.sum(1).clamp(min=1.0))
+        if self.has_floats:
+            out.append(self.floats[ids])
+        return out
 
     def forward(self, ids: torch.Tensor, cold: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """``cold`` (bool, like ``ids``; training only): serve these as items never seen in training."""
@@ -83,7 +116,8 @@ class ItemTower(nn.Module):
             keep[:, POPULARITY] = (~cold).float()
             dense = dense * keep
         x = torch.cat([self.id_embedding(ids) * warm[:, None], self.project(self.content[self.content_row[ids]]),
-                       self.genre(self.genres[ids]), self.year(self.year_bucket[ids]), dense], dim=-1)
+                       self.genre(self.genres[ids]), self.year(self.year_bucket[ids]), dense, *self._fields(ids)],
+                      dim=-1)
         h = self.backbone(x)
         return tuple(F.normalize(head(h), dim=-1) for head in self.heads)
 

@@ -166,6 +166,9 @@ def decode_items_file(data: bytes, source: str) -> str:
 
 def parse_new_items(text: str, source: str, catalogue: Catalogue) -> list[NewItem]:
     """Validate a file of new items against the catalogue they join; NewItemsError names the line and field."""
+    if catalogue.external_ids is not None:  # new items' fields follow MovieLens' (title, year, genres)
+        raise NewItemsError(f"{source}: `items add` grows MovieLens builds only; rebuild a dataset of your own "
+                            f"with `widefunnel build --dataset` to add items to it")
     items: list[NewItem] = []
     seen: dict[int, str] = {}
     known = set(catalogue.item_ids.tolist())

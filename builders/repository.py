@@ -26,7 +26,9 @@ from widefunnel.builders import gpu
 from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
 from widefunnel.builders.state import save_state
 from widefunnel.builders.train import TrainedFunnel, TrainingData, train_funnel, value_weights
+from widefunnel.config import task_names
 from widefunnel.data import Catalogue
+from widefunnel.item_ids import ItemIds
 from widefunnel.layout import (
     CONFIG_FILE,
     FINGERPRINTS_PARAMETER,
@@ -118,7 +120,7 @@ def _ann_parameters(repository: Path, head: str, version: int, fingerprint: str,
 def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int, fingerprint: str,
                  dim: int, max_item_id: int, engines: bool = False, genres: tuple[str, ...] = ()
                  ) -> dict[str, object]:
-    tasks = len(cfg["scorer"]["tasks"])
+    tasks = len(task_names(cfg))
     mcf = cfg["merge"]
     per_request = cfg["serving"]["max_request_candidates"]
     preprocess_params = {
@@ -185,7 +187,7 @@ def build_engines(writer: VersionWriter, cfg: dict, target: mcfg.Target, dim: in
             f"backend with the TensorRT accelerator, FP16); rebuild on a GPU host for model.plan files.")
         return False
     profiles = gpu.stage_profiles(target.max_batch_size, dim, cfg["ann"]["k"], 4096, cfg["rerank"]["keep"],
-                                  len(cfg["scorer"]["tasks"]))
+                                  len(task_names(cfg)))
     for name in ONNX_STAGES:
         folder = writer.folder(name)
         stage = "rerank" if name.startswith("rerank") else name
@@ -195,16 +197,26 @@ def build_engines(writer: VersionWriter, cfg: dict, target: mcfg.Target, dim: in
 
 
 def ensemble_configs(cfg: dict, target: mcfg.Target, version: int) -> dict[str, object]:
-    tasks = len(cfg["scorer"]["tasks"])
+    tasks = len(task_names(cfg))
     versions = dict.fromkeys(mcfg.STEP_MODELS, version)
     return {mcfg.ENSEMBLE: mcfg.ensemble_config(target, tasks, versions),
             mcfg.RETRIEVE_ENSEMBLE: mcfg.retrieve_config(target, tasks, versions),
             mcfg.SCORE_ENSEMBLE: mcfg.score_config(target, tasks, versions)}
 
 
+def item_ids_of(catalogue: Catalogue) -> ItemIds:
+    """The external id of each internal id (identity where the catalogue has no map: MovieLens)."""
+    if catalogue.external_ids is not None:
+        return ItemIds(catalogue.external_ids)
+    return ItemIds.of_items(catalogue.item_ids, catalogue.item_ids, catalogue.table_size)
+
+
 def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Catalogue, cfg: dict,
                     fingerprint: str) -> None:
-    np.save(writer.folder("preprocess") / "catalogue.npy", catalogue.item_ids)
+    ids = item_ids_of(catalogue)
+    np.save(writer.folder("preprocess") / layout.CATALOGUE_FILE, np.sort(ids.to_external(catalogue.item_ids)))
+    for step in ("preprocess", "quota_merge", *(f"ann_{head}" for head in HEADS)):
+        ids.save(writer.folder(step))
     install_plugin("preprocess", writer.folder("preprocess"))
     install_plugin("quota_merge", writer.folder("quota_merge"))
     export_query_tower(funnel.tower, fingerprint, writer.folder("query_tower") / "model.onnx")
@@ -216,7 +228,7 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
         attributes.save(writer.folder(f"ann_{head}") / ITEM_ATTRIBUTES)
         codes, scales = item_table(index, cat.table_size)
         export_reranker(reranker, codes, scales, fingerprint, writer.folder(f"rerank_{head}") / "model.onnx")
-    export_scorer(funnel.scorer, len(cfg["scorer"]["tasks"]), fingerprint,
+    export_scorer(funnel.scorer, len(task_names(cfg)), fingerprint,
                   writer.folder("composite_scorer") / "model.onnx")
 
 
@@ -268,13 +280,16 @@ def write_repository(repository: Path, funnel: TrainedFunnel, catalogue: Catalog
 
 
 def build(repository: Path, cfg: dict, target: mcfg.Target, version: int | None = None,
-          progress: bool = True, items: int | None = None) -> BuildResult:
-    """``items``: the catalogue's size, the real items plus synthetic ones (``builders.synthetic``)."""
+          progress: bool = True, items: int | None = None, dataset=None) -> BuildResult:
+    """``items``: the catalogue's size, the real items plus synthetic ones (``builders.synthetic``).
+    ``dataset``: the config's dataset, already loaded and checked (`builders.train.load_configured_dataset`)."""
     start = time.monotonic()
-    data = TrainingData.load(cfg, progress)
+    data = TrainingData.load(cfg, progress, dataset)
     funnel = train_funnel(data, cfg, tower_fingerprint, progress)
     record = None
     if items is not None and items != len(data.catalogue.item_ids):
+        if data.catalogue.external_ids is not None:
+            raise ValueError("--items widens MovieLens builds only (synthetic items copy MovieLens' fields)")
         from widefunnel.builders.synthetic import widen
 
         funnel, data, synthetic = widen(funnel, data, cfg, items, tower_fingerprint)

@@ -35,6 +35,7 @@ from widefunnel.layout import (
     FINGERPRINTS_PARAMETER,
     INDEX_DIR,
     ITEM_ATTRIBUTES,
+    ITEM_IDS,
     atomic_write,
     commit_version,
     format_fingerprints,
@@ -125,6 +126,9 @@ def write_shard_repositories(source: Path, shard_repositories: list[Path], prune
                 attributes = source / model / str(version) / ITEM_ATTRIBUTES
                 if attributes.exists():  # keyed by id: every shard reads the whole table for its own rows
                     shutil.copy2(attributes, staged / ITEM_ATTRIBUTES)
+                item_ids = source / model / str(version) / ITEM_IDS
+                if item_ids.exists():  # takedowns and CANDIDATE_ITEM_ID in the catalogue's ids
+                    shutil.copy2(item_ids, staged / ITEM_IDS)
                 (staged / SHARD_FILE).write_text(json.dumps(part.describe(), indent=2, sort_keys=True) + "\n")
                 commit_version(staged, version)
         if prune:

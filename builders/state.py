@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, TowerFeatures
+from widefunnel.config import task_names
 from widefunnel.data import Catalogue
 
 FORMAT = 1
@@ -33,7 +34,7 @@ class BuildState:
     def scorer(self, features: torch.Tensor) -> CompositeScorer:
         """The trained scorer over ``features`` (one row per item id)."""
         scfg = self.cfg["scorer"]
-        scorer = CompositeScorer(features, scfg["hidden"], len(scfg["tasks"]))
+        scorer = CompositeScorer(features, scfg["hidden"], len(task_names(self.cfg)))
         scorer.load_state_dict({**self.scorer_state, SCORER_TABLE: features.float()})
         return scorer.eval()
 
@@ -54,7 +55,10 @@ def save_state(path: Path, funnel, catalogue: Catalogue, cfg: dict) -> None:
         "scorer": {k: v for k, v in funnel.scorer.state_dict().items() if k != SCORER_TABLE},
         "catalogue": {"item_ids": torch.from_numpy(catalogue.item_ids), "years": torch.from_numpy(catalogue.years),
                       "titles": {int(k): v for k, v in catalogue.titles.items()},
-                      "genre_names": list(catalogue.genre_names)},
+                      "genre_names": list(catalogue.genre_names),
+                      **({} if catalogue.external_ids is None else
+                         {"external_ids": torch.from_numpy(catalogue.external_ids),
+                          "texts": {int(k): v for k, v in (catalogue.texts or {}).items()}})},
     }, path)
 
 
@@ -67,8 +71,10 @@ def load_state(path: Path) -> BuildState:
         raise ValueError(f"{path}: build state format {raw.get('format')!r}, this widefunnel reads {FORMAT}")
     cfg = json.loads(raw["config"])
     sd = raw["tower"]
+    bags = tuple(sd[f"bag_{i}"] for i in range(sum(1 for k in sd if k.startswith("bag_"))))
+    rows = int(sd["field_embedding.weight"].shape[0]) if "field_embedding.weight" in sd else 0
     tower = ItemTower(TowerFeatures(sd["genres"], sd["year_bucket"], sd["dense"], sd["content"], sd["content_row"],
-                                    sd["known"]), cfg["towers"], heads=raw["heads"])
+                                    sd["known"], bags, sd.get("floats"), rows), cfg["towers"], heads=raw["heads"])
     tower.load_state_dict(sd)
     rcfg = cfg["rerank"]
     dim = cfg["towers"]["embedding_dim"]
@@ -82,5 +88,8 @@ def load_state(path: Path) -> BuildState:
     ids = c["item_ids"].numpy()
     matrix = tower.genres.numpy()
     genres = {int(i): tuple(names[j] for j in np.flatnonzero(matrix[i])) for i in ids}
-    catalogue = Catalogue(ids, dict(c["titles"]), c["years"].numpy(), genres, names)
+    external = c.get("external_ids")
+    catalogue = Catalogue(ids, dict(c["titles"]), c["years"].numpy(), genres, names,
+                          dict(c["texts"]) if "texts" in c else None,
+                          None if external is None else external.numpy())
     return BuildState(cfg, tower.eval(), rerankers, raw["scorer"], catalogue)

@@ -1,4 +1,4 @@
-"""Training of every learned stage on MovieLens-100K: towers (MTMH), rerankers, composite scorer."""
+"""Training of every learned stage on the configured dataset: towers (MTMH), rerankers, composite scorer."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ from widefunnel.ann.search import exact_search
 from widefunnel.builders.losses import distillation_kl, info_nce, ordinal_loss
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, TowerFeatures, unified_value
 from widefunnel.builders.teacher import teacher_embeddings
-from widefunnel.data import (
-    Catalogue,
-    Interactions,
-    Split,
-    co_engagement_pairs,
-    load_catalogue,
-    load_interactions,
-    time_split,
-)
+from widefunnel.config import DEFAULT_TASK_WEIGHT, dataset_config, task_names
+from widefunnel.data import Catalogue, Interactions, Split, co_engagement_pairs, funnel_data, time_split
+from widefunnel.dataset import Dataset, load_dataset
+from widefunnel.dataset.movielens import load_movielens
+
+
+def load_configured_dataset(cfg: dict) -> Dataset:
+    """`[dataset] path` read and checked whole (a malformed one raises `DatasetError` before anything is
+    written); empty: MovieLens-100K through the same reader."""
+    path = cfg["dataset"]["path"]
+    return load_dataset(path, dataset_config(cfg)) if path else load_movielens()
 
 
 @dataclass
@@ -34,8 +36,10 @@ class TrainingData:
     content_row: np.ndarray | None = None  # [table_size] item -> teacher row; None: row = item id
 
     @classmethod
-    def load(cls, cfg: dict, progress: bool = True) -> TrainingData:
-        catalogue, inter = load_catalogue(), load_interactions()
+    def load(cls, cfg: dict, progress: bool = True, dataset: Dataset | None = None) -> TrainingData:
+        """``dataset``: already loaded (the CLI checks it before anything is written); else the config's."""
+        dataset = dataset if dataset is not None else load_configured_dataset(cfg)
+        catalogue, inter = funnel_data(dataset, cfg["dataset"])
         pairs = co_engagement_pairs(inter, cfg["data"]["min_rating"], cfg["data"]["window"])
         split = time_split(pairs, inter, cfg["data"]["split_quantile"], catalogue.table_size)
         cap = cfg["data"]["max_train_pairs"]
@@ -66,9 +70,28 @@ def tower_features(catalogue: Catalogue, popularity: np.ndarray, content: np.nda
     pop = np.log1p(popularity)
     dense = np.stack([pop / max(pop.max(), 1.0), scaled_year], axis=1)
     known = (popularity >= max(min_id_count, 0)).astype(np.float32)
+    bags, floats, rows = field_tables(catalogue)
     return TowerFeatures(torch.from_numpy(catalogue.genre_matrix()), torch.from_numpy(bucket),
                          torch.from_numpy(dense), torch.from_numpy(np.asarray(content, np.float32)),
-                         torch.from_numpy(np.asarray(content_row, np.int64)), torch.from_numpy(known))
+                         torch.from_numpy(np.asarray(content_row, np.int64)), torch.from_numpy(known),
+                         bags, floats, rows)
+
+
+def field_tables(catalogue: Catalogue) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, int]:
+    """A dataset's item fields as the tower's buffers: each token / token_seq field's codes moved into its own
+    range of one shared embedding table (row 0 pads; a token field's OOV code 0 keeps a learned row), the floats."""
+    features = catalogue.features
+    if features is None:
+        return (), None, 0
+    bags, offset = [], 1
+    for name, codes in features.tokens.items():  # one code per item, OOV included: never masked
+        bags.append(torch.from_numpy((codes + offset)[:, None]))
+        offset += features.vocabulary[name]
+    for name, codes in features.bags.items():  # 0 pads the bag; code c >= 1 -> its row
+        bags.append(torch.from_numpy(np.where(codes > 0, codes + offset - 1, 0)))
+        offset += features.vocabulary[name] - 1
+    floats = torch.from_numpy(features.dense) if features.dense.shape[1] else None
+    return tuple(bags), floats, offset
 
 
 def seed_everything(seed: int) -> None:
@@ -195,18 +218,23 @@ def scorer_features(features: TowerFeatures, tower_tables: list[np.ndarray]) -> 
 
 
 def scorer_examples(data: TrainingData, cfg: dict, negatives_per_positive: int = 1) -> dict[str, np.ndarray]:
-    """Co-engaged pairs over ALL ratings (engaged), liked = rating >= 4, loved = rating 5; random negatives."""
+    """Co-engaged pairs over every interaction, labelled by the config's tasks (`[dataset.tasks]`: by default
+    engaged, liked = rating >= 4, loved = rating 5); random negatives."""
     rng = np.random.default_rng(cfg["seed"])
-    every = co_engagement_pairs(data.interactions, 1, cfg["data"]["window"])
+    every = co_engagement_pairs(data.interactions, 1, cfg["data"]["window"], every=True)
     every = every.take(every.timestamp <= data.split.split_time)
     pick = rng.choice(len(every), size=min(len(every), 150_000), replace=False)
     q, t, r = every.query[pick], every.target[pick], every.rating[pick]
+    tasks = len(task_names(cfg))
     nq = np.repeat(q, negatives_per_positive)
     nt = rng.choice(data.catalogue.item_ids, size=len(nq))
     query, target = np.concatenate([q, nq]), np.concatenate([t, nt])
     engaged = np.concatenate([np.ones(len(q)), np.zeros(len(nq))])
     rating = np.concatenate([r, np.zeros(len(nq))])
-    labels = np.stack([engaged, rating >= 4, rating >= 5], axis=1).astype(np.float32)
+    if every.labels is not None:  # the config's tasks, as conditions on the target interaction
+        labels = np.concatenate([every.labels[pick], np.zeros((len(nq), tasks), bool)]).astype(np.float32)
+    else:
+        labels = np.stack([engaged, rating >= 4, rating >= 5], axis=1).astype(np.float32)
     level = relevance_levels(data.teacher, query, target, relevance_thresholds(data, cfg["seed"]))
     return {"query": query, "target": target, "labels": labels, "level": level}
 
@@ -216,7 +244,7 @@ def train_scorer(data: TrainingData, tower_tables: list[np.ndarray], cfg: dict,
     scfg = cfg["scorer"]
     seed_everything(cfg["seed"])
     ex = scorer_examples(data, cfg)
-    model = CompositeScorer(scorer_features(data.tower_inputs(), tower_tables), scfg["hidden"], len(scfg["tasks"]))
+    model = CompositeScorer(scorer_features(data.tower_inputs(), tower_tables), scfg["hidden"], len(task_names(cfg)))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     q, t = torch.from_numpy(ex["query"]), torch.from_numpy(ex["target"])
     y, lvl = torch.from_numpy(ex["labels"]), torch.from_numpy(ex["level"])
@@ -241,7 +269,7 @@ def train_scorer(data: TrainingData, tower_tables: list[np.ndarray], cfg: dict,
 def value_weights(cfg: dict) -> np.ndarray:
     """The config's unified-value weights in tensor order: tasks..., relevance."""
     w = cfg["scorer"]["weights"]
-    return np.array([w[t] for t in cfg["scorer"]["tasks"]] + [w["relevance"]], dtype=np.float32)
+    return np.array([w.get(t, DEFAULT_TASK_WEIGHT) for t in task_names(cfg)] + [w["relevance"]], dtype=np.float32)
 
 
 @dataclass

@@ -19,12 +19,24 @@ DEMO_SEEDS = (1, 50, 181, 98, 423)  # Toy Story, Star Wars, Return of the Jedi, 
 
 def _build(args: argparse.Namespace) -> int:
     from widefunnel.builders.repository import build
+    from widefunnel.builders.train import load_configured_dataset
     from widefunnel.config import load_config
+    from widefunnel.dataset import DatasetConfigError, DatasetError
     from widefunnel.model_configs import Target
 
-    cfg = load_config(args.config)
-    result = build(args.repository, cfg, Target(kind=args.target), args.version, progress=not args.quiet,
-                   items=args.items)
+    dataset_path = getattr(args, "dataset", None)
+    try:
+        cfg = load_config(args.config, {"dataset": {"path": str(dataset_path)}} if dataset_path else None)
+        dataset = load_configured_dataset(cfg)  # checked whole before anything is written
+    except (DatasetError, DatasetConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = build(args.repository, cfg, Target(kind=args.target), args.version, progress=not args.quiet,
+                       items=args.items, dataset=dataset)
+    except DatasetConfigError as exc:  # a task condition naming a field the log lacks: before anything is written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"built version {result.version} (fingerprint {result.fingerprint}) of {result.repository} "
           f"for target {args.target} in {result.seconds:.0f}s")
     return 0
@@ -513,8 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="widefunnel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("build", help="train on MovieLens-100K and write a Triton model repository version")
+    p = sub.add_parser("build", help="train on a dataset (default MovieLens-100K) and write a repository version")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--dataset", type=Path, default=None,
+                   help="a folder of RecBole atomic files or Parquet tables (sets [dataset] path)")
     p.add_argument("--config", type=Path, default=None, help="TOML overriding widefunnel/default.toml")
     p.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--version", type=int, default=None, help="version number (default: next)")

@@ -51,9 +51,22 @@ def failure_reason(exc: BaseException) -> str:
     return "internal"
 
 
-def combine(answers: list, shards: int, k: int, want_emb: bool, allow_partial: bool) -> tuple[dict, list]:
-    """The shards' answers (tuples of CANDIDATE_ID, CANDIDATE_SCORE, FINGERPRINT[, CANDIDATE_EMB], or the
-    exception each raised) -> (the router's outputs, the shards that failed). Pure: tested without a server."""
+def external_of(merged: np.ndarray, internal: list[np.ndarray], external: list[np.ndarray]) -> np.ndarray:
+    """The merged internal ids in the catalogue's ids, from the shards' own (CANDIDATE_ID, CANDIDATE_ITEM_ID)
+    pairs: every merged id came from some shard's list, so the router needs no id table. Pads (< 0) stay."""
+    pairs_in = np.concatenate([a.ravel() for a in internal])
+    pairs_out = np.concatenate([a.ravel() for a in external])
+    order = np.argsort(pairs_in, kind="stable")
+    pairs_in, pairs_out = pairs_in[order], pairs_out[order]
+    pos = np.minimum(np.searchsorted(pairs_in, merged), max(len(pairs_in) - 1, 0))
+    return np.where(merged < 0, merged, pairs_out[pos] if len(pairs_out) else merged)
+
+
+def combine(answers: list, shards: int, k: int, want_emb: bool, allow_partial: bool,
+            want_item_ids: bool = False) -> tuple[dict, list]:
+    """The shards' answers (tuples of CANDIDATE_ID, CANDIDATE_SCORE, FINGERPRINT[, CANDIDATE_EMB]
+    [, CANDIDATE_ITEM_ID], or the exception each raised) -> (the router's outputs, the shards that failed).
+    Pure: tested without a server."""
     invalid = [a for a in answers if isinstance(a, InvalidRequest)]
     if invalid:
         raise invalid[0]
@@ -73,6 +86,8 @@ def combine(answers: list, shards: int, k: int, want_emb: bool, allow_partial: b
            "COVERAGE": np.full((batch, 1), len(ok) / shards, np.float32)}
     if want_emb:
         out["CANDIDATE_EMB"] = merged.embeddings.astype(np.float32)
+    if want_item_ids:
+        out["CANDIDATE_ITEM_ID"] = external_of(merged.ids, [a[0] for a in ok], [a[-1] for a in ok])
     return out, failed
 
 
@@ -143,8 +158,10 @@ class ShardRouter:
         finally:
             self.record("duration", s, (time.monotonic_ns() - start) // 1000)
 
-    async def _route(self, tensors: dict[str, np.ndarray], want_emb: bool) -> dict[str, np.ndarray]:
-        outputs = ["CANDIDATE_ID", "CANDIDATE_SCORE", "FINGERPRINT"] + (["CANDIDATE_EMB"] if want_emb else [])
+    async def _route(self, tensors: dict[str, np.ndarray], want_emb: bool, want_item_ids: bool = False
+                     ) -> dict[str, np.ndarray]:
+        outputs = ["CANDIDATE_ID", "CANDIDATE_SCORE", "FINGERPRINT"] + (["CANDIDATE_EMB"] if want_emb else []) \
+            + (["CANDIDATE_ITEM_ID"] if want_item_ids else [])
         answers = await asyncio.gather(*(self._call_shard(s, tensors, outputs) for s in range(self.shards)),
                                        return_exceptions=True)
         if not any(isinstance(a, InvalidRequest) for a in answers):
@@ -152,15 +169,15 @@ class ShardRouter:
                 failure = isinstance(answer, ShardFailure)
                 self.record("failure" if failure else "success", s, answer.reason if failure else 0)
         k = int(tensors["K"].ravel()[0]) if "K" in tensors else self.settings.k
-        out, failed = combine(list(answers), self.shards, k, want_emb, self.settings.allow_partial)
+        out, failed = combine(list(answers), self.shards, k, want_emb, self.settings.allow_partial, want_item_ids)
         if failed:
             self.record("partial", 0, 0)
         return out
 
-    def route_batch(self, batch: list[tuple[dict[str, np.ndarray], bool]]) -> list:
-        """(tensors, wants embeddings) per request -> outputs dict or the exception, per request."""
+    def route_batch(self, batch: list[tuple]) -> list:
+        """(tensors, wants embeddings[, wants catalogue ids]) per request -> outputs dict or the exception."""
         async def all_of():
-            return await asyncio.gather(*(self._route(t, e) for t, e in batch), return_exceptions=True)
+            return await asyncio.gather(*(self._route(*request) for request in batch), return_exceptions=True)
 
         return self._run(all_of())
 

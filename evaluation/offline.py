@@ -302,7 +302,7 @@ def heldout_scorer_examples(data, cfg: dict, max_pairs: int = 40000) -> dict[str
     ratings (engaged), liked = rating >= 4, loved = rating 5, one random negative per positive; ordinal
     relevance level from the teacher with the training thresholds."""
     rng = np.random.default_rng(cfg["seed"] + 1)
-    every = co_engagement_pairs(data.interactions, 1, cfg["data"]["window"])
+    every = co_engagement_pairs(data.interactions, 1, cfg["data"]["window"], every=True)
     every = every.take(every.timestamp > data.split.split_time)
     pick = rng.choice(len(every), size=min(len(every), max_pairs), replace=False)
     q, t, r = every.query[pick], every.target[pick], every.rating[pick]

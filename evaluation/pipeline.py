@@ -5,6 +5,7 @@ baseline when measuring the ensemble's overhead.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,8 @@ from widefunnel.ann.filters import HeadFilter
 from widefunnel.ann.index import Int8Index, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import prepare_index
-from widefunnel.layout import CONFIG_FILE, INDEX_DIR, ITEM_ATTRIBUTES
+from widefunnel.item_ids import InternalTakedowns, ItemIds
+from widefunnel.layout import CATALOGUE_FILE, CONFIG_FILE, INDEX_DIR, ITEM_ATTRIBUTES
 from widefunnel.merge import HEADS, Recommendation, merge_batch
 from widefunnel.takedowns import TakedownWatch
 from widefunnel.validation import (
@@ -67,10 +69,12 @@ class InProcessFunnel:
         self.versions = v
         pre = _parameters(repository, "preprocess")
         self.limits = RequestLimits.from_parameters(
-            pre, np.load(repository / "preprocess" / str(v["preprocess"]) / "catalogue.npy"))
+            pre, np.load(repository / "preprocess" / str(v["preprocess"]) / CATALOGUE_FILE))
         self.tower = _session(repository / "query_tower" / str(v["query_tower"]) / "model.onnx", threads)
         self.scorer = _session(repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx", threads)
         self.takedowns = TakedownWatch(repository)
+        # requests and answers in the catalogue's ids; `retrieve` and `rerank` take internal ones, as the steps do
+        self.ids = ItemIds.load(repository / "preprocess" / str(v["preprocess"]))
         self.indexes: dict[str, Int8Index] = {}
         self.rerankers: dict[str, ort.InferenceSession] = {}
         self.ann_params: dict[str, dict[str, str]] = {}
@@ -82,7 +86,8 @@ class InProcessFunnel:
             self.ann_params[head] = _parameters(repository, f"ann_{head}")
             index = self.indexes[head]
             self.head_filters[head] = HeadFilter(index.ids, prepare_index(index).rows_of, repository / f"ann_{head}"
-                                                 / str(v[f"ann_{head}"]) / ITEM_ATTRIBUTES, self.takedowns.ids)
+                                                 / str(v[f"ann_{head}"]) / ITEM_ATTRIBUTES,
+                                                 InternalTakedowns(self.ids, self.takedowns.ids))
         self.gpu_indexes: dict[str, GpuIndex] = {}
         if ann_device is not None:
             from widefunnel.ann.triton_kernel import GpuIndex  # imports triton: only when asked for
@@ -134,15 +139,21 @@ class InProcessFunnel:
                                                                 candidates, keep))
         refuse_taken_down("seed_item_id", req.item_id, self.takedowns.ids())
         valid = self.filters(len(req.item_id), **filters) if filters else None
+        item_id = req.item_id
+        if self.ids is not None:
+            item_id = self.ids.to_internal(item_id)
+            if valid is not None:
+                valid = replace(valid, exclude_ids=self.ids.to_internal(valid.exclude_ids))
         heads = {}
-        for head, (ids, _, query) in self.retrieve(req.item_id, valid, int(req.k[0, 0])).items():
+        for head, (ids, _, query) in self.retrieve(item_id, valid, int(req.k[0, 0])).items():
             kept, _ = self.rerank(head, query, ids, req.keep)
             probs, score = self.scorer.run(["TASK_PROBS", "SCORE"], {
-                "ITEM_ID": req.item_id, "CANDIDATE_ID": kept, "VALUE_WEIGHTS": req.value_weights})
+                "ITEM_ID": item_id, "CANDIDATE_ID": kept, "VALUE_WEIGHTS": req.value_weights})
             heads[head] = (kept, score, probs)
         m = merge_batch(heads["engagement"], heads["relevance"], req.alpha, req.top_n)
         names = np.array([""] + list(HEADS), dtype=object)
-        result = Recommendation(m.ids, m.scores, names[m.source.astype(np.int64) + 1], m.probs, [])
+        answered = m.ids if self.ids is None else self.ids.to_external(m.ids)
+        result = Recommendation(answered, m.scores, names[m.source.astype(np.int64) + 1], m.probs, [])
         fp = self.indexes["engagement"].manifest["tower_fingerprint"]
         result.fingerprint = [fp] * len(req.item_id)
         return result

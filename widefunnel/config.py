@@ -11,6 +11,25 @@ from typing import Any
 import tomllib
 
 Config = dict[str, Any]
+# Tables a user's config replaces whole (their keys are the user's names: tasks, fields), not key by key.
+REPLACED_TABLES = ("weights", "tasks", "roles")
+DEFAULT_TASK_WEIGHT = 1.0
+
+
+def task_names(config: Config) -> list[str]:
+    """The composite scorer's tasks, in tensor order: `[dataset.tasks]` (a build state from before it existed
+    kept them in `scorer.tasks`)."""
+    if "tasks" in config.get("scorer", {}):
+        return list(config["scorer"]["tasks"])
+    return list(config["dataset"]["tasks"])
+
+
+def dataset_config(config: Config):  # -> DatasetConfig (imported lazily: config is read before the data layer)
+    """The reader's part of `[dataset]` (`widefunnel.dataset.DatasetConfig`); `positive` and `tasks` label the log."""
+    from widefunnel.dataset import DatasetConfig
+
+    table = {k: v for k, v in config["dataset"].items() if k not in ("positive", "tasks")}
+    return DatasetConfig.from_table(table)
 
 
 def default_config() -> Config:
@@ -23,7 +42,7 @@ def _overlay(base: Config, override: Config, path: str = "") -> Config:
         where = f"{path}{key}"
         if key not in base:
             raise KeyError(f"unknown config key '{where}'")
-        if isinstance(base[key], dict) and key != "weights":
+        if isinstance(base[key], dict) and key not in REPLACED_TABLES:
             if not isinstance(value, dict):
                 raise TypeError(f"config key '{where}' must be a table")
             out[key] = _overlay(base[key], value, where + ".")

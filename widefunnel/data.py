@@ -18,26 +18,33 @@ import numpy as np
 
 if TYPE_CHECKING:
     from widefunnel.dataset import Dataset
+    from widefunnel.dataset.features import ItemFeatures
 
 SOURCE = "recbole==1.2.1: recbole/dataset_example/ml-100k (MovieLens-100K, GroupLens Research)"
 
 
 @dataclass(frozen=True)
 class Catalogue:
-    item_ids: np.ndarray  # int64 [N], sorted; item id == row in feature tables (row 0 is padding)
+    """Items by internal id (dense 1..N: the row in every feature table; row 0 is padding). ``external_ids``
+    gives each internal id its catalogue id (`widefunnel.item_ids`); None: they are equal (MovieLens)."""
+
+    item_ids: np.ndarray  # int64 [N], sorted internal ids
     titles: dict[int, str]
     years: np.ndarray  # int64 [max_id + 1], 0 = unknown
     genres: dict[int, tuple[str, ...]]
     genre_names: tuple[str, ...]
+    texts: dict[int, str] | None = None  # the content encoder's input per item; None: from title, year, genres
+    external_ids: np.ndarray | None = None  # int64 [table_size], -1 where no item; None: identity
+    features: ItemFeatures | None = None  # the dataset's own item fields as tower tables; None: MovieLens'
 
     @property
     def table_size(self) -> int:
         return int(self.item_ids.max()) + 1
 
     def genre_matrix(self) -> np.ndarray:
-        """Multi-hot [max_id + 1, G] float32."""
+        """Multi-hot [max_id + 1, G] float32 (one all-zero column when the catalogue has no genres)."""
         index = {g: j for j, g in enumerate(self.genre_names)}
-        out = np.zeros((self.table_size, len(self.genre_names)), dtype=np.float32)
+        out = np.zeros((self.table_size, max(len(self.genre_names), 1)), dtype=np.float32)
         for item, gs in self.genres.items():
             for g in gs:
                 out[item, index[g]] = 1.0
@@ -45,6 +52,8 @@ class Catalogue:
 
     def text(self, item: int) -> str:
         """The content encoder's input for one item."""
+        if self.texts is not None:
+            return self.texts[item]
         return self.describe(self.titles[item], int(self.years[item]), self.genres[item])
 
     @staticmethod
@@ -58,6 +67,8 @@ class Interactions:
     items: np.ndarray
     ratings: np.ndarray
     timestamps: np.ndarray
+    positive: np.ndarray | None = None  # bool [M]: `[dataset] positive`; None: ratings >= data.min_rating
+    labels: np.ndarray | None = None  # bool [M, T]: `[dataset.tasks]`; None: engaged, rating >= 4, rating 5
 
 
 @dataclass(frozen=True)
@@ -66,12 +77,14 @@ class Pairs:
     target: np.ndarray
     rating: np.ndarray  # the target's rating by that user (labels for liked / loved)
     timestamp: np.ndarray
+    labels: np.ndarray | None = None  # bool [P, T]: the target interaction's task labels (`[dataset.tasks]`)
 
     def __len__(self) -> int:
         return len(self.query)
 
     def take(self, mask: np.ndarray) -> Pairs:
-        return Pairs(self.query[mask], self.target[mask], self.rating[mask], self.timestamp[mask])
+        return Pairs(self.query[mask], self.target[mask], self.rating[mask], self.timestamp[mask],
+                     None if self.labels is None else self.labels[mask])
 
 
 def _read(name: str) -> list[dict[str, str]]:
@@ -134,14 +147,19 @@ def interactions_of(dataset: Dataset) -> Interactions:
     )
 
 
-def co_engagement_pairs(inter: Interactions, min_rating: int, window: int) -> Pairs:
-    """(query, target) for each positive and the same user's next `window` positives, both directions."""
-    keep = inter.ratings >= min_rating
+def co_engagement_pairs(inter: Interactions, min_rating: int, window: int, every: bool = False) -> Pairs:
+    """(query, target) for each positive and the same user's next `window` positives, both directions.
+    Positives: ``inter.positive`` where the config set it, else ratings >= ``min_rating``; ``every``: all rows."""
+    if every:
+        keep = np.ones(len(inter.items), dtype=bool)
+    else:
+        keep = inter.positive if inter.positive is not None else inter.ratings >= min_rating
     users, items = inter.users[keep], inter.items[keep]
     ratings, ts = inter.ratings[keep], inter.timestamps[keep]
+    rows = np.flatnonzero(keep)
     order = np.lexsort((items, ts, users))
-    users, items, ratings, ts = users[order], items[order], ratings[order], ts[order]
-    q, t, r, s = [], [], [], []
+    users, items, ratings, ts, rows = users[order], items[order], ratings[order], ts[order], rows[order]
+    q, t, r, s, lab = [], [], [], [], []
     for offset in range(1, window + 1):
         same = users[offset:] == users[:-offset]
         a, b = np.arange(len(users) - offset)[same], np.arange(offset, len(users))[same]
@@ -149,7 +167,9 @@ def co_engagement_pairs(inter: Interactions, min_rating: int, window: int) -> Pa
         t += [items[b], items[a]]
         r += [ratings[b], ratings[a]]
         s += [ts[b], ts[b]]
-    return Pairs(np.concatenate(q), np.concatenate(t), np.concatenate(r), np.concatenate(s))
+        lab += [rows[b], rows[a]]
+    labels = None if inter.labels is None else inter.labels[np.concatenate(lab)]
+    return Pairs(np.concatenate(q), np.concatenate(t), np.concatenate(r), np.concatenate(s), labels)
 
 
 @dataclass(frozen=True)
@@ -170,3 +190,41 @@ def time_split(pairs: Pairs, inter: Interactions, quantile: float, table_size: i
     fresh = np.flatnonzero((first_seen > split_time) & (first_seen < np.iinfo(np.int64).max))
     popularity = np.bincount(train.target, minlength=table_size).astype(np.float64)
     return Split(train, test, split_time, fresh.astype(np.int64), popularity)
+
+
+def funnel_data(dataset: Dataset, table: dict) -> tuple[Catalogue, Interactions]:
+    """Any dataset -> the funnel's catalogue and log in internal ids (row + 1 of the sorted external ids).
+
+    ``table`` is the config's `[dataset]`: its `positive` and `tasks` conditions label the log. MovieLens
+    (`path` empty) keeps its genres and years (the filters' attributes, the tower's features) and its text;
+    any other dataset is served from its id, popularity, content text (`Dataset.text`) and every item field as a
+    feature (`dataset.features`), with no filter attributes yet."""
+    from widefunnel.dataset.columns import FloatColumn
+    from widefunnel.dataset.conditions import Condition, parse_tasks
+    from widefunnel.dataset.features import item_features
+
+    external = dataset.items.ids
+    internal = np.arange(1, len(external) + 1, dtype=np.int64)
+    if not table.get("path"):
+        if not np.array_equal(internal, external):
+            raise ValueError("MovieLens' item ids are no longer 1..N: its catalogue would need an id map")
+        catalogue = catalogue_of(dataset)
+        inter = interactions_of(dataset)
+    else:
+        keys = internal.tolist()
+        titles = dict(zip(keys, (t.strip() for t in dataset.titles())))
+        catalogue = Catalogue(internal, titles, np.zeros(len(internal) + 1, np.int64), {}, (),
+                              texts=dict(zip(keys, dataset.text())),
+                              external_ids=np.concatenate([[-1], external]).astype(np.int64),
+                              features=item_features(dataset.items))
+        log = dataset.interactions
+        rating = log.columns.get(dataset.config.roles.get("rating", "rating"))
+        ratings = np.zeros(len(log), np.int64)
+        if isinstance(rating, FloatColumn):  # kept for reports; the labels come from the conditions
+            ratings = np.nan_to_num(np.asarray(rating.values, np.float64)).astype(np.int64)
+        inter = Interactions(log.users, log.items + 1, ratings, log.timestamps.astype(np.int64))
+    log = dataset.interactions
+    positive = Condition.parse(table.get("positive", ""), "dataset.positive").evaluate(log, "dataset.positive")
+    tasks = parse_tasks(table.get("tasks", {}))
+    labels = np.stack([c.evaluate(log, f"dataset.tasks.{name}") for name, c in tasks.items()], axis=1)
+    return catalogue, Interactions(inter.users, inter.items, inter.ratings, inter.timestamps, positive, labels)

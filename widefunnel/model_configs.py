@@ -120,12 +120,14 @@ def query_tower_config(target: Target, dim: int) -> mc.ModelConfig:
 
 def ann_config(head: str, target: Target, dim: int, parameters: dict[str, str]) -> mc.ModelConfig:
     """CANDIDATE_EMB is produced only when a caller asks for it by name; the ensembles never do (the
-    rerankers gather candidates' codes from their own table)."""
+    rerankers gather candidates' codes from their own table). CANDIDATE_ID is internal (`widefunnel.item_ids`);
+    CANDIDATE_ITEM_ID, the same candidates in the catalogue's ids, likewise only when asked for (retrieval)."""
     inputs = [Tensor("QUERY", "FP32", (dim,)), Tensor("EXCLUDE_ID", "INT64", (1,), True),
               Tensor("K", "INT32", (1,), True), Tensor("NPROBE", "INT32", (1,), True),
               *[Tensor(t.name, t.dtype, t.dims, True) for t in FILTER_STEP_TENSORS]]
     outputs = [Tensor("CANDIDATE_ID", "INT64", (-1,)), Tensor("CANDIDATE_SCORE", "FP32", (-1,)),
-               Tensor("CANDIDATE_EMB", "FP32", (-1, dim)), Tensor("FINGERPRINT", "INT64", (1,))]
+               Tensor("CANDIDATE_EMB", "FP32", (-1, dim)), Tensor("FINGERPRINT", "INT64", (1,)),
+               Tensor("CANDIDATE_ITEM_ID", "INT64", (-1,))]
     return _model(f"ann_{head}", "widefunnel_ann", inputs, outputs, target, parameters)
 
 
@@ -222,7 +224,7 @@ def _towers_and_ann(config: mc.ModelConfig, versions: dict[str, int], full: bool
           tower_out | ({"FINGERPRINT": "_fp_tower"} if full else {}))
     for head in HEADS:
         outputs = {"CANDIDATE_ID": f"_ann_id_{head}", "FINGERPRINT": f"_fp_ann_{head}"} if full else \
-            {"CANDIDATE_ID": f"{head}_item_id", "CANDIDATE_SCORE": f"{head}_score"}
+            {"CANDIDATE_ITEM_ID": f"{head}_item_id", "CANDIDATE_SCORE": f"{head}_score"}
         _step(config, f"ann_{head}", versions[f"ann_{head}"],
               {"QUERY": f"_emb_{head}", "EXCLUDE_ID": "_item_id", "K": "_k"} | _filter_wiring()[2], outputs)
 

@@ -364,6 +364,9 @@ def validate_filters(limits: RequestLimits, batch: int, exclude_item_id: np.ndar
             raise RequestError(f"exclude_item_id: ids must be >= 0 (-1 pads), got {ex[ex < -1][:5].tolist()}")
     any_ = _genre_masks("include_genre", include_genre, batch, limits.genres)
     none = _genre_masks("exclude_genre", exclude_genre, batch, limits.genres)
+    for field, given in (("min_year", min_year), ("max_year", max_year)):
+        if given is not None and not limits.genres:  # a catalogue without attributes: no item has a year
+            raise RequestError(f"{field}: this build has no item attributes (a year filter would match nothing)")
     lo = _column("min_year", min_year, batch, np.int32, YEAR_ANY[0]).astype(np.int64)
     hi = _column("max_year", max_year, batch, np.int32, YEAR_ANY[1]).astype(np.int64)
     if np.any(lo > hi):

@@ -103,7 +103,8 @@ class TritonPythonModel:
 
     def execute(self, requests):
         # pb_utils objects are touched on this thread only; the event loop sees plain numpy arrays.
-        batch = [(self._tensors(r), "CANDIDATE_EMB" in r.requested_output_names()) for r in requests]
+        wanted = [r.requested_output_names() for r in requests]
+        batch = [(self._tensors(r), "CANDIDATE_EMB" in w, "CANDIDATE_ITEM_ID" in w) for r, w in zip(requests, wanted)]
         results = self.router.route_batch(batch)
         self._flush_metrics()
         return [self._response(r) for r in results]

@@ -13,7 +13,8 @@ import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in t
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from widefunnel.layout import repository_of
+from widefunnel.item_ids import ItemIds
+from widefunnel.layout import CATALOGUE_FILE, repository_of
 from widefunnel.model_configs import model_parameters
 from widefunnel.plugins.stub import input_array, request_inputs, respond_each
 from widefunnel.takedowns import TakedownWatch
@@ -39,9 +40,11 @@ class TritonPythonModel:
             params = model_parameters(config, set(RequestLimits.PARAMETERS), set(RequestLimits.OPTIONAL))
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
-        catalogue = os.path.join(args["model_repository"], args["model_version"], "catalogue.npy")
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        catalogue = os.path.join(folder, CATALOGUE_FILE)
         try:
             self.limits = RequestLimits.from_parameters(params, np.load(catalogue, allow_pickle=False))
+            self.ids = ItemIds.load(folder)  # requests name external ids; every later step takes internal ones
         except Exception as exc:
             raise pb_utils.TritonModelException(f"{self.name}: cannot read {catalogue}: {exc}") from exc
         self.takedowns = TakedownWatch(repository_of(args["model_repository"]))
@@ -55,11 +58,15 @@ class TritonPythonModel:
         refuse_taken_down("candidate_item_id", valid.candidate_id, taken)
         filters = validate_filters(self.limits, len(valid.item_id),
                                    **{n: input_array(inputs, n) for n in ValidFilters.FIELDS})
-        return [pb_utils.Tensor("ITEM_ID", valid.item_id), pb_utils.Tensor("ALPHA", valid.alpha),
+        item_id, candidate_id, exclude_ids = valid.item_id, valid.candidate_id, filters.exclude_ids
+        if self.ids is not None:
+            item_id, candidate_id = self.ids.to_internal(item_id), self.ids.to_internal(candidate_id)
+            exclude_ids = self.ids.to_internal(exclude_ids)  # an id not in the catalogue excludes nothing: -1
+        return [pb_utils.Tensor("ITEM_ID", item_id), pb_utils.Tensor("ALPHA", valid.alpha),
                 pb_utils.Tensor("TOP_N", valid.top_n), pb_utils.Tensor("VALUE_WEIGHTS", valid.value_weights),
-                pb_utils.Tensor("CANDIDATE_ID", valid.candidate_id), pb_utils.Tensor("K", valid.k),
+                pb_utils.Tensor("CANDIDATE_ID", candidate_id), pb_utils.Tensor("K", valid.k),
                 pb_utils.Tensor("KEEP", valid.keep),
-                pb_utils.Tensor("EXCLUDE_IDS", filters.exclude_ids), pb_utils.Tensor("GENRES_ANY", filters.genres_any),
+                pb_utils.Tensor("EXCLUDE_IDS", exclude_ids), pb_utils.Tensor("GENRES_ANY", filters.genres_any),
                 pb_utils.Tensor("GENRES_NONE", filters.genres_none), pb_utils.Tensor("YEARS", filters.years)]
 
     def execute(self, requests):

@@ -7,11 +7,13 @@ request whose steps disagree (a half-finished swap) is refused rather than serve
 from __future__ import annotations
 
 import json
+import os
 
 import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in the stub)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from widefunnel.item_ids import ItemIds
 from widefunnel.layout import fingerprint_hex
 from widefunnel.merge import HEADS, check_merge_inputs, merge_batch
 from widefunnel.model_configs import FINGERPRINT_INPUTS, model_parameters
@@ -30,6 +32,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
         self.sort_by_score = params["sort_by_score"].lower() == "true"
         self.max_top_n, self.max_item_id = int(params["max_top_n"]), int(params["max_item_id"])
+        # answers leave in the catalogue's ids (absent table: a build whose ids are the catalogue's)
+        self.ids = ItemIds.load(os.path.join(args["model_repository"], args["model_version"]))
 
     def _merge_one(self, request) -> list:
         inputs = request_inputs(request)
@@ -44,7 +48,8 @@ class TritonPythonModel:
         names = np.array([b""] + [h.encode() for h in HEADS], dtype=object)
         source = names[merged.source.astype(np.int64) + 1]  # -1 (padding) -> b""
         fingerprint = np.array([[fingerprint_hex(fp).encode()] for fp in fps[:, 0]], dtype=object)
-        return [pb_utils.Tensor("item_id", merged.ids), pb_utils.Tensor("score", merged.scores),
+        ids = merged.ids if self.ids is None else self.ids.to_external(merged.ids)
+        return [pb_utils.Tensor("item_id", ids), pb_utils.Tensor("score", merged.scores),
                 pb_utils.Tensor("source_head", source), pb_utils.Tensor("task_probs", merged.probs),
                 pb_utils.Tensor("fingerprint", fingerprint)]
 

@@ -19,6 +19,7 @@ from widefunnel.ann.filters import HeadFilter
 from widefunnel.ann.index import IndexLoadError, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import dequantized, prepare_index
+from widefunnel.item_ids import InternalTakedowns, ItemIds
 from widefunnel.layout import (
     FINGERPRINTS_PARAMETER,
     INDEX_DIR,
@@ -69,10 +70,12 @@ class TritonPythonModel:
         except (IndexLoadError, OSError) as exc:
             raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing index: {exc}") from exc
         attributes = os.path.join(args["model_repository"], version, ITEM_ATTRIBUTES)
-        # taken-down items (the repository's takedowns.json) are never admissible, whatever the request
+        # taken-down items (the repository's takedowns.json, external ids) are never admissible, whatever the request
         watch = TakedownWatch(repository_of(args["model_repository"]))
         try:  # attributes absent in builds older than filters (exclusions still work)
-            self.filter = HeadFilter(self.index.ids, prepare_index(self.index).rows_of, attributes, watch.ids)
+            self.ids = ItemIds.load(os.path.join(args["model_repository"], version))  # None: internal == external
+            self.filter = HeadFilter(self.index.ids, prepare_index(self.index).rows_of, attributes,
+                                     InternalTakedowns(self.ids, watch.ids))
         except (OSError, ValueError, KeyError) as exc:
             raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing {attributes}: {exc}") from exc
         self.k, self.max_k = int(params["k"]), int(params["max_k"])
@@ -105,14 +108,22 @@ class TritonPythonModel:
         except ValueError as exc:
             raise RequestError(str(exc)) from None
 
-    def _gpu_search(self, inputs: dict, k: int, allow: np.ndarray | None, emit: bool) -> list:
-        """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step."""
+    def _gpu_search(self, inputs: dict, k: int, allow: np.ndarray | None, emit: bool, external: bool) -> list:
+        """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step
+        (CANDIDATE_ITEM_ID, for a caller outside the funnel, is mapped on the host)."""
         query = inputs["QUERY"]
         exclude = input_array(inputs, "EXCLUDE_ID")
         outputs = self.gpu.search_dlpack(query.as_numpy() if query.is_cpu() else query.to_dlpack(), k,
                                          None if exclude is None else exclude[:, 0], emit,
                                          int(self.fingerprint), allow)
-        return [pb_utils.Tensor.from_dlpack(name, capsule) for name, capsule in outputs]
+        tensors = [pb_utils.Tensor.from_dlpack(name, capsule) for name, capsule in outputs]
+        if external:
+            import torch
+
+            ids = next(t for t in tensors if t.name() == "CANDIDATE_ID")
+            host = ids.as_numpy() if ids.is_cpu() else torch.from_dlpack(ids.to_dlpack()).cpu().numpy()
+            tensors.append(pb_utils.Tensor("CANDIDATE_ITEM_ID", self._external(host)))
+        return tensors
 
     def _search(self, request) -> list:
         inputs = request_inputs(request)
@@ -129,9 +140,11 @@ class TritonPythonModel:
         nprobe = request_scalar("NPROBE", input_array(inputs, "NPROBE"), self.nprobe, 1, 1 << 20)
         use_ivf = self.mode == "ivf" and self.index.ivf is not None
         allow = self._allow(inputs, len(queries))
-        emit = self.emit_embeddings and "CANDIDATE_EMB" in request.requested_output_names()
+        requested = request.requested_output_names()
+        emit = self.emit_embeddings and "CANDIDATE_EMB" in requested
+        external = "CANDIDATE_ITEM_ID" in requested  # the catalogue's ids, for a caller outside the funnel
         if self.gpu is not None and not use_ivf:
-            return self._gpu_search(inputs, k, allow, emit)
+            return self._gpu_search(inputs, k, allow, emit, external)
         exclude = input_array(inputs, "EXCLUDE_ID")  # its shape was checked with the filters'
         if exclude is not None:
             exclude = exclude[:, 0]
@@ -140,7 +153,12 @@ class TritonPythonModel:
                    pb_utils.Tensor("FINGERPRINT", np.full((len(queries), 1), self.fingerprint, np.int64))]
         if emit:
             outputs.append(pb_utils.Tensor("CANDIDATE_EMB", dequantized(self.index, ids)))
+        if external:
+            outputs.append(pb_utils.Tensor("CANDIDATE_ITEM_ID", self._external(ids)))
         return outputs
+
+    def _external(self, ids: np.ndarray) -> np.ndarray:
+        return ids if self.ids is None else self.ids.to_external(ids)
 
     def execute(self, requests):
         return respond_each(requests, self._search, self.name)

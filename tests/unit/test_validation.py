@@ -174,3 +174,14 @@ def test_one_value_per_request_and_no_empty_inputs():
     for shape in ((1, 0), (0, 1), (0,)):
         with pytest.raises(RequestError, match=r"^CANDIDATE_ID: empty input"):
             check_not_empty("CANDIDATE_ID", np.ones(shape))
+
+
+def test_attribute_filters_on_a_build_without_attributes_are_refused_by_name():
+    """A catalogue of its own (no genres, no years): exclusions work, attribute filters are refused by name."""
+    ex = validate_filters(LIMITS, 1, exclude_item_id=np.array([[3, -1]], np.int64))
+    assert ex.exclude_ids.tolist() == [[3, -1]]
+    for field in ("min_year", "max_year"):
+        with pytest.raises(RequestError, match=rf"{field}: this build has no item attributes"):
+            validate_filters(LIMITS, 1, **{field: np.array([[1990]], np.int32)})
+    with pytest.raises(RequestError, match=r"include_genre: .*this build has no item attributes"):
+        validate_filters(LIMITS, 1, include_genre=np.array([[b"Comedy"]], dtype=object))

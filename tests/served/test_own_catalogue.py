@@ -1,0 +1,174 @@
+"""Issue 29: `widefunnel build --dataset` on a shop of its own (sparse 13-digit SKUs, views and purchases), served
+by a real tritonserver: requests and answers in the catalogue's ids, internal ids never seen by a client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from widefunnel import layout
+from widefunnel import model_configs as mcfg
+from widefunnel.cli import main
+from widefunnel.client.client import WidefunnelClient, WidefunnelError
+from widefunnel.dataset.synthetic_shop import generate_shop, write_atomic, write_parquet
+
+pytestmark = pytest.mark.server
+
+SHOP = {"n_users": 1500, "n_items": 3000, "n_interactions": 60000, "seed": 0}
+# the conftest's short training, and the shop's log: every view is a positive; tasks viewed and purchased
+CONFIG = """
+[dataset]
+positive = ""
+[dataset.tasks]
+viewed = ""
+purchased = "event == purchase"
+[data]
+max_train_pairs = 60000
+[training]
+epochs = 2
+[rerank]
+epochs = 2
+[scorer]
+epochs = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("shop")
+    tables = generate_shop(**SHOP)
+    config = root / "shop.toml"
+    config.write_text(CONFIG)
+    return {"root": root, "atomic": write_atomic(tables, root / "atomic"),
+            "parquet": write_parquet(tables, root / "parquet", parts=3), "config": config,
+            "ids": np.sort(tables.items.column("item_id").to_numpy())}
+
+
+@pytest.fixture(scope="module")
+def builds(shop) -> dict[str, Path]:
+    out = {}
+    for kind in ("atomic", "parquet"):
+        repository = shop["root"] / f"repo-{kind}"
+        assert main(["build", "--dataset", str(shop[kind]), "--config", str(shop["config"]), "--repository",
+                     str(repository), "--quiet"]) == 0
+        out[kind] = repository
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(builds):
+    from widefunnel.server import TritonServer
+
+    srv = TritonServer(builds["atomic"])
+    srv.start()
+    yield srv
+    srv.stop()
+    srv.cleanup()
+
+
+def test_the_build_keeps_internal_ids_inside(shop, builds):
+    repository = builds["atomic"]
+    catalogue = np.load(repository / "preprocess" / "1" / layout.CATALOGUE_FILE)
+    np.testing.assert_array_equal(catalogue, shop["ids"])  # what a request may name: the shop's SKUs
+    table = np.load(repository / "preprocess" / "1" / layout.ITEM_IDS)
+    assert len(table) == len(shop["ids"]) + 1 and table[0] == -1  # memory follows N, not the largest id
+    np.testing.assert_array_equal(table[1:], shop["ids"])
+    for step in ("quota_merge", "ann_engagement", "ann_relevance"):
+        np.testing.assert_array_equal(np.load(repository / step / "1" / layout.ITEM_IDS), table)
+    quota = mcfg.from_pbtxt((repository / "quota_merge" / layout.CONFIG_FILE).read_text())
+    assert quota.parameters["max_item_id"].string_value == str(len(shop["ids"]))
+
+
+def test_every_item_field_is_a_tower_feature(builds):
+    from widefunnel.builders.state import load_state
+
+    tower = load_state(builds["atomic"] / "query_tower" / "1" / layout.BUILD_STATE_FILE).tower
+    assert tower.fields == 4  # title, description, categories (bags), brand (a token with its OOV row)
+    assert tower.floats.shape == (3001, 2)  # price z-scored, its missing flag
+    assert tower.bag_0.shape == (3001, 1)  # brand: one code per item
+
+
+def test_parquet_builds_the_same_funnel_as_atomic(builds):
+    """Same data, same seed: the same tower (fingerprint), so the same answers."""
+    fingerprints = [layout.build_fingerprint(builds[k], 1) for k in ("atomic", "parquet")]
+    assert fingerprints[0] is not None and fingerprints[0] == fingerprints[1]
+    for step, name in (("preprocess", layout.CATALOGUE_FILE), ("preprocess", layout.ITEM_IDS)):
+        np.testing.assert_array_equal(*(np.load(builds[k] / step / "1" / name) for k in ("atomic", "parquet")))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_by_13_digit_ids(shop, served, protocol):
+    ids = shop["ids"]
+    seeds = ids[[0, 17, 1500, 2999]]
+    url = served.http_url if protocol == "http" else served.grpc_url
+    with WidefunnelClient(url, protocol) as client:
+        rec = client.recommend(seeds, top_n=20)
+        answered = rec.item_id[rec.item_id >= 0]
+        assert answered.size == 20 * len(seeds)
+        assert np.isin(answered, ids).all() and (answered >= 10**12).all()
+        assert rec.task_probs.shape[-1] == 2  # viewed, purchased
+        for row, seed in zip(rec.item_id, seeds):
+            assert seed not in row
+        got = client.retrieve(seeds, candidates=50)
+        for head in mcfg.HEADS:
+            assert np.isin(got[head][0], ids).all()
+        scored = client.score(seeds[:1], [answered[:5]])
+        assert scored["score"].shape == (1, 5)
+
+        excluded = rec.item_id[0][:10]
+        again = client.recommend(seeds[:1], top_n=20, exclude=excluded.tolist() + [1234567890123])
+        assert not set(excluded.tolist()) & set(again.item_id.ravel().tolist())
+        retrieved = client.retrieve(seeds[:1], candidates=50, exclude=excluded.tolist())
+        for head in mcfg.HEADS:
+            assert not set(excluded.tolist()) & set(retrieved[head][0].ravel().tolist())
+
+        missing = int(ids.max()) + 1
+        with pytest.raises(WidefunnelError, match=rf"seed_item_id: unknown item id\(s\) \[{missing}\]"):
+            client.recommend([missing])
+        with pytest.raises(WidefunnelError, match=r"seed_item_id: unknown item id\(s\) \[1\]"):
+            client.recommend([1])  # an internal id is no id of this catalogue
+        with pytest.raises(WidefunnelError, match=r"include_genre: .*no item attributes"):
+            client.recommend(seeds[:1], include_genres=["Comedy"])
+        with pytest.raises(WidefunnelError, match=r"min_year: this build has no item attributes"):
+            client.recommend(seeds[:1], years=(1990, 2000))
+
+
+def test_a_takedown_by_13_digit_id_is_never_served(shop, served):
+    seeds = shop["ids"][[3, 400]]
+    with WidefunnelClient(served.grpc_url, "grpc") as client:
+        rec = client.recommend(seeds, top_n=20)
+        victims = sorted(set(rec.item_id.ravel().tolist()) - {-1})[:5]
+        assert main(["items", "remove", *map(str, victims), "--repository", str(served.repository)]) == 0
+        try:
+            after = client.recommend(seeds, top_n=20)
+            got = client.retrieve(seeds, candidates=200)
+            served_ids = set(after.item_id.ravel().tolist()).union(
+                *(set(got[h][0].ravel().tolist()) for h in mcfg.HEADS))
+            assert not set(victims) & served_ids
+            assert (after.item_id >= 0).all()
+            with pytest.raises(WidefunnelError, match=rf"seed_item_id: item id\(s\) \[{victims[0]}\] are taken down"):
+                client.recommend([victims[0]])
+        finally:
+            assert main(["items", "restore", *map(str, victims), "--repository", str(served.repository)]) == 0
+
+
+def test_a_malformed_dataset_is_refused_before_anything_is_written(shop, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for path in Path(shop["atomic"]).iterdir():
+        lines = path.read_text().splitlines(keepends=True)
+        if path.suffix == ".item":
+            fields = lines[41].rstrip("\n").split("\t")
+            fields[-1] = "cheap"  # price:float
+            lines[41] = "\t".join(fields) + "\n"
+        (bad / path.name).write_text("".join(lines))
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    (repository / "keep.txt").write_text("untouched")
+    assert main(["build", "--dataset", str(bad), "--config", str(shop["config"]), "--repository", str(repository),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "shop.item" in err and "line 42" in err and "price" in err
+    assert sorted(p.name for p in repository.iterdir()) == ["keep.txt"]

@@ -1,0 +1,88 @@
+"""Internal ids (dense 1..N) and the catalogue's ids, the config's conditions on the log, item fields as feature
+tables: pure, no server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from widefunnel.client.router import external_of
+from widefunnel.config import load_config
+from widefunnel.data import funnel_data, load_catalogue, load_interactions
+from widefunnel.dataset import DatasetConfigError, load_dataset
+from widefunnel.dataset.conditions import Condition
+from widefunnel.dataset.features import item_features
+from widefunnel.dataset.movielens import load_movielens
+from widefunnel.dataset.synthetic_shop import generate_shop, write_parquet
+from widefunnel.item_ids import NONE, InternalTakedowns, ItemIds
+
+SKUS = np.array([7_000_000_000_001, 4_000_000_000_000, 5_000_000_000_123], np.int64)
+
+
+def test_movielens_through_the_generic_path_keeps_internal_equal_to_external():
+    cfg = load_config()
+    catalogue, inter = funnel_data(load_movielens(), cfg["dataset"])
+    np.testing.assert_array_equal(catalogue.item_ids, np.arange(1, 1683))
+    np.testing.assert_array_equal(catalogue.item_ids, load_catalogue().item_ids)  # internal == external
+    assert catalogue.external_ids is None
+    np.testing.assert_array_equal(inter.items, load_interactions().items)
+    np.testing.assert_array_equal(inter.positive, load_interactions().ratings >= 4)
+    ratings = load_interactions().ratings
+    np.testing.assert_array_equal(inter.labels, np.stack([ratings >= 1, ratings >= 4, ratings >= 5], axis=1))
+
+
+def test_sparse_ids_map_both_ways_and_unknown_ones_become_none():
+    ids = ItemIds.of_items(np.arange(1, 4), np.sort(SKUS), 4)
+    assert not ids.identity and len(ids.external) == 4  # memory follows the number of items
+    np.testing.assert_array_equal(ids.to_internal(np.array([[5_000_000_000_123, -1, 42]])), [[2, -1, NONE]])
+    np.testing.assert_array_equal(ids.to_external(np.array([[3, 1, -1]])), [[7_000_000_000_001,
+                                                                             4_000_000_000_000, -1]])
+    same = ItemIds.of_items(np.arange(1, 5), np.arange(1, 5), 5)
+    assert same.identity
+    np.testing.assert_array_equal(same.to_internal(np.array([4, 5, 0, -1])), [4, NONE, NONE, -1])
+
+
+def test_takedowns_map_to_internal_ids_once_per_change():
+    ids = ItemIds.of_items(np.arange(1, 4), np.sort(SKUS), 4)
+    taken = [np.array([7_000_000_000_001, 999], np.int64)]
+    mapped = InternalTakedowns(ids, lambda: taken[0])
+    first = mapped()
+    np.testing.assert_array_equal(first, [3])
+    assert mapped() is first  # unchanged list: the same array (StandingBlock keys on identity)
+    taken[0] = np.array([4_000_000_000_000], np.int64)
+    np.testing.assert_array_equal(mapped(), [1])
+
+
+def test_the_router_maps_merged_ids_from_the_shards_own_pairs():
+    internal = [np.array([[3, 1]]), np.array([[2, -1]])]
+    external = [np.array([[30, 10]]), np.array([[20, -1]])]
+    np.testing.assert_array_equal(external_of(np.array([[1, 2, 3, -1]]), internal, external), [[10, 20, 30, -1]])
+
+
+def test_conditions_are_parsed_not_evaluated():
+    log = load_movielens().interactions
+    assert Condition.parse("", "k").evaluate(log, "k").all()
+    ratings = load_interactions().ratings
+    np.testing.assert_array_equal(Condition.parse("rating>=4", "k").evaluate(log, "k"), ratings >= 4)
+    np.testing.assert_array_equal(Condition.parse("rating != 5", "k").evaluate(log, "k"), ratings != 5)
+    with pytest.raises(DatasetConfigError, match=r"'dataset.tasks.bought' names field 'event'"):
+        Condition.parse("event == purchase", "dataset.tasks.bought").evaluate(log, "dataset.tasks.bought")
+    for text in ("__import__('os')", "rating >= 4 or 1", "rating => 4"):
+        with pytest.raises(DatasetConfigError, match=r"'dataset.positive': .* is not a condition"):
+            Condition.parse(text, "dataset.positive")
+    with pytest.raises(DatasetConfigError, match="is a float"):
+        Condition.parse("rating >= high", "k").evaluate(log, "k")
+
+
+def test_item_fields_become_feature_tables_by_type(tmp_path):
+    dataset = load_dataset(write_parquet(generate_shop(50, 200, 2000, seed=1), tmp_path, parts=0))
+    features = item_features(dataset.items, skip=("title", "description"), max_bag=1)
+    n = len(dataset.items)
+    assert set(features.tokens) == {"brand"} and set(features.bags) == {"categories"}
+    assert features.tokens["brand"].shape == (n + 1,) and features.tokens["brand"][0] == 0
+    assert features.bags["categories"].shape == (n + 1, 1)  # truncated to max_bag
+    assert features.dense_names == ("price", "price:missing") and features.dense.shape == (n + 1, 2)
+    z = features.dense[1:, 0]
+    assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 1e-3 and not features.dense[0].any()
+    rare = item_features(dataset.items, skip=("title", "description", "categories"), min_count=10**6)
+    assert not rare.tokens["brand"].any() and rare.vocabulary["brand"] == 1  # every token in the OOV bucket
