@@ -191,7 +191,7 @@ def build_engines(writer: VersionWriter, cfg: dict, target: mcfg.Target, dim: in
     for name in ONNX_STAGES:
         folder = writer.folder(name)
         stage = "rerank" if name.startswith("rerank") else name
-        gpu.build_engine(folder / "model.onnx", folder / "model.plan", profiles[stage])
+        gpu.build_engine(folder / layout.ONNX_FILE, folder / "model.plan", profiles[stage])
         log(f"TensorRT engine built: {name}/model.plan (FP16)")
     return True
 
@@ -219,7 +219,7 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
         ids.save(writer.folder(step))
     install_plugin("preprocess", writer.folder("preprocess"))
     install_plugin("quota_merge", writer.folder("quota_merge"))
-    export_query_tower(funnel.tower, fingerprint, writer.folder("query_tower") / "model.onnx")
+    export_query_tower(funnel.tower, fingerprint, writer.folder("query_tower") / layout.ONNX_FILE)
     save_state(writer.folder("query_tower") / layout.BUILD_STATE_FILE, funnel, catalogue, cfg)
     cat = catalogue
     attributes = ItemAttributes.of(cat.item_ids, cat.genres, cat.years, cat.genre_names)
@@ -227,9 +227,9 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
         save_index(index, writer.folder(f"ann_{head}") / layout.INDEX_DIR)
         attributes.save(writer.folder(f"ann_{head}") / ITEM_ATTRIBUTES)
         codes, scales = item_table(index, cat.table_size)
-        export_reranker(reranker, codes, scales, fingerprint, writer.folder(f"rerank_{head}") / "model.onnx")
+        export_reranker(reranker, codes, scales, fingerprint, writer.folder(f"rerank_{head}") / layout.ONNX_FILE)
     export_scorer(funnel.scorer, len(task_names(cfg)), fingerprint,
-                  writer.folder("composite_scorer") / "model.onnx")
+                  writer.folder("composite_scorer") / layout.ONNX_FILE)
 
 
 def disk_pinned_version(repository: Path) -> int | None:

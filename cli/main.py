@@ -393,7 +393,7 @@ def _items(args: argparse.Namespace) -> int:
     import numpy as np
 
     from widefunnel import takedowns as td
-    from widefunnel.layout import versions
+    from widefunnel.layout import CATALOGUE_FILE, versions
 
     if args.action == "add":
         return _add_items(args)
@@ -405,7 +405,7 @@ def _items(args: argparse.Namespace) -> int:
         ids = _item_ids(args)
         if args.action == "remove":
             pre = args.repository / "preprocess"
-            known = np.unique(np.concatenate([np.load(pre / str(v) / "catalogue.npy") for v in versions(pre)]))
+            known = np.unique(np.concatenate([np.load(pre / str(v) / CATALOGUE_FILE) for v in versions(pre)]))
             new = td.take_down(args.repository, ids, known, args.reason)
             td.publish(args.repository, args.also)
             print(f"taken down: {new or 'nothing new'} ({len(td.read_takedowns(args.repository))} in all); "

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel import model_configs as mcfg
+from widefunnel.layout import CATALOGUE_FILE
 from widefunnel.security import admin_headers, with_admin_key
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class DirectChain:
 
 # ------------------------------------------------------------------------------------------------ input data
 def catalogue_ids(repository: Path, version: int) -> np.ndarray:
-    return np.load(Path(repository) / "preprocess" / str(version) / "catalogue.npy")
+    return np.load(Path(repository) / "preprocess" / str(version) / CATALOGUE_FILE)
 
 
 def sample_seeds(repository: Path, version: int, count: int, seed: int = 0) -> np.ndarray:

@@ -18,7 +18,7 @@ from widefunnel.ann.index import Int8Index, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import prepare_index
 from widefunnel.item_ids import InternalTakedowns, ItemIds
-from widefunnel.layout import CATALOGUE_FILE, CONFIG_FILE, INDEX_DIR, ITEM_ATTRIBUTES
+from widefunnel.layout import CATALOGUE_FILE, CONFIG_FILE, INDEX_DIR, ITEM_ATTRIBUTES, ONNX_FILE
 from widefunnel.merge import HEADS, Recommendation, merge_batch
 from widefunnel.takedowns import TakedownWatch
 from widefunnel.validation import (
@@ -70,8 +70,8 @@ class InProcessFunnel:
         pre = _parameters(repository, "preprocess")
         self.limits = RequestLimits.from_parameters(
             pre, np.load(repository / "preprocess" / str(v["preprocess"]) / CATALOGUE_FILE))
-        self.tower = _session(repository / "query_tower" / str(v["query_tower"]) / "model.onnx", threads)
-        self.scorer = _session(repository / "composite_scorer" / str(v["composite_scorer"]) / "model.onnx", threads)
+        self.tower = _session(repository / "query_tower" / str(v["query_tower"]) / ONNX_FILE, threads)
+        self.scorer = _session(repository / "composite_scorer" / str(v["composite_scorer"]) / ONNX_FILE, threads)
         self.takedowns = TakedownWatch(repository)
         # requests and answers in the catalogue's ids; `retrieve` and `rerank` take internal ones, as the steps do
         self.ids = ItemIds.load(repository / "preprocess" / str(v["preprocess"]))
@@ -82,7 +82,7 @@ class InProcessFunnel:
         for head in mcfg.HEADS:
             self.indexes[head] = load_index(repository / f"ann_{head}" / str(v[f"ann_{head}"]) / INDEX_DIR)
             self.rerankers[head] = _session(
-                repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / "model.onnx", threads)
+                repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / ONNX_FILE, threads)
             self.ann_params[head] = _parameters(repository, f"ann_{head}")
             index = self.indexes[head]
             self.head_filters[head] = HeadFilter(index.ids, prepare_index(index).rows_of, repository / f"ann_{head}"

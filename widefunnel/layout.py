@@ -47,6 +47,7 @@ def plugin_file(name: str, filename: str = "model.py") -> Path:
 # 1..N every table of the funnel is indexed by), in the folders of the steps at the client edges: preprocess,
 # quota_merge and the ANN steps (takedowns, CANDIDATE_ITEM_ID). Absent: internal == external (older builds).
 ITEM_IDS = "item_ids.npy"
+ONNX_FILE = "model.onnx"  # an ONNX step's graph in its version folder (Triton's default_model_filename)
 CATALOGUE_FILE = "catalogue.npy"  # preprocess's sorted external ids: what a request may name
 ITEM_ATTRIBUTES = "item_attributes.npz"  # an ANN version's filterable item attributes (ann.filters.ItemAttributes)
 SITE_BOOTSTRAP = "widefunnel_site.py"  # imported first by every Python model (plugins/widefunnel_site.py)

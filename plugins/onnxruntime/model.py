@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from widefunnel.layout import ONNX_FILE
 from widefunnel.model_configs import model_parameters
 from widefunnel.plugins.stub import failure_response, request_inputs
 from widefunnel.validation import (
@@ -48,7 +49,7 @@ class TritonPythonModel:
             threads = (int(params.get("intra_op_thread_count", "1")), int(params.get("inter_op_thread_count", "1")))
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"model '{name}': {exc}") from exc
-        filename = self.config.get("default_model_filename") or "model.onnx"
+        filename = self.config.get("default_model_filename") or ONNX_FILE
         path = os.path.join(args["model_repository"], args["model_version"], filename)
         if not os.path.isfile(path):
             raise pb_utils.TritonModelException(f"model '{name}': {path} does not exist")

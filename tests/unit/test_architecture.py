@@ -218,3 +218,20 @@ def test_only_the_command_line_prints(module):
     calls = [n for n in ast.walk(ast.parse(MODULES[module].read_text())) if isinstance(n, ast.Call)
              and isinstance(n.func, ast.Name) and n.func.id == "print"]
     assert not calls, f"{module} prints (line {calls[0].lineno}); log instead"
+
+
+def _layout_file_names() -> dict[str, str]:
+    """The file and folder names `widefunnel/layout.py` owns (its module-level string constants)."""
+    tree = ast.parse((ROOT / "widefunnel" / "layout.py").read_text())
+    return {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+            and isinstance(n.value.value, str) for t in n.targets if isinstance(t, ast.Name) and t.id.isupper()
+            and re.fullmatch(r"[a-z_]+(\.[a-z]+)?", n.value.value)}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m != "widefunnel.layout"))
+def test_a_repository_file_name_is_spelled_only_in_layout(module):
+    """One owner per fact: a file or folder name of the repository layout is `layout.NAME` everywhere else."""
+    names = {v: k for k, v in _layout_file_names().items() if "." in v}
+    spelled = sorted({n.value for n in ast.walk(ast.parse(MODULES[module].read_text()))
+                      if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names})
+    assert not spelled, f"{module} spells {spelled}; use widefunnel.layout.{[names[s] for s in spelled]}"
