@@ -1,4 +1,4 @@
-"""`widefunnel items add`: new items join the catalogue without retraining (issue 17).
+"""`widefunnel items add`: new items join the catalogue without retraining.
 
 The serving tower places a new item from its content: the content encoder's embedding of its text (title, year,
 genres), its genres and year, no popularity and no id embedding, which is how training saw a share of its items

@@ -175,7 +175,7 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-# The demo's new film, added from its content alone (issue 17): no interactions, no retraining.
+# The demo's new film, added from its content alone: no interactions, no retraining.
 DEMO_FILM = {"id": 1683, "title": "Toy Story 2", "year": 1999, "genres": ["Animation", "Children's", "Comedy"]}
 DEMO_FILM_SEED = 1  # Toy Story
 
@@ -247,7 +247,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    """S shard servers + a router server on free loopback ports from one built repository (issue 10)."""
+    """S shard servers + a router server on free loopback ports from one built repository."""
     from widefunnel.cli.cluster import LocalCluster
     from widefunnel.security import ensure_key
     from widefunnel.server import ServerError
@@ -279,7 +279,7 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- operations: perf, swap, rollback (issue 6) -------------------------------------------------------------
+# ---- operations: perf, swap, rollback -----------------------------------------------------------------------
 def _grpc_url_for(http_url: str) -> str:
     """The gRPC endpoint beside an HTTP one by Triton's convention (8000 -> 8001)."""
     host, _, port = http_url.rpartition(":")

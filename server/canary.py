@@ -1,7 +1,7 @@
 """The canary request of each step: the smallest valid request, derived from the step's served config.
 
-A stub process that exists is not a stub that answers (issue 33: a replacement stub died within 0.5 s of
-loading, its model stayed READY, and every ensemble request hung for minutes). The supervisor sends each
+A stub process that exists is not a stub that answers (a replacement stub can die within 0.5 s of loading
+while its model stays READY, and every ensemble request would hang). The supervisor sends each
 step this request on tritonserver's own port and reloads a step that does not answer in time.
 
 The request is one seed (batch 1), every width 1: required inputs, plus the optional ones a step needs to do

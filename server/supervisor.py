@@ -12,8 +12,8 @@ being READY; a swap's new version, or a reload's new stub, serves the instance).
 The dead stub is reaped by the kernel (the server runs with SIGCHLD ignored), and the shared-memory region
 it leaves behind in /dev/shm is removed once no process of the server maps it.
 
-Liveness means answers (issue 33): a replacement stub that died within 0.5 s of loading was never seen by
-the process scan, its model stayed READY, and every ensemble request hung. So every ``canary_every`` seconds
+Liveness means answers: a replacement stub that dies within 0.5 s of loading is never seen by the process
+scan, its model stays READY, and every ensemble request would hang. So every ``canary_every`` seconds
 the supervisor also (1) reloads a model READY with no live stub for ``stubless_s``, and (2) sends each step
 its canary request (`canary.canary_inputs`) on tritonserver's own gRPC port, with the gateway key and a
 ``canary_timeout`` deadline; a step whose stub is reported unhealthy, or that misses ``canary_failures``

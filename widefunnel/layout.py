@@ -45,7 +45,7 @@ def plugin_file(name: str, filename: str = "model.py") -> Path:
 
 # A version's item ids: the external id (the catalogue's, what clients send and get) of each internal id (the dense
 # 1..N every table of the funnel is indexed by), in the folders of the steps at the client edges: preprocess,
-# quota_merge and the ANN steps (takedowns, CANDIDATE_ITEM_ID). Absent: internal == external (older builds).
+# quota_merge and the ANN steps (takedowns, CANDIDATE_ITEM_ID). Absent: internal == external (no table).
 ITEM_IDS = "item_ids.npy"
 ONNX_FILE = "model.onnx"  # an ONNX step's graph in its version folder (Triton's default_model_filename)
 CATALOGUE_FILE = "catalogue.npy"  # preprocess's sorted external ids: what a request may name

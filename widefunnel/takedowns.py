@@ -1,4 +1,4 @@
-"""Takedowns: items never to recommend again, from now on, without a rebuild (issue 17).
+"""Takedowns: items never to recommend again, from now on, without a rebuild.
 
 One file per repository, `<repository>/takedowns.json` (beside `builds.json`, outside every version), so a
 takedown holds across restarts, swaps and rollbacks until it is undone. Preprocess refuses taken-down seeds

@@ -199,7 +199,7 @@ def request_bitmap(n_rows: int, rows: RowAttributes | None, rows_of_ids, exclude
     if not filtering and (excl is None or not (excl >= 0).any()):
         return None
     if filtering and rows is None:
-        raise ValueError("filters: this index has no item attributes (built before filters existed); rebuild it")
+        raise ValueError("filters: this index has no item attributes (its build wrote none); rebuild it")
     masks = np.ones((batch, n_rows), bool)
     for i in range(batch):
         if rows is not None and attr[i] != (0, 0, YEAR_ANY):

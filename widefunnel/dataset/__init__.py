@@ -1,4 +1,4 @@
-"""The dataset layer: a pure, vectorised reader of a catalogue and its interaction log (issue 29).
+"""The dataset layer: a pure, vectorised reader of a catalogue and its interaction log.
 
 A dataset is a folder of RecBole atomic files (`<name>.item`, `<name>.inter`) or the same two tables as Parquet;
 `load_dataset` checks it whole (refusing with file, line and field) and returns typed, row-indexed columns that

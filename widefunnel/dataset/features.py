@@ -1,4 +1,4 @@
-"""Item fields -> the item tower's feature tables, by field type (issue 29: schema to towers).
+"""Item fields -> the item tower's feature tables, by field type.
 
 Pure numpy over the typed columns, row = internal id (row 0 is the padding row, all zeros), so the tower keeps
 them as module buffers and its ONNX graph stays a gather: a `token` field is one code per item (0 = missing or a
