@@ -7,6 +7,8 @@ sys.path); `tests/served/conftest.py` re-exports them, so `from conftest import 
 from __future__ import annotations
 
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 
@@ -36,3 +38,13 @@ def admin_client(server, protocol: str = "http"):
 
     return with_admin_key(http.InferenceServerClient(server.http_url, network_timeout=300.0,
                                                      connection_timeout=300.0), server.admin_key)
+
+
+def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
+    """(status, body text) of a raw HTTP POST: what a hand-made or hostile request gets back."""
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")

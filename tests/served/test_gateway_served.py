@@ -11,6 +11,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from helpers import post
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from widefunnel.client.client import WidefunnelClient
@@ -21,12 +22,7 @@ SEEDS = [1, 50, 181]
 
 
 def _post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+    return post(url, body, headers)
 
 
 def _answer(server):

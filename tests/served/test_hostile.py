@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from helpers import admin_client, private_server
+from helpers import admin_client, post, private_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -41,12 +41,7 @@ PROTOCOLS = ("http", "grpc")
 
 
 def _post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+    return post(url, body, headers)
 
 
 def _answer(server, protocol: str = "grpc", timeout: float = 60.0):
