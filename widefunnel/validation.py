@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from widefunnel.field_filters import ANY_OF, NONE_OF, FieldSchema, no_ranges, pack_token
+
 
 class RequestError(ValueError):
     """A client error; the message starts with the offending field's name."""
@@ -390,3 +392,49 @@ def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years
         tensors["min_year"] = np.full((batch, 1), years[0], np.int32)
         tensors["max_year"] = np.full((batch, 1), years[1], np.int32)
     return tensors
+
+
+def _token_codes(field: str, values: np.ndarray, batch: int, vocabulary: tuple[str, ...]) -> np.ndarray:
+    """Values [B, V] of one token field -> vocabulary codes int64 [B, V]; RequestError naming the field and the
+    first unknown value. Each distinct value is looked up once."""
+    check_filter_shape(field, values.shape, batch)
+    strings = check_strings(field, values)
+    distinct, inverse = np.unique(strings.ravel(), return_inverse=True)
+    code = {v.encode(): j for j, v in enumerate(vocabulary) if v}
+    codes = np.empty(len(distinct), np.int64)
+    for n, value in enumerate(distinct):
+        if value not in code:
+            raise RequestError(f"{field}: unknown value {shown(value)} (not in this build's catalogue)")
+        codes[n] = code[value]
+    return codes[inverse].reshape(values.shape)
+
+
+def validate_field_filters(schema: FieldSchema, batch: int, tensors: dict[str, np.ndarray | None]
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Filters named after the build's item fields (``FieldSchema.client_inputs``: ``include_<f>``,
+    ``exclude_<f>``, ``min_<f>``, ``max_<f>``) -> the packed step tensors (FIELD_TOKENS int64 [B, T], -1 pads,
+    T >= 1; FIELD_RANGES float32 [B, 2F]), ``ann.field_filters``' form. RequestError naming the field for an
+    unknown tensor, an unknown value, a bad shape or an empty range."""
+    known = {name for name, _ in schema.client_inputs()}
+    for name, value in tensors.items():
+        if value is not None and name not in known:
+            raise RequestError(f"{name}: not a filter of this build (its fields: {', '.join(sorted(known)) or 'none'})")
+    parts = [np.full((batch, 1), -1, np.int64)]
+    for slot, (name, vocabulary) in enumerate(schema.tokens):
+        for mode, prefix in ((ANY_OF, "include"), (NONE_OF, "exclude")):
+            values = tensors.get(f"{prefix}_{name}")
+            if values is not None:
+                parts.append(pack_token(slot, mode, _token_codes(f"{prefix}_{name}", values, batch, vocabulary)))
+    ranges = no_ranges(batch, len(schema.floats))
+    for j, name in enumerate(schema.floats):
+        lo = _column(f"min_{name}", tensors.get(f"min_{name}"), batch, np.float32, -np.inf)
+        hi = _column(f"max_{name}", tensors.get(f"max_{name}"), batch, np.float32, np.inf)
+        if np.isnan(lo).any() or np.isnan(hi).any():
+            raise RequestError(f"min_{name}, max_{name}: NaN is not a bound (leave the field out for no bound)")
+        if np.any(lo > hi):
+            bad = int(np.argmax(lo > hi))
+            raise RequestError(f"min_{name}, max_{name}: empty range at seed {bad}, got "
+                               f"[{float(lo[bad, 0])}, {float(hi[bad, 0])}]")
+        ranges[:, 2 * j], ranges[:, 2 * j + 1] = lo[:, 0], hi[:, 0]
+    tokens = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    return (tokens[:, 1:] if len(parts) > 1 else tokens), ranges
