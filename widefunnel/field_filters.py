@@ -116,7 +116,9 @@ def pack_token(slot: int, mode: int, codes: np.ndarray) -> np.ndarray:
 
 
 def no_ranges(batch: int, floats: int) -> np.ndarray:
-    out = np.empty((batch, 2 * floats), np.float32)
+    """FIELD_RANGES with every side open: [B, 2F], at least [B, 2] (no zero-width tensor crosses the ensemble;
+    pairs past the build's float fields are ignored)."""
+    out = np.empty((batch, 2 * max(floats, 1)), np.float32)
     out[:, 0::2], out[:, 1::2] = -np.inf, np.inf
     return out
 
@@ -187,3 +189,11 @@ def field_of_column(name: str, column, table_rows: np.ndarray, table_size: int) 
     offsets = np.zeros(table_size + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return TokenField(name, offsets, np.asarray(codes_rows, np.int32), tuple(column.vocabulary.to_pylist()))
+
+
+def item_fields_of(columns: dict, table_rows: np.ndarray, table_size: int) -> ItemFields | None:
+    """A dataset's item columns (row-aligned, ``table_rows`` their internal ids) -> every filterable field, in
+    the columns' order; None when no column is filterable."""
+    fields = tuple(f for f in (field_of_column(n, c, table_rows, table_size) for n, c in columns.items())
+                   if f is not None)
+    return ItemFields(fields) if fields else None

@@ -65,12 +65,18 @@ def check_row_shape(name: str, array: np.ndarray | None, batch: int, width: int 
 
 def check_ann_inputs(inputs: dict[str, np.ndarray | None], batch: int, max_exclude: int) -> None:
     """The ANN step's per-query inputs: EXCLUDE_ID [B, 1], EXCLUDE_IDS [B, 1..max_exclude] (the build's bound,
-    as preprocess applies it to exclude_item_id), GENRES_ANY and GENRES_NONE [B, 1], YEARS [B, 2]. A direct
+    as preprocess applies it to exclude_item_id), GENRES_ANY and GENRES_NONE [B, 1], YEARS [B, 2], FIELD_TOKENS
+    [B, 1..MAX_FIELD_TOKENS], FIELD_RANGES [B, 2..MAX_FIELD_RANGES] (pairs). A direct
     call has no gateway or preprocess in front of it, so the step bounds what it reads itself."""
     check_row_shape("EXCLUDE_ID", inputs.get("EXCLUDE_ID"), batch, 1)
     check_row_shape("EXCLUDE_IDS", inputs.get("EXCLUDE_IDS"), batch, max_width=max_exclude)
     for name, width in (("GENRES_ANY", 1), ("GENRES_NONE", 1), ("YEARS", 2)):
         check_row_shape(name, inputs.get(name), batch, width)
+    check_row_shape("FIELD_TOKENS", inputs.get("FIELD_TOKENS"), batch, max_width=MAX_FIELD_TOKENS)
+    ranges = inputs.get("FIELD_RANGES")
+    check_row_shape("FIELD_RANGES", ranges, batch, max_width=MAX_FIELD_RANGES)
+    if ranges is not None and ranges.shape[1] % 2:
+        raise RequestError(f"FIELD_RANGES: (min, max) pairs expected, got width {ranges.shape[1]}")
 
 
 def request_scalar(name: str, values: np.ndarray | None, default: int, low: int, high: int) -> int:
@@ -101,6 +107,8 @@ DEFAULT_MAX_EXCLUDE = 1000
 # tritonserver, and preprocess and the steps refuse it when called directly. A value over these is a client's
 # mistake, never a cost other clients pay.
 MAX_FILTER_VALUES = 64  # values of one filter field (include_genre, ...) for one seed
+MAX_FIELD_TOKENS = 4096  # packed FIELD_TOKENS entries per query at the ANN step (its own bound on a direct call)
+MAX_FIELD_RANGES = 2048  # FIELD_RANGES values per query: (min, max) for up to 1024 float fields
 MAX_REQUEST_FILTER_VALUES = 4096  # values of one filter field for all seeds of a request together
 MAX_STRING_BYTES = 256  # one BYTES element (a filter value, a request parameter's string)
 MAX_REQUEST_ID_CHARS = 128  # the request's "id", echoed back by the server
@@ -376,10 +384,18 @@ def validate_filters(limits: RequestLimits, batch: int, exclude_item_id: np.ndar
     return ValidFilters(ex, any_, none, np.concatenate([lo, hi], axis=1).astype(np.int32))
 
 
-def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years=None, batch: int = 1
-                   ) -> dict[str, np.ndarray]:
-    """Client tensors for one set of filters, repeated for ``batch`` seeds (None = that filter is not sent)."""
+def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years=None, batch: int = 1,
+                   fields: dict[str, object] | None = None) -> dict[str, np.ndarray]:
+    """Client tensors for one set of filters, repeated for ``batch`` seeds (None = that filter is not sent).
+    ``fields``: filters named after a build's item fields, by tensor name: a list of values for
+    ``include_<f>`` / ``exclude_<f>``, a number for ``min_<f>`` / ``max_<f>``."""
     tensors: dict[str, np.ndarray] = {}
+    for name, value in (fields or {}).items():
+        if isinstance(value, int | float):
+            tensors[name] = np.full((batch, 1), value, np.float32)
+        else:
+            row = np.array([v.encode() if isinstance(v, str) else v for v in value], dtype=np.object_)
+            tensors[name] = np.repeat(row.reshape(1, -1), batch, axis=0)
     if exclude is not None:
         ids = np.asarray(exclude, np.int64).reshape(1, -1)
         ids = ids if ids.size else np.full((1, 1), -1, np.int64)
