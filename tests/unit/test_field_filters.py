@@ -137,3 +137,20 @@ def test_a_field_filter_on_a_build_without_the_table_is_refused():
     assert head.allow(1, field_tokens=np.full((1, 1), -1, np.int64)) is None  # no filter: costs nothing
     with pytest.raises(ValueError, match="no item fields table"):
         head.allow(1, field_tokens=np.array([[3]], np.int64))
+
+
+def test_the_configs_name_each_field_and_the_gateway_bounds_them():
+    from widefunnel import model_configs as mcfg
+    from widefunnel.gateway.models import Bounds, model_spec
+
+    fields = tuple(_fields().schema().client_inputs())
+    versions = dict.fromkeys(mcfg.STEP_MODELS, 1)
+    for config in (mcfg.ensemble_config(mcfg.Target("cpu"), 2, versions, fields),
+                   mcfg.retrieve_config(mcfg.Target("cpu"), 2, versions, fields)):
+        spec = model_spec(config, Bounds())
+        assert spec.inputs["include_brand"].datatype == "BYTES"
+        assert spec.inputs["exclude_categories"].row_limit == MAX_FILTER_VALUES
+        assert spec.inputs["min_price"].datatype == "FP32" and spec.inputs["max_price"].dims == (1,)
+        assert "include_genre" not in spec.inputs and "exclude_item_id" in spec.inputs
+    movielens = mcfg.ensemble_config(mcfg.Target("cpu"), 2, versions)
+    assert [t.name for t in movielens.input][-5:] == [t.name for t in mcfg.FILTER_INPUTS]  # names kept
