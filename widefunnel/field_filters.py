@@ -12,6 +12,7 @@ per float field; -inf/inf = that side is open, both open = no filter; NaN items 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,18 @@ class TokenField:
     codes: np.ndarray  # int32 [nnz], each >= 1
     vocabulary: tuple[str, ...]
 
+    @cached_property
     def item_of_code(self) -> np.ndarray:
-        """int64 [nnz]: the internal id each stored code belongs to."""
+        """int64 [nnz]: the internal id each stored code belongs to (computed once: every filter reads it)."""
         return np.repeat(np.arange(len(self.offsets) - 1, dtype=np.int64), np.diff(self.offsets))
+
+    def items_with(self, codes: np.ndarray) -> np.ndarray:
+        """bool [table_size]: the items holding any of ``codes`` (a lookup table over the vocabulary, then one
+        gather and a bincount over the stored codes: no sort)."""
+        wanted = np.zeros(len(self.vocabulary) + 1, bool)
+        codes = np.asarray(codes, np.int64)
+        wanted[codes[(codes >= 1) & (codes < len(wanted))]] = True
+        return np.bincount(self.item_of_code[wanted[self.codes]], minlength=len(self.offsets) - 1) > 0
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ def no_ranges(batch: int, floats: int) -> np.ndarray:
 
 def id_mask(fields: ItemFields, tokens: np.ndarray, ranges: np.ndarray | None) -> np.ndarray:
     """One query's packed filters (FIELD_TOKENS row [T], FIELD_RANGES row [2F] or None) -> bool [table_size]
-    over internal ids. Vectorised: an isin over each field's stored codes and a bincount per item."""
+    over internal ids. Vectorised: a lookup over each field's stored codes and a bincount per item."""
     size = fields.table_size
     mask = np.ones(size, bool)
     tokens = np.asarray(tokens, np.int64)
@@ -140,8 +150,7 @@ def id_mask(fields: ItemFields, tokens: np.ndarray, ranges: np.ndarray | None) -
             wanted = codes[(slots == slot) & (modes == mode)]
             if wanted.size == 0:
                 continue
-            hit = np.isin(field.codes, wanted)
-            has = np.bincount(field.item_of_code()[hit], minlength=size) > 0
+            has = field.items_with(wanted)
             mask &= has if mode == ANY_OF else ~has
     if ranges is not None:
         for j, field in enumerate(fields.floats):

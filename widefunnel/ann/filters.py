@@ -7,6 +7,7 @@ so a chunk with no admissible row costs one load. ``[B, 0]`` means "no filter".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -207,12 +208,17 @@ def request_bitmap(n_rows: int, rows: RowAttributes | None, rows_of_ids, exclude
     if by_attribute and rows is None:
         raise ValueError("filters: this index has no item attributes (built before filters existed); rebuild it")
     masks = np.ones((batch, n_rows), bool)
+    field_masks: dict[tuple[bytes, bytes], np.ndarray] = {}
     for i in range(batch):
         if rows is not None and attr[i] != (0, 0, YEAR_ANY):
             masks[i] = attribute_mask(rows, *attr[i])
         if fields is not None and by_field[i]:
-            masks[i] &= fields.mask(field_tokens[i] if field_tokens is not None else np.zeros(0, np.int64),
-                                    None if field_ranges is None else field_ranges[i])
+            tokens = field_tokens[i] if field_tokens is not None else np.zeros(0, np.int64)
+            ranges = None if field_ranges is None else field_ranges[i]
+            key = (tokens.tobytes(), b"" if ranges is None else ranges.tobytes())
+            if key not in field_masks:  # a client repeats one filter for every seed: one mask per distinct row
+                field_masks[key] = fields.mask(tokens, ranges)
+            masks[i] &= field_masks[key]
         if excl is not None:
             masks[i, excl[i][excl[i] >= 0]] = False
     return pack_rows(masks)
@@ -226,10 +232,16 @@ class RowFields:
     fields: field_filters.ItemFields
     row_ids: np.ndarray  # int64 [N]
 
+    @cached_property
+    def _gather(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the id each row reads, clipped into the table; the rows inside it, None when all are)."""
+        inside = self.row_ids < self.fields.table_size
+        return np.where(inside, self.row_ids, 0), (None if inside.all() else inside)
+
     def mask(self, tokens: np.ndarray, ranges: np.ndarray | None) -> np.ndarray:
-        by_id = field_filters.id_mask(self.fields, tokens, ranges)
-        inside = self.row_ids < len(by_id)
-        return np.where(inside, by_id[np.where(inside, self.row_ids, 0)], False)
+        ids, inside = self._gather
+        by_row = field_filters.id_mask(self.fields, tokens, ranges)[ids]
+        return by_row if inside is None else by_row & inside
 
 
 class HeadFilter:
