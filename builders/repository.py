@@ -118,8 +118,8 @@ def _ann_parameters(repository: Path, head: str, version: int, fingerprint: str,
 
 
 def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int, fingerprint: str,
-                 dim: int, max_item_id: int, engines: bool = False, genres: tuple[str, ...] = ()
-                 ) -> dict[str, object]:
+                 dim: int, max_item_id: int, engines: bool = False, genres: tuple[str, ...] = (),
+                 fields: mcfg.FieldInputs = ()) -> dict[str, object]:
     tasks = len(task_names(cfg))
     mcf = cfg["merge"]
     per_request = cfg["serving"]["max_request_candidates"]
@@ -133,7 +133,7 @@ def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int,
         "max_keep": str(cfg["rerank"]["max_keep"]),
     }
     configs = {
-        "preprocess": mcfg.preprocess_config(target, tasks, preprocess_params),
+        "preprocess": mcfg.preprocess_config(target, tasks, preprocess_params, fields),
         "query_tower": mcfg.add_input_checks(mcfg.query_tower_config(target, dim), "query_tower", max_item_id,
                                              per_request),
         "composite_scorer": mcfg.add_input_checks(mcfg.scorer_config(target, tasks), "composite_scorer",
@@ -196,11 +196,13 @@ def build_engines(writer: VersionWriter, cfg: dict, target: mcfg.Target, dim: in
     return True
 
 
-def ensemble_configs(cfg: dict, target: mcfg.Target, version: int) -> dict[str, object]:
+def ensemble_configs(cfg: dict, target: mcfg.Target, version: int, fields: mcfg.FieldInputs = ()
+                     ) -> dict[str, object]:
+    """``fields``: the build's field filters (``FieldSchema.client_inputs``), the client tensors they add."""
     tasks = len(task_names(cfg))
     versions = dict.fromkeys(mcfg.STEP_MODELS, version)
-    return {mcfg.ENSEMBLE: mcfg.ensemble_config(target, tasks, versions),
-            mcfg.RETRIEVE_ENSEMBLE: mcfg.retrieve_config(target, tasks, versions),
+    return {mcfg.ENSEMBLE: mcfg.ensemble_config(target, tasks, versions, fields),
+            mcfg.RETRIEVE_ENSEMBLE: mcfg.retrieve_config(target, tasks, versions, fields),
             mcfg.SCORE_ENSEMBLE: mcfg.score_config(target, tasks, versions)}
 
 
@@ -223,6 +225,9 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
     save_state(writer.folder("query_tower") / layout.BUILD_STATE_FILE, funnel, catalogue, cfg)
     cat = catalogue
     attributes = ItemAttributes.of(cat.item_ids, cat.genres, cat.years, cat.genre_names)
+    if cat.item_fields is not None:  # preprocess validates by its vocabularies, the ANN steps filter by it
+        for step in ("preprocess", *(f"ann_{head}" for head in HEADS)):
+            cat.item_fields.save(writer.folder(step) / layout.ITEM_FIELDS)
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
         save_index(index, writer.folder(f"ann_{head}") / layout.INDEX_DIR)
         attributes.save(writer.folder(f"ann_{head}") / ITEM_ATTRIBUTES)
@@ -267,11 +272,12 @@ def write_repository(repository: Path, funnel: TrainedFunnel, catalogue: Catalog
     engines = build_engines(writer, cfg, target, dim)
     # 1. step configs (ANN now also expects this version's fingerprint), 2. version folders, 3. ensembles.
     max_item_id = int(catalogue.item_ids.max())
+    fields = tuple(catalogue.item_fields.schema().client_inputs()) if catalogue.item_fields is not None else ()
     for name, config in step_configs(repository, cfg, target, version, fingerprint, dim, max_item_id,
-                                     engines, catalogue.genre_names).items():
+                                     engines, catalogue.genre_names, fields).items():
         atomic_write(repository / name / CONFIG_FILE, mcfg.to_pbtxt(config))
     writer.commit()
-    for name, config in ensemble_configs(cfg, target, version).items():
+    for name, config in ensemble_configs(cfg, target, version, fields).items():
         (repository / name / "1").mkdir(parents=True, exist_ok=True)  # ensembles need a version folder
         atomic_write(repository / name / CONFIG_FILE, mcfg.to_pbtxt(config))
     record_build(repository, version, fingerprint, target.kind, record)

@@ -35,6 +35,7 @@ from widefunnel.layout import (
     FINGERPRINTS_PARAMETER,
     INDEX_DIR,
     ITEM_ATTRIBUTES,
+    ITEM_FIELDS,
     ITEM_IDS,
     atomic_write,
     commit_version,
@@ -126,6 +127,9 @@ def write_shard_repositories(source: Path, shard_repositories: list[Path], prune
                 attributes = source / model / str(version) / ITEM_ATTRIBUTES
                 if attributes.exists():  # keyed by id: every shard reads the whole table for its own rows
                     shutil.copy2(attributes, staged / ITEM_ATTRIBUTES)
+                fields = source / model / str(version) / ITEM_FIELDS
+                if fields.exists():  # likewise keyed by id
+                    shutil.copy2(fields, staged / ITEM_FIELDS)
                 item_ids = source / model / str(version) / ITEM_IDS
                 if item_ids.exists():  # takedowns and CANDIDATE_ITEM_ID in the catalogue's ids
                     shutil.copy2(item_ids, staged / ITEM_IDS)

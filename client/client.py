@@ -175,7 +175,8 @@ class WidefunnelClient:
                   **filters) -> Recommendation:
         """``candidates`` per head from the ANN and the rerankers' ``keep`` (the build's defaults when None).
         ``filters`` (inside retrieval, the same for every seed): ``exclude`` ids, ``include_genres`` (any of),
-        ``exclude_genres``, ``years`` (an inclusive (min, max))."""
+        ``exclude_genres``, ``years`` (an inclusive (min, max)); ``fields``: filters named after a build's own
+        item fields, e.g. ``{"include_brand": ["acme"], "min_price": 10.0}``."""
         return self._run(recommend_call(seeds, alpha, top_n, value_weights, candidates, keep, **filters))
 
     def recommend_many(self, seeds, batch_size: int = 32, **kwargs) -> list[Recommendation]:

@@ -19,6 +19,7 @@ import numpy as np
 if TYPE_CHECKING:
     from widefunnel.dataset import Dataset
     from widefunnel.dataset.features import ItemFeatures
+    from widefunnel.field_filters import ItemFields
 
 SOURCE = "recbole==1.2.1: recbole/dataset_example/ml-100k (MovieLens-100K, GroupLens Research)"
 
@@ -36,6 +37,7 @@ class Catalogue:
     texts: dict[int, str] | None = None  # the content encoder's input per item; None: from title, year, genres
     external_ids: np.ndarray | None = None  # int64 [table_size], -1 where no item; None: identity
     features: ItemFeatures | None = None  # the dataset's own item fields as tower tables; None: MovieLens'
+    item_fields: ItemFields | None = None  # the dataset's filterable fields (`field_filters`); None: MovieLens'
 
     @property
     def table_size(self) -> int:
@@ -198,10 +200,11 @@ def funnel_data(dataset: Dataset, table: dict) -> tuple[Catalogue, Interactions]
     ``table`` is the config's `[dataset]`: its `positive` and `tasks` conditions label the log. MovieLens
     (`path` empty) keeps its genres and years (the filters' attributes, the tower's features) and its text;
     any other dataset is served from its id, popularity, content text (`Dataset.text`) and every item field as a
-    feature (`dataset.features`), with no filter attributes yet."""
+    feature (`dataset.features`) and as a filter named after it (`field_filters`)."""
     from widefunnel.dataset.columns import FloatColumn
     from widefunnel.dataset.conditions import Condition, parse_tasks
     from widefunnel.dataset.features import item_features
+    from widefunnel.field_filters import item_fields_of
 
     external = dataset.items.ids
     internal = np.arange(1, len(external) + 1, dtype=np.int64)
@@ -216,7 +219,8 @@ def funnel_data(dataset: Dataset, table: dict) -> tuple[Catalogue, Interactions]
         catalogue = Catalogue(internal, titles, np.zeros(len(internal) + 1, np.int64), {}, (),
                               texts=dict(zip(keys, dataset.text())),
                               external_ids=np.concatenate([[-1], external]).astype(np.int64),
-                              features=item_features(dataset.items))
+                              features=item_features(dataset.items),
+                              item_fields=item_fields_of(dataset.items.columns, internal, len(internal) + 1))
         log = dataset.interactions
         rating = log.columns.get(dataset.config.roles.get("rating", "rating"))
         ratings = np.zeros(len(log), np.int64)

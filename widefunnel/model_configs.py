@@ -90,21 +90,36 @@ KEEP = Tensor("rerank_keep", "INT32", (1,), True)
 FILTER_INPUTS = [Tensor("exclude_item_id", "INT64", (-1,), True), Tensor("include_genre", "BYTES", (-1,), True),
                  Tensor("exclude_genre", "BYTES", (-1,), True), Tensor("min_year", "INT32", (1,), True),
                  Tensor("max_year", "INT32", (1,), True)]
+# Filters named after a build's own item fields (issue 29; `widefunnel.field_filters`): FIELD_TOKENS and
+# FIELD_RANGES, one packed form whatever the schema, so the ANN steps and the shard router wire fixed names.
 FILTER_STEP_TENSORS = [Tensor("EXCLUDE_IDS", "INT64", (-1,)), Tensor("GENRES_ANY", "INT64", (1,)),
-                       Tensor("GENRES_NONE", "INT64", (1,)), Tensor("YEARS", "INT32", (2,))]
+                       Tensor("GENRES_NONE", "INT64", (1,)), Tensor("YEARS", "INT32", (2,)),
+                       Tensor("FIELD_TOKENS", "INT64", (-1,)), Tensor("FIELD_RANGES", "FP32", (-1,))]
+
+FieldInputs = tuple[tuple[str, str], ...]  # (client tensor, dtype) per field filter: FieldSchema.client_inputs()
 
 
-def _filter_wiring() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+def filter_inputs(fields: FieldInputs = ()) -> list[Tensor]:
+    """The client's filter tensors: MovieLens' (genre, year) for a build without item fields, else
+    exclude_item_id and one include/exclude (BYTES [B, V]) or min/max (FP32 [B, 1]) pair per field."""
+    if not fields:
+        return FILTER_INPUTS
+    return [FILTER_INPUTS[0], *(Tensor(name, dtype, (-1,) if dtype == "BYTES" else (1,), True)
+                                for name, dtype in fields)]
+
+
+def _filter_wiring(fields: FieldInputs = ()) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """(ensemble -> preprocess inputs, preprocess -> ensemble outputs, ensemble -> ANN inputs): the step
     tensors travel under the same ensemble names (`_exclude_ids`, ...) from preprocess to both ANN steps."""
     between = {t.name: f"_{t.name.lower()}" for t in FILTER_STEP_TENSORS}
-    return {t.name: t.name for t in FILTER_INPUTS}, between, between
+    return {t.name: t.name for t in filter_inputs(fields)}, between, between
 
 
-def preprocess_config(target: Target, tasks: int, parameters: dict[str, str]) -> mc.ModelConfig:
+def preprocess_config(target: Target, tasks: int, parameters: dict[str, str], fields: FieldInputs = ()
+                      ) -> mc.ModelConfig:
     inputs = [SEED, Tensor("alpha", "FP32", (1,), True),
               Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True),
-              Tensor("candidate_item_id", "INT64", (-1,), True), SCORING_SEED, WIDTH, KEEP, *FILTER_INPUTS]
+              Tensor("candidate_item_id", "INT64", (-1,), True), SCORING_SEED, WIDTH, KEEP, *filter_inputs(fields)]
     outputs = [Tensor("ITEM_ID", "INT64", (1,)), Tensor("ALPHA", "FP32", (1,)), Tensor("TOP_N", "INT32", (1,)),
                Tensor("VALUE_WEIGHTS", "FP32", (tasks + 1,)), Tensor("CANDIDATE_ID", "INT64", (-1,)),
                Tensor("K", "INT32", (1,)), Tensor("KEEP", "INT32", (1,)), *FILTER_STEP_TENSORS]
@@ -199,8 +214,9 @@ def _ensemble(name: str, target: Target, inputs: list[Tensor], outputs: list[Ten
     return config
 
 
-def _front(config: mc.ModelConfig, versions: dict[str, int], with_candidates: bool = False) -> None:
-    client, filtered, _ = _filter_wiring()
+def _front(config: mc.ModelConfig, versions: dict[str, int], with_candidates: bool = False,
+           fields: FieldInputs = ()) -> None:
+    client, filtered, _ = _filter_wiring(fields)
     inputs = {"seed_item_id": "seed_item_id", "alpha": "alpha", "top_n": "top_n", "value_weights": "value_weights",
               WIDTH.name: WIDTH.name, KEEP.name: KEEP.name} | client
     outputs = {"ITEM_ID": "_item_id", "ALPHA": "_alpha", "TOP_N": "_top_n", "VALUE_WEIGHTS": "_value_weights",
@@ -211,10 +227,10 @@ def _front(config: mc.ModelConfig, versions: dict[str, int], with_candidates: bo
     _step(config, "preprocess", versions["preprocess"], inputs, outputs)
 
 
-def _client_inputs(tasks: int) -> list[Tensor]:
+def _client_inputs(tasks: int, fields: FieldInputs = ()) -> list[Tensor]:
     return [SEED, Tensor("alpha", "FP32", (1,), True),
             Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True), WIDTH, KEEP,
-            *FILTER_INPUTS]
+            *filter_inputs(fields)]
 
 
 def _towers_and_ann(config: mc.ModelConfig, versions: dict[str, int], full: bool = True) -> None:
@@ -235,10 +251,11 @@ def pinned_version(config: mc.ModelConfig) -> int | None:
     return pins.pop() if len(pins) == 1 and -1 not in pins else None
 
 
-def ensemble_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.ModelConfig:
+def ensemble_config(target: Target, tasks: int, versions: dict[str, int], fields: FieldInputs = ()
+                    ) -> mc.ModelConfig:
     """seed ids -> towers -> ANN per head -> reranker per head -> composite scorer per head -> quota merge."""
-    config = _ensemble(ENSEMBLE, target, _client_inputs(tasks), merge_outputs(tasks))
-    _front(config, versions)
+    config = _ensemble(ENSEMBLE, target, _client_inputs(tasks, fields), merge_outputs(tasks))
+    _front(config, versions, fields=fields)
     _towers_and_ann(config, versions)
     for head in HEADS:
         _step(config, f"rerank_{head}", versions[f"rerank_{head}"],
@@ -257,13 +274,14 @@ def ensemble_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.
     return config
 
 
-def retrieve_config(target: Target, tasks: int, versions: dict[str, int]) -> mc.ModelConfig:
+def retrieve_config(target: Target, tasks: int, versions: dict[str, int], fields: FieldInputs = ()
+                    ) -> mc.ModelConfig:
     """Retrieval only (TFRS's second signature): each head's ANN candidates, no scoring."""
     outputs = []
     for head in HEADS:
         outputs += [Tensor(f"{head}_item_id", "INT64", (-1,)), Tensor(f"{head}_score", "FP32", (-1,))]
-    config = _ensemble(RETRIEVE_ENSEMBLE, target, [SEED, WIDTH, *FILTER_INPUTS], outputs)
-    client, filtered, _ = _filter_wiring()
+    config = _ensemble(RETRIEVE_ENSEMBLE, target, [SEED, WIDTH, *filter_inputs(fields)], outputs)
+    client, filtered, _ = _filter_wiring(fields)
     _step(config, "preprocess", versions["preprocess"], {"seed_item_id": "seed_item_id", WIDTH.name: WIDTH.name}
           | client, {"ITEM_ID": "_item_id", "K": "_k"} | filtered)
     _towers_and_ann(config, versions, full=False)

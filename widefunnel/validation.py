@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from widefunnel.field_filters import ANY_OF, NONE_OF, FieldSchema, no_ranges, pack_token
+
 
 class RequestError(ValueError):
     """A client error; the message starts with the offending field's name."""
@@ -63,12 +65,18 @@ def check_row_shape(name: str, array: np.ndarray | None, batch: int, width: int 
 
 def check_ann_inputs(inputs: dict[str, np.ndarray | None], batch: int, max_exclude: int) -> None:
     """The ANN step's per-query inputs: EXCLUDE_ID [B, 1], EXCLUDE_IDS [B, 1..max_exclude] (the build's bound,
-    as preprocess applies it to exclude_item_id), GENRES_ANY and GENRES_NONE [B, 1], YEARS [B, 2]. A direct
+    as preprocess applies it to exclude_item_id), GENRES_ANY and GENRES_NONE [B, 1], YEARS [B, 2], FIELD_TOKENS
+    [B, 1..MAX_FIELD_TOKENS], FIELD_RANGES [B, 2..MAX_FIELD_RANGES] (pairs). A direct
     call has no gateway or preprocess in front of it, so the step bounds what it reads itself."""
     check_row_shape("EXCLUDE_ID", inputs.get("EXCLUDE_ID"), batch, 1)
     check_row_shape("EXCLUDE_IDS", inputs.get("EXCLUDE_IDS"), batch, max_width=max_exclude)
     for name, width in (("GENRES_ANY", 1), ("GENRES_NONE", 1), ("YEARS", 2)):
         check_row_shape(name, inputs.get(name), batch, width)
+    check_row_shape("FIELD_TOKENS", inputs.get("FIELD_TOKENS"), batch, max_width=MAX_FIELD_TOKENS)
+    ranges = inputs.get("FIELD_RANGES")
+    check_row_shape("FIELD_RANGES", ranges, batch, max_width=MAX_FIELD_RANGES)
+    if ranges is not None and ranges.shape[1] % 2:
+        raise RequestError(f"FIELD_RANGES: (min, max) pairs expected, got width {ranges.shape[1]}")
 
 
 def request_scalar(name: str, values: np.ndarray | None, default: int, low: int, high: int) -> int:
@@ -99,6 +107,8 @@ DEFAULT_MAX_EXCLUDE = 1000
 # tritonserver, and preprocess and the steps refuse it when called directly. A value over these is a client's
 # mistake, never a cost other clients pay.
 MAX_FILTER_VALUES = 64  # values of one filter field (include_genre, ...) for one seed
+MAX_FIELD_TOKENS = 4096  # packed FIELD_TOKENS entries per query at the ANN step (its own bound on a direct call)
+MAX_FIELD_RANGES = 2048  # FIELD_RANGES values per query: (min, max) for up to 1024 float fields
 MAX_REQUEST_FILTER_VALUES = 4096  # values of one filter field for all seeds of a request together
 MAX_STRING_BYTES = 256  # one BYTES element (a filter value, a request parameter's string)
 MAX_REQUEST_ID_CHARS = 128  # the request's "id", echoed back by the server
@@ -374,10 +384,18 @@ def validate_filters(limits: RequestLimits, batch: int, exclude_item_id: np.ndar
     return ValidFilters(ex, any_, none, np.concatenate([lo, hi], axis=1).astype(np.int32))
 
 
-def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years=None, batch: int = 1
-                   ) -> dict[str, np.ndarray]:
-    """Client tensors for one set of filters, repeated for ``batch`` seeds (None = that filter is not sent)."""
+def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years=None, batch: int = 1,
+                   fields: dict[str, object] | None = None) -> dict[str, np.ndarray]:
+    """Client tensors for one set of filters, repeated for ``batch`` seeds (None = that filter is not sent).
+    ``fields``: filters named after a build's item fields, by tensor name: a list of values for
+    ``include_<f>`` / ``exclude_<f>``, a number for ``min_<f>`` / ``max_<f>``."""
     tensors: dict[str, np.ndarray] = {}
+    for name, value in (fields or {}).items():
+        if isinstance(value, int | float):
+            tensors[name] = np.full((batch, 1), value, np.float32)
+        else:
+            row = np.array([v.encode() if isinstance(v, str) else v for v in value], dtype=np.object_)
+            tensors[name] = np.repeat(row.reshape(1, -1), batch, axis=0)
     if exclude is not None:
         ids = np.asarray(exclude, np.int64).reshape(1, -1)
         ids = ids if ids.size else np.full((1, 1), -1, np.int64)
@@ -390,3 +408,49 @@ def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years
         tensors["min_year"] = np.full((batch, 1), years[0], np.int32)
         tensors["max_year"] = np.full((batch, 1), years[1], np.int32)
     return tensors
+
+
+def _token_codes(field: str, values: np.ndarray, batch: int, vocabulary: tuple[str, ...]) -> np.ndarray:
+    """Values [B, V] of one token field -> vocabulary codes int64 [B, V]; RequestError naming the field and the
+    first unknown value. Each distinct value is looked up once."""
+    check_filter_shape(field, values.shape, batch)
+    strings = check_strings(field, values)
+    distinct, inverse = np.unique(strings.ravel(), return_inverse=True)
+    code = {v.encode(): j for j, v in enumerate(vocabulary) if v}
+    codes = np.empty(len(distinct), np.int64)
+    for n, value in enumerate(distinct):
+        if value not in code:
+            raise RequestError(f"{field}: unknown value {shown(value)} (not in this build's catalogue)")
+        codes[n] = code[value]
+    return codes[inverse].reshape(values.shape)
+
+
+def validate_field_filters(schema: FieldSchema, batch: int, tensors: dict[str, np.ndarray | None]
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Filters named after the build's item fields (``FieldSchema.client_inputs``: ``include_<f>``,
+    ``exclude_<f>``, ``min_<f>``, ``max_<f>``) -> the packed step tensors (FIELD_TOKENS int64 [B, T], -1 pads,
+    T >= 1; FIELD_RANGES float32 [B, 2F]), ``ann.field_filters``' form. RequestError naming the field for an
+    unknown tensor, an unknown value, a bad shape or an empty range."""
+    known = {name for name, _ in schema.client_inputs()}
+    for name, value in tensors.items():
+        if value is not None and name not in known:
+            raise RequestError(f"{name}: not a filter of this build (its fields: {', '.join(sorted(known)) or 'none'})")
+    parts = [np.full((batch, 1), -1, np.int64)]
+    for slot, (name, vocabulary) in enumerate(schema.tokens):
+        for mode, prefix in ((ANY_OF, "include"), (NONE_OF, "exclude")):
+            values = tensors.get(f"{prefix}_{name}")
+            if values is not None:
+                parts.append(pack_token(slot, mode, _token_codes(f"{prefix}_{name}", values, batch, vocabulary)))
+    ranges = no_ranges(batch, len(schema.floats))
+    for j, name in enumerate(schema.floats):
+        lo = _column(f"min_{name}", tensors.get(f"min_{name}"), batch, np.float32, -np.inf)
+        hi = _column(f"max_{name}", tensors.get(f"max_{name}"), batch, np.float32, np.inf)
+        if np.isnan(lo).any() or np.isnan(hi).any():
+            raise RequestError(f"min_{name}, max_{name}: NaN is not a bound (leave the field out for no bound)")
+        if np.any(lo > hi):
+            bad = int(np.argmax(lo > hi))
+            raise RequestError(f"min_{name}, max_{name}: empty range at seed {bad}, got "
+                               f"[{float(lo[bad, 0])}, {float(hi[bad, 0])}]")
+        ranges[:, 2 * j], ranges[:, 2 * j + 1] = lo[:, 0], hi[:, 0]
+    tokens = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    return (tokens[:, 1:] if len(parts) > 1 else tokens), ranges

@@ -22,13 +22,13 @@ import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in t
 import triton_python_backend_utils as pb_utils
 
 from widefunnel.client.router import REASONS, InvalidRequest, ShardFailure, ShardRouter
-from widefunnel.model_configs import model_parameters
+from widefunnel.model_configs import FILTER_STEP_TENSORS, model_parameters
 from widefunnel.plugins.stub import StepUnavailable, failure_response, request_inputs
 from widefunnel.sharding import ROUTER_OPTIONAL, ROUTER_REQUIRED, parse_router_parameters
 from widefunnel.validation import RequestError
 
 # every shard gets the same filters (its attribute table is keyed by id, so it maps them to its own rows)
-OPTIONAL_INPUTS = ("EXCLUDE_ID", "K", "NPROBE", "EXCLUDE_IDS", "GENRES_ANY", "GENRES_NONE", "YEARS")
+OPTIONAL_INPUTS = ("EXCLUDE_ID", "K", "NPROBE", *(t.name for t in FILTER_STEP_TENSORS))
 
 
 class TritonPythonModel:

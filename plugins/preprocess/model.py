@@ -13,8 +13,9 @@ import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in t
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from widefunnel.field_filters import FieldSchema, ItemFields
 from widefunnel.item_ids import ItemIds
-from widefunnel.layout import CATALOGUE_FILE, repository_of
+from widefunnel.layout import CATALOGUE_FILE, ITEM_FIELDS, repository_of
 from widefunnel.model_configs import model_parameters
 from widefunnel.plugins.stub import input_array, request_inputs, respond_each
 from widefunnel.takedowns import TakedownWatch
@@ -22,6 +23,7 @@ from widefunnel.validation import (
     RequestLimits,
     ValidFilters,
     refuse_taken_down,
+    validate_field_filters,
     validate_filters,
     validate_request,
 )
@@ -45,6 +47,8 @@ class TritonPythonModel:
         try:
             self.limits = RequestLimits.from_parameters(params, np.load(catalogue, allow_pickle=False))
             self.ids = ItemIds.load(folder)  # requests name external ids; every later step takes internal ones
+            fields = os.path.join(folder, ITEM_FIELDS)  # absent: MovieLens (genres and years) or an older build
+            self.fields = ItemFields.load(fields).schema() if os.path.exists(fields) else FieldSchema((), ())
         except Exception as exc:
             raise pb_utils.TritonModelException(f"{self.name}: cannot read {catalogue}: {exc}") from exc
         self.takedowns = TakedownWatch(repository_of(args["model_repository"]))
@@ -58,6 +62,8 @@ class TritonPythonModel:
         refuse_taken_down("candidate_item_id", valid.candidate_id, taken)
         filters = validate_filters(self.limits, len(valid.item_id),
                                    **{n: input_array(inputs, n) for n in ValidFilters.FIELDS})
+        field_tokens, field_ranges = validate_field_filters(
+            self.fields, len(valid.item_id), {n: input_array(inputs, n) for n, _ in self.fields.client_inputs()})
         item_id, candidate_id, exclude_ids = valid.item_id, valid.candidate_id, filters.exclude_ids
         if self.ids is not None:
             item_id, candidate_id = self.ids.to_internal(item_id), self.ids.to_internal(candidate_id)
@@ -67,7 +73,8 @@ class TritonPythonModel:
                 pb_utils.Tensor("CANDIDATE_ID", candidate_id), pb_utils.Tensor("K", valid.k),
                 pb_utils.Tensor("KEEP", valid.keep),
                 pb_utils.Tensor("EXCLUDE_IDS", exclude_ids), pb_utils.Tensor("GENRES_ANY", filters.genres_any),
-                pb_utils.Tensor("GENRES_NONE", filters.genres_none), pb_utils.Tensor("YEARS", filters.years)]
+                pb_utils.Tensor("GENRES_NONE", filters.genres_none), pb_utils.Tensor("YEARS", filters.years),
+                pb_utils.Tensor("FIELD_TOKENS", field_tokens), pb_utils.Tensor("FIELD_RANGES", field_ranges)]
 
     def execute(self, requests):
         return respond_each(requests, self._validate, self.name)

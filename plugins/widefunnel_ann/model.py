@@ -24,6 +24,7 @@ from widefunnel.layout import (
     FINGERPRINTS_PARAMETER,
     INDEX_DIR,
     ITEM_ATTRIBUTES,
+    ITEM_FIELDS,
     fingerprint_int,
     parse_fingerprints,
     repository_of,
@@ -75,7 +76,8 @@ class TritonPythonModel:
         try:  # attributes absent in builds older than filters (exclusions still work)
             self.ids = ItemIds.load(os.path.join(args["model_repository"], version))  # None: internal == external
             self.filter = HeadFilter(self.index.ids, prepare_index(self.index).rows_of, attributes,
-                                     InternalTakedowns(self.ids, watch.ids))
+                                     InternalTakedowns(self.ids, watch.ids),
+                                     os.path.join(args["model_repository"], version, ITEM_FIELDS))
         except (OSError, ValueError, KeyError) as exc:
             raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing {attributes}: {exc}") from exc
         self.k, self.max_k = int(params["k"]), int(params["max_k"])
@@ -95,16 +97,17 @@ class TritonPythonModel:
             self.gpu = GpuIndex.from_index(self.index, f"cuda:{args['model_instance_device_id']}")
 
     def _allow(self, inputs: dict, batch: int) -> np.ndarray | None:
-        """The request's filters (EXCLUDE_IDS, GENRES_ANY, GENRES_NONE, YEARS; one row per query) and the
+        """The request's filters (EXCLUDE_IDS, GENRES_ANY, GENRES_NONE, YEARS, FIELD_TOKENS, FIELD_RANGES; one
+        row per query) and the
         taken-down items -> a row bitmap the scan applies, or None when nothing is filtered."""
         tensors = {n: input_array(inputs, n) for n in ("EXCLUDE_ID", "EXCLUDE_IDS", "GENRES_ANY", "GENRES_NONE",
-                                                       "YEARS")}
+                                                       "YEARS", "FIELD_TOKENS", "FIELD_RANGES")}
         check_ann_inputs(tensors, batch, self.max_exclude)
         try:
             return self.filter.allow(batch, tensors["EXCLUDE_IDS"],
                                      None if tensors["GENRES_ANY"] is None else tensors["GENRES_ANY"][:, 0],
                                      None if tensors["GENRES_NONE"] is None else tensors["GENRES_NONE"][:, 0],
-                                     tensors["YEARS"])
+                                     tensors["YEARS"], tensors["FIELD_TOKENS"], tensors["FIELD_RANGES"])
         except ValueError as exc:
             raise RequestError(str(exc)) from None
 

@@ -43,7 +43,7 @@ def shop(tmp_path_factory) -> dict:
     config.write_text(CONFIG)
     return {"root": root, "atomic": write_atomic(tables, root / "atomic"),
             "parquet": write_parquet(tables, root / "parquet", parts=3), "config": config,
-            "ids": np.sort(tables.items.column("item_id").to_numpy())}
+            "ids": np.sort(tables.items.column("item_id").to_numpy()), "items": tables.items}
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +129,9 @@ def test_served_by_13_digit_ids(shop, served, protocol):
             client.recommend([missing])
         with pytest.raises(WidefunnelError, match=r"seed_item_id: unknown item id\(s\) \[1\]"):
             client.recommend([1])  # an internal id is no id of this catalogue
-        with pytest.raises(WidefunnelError, match=r"include_genre: .*no item attributes"):
+        with pytest.raises(WidefunnelError, match=r"include_genre"):  # the shop's filters are named after its fields
             client.recommend(seeds[:1], include_genres=["Comedy"])
-        with pytest.raises(WidefunnelError, match=r"min_year: this build has no item attributes"):
+        with pytest.raises(WidefunnelError, match=r"min_year"):
             client.recommend(seeds[:1], years=(1990, 2000))
 
 
@@ -172,3 +172,92 @@ def test_a_malformed_dataset_is_refused_before_anything_is_written(shop, tmp_pat
     err = capsys.readouterr().err
     assert "shop.item" in err and "line 42" in err and "price" in err
     assert sorted(p.name for p in repository.iterdir()) == ["keep.txt"]
+
+
+# ------------------------------------------------------------------ filters named after the shop's fields
+def _admissible(items, request: dict) -> set[int]:
+    """The filter read straight from the shop's item table, independently of the serving code."""
+    out = set()
+    for row in items.select(["item_id", "brand", "categories", "price"]).to_pylist():
+        brand, cats, price = row["brand"], set(row["categories"] or ()), row["price"]
+        if "include_brand" in request and brand not in request["include_brand"]:
+            continue
+        if "exclude_brand" in request and brand in request["exclude_brand"]:
+            continue
+        if "include_categories" in request and not cats & set(request["include_categories"]):
+            continue
+        if "exclude_categories" in request and cats & set(request["exclude_categories"]):
+            continue
+        price = np.float32(np.nan if price is None else price)  # float fields and bounds are float32
+        if "min_price" in request and not price >= np.float32(request["min_price"]):
+            continue
+        if "max_price" in request and not price <= np.float32(request["max_price"]):
+            continue
+        out.add(int(row["item_id"]))
+    return out
+
+
+def _field_requests(items) -> list[dict]:
+    brands = sorted(set(items.column("brand").to_pylist()) - {None})
+    cats = sorted({c for cs in items.column("categories").to_pylist() for c in cs or ()})
+    prices = np.sort(np.asarray(items.column("price").to_numpy(), np.float64))
+    return [{"include_brand": brands[:3]},
+            {"exclude_categories": cats[:2], "min_price": float(prices[len(prices) // 4])},
+            {"include_categories": cats[2:5], "exclude_brand": brands[:1],
+             "max_price": float(prices[3 * len(prices) // 4])},
+            {"min_price": float(prices[100]), "max_price": float(prices[400])}]
+
+
+def test_every_field_is_a_filter_named_after_it(builds):
+    preprocess = mcfg.from_pbtxt((builds["atomic"] / "preprocess" / layout.CONFIG_FILE).read_text())
+    names = {t.name: t.data_type for t in preprocess.input}
+    for name in ("include_brand", "exclude_brand", "include_categories", "exclude_categories"):
+        assert names[name] == mcfg.mc.TYPE_STRING
+    assert names["min_price"] == names["max_price"] == mcfg.mc.TYPE_FP32
+    assert "include_genre" not in names and "min_year" not in names  # MovieLens' names are MovieLens' fields
+    for ensemble in (mcfg.ENSEMBLE, mcfg.RETRIEVE_ENSEMBLE):
+        config = mcfg.from_pbtxt((builds["atomic"] / ensemble / layout.CONFIG_FILE).read_text())
+        assert {"include_brand", "exclude_categories", "min_price"} <= {t.name for t in config.input}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_field_filters_are_the_exact_top_k_of_the_admissible_items(shop, served, protocol):
+    """Every answer is admissible, and each head's filtered top-k is the first k admissible items of its
+    unfiltered ranking of the whole catalogue (same scores, same tie rule): nothing better is missing."""
+    ids, seeds = shop["ids"], shop["ids"][[5, 1200, 2500]]
+    url = served.http_url if protocol == "http" else served.grpc_url
+    with WidefunnelClient(url, protocol) as client:
+        full = client.retrieve(seeds, candidates=len(ids))
+        for request in _field_requests(shop["items"]):
+            admissible = _admissible(shop["items"], request)
+            assert 0 < len(admissible) < len(ids), request
+            got = client.retrieve(seeds, candidates=50, fields=request)
+            for head in mcfg.HEADS:
+                got_ids, got_scores = got[head]
+                for i, seed in enumerate(seeds):
+                    order, scores = full[head][0][i], full[head][1][i]
+                    keep = np.array([int(x) in admissible and x != seed for x in order])
+                    want = order[keep][:50]
+                    assert set(got_ids[i][got_ids[i] >= 0].tolist()) <= admissible, (head, request)
+                    np.testing.assert_array_equal(got_ids[i][:len(want)], want)
+                    np.testing.assert_array_equal(got_scores[i][:len(want)], scores[keep][:50])
+            rec = client.recommend(seeds, top_n=10, fields=request)
+            answered = rec.item_id[rec.item_id >= 0]
+            assert answered.size and set(answered.tolist()) <= admissible, request
+        plain = client.retrieve(seeds, candidates=50)  # without filters: as before
+        for head in mcfg.HEADS:
+            np.testing.assert_array_equal(plain[head][0], full[head][0][:, :50])
+
+
+def test_field_filters_are_refused_by_name(served):
+    with WidefunnelClient(served.grpc_url, "grpc") as client:
+        seed = [int(np.load(served.repository / "preprocess" / "1" / layout.CATALOGUE_FILE)[0])]
+        with pytest.raises(WidefunnelError, match=r"include_brand: unknown value 'no-such-brand'"):
+            client.retrieve(seed, fields={"include_brand": ["no-such-brand"]})
+        with pytest.raises(WidefunnelError, match=r"exclude_categories: empty value"):
+            client.retrieve(seed, fields={"exclude_categories": [""]})
+        with pytest.raises(WidefunnelError, match=r"min_price, max_price: empty range"):
+            client.recommend(seed, fields={"min_price": 50.0, "max_price": 10.0})
+        with pytest.raises(WidefunnelError, match=r"include_colour"):  # no such field: not an input of the build
+            client.retrieve(seed, fields={"include_colour": ["red"]})
+        assert client.retrieve(seed, candidates=5)["engagement"][0].shape == (1, 5)  # still serving

@@ -7,10 +7,12 @@ so a chunk with no admissible row costs one load. ``[B, 0]`` means "no filter".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from widefunnel import field_filters
 from widefunnel.ann import kernels
 from widefunnel.validation import YEAR_ANY  # one owner: the client-facing default of min_year/max_year
 
@@ -182,31 +184,64 @@ class StandingBlock:
 
 
 def request_bitmap(n_rows: int, rows: RowAttributes | None, rows_of_ids, exclude_ids: np.ndarray | None,
-                   genres_any: np.ndarray | None, genres_none: np.ndarray | None, years: np.ndarray | None
-                   ) -> np.ndarray | None:
+                   genres_any: np.ndarray | None, genres_none: np.ndarray | None, years: np.ndarray | None,
+                   fields: RowFields | None = None, field_tokens: np.ndarray | None = None,
+                   field_ranges: np.ndarray | None = None) -> np.ndarray | None:
     """Per-query filters (exclusion ids [B, E] with -1 pads; genre masks [B]; inclusive year ranges [B, 2]) ->
     a row bitmap [B, W] over ``n_rows`` rows, or None when no query filters anything (the unfiltered scan
-    runs). ``rows_of_ids`` maps ids to rows (-1 = not in this index). ValueError when an attribute filter meets
-    an index without attributes."""
-    given = [a for a in (exclude_ids, genres_any, genres_none, years) if a is not None]
+    runs). ``rows_of_ids`` maps ids to rows (-1 = not in this index). Field filters (``field_filters``' packed
+    FIELD_TOKENS / FIELD_RANGES) need ``fields``. ValueError when an attribute or field filter meets an index
+    without that table."""
+    given = [a for a in (exclude_ids, genres_any, genres_none, years, field_tokens, field_ranges) if a is not None]
     if not given:
         return None
     batch = len(given[0])
+    by_field = field_filters.filtering(field_tokens, field_ranges)
+    if by_field.any() and fields is None:
+        raise ValueError("field filters: this index has no item fields table (a build before them); rebuild it")
     attr = [(0 if genres_any is None else int(genres_any[i]), 0 if genres_none is None else int(genres_none[i]),
              YEAR_ANY if years is None else (int(years[i][0]), int(years[i][1]))) for i in range(batch)]
     excl = None if exclude_ids is None else rows_of_ids(np.asarray(exclude_ids, np.int64).reshape(batch, -1))
-    filtering = any(a != (0, 0, YEAR_ANY) for a in attr)
-    if not filtering and (excl is None or not (excl >= 0).any()):
+    by_attribute = any(a != (0, 0, YEAR_ANY) for a in attr)
+    if not by_attribute and not by_field.any() and (excl is None or not (excl >= 0).any()):
         return None
-    if filtering and rows is None:
+    if by_attribute and rows is None:
         raise ValueError("filters: this index has no item attributes (its build wrote none); rebuild it")
     masks = np.ones((batch, n_rows), bool)
+    field_masks: dict[tuple[bytes, bytes], np.ndarray] = {}
     for i in range(batch):
         if rows is not None and attr[i] != (0, 0, YEAR_ANY):
             masks[i] = attribute_mask(rows, *attr[i])
+        if fields is not None and by_field[i]:
+            tokens = field_tokens[i] if field_tokens is not None else np.zeros(0, np.int64)
+            ranges = None if field_ranges is None else field_ranges[i]
+            key = (tokens.tobytes(), b"" if ranges is None else ranges.tobytes())
+            if key not in field_masks:  # a client repeats one filter for every seed: one mask per distinct row
+                field_masks[key] = fields.mask(tokens, ranges)
+            masks[i] &= field_masks[key]
         if excl is not None:
             masks[i, excl[i][excl[i] >= 0]] = False
     return pack_rows(masks)
+
+
+@dataclass(frozen=True)
+class RowFields:
+    """A build's ``field_filters.ItemFields`` seen from one index: ``row_ids`` (internal id per row) turns its
+    mask over internal ids into a mask over rows (ids past the table: never admitted by a field filter)."""
+
+    fields: field_filters.ItemFields
+    row_ids: np.ndarray  # int64 [N]
+
+    @cached_property
+    def _gather(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the id each row reads, clipped into the table; the rows inside it, None when all are)."""
+        inside = self.row_ids < self.fields.table_size
+        return np.where(inside, self.row_ids, 0), (None if inside.all() else inside)
+
+    def mask(self, tokens: np.ndarray, ranges: np.ndarray | None) -> np.ndarray:
+        ids, inside = self._gather
+        by_row = field_filters.id_mask(self.fields, tokens, ranges)[ids]
+        return by_row if inside is None else by_row & inside
 
 
 class HeadFilter:
@@ -216,16 +251,21 @@ class HeadFilter:
     ``attributes``: the build's item attributes file (None or absent: a build older than filters, where only
     exclusions work); ``takedown_ids``: returns the taken-down ids (``takedowns.TakedownWatch.ids``)."""
 
-    def __init__(self, row_ids: np.ndarray, rows_of, attributes: Path | str | None, takedown_ids):
+    def __init__(self, row_ids: np.ndarray, rows_of, attributes: Path | str | None, takedown_ids,
+                 fields: Path | str | None = None):
         self.n_rows, self.rows_of = len(row_ids), rows_of
         self.attributes = (RowAttributes.of(ItemAttributes.load(attributes), row_ids)
                            if attributes is not None and Path(attributes).exists() else None)
+        self.fields = (RowFields(field_filters.ItemFields.load(fields), np.asarray(row_ids, np.int64))
+                       if fields is not None and Path(fields).exists() else None)
         self.blocked = StandingBlock(takedown_ids, self.n_rows, rows_of)
 
     def allow(self, batch: int, exclude_ids: np.ndarray | None = None, genres_any: np.ndarray | None = None,
-              genres_none: np.ndarray | None = None, years: np.ndarray | None = None) -> np.ndarray | None:
+              genres_none: np.ndarray | None = None, years: np.ndarray | None = None,
+              field_tokens: np.ndarray | None = None, field_ranges: np.ndarray | None = None) -> np.ndarray | None:
         """The row bitmap [batch, W] a scan applies, or None when nothing is filtered or blocked. Genre masks
         [B]; the rest as ``request_bitmap``'s. ValueError when an attribute filter meets a build without
         attributes."""
         return restrict(request_bitmap(self.n_rows, self.attributes, self.rows_of, exclude_ids, genres_any,
-                                       genres_none, years), self.blocked.bits(), batch)
+                                       genres_none, years, self.fields, field_tokens, field_ranges),
+                        self.blocked.bits(), batch)

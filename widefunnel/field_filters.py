@@ -1,0 +1,208 @@
+"""Filters named after a catalogue's own item fields (issue 29): every `token` / `token_seq` field takes include
+and exclude lists of values, every `float` field a min/max range. The table is keyed by internal id (row 0 pads),
+so every shard of an index reads the same file, and it only ever becomes a row bitmap (``ann.filters``): the
+scans stay exact for any selectivity.
+
+Step tensors (one packed form, whatever the schema, so the ANN steps and the router wire fixed names):
+``FIELD_TOKENS`` int64 [B, T], each entry ``(slot << 33) | (mode << 32) | code`` (slot: the token field's place
+in the table; mode 0 = any of, 1 = none of; -1 pads) and ``FIELD_RANGES`` float32 [B, 2F] (inclusive (min, max)
+per float field; -inf/inf = that side is open, both open = no filter; NaN items fail any range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from widefunnel.dataset.columns import FloatColumn, TokenColumn, TokenSeqColumn
+
+TOKEN, FLOAT = "token", "float"
+ANY_OF, NONE_OF = 0, 1
+_CODE_BITS = 32
+
+
+@dataclass(frozen=True)
+class TokenField:
+    """A token or token_seq field as a CSR over internal ids: item ``i`` has ``codes[offsets[i]:offsets[i+1]]``,
+    each an index into ``vocabulary`` (entry 0 = "" = missing, never stored)."""
+
+    name: str
+    offsets: np.ndarray  # int64 [table_size + 1]
+    codes: np.ndarray  # int32 [nnz], each >= 1
+    vocabulary: tuple[str, ...]
+
+    @cached_property
+    def item_of_code(self) -> np.ndarray:
+        """int64 [nnz]: the internal id each stored code belongs to (computed once: every filter reads it)."""
+        return np.repeat(np.arange(len(self.offsets) - 1, dtype=np.int64), np.diff(self.offsets))
+
+    def items_with(self, codes: np.ndarray) -> np.ndarray:
+        """bool [table_size]: the items holding any of ``codes`` (a lookup table over the vocabulary, then one
+        gather and a bincount over the stored codes: no sort)."""
+        wanted = np.zeros(len(self.vocabulary) + 1, bool)
+        codes = np.asarray(codes, np.int64)
+        wanted[codes[(codes >= 1) & (codes < len(wanted))]] = True
+        return np.bincount(self.item_of_code[wanted[self.codes]], minlength=len(self.offsets) - 1) > 0
+
+
+@dataclass(frozen=True)
+class FloatField:
+    name: str
+    values: np.ndarray  # float32 [table_size], NaN = missing
+
+
+Field = TokenField | FloatField
+
+
+@dataclass(frozen=True)
+class ItemFields:
+    """The filterable fields of one build (written beside each ANN version, ``layout.ITEM_FIELDS``)."""
+
+    fields: tuple[Field, ...]
+
+    @property
+    def tokens(self) -> tuple[TokenField, ...]:
+        return tuple(f for f in self.fields if isinstance(f, TokenField))
+
+    @property
+    def floats(self) -> tuple[FloatField, ...]:
+        return tuple(f for f in self.fields if isinstance(f, FloatField))
+
+    @property
+    def table_size(self) -> int:
+        f = self.fields[0]
+        return len(f.offsets) - 1 if isinstance(f, TokenField) else len(f.values)
+
+    def schema(self) -> FieldSchema:
+        return FieldSchema(tuple((f.name, f.vocabulary) for f in self.tokens), tuple(f.name for f in self.floats))
+
+    def save(self, path: Path) -> None:
+        arrays: dict[str, np.ndarray] = {"token_names": np.array([f.name for f in self.tokens], dtype=str),
+                                         "float_names": np.array([f.name for f in self.floats], dtype=str)}
+        for j, f in enumerate(self.tokens):
+            arrays |= {f"t{j}_offsets": f.offsets, f"t{j}_codes": f.codes,
+                       f"t{j}_vocabulary": np.array(f.vocabulary, dtype=str)}
+        for j, f in enumerate(self.floats):
+            arrays[f"f{j}_values"] = f.values
+        with open(path, "wb") as out:
+            np.savez(out, **arrays)
+
+    @classmethod
+    def load(cls, path: Path | str) -> ItemFields:
+        with np.load(path, allow_pickle=False) as z:
+            tokens = [TokenField(str(name), z[f"t{j}_offsets"].astype(np.int64), z[f"t{j}_codes"].astype(np.int32),
+                                 tuple(str(v) for v in z[f"t{j}_vocabulary"]))
+                      for j, name in enumerate(z["token_names"])]
+            floats = [FloatField(str(name), z[f"f{j}_values"].astype(np.float32))
+                      for j, name in enumerate(z["float_names"])]
+        return cls((*tokens, *floats))
+
+
+@dataclass(frozen=True)
+class FieldSchema:
+    """What preprocess needs to validate field filters: each token field's vocabulary, the float fields' names
+    (both in the table's order, which the packed step tensors index)."""
+
+    tokens: tuple[tuple[str, tuple[str, ...]], ...]
+    floats: tuple[str, ...]
+
+    def client_inputs(self) -> list[tuple[str, str]]:
+        """(tensor name, Triton dtype) of every client filter input, named after its field."""
+        out = []
+        for name, _ in self.tokens:
+            out += [(f"include_{name}", "BYTES"), (f"exclude_{name}", "BYTES")]
+        for name in self.floats:
+            out += [(f"min_{name}", "FP32"), (f"max_{name}", "FP32")]
+        return out
+
+
+def pack_token(slot: int, mode: int, codes: np.ndarray) -> np.ndarray:
+    """Codes of one token field and mode -> packed FIELD_TOKENS entries (negative codes stay -1 pads)."""
+    codes = np.asarray(codes, np.int64)
+    return np.where(codes < 0, -1, (np.int64(slot) << 33) | (np.int64(mode) << 32) | codes)
+
+
+def no_ranges(batch: int, floats: int) -> np.ndarray:
+    """FIELD_RANGES with every side open: [B, 2F], at least [B, 2] (no zero-width tensor crosses the ensemble;
+    pairs past the build's float fields are ignored)."""
+    out = np.empty((batch, 2 * max(floats, 1)), np.float32)
+    out[:, 0::2], out[:, 1::2] = -np.inf, np.inf
+    return out
+
+
+def id_mask(fields: ItemFields, tokens: np.ndarray, ranges: np.ndarray | None) -> np.ndarray:
+    """One query's packed filters (FIELD_TOKENS row [T], FIELD_RANGES row [2F] or None) -> bool [table_size]
+    over internal ids. Vectorised: a lookup over each field's stored codes and a bincount per item."""
+    size = fields.table_size
+    mask = np.ones(size, bool)
+    tokens = np.asarray(tokens, np.int64)
+    tokens = tokens[tokens >= 0]
+    slots, modes, codes = tokens >> 33, (tokens >> 32) & 1, tokens & ((1 << _CODE_BITS) - 1)
+    token_fields = fields.tokens
+    for slot in np.unique(slots):
+        if not 0 <= slot < len(token_fields):
+            raise ValueError(f"FIELD_TOKENS: field slot {int(slot)} not in this build's {len(token_fields)}")
+        field = token_fields[int(slot)]
+        for mode in (ANY_OF, NONE_OF):
+            wanted = codes[(slots == slot) & (modes == mode)]
+            if wanted.size == 0:
+                continue
+            has = field.items_with(wanted)
+            mask &= has if mode == ANY_OF else ~has
+    if ranges is not None:
+        for j, field in enumerate(fields.floats):
+            lo, hi = float(ranges[2 * j]), float(ranges[2 * j + 1])
+            if lo == -np.inf and hi == np.inf:
+                continue
+            with np.errstate(invalid="ignore"):
+                mask &= (field.values >= lo) & (field.values <= hi)  # NaN (missing) fails both
+    return mask
+
+
+def filtering(tokens: np.ndarray | None, ranges: np.ndarray | None) -> np.ndarray:
+    """bool [B]: which queries of a batch filter on a field at all (the rest cost nothing)."""
+    given = [a for a in (tokens, ranges) if a is not None]
+    if not given:
+        return np.zeros(0, bool)
+    out = np.zeros(len(given[0]), bool)
+    if tokens is not None:
+        out |= (np.asarray(tokens) >= 0).any(axis=1)
+    if ranges is not None:
+        r = np.asarray(ranges, np.float32)
+        out |= (r[:, 0::2] != -np.inf).any(axis=1) | (r[:, 1::2] != np.inf).any(axis=1)
+    return out
+
+
+def field_of_column(name: str, column, table_rows: np.ndarray, table_size: int) -> Field | None:
+    """A dataset column (``dataset.columns``) -> its filterable field keyed by internal id (``table_rows``: the
+    internal id of each column row); None for kinds no filter reads (float_seq)."""
+    rows = np.asarray(table_rows, np.int64)
+    if isinstance(column, FloatColumn):
+        values = np.full(table_size, np.nan, np.float32)
+        values[rows] = column.values
+        return FloatField(name, values)
+    if isinstance(column, TokenColumn):  # one code a row (0 = missing) -> a CSR of at most one
+        offsets_rows = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(column.codes > 0, out=offsets_rows[1:])
+        column = TokenSeqColumn(offsets_rows, column.codes[column.codes > 0], column.vocabulary)
+    if not isinstance(column, TokenSeqColumn):
+        return None
+    order = np.argsort(rows, kind="stable")  # the CSR runs by internal id
+    column, rows = column.take(order), rows[order]
+    lengths_rows, codes_rows = np.diff(column.offsets), column.codes
+    lengths = np.zeros(table_size, np.int64)
+    lengths[rows] = lengths_rows
+    offsets = np.zeros(table_size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return TokenField(name, offsets, np.asarray(codes_rows, np.int32), tuple(column.vocabulary.to_pylist()))
+
+
+def item_fields_of(columns: dict, table_rows: np.ndarray, table_size: int) -> ItemFields | None:
+    """A dataset's item columns (row-aligned, ``table_rows`` their internal ids) -> every filterable field, in
+    the columns' order; None when no column is filterable."""
+    fields = tuple(f for f in (field_of_column(n, c, table_rows, table_size) for n, c in columns.items())
+                   if f is not None)
+    return ItemFields(fields) if fields else None
