@@ -203,6 +203,24 @@ def popularity_lists(popularity: np.ndarray, item_ids: np.ndarray, seeds: np.nda
     return _top_by_score(scores, item_ids, k)
 
 
+def cooccurrence_lists(train: Pairs, popularity: np.ndarray, item_ids: np.ndarray, seeds: np.ndarray,
+                       k: int) -> np.ndarray:
+    """Item-to-item co-occurrence: the items most often co-engaged with the seed in `train` (count of pairs
+    (seed, item)), ties and the remainder of the list by popularity, then the lower id; the seed excluded."""
+    seeds = np.asarray(seeds, np.int64)
+    order = np.argsort(seeds, kind="stable")
+    sorted_seeds = seeds[order]
+    pos = np.searchsorted(sorted_seeds, train.query)
+    hit = (pos < len(seeds)) & (sorted_seeds[np.minimum(pos, len(seeds) - 1)] == train.query)
+    counts = np.zeros((len(seeds), len(popularity)), np.float64)
+    np.add.at(counts, (order[pos[hit]], train.target[hit]), 1.0)
+    counts = counts[order[np.searchsorted(sorted_seeds, seeds)]]  # a repeated seed: its first row's counts
+    pop = np.asarray(popularity, np.float64)
+    scores = counts[:, item_ids] * (pop.max(initial=0.0) + 1.0) + pop[item_ids][None, :]
+    scores[seeds[:, None] == item_ids[None, :]] = -np.inf
+    return _top_by_score(scores, item_ids, k)
+
+
 def merge_lists(eng_ids: np.ndarray, rel_ids: np.ndarray, alpha: float, top_n: int,
                 eng_scores: np.ndarray | None = None, rel_scores: np.ndarray | None = None) -> np.ndarray:
     """Row-wise `quota_merge` of two ranked lists -> ids [Q, top_n] (-1 pads). Without scores the merge keeps

@@ -108,3 +108,21 @@ def test_baseline_lists_exclude_the_seed():
     teacher = np.zeros((6, 2), np.float32)
     teacher[1:] = [[1, 0], [0.9, 0.1], [0, 1], [0.6, 0.8], [-1, 0]]
     assert E.teacher_lists(teacher, item_ids, np.array([1]), 2).tolist() == [[2, 4]]
+
+
+def test_cooccurrence_lists_count_pairs_then_backfill_by_popularity():
+    # training pairs (both directions, as co_engagement_pairs makes them): 1-2 three times, 1-3 once, 2-4 twice
+    q = np.array([1, 2, 1, 2, 1, 2, 1, 3, 2, 4, 2, 4])
+    t = np.array([2, 1, 2, 1, 2, 1, 3, 1, 4, 2, 4, 2])
+    train = Pairs(q, t, np.ones(len(q), np.int64), np.zeros(len(q)))
+    item_ids = np.arange(1, 6)
+    pop = np.bincount(t, minlength=6).astype(float)  # 1: 4, 2: 5, 3: 1, 4: 2, 5: 0
+    lists = E.cooccurrence_lists(train, pop, item_ids, np.array([1, 2, 5, 1]), 4)
+    assert lists[0].tolist() == [2, 3, 4, 5]  # counts 3, 1; then popularity (4: 2 > 5: 0)
+    assert lists[1].tolist() == [1, 4, 3, 5]  # counts 3, 2; then popularity
+    assert lists[2].tolist() == E.popularity_lists(pop, item_ids, np.array([5]), 4)[0].tolist() == [2, 1, 4, 3]
+    assert lists[3].tolist() == lists[0].tolist()  # a repeated seed
+    # ties in count go to the more popular item, then the lower id; the seed is never in its own list
+    tie = Pairs(np.array([3, 3]), np.array([1, 2]), np.ones(2, np.int64), np.zeros(2))
+    assert E.cooccurrence_lists(tie, pop, item_ids, np.array([3]), 3).tolist() == [[2, 1, 4]]
+    assert E.cooccurrence_lists(tie, np.zeros(6), item_ids, np.array([3]), 3).tolist() == [[1, 2, 4]]
