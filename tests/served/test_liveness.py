@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import admin_client, private_server
+from helpers import admin_client, private_server
 
 from widefunnel.client.client import WidefunnelClient
 from widefunnel.model_configs import RESTART_PARAMETER

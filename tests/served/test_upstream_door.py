@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import admin_client, private_server
+from helpers import admin_client, private_server
 
 from widefunnel.client.client import WidefunnelClient
 from widefunnel.security import GATEWAY_HEADER, GRPC_GATEWAY_HEADER
