@@ -31,9 +31,11 @@ $(VENV)/.installed: pyproject.toml
 demo: env
 	$(BIN)/widefunnel demo --repository $(REPO)
 
+# The `isolated` tests (they kill stubs under load and time the healing) run in a pytest session of their own.
 test: env
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -rs
+	$(BIN)/pytest -q -rs -m "not isolated"
+	$(BIN)/pytest -q -rs -m isolated
 
 # The unit tier alone (tests/README.md): no build, no server, no test marked slow; about a minute.
 test-fast: env

@@ -25,7 +25,7 @@ from widefunnel.model_configs import RESTART_PARAMETER
 from widefunnel.server import stub_processes
 from widefunnel.server.processes import instance_stubs
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.isolated]
 log = logging.getLogger(__name__)
 SEEDS = [1, 50, 181]
 TIMEOUT_S = 5.0  # each client request's deadline

@@ -65,7 +65,7 @@ def test_width_over_the_request_budget_and_mixed_widths_are_refused(client):
     with pytest.raises(WidefunnelError, match="candidates_per_head: 300000 candidates in one request"):
         client.retrieve([1, 2, 3], candidates=100_000)
     with pytest.raises(WidefunnelError, match="candidates_per_head: one value for all seeds"):
-        client._infer(mcfg.ENSEMBLE, {"seed_item_id": np.array([[1], [2]], np.int64),
+        client.infer(mcfg.ENSEMBLE, {"seed_item_id": np.array([[1], [2]], np.int64),
                                       "candidates_per_head": np.array([[10], [20]], np.int32)})
     assert client.recommend([1]).item_id.shape == (1, 10)  # and the server keeps serving
 
