@@ -23,18 +23,11 @@ import numpy as np
 from widefunnel.builders.train import TrainingData, item_embeddings, train_towers
 from widefunnel.config import load_config
 from widefunnel.data import co_engagement_pairs, time_split
-from widefunnel.dataset.synthetic_shop import generate_shop, write_atomic
+from widefunnel.dataset.synthetic_shop import DATASET_CONFIG, generate_shop, write_atomic
 from widefunnel.evaluation import offline as E
 
 KS = (50, 100)
-# tests/served/test_own_catalogue.py's [dataset] tables; training sizes come from the flags
-CONFIG = """
-[dataset]
-positive = ""
-[dataset.tasks]
-viewed = ""
-purchased = "event == purchase"
-"""
+CONFIG = DATASET_CONFIG  # the served test's [dataset] tables; training sizes come from the flags
 
 
 def measure(args: argparse.Namespace) -> tuple[list[tuple[str, dict[int, float]]], dict[str, float]]:

@@ -12,18 +12,13 @@ from widefunnel import layout
 from widefunnel import model_configs as mcfg
 from widefunnel.cli import main
 from widefunnel.client.client import WidefunnelClient, WidefunnelError
-from widefunnel.dataset.synthetic_shop import generate_shop, write_atomic, write_parquet
+from widefunnel.dataset.synthetic_shop import DATASET_CONFIG, generate_shop, write_atomic, write_parquet
 
 pytestmark = pytest.mark.server
 
 SHOP = {"n_users": 1500, "n_items": 3000, "n_interactions": 60000, "seed": 0}
 # the conftest's short training, and the shop's log: every view is a positive; tasks viewed and purchased
-CONFIG = """
-[dataset]
-positive = ""
-[dataset.tasks]
-viewed = ""
-purchased = "event == purchase"
+CONFIG = DATASET_CONFIG + """
 [data]
 max_train_pairs = 60000
 [training]

@@ -29,6 +29,15 @@ ATOMIC_TYPES = {"item_id": "token", "brand": "token", "categories": "token_seq",
                 "title": "token_seq", "description": "token_seq", "user_id": "token", "timestamp": "float",
                 "event": "token"}
 
+# The `[dataset]` tables for the shop's log: every view is a positive; the scorer's tasks are viewed and purchased.
+DATASET_CONFIG = """
+[dataset]
+positive = ""
+[dataset.tasks]
+viewed = ""
+purchased = "event == purchase"
+"""
+
 
 @dataclass(frozen=True)
 class ShopTables:
