@@ -40,10 +40,12 @@ class ServerError(RuntimeError):
     """The server could not start or stopped; the message carries the server's own reason."""
 
 
-def _ignore_sigchld() -> None:
-    """Runs in the child before exec: an ignored SIGCHLD survives exec, so the kernel reaps the server's
-    dead stubs (Triton 2.51 never waits for a stub that died on its own: it stays a zombie)."""
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+# tritonserver starts with SIGCHLD ignored: that survives exec, so the kernel reaps the server's dead stubs (Triton
+# 2.51 never waits for a stub that died on its own: it stays a zombie). A fresh interpreter sets it and execs the
+# server (same pid), instead of a preexec_fn: that runs Python in the forked child of a threaded process (gRPC
+# clients, the supervisor) and crashed there now and then (SIGSEGV in the child, the server "exited with -11").
+_EXEC_IGNORING_SIGCHLD = ("import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+                          "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def describe_exit(code: int | None) -> str:
@@ -199,8 +201,8 @@ class TritonServer:
         self.log_path = self.settings.log_path or self._workdir / "tritonserver.log"
         env = server_environment(dict(self.settings.env))
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(self.command(backend_dir), stdout=log_file, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True, preexec_fn=_ignore_sigchld)
+            self.process = subprocess.Popen([sys.executable, "-c", _EXEC_IGNORING_SIGCHLD, *self.command(backend_dir)],
+                                            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             self.wait_ready(f"http://{self.triton_http_url}/v2/health/ready", "tritonserver",
                             headers=self.upstream_headers())
