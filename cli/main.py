@@ -8,7 +8,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +58,6 @@ def _admin_key(args: argparse.Namespace) -> str | None:
         raise SystemExit(2) from None
 
 
-# A server that keeps dying is restarted with growing pauses, so a crash loop does not spin the host.
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-
-
 def _record_served(repository: Path) -> None:
     """What the started server serves (the ensembles' pins on disk), so that no later build prunes it."""
     from widefunnel.builders.repository import disk_pinned_version
@@ -78,7 +73,7 @@ def _record_served(repository: Path) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from widefunnel.security import AdminKeyError, ensure_key
-    from widefunnel.server import Ports, ServerError, TritonServer
+    from widefunnel.server import Keeper, Ports, ServerError, TritonServer
 
     try:
         key, source = ensure_key(args.admin_key_file)
@@ -103,22 +98,17 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    crashes: list[float] = []
-    while not stop.wait(1.0):
-        if server.alive():
-            continue
-        now = time.monotonic()
-        crashes = [t for t in crashes if now - t < 300] + [now]
-        pause = RESTART_BACKOFF_S[min(len(crashes), len(RESTART_BACKOFF_S)) - 1]
-        print(f"error: the server died: {server.death_reason()}\nrestarting in {pause:.0f}s "
-              f"({len(crashes)} crash(es) in 5 min)", file=sys.stderr, flush=True)
-        if stop.wait(pause):
-            break
-        try:
-            server.restart()
-            print("restarted; serving again", flush=True)
-        except ServerError as exc:
-            print(f"error: restart failed: {exc}", file=sys.stderr, flush=True)
+
+    def report(event: str, text: str) -> None:
+        if event == "restarted":
+            print(text, flush=True)
+        else:
+            print(f"error: {text}", file=sys.stderr, flush=True)
+
+    keeper = Keeper(server, report=report)
+    keeper.start()
+    stop.wait()
+    keeper.stop(timeout=server.settings.startup_timeout)
     code = server.stop()
     server.cleanup()
     print(f"stopped (tritonserver exit code {code})")

@@ -1,6 +1,7 @@
 """The embedded Triton server: the `tritonserver` binary of the nvidia-pytriton wheel behind widefunnel's gateway.
 
 - `distribution`: where the wheel keeps the server, the backend directory we assemble, the stub's environment;
+- `keeper`: restarts a server that died, with growing pauses, `Keeper`;
 - `ports`: free and taken ports;
 - `processes`: what /proc says about the server's stubs, their memory and shared-memory regions;
 - `settings`: what a server is started with, every default in one place, `ServerSettings`;
@@ -15,11 +16,12 @@ from widefunnel.server.distribution import (
     assemble_backends,
     server_environment,
 )
+from widefunnel.server.keeper import Keeper
 from widefunnel.server.ports import Ports, free_port, port_in_use
 from widefunnel.server.processes import dead_instances, process_dead, stub_processes, tree_rss_kib
 from widefunnel.server.settings import ServerSettings
 from widefunnel.server.triton import ServerError, TritonServer
 
-__all__ = ["PYTHON_BASED_BACKENDS", "Ports", "ServerError", "ServerSettings", "TritonDistribution", "TritonServer",
-           "assemble_backends", "dead_instances", "free_port", "port_in_use", "process_dead",
+__all__ = ["PYTHON_BASED_BACKENDS", "Keeper", "Ports", "ServerError", "ServerSettings", "TritonDistribution",
+           "TritonServer", "assemble_backends", "dead_instances", "free_port", "port_in_use", "process_dead",
            "server_environment", "stub_processes", "tree_rss_kib"]

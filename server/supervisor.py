@@ -21,6 +21,11 @@ deadlines in a row while another step answers, is reloaded in place. When triton
 its liveness endpoint for ``wedged_s``, the whole process is wedged: ``on_wedged`` (the server's narrow
 callback: kill it, so whoever restarts crashed servers restarts it) is called. Canaries never pass the gateway,
 so they are not client traffic in `widefunnel_requests_total`.
+
+Reloads run on a thread of their own, each bounded by ``load_timeout``: tritonserver 2.51's load call can hang
+when a stub is killed while its model loads, and every later load of that model then queues behind it. A reload
+still running after ``load_timeout`` means the server cannot repair itself in place, so it counts as wedged
+(``on_wedged``); meanwhile the process scans and canary rounds go on.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +69,8 @@ class SupervisorTiming:
     canary_failures: int = 2  # missed deadlines in a row (while another step answers) before a reload
     stubless_s: float = 1.0
     wedged_s: float = 6.0
+    # one in-place reload: a step's index at 1M items loads in seconds; one past this is hung (module docstring)
+    load_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,16 @@ class Supervised:
         return gateway_headers(self.gateway_key, protocol)
 
 
+@dataclass
+class Reload:
+    """One in-place reload in flight on its own thread."""
+
+    model: str
+    started: float  # time.monotonic()
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Exception | None = None
+
+
 class StubSupervisor(threading.Thread):
     def __init__(self, server: Supervised, timing: SupervisorTiming | None = None):
         super().__init__(daemon=True, name="widefunnel-stub-supervisor")
@@ -98,6 +115,7 @@ class StubSupervisor(threading.Thread):
                                                                           t.stubless_s)
         self.canary_every, self.canary_timeout = t.canary_every, t.canary_timeout
         self.canary_failures, self.wedged_s, self.on_wedged = t.canary_failures, t.wedged_s, server.on_wedged
+        self.load_timeout = t.load_timeout
         self.stopped = threading.Event()
         self.restarts: list[str] = []
         self.canary_rounds = 0
@@ -109,6 +127,7 @@ class StubSupervisor(threading.Thread):
         self._had_stub: set[str] = set()
         self._unresponsive_since: float | None = None
         self._item_id = catalogue_item_id(server.repository)
+        self._reloads: dict[str, Reload] = {}
 
     def _ready_versions(self, client, model: str) -> set[str] | None:
         """The model's READY versions; None when the server did not say (asked again next round)."""
@@ -123,21 +142,65 @@ class StubSupervisor(threading.Thread):
         except Exception:
             return None
 
-    def restart(self, client, model: str) -> None:
-        """Reload `model` in place: its served config with a new restart generation, pinned to the versions
-        READY now (the served config may still name a version a swap has just retired)."""
+    def restart(self, client, model: str, generation: int) -> None:
+        """Reload `model` in place: its served config with restart generation `generation`, pinned to the
+        versions READY now (the served config may still name a version a swap has just retired)."""
         headers = self.server.admin_headers("http")
         versions = self._ready_versions(client, model)
         if not versions:
             raise RuntimeError("no READY version to reload")
         config = client.get_model_config(model, headers=headers)
-        self._generation += 1
-        config.setdefault("parameters", {})[RESTART_PARAMETER] = {"string_value": str(self._generation)}
+        config.setdefault("parameters", {})[RESTART_PARAMETER] = {"string_value": str(generation)}
         config["version_policy"] = {"specific": {"versions": sorted(int(v) for v in versions)}}
         client.load_model(model, config=json.dumps(config), headers=headers)
-        self._configs.pop(model, None)
-        self._missed.pop(model, None)
-        self._stubless.pop(model, None)
+
+    def _start_reload(self, model: str) -> None:
+        """Reload `model` on a thread of its own, with a client of its own bounded by ``load_timeout``."""
+        import tritonclient.http as httpclient
+
+        self._generation += 1
+        reload = Reload(model, time.monotonic())
+
+        def run() -> None:
+            wait = 2 * self.load_timeout  # the loop calls it hung at load_timeout; this only frees the thread
+            client = with_keys(httpclient.InferenceServerClient(
+                self.server.http_url, network_timeout=wait, connection_timeout=wait),
+                gateway_key=self.server.gateway_key)
+            try:
+                self.restart(client, model, generation)
+            except Exception as exc:  # noqa: BLE001 - reported to the supervisor's loop, which retries
+                reload.error = exc
+            finally:
+                client.close()
+                reload.done.set()
+
+        generation = self._generation
+        self._reloads[model] = reload
+        threading.Thread(target=run, daemon=True, name=f"widefunnel-reload-{model}").start()
+
+    def _collect_reloads(self, pending: set[str], now: float) -> bool:
+        """Settle the reloads that finished; True when one has hung past ``load_timeout`` (the server is
+        wedged: ``on_wedged`` was called)."""
+        for model, reload in list(self._reloads.items()):
+            if reload.done.is_set():
+                del self._reloads[model]
+                if reload.error is None:
+                    self.restarts.append(model)
+                    pending.discard(model)
+                    self._configs.pop(model, None)
+                    self._missed.pop(model, None)
+                    self._stubless.pop(model, None)
+                else:  # the next round tries again
+                    log.error("restarting '%s' failed: %s", model, reload.error)
+            elif now - reload.started >= self.load_timeout:
+                reason = (f"reloading model '{model}' did not finish in {now - reload.started:.0f}s "
+                          "(a load hung in tritonserver)")
+                log.error("%s; restarting it", reason)
+                if self.on_wedged is not None:
+                    self.on_wedged(reason)
+                self.stopped.set()
+                return True
+        return False
 
     def sweep(self, pid: int) -> None:
         removed = remove_regions(orphan_regions(pid, self.server.shm_prefix))
@@ -266,8 +329,6 @@ class StubSupervisor(threading.Thread):
         pid = self.server.pid()
         known = instance_stubs(stub_processes(pid)) if pid is not None else {}
         gateway_key = self.server.gateway_key
-        client = with_keys(httpclient.InferenceServerClient(self.server.http_url, network_timeout=300.0,
-                                                            connection_timeout=300.0), gateway_key=gateway_key)
         probe = with_keys(httpclient.InferenceServerClient(self.server.http_url,
                                                            network_timeout=self.canary_timeout,
                                                            connection_timeout=self.canary_timeout),
@@ -291,7 +352,7 @@ class StubSupervisor(threading.Thread):
             for stub, since in list(suspects.items()):
                 if (stub[0], stub[2]) in live:  # another stub serves the instance: a reload or a retire
                     del suspects[stub]
-                elif now - since >= self.grace_s and (ready := self._ready_versions(client, stub[0])) is not None:
+                elif now - since >= self.grace_s and (ready := self._ready_versions(probe, stub[0])) is not None:
                     del suspects[stub]
                     if stub[1] in ready:
                         pending.add(stub[0])
@@ -304,17 +365,14 @@ class StubSupervisor(threading.Thread):
                 if self.stopped.is_set():
                     break
                 next_canary = time.monotonic() + self.canary_every
-            for model in sorted(pending):
+            if self._collect_reloads(pending, time.monotonic()):
+                break
+            for model in sorted(pending - self._reloads.keys()):
                 log.warning("the Python stub of model '%s' died or stopped answering; reloading it in place", model)
-                try:
-                    self.restart(client, model)
-                    self.restarts.append(model)
-                    pending.discard(model)
-                except Exception as exc:  # the next round tries again
-                    log.error("restarting '%s' failed: %s", model, exc)
+                self._start_reload(model)
             rounds += 1
             if dead or rounds % self.sweep_every == 0:
                 self.sweep(pid)
             known = {pid: stub for pid, stub in current.items() if not process_dead(pid)}
-        for c in (client, probe, grpc_client):
+        for c in (probe, grpc_client):
             c.close()

@@ -53,7 +53,8 @@ def describe_exit(code: int | None) -> str:
         return "still running"
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        hint = " (stack overflow: deeply nested JSON reaching the server's own port?)" if name == "SIGSEGV" else ""
+        hint = (" (a crash inside tritonserver: deeply nested JSON on its own port, a body of 4 MiB or more, or a "
+                "reload racing a dead stub)") if name == "SIGSEGV" else ""
         return f"killed by {name}{hint}"
     return f"exited with code {code}"
 

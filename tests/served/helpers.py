@@ -12,16 +12,22 @@ import urllib.request
 from pathlib import Path
 
 
-def private_server(built_repository: Path, tmp_path_factory, name: str):
+def private_server(built_repository: Path, tmp_path_factory, name: str, keep: bool = False, **options):
     """A server of its own on a private copy of the build, for tests that break artifacts, unload models,
-    kill stubs or crash the server (module-scoped fixtures yield from this)."""
-    from widefunnel.server import TritonServer
+    kill stubs or crash the server (module-scoped fixtures yield from this). `options` are `ServerSettings`
+    fields; with `keep`, a `Keeper` restarts the server when it dies, as `widefunnel serve` does (`srv.keeper`)."""
+    from widefunnel.server import Keeper, TritonServer
 
     repo = tmp_path_factory.mktemp(name) / "repo"
     shutil.copytree(built_repository, repo)
-    srv = TritonServer(repo)
+    srv = TritonServer(repo, **options)
     srv.start()
+    srv.keeper = Keeper(srv, poll_s=0.5) if keep else None
+    if srv.keeper is not None:
+        srv.keeper.start()
     yield srv
+    if srv.keeper is not None:
+        srv.keeper.stop(timeout=srv.settings.startup_timeout)
     srv.stop()
     srv.cleanup()
 

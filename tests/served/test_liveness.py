@@ -3,12 +3,14 @@
 Once, under 4 concurrent clients, a replacement stub died within 0.5 s of loading: `preprocess` stayed READY
 with no stub and every ensemble request hung for minutes. Here stubs are SIGKILLed while they load, just
 after, and under load; every client request must succeed or fail within its deadline (none hangs), and
-answers must be back, identical, within 10 s. A wedged tritonserver (SIGSTOP) is killed by the supervisor so
-that whoever restarts crashed servers can.
+answers must be back, identical, within 10 s. A wedged tritonserver (SIGSTOP), or a reload that hangs in
+tritonserver (its new stub stopped), is killed by the supervisor, and the `Keeper` that `widefunnel serve` runs
+restarts it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,13 +26,9 @@ from widefunnel.client.client import WidefunnelClient
 from widefunnel.model_configs import RESTART_PARAMETER
 from widefunnel.server import stub_processes
 from widefunnel.server.processes import instance_stubs
+from widefunnel.server.supervisor import SupervisorTiming
 
-# Not yet reliable: when a stub is killed while its model loads, tritonserver 2.51's load call can hang, and the
-# supervisor's reload then waits on it (seen in full runs and once alone; passed alone in two other runs). Until the
-# supervisor bounds that call and restarts the server instead, these run but may fail (docs/ARCHITECTURE.md).
-pytestmark = [pytest.mark.server, pytest.mark.isolated,
-              pytest.mark.xfail(reason="a reload hung in tritonserver 2.51's load call stalls the supervisor",
-                                strict=False)]
+pytestmark = [pytest.mark.server, pytest.mark.isolated]
 log = logging.getLogger(__name__)
 SEEDS = [1, 50, 181]
 TIMEOUT_S = 5.0  # each client request's deadline
@@ -38,11 +36,16 @@ SLACK_S = 2.0  # what a request may take beyond it (thread scheduling on a busy 
 # The goal is 10 s (benchmarks/RESULTS.md has the measured heal times); a test asserts a bound that also holds
 # on a host that runs other suites beside this one (an ANN step's reload alone took 8.4 s on a busy 2-core host).
 HEAL_S = 20.0
+# A reload still loading after this is hung (production's default is 60 s; at this build's size a reload takes
+# 1 to 8 s). Healing through a whole restart also waits for the keeper's pause and the server's start.
+LOAD_TIMEOUT_S = 12.0
+RESTART_S = 60.0
 
 
 @pytest.fixture(scope="module")
 def live_server(built_repository, tmp_path_factory):
-    yield from private_server(built_repository, tmp_path_factory, "liveness")
+    yield from private_server(built_repository, tmp_path_factory, "liveness", keep=True,
+                              supervision=SupervisorTiming(load_timeout=LOAD_TIMEOUT_S))
 
 
 def _answer(server, protocol: str = "grpc", timeout: float = TIMEOUT_S):
@@ -93,9 +96,9 @@ class Clients:
         assert self.records and not slow, slow[:5]
 
 
-def _heal_time(server, before, since: float) -> float:
-    """Seconds from ``since`` until the answer is identical to ``before``; fails after HEAL_S (+ a request)."""
-    while time.monotonic() - since < HEAL_S:
+def _heal_time(server, before, since: float, bound: float = HEAL_S) -> float:
+    """Seconds from ``since`` until the answer is identical to ``before``; fails after `bound` (+ a request)."""
+    while time.monotonic() - since < bound:
         try:
             after = _answer(server, timeout=2.0)
             if np.array_equal(after.item_id, before.item_id) and np.array_equal(after.score, before.score):
@@ -105,12 +108,39 @@ def _heal_time(server, before, since: float) -> float:
         except Exception:  # noqa: BLE001 - not yet
             pass
         time.sleep(0.1)
-    raise AssertionError(f"not healed {HEAL_S:.0f}s after the kill; supervisor restarts: "
-                         f"{server.supervisor.restarts}\n{server.log_text()[-3000:]}")
+    restarts = server.supervisor.restarts if server.supervisor is not None else "(no supervisor)"
+    raise AssertionError(f"not healed {bound:.0f}s after the kill; supervisor restarts: {restarts}; server "
+                         f"deaths: {server.keeper.deaths}\ntritonserver log:\n{server.log_text()[-3000:]}\ngateway log:\n"
+                         f"{server.gateway_log()[-3000:]}")
 
 
 def _instances(server, model: str) -> set[int]:
-    return {pid for pid, stub in instance_stubs(stub_processes(server.process.pid)).items() if stub[0] == model}
+    proc = server.process  # None while the keeper restarts the server
+    if proc is None:
+        return set()
+    return {pid for pid, stub in instance_stubs(stub_processes(proc.pid)).items() if stub[0] == model}
+
+
+def _settled(server) -> None:
+    """Waits until a restart by the keeper has finished: the gateway may answer before `start` returns, and a
+    fault injected then would meet a server that has no supervisor yet."""
+    deadline = time.monotonic() + RESTART_S
+    while (server.supervisor is None or not server.alive()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.supervisor is not None and server.alive(), f"not restarted: {server.keeper.deaths[-1:]}"
+
+
+def _serving_answer(server):
+    """The answer once the server serves: a test before may have left it restarting (the keeper's pause)."""
+    _settled(server)
+    deadline = time.monotonic() + RESTART_S
+    while True:
+        try:
+            return _answer(server)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _reload(server, model: str, generation: str) -> None:
@@ -129,7 +159,7 @@ def _reload(server, model: str, generation: str) -> None:
 @pytest.mark.parametrize("when", ["while loading", "just loaded"])
 def test_a_replacement_stub_killed_within_half_a_second_is_noticed_under_load(live_server, when):
     model = "preprocess"
-    before = _answer(live_server)
+    before = _serving_answer(live_server)
     old = _instances(live_server, model)
     assert old
     with Clients(live_server) as clients:
@@ -147,18 +177,24 @@ def test_a_replacement_stub_killed_within_half_a_second_is_noticed_under_load(li
         for pid in new:
             os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
+        deaths = len(live_server.keeper.deaths)
+        # tritonserver 2.51's load call can hang when its stub is killed while loading: then the supervisor's reload
+        # times out and the whole server restarts, which takes longer than an in-place reload.
+        healed = _heal_time(live_server, before, killed, HEAL_S + LOAD_TIMEOUT_S + RESTART_S)
         reload.join(timeout=60)
-        healed = _heal_time(live_server, before, killed)
         time.sleep(1.0)  # requests after healing, too
     clients.check_none_hung()
-    log.warning("%s: healed %.1fs after the kill; supervisor restarts %s", when, healed,
-                live_server.supervisor.restarts)
+    restarted = live_server.keeper.deaths[deaths:]
+    log.warning("%s: healed %.1fs after the kill; supervisor restarts %s; server restarts %s", when, healed,
+                live_server.supervisor.restarts, restarted)
+    if not restarted:
+        assert healed <= HEAL_S, f"healed in place, but only after {healed:.1f}s"
     assert _instances(live_server, model), "no live stub serves the model"
 
 
 @pytest.mark.parametrize("victim", ["preprocess", "quota_merge", "ann_engagement"])
 def test_a_stub_killed_under_load_hangs_no_request_and_heals(live_server, victim):
-    before = _answer(live_server)
+    before = _serving_answer(live_server)
     with Clients(live_server) as clients:
         time.sleep(1.0)
         victims = _instances(live_server, victim)
@@ -190,17 +226,44 @@ def test_canaries_do_not_count_as_client_traffic(live_server):
     assert requests_total() == before  # ... and the gateway counted none of them
 
 
-def test_a_wedged_tritonserver_is_killed_so_it_can_be_restarted(live_server):
-    """Last in this module: it takes the server down and brings it back."""
-    before = _answer(live_server)
-    supervisor = live_server.supervisor
+def _restarted_and_answering(server, before, since: float, deaths: int) -> str:
+    """Waits until the keeper has restarted the server and it answers as before; the death's reason."""
+    healed = _heal_time(server, before, since, LOAD_TIMEOUT_S + server.settings.supervision.wedged_s + RESTART_S)
+    assert len(server.keeper.deaths) > deaths, "answers came back without a restart"
+    _settled(server)
+    log.warning("restarted and answering %.1fs after the fault: %s", healed, server.keeper.deaths[-1][:300])
+    return server.keeper.deaths[-1]
+
+
+def test_a_reload_that_hangs_restarts_the_server(live_server):
+    """The supervisor's own in-place reload never finishes (its new stub is stopped while it loads): after
+    ``load_timeout`` the server counts as wedged, is killed, and the keeper starts it again. tritonserver 2.51
+    sometimes crashes (SIGSEGV) on that reload before a stub can be stopped: the keeper restarts it then too.
+    (The decision itself, a reload past ``load_timeout`` is a wedge, is tested without a server in
+    tests/unit/test_supervisor_reloads.py.)"""
+    model = "preprocess"
+    before = _serving_answer(live_server)
+    deaths = len(live_server.keeper.deaths)
+    old = _instances(live_server, model)
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    new: set[int] = set()
+    while not new and time.monotonic() - killed < 30 and len(live_server.keeper.deaths) == deaths:
+        new = _instances(live_server, model) - old  # the supervisor's replacement, stopped as soon as it exists
+        time.sleep(0.01)
+    for pid in new:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    reason = _restarted_and_answering(live_server, before, killed, deaths)
+    assert f"reloading model '{model}' did not finish" in reason or "SIGSEGV" in reason, reason
+
+
+def test_a_wedged_tritonserver_is_killed_and_restarted(live_server):
+    """It takes the server down and brings it back (through the keeper, as `widefunnel serve` does)."""
+    before = _serving_answer(live_server)
+    deaths = len(live_server.keeper.deaths)
     os.kill(live_server.process.pid, signal.SIGSTOP)  # answers nothing, and is not dead
     stopped = time.monotonic()
-    deadline = stopped + supervisor.wedged_s + 4 * (supervisor.canary_every + supervisor.canary_timeout)
-    while live_server.process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert live_server.process.poll() is not None, "a wedged tritonserver was left running"
-    assert not live_server.alive() and "wedged" in live_server.death_reason(), live_server.death_reason()
-    log.warning("wedged tritonserver killed %.1fs after SIGSTOP", time.monotonic() - stopped)
-    live_server.restart()  # what `widefunnel serve` does on a dead server
-    assert np.array_equal(_answer(live_server, timeout=60).item_id, before.item_id)
+    reason = _restarted_and_answering(live_server, before, stopped, deaths)
+    assert "wedged" in reason, reason
