@@ -16,6 +16,7 @@ from torch import nn
 
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
 from widefunnel.layout import fingerprint_hex, fingerprint_int
+from widefunnel.tensor_names import Step
 
 OPSET = 17
 
@@ -96,8 +97,8 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 
 def export_query_tower(tower: ItemTower, fingerprint: str, path: Path) -> None:
     _export(QueryTowerGraph(tower, fingerprint), (torch.ones(2, 1, dtype=torch.int64),), path,
-            ["ITEM_ID"], ["EMB_ENGAGEMENT", "EMB_RELEVANCE", "FINGERPRINT"],
-            {n: {0: "batch"} for n in ("ITEM_ID", "EMB_ENGAGEMENT", "EMB_RELEVANCE", "FINGERPRINT")})
+            [Step.ITEM_ID], [*Step.EMBEDDINGS, Step.FINGERPRINT],
+            {n: {0: "batch"} for n in (Step.ITEM_ID, *Step.EMBEDDINGS, Step.FINGERPRINT)})
 
 
 def export_reranker(reranker: Reranker, codes: np.ndarray, scales: np.ndarray, fingerprint: str,
@@ -106,18 +107,20 @@ def export_reranker(reranker: Reranker, codes: np.ndarray, scales: np.ndarray, f
     dim = codes.shape[1]
     args = (torch.randn(2, dim), torch.ones(2, 5, dtype=torch.int64), torch.full((2, 1), 3, dtype=torch.int32))
     _export(RerankGraph(reranker, codes, scales, fingerprint), args, path,
-            ["QUERY", "CANDIDATE_ID", "KEEP"], ["RERANK_ID", "RERANK_SCORE", "FINGERPRINT"],
-            {"QUERY": {0: "batch"}, "CANDIDATE_ID": {0: "batch", 1: "k"}, "KEEP": {0: "batch"},
-             "RERANK_ID": {0: "batch", 1: "m"}, "RERANK_SCORE": {0: "batch", 1: "m"}, "FINGERPRINT": {0: "batch"}})
+            [Step.QUERY, Step.CANDIDATE_ID, Step.KEEP], [Step.RERANK_ID, Step.RERANK_SCORE, Step.FINGERPRINT],
+            {Step.QUERY: {0: "batch"}, Step.CANDIDATE_ID: {0: "batch", 1: "k"}, Step.KEEP: {0: "batch"},
+             Step.RERANK_ID: {0: "batch", 1: "m"}, Step.RERANK_SCORE: {0: "batch", 1: "m"},
+             Step.FINGERPRINT: {0: "batch"}})
 
 
 def export_scorer(scorer: CompositeScorer, tasks: int, fingerprint: str, path: Path) -> None:
     args = (torch.ones(2, 1, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int64), torch.ones(2, tasks + 1))
     _export(ScorerGraph(scorer, fingerprint), args, path,
-            ["ITEM_ID", "CANDIDATE_ID", "VALUE_WEIGHTS"], ["TASK_PROBS", "RELEVANCE_PROBS", "SCORE", "FINGERPRINT"],
-            {"ITEM_ID": {0: "batch"}, "CANDIDATE_ID": {0: "batch", 1: "m"}, "VALUE_WEIGHTS": {0: "batch"},
-             "TASK_PROBS": {0: "batch", 1: "m"}, "RELEVANCE_PROBS": {0: "batch", 1: "m"}, "SCORE": {0: "batch", 1: "m"},
-             "FINGERPRINT": {0: "batch"}})
+            [Step.ITEM_ID, Step.CANDIDATE_ID, Step.VALUE_WEIGHTS],
+            [Step.TASK_PROBS, Step.RELEVANCE_PROBS, Step.SCORE, Step.FINGERPRINT],
+            {Step.ITEM_ID: {0: "batch"}, Step.CANDIDATE_ID: {0: "batch", 1: "m"}, Step.VALUE_WEIGHTS: {0: "batch"},
+             Step.TASK_PROBS: {0: "batch", 1: "m"}, Step.RELEVANCE_PROBS: {0: "batch", 1: "m"},
+             Step.SCORE: {0: "batch", 1: "m"}, Step.FINGERPRINT: {0: "batch"}})
 
 
 def onnx_outputs(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

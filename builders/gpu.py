@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from widefunnel.tensor_names import Step
+
 TRT_WORKSPACE_BYTES = 1 << 30
 
 
@@ -73,16 +75,16 @@ def stage_profiles(max_batch: int, dim: int, k: int, max_candidates: int, keep: 
     """Per ONNX stage, the profile of each input: batch 1..max_batch, candidates 1..max_candidates."""
     b = (1, max(1, max_batch // 4), max_batch)
     return {
-        "query_tower": {"ITEM_ID": Profile((b[0], 1), (b[1], 1), (b[2], 1))},
+        "query_tower": {Step.ITEM_ID: Profile((b[0], 1), (b[1], 1), (b[2], 1))},
         "rerank": {
-            "QUERY": Profile((b[0], dim), (b[1], dim), (b[2], dim)),
-            "CANDIDATE_ID": Profile((b[0], 1), (b[1], k), (b[2], max_candidates)),
-            "KEEP": Profile((b[0], 1), (b[1], 1), (b[2], 1)),
+            Step.QUERY: Profile((b[0], dim), (b[1], dim), (b[2], dim)),
+            Step.CANDIDATE_ID: Profile((b[0], 1), (b[1], k), (b[2], max_candidates)),
+            Step.KEEP: Profile((b[0], 1), (b[1], 1), (b[2], 1)),
         },
         "composite_scorer": {
-            "ITEM_ID": Profile((b[0], 1), (b[1], 1), (b[2], 1)),
-            "CANDIDATE_ID": Profile((b[0], 1), (b[1], keep), (b[2], max_candidates)),
-            "VALUE_WEIGHTS": Profile((b[0], tasks + 1), (b[1], tasks + 1), (b[2], tasks + 1)),
+            Step.ITEM_ID: Profile((b[0], 1), (b[1], 1), (b[2], 1)),
+            Step.CANDIDATE_ID: Profile((b[0], 1), (b[1], keep), (b[2], max_candidates)),
+            Step.VALUE_WEIGHTS: Profile((b[0], tasks + 1), (b[1], tasks + 1), (b[2], tasks + 1)),
         },
     }
 

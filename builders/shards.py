@@ -48,6 +48,7 @@ from widefunnel.layout import (
 )
 from widefunnel.sharding import IndexShard, split_index
 from widefunnel.takedowns import publish as publish_takedowns
+from widefunnel.tensor_names import Step
 
 ANN_BACKEND = "widefunnel_ann"
 ROUTER_PLUGIN = "ann_router"
@@ -157,8 +158,8 @@ def router_config(ann: mc.ModelConfig, name: str, shard_urls: list[str], shard_m
               "ready_timeout_s": repr(float(ready_timeout_s)), "lb_policy": lb_policy}
     for key, value in sorted(params.items()):
         config.parameters[key].string_value = value
-    if not any(o.name == "COVERAGE" for o in config.output):
-        config.output.add(name="COVERAGE", data_type=mc.TYPE_FP32, dims=[1])
+    if not any(o.name == Step.COVERAGE for o in config.output):
+        config.output.add(name=Step.COVERAGE, data_type=mc.TYPE_FP32, dims=[1])
     config.ClearField("instance_group")  # fan-out and merge are CPU work wherever the shards run
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=int(instances))
     config.version_policy.Clear()

@@ -131,6 +131,7 @@ def format_recommendations(seeds, rec, titles: dict[int, str]) -> str:
 def _query(args: argparse.Namespace) -> int:
     from widefunnel.client.client import WidefunnelClient, WidefunnelError
     from widefunnel.data import load_catalogue
+    from widefunnel.tensor_names import Client
 
     try:
         with WidefunnelClient(args.url, args.protocol) as client:
@@ -142,8 +143,8 @@ def _query(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"item_id": rec.item_id.tolist(), "score": rec.score.tolist(),
-                          "source_head": rec.source_head.tolist(), "fingerprint": rec.fingerprint}))
+        print(json.dumps({Client.ITEM_ID: rec.item_id.tolist(), Client.SCORE: rec.score.tolist(),
+                          Client.SOURCE_HEAD: rec.source_head.tolist(), Client.FINGERPRINT: rec.fingerprint}))
     else:
         print(format_recommendations(args.seeds, rec, load_catalogue().titles))
     return 0
@@ -178,6 +179,7 @@ def _demo_new_film(server, repository: Path, titles: dict[int, str]) -> None:
     from widefunnel.builders.new_items import add_items
     from widefunnel.client.client import WidefunnelClient, WidefunnelError
     from widefunnel.client.swap import swap
+    from widefunnel.tensor_names import Client
 
     film = DEMO_FILM["id"]
     titles[film] = f"{DEMO_FILM['title']} ({DEMO_FILM['year']})  <- new, from its content only"
@@ -186,7 +188,7 @@ def _demo_new_film(server, repository: Path, titles: dict[int, str]) -> None:
             client.recommend([film], top_n=1)
             print(f"\n{DEMO_FILM['title']} ({film}) is already in the served catalogue")
         except WidefunnelError as exc:  # not in this build's catalogue: add it
-            if exc.field != "seed_item_id":
+            if exc.field != Client.SEED_ITEM_ID:
                 raise
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "new_film.jsonl"

@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from widefunnel import model_configs as mcfg
 from widefunnel.merge import Recommendation
+from widefunnel.tensor_names import Client, retrieved
 from widefunnel.validation import filter_tensors, recommend_tensors
 
 PROTOCOLS = ("http", "grpc")
@@ -39,8 +40,8 @@ class Unavailable(WidefunnelError):
 
 
 # The client-facing inputs an error may name (the first named wins).
-_FIELDS = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id", mcfg.WIDTH.name, mcfg.KEEP.name,
-           *(t.name for t in mcfg.FILTER_INPUTS))
+_FIELDS = (Client.SEED_ITEM_ID, Client.ALPHA, Client.TOP_N, Client.VALUE_WEIGHTS, Client.CANDIDATE_ITEM_ID,
+           Client.CANDIDATES_PER_HEAD, Client.RERANK_KEEP, *(t.name for t in mcfg.FILTER_INPUTS))
 
 
 def map_error(exc: InferenceServerException) -> WidefunnelError:
@@ -84,16 +85,16 @@ def _decode_strings(array: np.ndarray) -> np.ndarray:
 
 def decode_recommendation(result) -> Recommendation:
     return Recommendation(
-        item_id=result.as_numpy("item_id"), score=result.as_numpy("score"),
-        source_head=_decode_strings(result.as_numpy("source_head")), task_probs=result.as_numpy("task_probs"),
-        fingerprint=[str(f) for f in _decode_strings(result.as_numpy("fingerprint"))[:, 0]],
+        item_id=result.as_numpy(Client.ITEM_ID), score=result.as_numpy(Client.SCORE),
+        source_head=_decode_strings(result.as_numpy(Client.SOURCE_HEAD)), task_probs=result.as_numpy(Client.TASK_PROBS),
+        fingerprint=[str(f) for f in _decode_strings(result.as_numpy(Client.FINGERPRINT))[:, 0]],
     )
 
 
 _OUTPUTS = {
-    mcfg.ENSEMBLE: ("item_id", "score", "source_head", "task_probs", "fingerprint"),
-    mcfg.RETRIEVE_ENSEMBLE: tuple(f"{h}_{s}" for h in mcfg.HEADS for s in ("item_id", "score")),
-    mcfg.SCORE_ENSEMBLE: ("task_probs", "relevance_probs", "score"),
+    mcfg.ENSEMBLE: (Client.ITEM_ID, Client.SCORE, Client.SOURCE_HEAD, Client.TASK_PROBS, Client.FINGERPRINT),
+    mcfg.RETRIEVE_ENSEMBLE: tuple(name for h in mcfg.HEADS for name in retrieved(h)),
+    mcfg.SCORE_ENSEMBLE: (Client.TASK_PROBS, Client.RELEVANCE_PROBS, Client.SCORE),
 }
 
 T = TypeVar("T")
@@ -118,17 +119,17 @@ class Call(Generic[T]):
 def recommend_call(seeds, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None,
                    **filters) -> Call[Recommendation]:
     tensors = recommend_tensors(seeds, alpha, top_n, value_weights, candidates, keep)
-    tensors |= filter_tensors(**filters, batch=len(tensors["seed_item_id"]))
+    tensors |= filter_tensors(**filters, batch=len(tensors[Client.SEED_ITEM_ID]))
     return Call(mcfg.ENSEMBLE, tensors, decode_recommendation, _OUTPUTS[mcfg.ENSEMBLE])
 
 
 def _decode_retrieval(result) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {h: (result.as_numpy(f"{h}_item_id"), result.as_numpy(f"{h}_score")) for h in mcfg.HEADS}
+    return {h: tuple(result.as_numpy(name) for name in retrieved(h)) for h in mcfg.HEADS}
 
 
 def retrieve_call(seeds, candidates=None, **filters) -> Call[dict[str, tuple[np.ndarray, np.ndarray]]]:
     tensors = recommend_tensors(seeds, candidates=candidates)
-    tensors |= filter_tensors(**filters, batch=len(tensors["seed_item_id"]))
+    tensors |= filter_tensors(**filters, batch=len(tensors[Client.SEED_ITEM_ID]))
     return Call(mcfg.RETRIEVE_ENSEMBLE, tensors, _decode_retrieval, _OUTPUTS[mcfg.RETRIEVE_ENSEMBLE])
 
 
@@ -138,7 +139,7 @@ def _decode_scores(result) -> dict[str, np.ndarray]:
 
 def score_call(seeds, candidates, value_weights=None) -> Call[dict[str, np.ndarray]]:
     tensors = recommend_tensors(seeds, value_weights=value_weights)
-    tensors["candidate_item_id"] = np.atleast_2d(np.asarray(candidates, np.int64))
+    tensors[Client.CANDIDATE_ITEM_ID] = np.atleast_2d(np.asarray(candidates, np.int64))
     return Call(mcfg.SCORE_ENSEMBLE, tensors, _decode_scores, _OUTPUTS[mcfg.SCORE_ENSEMBLE])
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from widefunnel import model_configs as mcfg
 from widefunnel.layout import CATALOGUE_FILE
 from widefunnel.security import admin_headers, with_admin_key
+from widefunnel.tensor_names import Client
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def model_inputs(client, seeds: np.ndarray, ensemble: str = mcfg.ENSEMBLE) -> di
     chain = DirectChain(client, served_steps(client, ensemble))
     samples: dict[str, list[dict[str, np.ndarray]]] = {ensemble: []}
     for seed in seeds:
-        request = {"seed_item_id": np.array([[seed]], np.int64)}
+        request = {Client.SEED_ITEM_ID: np.array([[seed]], np.int64)}
         samples[ensemble].append(request)
         chain.run(request, lambda step, tensors: samples.setdefault(step.model, []).append(tensors))
     return samples

@@ -22,6 +22,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from widefunnel.sharding import RouterSettings, merge_topk
+from widefunnel.tensor_names import Step
 
 REASONS = ("unavailable", "timeout", "not_found", "internal")
 _MAX_MESSAGE = 2**31 - 1
@@ -82,12 +83,12 @@ def combine(answers: list, shards: int, k: int, want_emb: bool, allow_partial: b
         raise RuntimeError(f"shards answered from different builds: {np.unique(fingerprints).tolist()}")
     merged = merge_topk([a[0] for a in ok], [a[1] for a in ok], k, [a[3] for a in ok] if want_emb else None)
     batch = merged.ids.shape[0]
-    out = {"CANDIDATE_ID": merged.ids, "CANDIDATE_SCORE": merged.scores, "FINGERPRINT": ok[0][2],
-           "COVERAGE": np.full((batch, 1), len(ok) / shards, np.float32)}
+    out = {Step.CANDIDATE_ID: merged.ids, Step.CANDIDATE_SCORE: merged.scores, Step.FINGERPRINT: ok[0][2],
+           Step.COVERAGE: np.full((batch, 1), len(ok) / shards, np.float32)}
     if want_emb:
-        out["CANDIDATE_EMB"] = merged.embeddings.astype(np.float32)
+        out[Step.CANDIDATE_EMB] = merged.embeddings.astype(np.float32)
     if want_item_ids:
-        out["CANDIDATE_ITEM_ID"] = external_of(merged.ids, [a[0] for a in ok], [a[-1] for a in ok])
+        out[Step.CANDIDATE_ITEM_ID] = external_of(merged.ids, [a[0] for a in ok], [a[-1] for a in ok])
     return out, failed
 
 
@@ -160,15 +161,15 @@ class ShardRouter:
 
     async def _route(self, tensors: dict[str, np.ndarray], want_emb: bool, want_item_ids: bool = False
                      ) -> dict[str, np.ndarray]:
-        outputs = ["CANDIDATE_ID", "CANDIDATE_SCORE", "FINGERPRINT"] + (["CANDIDATE_EMB"] if want_emb else []) \
-            + (["CANDIDATE_ITEM_ID"] if want_item_ids else [])
+        outputs = [Step.CANDIDATE_ID, Step.CANDIDATE_SCORE, Step.FINGERPRINT] \
+            + ([Step.CANDIDATE_EMB] if want_emb else []) + ([Step.CANDIDATE_ITEM_ID] if want_item_ids else [])
         answers = await asyncio.gather(*(self._call_shard(s, tensors, outputs) for s in range(self.shards)),
                                        return_exceptions=True)
         if not any(isinstance(a, InvalidRequest) for a in answers):
             for s, answer in enumerate(answers):
                 failure = isinstance(answer, ShardFailure)
                 self.record("failure" if failure else "success", s, answer.reason if failure else 0)
-        k = int(tensors["K"].ravel()[0]) if "K" in tensors else self.settings.k
+        k = int(tensors[Step.K].ravel()[0]) if Step.K in tensors else self.settings.k
         out, failed = combine(list(answers), self.shards, k, want_emb, self.settings.allow_partial, want_item_ids)
         if failed:
             self.record("partial", 0, 0)

@@ -29,6 +29,7 @@ from widefunnel.ann.search import exact_search
 from widefunnel.builders.train import relevance_levels, relevance_thresholds
 from widefunnel.data import Catalogue, Pairs, co_engagement_pairs, load_catalogue, load_interactions, time_split
 from widefunnel.merge import HEADS, quota_merge
+from widefunnel.tensor_names import Step
 
 RETRIEVAL_METRICS = ("recall", "relevance", "jaccard")
 
@@ -283,6 +284,11 @@ STAGES = ("ann", "rerank", "composite", "rerank+composite")
 SCORED_STAGES = ("composite", "rerank+composite")
 
 
+def _scorer_feeds(item_id: np.ndarray, candidate_id: np.ndarray, value_weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The composite scorer's inputs, for its ONNX session."""
+    return {Step.ITEM_ID: item_id, Step.CANDIDATE_ID: candidate_id, Step.VALUE_WEIGHTS: value_weights}
+
+
 def funnel_stages(funnel, seeds: np.ndarray, batch: int = 128) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Per head and stage, (ids, scores) best first, computed with an InProcessFunnel's own sessions:
     ann = the ANN's K in ANN order; rerank = the reranker's kept M in reranker order; composite = the
@@ -296,8 +302,8 @@ def funnel_stages(funnel, seeds: np.ndarray, batch: int = 128) -> dict[str, dict
         keep = np.full((len(item_id), 1), funnel.limits.default_keep, np.int32)
         for head, (ids, ann_scores, query) in funnel.retrieve(item_id).items():
             kept, kept_scores = funnel.rerank(head, query, ids, keep)
-            (all_scores,) = funnel.scorer.run(["SCORE"], {"ITEM_ID": item_id, "CANDIDATE_ID": ids, "VALUE_WEIGHTS": vw})
-            (kept_comp,) = funnel.scorer.run(["SCORE"], {"ITEM_ID": item_id, "CANDIDATE_ID": kept, "VALUE_WEIGHTS": vw})
+            (all_scores,) = funnel.scorer.run([Step.SCORE], _scorer_feeds(item_id, ids, vw))
+            (kept_comp,) = funnel.scorer.run([Step.SCORE], _scorer_feeds(item_id, kept, vw))
             parts[head]["ann"].append((ids, ann_scores))
             parts[head]["rerank"].append((kept, kept_scores))
             parts[head]["composite"].append(_sorted_by(ids, all_scores))
@@ -339,8 +345,7 @@ def scorer_aucs(funnel, examples: dict[str, np.ndarray], batch: int = 8192) -> d
     for start in range(0, len(examples["query"]), batch):
         q = examples["query"][start:start + batch].reshape(-1, 1)
         c = examples["target"][start:start + batch].reshape(-1, 1)
-        p, r = funnel.scorer.run(["TASK_PROBS", "RELEVANCE_PROBS"],
-                                 {"ITEM_ID": q, "CANDIDATE_ID": c, "VALUE_WEIGHTS": np.repeat(w, len(q), 0)})
+        p, r = funnel.scorer.run([Step.TASK_PROBS, Step.RELEVANCE_PROBS], _scorer_feeds(q, c, np.repeat(w, len(q), 0)))
         probs.append(p[:, 0])
         rel.append(r[:, 0])
     p, r = np.concatenate(probs), np.concatenate(rel)

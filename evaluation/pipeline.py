@@ -21,6 +21,7 @@ from widefunnel.item_ids import InternalTakedowns, ItemIds
 from widefunnel.layout import CATALOGUE_FILE, CONFIG_FILE, INDEX_DIR, ITEM_ATTRIBUTES, ONNX_FILE
 from widefunnel.merge import HEADS, Recommendation, merge_batch
 from widefunnel.takedowns import TakedownWatch
+from widefunnel.tensor_names import Client, Step
 from widefunnel.validation import (
     RequestLimits,
     ValidFilters,
@@ -110,7 +111,7 @@ class InProcessFunnel:
                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per head: (candidate ids, ANN scores, the seeds' query embeddings) for [B, 1] seeds; ``k`` candidates
         per head (the build's default when None)."""
-        emb = dict(zip(mcfg.HEADS, self.tower.run(["EMB_ENGAGEMENT", "EMB_RELEVANCE"], {"ITEM_ID": item_id})))
+        emb = dict(zip(mcfg.HEADS, self.tower.run(list(Step.EMBEDDINGS), {Step.ITEM_ID: item_id})))
         k = self.limits.default_candidates if k is None else int(k)
         out = {}
         for head in mcfg.HEADS:
@@ -118,7 +119,8 @@ class InProcessFunnel:
             allow = self._allow(head, filters, len(item_id))
             if head in self.gpu_indexes:
                 found = self.gpu_indexes[head].search(emb[head], k, item_id[:, 0], allow=allow)
-                out[head] = (found["CANDIDATE_ID"].cpu().numpy(), found["CANDIDATE_SCORE"].cpu().numpy(), emb[head])
+                ids, scores = found[Step.CANDIDATE_ID], found[Step.CANDIDATE_SCORE]
+                out[head] = (ids.cpu().numpy(), scores.cpu().numpy(), emb[head])
                 continue
             nprobe = int(params["nprobe"]) if params["search"] == "ivf" else None
             ids, scores = search(index, emb[head], k, item_id[:, 0], nprobe, allow)
@@ -128,8 +130,8 @@ class InProcessFunnel:
     def rerank(self, head: str, query: np.ndarray, ids: np.ndarray, keep: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
         """The head's reranker on candidate ids (it gathers their codes from its own item table)."""
-        kept, scores = self.rerankers[head].run(["RERANK_ID", "RERANK_SCORE"],
-                                                {"QUERY": query, "CANDIDATE_ID": ids, "KEEP": keep})
+        kept, scores = self.rerankers[head].run([Step.RERANK_ID, Step.RERANK_SCORE],
+                                                {Step.QUERY: query, Step.CANDIDATE_ID: ids, Step.KEEP: keep})
         return kept, scores
 
     def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None,
@@ -137,7 +139,7 @@ class InProcessFunnel:
         """As the ``widefunnel`` ensemble answers; ``candidates`` per head and reranker ``keep`` as the client's."""
         req = validate_request(self.limits, **recommend_tensors(seed_item_id, alpha, top_n, value_weights,
                                                                 candidates, keep))
-        refuse_taken_down("seed_item_id", req.item_id, self.takedowns.ids())
+        refuse_taken_down(Client.SEED_ITEM_ID, req.item_id, self.takedowns.ids())
         valid = self.filters(len(req.item_id), **filters) if filters else None
         item_id = req.item_id
         if self.ids is not None:
@@ -147,8 +149,8 @@ class InProcessFunnel:
         heads = {}
         for head, (ids, _, query) in self.retrieve(item_id, valid, int(req.k[0, 0])).items():
             kept, _ = self.rerank(head, query, ids, req.keep)
-            probs, score = self.scorer.run(["TASK_PROBS", "SCORE"], {
-                "ITEM_ID": item_id, "CANDIDATE_ID": kept, "VALUE_WEIGHTS": req.value_weights})
+            probs, score = self.scorer.run([Step.TASK_PROBS, Step.SCORE], {
+                Step.ITEM_ID: item_id, Step.CANDIDATE_ID: kept, Step.VALUE_WEIGHTS: req.value_weights})
             heads[head] = (kept, score, probs)
         m = merge_batch(heads["engagement"], heads["relevance"], req.alpha, req.top_n)
         names = np.array([""] + list(HEADS), dtype=object)

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel import model_configs as mcfg
+from widefunnel.tensor_names import Step
 
 _DTYPES = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32}
 # Optional inputs a step needs for a meaningful answer (see the module docstring).
-CANARY_OPTIONAL = frozenset({mcfg.SEED.name, "K"})
+CANARY_OPTIONAL = frozenset({mcfg.SEED.name, Step.K})
 FALLBACK_ITEM_ID = 1
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel.dataset.columns import FloatColumn, TokenColumn, TokenSeqColumn
+from widefunnel.tensor_names import range_filters, token_filters
 
 TOKEN, FLOAT = "token", "float"
 ANY_OF, NONE_OF = 0, 1
@@ -113,9 +114,9 @@ class FieldSchema:
         """(tensor name, Triton dtype) of every client filter input, named after its field."""
         out = []
         for name, _ in self.tokens:
-            out += [(f"include_{name}", "BYTES"), (f"exclude_{name}", "BYTES")]
+            out += [(tensor, "BYTES") for tensor in token_filters(name)]
         for name in self.floats:
-            out += [(f"min_{name}", "FP32"), (f"max_{name}", "FP32")]
+            out += [(tensor, "FP32") for tensor in range_filters(name)]
         return out
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from widefunnel.tensor_names import Step
+
 # The funnel's two heads, in this order everywhere (model names ann_<head>, rerank_<head>, merge sources).
 HEADS = ("engagement", "relevance")
 ENGAGEMENT, RELEVANCE = 0, 1
@@ -125,24 +127,24 @@ def check_merge_inputs(eng: tuple[np.ndarray, np.ndarray, np.ndarray], rel: tupl
     from widefunnel.validation import RequestError, check_step_input
 
     batch = alpha.shape[0]
-    for prefix, (ids, scores, probs) in (("ENG", eng), ("REL", rel)):
+    for (id_name, score_name, probs_name), (ids, scores, probs) in zip(Step.MERGE_HEADS, (eng, rel)):
         if ids.ndim != 2 or ids.shape[0] != batch or ids.shape[1] == 0:
-            raise RequestError(f"{prefix}_ID: expected shape [{batch}, M] (M >= 1), got {list(ids.shape)}")
+            raise RequestError(f"{id_name}: expected shape [{batch}, M] (M >= 1), got {list(ids.shape)}")
         if scores.shape != ids.shape:
-            raise RequestError(f"{prefix}_SCORE: shape {list(scores.shape)} does not match {prefix}_ID "
+            raise RequestError(f"{score_name}: shape {list(scores.shape)} does not match {id_name} "
                                f"{list(ids.shape)}")
         if probs.ndim != 3 or probs.shape[:2] != ids.shape:
-            raise RequestError(f"{prefix}_PROBS: shape {list(probs.shape)} does not match {prefix}_ID "
+            raise RequestError(f"{probs_name}: shape {list(probs.shape)} does not match {id_name} "
                                f"{list(ids.shape)} x tasks")
-        check_step_input(f"{prefix}_ID", ids, "id_or_pad", max_item_id)
-        check_step_input(f"{prefix}_SCORE", scores, "not_nan", max_item_id)
-        check_step_input(f"{prefix}_PROBS", probs, "not_nan", max_item_id)
+        check_step_input(id_name, ids, "id_or_pad", max_item_id)
+        check_step_input(score_name, scores, "not_nan", max_item_id)
+        check_step_input(probs_name, probs, "not_nan", max_item_id)
     if eng[2].shape[2] != rel[2].shape[2]:
-        raise RequestError(f"REL_PROBS: {rel[2].shape[2]} tasks, ENG_PROBS has {eng[2].shape[2]}")
-    for name, value in (("ALPHA", alpha), ("TOP_N", top_n)):
+        raise RequestError(f"{Step.REL_PROBS}: {rel[2].shape[2]} tasks, {Step.ENG_PROBS} has {eng[2].shape[2]}")
+    for name, value in ((Step.ALPHA, alpha), (Step.TOP_N, top_n)):
         if value.shape != (batch, 1):
             raise RequestError(f"{name}: expected shape [{batch}, 1], got {list(value.shape)}")
     if not np.all(np.isfinite(alpha)) or np.any((alpha < 0) | (alpha > 1)):
-        raise RequestError(f"ALPHA: must be within [0, 1], got {alpha.ravel()[:5].tolist()}")
+        raise RequestError(f"{Step.ALPHA}: must be within [0, 1], got {alpha.ravel()[:5].tolist()}")
     if np.any((top_n < 1) | (top_n > max_top_n)):
-        raise RequestError(f"TOP_N: must be within [1, {max_top_n}], got {top_n.ravel()[:5].tolist()}")
+        raise RequestError(f"{Step.TOP_N}: must be within [1, {max_top_n}], got {top_n.ravel()[:5].tolist()}")

@@ -1,7 +1,7 @@
 """Triton model configs of the funnel, built as `model_config_pb2` messages (valid by construction) and
 written with `text_format`, so generated `config.pbtxt` files stay readable and diffable.
 
-Tensor naming: client-facing tensors lowercase, model tensors uppercase.
+Tensor names: `widefunnel.tensor_names` (client-facing `Client` lowercase, step `Step` uppercase).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from widefunnel.merge import HEADS
+from widefunnel.tensor_names import Client, Step, retrieved
 
 ENSEMBLE = "widefunnel"
 RETRIEVE_ENSEMBLE = "widefunnel_retrieve"
@@ -75,26 +76,26 @@ def _model(name: str, backend: str, inputs: list[Tensor], outputs: list[Tensor],
 
 # Declared optional so that preprocess reports its absence by name: Triton 2.51's ensemble scheduler
 # answers a missing required input only with "unexpected deadlock".
-SEED = Tensor("seed_item_id", "INT64", (1,), optional=True)
+SEED = Tensor(Client.SEED_ITEM_ID, "INT64", (1,), optional=True)
 # Only the scoring entry point feeds this (its seed, mapped a second time): it tells preprocess that
 # candidate_item_id is required there, so a request without it is refused by name, not answered empty.
-SCORING_SEED = Tensor("scoring_seed_item_id", "INT64", (1,), optional=True)
+SCORING_SEED = Tensor(Client.SCORING_SEED_ITEM_ID, "INT64", (1,), optional=True)
 
 
 # Filters inside retrieval (issue 18), per seed: excluded ids (-1 pads), genres (any of / none of), an inclusive
 # release-year range. Preprocess validates them into FILTER_STEP_TENSORS, which the ANN steps apply in the scan.
 # The funnel's width per request (issue 16): candidates per head from the ANN, and how many the reranker keeps.
-WIDTH = Tensor("candidates_per_head", "INT32", (1,), True)
-KEEP = Tensor("rerank_keep", "INT32", (1,), True)
+WIDTH = Tensor(Client.CANDIDATES_PER_HEAD, "INT32", (1,), True)
+KEEP = Tensor(Client.RERANK_KEEP, "INT32", (1,), True)
 
-FILTER_INPUTS = [Tensor("exclude_item_id", "INT64", (-1,), True), Tensor("include_genre", "BYTES", (-1,), True),
-                 Tensor("exclude_genre", "BYTES", (-1,), True), Tensor("min_year", "INT32", (1,), True),
-                 Tensor("max_year", "INT32", (1,), True)]
+FILTER_INPUTS = [Tensor(Client.EXCLUDE_ITEM_ID, "INT64", (-1,), True),
+                 Tensor(Client.INCLUDE_GENRE, "BYTES", (-1,), True), Tensor(Client.EXCLUDE_GENRE, "BYTES", (-1,), True),
+                 Tensor(Client.MIN_YEAR, "INT32", (1,), True), Tensor(Client.MAX_YEAR, "INT32", (1,), True)]
 # Filters named after a build's own item fields (issue 29; `widefunnel.field_filters`): FIELD_TOKENS and
 # FIELD_RANGES, one packed form whatever the schema, so the ANN steps and the shard router wire fixed names.
-FILTER_STEP_TENSORS = [Tensor("EXCLUDE_IDS", "INT64", (-1,)), Tensor("GENRES_ANY", "INT64", (1,)),
-                       Tensor("GENRES_NONE", "INT64", (1,)), Tensor("YEARS", "INT32", (2,)),
-                       Tensor("FIELD_TOKENS", "INT64", (-1,)), Tensor("FIELD_RANGES", "FP32", (-1,))]
+FILTER_STEP_TENSORS = [Tensor(Step.EXCLUDE_IDS, "INT64", (-1,)), Tensor(Step.GENRES_ANY, "INT64", (1,)),
+                       Tensor(Step.GENRES_NONE, "INT64", (1,)), Tensor(Step.YEARS, "INT32", (2,)),
+                       Tensor(Step.FIELD_TOKENS, "INT64", (-1,)), Tensor(Step.FIELD_RANGES, "FP32", (-1,))]
 
 FieldInputs = tuple[tuple[str, str], ...]  # (client tensor, dtype) per field filter: FieldSchema.client_inputs()
 
@@ -115,58 +116,63 @@ def _filter_wiring(fields: FieldInputs = ()) -> tuple[dict[str, str], dict[str, 
     return {t.name: t.name for t in filter_inputs(fields)}, between, between
 
 
+def _controls(tasks: int) -> list[Tensor]:
+    """The client's alpha, top_n and value_weights: optional, preprocess fills in the build's defaults."""
+    return [Tensor(Client.ALPHA, "FP32", (1,), True), Tensor(Client.TOP_N, "INT32", (1,), True),
+            Tensor(Client.VALUE_WEIGHTS, "FP32", (tasks + 1,), True)]
+
+
 def preprocess_config(target: Target, tasks: int, parameters: dict[str, str], fields: FieldInputs = ()
                       ) -> mc.ModelConfig:
-    inputs = [SEED, Tensor("alpha", "FP32", (1,), True),
-              Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True),
-              Tensor("candidate_item_id", "INT64", (-1,), True), SCORING_SEED, WIDTH, KEEP, *filter_inputs(fields)]
-    outputs = [Tensor("ITEM_ID", "INT64", (1,)), Tensor("ALPHA", "FP32", (1,)), Tensor("TOP_N", "INT32", (1,)),
-               Tensor("VALUE_WEIGHTS", "FP32", (tasks + 1,)), Tensor("CANDIDATE_ID", "INT64", (-1,)),
-               Tensor("K", "INT32", (1,)), Tensor("KEEP", "INT32", (1,)), *FILTER_STEP_TENSORS]
+    inputs = [SEED, *_controls(tasks), Tensor(Client.CANDIDATE_ITEM_ID, "INT64", (-1,), True), SCORING_SEED, WIDTH,
+              KEEP, *filter_inputs(fields)]
+    outputs = [Tensor(Step.ITEM_ID, "INT64", (1,)), Tensor(Step.ALPHA, "FP32", (1,)), Tensor(Step.TOP_N, "INT32", (1,)),
+               Tensor(Step.VALUE_WEIGHTS, "FP32", (tasks + 1,)), Tensor(Step.CANDIDATE_ID, "INT64", (-1,)),
+               Tensor(Step.K, "INT32", (1,)), Tensor(Step.KEEP, "INT32", (1,)), *FILTER_STEP_TENSORS]
     # Validation runs on the CPU wherever the rest runs.
     return _model("preprocess", "python", inputs, outputs, target, parameters, kind=mc.ModelInstanceGroup.KIND_CPU)
 
 
 def query_tower_config(target: Target, dim: int) -> mc.ModelConfig:
-    return _model("query_tower", target.onnx_backend, [Tensor("ITEM_ID", "INT64", (1,))],
-                  [Tensor("EMB_ENGAGEMENT", "FP32", (dim,)), Tensor("EMB_RELEVANCE", "FP32", (dim,)),
-                   Tensor("FINGERPRINT", "INT64", (1,))], target)
+    outputs = [*(Tensor(name, "FP32", (dim,)) for name in Step.EMBEDDINGS), Tensor(Step.FINGERPRINT, "INT64", (1,))]
+    return _model("query_tower", target.onnx_backend, [Tensor(Step.ITEM_ID, "INT64", (1,))], outputs, target)
 
 
 def ann_config(head: str, target: Target, dim: int, parameters: dict[str, str]) -> mc.ModelConfig:
     """CANDIDATE_EMB is produced only when a caller asks for it by name; the ensembles never do (the
     rerankers gather candidates' codes from their own table). CANDIDATE_ID is internal (`widefunnel.item_ids`);
     CANDIDATE_ITEM_ID, the same candidates in the catalogue's ids, likewise only when asked for (retrieval)."""
-    inputs = [Tensor("QUERY", "FP32", (dim,)), Tensor("EXCLUDE_ID", "INT64", (1,), True),
-              Tensor("K", "INT32", (1,), True), Tensor("NPROBE", "INT32", (1,), True),
+    inputs = [Tensor(Step.QUERY, "FP32", (dim,)), Tensor(Step.EXCLUDE_ID, "INT64", (1,), True),
+              Tensor(Step.K, "INT32", (1,), True), Tensor(Step.NPROBE, "INT32", (1,), True),
               *[Tensor(t.name, t.dtype, t.dims, True) for t in FILTER_STEP_TENSORS]]
-    outputs = [Tensor("CANDIDATE_ID", "INT64", (-1,)), Tensor("CANDIDATE_SCORE", "FP32", (-1,)),
-               Tensor("CANDIDATE_EMB", "FP32", (-1, dim)), Tensor("FINGERPRINT", "INT64", (1,)),
-               Tensor("CANDIDATE_ITEM_ID", "INT64", (-1,))]
+    outputs = [Tensor(Step.CANDIDATE_ID, "INT64", (-1,)), Tensor(Step.CANDIDATE_SCORE, "FP32", (-1,)),
+               Tensor(Step.CANDIDATE_EMB, "FP32", (-1, dim)), Tensor(Step.FINGERPRINT, "INT64", (1,)),
+               Tensor(Step.CANDIDATE_ITEM_ID, "INT64", (-1,))]
     return _model(f"ann_{head}", "widefunnel_ann", inputs, outputs, target, parameters)
 
 
 def rerank_config(head: str, target: Target, dim: int) -> mc.ModelConfig:
-    inputs = [Tensor("QUERY", "FP32", (dim,)), Tensor("CANDIDATE_ID", "INT64", (-1,)), Tensor("KEEP", "INT32", (1,))]
-    outputs = [Tensor("RERANK_ID", "INT64", (-1,)), Tensor("RERANK_SCORE", "FP32", (-1,)),
-               Tensor("FINGERPRINT", "INT64", (1,))]
+    inputs = [Tensor(Step.QUERY, "FP32", (dim,)), Tensor(Step.CANDIDATE_ID, "INT64", (-1,)),
+              Tensor(Step.KEEP, "INT32", (1,))]
+    outputs = [Tensor(Step.RERANK_ID, "INT64", (-1,)), Tensor(Step.RERANK_SCORE, "FP32", (-1,)),
+               Tensor(Step.FINGERPRINT, "INT64", (1,))]
     return _model(f"rerank_{head}", target.onnx_backend, inputs, outputs, target)
 
 
 def scorer_config(target: Target, tasks: int, levels: int = 3) -> mc.ModelConfig:
-    inputs = [Tensor("ITEM_ID", "INT64", (1,)), Tensor("CANDIDATE_ID", "INT64", (-1,)),
-              Tensor("VALUE_WEIGHTS", "FP32", (tasks + 1,))]
-    outputs = [Tensor("TASK_PROBS", "FP32", (-1, tasks)), Tensor("RELEVANCE_PROBS", "FP32", (-1, levels - 1)),
-               Tensor("SCORE", "FP32", (-1,)), Tensor("FINGERPRINT", "INT64", (1,))]
+    inputs = [Tensor(Step.ITEM_ID, "INT64", (1,)), Tensor(Step.CANDIDATE_ID, "INT64", (-1,)),
+              Tensor(Step.VALUE_WEIGHTS, "FP32", (tasks + 1,))]
+    outputs = [Tensor(Step.TASK_PROBS, "FP32", (-1, tasks)), Tensor(Step.RELEVANCE_PROBS, "FP32", (-1, levels - 1)),
+               Tensor(Step.SCORE, "FP32", (-1,)), Tensor(Step.FINGERPRINT, "INT64", (1,))]
     return _model("composite_scorer", target.onnx_backend, inputs, outputs, target)
 
 
 # What an ONNX step refuses when called directly, enforced by the Python-based onnxruntime backend from the
 # `input_checks` parameter (rules: widefunnel.validation.STEP_RULES). -1 is the ANN's padding id.
 INPUT_CHECKS = {
-    "query_tower": {"ITEM_ID": "id"},
-    "rerank": {"QUERY": "finite", "CANDIDATE_ID": "id_or_pad", "KEEP": "positive"},
-    "composite_scorer": {"ITEM_ID": "id", "CANDIDATE_ID": "id_or_pad", "VALUE_WEIGHTS": "finite_nonnegative"},
+    "query_tower": {Step.ITEM_ID: "id"},
+    "rerank": {Step.QUERY: "finite", Step.CANDIDATE_ID: "id_or_pad", Step.KEEP: "positive"},
+    "composite_scorer": {Step.ITEM_ID: "id", Step.CANDIDATE_ID: "id_or_pad", Step.VALUE_WEIGHTS: "finite_nonnegative"},
 }
 
 
@@ -180,22 +186,21 @@ def add_input_checks(config: mc.ModelConfig, stage: str, max_item_id: int, max_r
     return config
 
 
-FINGERPRINT_INPUTS = ("FP_TOWER", "FP_ANN_ENGAGEMENT", "FP_ANN_RELEVANCE", "FP_RERANK_ENGAGEMENT",
-                      "FP_RERANK_RELEVANCE", "FP_SCORER_ENGAGEMENT", "FP_SCORER_RELEVANCE")
+# The tower's first: quota_merge answers with it.
+FINGERPRINT_INPUTS = (Step.FP_TOWER, *(name for stage in zip(*Step.MERGE_FINGERPRINTS) for name in stage))
 
 
 def merge_outputs(tasks: int) -> list[Tensor]:
-    return [Tensor("item_id", "INT64", (-1,)), Tensor("score", "FP32", (-1,)),
-            Tensor("source_head", "BYTES", (-1,)), Tensor("task_probs", "FP32", (-1, tasks)),
-            Tensor("fingerprint", "BYTES", (1,))]
+    return [Tensor(Client.ITEM_ID, "INT64", (-1,)), Tensor(Client.SCORE, "FP32", (-1,)),
+            Tensor(Client.SOURCE_HEAD, "BYTES", (-1,)), Tensor(Client.TASK_PROBS, "FP32", (-1, tasks)),
+            Tensor(Client.FINGERPRINT, "BYTES", (1,))]
 
 
 def merge_config(target: Target, tasks: int, parameters: dict[str, str]) -> mc.ModelConfig:
     inputs = []
-    for prefix in ("ENG", "REL"):
-        inputs += [Tensor(f"{prefix}_ID", "INT64", (-1,)), Tensor(f"{prefix}_SCORE", "FP32", (-1,)),
-                   Tensor(f"{prefix}_PROBS", "FP32", (-1, tasks))]
-    inputs += [Tensor("ALPHA", "FP32", (1,)), Tensor("TOP_N", "INT32", (1,))]
+    for ids, scores, probs in Step.MERGE_HEADS:
+        inputs += [Tensor(ids, "INT64", (-1,)), Tensor(scores, "FP32", (-1,)), Tensor(probs, "FP32", (-1, tasks))]
+    inputs += [Tensor(Step.ALPHA, "FP32", (1,)), Tensor(Step.TOP_N, "INT32", (1,))]
     inputs += [Tensor(n, "INT64", (1,)) for n in FINGERPRINT_INPUTS]
     return _model("quota_merge", "python", inputs, merge_outputs(tasks), target, parameters,
                   kind=mc.ModelInstanceGroup.KIND_CPU)
@@ -217,32 +222,29 @@ def _ensemble(name: str, target: Target, inputs: list[Tensor], outputs: list[Ten
 def _front(config: mc.ModelConfig, versions: dict[str, int], with_candidates: bool = False,
            fields: FieldInputs = ()) -> None:
     client, filtered, _ = _filter_wiring(fields)
-    inputs = {"seed_item_id": "seed_item_id", "alpha": "alpha", "top_n": "top_n", "value_weights": "value_weights",
-              WIDTH.name: WIDTH.name, KEEP.name: KEEP.name} | client
-    outputs = {"ITEM_ID": "_item_id", "ALPHA": "_alpha", "TOP_N": "_top_n", "VALUE_WEIGHTS": "_value_weights",
-               "K": "_k", "KEEP": "_keep"} | filtered
+    inputs = {t.name: t.name for t in (SEED, *_controls(0), WIDTH, KEEP)} | client
+    outputs = {Step.ITEM_ID: "_item_id", Step.ALPHA: "_alpha", Step.TOP_N: "_top_n",
+               Step.VALUE_WEIGHTS: "_value_weights", Step.K: "_k", Step.KEEP: "_keep"} | filtered
     if with_candidates:
-        inputs["candidate_item_id"] = "candidate_item_id"
-        outputs["CANDIDATE_ID"] = "_candidate_id"
+        inputs[Client.CANDIDATE_ITEM_ID] = Client.CANDIDATE_ITEM_ID
+        outputs[Step.CANDIDATE_ID] = "_candidate_id"
     _step(config, "preprocess", versions["preprocess"], inputs, outputs)
 
 
 def _client_inputs(tasks: int, fields: FieldInputs = ()) -> list[Tensor]:
-    return [SEED, Tensor("alpha", "FP32", (1,), True),
-            Tensor("top_n", "INT32", (1,), True), Tensor("value_weights", "FP32", (tasks + 1,), True), WIDTH, KEEP,
-            *filter_inputs(fields)]
+    return [SEED, *_controls(tasks), WIDTH, KEEP, *filter_inputs(fields)]
 
 
 def _towers_and_ann(config: mc.ModelConfig, versions: dict[str, int], full: bool = True) -> None:
     """Triton refuses ensembles with unused tensors, so retrieval-only maps just what it returns."""
-    tower_out = {"EMB_ENGAGEMENT": "_emb_engagement", "EMB_RELEVANCE": "_emb_relevance"}
-    _step(config, "query_tower", versions["query_tower"], {"ITEM_ID": "_item_id"},
-          tower_out | ({"FINGERPRINT": "_fp_tower"} if full else {}))
+    tower_out = {name: f"_emb_{head}" for head, name in zip(HEADS, Step.EMBEDDINGS)}
+    _step(config, "query_tower", versions["query_tower"], {Step.ITEM_ID: "_item_id"},
+          tower_out | ({Step.FINGERPRINT: "_fp_tower"} if full else {}))
     for head in HEADS:
-        outputs = {"CANDIDATE_ID": f"_ann_id_{head}", "FINGERPRINT": f"_fp_ann_{head}"} if full else \
-            {"CANDIDATE_ITEM_ID": f"{head}_item_id", "CANDIDATE_SCORE": f"{head}_score"}
+        outputs = {Step.CANDIDATE_ID: f"_ann_id_{head}", Step.FINGERPRINT: f"_fp_ann_{head}"} if full else \
+            dict(zip((Step.CANDIDATE_ITEM_ID, Step.CANDIDATE_SCORE), retrieved(head)))
         _step(config, f"ann_{head}", versions[f"ann_{head}"],
-              {"QUERY": f"_emb_{head}", "EXCLUDE_ID": "_item_id", "K": "_k"} | _filter_wiring()[2], outputs)
+              {Step.QUERY: f"_emb_{head}", Step.EXCLUDE_ID: "_item_id", Step.K: "_k"} | _filter_wiring()[2], outputs)
 
 
 def pinned_version(config: mc.ModelConfig) -> int | None:
@@ -259,16 +261,15 @@ def ensemble_config(target: Target, tasks: int, versions: dict[str, int], fields
     _towers_and_ann(config, versions)
     for head in HEADS:
         _step(config, f"rerank_{head}", versions[f"rerank_{head}"],
-              {"QUERY": f"_emb_{head}", "CANDIDATE_ID": f"_ann_id_{head}", "KEEP": "_keep"},
-              {"RERANK_ID": f"_rerank_id_{head}", "FINGERPRINT": f"_fp_rerank_{head}"})
+              {Step.QUERY: f"_emb_{head}", Step.CANDIDATE_ID: f"_ann_id_{head}", Step.KEEP: "_keep"},
+              {Step.RERANK_ID: f"_rerank_id_{head}", Step.FINGERPRINT: f"_fp_rerank_{head}"})
         _step(config, "composite_scorer", versions["composite_scorer"],
-              {"ITEM_ID": "_item_id", "CANDIDATE_ID": f"_rerank_id_{head}", "VALUE_WEIGHTS": "_value_weights"},
-              {"TASK_PROBS": f"_probs_{head}", "SCORE": f"_score_{head}", "FINGERPRINT": f"_fp_scorer_{head}"})
-    merge_inputs = {"ALPHA": "_alpha", "TOP_N": "_top_n", "FP_TOWER": "_fp_tower"}
-    for prefix, head in (("ENG", "engagement"), ("REL", "relevance")):
-        merge_inputs |= {f"{prefix}_ID": f"_rerank_id_{head}", f"{prefix}_SCORE": f"_score_{head}",
-                         f"{prefix}_PROBS": f"_probs_{head}"}
-        merge_inputs |= {f"FP_{k}_{head.upper()}": f"_fp_{k.lower()}_{head}" for k in ("ANN", "RERANK", "SCORER")}
+              {Step.ITEM_ID: "_item_id", Step.CANDIDATE_ID: f"_rerank_id_{head}", Step.VALUE_WEIGHTS: "_value_weights"},
+              {Step.TASK_PROBS: f"_probs_{head}", Step.SCORE: f"_score_{head}", Step.FINGERPRINT: f"_fp_scorer_{head}"})
+    merge_inputs = {Step.ALPHA: "_alpha", Step.TOP_N: "_top_n", Step.FP_TOWER: "_fp_tower"}
+    for head, (ids, scores, probs), fingerprints in zip(HEADS, Step.MERGE_HEADS, Step.MERGE_FINGERPRINTS):
+        merge_inputs |= {ids: f"_rerank_id_{head}", scores: f"_score_{head}", probs: f"_probs_{head}"}
+        merge_inputs |= {fp: f"_fp_{stage}_{head}" for fp, stage in zip(fingerprints, ("ann", "rerank", "scorer"))}
     _step(config, "quota_merge", versions["quota_merge"], merge_inputs,
           {t.name: t.name for t in merge_outputs(tasks)})
     return config
@@ -279,29 +280,30 @@ def retrieve_config(target: Target, tasks: int, versions: dict[str, int], fields
     """Retrieval only (TFRS's second signature): each head's ANN candidates, no scoring."""
     outputs = []
     for head in HEADS:
-        outputs += [Tensor(f"{head}_item_id", "INT64", (-1,)), Tensor(f"{head}_score", "FP32", (-1,))]
+        ids, scores = retrieved(head)
+        outputs += [Tensor(ids, "INT64", (-1,)), Tensor(scores, "FP32", (-1,))]
     config = _ensemble(RETRIEVE_ENSEMBLE, target, [SEED, WIDTH, *filter_inputs(fields)], outputs)
     client, filtered, _ = _filter_wiring(fields)
-    _step(config, "preprocess", versions["preprocess"], {"seed_item_id": "seed_item_id", WIDTH.name: WIDTH.name}
-          | client, {"ITEM_ID": "_item_id", "K": "_k"} | filtered)
+    _step(config, "preprocess", versions["preprocess"], {SEED.name: SEED.name, WIDTH.name: WIDTH.name}
+          | client, {Step.ITEM_ID: "_item_id", Step.K: "_k"} | filtered)
     _towers_and_ann(config, versions, full=False)
     return config
 
 
 def score_config(target: Target, tasks: int, versions: dict[str, int], levels: int = 3) -> mc.ModelConfig:
     """Scoring only: the composite scorer on (seed, given candidate ids)."""
-    inputs = [SEED, Tensor("candidate_item_id", "INT64", (-1,), True),
-              Tensor("value_weights", "FP32", (tasks + 1,), True)]
-    outputs = [Tensor("task_probs", "FP32", (-1, tasks)), Tensor("relevance_probs", "FP32", (-1, levels - 1)),
-               Tensor("score", "FP32", (-1,))]
+    inputs = [SEED, Tensor(Client.CANDIDATE_ITEM_ID, "INT64", (-1,), True),
+              Tensor(Client.VALUE_WEIGHTS, "FP32", (tasks + 1,), True)]
+    outputs = [Tensor(Client.TASK_PROBS, "FP32", (-1, tasks)), Tensor(Client.RELEVANCE_PROBS, "FP32", (-1, levels - 1)),
+               Tensor(Client.SCORE, "FP32", (-1,))]
     config = _ensemble(SCORE_ENSEMBLE, target, inputs, outputs)
     _step(config, "preprocess", versions["preprocess"],
-          {"seed_item_id": "seed_item_id", "scoring_seed_item_id": "seed_item_id", "value_weights": "value_weights",
-           "candidate_item_id": "candidate_item_id"},
-          {"ITEM_ID": "_item_id", "VALUE_WEIGHTS": "_value_weights", "CANDIDATE_ID": "_candidate_id"})
+          {SEED.name: SEED.name, SCORING_SEED.name: SEED.name, Client.VALUE_WEIGHTS: Client.VALUE_WEIGHTS,
+           Client.CANDIDATE_ITEM_ID: Client.CANDIDATE_ITEM_ID},
+          {Step.ITEM_ID: "_item_id", Step.VALUE_WEIGHTS: "_value_weights", Step.CANDIDATE_ID: "_candidate_id"})
     _step(config, "composite_scorer", versions["composite_scorer"],
-          {"ITEM_ID": "_item_id", "CANDIDATE_ID": "_candidate_id", "VALUE_WEIGHTS": "_value_weights"},
-          {"TASK_PROBS": "task_probs", "RELEVANCE_PROBS": "relevance_probs", "SCORE": "score"})
+          {Step.ITEM_ID: "_item_id", Step.CANDIDATE_ID: "_candidate_id", Step.VALUE_WEIGHTS: "_value_weights"},
+          {Step.TASK_PROBS: Client.TASK_PROBS, Step.RELEVANCE_PROBS: Client.RELEVANCE_PROBS, Step.SCORE: Client.SCORE})
     return config
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from widefunnel.field_filters import ANY_OF, NONE_OF, FieldSchema, no_ranges, pack_token
+from widefunnel.tensor_names import Client, Step, range_filters, token_filters
 
 
 class RequestError(ValueError):
@@ -68,15 +69,15 @@ def check_ann_inputs(inputs: dict[str, np.ndarray | None], batch: int, max_exclu
     as preprocess applies it to exclude_item_id), GENRES_ANY and GENRES_NONE [B, 1], YEARS [B, 2], FIELD_TOKENS
     [B, 1..MAX_FIELD_TOKENS], FIELD_RANGES [B, 2..MAX_FIELD_RANGES] (pairs). A direct
     call has no gateway or preprocess in front of it, so the step bounds what it reads itself."""
-    check_row_shape("EXCLUDE_ID", inputs.get("EXCLUDE_ID"), batch, 1)
-    check_row_shape("EXCLUDE_IDS", inputs.get("EXCLUDE_IDS"), batch, max_width=max_exclude)
-    for name, width in (("GENRES_ANY", 1), ("GENRES_NONE", 1), ("YEARS", 2)):
+    check_row_shape(Step.EXCLUDE_ID, inputs.get(Step.EXCLUDE_ID), batch, 1)
+    check_row_shape(Step.EXCLUDE_IDS, inputs.get(Step.EXCLUDE_IDS), batch, max_width=max_exclude)
+    for name, width in ((Step.GENRES_ANY, 1), (Step.GENRES_NONE, 1), (Step.YEARS, 2)):
         check_row_shape(name, inputs.get(name), batch, width)
-    check_row_shape("FIELD_TOKENS", inputs.get("FIELD_TOKENS"), batch, max_width=MAX_FIELD_TOKENS)
-    ranges = inputs.get("FIELD_RANGES")
-    check_row_shape("FIELD_RANGES", ranges, batch, max_width=MAX_FIELD_RANGES)
+    check_row_shape(Step.FIELD_TOKENS, inputs.get(Step.FIELD_TOKENS), batch, max_width=MAX_FIELD_TOKENS)
+    ranges = inputs.get(Step.FIELD_RANGES)
+    check_row_shape(Step.FIELD_RANGES, ranges, batch, max_width=MAX_FIELD_RANGES)
     if ranges is not None and ranges.shape[1] % 2:
-        raise RequestError(f"FIELD_RANGES: (min, max) pairs expected, got width {ranges.shape[1]}")
+        raise RequestError(f"{Step.FIELD_RANGES}: (min, max) pairs expected, got width {ranges.shape[1]}")
 
 
 def request_scalar(name: str, values: np.ndarray | None, default: int, low: int, high: int) -> int:
@@ -181,49 +182,52 @@ def validate_request(limits: RequestLimits, seed_item_id: np.ndarray | None, alp
                      candidate_item_id: np.ndarray | None = None, require_candidates: bool = False,
                      candidates_per_head: np.ndarray | None = None, rerank_keep: np.ndarray | None = None
                      ) -> ValidRequest:
+    """The client's tensors (the keyword arguments are their names, `Client`) -> `ValidRequest`; RequestError
+    naming the tensor otherwise."""
+    seed, candidates = Client.SEED_ITEM_ID, Client.CANDIDATE_ITEM_ID
     if seed_item_id is None:
-        raise RequestError("seed_item_id: required input is missing")
+        raise RequestError(f"{seed}: required input is missing")
     if seed_item_id.ndim != 2 or seed_item_id.shape[1] != 1 or seed_item_id.shape[0] < 1:
-        raise RequestError(f"seed_item_id: expected shape [batch, 1], got {list(seed_item_id.shape)}")
+        raise RequestError(f"{seed}: expected shape [batch, 1], got {list(seed_item_id.shape)}")
     batch = seed_item_id.shape[0]
     bad = unknown_ids(limits.catalogue, seed_item_id.ravel())
     if bad.size:
-        raise RequestError(f"seed_item_id: unknown item id(s) {bad[:5].tolist()} (not in the catalogue)")
-    a = _column("alpha", alpha, batch, np.float32, limits.default_alpha)
+        raise RequestError(f"{seed}: unknown item id(s) {bad[:5].tolist()} (not in the catalogue)")
+    a = _column(Client.ALPHA, alpha, batch, np.float32, limits.default_alpha)
     if not np.all(np.isfinite(a)) or np.any((a < 0) | (a > 1)):
-        raise RequestError(f"alpha: must be within [0, 1], got {a.ravel()[:5].tolist()}")
-    n = _column("top_n", top_n, batch, np.int32, limits.default_top_n)
+        raise RequestError(f"{Client.ALPHA}: must be within [0, 1], got {a.ravel()[:5].tolist()}")
+    n = _column(Client.TOP_N, top_n, batch, np.int32, limits.default_top_n)
     if np.any((n < 1) | (n > limits.max_top_n)):
-        raise RequestError(f"top_n: must be within [1, {limits.max_top_n}], got {n.ravel()[:5].tolist()}")
+        raise RequestError(f"{Client.TOP_N}: must be within [1, {limits.max_top_n}], got {n.ravel()[:5].tolist()}")
     width = len(limits.default_value_weights)
     if value_weights is None:
         w = np.tile(limits.default_value_weights, (batch, 1)).astype(np.float32)
     else:
         if value_weights.shape != (batch, width):
-            raise RequestError(f"value_weights: expected shape [{batch}, {width}], got {list(value_weights.shape)}")
+            raise RequestError(f"{Client.VALUE_WEIGHTS}: expected shape [{batch}, {width}], "
+                               f"got {list(value_weights.shape)}")
         w = value_weights.astype(np.float32, copy=False)
         if not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise RequestError("value_weights: must be finite and >= 0")
+            raise RequestError(f"{Client.VALUE_WEIGHTS}: must be finite and >= 0")
     if candidate_item_id is None:
         if require_candidates:
-            raise RequestError("candidate_item_id: required input is missing (the scoring entry point scores "
+            raise RequestError(f"{candidates}: required input is missing (the scoring entry point scores "
                                "the candidates it is given)")
         c = np.zeros((batch, 0), dtype=np.int64)
     else:
         if candidate_item_id.ndim != 2 or candidate_item_id.shape[0] != batch:
-            raise RequestError(f"candidate_item_id: expected shape [{batch}, C], got {list(candidate_item_id.shape)}")
+            raise RequestError(f"{candidates}: expected shape [{batch}, C], got {list(candidate_item_id.shape)}")
         if not 1 <= candidate_item_id.shape[1] <= limits.max_candidates:
-            raise RequestError(f"candidate_item_id: between 1 and {limits.max_candidates} candidates per seed, "
+            raise RequestError(f"{candidates}: between 1 and {limits.max_candidates} candidates per seed, "
                                f"got {candidate_item_id.shape[1]}")
-        check_request_candidates("candidate_item_id", batch, candidate_item_id.shape[1],
-                                 limits.max_request_candidates)
+        check_request_candidates(candidates, batch, candidate_item_id.shape[1], limits.max_request_candidates)
         bad = unknown_ids(limits.catalogue, candidate_item_id.ravel())
         if bad.size:
-            raise RequestError(f"candidate_item_id: unknown item id(s) {bad[:5].tolist()} (not in the catalogue)")
+            raise RequestError(f"{candidates}: unknown item id(s) {bad[:5].tolist()} (not in the catalogue)")
         c = candidate_item_id.astype(np.int64, copy=False)
-    k = _width("candidates_per_head", candidates_per_head, batch, limits.default_candidates, limits.max_candidates,
-               limits.max_request_candidates)
-    keep = _width("rerank_keep", rerank_keep, batch, limits.default_keep, limits.max_keep,
+    k = _width(Client.CANDIDATES_PER_HEAD, candidates_per_head, batch, limits.default_candidates,
+               limits.max_candidates, limits.max_request_candidates)
+    keep = _width(Client.RERANK_KEEP, rerank_keep, batch, limits.default_keep, limits.max_keep,
                   limits.max_request_candidates)
     return ValidRequest(seed_item_id.astype(np.int64, copy=False), a, n, w, c, k, keep)
 
@@ -254,17 +258,17 @@ def recommend_tensors(seeds, alpha=None, top_n=None, value_weights=None, candida
                       ) -> dict[str, np.ndarray]:
     """Client tensors for seeds; scalar alpha / top_n / weights / widths are broadcast to one per seed."""
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1, 1)
-    tensors = {"seed_item_id": seeds}
+    tensors = {Client.SEED_ITEM_ID: seeds}
     if alpha is not None:
-        tensors["alpha"] = np.broadcast_to(np.asarray(alpha, np.float32).reshape(-1, 1), seeds.shape).copy()
+        tensors[Client.ALPHA] = np.broadcast_to(np.asarray(alpha, np.float32).reshape(-1, 1), seeds.shape).copy()
     if top_n is not None:
-        tensors["top_n"] = np.broadcast_to(np.asarray(top_n, np.int32).reshape(-1, 1), seeds.shape).copy()
-    for name, value in (("candidates_per_head", candidates), ("rerank_keep", keep)):
+        tensors[Client.TOP_N] = np.broadcast_to(np.asarray(top_n, np.int32).reshape(-1, 1), seeds.shape).copy()
+    for name, value in ((Client.CANDIDATES_PER_HEAD, candidates), (Client.RERANK_KEEP, keep)):
         if value is not None:
             tensors[name] = np.full(seeds.shape, value, np.int32)
     if value_weights is not None:
         w = np.asarray(value_weights, np.float32)
-        tensors["value_weights"] = np.broadcast_to(w.reshape(1, -1) if w.ndim == 1 else w,
+        tensors[Client.VALUE_WEIGHTS] = np.broadcast_to(w.reshape(1, -1) if w.ndim == 1 else w,
                                                    (len(seeds), w.shape[-1])).copy()
     return tensors
 
@@ -278,7 +282,8 @@ class ValidFilters:
     genres_none: np.ndarray  # int64 [B, 1] bitmask
     years: np.ndarray  # int32 [B, 2] inclusive range; YEAR_ANY = none
 
-    FIELDS = ("exclude_item_id", "include_genre", "exclude_genre", "min_year", "max_year")
+    # the client tensors `validate_filters` takes (its keyword arguments)
+    FIELDS = (Client.EXCLUDE_ITEM_ID, Client.INCLUDE_GENRE, Client.EXCLUDE_GENRE, Client.MIN_YEAR, Client.MAX_YEAR)
 
 
 MAX_SHOWN_CHARS = 80  # of a client's value quoted in an error: a long echo would itself be refused (gRPC metadata)
@@ -360,27 +365,29 @@ def validate_filters(limits: RequestLimits, batch: int, exclude_item_id: np.ndar
                      min_year: np.ndarray | None = None, max_year: np.ndarray | None = None) -> ValidFilters:
     """The filter inputs of one request -> ``ValidFilters``; RequestError naming the field otherwise. A filter
     that matches nothing is valid (the answer is a padded empty list)."""
+    excluded = Client.EXCLUDE_ITEM_ID
     if exclude_item_id is None:
         ex = np.full((batch, 1), -1, np.int64)
     else:
         if exclude_item_id.ndim != 2 or exclude_item_id.shape[0] != batch:
-            raise RequestError(f"exclude_item_id: expected shape [{batch}, E] (-1 pads), "
+            raise RequestError(f"{excluded}: expected shape [{batch}, E] (-1 pads), "
                                f"got {list(exclude_item_id.shape)}")
         if not 1 <= exclude_item_id.shape[1] <= limits.max_exclude:
-            raise RequestError(f"exclude_item_id: between 1 and {limits.max_exclude} ids per seed, "
+            raise RequestError(f"{excluded}: between 1 and {limits.max_exclude} ids per seed, "
                                f"got {exclude_item_id.shape[1]}")
         ex = exclude_item_id.astype(np.int64, copy=False)
         if np.any(ex < -1):
-            raise RequestError(f"exclude_item_id: ids must be >= 0 (-1 pads), got {ex[ex < -1][:5].tolist()}")
-    any_ = _genre_masks("include_genre", include_genre, batch, limits.genres)
-    none = _genre_masks("exclude_genre", exclude_genre, batch, limits.genres)
-    for field, given in (("min_year", min_year), ("max_year", max_year)):
+            raise RequestError(f"{excluded}: ids must be >= 0 (-1 pads), got {ex[ex < -1][:5].tolist()}")
+    any_ = _genre_masks(Client.INCLUDE_GENRE, include_genre, batch, limits.genres)
+    none = _genre_masks(Client.EXCLUDE_GENRE, exclude_genre, batch, limits.genres)
+    for field, given in ((Client.MIN_YEAR, min_year), (Client.MAX_YEAR, max_year)):
         if given is not None and not limits.genres:  # a catalogue without attributes: no item has a year
             raise RequestError(f"{field}: this build has no item attributes (a year filter would match nothing)")
-    lo = _column("min_year", min_year, batch, np.int32, YEAR_ANY[0]).astype(np.int64)
-    hi = _column("max_year", max_year, batch, np.int32, YEAR_ANY[1]).astype(np.int64)
+    lo = _column(Client.MIN_YEAR, min_year, batch, np.int32, YEAR_ANY[0]).astype(np.int64)
+    hi = _column(Client.MAX_YEAR, max_year, batch, np.int32, YEAR_ANY[1]).astype(np.int64)
     if np.any(lo > hi):
-        raise RequestError(f"min_year, max_year: empty range, got [{int(lo[lo > hi][0])}, {int(hi[lo > hi][0])}]")
+        raise RequestError(f"{Client.MIN_YEAR}, {Client.MAX_YEAR}: empty range, "
+                           f"got [{int(lo[lo > hi][0])}, {int(hi[lo > hi][0])}]")
     return ValidFilters(ex, any_, none, np.concatenate([lo, hi], axis=1).astype(np.int32))
 
 
@@ -399,14 +406,14 @@ def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years
     if exclude is not None:
         ids = np.asarray(exclude, np.int64).reshape(1, -1)
         ids = ids if ids.size else np.full((1, 1), -1, np.int64)
-        tensors["exclude_item_id"] = np.repeat(ids, batch, axis=0)
-    for field, names in (("include_genre", include_genres), ("exclude_genre", exclude_genres)):
+        tensors[Client.EXCLUDE_ITEM_ID] = np.repeat(ids, batch, axis=0)
+    for field, names in ((Client.INCLUDE_GENRE, include_genres), (Client.EXCLUDE_GENRE, exclude_genres)):
         if names:  # no names: no filter, so the field is not sent (empty values are refused)
             row = np.array([n.encode() for n in names], dtype=np.object_).reshape(1, -1)
             tensors[field] = np.repeat(row, batch, axis=0)
     if years is not None:
-        tensors["min_year"] = np.full((batch, 1), years[0], np.int32)
-        tensors["max_year"] = np.full((batch, 1), years[1], np.int32)
+        tensors[Client.MIN_YEAR] = np.full((batch, 1), years[0], np.int32)
+        tensors[Client.MAX_YEAR] = np.full((batch, 1), years[1], np.int32)
     return tensors
 
 
@@ -437,19 +444,20 @@ def validate_field_filters(schema: FieldSchema, batch: int, tensors: dict[str, n
             raise RequestError(f"{name}: not a filter of this build (its fields: {', '.join(sorted(known)) or 'none'})")
     parts = [np.full((batch, 1), -1, np.int64)]
     for slot, (name, vocabulary) in enumerate(schema.tokens):
-        for mode, prefix in ((ANY_OF, "include"), (NONE_OF, "exclude")):
-            values = tensors.get(f"{prefix}_{name}")
+        for mode, tensor in zip((ANY_OF, NONE_OF), token_filters(name)):
+            values = tensors.get(tensor)
             if values is not None:
-                parts.append(pack_token(slot, mode, _token_codes(f"{prefix}_{name}", values, batch, vocabulary)))
+                parts.append(pack_token(slot, mode, _token_codes(tensor, values, batch, vocabulary)))
     ranges = no_ranges(batch, len(schema.floats))
     for j, name in enumerate(schema.floats):
-        lo = _column(f"min_{name}", tensors.get(f"min_{name}"), batch, np.float32, -np.inf)
-        hi = _column(f"max_{name}", tensors.get(f"max_{name}"), batch, np.float32, np.inf)
+        low, high = range_filters(name)
+        lo = _column(low, tensors.get(low), batch, np.float32, -np.inf)
+        hi = _column(high, tensors.get(high), batch, np.float32, np.inf)
         if np.isnan(lo).any() or np.isnan(hi).any():
-            raise RequestError(f"min_{name}, max_{name}: NaN is not a bound (leave the field out for no bound)")
+            raise RequestError(f"{low}, {high}: NaN is not a bound (leave the field out for no bound)")
         if np.any(lo > hi):
             bad = int(np.argmax(lo > hi))
-            raise RequestError(f"min_{name}, max_{name}: empty range at seed {bad}, got "
+            raise RequestError(f"{low}, {high}: empty range at seed {bad}, got "
                                f"[{float(lo[bad, 0])}, {float(hi[bad, 0])}]")
         ranges[:, 2 * j], ranges[:, 2 * j + 1] = lo[:, 0], hi[:, 0]
     tokens = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]

@@ -25,10 +25,11 @@ from widefunnel.client.router import REASONS, InvalidRequest, ShardFailure, Shar
 from widefunnel.model_configs import FILTER_STEP_TENSORS, model_parameters
 from widefunnel.plugins.stub import StepUnavailable, failure_response, request_inputs
 from widefunnel.sharding import ROUTER_OPTIONAL, ROUTER_REQUIRED, parse_router_parameters
+from widefunnel.tensor_names import Step
 from widefunnel.validation import RequestError
 
 # every shard gets the same filters (its attribute table is keyed by id, so it maps them to its own rows)
-OPTIONAL_INPUTS = ("EXCLUDE_ID", "K", "NPROBE", *(t.name for t in FILTER_STEP_TENSORS))
+OPTIONAL_INPUTS = (Step.EXCLUDE_ID, Step.K, Step.NPROBE, *(t.name for t in FILTER_STEP_TENSORS))
 
 
 class TritonPythonModel:
@@ -84,7 +85,7 @@ class TritonPythonModel:
     @staticmethod
     def _tensors(request) -> dict:
         inputs = request_inputs(request)
-        tensors = {"QUERY": inputs["QUERY"].as_numpy()}
+        tensors = {Step.QUERY: inputs[Step.QUERY].as_numpy()}
         for name in OPTIONAL_INPUTS:
             if name in inputs:
                 tensors[name] = inputs[name].as_numpy()
@@ -104,7 +105,8 @@ class TritonPythonModel:
     def execute(self, requests):
         # pb_utils objects are touched on this thread only; the event loop sees plain numpy arrays.
         wanted = [r.requested_output_names() for r in requests]
-        batch = [(self._tensors(r), "CANDIDATE_EMB" in w, "CANDIDATE_ITEM_ID" in w) for r, w in zip(requests, wanted)]
+        batch = [(self._tensors(r), Step.CANDIDATE_EMB in w, Step.CANDIDATE_ITEM_ID in w)
+                 for r, w in zip(requests, wanted)]
         results = self.router.route_batch(batch)
         self._flush_metrics()
         return [self._response(r) for r in results]

@@ -20,6 +20,7 @@ import triton_python_backend_utils as pb_utils
 from widefunnel.layout import ONNX_FILE
 from widefunnel.model_configs import model_parameters
 from widefunnel.plugins.stub import failure_response, request_inputs
+from widefunnel.tensor_names import Step
 from widefunnel.validation import (
     STEP_RULES,
     RequestError,
@@ -88,10 +89,10 @@ class TritonPythonModel:
             check_not_empty(name, feeds[name])
             if name in self.checks:
                 check_step_input(name, feeds[name], self.checks[name], self.max_item_id)
-            if name.startswith("CANDIDATE_") and self.max_request_candidates and feeds[name].ndim >= 2:
+            if name.startswith(Step.CANDIDATE_PREFIX) and self.max_request_candidates and feeds[name].ndim >= 2:
                 check_request_candidates(name, feeds[name].shape[0], feeds[name].shape[1],
                                          self.max_request_candidates)
-        widths = {n: a.shape[:2] for n, a in feeds.items() if n.startswith("CANDIDATE_") and a.ndim >= 2}
+        widths = {n: a.shape[:2] for n, a in feeds.items() if n.startswith(Step.CANDIDATE_PREFIX) and a.ndim >= 2}
         if len(set(widths.values())) > 1:
             raise RequestError(f"{' vs '.join(widths)}: one [batch, candidates] shape expected, got "
                                f"{[list(w) for w in widths.values()]}")

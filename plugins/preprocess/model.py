@@ -19,6 +19,7 @@ from widefunnel.layout import CATALOGUE_FILE, ITEM_FIELDS, repository_of
 from widefunnel.model_configs import model_parameters
 from widefunnel.plugins.stub import input_array, request_inputs, respond_each
 from widefunnel.takedowns import TakedownWatch
+from widefunnel.tensor_names import Client, Step
 from widefunnel.validation import (
     RequestLimits,
     ValidFilters,
@@ -28,8 +29,9 @@ from widefunnel.validation import (
     validate_request,
 )
 
-_INPUTS = ("seed_item_id", "alpha", "top_n", "value_weights", "candidate_item_id", "candidates_per_head",
-           "rerank_keep")
+# the client tensors `validate_request` takes (its keyword arguments)
+_INPUTS = (Client.SEED_ITEM_ID, Client.ALPHA, Client.TOP_N, Client.VALUE_WEIGHTS, Client.CANDIDATE_ITEM_ID,
+           Client.CANDIDATES_PER_HEAD, Client.RERANK_KEEP)
 
 
 class TritonPythonModel:
@@ -56,10 +58,10 @@ class TritonPythonModel:
     def _validate(self, request) -> list:
         inputs = request_inputs(request)
         valid = validate_request(self.limits, **{n: input_array(inputs, n) for n in _INPUTS},
-                                 require_candidates=input_array(inputs, "scoring_seed_item_id") is not None)
+                                 require_candidates=input_array(inputs, Client.SCORING_SEED_ITEM_ID) is not None)
         taken = self.takedowns.ids()
-        refuse_taken_down("seed_item_id", valid.item_id, taken)
-        refuse_taken_down("candidate_item_id", valid.candidate_id, taken)
+        refuse_taken_down(Client.SEED_ITEM_ID, valid.item_id, taken)
+        refuse_taken_down(Client.CANDIDATE_ITEM_ID, valid.candidate_id, taken)
         filters = validate_filters(self.limits, len(valid.item_id),
                                    **{n: input_array(inputs, n) for n in ValidFilters.FIELDS})
         field_tokens, field_ranges = validate_field_filters(
@@ -68,13 +70,12 @@ class TritonPythonModel:
         if self.ids is not None:
             item_id, candidate_id = self.ids.to_internal(item_id), self.ids.to_internal(candidate_id)
             exclude_ids = self.ids.to_internal(exclude_ids)  # an id not in the catalogue excludes nothing: -1
-        return [pb_utils.Tensor("ITEM_ID", item_id), pb_utils.Tensor("ALPHA", valid.alpha),
-                pb_utils.Tensor("TOP_N", valid.top_n), pb_utils.Tensor("VALUE_WEIGHTS", valid.value_weights),
-                pb_utils.Tensor("CANDIDATE_ID", candidate_id), pb_utils.Tensor("K", valid.k),
-                pb_utils.Tensor("KEEP", valid.keep),
-                pb_utils.Tensor("EXCLUDE_IDS", exclude_ids), pb_utils.Tensor("GENRES_ANY", filters.genres_any),
-                pb_utils.Tensor("GENRES_NONE", filters.genres_none), pb_utils.Tensor("YEARS", filters.years),
-                pb_utils.Tensor("FIELD_TOKENS", field_tokens), pb_utils.Tensor("FIELD_RANGES", field_ranges)]
+        outputs = {Step.ITEM_ID: item_id, Step.ALPHA: valid.alpha, Step.TOP_N: valid.top_n,
+                   Step.VALUE_WEIGHTS: valid.value_weights, Step.CANDIDATE_ID: candidate_id, Step.K: valid.k,
+                   Step.KEEP: valid.keep, Step.EXCLUDE_IDS: exclude_ids, Step.GENRES_ANY: filters.genres_any,
+                   Step.GENRES_NONE: filters.genres_none, Step.YEARS: filters.years,
+                   Step.FIELD_TOKENS: field_tokens, Step.FIELD_RANGES: field_ranges}
+        return [pb_utils.Tensor(name, array) for name, array in outputs.items()]
 
     def execute(self, requests):
         return respond_each(requests, self._validate, self.name)

@@ -18,6 +18,7 @@ from widefunnel.layout import fingerprint_hex
 from widefunnel.merge import HEADS, check_merge_inputs, merge_batch
 from widefunnel.model_configs import FINGERPRINT_INPUTS, model_parameters
 from widefunnel.plugins.stub import StepUnavailable, request_inputs, required_array, respond_each
+from widefunnel.tensor_names import Client, Step
 
 _REQUIRED = {"sort_by_score", "max_top_n", "max_item_id"}
 
@@ -37,8 +38,8 @@ class TritonPythonModel:
 
     def _merge_one(self, request) -> list:
         inputs = request_inputs(request)
-        heads = [tuple(required_array(inputs, f"{p}_{s}") for s in ("ID", "SCORE", "PROBS")) for p in ("ENG", "REL")]
-        alpha, top_n = required_array(inputs, "ALPHA"), required_array(inputs, "TOP_N")
+        heads = [tuple(required_array(inputs, name) for name in names) for names in Step.MERGE_HEADS]
+        alpha, top_n = required_array(inputs, Step.ALPHA), required_array(inputs, Step.TOP_N)
         check_merge_inputs(*heads, alpha, top_n, self.max_top_n, self.max_item_id)
         fps = np.concatenate([required_array(inputs, n).reshape(-1, 1) for n in FINGERPRINT_INPUTS], axis=1)
         mixed = np.flatnonzero((fps != fps[:, :1]).any(axis=1))
@@ -49,9 +50,9 @@ class TritonPythonModel:
         source = names[merged.source.astype(np.int64) + 1]  # -1 (padding) -> b""
         fingerprint = np.array([[fingerprint_hex(fp).encode()] for fp in fps[:, 0]], dtype=object)
         ids = merged.ids if self.ids is None else self.ids.to_external(merged.ids)
-        return [pb_utils.Tensor("item_id", ids), pb_utils.Tensor("score", merged.scores),
-                pb_utils.Tensor("source_head", source), pb_utils.Tensor("task_probs", merged.probs),
-                pb_utils.Tensor("fingerprint", fingerprint)]
+        return [pb_utils.Tensor(Client.ITEM_ID, ids), pb_utils.Tensor(Client.SCORE, merged.scores),
+                pb_utils.Tensor(Client.SOURCE_HEAD, source), pb_utils.Tensor(Client.TASK_PROBS, merged.probs),
+                pb_utils.Tensor(Client.FINGERPRINT, fingerprint)]
 
     def execute(self, requests):
         return respond_each(requests, self._merge_one, self.name)

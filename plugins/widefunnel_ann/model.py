@@ -29,9 +29,10 @@ from widefunnel.layout import (
     parse_fingerprints,
     repository_of,
 )
-from widefunnel.model_configs import model_parameters
+from widefunnel.model_configs import FILTER_STEP_TENSORS, model_parameters
 from widefunnel.plugins.stub import input_array, request_inputs, required_array, respond_each
 from widefunnel.takedowns import TakedownWatch
+from widefunnel.tensor_names import Step
 from widefunnel.validation import (
     DEFAULT_MAX_EXCLUDE,
     RequestError,
@@ -100,22 +101,22 @@ class TritonPythonModel:
         """The request's filters (EXCLUDE_IDS, GENRES_ANY, GENRES_NONE, YEARS, FIELD_TOKENS, FIELD_RANGES; one
         row per query) and the
         taken-down items -> a row bitmap the scan applies, or None when nothing is filtered."""
-        tensors = {n: input_array(inputs, n) for n in ("EXCLUDE_ID", "EXCLUDE_IDS", "GENRES_ANY", "GENRES_NONE",
-                                                       "YEARS", "FIELD_TOKENS", "FIELD_RANGES")}
+        tensors = {n: input_array(inputs, n) for n in (Step.EXCLUDE_ID, *(t.name for t in FILTER_STEP_TENSORS))}
         check_ann_inputs(tensors, batch, self.max_exclude)
+        genres_any, genres_none = tensors[Step.GENRES_ANY], tensors[Step.GENRES_NONE]
         try:
-            return self.filter.allow(batch, tensors["EXCLUDE_IDS"],
-                                     None if tensors["GENRES_ANY"] is None else tensors["GENRES_ANY"][:, 0],
-                                     None if tensors["GENRES_NONE"] is None else tensors["GENRES_NONE"][:, 0],
-                                     tensors["YEARS"], tensors["FIELD_TOKENS"], tensors["FIELD_RANGES"])
+            return self.filter.allow(batch, tensors[Step.EXCLUDE_IDS],
+                                     None if genres_any is None else genres_any[:, 0],
+                                     None if genres_none is None else genres_none[:, 0],
+                                     tensors[Step.YEARS], tensors[Step.FIELD_TOKENS], tensors[Step.FIELD_RANGES])
         except ValueError as exc:
             raise RequestError(str(exc)) from None
 
     def _gpu_search(self, inputs: dict, k: int, allow: np.ndarray | None, emit: bool, external: bool) -> list:
         """Exact int8 scan with the triton-language kernel; results stay on the GPU for the next step
         (CANDIDATE_ITEM_ID, for a caller outside the funnel, is mapped on the host)."""
-        query = inputs["QUERY"]
-        exclude = input_array(inputs, "EXCLUDE_ID")
+        query = inputs[Step.QUERY]
+        exclude = input_array(inputs, Step.EXCLUDE_ID)
         outputs = self.gpu.search_dlpack(query.as_numpy() if query.is_cpu() else query.to_dlpack(), k,
                                          None if exclude is None else exclude[:, 0], emit,
                                          int(self.fingerprint), allow)
@@ -123,41 +124,41 @@ class TritonPythonModel:
         if external:
             import torch
 
-            ids = next(t for t in tensors if t.name() == "CANDIDATE_ID")
+            ids = next(t for t in tensors if t.name() == Step.CANDIDATE_ID)
             host = ids.as_numpy() if ids.is_cpu() else torch.from_dlpack(ids.to_dlpack()).cpu().numpy()
-            tensors.append(pb_utils.Tensor("CANDIDATE_ITEM_ID", self._external(host)))
+            tensors.append(pb_utils.Tensor(Step.CANDIDATE_ITEM_ID, self._external(host)))
         return tensors
 
     def _search(self, request) -> list:
         inputs = request_inputs(request)
-        queries = required_array(inputs, "QUERY")
-        check_not_empty("QUERY", queries)
-        check_step_input("QUERY", queries, "finite", 0)
-        k = request_scalar("K", input_array(inputs, "K"), self.k, 1, self.max_k)
+        queries = required_array(inputs, Step.QUERY)
+        check_not_empty(Step.QUERY, queries)
+        check_step_input(Step.QUERY, queries, "finite", 0)
+        k = request_scalar(Step.K, input_array(inputs, Step.K), self.k, 1, self.max_k)
         if self.max_request_candidates:
-            check_request_candidates("K", len(queries), k, self.max_request_candidates)
-        has_probe = input_array(inputs, "NPROBE") is not None
-        if has_probe and (self.mode != "ivf" or self.index.ivf is None):
-            raise RequestError("NPROBE: this model searches exactly (parameter search = 'exact'); NPROBE "
-                               "applies to IVF models only")
-        nprobe = request_scalar("NPROBE", input_array(inputs, "NPROBE"), self.nprobe, 1, 1 << 20)
+            check_request_candidates(Step.K, len(queries), k, self.max_request_candidates)
+        probe = input_array(inputs, Step.NPROBE)
+        if probe is not None and (self.mode != "ivf" or self.index.ivf is None):
+            raise RequestError(f"{Step.NPROBE}: this model searches exactly (parameter search = 'exact'); "
+                               f"{Step.NPROBE} applies to IVF models only")
+        nprobe = request_scalar(Step.NPROBE, probe, self.nprobe, 1, 1 << 20)
         use_ivf = self.mode == "ivf" and self.index.ivf is not None
         allow = self._allow(inputs, len(queries))
         requested = request.requested_output_names()
-        emit = self.emit_embeddings and "CANDIDATE_EMB" in requested
-        external = "CANDIDATE_ITEM_ID" in requested  # the catalogue's ids, for a caller outside the funnel
+        emit = self.emit_embeddings and Step.CANDIDATE_EMB in requested
+        external = Step.CANDIDATE_ITEM_ID in requested  # the catalogue's ids, for a caller outside the funnel
         if self.gpu is not None and not use_ivf:
             return self._gpu_search(inputs, k, allow, emit, external)
-        exclude = input_array(inputs, "EXCLUDE_ID")  # its shape was checked with the filters'
+        exclude = input_array(inputs, Step.EXCLUDE_ID)  # its shape was checked with the filters'
         if exclude is not None:
             exclude = exclude[:, 0]
         ids, scores = search(self.index, queries, k, exclude, nprobe if use_ivf else None, allow)
-        outputs = [pb_utils.Tensor("CANDIDATE_ID", ids), pb_utils.Tensor("CANDIDATE_SCORE", scores),
-                   pb_utils.Tensor("FINGERPRINT", np.full((len(queries), 1), self.fingerprint, np.int64))]
+        outputs = [pb_utils.Tensor(Step.CANDIDATE_ID, ids), pb_utils.Tensor(Step.CANDIDATE_SCORE, scores),
+                   pb_utils.Tensor(Step.FINGERPRINT, np.full((len(queries), 1), self.fingerprint, np.int64))]
         if emit:
-            outputs.append(pb_utils.Tensor("CANDIDATE_EMB", dequantized(self.index, ids)))
+            outputs.append(pb_utils.Tensor(Step.CANDIDATE_EMB, dequantized(self.index, ids)))
         if external:
-            outputs.append(pb_utils.Tensor("CANDIDATE_ITEM_ID", self._external(ids)))
+            outputs.append(pb_utils.Tensor(Step.CANDIDATE_ITEM_ID, self._external(ids)))
         return outputs
 
     def _external(self, ids: np.ndarray) -> np.ndarray:

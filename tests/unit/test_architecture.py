@@ -235,3 +235,60 @@ def test_a_repository_file_name_is_spelled_only_in_layout(module):
     spelled = sorted({n.value for n in ast.walk(ast.parse(MODULES[module].read_text()))
                       if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names})
     assert not spelled, f"{module} spells {spelled}; use widefunnel.layout.{[names[s] for s in spelled]}"
+
+
+def _tensor_names() -> set[str]:
+    """The tensor names `widefunnel/tensor_names.py` owns: every string constant assigned there (its namespaces'
+    attributes included)."""
+    tree = ast.parse((ROOT / "widefunnel" / "tensor_names.py").read_text())
+    return {n.value.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+            and isinstance(n.value.value, str)}
+
+
+# Tensor names that are ordinary words elsewhere too: a string equal to one of these is not refused.
+ORDINARY_WORDS = {
+    "item_id": "the datasets' item id role and column (widefunnel/data.py, widefunnel/dataset/)",
+    "fingerprint": "a build record's key in builds.json (widefunnel/layout.py)",
+    "alpha": "a key of the [merge] config table (builders/repository.py)",
+    "top_n": "a key of the [merge] config table (builders/repository.py)",
+    "score": "a column title of the command line's recommendations table (cli/main.py)",
+}
+
+
+def _spelled_tensor_names(path: Path, names: set[str]) -> list[tuple[int, str]]:
+    """(line, name) of each string constant in ``path`` equal to one of ``names``; `__all__` entries are Python
+    names, not tensors, and are skipped."""
+    tree = ast.parse(path.read_text())
+    exported = {id(c) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                and any(getattr(t, "id", "") == "__all__" for t in n.targets) for c in ast.walk(n.value)}
+    return sorted((n.lineno, n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant)
+                  and isinstance(n.value, str) and n.value in names and id(n) not in exported)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m != "widefunnel.tensor_names"))
+def test_a_tensor_name_is_spelled_only_in_tensor_names(module):
+    """One owner per fact: a Triton tensor name is `tensor_names.Step.NAME` / `Client.NAME` everywhere else."""
+    path = MODULES[module]
+    spelled = _spelled_tensor_names(path, _tensor_names() - ORDINARY_WORDS.keys())
+    where = ", ".join(f"{path.relative_to(ROOT)}:{line} {name!r}" for line, name in spelled)
+    assert not spelled, f"{module} spells tensor names ({where}); use widefunnel.tensor_names"
+
+
+def test_the_tensor_name_check_finds_a_name(tmp_path):
+    """Not a rubber stamp: a spelled name is found by line, an `__all__` entry and an ordinary word are not, and
+    every ordinary word is still a name the module owns (else its exclusion is stale)."""
+    path = tmp_path / "m.py"
+    path.write_text('__all__ = ["value_weights"]\nx = {"QUERY": 1}\ny = cfg["alpha"]\nz = "seed_item_id"\n')
+    assert _spelled_tensor_names(path, _tensor_names() - ORDINARY_WORDS.keys()) == [(2, "QUERY"), (4, "seed_item_id")]
+    assert ORDINARY_WORDS.keys() <= _tensor_names()
+
+
+def test_per_head_tensor_names_follow_the_heads():
+    """`Step`'s per-head tuples are in `merge.HEADS` order (the configs and the merge zip them with it)."""
+    from widefunnel.merge import HEADS
+    from widefunnel.tensor_names import Step
+
+    for j, head in enumerate(HEADS):
+        assert Step.EMBEDDINGS[j].endswith(head.upper())
+        assert all(name.endswith(head.upper()) for name in Step.MERGE_FINGERPRINTS[j])
+        assert all(name.startswith(head[:3].upper()) for name in Step.MERGE_HEADS[j])

@@ -31,6 +31,7 @@ from widefunnel.ann.search import (
     select_top,
     validate_k,
 )
+from widefunnel.tensor_names import Step
 
 try:  # the plugin must still load (and use the fallback) where triton is absent
     import triton
@@ -266,10 +267,10 @@ class GpuIndex:
             allow = torch.as_tensor(allow).to(self.device)
         rows, scores = gpu_search(self.codes, self.scales, q, k, excl, use_kernel, allow)
         safe = rows.clamp(min=0)
-        out = {"CANDIDATE_ID": torch.where(rows >= 0, self.ids[safe], -1), "CANDIDATE_SCORE": scores.float()}
+        out = {Step.CANDIDATE_ID: torch.where(rows >= 0, self.ids[safe], -1), Step.CANDIDATE_SCORE: scores.float()}
         if emit_embeddings:
             emb = self.codes[safe].float() * self.scales[safe][..., None]
-            out["CANDIDATE_EMB"] = emb * (rows >= 0)[..., None]  # the -1 pad gets zeros, as on CPU
+            out[Step.CANDIDATE_EMB] = emb * (rows >= 0)[..., None]  # the -1 pad gets zeros, as on CPU
         return out
 
     def search_dlpack(self, query: Any, k: int, exclude_ids: np.ndarray | None, emit_embeddings: bool,
@@ -283,8 +284,8 @@ class GpuIndex:
         out = self.search(torch.as_tensor(q, device=self.device), k,
                           None if exclude_ids is None else torch.from_numpy(np.array(exclude_ids, np.int64)),
                           emit_embeddings, allow=None if allow is None else torch.from_numpy(allow))
-        b = out["CANDIDATE_ID"].shape[0]
-        out["FINGERPRINT"] = torch.full((b, 1), int(fingerprint), dtype=torch.int64, device=self.device)
+        b = out[Step.CANDIDATE_ID].shape[0]
+        out[Step.FINGERPRINT] = torch.full((b, 1), int(fingerprint), dtype=torch.int64, device=self.device)
         return [(name, dl.to_dlpack(t.contiguous())) for name, t in out.items()]
 
 
