@@ -29,6 +29,7 @@ from widefunnel.builders.train import TrainedFunnel, TrainingData, train_funnel,
 from widefunnel.config import task_names
 from widefunnel.data import Catalogue
 from widefunnel.item_ids import ItemIds
+from widefunnel.item_titles import save_titles
 from widefunnel.layout import (
     CONFIG_FILE,
     FINGERPRINTS_PARAMETER,
@@ -217,6 +218,8 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
                     fingerprint: str) -> None:
     ids = item_ids_of(catalogue)
     np.save(writer.folder("preprocess") / layout.CATALOGUE_FILE, np.sort(ids.to_external(catalogue.item_ids)))
+    save_titles(writer.folder("preprocess"), ids.to_external(catalogue.item_ids),
+                [catalogue.titles.get(int(i), "") for i in catalogue.item_ids])
     for step in ("preprocess", "quota_merge", *(f"ann_{head}" for head in HEADS)):
         ids.save(writer.folder(step))
     install_plugin("preprocess", writer.folder("preprocess"))

@@ -128,15 +128,38 @@ def format_recommendations(seeds, rec, titles: dict[int, str]) -> str:
     return "\n".join(lines)
 
 
+def parse_field_filters(specs: list[str] | None) -> dict[str, object]:
+    """``--filter`` values, e.g. ``include_brand=acme,zeta`` or ``min_price=10``, by the build's filter tensor
+    names: a number for ``min_``/``max_``, else a comma-separated list of values. ValueError names the spec."""
+    out: dict[str, object] = {}
+    for spec in specs or []:
+        name, sep, value = spec.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--filter {spec!r}: expected NAME=VALUE, e.g. include_brand=acme or min_price=10")
+        if name.startswith(("min_", "max_")):
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise ValueError(f"--filter {name}: {value!r} is not a number") from None
+        else:
+            out[name] = [v for v in value.split(",") if v]
+    return out
+
+
 def _query(args: argparse.Namespace) -> int:
     from widefunnel.client.client import WidefunnelClient, WidefunnelError
-    from widefunnel.data import load_catalogue
+    from widefunnel.item_titles import load_titles
     from widefunnel.tensor_names import Client
 
     try:
+        fields = parse_field_filters(args.filter)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         with WidefunnelClient(args.url, args.protocol) as client:
             filters = {"exclude": args.exclude, "include_genres": args.genre, "exclude_genres": args.not_genre,
-                       "years": args.years}
+                       "years": args.years, "fields": fields or None}
             rec = client.recommend(args.seeds, alpha=args.alpha, top_n=args.top_n, candidates=args.candidates,
                                    keep=args.keep, **{k: v for k, v in filters.items() if v is not None})
     except WidefunnelError as exc:
@@ -146,7 +169,7 @@ def _query(args: argparse.Namespace) -> int:
         print(json.dumps({Client.ITEM_ID: rec.item_id.tolist(), Client.SCORE: rec.score.tolist(),
                           Client.SOURCE_HEAD: rec.source_head.tolist(), Client.FINGERPRINT: rec.fingerprint}))
     else:
-        print(format_recommendations(args.seeds, rec, load_catalogue().titles))
+        print(format_recommendations(args.seeds, rec, load_titles(args.repository)))
     return 0
 
 
@@ -208,7 +231,8 @@ def _demo_new_film(server, repository: Path, titles: dict[int, str]) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from widefunnel.client.client import WidefunnelClient
-    from widefunnel.data import SOURCE, load_catalogue
+    from widefunnel.data import SOURCE
+    from widefunnel.item_titles import load_titles
     from widefunnel.layout import CONFIG_FILE
     from widefunnel.model_configs import ENSEMBLE
     from widefunnel.server import TritonServer
@@ -220,7 +244,7 @@ def _demo(args: argparse.Namespace) -> int:
                                        quiet=False, items=None))
         if rc:
             return rc
-    titles = dict(load_catalogue().titles)
+    titles = load_titles(repository)
     seeds = list(args.seeds)
     print("starting tritonserver ...", flush=True)
     with TritonServer(repository) as server:
@@ -560,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genre", nargs="+", help="only items of one of these genres")
     p.add_argument("--not-genre", nargs="+", help="no items of these genres")
     p.add_argument("--years", type=int, nargs=2, metavar=("MIN", "MAX"), help="inclusive release-year range")
+    p.add_argument("--filter", action="append", metavar="NAME=VALUE",
+                   help="a filter on the build's own item fields, repeatable: include_<field>=a,b, "
+                        "exclude_<field>=a, min_<field>=N, max_<field>=N (e.g. include_brand=acme, min_price=10)")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+                   help="the served repository, for the items' titles (the field the dataset's config names)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_query)
 

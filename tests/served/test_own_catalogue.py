@@ -256,3 +256,25 @@ def test_field_filters_are_refused_by_name(served):
         with pytest.raises(WidefunnelError, match=r"include_colour"):  # no such field: not an input of the build
             client.retrieve(seed, fields={"include_colour": ["red"]})
         assert client.retrieve(seed, candidates=5)["engagement"][0].shape == (1, 5)  # still serving
+
+
+def test_the_cli_query_prints_the_title_field_and_takes_field_filters(shop, builds, served, capsys):
+    """`widefunnel query` prints each item's title (the shop's `title` field, read from the served repository)
+    and filters on the shop's own fields with --filter."""
+    items = shop["items"]
+    ids = items.column("item_id").to_numpy()
+    titles = [" ".join(t) if isinstance(t, list) else str(t) for t in items.column("title").to_pylist()]
+    brands = items.column("brand").to_pylist()
+    seed, brand = int(ids[0]), brands[1]
+    assert main(["query", str(seed), "--url", served.http_url, "--repository", str(builds["atomic"]), "--top-n",
+                 "5", "--filter", f"include_brand={brand}"]) == 0
+    out = capsys.readouterr().out
+    assert titles[0] in out  # the seed's line carries its title
+    listed = [int(line.split()[1]) for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert listed, out
+    brand_of = dict(zip(ids.tolist(), brands, strict=True))
+    title_of = dict(zip(ids.tolist(), titles, strict=True))
+    assert all(brand_of[i] == brand for i in listed), out  # the filter held
+    assert all(title_of[i] in out for i in listed)
+    assert main(["query", str(seed), "--url", served.http_url, "--filter", "include_brand"]) == 2
+    assert "--filter 'include_brand': expected NAME=VALUE" in capsys.readouterr().err

@@ -1,0 +1,32 @@
+"""Titles by catalogue id beside the catalogue, and the CLI's --filter specs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from widefunnel import layout
+from widefunnel.cli.main import parse_field_filters
+from widefunnel.item_titles import load_titles, save_titles
+
+
+def test_titles_round_trip_by_catalogue_id_and_pick_the_served_version(tmp_path):
+    for version, name in ((1, "old"), (2, "new")):
+        folder = tmp_path / "preprocess" / str(version)
+        folder.mkdir(parents=True)
+        save_titles(folder, np.array([4_000_000_000_123, 7], np.int64), [f"{name} shoe", f"{name} ✓ hat"])
+    assert load_titles(tmp_path) == {4_000_000_000_123: "new shoe", 7: "new ✓ hat"}  # newest when none served
+    layout.record_served(tmp_path, 1)
+    assert load_titles(tmp_path)[7] == "old ✓ hat"
+    assert load_titles(tmp_path, 2)[7] == "new ✓ hat"
+    assert load_titles(tmp_path / "nothing-built") == {}
+
+
+def test_filter_specs():
+    assert parse_field_filters(["include_brand=acme,zeta", "min_price=9.5", "exclude_categories=toys"]) == {
+        "include_brand": ["acme", "zeta"], "min_price": 9.5, "exclude_categories": ["toys"]}
+    assert parse_field_filters(None) == {}
+    with pytest.raises(ValueError, match="min_price: 'cheap' is not a number"):
+        parse_field_filters(["min_price=cheap"])
+    with pytest.raises(ValueError, match="expected NAME=VALUE"):
+        parse_field_filters(["=x"])
