@@ -123,10 +123,18 @@ class ItemTower(nn.Module):
 
 
 def set_features(tower: ItemTower, features: TowerFeatures) -> None:
-    """Replace the tower's item tables (a catalogue grown after training); the trained weights stay."""
+    """Replace the tower's item tables (a catalogue grown after training); the trained weights stay. A dataset's
+    own fields are replaced where ``features`` has them (the same fields, in the same order, as the tower's)."""
     for name in ("genres", "year_bucket", "dense", "content", "content_row", "known"):
         old = getattr(tower, name)
         setattr(tower, name, getattr(features, name).to(old.dtype))
+    if features.bags:
+        if len(features.bags) != tower.fields:
+            raise ValueError(f"{len(features.bags)} field tables for a tower of {tower.fields}")
+        for i, bag in enumerate(features.bags):
+            setattr(tower, f"bag_{i}", bag.long())
+    if features.floats is not None and tower.has_floats:
+        tower.floats = features.floats.float()
 
 
 class Reranker(nn.Module):

@@ -2,9 +2,15 @@
 
 The serving tower places a new item from its content: the content encoder's embedding of its text (title, year,
 genres), its genres and year, no popularity and no id embedding, which is how training saw a share of its items
-("cold" dropout, `builders.models.ItemTower`). Every step that holds item data gets a new version written from
-the served build's state (`builders.state`): query tower, both indexes and filter tables, both rerankers' item
-tables, the scorer's item table, the catalogue; all under one new tower fingerprint. The trained weights are the
+("cold" dropout, `builders.models.ItemTower`). A build of a dataset of its own (`build --dataset`) takes its new
+items in that dataset's format instead (a RecBole atomic `.item` file or Parquet, read and checked by
+`widefunnel.dataset.additions`): they get the next internal ids, their fields coded with the build's vocabularies
+and statistics (a token it never saw: the out-of-vocabulary code), their text from the build's text fields, and
+their values join the field filters (a new brand becomes filterable at once).
+
+Every step that holds item data gets a new version written from the served build's state (`builders.state`):
+query tower, both indexes and filter tables, both rerankers' item tables, the scorer's item table, the catalogue;
+all under one new tower fingerprint. The trained weights are the
 served build's, so the embeddings of the items already there do not move. `widefunnel swap` (or `items add
 --url`) then serves the new version under load, and `widefunnel rollback` goes back.
 """
@@ -25,10 +31,20 @@ import torch
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
 from widefunnel.builders.export import tower_fingerprint
-from widefunnel.builders.models import ItemTower, set_features
+from widefunnel.builders.models import ItemTower, TowerFeatures, set_features
 from widefunnel.builders.state import BuildState, load_state, tower_features_of
-from widefunnel.builders.train import TrainedFunnel, scorer_features, tables_and_indexes, tower_features
+from widefunnel.builders.train import (
+    TrainedFunnel,
+    field_tables_of,
+    scorer_features,
+    tables_and_indexes,
+    tower_features,
+)
+from widefunnel.config import dataset_config
 from widefunnel.data import Catalogue
+from widefunnel.dataset.additions import NewItems, read_new_items
+from widefunnel.dataset.features import ItemFeatures, code_features
+from widefunnel.field_filters import ItemFields, grown_fields
 from widefunnel.takedowns import TakedownError, parse_item_id
 from widefunnel.validation import shown
 
@@ -41,6 +57,11 @@ MAX_FILE_BYTES = 64 << 20  # a file of MAX_ITEMS_PER_FILE items is a few MiB; re
 MAX_ID_GAP = 1_000_000  # a new id at most this far past the largest one: ids index every item table
 YEARS = (1870, 2100)  # or 0 / empty: unknown
 FIELDS = ("id", "title", "year", "genres")
+
+
+OWN_FORMAT = ("a build of a dataset of its own takes new items in that dataset's format: a RecBole atomic .item "
+              "file (the item table's header, e.g. 'item_id:token<TAB>brand:token<TAB>price:float ...') or Parquet "
+              "with the item table's columns; JSON lines and CSV (id, title, year, genres) are MovieLens' format")
 
 
 class NewItemsError(ValueError):
@@ -167,8 +188,7 @@ def decode_items_file(data: bytes, source: str) -> str:
 def parse_new_items(text: str, source: str, catalogue: Catalogue) -> list[NewItem]:
     """Validate a file of new items against the catalogue they join; NewItemsError names the line and field."""
     if catalogue.external_ids is not None:  # new items' fields follow MovieLens' (title, year, genres)
-        raise NewItemsError(f"{source}: `items add` grows MovieLens builds only; rebuild a dataset of your own "
-                            f"with `widefunnel build --dataset` to add items to it")
+        raise NewItemsError(f"{source}: {OWN_FORMAT}")
     items: list[NewItem] = []
     seen: dict[int, str] = {}
     known = set(catalogue.item_ids.tolist())
@@ -243,6 +263,79 @@ def grown_funnel(state: BuildState, items: list[NewItem], content: np.ndarray) -
     return TrainedFunnel(tower, tables, indexes, state.rerankers, scorer), catalogue
 
 
+def grow_own_catalogue(catalogue: Catalogue, new: NewItems, fields: ItemFields | None) -> Catalogue:
+    """``catalogue`` (a dataset of its own) with ``new`` at the next internal ids, in their id order: external
+    ids, titles, texts and the filterable fields (``fields``: the build's, None when it has none) grow."""
+    internal = catalogue.table_size + np.arange(len(new.ids), dtype=np.int64)
+    size = catalogue.table_size + len(new.ids)
+    keys = internal.tolist()
+    return replace(catalogue, item_ids=np.concatenate([catalogue.item_ids, internal]),
+                   titles=dict(catalogue.titles) | dict(zip(keys, new.titles)), years=np.zeros(size, np.int64),
+                   texts=dict(catalogue.texts or {}) | dict(zip(keys, new.texts)),
+                   external_ids=np.concatenate([catalogue.external_ids, new.ids]).astype(np.int64),
+                   item_fields=None if fields is None else grown_fields(fields, new.items.columns, internal, size))
+
+
+@torch.no_grad()
+def grow_own_tower(tower: ItemTower, features: ItemFeatures, content: np.ndarray) -> ItemTower:
+    """The tower with rows for new items appended after its table (``features``: theirs, coded with the build's
+    `FieldCoding`, row 0 padding; ``content``: their encoder embeddings): their fields in the build's embedding
+    rows, no popularity, no id embedding (zero, and not `known`). Old rows are unchanged."""
+    old = tower_features_of(tower)
+    added = len(content)
+    bags, floats, rows = field_tables_of(features)
+    if rows != old.field_rows or [b.shape[1] for b in bags] != [b.shape[1] for b in old.bags]:
+        raise ValueError(f"new items coded into {rows} field rows {[b.shape[1] for b in bags]}, the tower has "
+                         f"{old.field_rows} {[b.shape[1] for b in old.bags]}")
+
+    def grown(table: torch.Tensor, rows_of_new: torch.Tensor | None = None) -> torch.Tensor:
+        new = torch.zeros((added, *table.shape[1:]), dtype=table.dtype) if rows_of_new is None else rows_of_new
+        return torch.cat([table, new.to(table.dtype)])
+
+    set_features(tower, TowerFeatures(
+        grown(old.genres), grown(old.year_bucket), grown(old.dense),
+        torch.cat([old.content, torch.from_numpy(np.asarray(content, np.float32)).to(old.content.dtype)]),
+        grown(old.content_row, old.content.shape[0] + torch.arange(added)), grown(old.known),
+        tuple(grown(o, b[1:]) for o, b in zip(old.bags, bags)),
+        None if old.floats is None else grown(old.floats, floats[1:]), old.field_rows))
+    weight = tower.id_embedding.weight
+    tower.id_embedding = torch.nn.Embedding.from_pretrained(
+        torch.cat([weight, torch.zeros(added, weight.shape[1])]), freeze=True)
+    return tower.eval()
+
+
+def grown_own_funnel(state: BuildState, new: NewItems, content: np.ndarray, fields: ItemFields | None
+                     ) -> tuple[TrainedFunnel, Catalogue]:
+    """`grown_funnel` for a dataset of its own: ``new`` read and checked (`dataset.additions.read_new_items`),
+    ``content`` their encoder embeddings, ``fields`` the build's filterable fields."""
+    catalogue = grow_own_catalogue(state.catalogue, new, fields)
+    tower = grow_own_tower(state.tower, code_features(new.items, state.catalogue.coding.fields), content)
+    tables, indexes = tables_and_indexes(tower, catalogue, state.cfg, tower_fingerprint)
+    scorer = state.scorer(scorer_features(tower_features_of(tower), tables))
+    return TrainedFunnel(tower, tables, indexes, state.rerankers, scorer), catalogue
+
+
+def _own_items(repository: Path, source: int, file: Path, state: BuildState
+               ) -> tuple[TrainedFunnel, Catalogue, list[int]]:
+    """Build ``source`` of a dataset of its own grown by the items of ``file`` (its own format)."""
+    from widefunnel.builders.teacher import encode_texts
+
+    catalogue = state.catalogue
+    if file.suffix.lower() in (".jsonl", ".json", ".csv"):
+        raise NewItemsError(f"{file}: {OWN_FORMAT}")
+    if catalogue.coding is None:
+        raise NewItemsError(f"{file}: build {source} was written before `items add` took a dataset's own items: its "
+                            f"state does not keep how its item fields were coded (vocabularies, float means and "
+                            f"scales); rebuild it once with `widefunnel build --dataset` to add items to it")
+    known = catalogue.external_ids[catalogue.external_ids >= 0]
+    new = read_new_items(file, catalogue.coding, dataset_config(state.cfg), known, MAX_ITEMS_PER_FILE)
+    path = repository / "preprocess" / str(source) / layout.ITEM_FIELDS
+    fields = ItemFields.load(path) if path.is_file() else None
+    content = encode_texts(new.texts, state.cfg["teacher"]["batch_size"])
+    funnel, grown = grown_own_funnel(state, new, content, fields)
+    return funnel, grown, sorted(new.ids.tolist())
+
+
 @dataclass(frozen=True)
 class AddResult:
     version: int
@@ -254,27 +347,31 @@ class AddResult:
 
 def add_items(repository: Path, file: Path, from_version: int | None = None) -> AddResult:
     """Write a new version of every step with the items of ``file`` added to build ``from_version`` (default: the
-    newest on disk). Nothing is served until a swap; a refused file writes nothing."""
+    newest on disk). MovieLens takes JSON lines or CSV; a dataset of its own its own format (an atomic `.item`
+    file or Parquet). Nothing is served until a swap; a refused file writes nothing."""
     from widefunnel.builders.repository import write_repository
     from widefunnel.builders.teacher import encode_texts
 
     start = time.monotonic()
-    size = Path(file).stat().st_size
+    file = Path(file)
+    size = file.stat().st_size
     if size > MAX_FILE_BYTES:
         raise NewItemsError(f"{file}: {size} bytes, more than {MAX_FILE_BYTES} (split it; at most "
                             f"{MAX_ITEMS_PER_FILE} items per file)")
-    text = decode_items_file(Path(file).read_bytes(), str(file))  # before the build's state is loaded
     repository = Path(repository)
     builds = layout.complete_versions(repository, mcfg.STEP_MODELS)
     source = from_version or max(builds, default=0)
     if source not in builds:
         raise FileNotFoundError(f"{repository}: no complete build {source or ''} to add items to (on disk: {builds})")
     state = load_state(repository / "query_tower" / str(source) / layout.BUILD_STATE_FILE)
-    items = parse_new_items(text, str(file), state.catalogue)
-    content = encode_texts([i.text() for i in items], state.cfg["teacher"]["batch_size"])
-    funnel, catalogue = grown_funnel(state, items, content)
+    if state.catalogue.external_ids is not None:
+        funnel, catalogue, added = _own_items(repository, source, file, state)
+    else:
+        items = parse_new_items(decode_items_file(file.read_bytes(), str(file)), str(file), state.catalogue)
+        content = encode_texts([i.text() for i in items], state.cfg["teacher"]["batch_size"])
+        funnel, catalogue = grown_funnel(state, items, content)
+        added = sorted(i.item_id for i in items)
     target = mcfg.Target(layout.read_builds(repository).get(str(source), {}).get("target", "cpu"))
-    added = sorted(i.item_id for i in items)
     record = {k: v for k, v in layout.read_builds(repository).get(str(source), {}).items()
               if k == "synthetic_items"}  # still in the catalogue, still never counted in quality metrics
     record |= {"items": len(catalogue.item_ids),

@@ -3,7 +3,10 @@
 Saved with the build's query tower version (`layout.BUILD_STATE_FILE`), so it is pruned with that version and a
 later build never reads another build's weights. It holds the trained weights (tower with its item tables,
 rerankers, scorer without its item table, which follows from the tower), the catalogue's titles and years, and
-the build config. Loaded with `torch.load(weights_only=True)`: tensors and plain containers only, no pickled code.
+the build config; for a dataset of its own also the external ids, texts and how its item fields were read and
+coded (`dataset.additions.ItemCoding`: vocabularies, bag widths, float means and scales), which a state written
+before `items add` grew such builds lacks (`items add` refuses it by name). Loaded with
+`torch.load(weights_only=True)`: tensors and plain containers only, no pickled code.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, TowerFeatures
 from widefunnel.config import task_names
 from widefunnel.data import Catalogue
+from widefunnel.dataset.additions import ItemCoding
 
 FORMAT = 1
 SCORER_TABLE = "features"  # the scorer's item table: rebuilt from the tower (train.scorer_features)
@@ -41,7 +45,10 @@ class BuildState:
 
 def tower_features_of(tower: ItemTower) -> TowerFeatures:
     """The item tables a tower carries (its buffers)."""
-    return TowerFeatures(tower.genres, tower.year_bucket, tower.dense, tower.content, tower.content_row, tower.known)
+    bags = tuple(getattr(tower, f"bag_{i}") for i in range(tower.fields))
+    return TowerFeatures(tower.genres, tower.year_bucket, tower.dense, tower.content, tower.content_row, tower.known,
+                         bags, tower.floats if tower.has_floats else None,
+                         tower.field_embedding.num_embeddings if tower.fields else 0)
 
 
 def save_state(path: Path, funnel, catalogue: Catalogue, cfg: dict) -> None:
@@ -58,7 +65,8 @@ def save_state(path: Path, funnel, catalogue: Catalogue, cfg: dict) -> None:
                       "genre_names": list(catalogue.genre_names),
                       **({} if catalogue.external_ids is None else
                          {"external_ids": torch.from_numpy(catalogue.external_ids),
-                          "texts": {int(k): v for k, v in (catalogue.texts or {}).items()}})},
+                          "texts": {int(k): v for k, v in (catalogue.texts or {}).items()}}),
+                      **({} if catalogue.coding is None else {"coding": catalogue.coding.to_state()})},
     }, path)
 
 
@@ -91,5 +99,6 @@ def load_state(path: Path) -> BuildState:
     external = c.get("external_ids")
     catalogue = Catalogue(ids, dict(c["titles"]), c["years"].numpy(), genres, names,
                           dict(c["texts"]) if "texts" in c else None,
-                          None if external is None else external.numpy())
+                          None if external is None else external.numpy(),
+                          coding=ItemCoding.from_state(c["coding"]) if "coding" in c else None)
     return BuildState(cfg, tower.eval(), rerankers, raw["scorer"], catalogue)

@@ -17,6 +17,7 @@ from widefunnel.builders.teacher import teacher_embeddings
 from widefunnel.config import DEFAULT_TASK_WEIGHT, dataset_config, task_names
 from widefunnel.data import Catalogue, Interactions, Split, co_engagement_pairs, funnel_data, time_split
 from widefunnel.dataset import Dataset, load_dataset
+from widefunnel.dataset.features import ItemFeatures
 from widefunnel.dataset.movielens import load_movielens
 
 
@@ -78,9 +79,14 @@ def tower_features(catalogue: Catalogue, popularity: np.ndarray, content: np.nda
 
 
 def field_tables(catalogue: Catalogue) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, int]:
-    """A dataset's item fields as the tower's buffers: each token / token_seq field's codes moved into its own
-    range of one shared embedding table (row 0 pads; a token field's OOV code 0 keeps a learned row), the floats."""
-    features = catalogue.features
+    """A dataset's item fields as the tower's buffers (`field_tables_of` the catalogue's features)."""
+    return field_tables_of(catalogue.features)
+
+
+def field_tables_of(features: ItemFeatures | None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, int]:
+    """Item fields as the tower's buffers: each token / token_seq field's codes moved into its own range of one
+    shared embedding table (row 0 pads; a token field's OOV code 0 keeps a learned row), the floats. Items added
+    later (`new_items`) go through here too, so their codes land in the build's rows."""
     if features is None:
         return (), None, 0
     bags, offset = [], 1

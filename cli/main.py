@@ -383,7 +383,9 @@ def _add_items(args: argparse.Namespace) -> int:
 
     files = ([args.file] if args.file else []) + [Path(f) for f in args.ids]
     if len(files) != 1:
-        print("error: items add takes one FILE (JSON lines or CSV: id, title, year, genres)", file=sys.stderr)
+        print("error: items add takes one FILE (a dataset of your own: its own format, a RecBole atomic .item file "
+              "or Parquet with the item table's columns; MovieLens: JSON lines or CSV: id, title, year, genres)",
+              file=sys.stderr)
         return 2
     try:
         result = add_items(args.repository, files[0], args.from_version)
@@ -461,8 +463,10 @@ def _add_operations_commands(sub) -> None:
     p = sub.add_parser("items", help="add items from their content, or take items down / restore them, "
                                       "without retraining")
     p.add_argument("action", choices=("add", "remove", "restore", "list-removed"))
-    p.add_argument("ids", nargs="*", help="remove / restore: item ids; add: FILE (JSON lines or CSV with a header: "
-                                          "id, title, year, genres; CSV genres as 'Comedy|Drama')")
+    p.add_argument("ids", nargs="*", help="remove / restore: item ids; add: FILE, for a build of your own dataset in "
+                                          "its own format (a RecBole atomic .item file with the item table's typed "
+                                          "header, or Parquet with its columns), for MovieLens JSON lines or CSV "
+                                          "with a header: id, title, year, genres (CSV genres as 'Comedy|Drama')")
     p.add_argument("--file", type=Path, default=None, help="remove / restore: a file of item ids (one per line, or "
                                                           "comma-separated); add: the file of new items")
     p.add_argument("--reason", default="", help="remove: kept beside each takedown")

@@ -18,6 +18,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from widefunnel.dataset import Dataset
+    from widefunnel.dataset.additions import ItemCoding
     from widefunnel.dataset.features import ItemFeatures
     from widefunnel.field_filters import ItemFields
 
@@ -38,6 +39,7 @@ class Catalogue:
     external_ids: np.ndarray | None = None  # int64 [table_size], -1 where no item; None: identity
     features: ItemFeatures | None = None  # the dataset's own item fields as tower tables; None: MovieLens'
     item_fields: ItemFields | None = None  # the dataset's filterable fields (`field_filters`); None: MovieLens'
+    coding: ItemCoding | None = None  # how the build read and coded its item fields: items added later follow it
 
     @property
     def table_size(self) -> int:
@@ -201,6 +203,7 @@ def funnel_data(dataset: Dataset, table: dict) -> tuple[Catalogue, Interactions]
     (`path` empty) keeps its genres and years (the filters' attributes, the tower's features) and its text;
     any other dataset is served from its id, popularity, content text (`Dataset.text`) and every item field as a
     feature (`dataset.features`) and as a filter named after it (`field_filters`)."""
+    from widefunnel.dataset.additions import ItemCoding
     from widefunnel.dataset.columns import FloatColumn
     from widefunnel.dataset.conditions import Condition, parse_tasks
     from widefunnel.dataset.features import item_features
@@ -216,11 +219,13 @@ def funnel_data(dataset: Dataset, table: dict) -> tuple[Catalogue, Interactions]
     else:
         keys = internal.tolist()
         titles = dict(zip(keys, (t.strip() for t in dataset.titles())))
+        features = item_features(dataset.items)
         catalogue = Catalogue(internal, titles, np.zeros(len(internal) + 1, np.int64), {}, (),
                               texts=dict(zip(keys, dataset.text())),
                               external_ids=np.concatenate([[-1], external]).astype(np.int64),
-                              features=item_features(dataset.items),
-                              item_fields=item_fields_of(dataset.items.columns, internal, len(internal) + 1))
+                              features=features,
+                              item_fields=item_fields_of(dataset.items.columns, internal, len(internal) + 1),
+                              coding=ItemCoding.of(dataset, features))
         log = dataset.interactions
         rating = log.columns.get(dataset.config.roles.get("rating", "rating"))
         ratings = np.zeros(len(log), np.int64)

@@ -207,3 +207,39 @@ def item_fields_of(columns: dict, table_rows: np.ndarray, table_size: int) -> It
     fields = tuple(f for f in (field_of_column(n, c, table_rows, table_size) for n, c in columns.items())
                    if f is not None)
     return ItemFields(fields) if fields else None
+
+
+def grown_fields(fields: ItemFields, columns: dict, table_rows: np.ndarray, table_size: int) -> ItemFields:
+    """``fields`` with items added after the build (`items add`): ``columns`` row-aligned, ``table_rows`` their
+    internal ids, all past the old table. A token value new to a field joins the end of its vocabulary, so the
+    old values keep their codes and the new one is filterable by name at once."""
+    rows = np.asarray(table_rows, np.int64)
+    before = fields.table_size
+    if len(rows) and int(rows.min()) < before:
+        raise ValueError(f"new items must take internal ids past the table's {before} rows")
+    added = item_fields_of(columns, rows, table_size)
+    new = {f.name: f for f in (added.fields if added is not None else ())}
+    out: list[Field] = []
+    for field in fields.fields:
+        if field.name not in new:
+            raise ValueError(f"field '{field.name}' of the build's filters is not among the new items' fields")
+        extra = new[field.name]
+        if isinstance(field, FloatField):
+            values = np.full(table_size, np.nan, np.float32)
+            values[:before] = field.values
+            values[before:] = extra.values[before:]
+            out.append(FloatField(field.name, values))
+            continue
+        code = {v: j for j, v in enumerate(field.vocabulary)}
+        vocabulary = list(field.vocabulary)
+        for value in extra.vocabulary[1:]:  # entry 0 is "" (missing) in both
+            if value not in code:
+                code[value] = len(vocabulary)
+                vocabulary.append(value)
+        remap = np.array([code[v] for v in extra.vocabulary], np.int32)
+        start = int(extra.offsets[before])  # 0: rows below ``before`` hold nothing in ``extra``
+        offsets = np.concatenate([field.offsets, field.offsets[-1] + extra.offsets[before + 1:] - start])
+        out.append(TokenField(field.name, offsets.astype(np.int64),
+                              np.concatenate([field.codes, remap[extra.codes[start:]]]).astype(np.int32),
+                              tuple(vocabulary)))
+    return ItemFields(tuple(out))

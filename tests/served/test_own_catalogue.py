@@ -12,7 +12,8 @@ from widefunnel import layout
 from widefunnel import model_configs as mcfg
 from widefunnel.cli import main
 from widefunnel.client.client import WidefunnelClient, WidefunnelError
-from widefunnel.dataset.synthetic_shop import DATASET_CONFIG, generate_shop, write_atomic, write_parquet
+from widefunnel.dataset.synthetic_shop import ATOMIC_TYPES, DATASET_CONFIG, generate_shop, write_atomic, write_parquet
+from widefunnel.security import ADMIN_KEY_ENV
 
 pytestmark = pytest.mark.server
 
@@ -278,3 +279,65 @@ def test_the_cli_query_prints_the_title_field_and_takes_field_filters(shop, buil
     assert all(title_of[i] in out for i in listed)
     assert main(["query", str(seed), "--url", served.http_url, "--filter", "include_brand"]) == 2
     assert "--filter 'include_brand': expected NAME=VALUE" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ items added in the shop's own format
+def _item_lines(rows: list[dict]) -> str:
+    """Rows of the shop's item table as its atomic file writes them (`synthetic_shop.write_atomic`)."""
+    names = list(rows[0])
+    out = ["\t".join(f"{n}:{ATOMIC_TYPES[n]}" for n in names)]
+    for row in rows:
+        out.append("\t".join(" ".join(v) if isinstance(v, list) else "" if v is None else str(v)
+                             for v in row.values()))
+    return "\n".join(out) + "\n"
+
+
+def test_items_added_in_the_shops_own_format_are_served_and_filterable(shop, served, tmp_path, monkeypatch,
+                                                                      capsys):
+    """Three new shop items in its own `.item` format (one of a brand the build never saw) become version 2,
+    swapped in: they answer as seeds, the new brand is a filter that returns exactly its item, and an old seed's
+    answers are the old ones with the new items entering where they score. Rolled back at the end."""
+    repository, ids = served.repository, shop["ids"]
+    rows = shop["items"].slice(10, 3).to_pylist()  # copies of three shop items' fields under new ids
+    new_ids = [i for i in range(9_999_999_999_990, 10**13) if i not in set(ids.tolist())][:3]
+    for row, new_id in zip(rows, new_ids):
+        row["item_id"] = new_id
+    rows[0]["brand"] = "brandnew"
+    (tmp_path / "new.item").write_text(_item_lines(rows))
+    seeds = ids[[5, 1200]]
+    monkeypatch.setenv(ADMIN_KEY_ENV, served.admin_key)
+    with WidefunnelClient(served.grpc_url, "grpc") as client:
+        before = client.retrieve(seeds, candidates=50)
+        fp1 = client.recommend(seeds[:1]).fingerprint[0]
+        assert main(["items", "add", str(tmp_path / "new.item"), "--repository", str(repository), "--url",
+                     served.http_url]) == 0
+        out = capsys.readouterr().out
+        assert "3 item(s) added to build 1" in out and "serving version 2, was 1" in out
+        try:
+            everything = set(ids.tolist()) | set(new_ids)
+            rec = client.recommend(new_ids, top_n=10)  # the new items as seeds
+            assert rec.fingerprint[0] != fp1 and len(set(rec.fingerprint)) == 1
+            answered = rec.item_id[rec.item_id >= 0]
+            assert answered.size == 30 and set(answered.tolist()) <= everything
+            twin = int(shop["items"].column("item_id")[12].as_py())  # new_ids[2] copies its fields and text
+            assert twin in client.retrieve([new_ids[2]], candidates=100)["relevance"][0][0]
+
+            only = client.retrieve(seeds, candidates=20, fields={"include_brand": ["brandnew"]})
+            for head in mcfg.HEADS:
+                for row in only[head][0]:
+                    assert row[row >= 0].tolist() == [new_ids[0]], head  # exactly the item of the new brand
+            with pytest.raises(WidefunnelError, match=r"include_brand: unknown value 'brandnew2'"):
+                client.retrieve(seeds, fields={"include_brand": ["brandnew2"]})
+
+            after = client.retrieve(seeds, candidates=50)
+            for head in mcfg.HEADS:
+                for i in range(len(seeds)):
+                    got, scores = after[head][0][i], after[head][1][i]
+                    old = ~np.isin(got, new_ids)
+                    kept = int(old.sum())  # the old answers, in order and score, less those the new ones displaced
+                    np.testing.assert_array_equal(got[old], before[head][0][i][:kept])
+                    np.testing.assert_array_equal(scores[old], before[head][1][i][:kept])
+        finally:
+            assert main(["rollback", "--url", served.http_url, "--repository", str(repository)]) == 0
+        with pytest.raises(WidefunnelError, match="seed_item_id"):  # build 1 never had them
+            client.recommend(new_ids[:1])

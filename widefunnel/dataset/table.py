@@ -92,13 +92,23 @@ class Dataset:
 
     def text(self, rows: np.ndarray | None = None) -> list[str]:
         """The content encoder's input: the text fields of each item row, joined by ". ", empty fields skipped."""
-        parts = [_strings(self.items.columns[name], rows) for name in self.text_fields]
-        parts = [pc.if_else(pc.equal(p, ""), pa.scalar(None, pa.string()), p) for p in parts]
-        joined = pc.binary_join_element_wise(*parts, TEXT_SEPARATOR, null_handling="skip")
-        return pc.fill_null(joined, "").to_pylist()
+        return item_text(self.items.columns, self.text_fields, rows)
 
     def titles(self, rows: np.ndarray | None = None) -> list[str]:
         return self.strings(self.title_field, rows)
+
+
+def item_text(columns: dict[str, Column], text_fields: tuple[str, ...], rows: np.ndarray | None = None) -> list[str]:
+    """`Dataset.text` over any item columns: items added after a build get their text exactly as its items did."""
+    parts = [_strings(columns[name], rows) for name in text_fields]
+    parts = [pc.if_else(pc.equal(p, ""), pa.scalar(None, pa.string()), p) for p in parts]
+    joined = pc.binary_join_element_wise(*parts, TEXT_SEPARATOR, null_handling="skip")
+    return pc.fill_null(joined, "").to_pylist()
+
+
+def item_strings(column: Column) -> list[str]:
+    """A token or token_seq column as text (`Dataset.strings`)."""
+    return _strings(column, None).to_pylist()
 
 
 def _strings(column: Column, rows: np.ndarray | None) -> pa.Array:
@@ -138,6 +148,20 @@ def _text_fields(config: DatasetConfig, raw: RawTable) -> tuple[tuple[str, ...],
                                                  "token_seq field; name token fields in [dataset] text_fields")
     titled = [n for n in text if n.endswith("title") or n == "name"]
     return text, config.title_field or (titled or text)[0]
+
+
+def index_items(raw: RawTable, id_field: str, what: str = "the item table") -> tuple[IdIndex, np.ndarray]:
+    """An item table's ids -> (index, the order that sorts its rows); a repeated id is refused by its line."""
+    index, order, duplicate = IdIndex.build(raw.table.column(id_field).to_numpy())
+    if duplicate is not None:
+        raise raw.error(duplicate, id_field, f"item id {raw.table.column(id_field)[duplicate].as_py()} "
+                                             f"appears twice in {what}")
+    return index, order
+
+
+def encode_items(raw: RawTable, id_field: str, order: np.ndarray) -> dict[str, Column]:
+    """Every field of an item table but the id as a typed column, rows in ``order`` (`index_items`)."""
+    return {f.name: _encode(f.kind, raw.table.column(f.name)).take(order) for f in raw.schema if f.name != id_field}
 
 
 def dataset_format(folder: Path, config: DatasetConfig) -> str:
@@ -184,10 +208,7 @@ def assemble(source: str, config: DatasetConfig, item_raw: RawTable, inter_raw: 
     for name in (user_id, ts):
         _no_nulls(inter_raw, name)
 
-    index, order, duplicate = IdIndex.build(item_raw.table.column(item_id).to_numpy())
-    if duplicate is not None:
-        raise item_raw.error(duplicate, item_id, f"item id {item_raw.table.column(item_id)[duplicate].as_py()} "
-                                                 f"appears twice in the item table")
+    index, order = index_items(item_raw, item_id)
     rows, missing = index.rows(inter_raw.table.column(item_id).to_numpy())
     dropped = int(missing.sum())
     if dropped:
@@ -203,8 +224,7 @@ def assemble(source: str, config: DatasetConfig, item_raw: RawTable, inter_raw: 
     timings["index"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    item_columns = {f.name: _encode(f.kind, item_raw.table.column(f.name)).take(order)
-                    for f in item_raw.schema if f.name != item_id}
+    item_columns = encode_items(item_raw, item_id, order)
     user_vocabulary, user_codes = vocabulary_and_codes(inter_raw.table.column(user_id))
     empty = first_true(user_codes == 0)  # "" from Parquet (an atomic file's "" is null, refused above)
     if empty is not None:
@@ -229,4 +249,4 @@ def assemble(source: str, config: DatasetConfig, item_raw: RawTable, inter_raw: 
 
 
 __all__ = ["Dataset", "FloatColumn", "FloatSeqColumn", "Interactions", "Items", "TokenColumn", "TokenSeqColumn",
-           "assemble", "dataset_format", "load_dataset"]
+           "assemble", "dataset_format", "encode_items", "index_items", "item_strings", "item_text", "load_dataset"]
