@@ -110,8 +110,8 @@ def _heal_time(server, before, since: float, bound: float = HEAL_S) -> float:
         time.sleep(0.1)
     restarts = server.supervisor.restarts if server.supervisor is not None else "(no supervisor)"
     raise AssertionError(f"not healed {bound:.0f}s after the kill; supervisor restarts: {restarts}; server "
-                         f"deaths: {server.keeper.deaths}\ntritonserver log:\n{server.log_text()[-3000:]}\ngateway log:\n"
-                         f"{server.gateway_log()[-3000:]}")
+                         f"deaths: {server.keeper.deaths}\ntritonserver log:\n{server.log_text()[-3000:]}\n"
+                         f"gateway log:\n{server.gateway_log()[-3000:]}")
 
 
 def _instances(server, model: str) -> set[int]:
