@@ -117,7 +117,7 @@ class StubSupervisor(threading.Thread):
         self.canary_failures, self.wedged_s, self.on_wedged = t.canary_failures, t.wedged_s, server.on_wedged
         self.load_timeout = t.load_timeout
         self.stopped = threading.Event()
-        self.restarts: list[str] = []
+        self.restarts: list[str] = []  # models reloaded in place, each when its reload returned
         self.canary_rounds = 0
         self.regions_removed = 0
         self._generation = 0
@@ -168,6 +168,7 @@ class StubSupervisor(threading.Thread):
                 gateway_key=self.server.gateway_key)
             try:
                 self.restart(client, model, generation)
+                self.restarts.append(model)  # at once: the step answers again from here on
             except Exception as exc:  # noqa: BLE001 - reported to the supervisor's loop, which retries
                 reload.error = exc
             finally:
@@ -185,7 +186,6 @@ class StubSupervisor(threading.Thread):
             if reload.done.is_set():
                 del self._reloads[model]
                 if reload.error is None:
-                    self.restarts.append(model)
                     pending.discard(model)
                     self._configs.pop(model, None)
                     self._missed.pop(model, None)
