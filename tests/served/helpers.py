@@ -54,3 +54,14 @@ def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
             return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
+
+
+def reloaded(server, model: str, within: float = 10.0) -> bool:
+    """Whether the supervisor records an in-place reload of `model` within `within` seconds: the step may answer
+    a moment before the reload's call returns to the supervisor's thread."""
+    import time
+
+    deadline = time.monotonic() + within
+    while model not in server.supervisor.restarts and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return model in server.supervisor.restarts

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from helpers import admin_client, post, private_server
+from helpers import admin_client, post, private_server, reloaded
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -446,7 +446,7 @@ def test_dead_stub_is_replaced_in_place_without_zombie_or_orphaned_region(own_se
             time.sleep(0.2)
     assert after is not None and np.array_equal(after.item_id, before.item_id)
     assert not ensemble_down, "the ensemble was unloaded while its step restarted"
-    assert victim in own_server.supervisor.restarts
+    assert reloaded(own_server, victim), own_server.supervisor.restarts
     assert not zombies(own_server.process.pid)
     deadline = time.monotonic() + 60  # the dead stub's region goes once no live stub maps it
     while len(shm_regions(own_server.shm_prefix)) > regions and time.monotonic() < deadline:
