@@ -65,7 +65,6 @@ from widefunnel.ann.index import Int8Index  # noqa: E402
 from widefunnel.ann.quantize import quantize_rows  # noqa: E402
 from widefunnel.ann.search import exact_search, int_mm_is_exact, prepare_index  # noqa: E402
 from widefunnel.ann.triton_kernel import (  # noqa: E402
-    KERNEL_MAX_K,
     GpuIndex,
     gpu_search,
     quantize_rows_torch,
@@ -89,11 +88,8 @@ class Grid:
     sizes: tuple[int, ...]
     dims: tuple[int, ...]
     batches: tuple[int, ...]
-    ks: tuple[int, ...]  # the issue's ks (the fallback's, at the default KERNEL_MAX_K)
-    kernel_ks: tuple[int, ...]  # ks the kernel serves by default
-    forced_kernel_max: int  # force the kernel up to this k, to see where it stands against the fallback
-    # (64 on a GPU: on an H200 the first run never finished its device halves, the kernel's compiles up to
-    # k = 128 suspected; see RESULTS.md)
+    ks: tuple[int, ...]  # the issue's ks
+    small_ks: tuple[int, ...]  # smaller ones (the old kernel's, which stopped at k = 32)
     exact_batch: int
     pad_sizes: tuple[int, ...]  # tiny indexes for the padding cells (k > N)
     copy_gib: float
@@ -104,9 +100,9 @@ class Grid:
     wide_batches: tuple[int, ...] = (1, 8)  # ... and batches
 
 
-GPU_GRID = Grid((1_000_000, 10_000_000), (64, 128), (1, 32, 256), (100, 10_000, 100_000), (10, 32), 64, 32,
+GPU_GRID = Grid((1_000_000, 10_000_000), (64, 128), (1, 32, 256), (100, 10_000, 100_000), (10, 32), 32,
                 (20, 1000), 2.0, 0.3, 3)
-INTERPRET_GRID = Grid((1000, 2000), (16, 48), (1, 20), (50, 300, 900), (10, 32), 50, 20, (20, 300), 0.01, 0.0, 0,
+INTERPRET_GRID = Grid((1000, 2000), (16, 48), (1, 20), (50, 300, 900), (10, 32), 20, (20, 300), 0.01, 0.0, 0,
                       16, (50, 900), (1, 8))
 
 
@@ -384,12 +380,12 @@ class GpuSide:
 
 
 def gpu_side(ds: Dataset, b: int, k: int, grid: Grid, seed: int) -> GpuSide:
-    """The default path, and the other one where it serves this k: the fallback under the kernel's max k,
-    the kernel forced above it (up to ``grid.forced_kernel_max``); recall@k of the default path."""
+    """The default path (the kernel, for any k, where triton is importable) and the torch fallback forced;
+    recall@k of the default path."""
     q, ex = exact_queries(ds, b, seed)
     ex_t = torch.from_numpy(ex)
     kk = min(k, ds.n)
-    kernel_default = triton is not None and kk <= KERNEL_MAX_K
+    kernel_default = triton is not None
 
     def run(use_kernel: bool | None) -> tuple[np.ndarray, np.ndarray]:
         out = ds.gpu.search(q, k, ex_t, use_kernel=use_kernel)
@@ -398,19 +394,13 @@ def gpu_side(ds: Dataset, b: int, k: int, grid: Grid, seed: int) -> GpuSide:
     found: dict[str, tuple[np.ndarray, np.ndarray] | str] = {"default": run(None)}
     if kernel_default:
         found["fallback"] = run(False)
-    elif triton is not None and kk <= grid.forced_kernel_max:
-        try:
-            found["kernel"] = run(True)
-        except Exception as exc:  # noqa: BLE001 - reported in its column
-            log.exception("forced kernel, k = %s", k)
-            found["kernel"] = f"ERROR: {type(exc).__name__}: {str(exc)[:120]}"
     rec = recall(ds, q, ex, torch.from_numpy(found["default"][0]).to(q.device), kk)
     return GpuSide(q.cpu().numpy(), ex, kernel_default, found, rec)
 
 
 def exact_cell(ds: Dataset, b: int, k: int, grid: Grid, seed: int, side: GpuSide | Exception | None = None
                ) -> list[str]:
-    """GPU (the default path, the kernel forced, the fallback forced) vs the CPU int8 path, key for key.
+    """GPU (the default path, and the fallback forced) vs the CPU int8 path, key for key.
     ``side``: the device half, computed earlier (while the CPU kernels compiled), or the error it raised."""
     if isinstance(side, Exception):
         raise side
@@ -434,7 +424,7 @@ def filtered_cell(ds: Dataset, b: int, k: int, share: float, seed: int) -> list[
     want_ids, want_scores = exact_search(ds.cpu(), q.cpu().numpy(), k, ex, allow=allow)
     verdict = {}
     for name, use_kernel in (("kernel", True), ("fallback", False)):
-        if use_kernel and (triton is None or min(k, ds.n) > KERNEL_MAX_K):
+        if use_kernel and triton is None:
             verdict[name] = "—"
             continue
         out = ds.gpu.search(q, k, torch.from_numpy(ex), use_kernel=use_kernel, allow=torch.from_numpy(allow))
@@ -445,8 +435,8 @@ def filtered_cell(ds: Dataset, b: int, k: int, share: float, seed: int) -> list[
 
 
 def timing_cell(ds: Dataset, b: int, k: int, grid: Grid, bw: float, seed: int, report: Report) -> list[str]:
-    """Device time of one search of ``b`` plain queries: the default path, the kernel forced, torch int8 and
-    fp16 + topk; the HBM floor; peak extra memory of a call."""
+    """Device time of one search of ``b`` plain queries: the default path, the torch fallback forced, torch int8
+    and fp16 + topk; the HBM floor; peak extra memory of a call."""
     g = ds.gpu
     dev = g.device
     q = torch.randn(b, ds.d, generator=torch.Generator(device=dev).manual_seed(seed), device=dev)
@@ -463,15 +453,15 @@ def timing_cell(ds: Dataset, b: int, k: int, grid: Grid, bw: float, seed: int, r
             log.warning("cell %s x %s: %s", b, k, exc)
             return f"ERROR: {type(exc).__name__}: {str(exc)[:80]}", None, None
 
-    kernel = ("—", None, None)
-    if triton is not None and KERNEL_MAX_K < k <= grid.forced_kernel_max and b <= 32:
-        kernel = maybe(lambda: gpu_search(g.codes, g.scales, q, k, use_kernel=True))
+    fallback = ("—", None, None)
+    if triton is not None and b <= 32:
+        fallback = maybe(lambda: gpu_search(g.codes, g.scales, q, k, use_kernel=False))
     i8 = maybe(lambda: torch_int8_topk(g.codes, g.scales, q, k))
     f16 = maybe(lambda: torch_fp16_topk(ds.x16, q, k))
     torch_best = min((t for _, t, _ in (i8, f16) if t is not None), default=None)
-    path = "kernel" if k <= KERNEL_MAX_K and triton is not None else "fallback"
+    path = "kernel" if triton is not None else "fallback"
     ahead = "—" if torch_best is None else f"{torch_best / t_auto:.2f}x"
-    return [str(b), f"{k:,}", path, ms(t_auto), kernel[0], i8[0], f16[0], ms(floor), f"{t_auto / floor:.1f}x",
+    return [str(b), f"{k:,}", path, ms(t_auto), fallback[0], i8[0], f16[0], ms(floor), f"{t_auto / floor:.1f}x",
             ahead, f"{mib(mem)} / {mib(f16[2])}"]
 
 
@@ -617,7 +607,7 @@ def environment(device: torch.device, bw: float, args: argparse.Namespace) -> li
             versions.append(f"{name} absent")
     return [f"- device: {dev}", f"- {', '.join(versions)}; {os.cpu_count()} CPUs",
             f"- device copy bandwidth (read + write, best of 5): {bw / 1e9:,.0f} GB/s",
-            f"- KERNEL_MAX_K = {KERNEL_MAX_K}; budget {args.budget_s:.0f} s; seed {args.seed}"]
+            f"- budget {args.budget_s:.0f} s; seed {args.seed}"]
 
 
 def prepare_carry(target: Path, repository: Path | None) -> int:
@@ -701,14 +691,14 @@ def main(argv: list[str] | None = None) -> int:
                   "does not serve this k). Queries: every 4th a stored item's own vector with that item "
                   "excluded, query 1 all zeros (all scores tie), query 3 excludes an unknown id; rows 10-13 "
                   "duplicate row 0. recall@k: against float64 on the unquantised vectors, zero query left out.")
-    time_cols = ["N", "d", "batch", "k", "default path", "gpu_search ms", "kernel forced ms", "torch int8 ms",
+    time_cols = ["N", "d", "batch", "k", "default path", "gpu_search ms", "fallback ms", "torch int8 ms",
                  "torch fp16 ms", "HBM floor ms", "gpu_search / floor", "torch best / gpu_search",
                  "peak extra MiB (search / fp16)"]
     time_note = ("Device time per call (CUDA events, median); plain random queries. HBM floor: N x (d + 4) bytes "
                  "over the copy bandwidth above. `torch best / gpu_search` > 1: ahead of torch.")
     small, big = sizes[0], sizes[-1]
     small_ks, big_ks = grid.ks[:1], grid.ks[1:]
-    all_ks = tuple(grid.kernel_ks) + small_ks
+    all_ks = tuple(grid.small_ks) + small_ks
 
     def exact_cells(n: int, batches: tuple[int, ...], ks: tuple[int, ...], kinds: tuple[str, ...]
                     ) -> list[tuple[int, int, str, int, int]]:
@@ -749,11 +739,11 @@ def main(argv: list[str] | None = None) -> int:
         cells = exact_cells(small, (grid.exact_batch, 1), all_ks + big_ks, ("random", "clustered"))
         exact_rows(cells, device_halves(cells))
         for n_pad in grid.pad_sizes:
-            k = n_pad + 50 if n_pad > KERNEL_MAX_K else KERNEL_MAX_K
+            k = n_pad + 50
             report.row([f"{n_pad:,}", str(dims[0]), "random (first rows)"], lambda n_pad=n_pad, k=k: exact_cell(
                 subset(dataset(small, dims[0], "random"), min(n_pad, small)), grid.exact_batch, k, grid, args.seed),
                 exact=True)
-        for share, k in ((0.3, KERNEL_MAX_K), (0.01, KERNEL_MAX_K), (0.01, 100)):  # filters inside the scan
+        for share, k in ((0.3, 32), (0.01, 32), (0.01, 100)):  # filters inside the scan
             report.row([f"{small:,}", str(dims[0]), "random"], lambda share=share, k=k: filtered_cell(
                 dataset(small, dims[0], "random"), grid.exact_batch, k, share, args.seed), exact=True)
 

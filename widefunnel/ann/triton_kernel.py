@@ -1,11 +1,33 @@
-"""GPU exact int8 search: a fused Triton kernel (int8 GEMM tile + per-tile top-k) and a torch fallback.
+"""GPU exact int8 search: one pass of a Triton kernel (int8 tensor-core dots, a guessed bar, survivors appended),
+an exact selection over the survivors, a rescan where the guess misled; and a torch fallback.
 
 Both produce exactly what the CPU ``exact_search`` produces for the same rows (same per-row query
-quantisation, same score formula ``(float32(dot) * s_item) * s_query``, same unique int64 keys), so the GPU
-and CPU paths are interchangeable and batch-invariant. The kernel computes, for a [BM queries x BN items]
-tile, the exact int32 dot products with ``tl.dot`` and keeps the tile's best K keys per query by repeated
-max-extraction (keys are unique, so this is exact); a second, tiny torch top-k merges the tiles. The
-global top-k is a subset of the union of per-tile top-ks, so the result is exact.
+quantisation, same score formula ``(float32(dot) * s_item) * s_query``, same unique int64 keys: higher score
+first, lower row first on ties), so the GPU and CPU paths are interchangeable and batch-invariant.
+
+The kernel path (``kernel_keys``), for any k and any batch:
+
+1. **A bar per query from a sample.** ``sample_rows`` takes m evenly spaced rows (1 in ``_SAMPLE_STEP``, at
+   least ``_SAMPLE_MIN``; the rows are scale-sorted at build time, so the sample is stratified, as the CPU
+   scan's). Their exact keys (filter and exclusion applied) are ranked in torch; the bar is the score of the
+   j-th best, j = E + 3 sqrt(E) + 8 with E = k m / N the sample hits expected among the true top k (j = k when
+   the sample is the whole index: then the bar is safe). About j N / m rows are expected to reach it.
+2. **One pass over the index** (``_bar_scan_kernel``): a [16 queries x BN rows] tile's int8 dots on the tensor
+   cores (``tl.dot``, int32 accumulate, exact), scores, the request's row bitmap and exclusion; a row scoring at
+   least its query's bar is appended to the query's buffer at a slot taken with one atomic add per (tile,
+   query) and a prefix sum inside the tile. The counter goes on counting past the buffer's end.
+3. **An exact selection**: a query with at least k survivors, all stored, has its exact top k among them (a row
+   below the bar scores below k rows that reach it): ``torch.topk`` over its buffer, then a sort.
+4. **A rescan** otherwise, so the result stays exact:
+   * fewer than k survivors (the sample misled high, or the filter admits fewer than k rows): the bar drops
+     (j x ``_RESCAN_GROWTH``, down to no bar at all once j passes the sample's admissible rows); without a bar
+     every admissible row survives, and fewer than k is the answer, padded;
+   * the buffer overflowed (the sample misled low, or many rows tie at the bar): the new bar is the k-th best
+     key the buffer did store (k real rows: safe, never above the true k-th score) and the buffer is as wide as
+     the counter said (the survivors of a higher bar are a subset): that pass always succeeds.
+
+Queries are launched in groups whose buffers stay under ``_KEY_BUDGET`` keys. Which queries share a launch,
+or rescan, never changes a result: each is the exact top k of its own unique keys (batch-invariant).
 
 CI runs the kernel on CPU through the Triton interpreter: set ``TRITON_INTERPRET=1`` before this module
 (and hence ``triton``) is first imported.
@@ -13,7 +35,8 @@ CI runs the kernel on CPU through the Triton interpreter: set ``TRITON_INTERPRET
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,8 +63,15 @@ except ImportError:  # pragma: no cover - triton is a declared dependency, but k
     triton = None
     tl = None
 
-KERNEL_MAX_K = 32  # per-tile max-extraction costs K passes over a tile; above it the GEMM+topk fallback wins
-_BM = 16  # tl.dot needs >= 16 rows
+_BM = 16  # queries per tile (tl.dot needs >= 16 rows)
+_BN = 256  # index rows per tile
+_WARPS = 4
+_SAMPLE_STEP = 64  # the bar's sample: 1 row in this many ...
+_SAMPLE_MIN = 256  # ... at least this many (all rows of a smaller index)
+_RESCAN_GROWTH = 8  # a query left short rescans with its sample rank j times this (a lower bar)
+_CAP_SLACK = 1024  # a buffer holds 2 x max(k, the survivors expected) + this many keys
+_KEY_BUDGET = 1 << 26  # keys (int64) of one launch's buffers (512 MiB); a batch is split into groups under it
+_SAMPLE_KEYS = 1 << 25  # keys of one sample ranking (queries x sample rows) before the queries are split
 _FALLBACK_ROWS = 65536  # item rows per block of the fallback's scan (off the GPU, and its minimum on one)
 # On a GPU, a block is as wide as two budgets allow: queries x rows int64 keys (512 MiB) and the rows' float32
 # copy for the GEMM (1 GiB). Fewer, wider blocks: a large k (100,000) is merged by a few top-ks, not by one
@@ -69,69 +99,236 @@ def quantize_rows_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 if triton is not None:
 
-    # sizes are not specialised on (== 1, multiple of 16): one compile per (D, BN, K), not one more for each
-    # new batch size or index length met while serving
-    @triton.jit(do_not_specialize=["n_queries", "n_items", "n_tiles", "n_mblocks", "n_words"])
-    def _int8_topk_kernel(q_ptr, qs_ptr, c_ptr, cs_ptr, ex_ptr, allow_ptr, out_ptr, n_queries, n_items, n_tiles,
-                          n_mblocks, n_words, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
-                          FILTERED: tl.constexpr):
-        """One [BM x BN] tile: exact int8 dot products -> scores -> unique keys -> best K keys per query.
-        A 1-D grid, query blocks fastest (the blocks of one item tile run together and share it in L2): a
-        grid's y size stops at 65,535, fewer item tiles than 10M rows make at BN = 128. Offsets in int64."""
+    # sizes are not specialised on (== 1, multiple of 16): one compile per (D, FILTERED), not one more for each
+    # new batch size, index length or buffer width met while serving
+    @triton.jit(do_not_specialize=["n_queries", "n_items", "n_mblocks", "n_words", "cap"])
+    def _bar_scan_kernel(q_ptr, qs_ptr, c_ptr, cs_ptr, ex_ptr, allow_ptr, bar_ptr, count_ptr, buf_ptr, n_queries,
+                         n_items, n_mblocks, n_words, cap, D: tl.constexpr, DP: tl.constexpr, BM: tl.constexpr,
+                         BN: tl.constexpr, FILTERED: tl.constexpr):
+        """One [BM queries x BN rows] tile: exact int8 dots -> scores; each admissible row scoring at least its
+        query's bar is appended to the query's buffer (``cap`` keys a query, at a slot from one atomic add on the
+        query's counter per tile and a prefix sum in the tile; the counter counts past ``cap``, the keys there
+        are dropped). A 1-D grid, query blocks fastest (the blocks of one row tile run together and share it in
+        L2; a grid's y size stops at 65,535). Row offsets in int64. The queries are zero-padded to DP columns
+        (tl.dot: a power of two, >= 32 for the int8 MMA); the rows are read unpadded (columns >= D masked)."""
         pid = tl.program_id(0)
         pid_m = pid % n_mblocks
         pid_n = pid // n_mblocks
         rm = pid_m * BM + tl.arange(0, BM)
         rn = pid_n * BN + tl.arange(0, BN)
-        rd = tl.arange(0, D)
-        q = tl.load(q_ptr + rm[:, None] * D + rd[None, :], mask=rm[:, None] < n_queries, other=0)
-        c = tl.load(c_ptr + rn[:, None].to(tl.int64) * D + rd[None, :], mask=rn[:, None] < n_items, other=0)
+        rd = tl.arange(0, DP)
+        live_q = rm < n_queries
+        live_n = rn < n_items
+        q = tl.load(q_ptr + rm[:, None] * DP + rd[None, :], mask=live_q[:, None], other=0)
+        if D == DP:  # noqa: SIM108 - a constexpr branch, resolved when the kernel compiles
+            c_mask = live_n[:, None]
+        else:
+            c_mask = live_n[:, None] & (rd[None, :] < D)
+        c = tl.load(c_ptr + rn[:, None].to(tl.int64) * D + rd[None, :], mask=c_mask, other=0)
         acc = tl.dot(q, tl.trans(c), out_dtype=tl.int32)  # int8 x int8 -> exact int32
-        qs = tl.load(qs_ptr + rm, mask=rm < n_queries, other=1.0)
-        cs = tl.load(cs_ptr + rn, mask=rn < n_items, other=1.0)
+        qs = tl.load(qs_ptr + rm, mask=live_q, other=1.0)
+        cs = tl.load(cs_ptr + rn, mask=live_n, other=1.0)
         s = (acc.to(tl.float32) * cs[None, :]) * qs[:, None] + 0.0  # -0.0 keyed as +0.0, as make_keys
-        bits = s.to(tl.int32, bitcast=True)
-        ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-        key = ordered.to(tl.int64) * 4294967296 + (4294967295 - rn[None, :].to(tl.int64))
-        ex = tl.load(ex_ptr + rm, mask=rm < n_queries, other=-1)
-        dead = (rn[None, :] >= n_items) | (rn[None, :] == ex[:, None])
+        bar = tl.load(bar_ptr + rm, mask=live_q, other=float("inf"))
+        ex = tl.load(ex_ptr + rm, mask=live_q, other=-1)
+        keep = live_q[:, None] & live_n[None, :] & (rn[None, :].to(tl.int64) != ex[:, None]) & (s >= bar[:, None])
         if FILTERED:  # the row bitmap (``filters``): bit rn & 63 of word rn >> 6, an int64 view of the uint64
             word = tl.load(allow_ptr + rm[:, None].to(tl.int64) * n_words + (rn[None, :] >> 6),
-                           mask=(rm[:, None] < n_queries) & (rn[None, :] < n_items), other=0)
-            dead = dead | (((word >> (rn[None, :] & 63).to(tl.int64)) & 1) == 0)
-        key = tl.where(dead, (-9223372036854775807 - 1), key)
-        base = (rm.to(tl.int64) * n_tiles + pid_n) * K
-        for i in tl.static_range(K):
-            best = tl.max(key, axis=1)
-            tl.store(out_ptr + base + i, best, mask=rm < n_queries)
-            key = tl.where(key == best[:, None], (-9223372036854775807 - 1), key)
+                           mask=live_q[:, None] & live_n[None, :], other=0)
+            keep = keep & (((word >> (rn[None, :] & 63).to(tl.int64)) & 1) != 0)
+        hits = keep.to(tl.int32)
+        n_hits = tl.sum(hits, axis=1)
+        if tl.sum(n_hits, axis=0) > 0:  # most tiles keep nothing: no atomic, no scan, no key
+            base = tl.atomic_add(count_ptr + rm, n_hits, mask=live_q & (n_hits > 0))
+            slot = base[:, None] + tl.cumsum(hits, axis=1) - 1
+            bits = s.to(tl.int32, bitcast=True)
+            ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+            key = ordered.to(tl.int64) * 4294967296 + (4294967295 - rn[None, :].to(tl.int64))
+            tl.store(buf_ptr + rm[:, None].to(tl.int64) * cap + slot, key, mask=keep & (slot < cap))
 
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-def _kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor, qs: torch.Tensor, kk: int,
-                 exclude: torch.Tensor, allow: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-tile best keys from the Triton kernel, merged -> [B, kk] sorted keys."""
-    n, d = codes_t.shape
-    dp = max(32, _next_pow2(d))  # tl.dot: power-of-two K, >= 32 for int8 MMA; zero padding keeps dots exact
-    if dp != d:
-        codes_t = torch.nn.functional.pad(codes_t, (0, dp - d))
-        qc = torch.nn.functional.pad(qc, (0, dp - d))
-    kt = _next_pow2(kk)
-    bn = max(kt, min(1024, max(128, 8 * kt)))  # a tile keeps kt of its bn items: N * kt / bn keys to merge
-    n_tiles = triton.cdiv(n, bn)
-    b = qc.shape[0]
-    out = torch.empty((b, n_tiles * kt), dtype=torch.int64, device=qc.device)
+def sample_rows(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The rows the bars are guessed from: m evenly spaced rows of ``n`` (int64, ascending, row 0 first), m =
+    max(``_SAMPLE_MIN``, n / ``_SAMPLE_STEP``), all of them for a small index."""
+    m = min(n, max(_SAMPLE_MIN, n // _SAMPLE_STEP))
+    return torch.arange(m, dtype=torch.int64, device=device) * n // max(m, 1)
+
+
+@dataclass
+class KernelTrace:
+    """What one ``kernel_keys`` call did: the kernel's passes over the index (a launch per query group and
+    pass), and how many queries a pass left short (fewer than k survivors) or overflowed (more than their
+    buffer), each of them rescanned."""
+
+    launches: int = 0
+    passes: int = 0
+    short: int = 0
+    overflowed: int = 0
+    survivors: list[int] = field(default_factory=list)  # the first pass's survivors per query
+
+
+@dataclass
+class _Scan:
+    """The kernel's inputs that do not change between passes."""
+
+    codes: torch.Tensor  # int8 [N, d]
+    scales: torch.Tensor  # float32 [N]
+    qc: torch.Tensor  # int8 [B, DP], zero-padded
+    qs: torch.Tensor  # float32 [B]
+    exclude: torch.Tensor  # int64 [B]
+    allow: torch.Tensor | None  # int64 [B, W]
+    kk: int
+
+    @property
+    def n(self) -> int:
+        return int(self.codes.shape[0])
+
+
+def _sample_keys(scan: _Scan, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Exact keys of the sampled ``rows`` for ``queries`` (indices into the batch) -> int64 [q, m], INT64_MIN
+    where a row is refused (the query's exclusion, its bitmap)."""
+    d = scan.codes.shape[1]
+    qc, qs = scan.qc[queries, :d], scan.qs[queries]
+    scores = scores_from_dot(int_dot(qc, scan.codes[rows]), scan.scales[rows], qs[:, None])
+    dead = rows[None, :] == scan.exclude[queries][:, None]
+    if scan.allow is not None:
+        dead |= ((scan.allow[queries][:, rows >> 6] >> (rows & 63)[None, :]) & 1) == 0
+    return torch.where(dead, INT64_MIN, make_keys(scores, rows.expand(len(queries), -1)))
+
+
+def _first_rank(scan: _Scan, m: int) -> int:
+    """The sample rank j of the first bar: the whole index sampled, k (a safe bar); else E + 3 sqrt(E) + 8 with
+    E = k m / N the expected sample hits among the true top k (a guess: a pass may leave a query short)."""
+    if m >= scan.n:
+        return scan.kk
+    expect = scan.kk * m / scan.n
+    return int(expect + 3 * math.sqrt(expect) + 8)
+
+
+def _bars(scan: _Scan, queries: torch.Tensor, ranks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Each query's bar: the score of its ``ranks``-th best sampled key, -inf (no bar) where the sample holds
+    fewer admissible rows. float32 [q]."""
+    bars = torch.empty(len(queries), dtype=torch.float32, device=scan.qs.device)
+    m = len(rows)
+    step = max(1, _SAMPLE_KEYS // max(1, m))
+    for q0 in range(0, len(queries), step):
+        sub, j = queries[q0:q0 + step], ranks[q0:q0 + step]
+        top = torch.topk(_sample_keys(scan, sub, rows), int(min(m, int(j.max()))), dim=1).values
+        kth = top.gather(1, (j.clamp(max=m) - 1)[:, None])[:, 0]
+        _, score, valid = decode_keys(kth)
+        bars[q0:q0 + step] = torch.where(valid & (j <= m), score, -float("inf"))
+    return bars
+
+
+def _caps(scan: _Scan, ranks: torch.Tensor, m: int) -> torch.Tensor:
+    """Buffer width per query: 2 x max(k, the rows expected at the bar of sample rank j, j N / m) + slack, at most
+    N (int64 [q], on the host)."""
+    expect = (ranks.cpu().double() * scan.n / max(1, m)).ceil().to(torch.int64)
+    return (2 * expect.clamp(min=scan.kk) + _CAP_SLACK).clamp(max=max(1, scan.n))
+
+
+def _launch(scan: _Scan, queries: torch.Tensor, bars: torch.Tensor, cap: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of the kernel over the index for ``queries`` -> (buffer int64 [q, cap], survivors int64 [q] on
+    the host; slots past a count are garbage)."""
+    b, (n, d) = len(queries), scan.codes.shape
+    dp = scan.qc.shape[1]
+    counts = torch.zeros(b, dtype=torch.int32, device=scan.qs.device)
+    buf = torch.empty((b, cap), dtype=torch.int64, device=scan.qs.device)
     n_mblocks = triton.cdiv(b, _BM)
-    filtered = allow is not None
-    words = allow.contiguous() if filtered else exclude  # any int64 tensor: never read unfiltered
-    _int8_topk_kernel[(n_mblocks * n_tiles,)](qc.contiguous(), qs.contiguous(), codes_t.contiguous(),
-                                              scales_t.contiguous(), exclude.contiguous(), words, out, b, n,
-                                              n_tiles, n_mblocks, words.shape[1] if filtered else 0, D=dp, BM=_BM,
-                                              BN=bn, K=kt, FILTERED=filtered)
-    return select_top(out, kk)
+    exclude = scan.exclude[queries].contiguous()
+    filtered = scan.allow is not None
+    words = scan.allow[queries].contiguous() if filtered else exclude  # any int64 tensor: never read unfiltered
+    grid = (n_mblocks * triton.cdiv(n, _BN),)
+    _bar_scan_kernel[grid](scan.qc[queries].contiguous(), scan.qs[queries].contiguous(), scan.codes, scan.scales,
+                           exclude, words, bars.contiguous(), counts, buf, b, n, n_mblocks,
+                           words.shape[1] if filtered else 0, cap, D=d, DP=dp, BM=_BM, BN=_BN, FILTERED=filtered,
+                           num_warps=_WARPS)
+    return buf, counts.to(torch.int64).cpu()
+
+
+def _selected(buf: torch.Tensor, counts: torch.Tensor, kk: int) -> torch.Tensor:
+    """The best ``kk`` keys of each query's stored survivors (its first ``counts`` slots), sorted; INT64_MIN pads
+    a query with fewer."""
+    width = int(counts.max()) if len(counts) else 0
+    keys = buf[:, :width]
+    keys = torch.where(torch.arange(width, device=buf.device)[None, :] < counts.to(buf.device)[:, None], keys,
+                       INT64_MIN)
+    if width < kk:
+        keys = torch.cat([keys, torch.full((len(keys), kk - width), INT64_MIN, dtype=torch.int64,
+                                           device=buf.device)], dim=1)
+    return select_top(keys, kk)
+
+
+def kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor, qs: torch.Tensor, kk: int,
+                exclude: torch.Tensor, allow: torch.Tensor | None = None, trace: KernelTrace | None = None
+                ) -> torch.Tensor:
+    """The kernel path (the module's docstring) for quantised queries ``qc``/``qs`` -> sorted keys [B, kk]
+    (INT64_MIN pads). ``trace``: filled with what it did."""
+    trace = KernelTrace() if trace is None else trace
+    b, n, d = qc.shape[0], codes_t.shape[0], codes_t.shape[1]
+    out = torch.full((b, kk), INT64_MIN, dtype=torch.int64, device=qc.device)
+    if b == 0 or kk == 0:
+        return out
+    dp = max(32, _next_pow2(d))
+    scan = _Scan(codes_t.contiguous(), scales_t.contiguous(), torch.nn.functional.pad(qc, (0, dp - d)),
+                 qs.contiguous(), exclude.contiguous(), None if allow is None else allow.contiguous(), kk)
+    rows = sample_rows(n, qc.device)
+    m = len(rows)
+    pending = torch.arange(b, device=qc.device)
+    ranks = torch.full((b,), _first_rank(scan, m), dtype=torch.int64, device=qc.device)
+    bars = _bars(scan, pending, ranks, rows)
+    caps = _caps(scan, ranks, m)
+    while len(pending):
+        trace.passes += 1
+        again, again_bars, again_caps, again_ranks = [], [], [], []
+        order = torch.argsort(caps, stable=True)  # similar widths share a launch
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end + 1 - start) * int(caps[order[end]]) <= _KEY_BUDGET:
+                end += 1
+            cap = int(caps[order[end - 1]])
+            idx = order[start:end].to(qc.device)
+            queries = pending[idx]
+            buf, counts = _launch(scan, queries, bars[idx], cap)
+            trace.launches += 1
+            if trace.passes == 1:
+                trace.survivors.extend(zip(queries.tolist(), counts.tolist()))
+            no_bar = torch.isinf(bars[idx]).cpu()
+            over = counts > cap
+            short = (counts < kk) & ~no_bar & ~over
+            done = ~over & ~short
+            if bool(done.any()):
+                sel = torch.nonzero(done).squeeze(1)
+                out[queries[sel.to(qc.device)]] = _selected(buf[sel.to(qc.device)], counts[sel], kk)
+            if bool(over.any()):  # the k-th best stored key: k real rows, a safe bar; the count bounds the width
+                sel = torch.nonzero(over).squeeze(1)
+                top = torch.topk(buf[sel.to(qc.device)], kk, dim=1).values[:, -1]
+                again.append(queries[sel.to(qc.device)])
+                again_bars.append(decode_keys(top)[1])
+                again_caps.append(counts[sel])
+                again_ranks.append(ranks[idx][sel.to(qc.device)])
+                trace.overflowed += len(sel)
+            if bool(short.any()):  # a lower bar (none once the rank passes the sample's admissible rows)
+                sel = torch.nonzero(short).squeeze(1).to(qc.device)
+                r = ranks[idx][sel] * _RESCAN_GROWTH
+                again.append(queries[sel])
+                again_bars.append(_bars(scan, queries[sel], r, rows))
+                again_caps.append(_caps(scan, r, m))
+                again_ranks.append(r)
+                trace.short += len(sel)
+            del buf
+            start = end
+        if not again:
+            break
+        pending, bars = torch.cat(again), torch.cat(again_bars)
+        caps, ranks = torch.cat(again_caps), torch.cat(again_ranks)
+    return out
 
 
 def fallback_block_rows(b: int, n: int, d: int, device: torch.device) -> int:
@@ -185,15 +382,16 @@ def _block_top_keys(scores: torch.Tensor, rows: torch.Tensor, kk: int) -> torch.
 
 
 def gpu_search(codes_t: torch.Tensor, scales_t: torch.Tensor, queries_t: torch.Tensor, k: int,
-               exclude: torch.Tensor | None = None, use_kernel: bool | None = None, allow: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               exclude: torch.Tensor | None = None, use_kernel: bool | None = None, allow: torch.Tensor | None = None,
+               trace: KernelTrace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact int8 search on torch tensors (CUDA in production) -> (rows int64 [B,k'], scores float32 [B,k']).
 
     ``codes_t`` int8 [N,d], ``scales_t`` float32 [N], ``queries_t`` float [B,d], ``exclude`` int64 [B] of
     *row* indices (-1 = none; map ids to rows with ``search.exclude_rows``). k' = min(k, N); rows left short
-    by an exclusion are padded with row -1 / score -inf. ``use_kernel`` None = the Triton kernel when triton
-    is importable, the tensors are on CUDA (or the interpreter is on) and k <= KERNEL_MAX_K. ``allow``: a row
-    bitmap per query (``filters``; int64 or uint64 [B, ceil(N / 64)]), the top-k of the admissible rows.
+    by an exclusion are padded with row -1 / score -inf. ``use_kernel`` None = the Triton kernel (``kernel_keys``,
+    any k) when triton is importable and the tensors are on CUDA (or the interpreter is on), else the torch
+    fallback. ``allow``: a row bitmap per query (``filters``; int64 or uint64 [B, ceil(N / 64)]), the top-k of
+    the admissible rows. ``trace``: filled with what the kernel path did (its passes, rescans).
     """
     k = validate_k(k)
     if queries_t.ndim != 2 or queries_t.shape[1] != codes_t.shape[1]:
@@ -211,11 +409,11 @@ def gpu_search(codes_t: torch.Tensor, scales_t: torch.Tensor, queries_t: torch.T
         allow = allow.view(torch.int64) if allow.dtype == torch.uint64 else allow.to(torch.int64)
     qc, qs = quantize_rows_torch(queries_t)
     if use_kernel is None:
-        use_kernel = triton is not None and kk <= KERNEL_MAX_K and (queries_t.is_cuda or _interpreting())
+        use_kernel = triton is not None and (queries_t.is_cuda or _interpreting())
     if b == 0:
         keys = torch.full((0, kk), INT64_MIN, dtype=torch.int64, device=queries_t.device)
     elif use_kernel:
-        keys = _kernel_keys(codes_t, scales_t, qc, qs, kk, exclude, allow)
+        keys = kernel_keys(codes_t, scales_t, qc, qs, kk, exclude, allow, trace)
     else:
         keys = _fallback_keys(codes_t, scales_t, qc, qs, kk, exclude, allow=allow)
     rows, scores, valid = decode_keys(keys)
