@@ -1,37 +1,44 @@
-"""GPU check of the int8 ANN (issue 20; supersedes issue 4's ``bench_gpu.py``): exactness, time, the served path.
+"""GPU check of the int8 ANN (issues 20, 31): the kernel's compile, its time and exactness at N = 10M, the served path.
 
-One script, one run on a lent GPU (the `device` tool), bounded by ``--budget-s``; it writes its markdown
-table to ``--out`` row by row (flushed, so a killed run still leaves what it measured) and prints it:
+One script, one call on a lent GPU (the `device` tool), bounded by ``--budget-s``. It writes its markdown tables
+row by row, each flushed as it is measured (a killed run still leaves what it measured), to
+``benchmarks/gpu/<date>-<gpu>.md`` (``--out-dir`` another folder, ``--out`` a file), the command line at the
+top, and prints them. The default run (sections 0, 2b, 2c and 7) fits one call of 6 minutes:
 
-1. **Exact.** Fresh random and clustered data (N = 1M and 10M, d = 64 and 128): the GPU results (the Triton
-   kernel for k <= KERNEL_MAX_K, forced up to k = 64; the torch fallback above) equal the CPU int8 path
-   (``exact_search``) key for key: same ids, same float32 score bits, with ties (duplicate rows, an all-zero
-   query), exclusions (the seed's own id) and padding (k > N). recall@k of the int8 scan against a float64
-   search of the unquantised vectors. At 10M the CPU comparison is batch 1 and 32 at k = 100, and batch 1
-   at the big ks (the CPU scan of 10M rows is the slow part).
-2. **Timed** with CUDA events (warm-up calls, then the median of enough calls for ~0.3 s): batch 1, 32, 256 x
-   k = 100, 10,000, 100,000 (and the kernel's own k = 10, 32): ``gpu_search`` as the server calls it, the
-   kernel forced (k <= 128), ``torch`` int8 (``_int_mm``) and fp16 matmul + ``topk``, the HBM floor (index
-   bytes over a device copy's bandwidth measured in this run), and the peak extra memory of a call.
-3. **The served path.** ``GpuIndex.search_dlpack``, what a KIND_GPU ``widefunnel_ann`` instance runs per
-   request (DLPack in and out, ids and exclusions mapped on the device, embeddings), against the CPU path;
-   and ``InProcessFunnel`` with its ANN on the GPU against the CPU funnel, batch 1 and 32, from a small
-   built repository carried to the GPU machine (``--prepare-carry``; without one that row says skipped).
+0. **Compile.** The Triton kernel (``triton_kernel._bar_scan_kernel``) for every d the run uses, unfiltered and
+   filtered, on a tiny index, before anything is timed: the first call's time (the JIT compile), the second's,
+   and their difference, reported apart from every other cell.
+2b. **Issue 16's grid at N = 10,000,000, d = 32** (clustered, normalised rows; the funnel's seeds as queries,
+   each excluded, one all-zero query): batch 1 and 8 x K = 1,000, 10,000, 100,000. ``GpuIndex.search`` (what a
+   KIND_GPU ``widefunnel_ann`` instance runs; device time, CUDA events, median), the torch fp16 peer (matmul +
+   ``topk``), the HBM floor (index bytes over this run's measured copy bandwidth), the CPU int8 path on the
+   machine's cores, equality key for key (ids and float32 score bits), and the kernel's passes over the index
+   (a pass more per rescan: a query the bar left short, or whose buffer overflowed).
+2c. **Filters and rescans at N = 10M**: the request's row bitmap at 30 %, 1 % and 0.5 % (fewer rows than K:
+   padded), against the CPU's filtered scan, key for key, with the kernel's passes.
+7. **The served path.** ``GpuIndex.search_dlpack`` (DLPack in and out, ids and exclusions mapped on the
+   device, embeddings) against the CPU path at N = 1M; ``InProcessFunnel`` with its ANN on the GPU against the
+   CPU funnel, from a small built repository carried to the GPU machine (``--prepare-carry``; without one that
+   row says skipped). A 10M-item funnel cannot be built yet (RESULTS.md, "On a GPU").
 
-Cells run in order of importance; a cell that fails records ``ERROR: ...`` and the run goes on; once the
-budget is spent the remaining cells say ``skipped: budget``. Exit status 1 if any exactness cell is not exact
-or any cell failed.
+``--sections`` picks others (``all``; 1 exactness at every k and 2 time at N = 1M, 3 and 5 the big N and batch
+256, d = 64 and 128). Cells run in order of importance; a failing cell records ``ERROR: ...`` and the run goes
+on; once the budget is spent the remaining cells say ``skipped: budget``. Exit status 1 if any exactness cell
+is not exact or any cell failed. numba compiles the CPU scan in a child process meanwhile (its cache), so no
+compile holds this process's GIL while the GPU is timed.
 
     .venv/bin/python benchmarks/gpu_check.py --prepare-carry benchmarks/out/gpu_carry --repository REPO  # here
-    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT/gpu_check.md --budget-s 420  # on the GPU
-    .venv/bin/python benchmarks/gpu_check.py --interpret                 # here: Triton interpreter, tiny sizes
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out-dir $OUT --budget-s 270   # the GPU, timeout_s 360
+    .venv/bin/python benchmarks/gpu_check.py --smoke             # here: the default run, tiny, interpreted
+    .venv/bin/python benchmarks/gpu_check.py --interpret         # here: every section, tiny, interpreted
 
-On the GPU machine (the `device` tool's ``run``): carry ``benchmarks/out/gpu_carry`` (an ignored folder,
-about 2 MiB: the funnel's repository and tritonclient's ``model_config_pb2.py``) and give ``timeout_s`` 480.
+On the GPU machine (the `device` tool's ``run``) carry ``benchmarks/out/gpu_carry`` (an ignored folder, about
+2 MiB: the funnel's repository and tritonclient's ``model_config_pb2.py``); copy the file it leaves under $OUT
+into ``benchmarks/gpu/``.
 
-``--interpret`` runs the same code on CPU through ``TRITON_INTERPRET=1`` at tiny sizes (N = 1,000 and 2,000,
-d = 16 and 48, batch 1 and 20, k = 10 to 900, the kernel up to k = 50): its times mean nothing, it proves the
-script; the test suite runs it so (``tests/unit/test_gpu_check.py``).
+``--smoke`` runs the default sections on CPU through ``TRITON_INTERPRET=1`` at N = 3,000, d = 32, K = 10, 100,
+1,000 (``tests/unit/test_gpu_check.py``, about 15 s); ``--interpret`` every section at N = 1,000 and 2,000,
+d = 16 and 48 (about 20 s). Their times mean nothing: they prove the script.
 """
 
 from __future__ import annotations
@@ -41,9 +48,11 @@ import importlib.util
 import logging
 import os
 import platform
+import re
+import shlex
 import shutil
+import subprocess
 import sys
-import threading
 import time
 import types
 from collections.abc import Callable
@@ -51,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-if "--interpret" in sys.argv:  # must precede the first import of triton
+if "--interpret" in sys.argv or "--smoke" in sys.argv:  # must precede the first import of triton
     os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np  # noqa: E402
@@ -66,8 +75,11 @@ from widefunnel.ann.quantize import quantize_rows  # noqa: E402
 from widefunnel.ann.search import exact_search, int_mm_is_exact, prepare_index  # noqa: E402
 from widefunnel.ann.triton_kernel import (  # noqa: E402
     GpuIndex,
+    KernelTrace,
     gpu_search,
+    kernel_settings,
     quantize_rows_torch,
+    sample_rows,
     triton,
 )
 
@@ -78,7 +90,9 @@ PB2 = "model_config_pb2.py"  # tritonclient's generated model-config module (the
 QUERY_ELEMS = 1 << 30  # a torch baseline scores at most this many (query, item) pairs at once (topk indexing)
 REF_ROWS = 1 << 20  # float64 reference: item rows per block
 SERVED_K = 200  # the default build's ann k (widefunnel/default.toml)
-SECTIONS = ("1", "2", "2b", "3", "5", "7")
+SECTIONS = ("0", "1", "2", "2b", "2c", "3", "5", "7")
+DEVICE_SECTIONS = ("0", "2b", "2c", "7")  # the default run: one call of 6 minutes
+OUT_DIR = ROOT / "benchmarks" / "gpu"
 
 
 @dataclass(frozen=True)
@@ -98,12 +112,15 @@ class Grid:
     wide_dim: int = 32  # issue 16's cells: the build's embedding_dim ...
     wide_ks: tuple[int, ...] = (1000, 10_000, 100_000)  # ... its candidates per head ...
     wide_batches: tuple[int, ...] = (1, 8)  # ... and batches
+    served_batches: tuple[int, ...] = (1, 32, 256)  # section 7's
 
 
 GPU_GRID = Grid((1_000_000, 10_000_000), (64, 128), (1, 32, 256), (100, 10_000, 100_000), (10, 32), 32,
                 (20, 1000), 2.0, 0.3, 3)
 INTERPRET_GRID = Grid((1000, 2000), (16, 48), (1, 20), (50, 300, 900), (10, 32), 20, (20, 300), 0.01, 0.0, 0,
                       16, (50, 900), (1, 8))
+SMOKE_GRID = Grid((3000,), (32,), (1, 8), (100, 1000), (10,), 8, (20,), 0.01, 0.0, 0, 32, (10, 100, 1000), (1, 8),
+                  (1, 8))
 
 
 # --------------------------------------------------------------------------------------------- the report
@@ -165,6 +182,42 @@ class Report:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+class CpuWarmUp:
+    """numba compiles the CPU scan's kernels on first use (about a minute on a fresh machine): a child process
+    compiles them into numba's cache (``cache=True``) while the GPU cells run, so no compile holds this process's
+    GIL while the GPU is timed; ``join`` waits for it, then loads them here (from the cache, or compiles them if
+    the child could not)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.done = False
+
+    def start(self) -> None:
+        code = "from widefunnel.ann import kernels, plan; plan.int_mm_is_exact(); kernels.warm_up()"
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        except OSError as exc:
+            log.warning("numba warm-up child: %s", exc)
+
+    def join(self) -> None:
+        if self.done:
+            return
+        if self.proc is not None:
+            self.proc.wait()
+        t0 = time.monotonic()
+        int_mm_is_exact()
+        kernels.warm_up()
+        log.info("CPU kernels loaded in %.1f s", time.monotonic() - t0)
+        self.done = True
+
+    def close(self) -> None:
+        """Stop the child if no cell needed the CPU scan before the run ended."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
 
 
 # --------------------------------------------------------------------------------------------- measuring
@@ -243,7 +296,7 @@ class Dataset:
     kind: str
     x: torch.Tensor  # float32 [N, d], the unquantised vectors, rows in index order (float64 reference)
     gpu: GpuIndex
-    warm: threading.Thread
+    warm: CpuWarmUp
     _cpu: Int8Index | None = None
     _x16: torch.Tensor | None = None
 
@@ -263,7 +316,7 @@ class Dataset:
         return self._x16
 
 
-def make_dataset(n: int, d: int, kind: str, seed: int, device: torch.device, warm: threading.Thread) -> Dataset:
+def make_dataset(n: int, d: int, kind: str, seed: int, device: torch.device, warm: CpuWarmUp) -> Dataset:
     """``random``: standard normal. ``clustered``: N/100 unit centres plus noise, normalised (as bench_ann), so
     scores crowd together. Both: rows 10 to 13 duplicate row 0 (exact ties); ids a permutation, not the rows."""
     g = torch.Generator(device=device).manual_seed(seed)
@@ -485,7 +538,65 @@ def wide_cell(ds: Dataset, b: int, k: int, grid: Grid, bw: float, seed: int, rep
     ok = same((got["CANDIDATE_ID"].cpu().numpy(), got["CANDIDATE_SCORE"].cpu().numpy()),
               *exact_search(index, q_np, k, ex))
     return [str(b), f"{k:,}", ms(t_gpu), f16, ms(floor), f"{t_gpu / floor:.1f}x", ms(t_cpu),
-            f"{t_cpu / t_gpu:.1f}x", mib(mem), ok]
+            f"{t_cpu / t_gpu:.1f}x", mib(mem), ok, passes(g, q, k, ex_t)]
+
+
+def passes(g: GpuIndex, q: torch.Tensor, k: int, ex_t: torch.Tensor, allow: torch.Tensor | None = None) -> str:
+    """The kernel's passes over the index for one search, and why any was a rescan (``KernelTrace``)."""
+    if triton is None:
+        return "— (fallback)"
+    trace = KernelTrace()
+    gpu_search(g.codes, g.scales, q, k, g.exclude_rows(ex_t), allow=allow, trace=trace)
+    why = [f"{n} {what}" for n, what in ((trace.short, "short"), (trace.overflowed, "overflowed")) if n]
+    return f"{trace.passes}" + (f" ({', '.join(why)})" if why else "")
+
+
+def filtered_wide_cell(ds: Dataset, b: int, k: int, share: float | None, bw: float, grid: Grid, seed: int
+                       ) -> list[str]:
+    """Section 2c: the funnel's seeds under a row bitmap admitting ``share`` of the rows at random (the same for
+    the whole batch, as a shared genre or price filter), or (None) exactly the rows the kernel samples for its
+    bar, which misleads it, against the CPU's filtered scan, key for key."""
+    g = ds.gpu
+    q, ex = exact_queries(ds, b, seed)
+    ex_t = torch.from_numpy(ex)
+    if share is None:
+        mask = np.zeros(ds.n, bool)
+        mask[sample_rows(ds.n).numpy()] = True
+    else:
+        mask = np.random.default_rng(seed).random(ds.n, dtype=np.float32) < share
+    allow_np = filters.pack_rows(np.broadcast_to(mask, (b, ds.n)))
+    allow = torch.from_numpy(allow_np.view(np.int64)).to(g.device)
+    t_gpu, _ = timed(lambda: g.search(q, k, ex_t, allow=allow), g.device, grid)
+    got = g.search(q, k, ex_t, allow=allow)
+    want = exact_search(ds.cpu(), q.cpu().numpy(), k, ex, allow=allow_np)
+    ok = same((got["CANDIDATE_ID"].cpu().numpy(), got["CANDIDATE_SCORE"].cpu().numpy()), *want)
+    what = "the sampled rows" if share is None else f"{share:.1%}"
+    return [str(b), f"{k:,}", f"{what} ({int(mask.sum()):,} rows)", ms(t_gpu), ms(ds.n * (ds.d + 4) / bw),
+            str(int((want[0] < 0).sum())), ok, passes(g, q, k, ex_t, allow)]
+
+
+def compile_cell(device: torch.device, d: int, filtered: bool) -> list[str]:
+    """Section 0: the kernel's JIT compile for ``d`` (unfiltered or filtered) on a tiny index, apart from every
+    timed cell: the first call (compile + run), the second (run), the difference. Sizes are not specialised on,
+    so these compiles serve every N, batch and k the run meets."""
+    if triton is None:
+        return ["skipped: triton absent (the torch fallback serves)"]
+    g = torch.Generator(device=device).manual_seed(d)
+    n = 3 * 256 + 5
+    codes = torch.randint(-127, 128, (n, d), generator=g, device=device).to(torch.int8)
+    scales = torch.rand(n, generator=g, device=device) + 0.5
+    q = torch.randn(2, d, generator=g, device=device)
+    allow = torch.full((2, -(-n // 64)), -1, dtype=torch.int64, device=device) if filtered else None
+    gpu_search(codes, scales, q, 10, allow=allow, use_kernel=False)  # torch's own first calls, not the kernel's
+
+    def call() -> float:
+        t0 = time.perf_counter()
+        gpu_search(codes, scales, q, 10, allow=allow, use_kernel=True)
+        sync(device)
+        return time.perf_counter() - t0
+
+    first, second = call(), call()
+    return [str(d), "yes" if filtered else "no", f"{first:.2f}", ms(second), f"{first - second:.2f}"]
 
 
 def quantize_cell(ds: Dataset) -> list[str]:
@@ -591,6 +702,16 @@ def funnel_cells(report: Report, repository: Path | None, carry: Path | None, de
 
 
 # -------------------------------------------------------------------------------------------------- the run
+def output_path(folder: Path, gpu_name: str) -> Path:
+    """``folder/<date>-<gpu>.md``, with -2, -3, ... when a run of the day already wrote one."""
+    stem = f"{time.strftime('%Y-%m-%d')}-{re.sub(r'[^a-z0-9]+', '-', gpu_name.lower()).strip('-')}"
+    path, i = folder / f"{stem}.md", 1
+    while path.exists():
+        i += 1
+        path = folder / f"{stem}-{i}.md"
+    return path
+
+
 def environment(device: torch.device, bw: float, args: argparse.Namespace) -> list[str]:
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
@@ -607,7 +728,7 @@ def environment(device: torch.device, bw: float, args: argparse.Namespace) -> li
             versions.append(f"{name} absent")
     return [f"- device: {dev}", f"- {', '.join(versions)}; {os.cpu_count()} CPUs",
             f"- device copy bandwidth (read + write, best of 5): {bw / 1e9:,.0f} GB/s",
-            f"- budget {args.budget_s:.0f} s; seed {args.seed}"]
+            f"- kernel: {kernel_settings()}", f"- budget {args.budget_s:.0f} s; seed {args.seed}"]
 
 
 def prepare_carry(target: Path, repository: Path | None) -> int:
@@ -631,46 +752,74 @@ def prepare_carry(target: Path, repository: Path | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, help="markdown table, written row by row")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting cells after this many seconds")
+    ap.add_argument("--out", type=Path, help="the markdown file, written row by row (default: OUT_DIR/<date>-<gpu>.md)")
+    ap.add_argument("--out-dir", type=Path, default=OUT_DIR,
+                    help=f"its folder when --out is not given (default {OUT_DIR.relative_to(ROOT)}; on the GPU $OUT)")
+    ap.add_argument("--budget-s", type=float, default=270.0, help="stop starting cells after this many seconds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--interpret", action="store_true", help="CPU via the Triton interpreter, tiny sizes")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the default sections on CPU via the Triton interpreter, N = 3,000: proves the script")
     ap.add_argument("--carry", type=Path, default=DEFAULT_CARRY if DEFAULT_CARRY.is_dir() else None,
                     help=f"folder from --prepare-carry (default {DEFAULT_CARRY.relative_to(ROOT)} if present)")
     ap.add_argument("--repository", type=Path, help="a built repository (default: the carried one)")
     ap.add_argument("--prepare-carry", type=Path, metavar="DIR", help="fill DIR for the GPU machine and exit")
     ap.add_argument("--sizes", type=int, nargs="+", help="N of the datasets (default 1M 10M)")
     ap.add_argument("--dims", type=int, nargs="+")
-    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                    help="which tables to run (default all; 1-2 exact and timed at the small N, 2b issue 16's "
-                         "grid, 3 the big N (3 and 4), 5 the big batch and ks (5 and 6), 7 the served path)")
+    ap.add_argument("--sections", nargs="+", choices=(*SECTIONS, "all"), default=list(DEVICE_SECTIONS),
+                    help="which tables to run (default 0 2b 2c 7: 0 the kernel's compile, 1-2 exact and timed at "
+                         "the small N, 2b issue 16's grid at the big N, 2c its filters, 3 the big N (3 and 4), 5 the "
+                         "big batch and ks (5 and 6), 7 the served path; all: every one)")
     args = ap.parse_args(argv)
+    command = "python3 benchmarks/gpu_check.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     if args.prepare_carry is not None:
         return prepare_carry(args.prepare_carry, args.repository)
-    if args.interpret:
-        device, grid = torch.device("cpu"), INTERPRET_GRID
+    if args.interpret or args.smoke:
+        device, grid = torch.device("cpu"), SMOKE_GRID if args.smoke else INTERPRET_GRID
     elif torch.cuda.is_available():
         device, grid = torch.device("cuda"), GPU_GRID
     else:
-        print("no CUDA device: run this on a GPU machine, or pass --interpret (tiny sizes) to check the script")
+        print("no CUDA device: run this on a GPU machine, or pass --smoke / --interpret (tiny sizes, the Triton "
+              "interpreter) to check the script")
         return 2
     sizes, dims = tuple(args.sizes or grid.sizes), tuple(args.dims or grid.dims)
-    sections = set(args.sections)
+    sections = set(SECTIONS) if "all" in args.sections else set(args.sections)
     repository = args.repository or (args.carry / "model_repository" if args.carry is not None else None)
     if repository is not None and not repository.is_dir():
         repository = None
 
-    report = Report(args.out, args.budget_s)
-    bw = copy_bandwidth(device, grid)  # before the compile thread below takes a core
-    # numba compiles the CPU scan's kernels on first use (about a minute on a fresh machine): in the
-    # background while the GPU work of the first cells runs; joined before the first CPU search
-    warm = threading.Thread(target=lambda: (int_mm_is_exact(), kernels.warm_up()), name="numba-warm-up")
+    # numba compiles the CPU scan's kernels in a child process (into its cache) from the start, while the GPU
+    # cells run; joined before the first CPU search
+    warm = CpuWarmUp()
     warm.start()
-    report.line("## GPU check of the int8 ANN (benchmarks/gpu_check.py, issue 20)\n")
+    gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "interpreter"
+    out = args.out or output_path(args.out_dir, gpu_name)
+    report = Report(out, args.budget_s)
+    report.line(f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')} UTC{time.strftime('%z')}, {gpu_name}\n")
+    report.line(f"    {command}\n")
+    bw = copy_bandwidth(device, grid)
+    report.line("## GPU check of the int8 ANN (benchmarks/gpu_check.py, issues 20 and 31)\n")
     for text in environment(device, bw, args):
         report.line(text)
+
+    # 0. the kernel's compiles, before anything is timed, each d the sections use, unfiltered and filtered
+    if "0" in sections:
+        needed = set()
+        if sections & {"2b", "2c"}:
+            needed.add(grid.wide_dim)
+        if "7" in sections:
+            needed.add(dims[0])
+        if sections & {"1", "2", "3", "5"} or not needed:
+            needed.update(dims)
+        report.table("0. The kernel's compile (before any timed cell)",
+                     ["kernel", "d", "filtered", "first call s", "second call ms", "compile s (first - second)"],
+                     "`_bar_scan_kernel` on a tiny index: one compile per (d, filtered), sizes not specialised on, "
+                     "so these serve every N, batch and K below. Wall time to a synchronize.")
+        for d in sorted(needed):
+            for filtered in (False, True):
+                report.row(["_bar_scan_kernel"], lambda d=d, filtered=filtered: compile_cell(device, d, filtered))
 
     datasets: dict[tuple[int, int, str], Dataset] = {}
 
@@ -756,17 +905,33 @@ def main(argv: list[str] | None = None) -> int:
     if "2b" in sections:
         report.table(f"2b. Issue 16: the funnel's ANN step at N = {big:,}, d = {grid.wide_dim} (one head)",
                      ["N", "d", "batch", "K", "GPU ms", "torch fp16 ms", "HBM floor ms", "GPU / floor", "CPU int8 ms",
-                      "CPU / GPU", "peak extra MiB", "= CPU"],
+                      "CPU / GPU", "peak extra MiB", "= CPU", "kernel passes"],
                      "`GpuIndex.search` (what a KIND_GPU `widefunnel_ann` instance runs), device time, median; "
                      "clustered, normalised rows (as the towers' L2-normalised embeddings); queries: stored items' "
                      "own vectors with the item excluded (the funnel's seeds), one all-zero. torch fp16: the peer "
                      "one would write on a GPU (faiss-GPU stops at k = 2,048). CPU int8: `exact_search` on this "
                      f"machine's {os.cpu_count()} CPUs, wall time. `= CPU`: ids and score bits equal. The funnel "
-                     "runs two such steps (one per head).")
+                     "runs two such steps (one per head). Kernel passes: over the index, one more per rescan (a query "
+                     "the sampled bar left short of K, or whose buffer overflowed: the all-zero query ties "
+                     "everywhere).")
         for b in grid.wide_batches:
             for k in grid.wide_ks:
                 report.row([f"{big:,}", str(grid.wide_dim)], lambda b=b, k=k: wide_cell(
                     dataset(big, grid.wide_dim, "clustered"), b, k, grid, bw, args.seed + b, report), exact=True)
+
+    # 2c. the request's filters at the big size: the bitmap inside the kernel's tile, and its rescans
+    if "2c" in sections:
+        report.table(f"2c. Filters inside the kernel at N = {big:,}, d = {grid.wide_dim}",
+                     ["N", "d", "batch", "K", "filter (rows admitted)", "GPU ms", "HBM floor ms", "padded results",
+                      "= CPU", "kernel passes"],
+                     "As 2b, under one row bitmap for the batch; against `exact_search(allow=...)`. 0.5 % admits "
+                     "fewer rows than K (the sample shows it: no bar, every admitted row kept, padded). The last row "
+                     "admits exactly the rows the kernel samples for its bar: the bar is far too high, every query "
+                     "is left short and rescanned with lower bars.")
+        mid_k, big_k = grid.wide_ks[-2:]
+        for b, k, share in ((8, mid_k, 0.3), (8, mid_k, 0.01), (8, big_k, 0.005), (8, big_k, None)):
+            report.row([f"{big:,}", str(grid.wide_dim)], lambda b=b, k=k, share=share: filtered_wide_cell(
+                dataset(big, grid.wide_dim, "clustered"), b, k, share, bw, grid, args.seed + b), exact=True)
 
     # 3, 4. the big size: exactness at k = 100 (batch 32 and 1), time at batch 1 and 32
     if "3" in sections and big != small:
@@ -793,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
                      "default build's), with embeddings; CPU: `search` + `dequantized` as a KIND_CPU instance.")
         report.row(["quantize_rows_torch on the device = quantize_rows"], lambda: quantize_cell(
             dataset(small, dims[0], "random")), exact=True)
-        for b in (1, 32, 256):
+        for b in grid.served_batches:
             report.row(["widefunnel_ann GPU (search_dlpack)"], lambda b=b: served_cell(
                 dataset(small, dims[0], "random"), b, SERVED_K, grid, args.seed), exact=True)
         funnel_cells(report, repository, args.carry, device, (1, 32), grid)
@@ -803,6 +968,7 @@ def main(argv: list[str] | None = None) -> int:
     for failure in report.failed:
         report.line(f"- {failure}")
     report.close()
+    warm.close()
     return 1 if report.failed else 0
 
 

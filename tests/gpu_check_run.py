@@ -15,20 +15,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_gpu_check(tmp_path: Path, *extra: str) -> dict[str, list[list[str]]]:
-    """Run the script in interpret mode -> its table rows (cells) by section title."""
-    out = tmp_path / "gpu_check.md"
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--interpret", "--out", str(out),
-                           "--carry", str(tmp_path), *extra], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                          capture_output=True, text=True, timeout=900)
+def run_gpu_check(tmp_path: Path, *extra: str, smoke: bool = False) -> dict[str, list[list[str]]]:
+    """Run the script in interpret mode (every section), or ``smoke`` (the device run's sections, tiny, written
+    where the device run writes: a dated file in ``--out-dir``) -> its table rows (cells) by section title."""
+    if smoke:
+        args = ["--smoke", "--out-dir", str(tmp_path / "gpu")]
+    else:
+        args = ["--interpret", "--out", str(tmp_path / "gpu_check.md"), "--sections", "all"]
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", *args, "--carry", str(tmp_path), *extra],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    out = tmp_path / "gpu_check.md" if not smoke else next((tmp_path / "gpu").glob("*-interpreter.md"))
     assert out.read_text() in proc.stdout  # the file holds the printed table
+    assert out.read_text().startswith("# GPU check, ")  # the date and the machine, then the command line
+    assert "benchmarks/gpu_check.py " + " ".join(args) in out.read_text()
     sections: dict[str, list[list[str]]] = {}
     title = ""
-    for line in out.read_text().splitlines():
+    lines = out.read_text().splitlines()
+    for line, after in zip(lines, lines[1:] + [""]):
         if line.startswith("### "):
             title = line[4:]
             sections[title] = []
-        elif line.startswith("| ") and not line.startswith("| N |") and not line.startswith("| path |"):
+        elif line.startswith("| ") and not after.startswith("|---"):  # a row, not a table's header
             sections[title].append([c.strip() for c in line.strip("|").split("|")])
     return sections

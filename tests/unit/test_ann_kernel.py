@@ -119,7 +119,8 @@ _CASES = textwrap.dedent("""
     for k in (1, 10, 39, 40, 41, 100):
         trace, _ = check(index, q, k, label="ties")
     trace, _ = check(index, q[1:2], 10, label="all zero")
-    assert trace.overflowed == 1 and trace.passes == 2, trace
+    # the rescan's bar is a key (score and row): the tied rows past the 10th stored one are not kept again
+    assert trace.overflowed == 1 and trace.passes == 2 and 10 <= trace.final[0] <= 100, trace
 
     # short blocks: N not a multiple of the 256-row tile (and under one tile), every k up to and past N
     for n in (40, 257, 1000, 3001):

@@ -13,8 +13,8 @@ The kernel path (``kernel_keys``), for any k and any batch:
    j-th best, j = E + 3 sqrt(E) + 8 with E = k m / N the sample hits expected among the true top k (j = k when
    the sample is the whole index: then the bar is safe). About j N / m rows are expected to reach it.
 2. **One pass over the index** (``_bar_scan_kernel``): a [16 queries x BN rows] tile's int8 dots on the tensor
-   cores (``tl.dot``, int32 accumulate, exact), scores, the request's row bitmap and exclusion; a row scoring at
-   least its query's bar is appended to the query's buffer at a slot taken with one atomic add per (tile,
+   cores (``tl.dot``, int32 accumulate, exact), scores, the request's row bitmap and exclusion; a row whose key
+   reaches its query's bar is appended to the query's buffer at a slot taken with one atomic add per (tile,
    query) and a prefix sum inside the tile. The counter goes on counting past the buffer's end.
 3. **An exact selection**: a query with at least k survivors, all stored, has its exact top k among them (a row
    below the bar scores below k rows that reach it): ``torch.topk`` over its buffer, then a sort.
@@ -23,8 +23,9 @@ The kernel path (``kernel_keys``), for any k and any batch:
      (j x ``_RESCAN_GROWTH``, down to no bar at all once j passes the sample's admissible rows); without a bar
      every admissible row survives, and fewer than k is the answer, padded;
    * the buffer overflowed (the sample misled low, or many rows tie at the bar): the new bar is the k-th best
-     key the buffer did store (k real rows: safe, never above the true k-th score) and the buffer is as wide as
-     the counter said (the survivors of a higher bar are a subset): that pass always succeeds.
+     key the buffer did store (k real rows reach it: safe), as a key (its score, and its row for the rows that
+     tie it: an all-zero query ties everywhere, and then keeps about k rows, not N), and the buffer is as wide
+     as the counter said (the survivors of a higher bar are a subset): that pass always succeeds.
 
 Queries are launched in groups whose buffers stay under ``_KEY_BUDGET`` keys. Which queries share a launch,
 or rescan, never changes a result: each is the exact top k of its own unique keys (batch-invariant).
@@ -102,14 +103,15 @@ if triton is not None:
     # sizes are not specialised on (== 1, multiple of 16): one compile per (D, FILTERED), not one more for each
     # new batch size, index length or buffer width met while serving
     @triton.jit(do_not_specialize=["n_queries", "n_items", "n_mblocks", "n_words", "cap"])
-    def _bar_scan_kernel(q_ptr, qs_ptr, c_ptr, cs_ptr, ex_ptr, allow_ptr, bar_ptr, count_ptr, buf_ptr, n_queries,
-                         n_items, n_mblocks, n_words, cap, D: tl.constexpr, DP: tl.constexpr, BM: tl.constexpr,
-                         BN: tl.constexpr, FILTERED: tl.constexpr):
-        """One [BM queries x BN rows] tile: exact int8 dots -> scores; each admissible row scoring at least its
-        query's bar is appended to the query's buffer (``cap`` keys a query, at a slot from one atomic add on the
-        query's counter per tile and a prefix sum in the tile; the counter counts past ``cap``, the keys there
-        are dropped). A 1-D grid, query blocks fastest (the blocks of one row tile run together and share it in
-        L2; a grid's y size stops at 65,535). Row offsets in int64. The queries are zero-padded to DP columns
+    def _bar_scan_kernel(q_ptr, qs_ptr, c_ptr, cs_ptr, ex_ptr, allow_ptr, bar_ptr, bar_row_ptr, count_ptr, buf_ptr,
+                         n_queries, n_items, n_mblocks, n_words, cap, D: tl.constexpr, DP: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, FILTERED: tl.constexpr):
+        """One [BM queries x BN rows] tile: exact int8 dots -> scores; each admissible row whose key reaches its
+        query's bar (a score above ``bar``, or equal to it at a row up to ``bar_row``: the key order) is appended
+        to the query's buffer (``cap`` keys a query, at a slot from one atomic add on the query's counter per tile
+        and a prefix sum in the tile; the counter counts past ``cap``, the keys there are dropped). A 1-D grid,
+        query blocks fastest (the blocks of one row tile run together and share it in L2; a grid's y size stops
+        at 65,535). Row offsets in int64. The queries are zero-padded to DP columns
         (tl.dot: a power of two, >= 32 for the int8 MMA); the rows are read unpadded (columns >= D masked)."""
         pid = tl.program_id(0)
         pid_m = pid % n_mblocks
@@ -130,8 +132,10 @@ if triton is not None:
         cs = tl.load(cs_ptr + rn, mask=live_n, other=1.0)
         s = (acc.to(tl.float32) * cs[None, :]) * qs[:, None] + 0.0  # -0.0 keyed as +0.0, as make_keys
         bar = tl.load(bar_ptr + rm, mask=live_q, other=float("inf"))
+        bar_row = tl.load(bar_row_ptr + rm, mask=live_q, other=-1)
         ex = tl.load(ex_ptr + rm, mask=live_q, other=-1)
-        keep = live_q[:, None] & live_n[None, :] & (rn[None, :].to(tl.int64) != ex[:, None]) & (s >= bar[:, None])
+        above = (s > bar[:, None]) | ((s == bar[:, None]) & (rn[None, :] <= bar_row[:, None]))
+        keep = live_q[:, None] & live_n[None, :] & (rn[None, :].to(tl.int64) != ex[:, None]) & above
         if FILTERED:  # the row bitmap (``filters``): bit rn & 63 of word rn >> 6, an int64 view of the uint64
             word = tl.load(allow_ptr + rm[:, None].to(tl.int64) * n_words + (rn[None, :] >> 6),
                            mask=live_q[:, None] & live_n[None, :], other=0)
@@ -145,6 +149,12 @@ if triton is not None:
             ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
             key = ordered.to(tl.int64) * 4294967296 + (4294967295 - rn[None, :].to(tl.int64))
             tl.store(buf_ptr + rm[:, None].to(tl.int64) * cap + slot, key, mask=keep & (slot < cap))
+
+
+def kernel_settings() -> str:
+    """The kernel's tiles and the bar's sample, for a report."""
+    return (f"tiles of {_BM} queries x {_BN} rows, {_WARPS} warps; bar from 1 row in {_SAMPLE_STEP} (at least "
+            f"{_SAMPLE_MIN}); rescan growth {_RESCAN_GROWTH}; buffers <= {_KEY_BUDGET:,} keys a launch")
 
 
 def _next_pow2(x: int) -> int:
@@ -168,7 +178,8 @@ class KernelTrace:
     passes: int = 0
     short: int = 0
     overflowed: int = 0
-    survivors: list[int] = field(default_factory=list)  # the first pass's survivors per query
+    survivors: list[tuple[int, int]] = field(default_factory=list)  # (query, survivors) of the first pass
+    final: dict[int, int] = field(default_factory=dict)  # query -> the survivors of its last pass
 
 
 @dataclass
@@ -231,10 +242,11 @@ def _caps(scan: _Scan, ranks: torch.Tensor, m: int) -> torch.Tensor:
     return (2 * expect.clamp(min=scan.kk) + _CAP_SLACK).clamp(max=max(1, scan.n))
 
 
-def _launch(scan: _Scan, queries: torch.Tensor, bars: torch.Tensor, cap: int
+def _launch(scan: _Scan, queries: torch.Tensor, bars: torch.Tensor, bar_rows: torch.Tensor, cap: int
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass of the kernel over the index for ``queries`` -> (buffer int64 [q, cap], survivors int64 [q] on
-    the host; slots past a count are garbage)."""
+    """One pass of the kernel over the index for ``queries`` with their bars (a score, and the last row kept
+    where a row ties it: float32 and int32 [q]) -> (buffer int64 [q, cap], survivors int64 [q] on the host;
+    slots past a count are garbage)."""
     b, (n, d) = len(queries), scan.codes.shape
     dp = scan.qc.shape[1]
     counts = torch.zeros(b, dtype=torch.int32, device=scan.qs.device)
@@ -245,7 +257,7 @@ def _launch(scan: _Scan, queries: torch.Tensor, bars: torch.Tensor, cap: int
     words = scan.allow[queries].contiguous() if filtered else exclude  # any int64 tensor: never read unfiltered
     grid = (n_mblocks * triton.cdiv(n, _BN),)
     _bar_scan_kernel[grid](scan.qc[queries].contiguous(), scan.qs[queries].contiguous(), scan.codes, scan.scales,
-                           exclude, words, bars.contiguous(), counts, buf, b, n, n_mblocks,
+                           exclude, words, bars.contiguous(), bar_rows.contiguous(), counts, buf, b, n, n_mblocks,
                            words.shape[1] if filtered else 0, cap, D=d, DP=dp, BM=_BM, BN=_BN, FILTERED=filtered,
                            num_warps=_WARPS)
     return buf, counts.to(torch.int64).cpu()
@@ -279,13 +291,16 @@ def kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor,
                  qs.contiguous(), exclude.contiguous(), None if allow is None else allow.contiguous(), kk)
     rows = sample_rows(n, qc.device)
     m = len(rows)
-    pending = torch.arange(b, device=qc.device)
-    ranks = torch.full((b,), _first_rank(scan, m), dtype=torch.int64, device=qc.device)
-    bars = _bars(scan, pending, ranks, rows)
+    dev = qc.device
+    # the pending queries and, per query: its bar (a score; the last row kept at a tie with it: n, every row, for
+    # a score from the sample), its buffer width (on the host) and the sample rank its bar came from
+    pending = torch.arange(b, device=dev)
+    ranks = torch.full((b,), _first_rank(scan, m), dtype=torch.int64, device=dev)
+    bars, bar_rows = _bars(scan, pending, ranks, rows), torch.full((b,), n, dtype=torch.int32, device=dev)
     caps = _caps(scan, ranks, m)
     while len(pending):
         trace.passes += 1
-        again, again_bars, again_caps, again_ranks = [], [], [], []
+        again: list[tuple[torch.Tensor, ...]] = []  # (queries, bars, bar rows, caps, ranks) of the next pass
         order = torch.argsort(caps, stable=True)  # similar widths share a launch
         start = 0
         while start < len(order):
@@ -293,41 +308,38 @@ def kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor,
             while end < len(order) and (end + 1 - start) * int(caps[order[end]]) <= _KEY_BUDGET:
                 end += 1
             cap = int(caps[order[end - 1]])
-            idx = order[start:end].to(qc.device)
-            queries = pending[idx]
-            buf, counts = _launch(scan, queries, bars[idx], cap)
+            idx = order[start:end].to(dev)
+            queries, bar, bar_row, rank = pending[idx], bars[idx], bar_rows[idx], ranks[idx]
+            buf, counts = _launch(scan, queries, bar, bar_row, cap)
             trace.launches += 1
             if trace.passes == 1:
                 trace.survivors.extend(zip(queries.tolist(), counts.tolist()))
-            no_bar = torch.isinf(bars[idx]).cpu()
+            trace.final.update(zip(queries.tolist(), counts.tolist()))
             over = counts > cap
-            short = (counts < kk) & ~no_bar & ~over
-            done = ~over & ~short
-            if bool(done.any()):
-                sel = torch.nonzero(done).squeeze(1)
-                out[queries[sel.to(qc.device)]] = _selected(buf[sel.to(qc.device)], counts[sel], kk)
-            if bool(over.any()):  # the k-th best stored key: k real rows, a safe bar; the count bounds the width
+            short = (counts < kk) & ~torch.isinf(bar).cpu() & ~over
+            done = torch.nonzero(~over & ~short).squeeze(1).to(dev)
+            if len(done):
+                out[queries[done]] = _selected(buf[done], counts[done.cpu()], kk)
+            if bool(over.any()):
+                # the k-th best key the buffer did store: k real rows reach it, so a safe bar (as a key: its score,
+                # and its row for the rows tying it); its survivors are a subset of this pass's, so the count
+                # bounds the width
                 sel = torch.nonzero(over).squeeze(1)
-                top = torch.topk(buf[sel.to(qc.device)], kk, dim=1).values[:, -1]
-                again.append(queries[sel.to(qc.device)])
-                again_bars.append(decode_keys(top)[1])
-                again_caps.append(counts[sel])
-                again_ranks.append(ranks[idx][sel.to(qc.device)])
+                kth = torch.topk(buf[sel.to(dev)], kk, dim=1).values[:, -1]
+                kth_rows, kth_scores, _ = decode_keys(kth)
+                again.append((queries[sel.to(dev)], kth_scores, kth_rows.to(torch.int32), counts[sel],
+                              rank[sel.to(dev)]))
                 trace.overflowed += len(sel)
             if bool(short.any()):  # a lower bar (none once the rank passes the sample's admissible rows)
-                sel = torch.nonzero(short).squeeze(1).to(qc.device)
-                r = ranks[idx][sel] * _RESCAN_GROWTH
-                again.append(queries[sel])
-                again_bars.append(_bars(scan, queries[sel], r, rows))
-                again_caps.append(_caps(scan, r, m))
-                again_ranks.append(r)
+                sel = torch.nonzero(short).squeeze(1).to(dev)
+                r = rank[sel] * _RESCAN_GROWTH
+                again.append((queries[sel], _bars(scan, queries[sel], r, rows), bar_row[sel], _caps(scan, r, m), r))
                 trace.short += len(sel)
             del buf
             start = end
         if not again:
             break
-        pending, bars = torch.cat(again), torch.cat(again_bars)
-        caps, ranks = torch.cat(again_caps), torch.cat(again_ranks)
+        pending, bars, bar_rows, caps, ranks = (torch.cat(parts) for parts in zip(*again))
     return out
 
 
