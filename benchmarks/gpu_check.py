@@ -69,7 +69,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the GPU machine runs this from a copy of the tree, the package not installed
 
-from widefunnel.ann import filters, kernels  # noqa: E402
+from widefunnel.ann import filters, kernels, triton_kernel  # noqa: E402
 from widefunnel.ann.index import Int8Index  # noqa: E402
 from widefunnel.ann.quantize import quantize_rows  # noqa: E402
 from widefunnel.ann.search import exact_search, int_mm_is_exact, prepare_index  # noqa: E402
@@ -766,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepare-carry", type=Path, metavar="DIR", help="fill DIR for the GPU machine and exit")
     ap.add_argument("--sizes", type=int, nargs="+", help="N of the datasets (default 1M 10M)")
     ap.add_argument("--dims", type=int, nargs="+")
+    ap.add_argument("--tile", type=int, nargs=2, metavar=("BN", "WARPS"),
+                    help="the kernel's rows per tile and warps (default: triton_kernel's _BN and _WARPS)")
     ap.add_argument("--sections", nargs="+", choices=(*SECTIONS, "all"), default=list(DEVICE_SECTIONS),
                     help="which tables to run (default 0 2b 2c 7: 0 the kernel's compile, 1-2 exact and timed at "
                          "the small N, 2b issue 16's grid at the big N, 2c its filters, 3 the big N (3 and 4), 5 the "
@@ -776,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     if args.prepare_carry is not None:
         return prepare_carry(args.prepare_carry, args.repository)
+    if args.tile:  # before the first compile: the tile is a compile-time constant of the kernel
+        triton_kernel._BN, triton_kernel._WARPS = args.tile
     if args.interpret or args.smoke:
         device, grid = torch.device("cpu"), SMOKE_GRID if args.smoke else INTERPRET_GRID
     elif torch.cuda.is_available():

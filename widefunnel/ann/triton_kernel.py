@@ -66,7 +66,8 @@ except ImportError:  # pragma: no cover - triton is a declared dependency, but k
 
 _BM = 16  # queries per tile (tl.dot needs >= 16 rows)
 _BN = 256  # index rows per tile
-_WARPS = 4
+_WARPS = 8  # a [16 x 256] tile's scores, keys and slots over 256 threads: 16 elements each (untuned on a GPU;
+# ``benchmarks/gpu_check.py --tile BN WARPS`` tries others)
 _SAMPLE_STEP = 64  # the bar's sample: 1 row in this many ...
 _SAMPLE_MIN = 256  # ... at least this many (all rows of a smaller index)
 _RESCAN_GROWTH = 8  # a query left short rescans with its sample rank j times this (a lower bar)
@@ -193,18 +194,21 @@ class _Scan:
     exclude: torch.Tensor  # int64 [B]
     allow: torch.Tensor | None  # int64 [B, W]
     kk: int
+    rows: torch.Tensor  # int64 [m]: the sampled rows (``sample_rows``) ...
+    sample_codes: torch.Tensor  # ... their codes, int8 [m, d] ...
+    sample_scales: torch.Tensor  # ... and scales, float32 [m], gathered once per search
 
     @property
     def n(self) -> int:
         return int(self.codes.shape[0])
 
 
-def _sample_keys(scan: _Scan, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Exact keys of the sampled ``rows`` for ``queries`` (indices into the batch) -> int64 [q, m], INT64_MIN
-    where a row is refused (the query's exclusion, its bitmap)."""
-    d = scan.codes.shape[1]
-    qc, qs = scan.qc[queries, :d], scan.qs[queries]
-    scores = scores_from_dot(int_dot(qc, scan.codes[rows]), scan.scales[rows], qs[:, None])
+def _sample_keys(scan: _Scan, queries: torch.Tensor) -> torch.Tensor:
+    """Exact keys of the sampled rows for ``queries`` (indices into the batch) -> int64 [q, m], INT64_MIN where a
+    row is refused (the query's exclusion, its bitmap)."""
+    d, rows = scan.codes.shape[1], scan.rows
+    qc, qs = scan.qc[queries, :d].contiguous(), scan.qs[queries]
+    scores = scores_from_dot(int_dot(qc, scan.sample_codes), scan.sample_scales, qs[:, None])
     dead = rows[None, :] == scan.exclude[queries][:, None]
     if scan.allow is not None:
         dead |= ((scan.allow[queries][:, rows >> 6] >> (rows & 63)[None, :]) & 1) == 0
@@ -220,15 +224,15 @@ def _first_rank(scan: _Scan, m: int) -> int:
     return int(expect + 3 * math.sqrt(expect) + 8)
 
 
-def _bars(scan: _Scan, queries: torch.Tensor, ranks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _bars(scan: _Scan, queries: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
     """Each query's bar: the score of its ``ranks``-th best sampled key, -inf (no bar) where the sample holds
     fewer admissible rows. float32 [q]."""
     bars = torch.empty(len(queries), dtype=torch.float32, device=scan.qs.device)
-    m = len(rows)
+    m = len(scan.rows)
     step = max(1, _SAMPLE_KEYS // max(1, m))
     for q0 in range(0, len(queries), step):
         sub, j = queries[q0:q0 + step], ranks[q0:q0 + step]
-        top = torch.topk(_sample_keys(scan, sub, rows), int(min(m, int(j.max()))), dim=1).values
+        top = torch.topk(_sample_keys(scan, sub), int(min(m, int(j.max()))), dim=1).values
         kth = top.gather(1, (j.clamp(max=m) - 1)[:, None])[:, 0]
         _, score, valid = decode_keys(kth)
         bars[q0:q0 + step] = torch.where(valid & (j <= m), score, -float("inf"))
@@ -263,11 +267,12 @@ def _launch(scan: _Scan, queries: torch.Tensor, bars: torch.Tensor, bar_rows: to
     return buf, counts.to(torch.int64).cpu()
 
 
-def _selected(buf: torch.Tensor, counts: torch.Tensor, kk: int) -> torch.Tensor:
-    """The best ``kk`` keys of each query's stored survivors (its first ``counts`` slots), sorted; INT64_MIN pads
-    a query with fewer."""
+def _selected(buf: torch.Tensor, done: torch.Tensor, counts: torch.Tensor, kk: int) -> torch.Tensor:
+    """The best ``kk`` keys of the stored survivors (the first ``counts`` slots) of the buffer rows ``done`` (bool,
+    on the host), sorted; INT64_MIN pads a query with fewer. Only the slots some query filled are read."""
+    counts = counts[done]
     width = int(counts.max()) if len(counts) else 0
-    keys = buf[:, :width]
+    keys = buf[:, :width] if bool(done.all()) else buf[done.to(buf.device), :width]
     keys = torch.where(torch.arange(width, device=buf.device)[None, :] < counts.to(buf.device)[:, None], keys,
                        INT64_MIN)
     if width < kk:
@@ -287,16 +292,17 @@ def kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor,
     if b == 0 or kk == 0:
         return out
     dp = max(32, _next_pow2(d))
-    scan = _Scan(codes_t.contiguous(), scales_t.contiguous(), torch.nn.functional.pad(qc, (0, dp - d)),
-                 qs.contiguous(), exclude.contiguous(), None if allow is None else allow.contiguous(), kk)
-    rows = sample_rows(n, qc.device)
-    m = len(rows)
     dev = qc.device
+    rows = sample_rows(n, dev)
+    m = len(rows)
+    scan = _Scan(codes_t.contiguous(), scales_t.contiguous(), torch.nn.functional.pad(qc, (0, dp - d)),
+                 qs.contiguous(), exclude.contiguous(), None if allow is None else allow.contiguous(), kk, rows,
+                 codes_t[rows], scales_t[rows])
     # the pending queries and, per query: its bar (a score; the last row kept at a tie with it: n, every row, for
     # a score from the sample), its buffer width (on the host) and the sample rank its bar came from
     pending = torch.arange(b, device=dev)
     ranks = torch.full((b,), _first_rank(scan, m), dtype=torch.int64, device=dev)
-    bars, bar_rows = _bars(scan, pending, ranks, rows), torch.full((b,), n, dtype=torch.int32, device=dev)
+    bars, bar_rows = _bars(scan, pending, ranks), torch.full((b,), n, dtype=torch.int32, device=dev)
     caps = _caps(scan, ranks, m)
     while len(pending):
         trace.passes += 1
@@ -312,14 +318,15 @@ def kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor,
             queries, bar, bar_row, rank = pending[idx], bars[idx], bar_rows[idx], ranks[idx]
             buf, counts = _launch(scan, queries, bar, bar_row, cap)
             trace.launches += 1
+            survived = list(zip(queries.tolist(), counts.tolist()))
             if trace.passes == 1:
-                trace.survivors.extend(zip(queries.tolist(), counts.tolist()))
-            trace.final.update(zip(queries.tolist(), counts.tolist()))
+                trace.survivors.extend(survived)
+            trace.final.update(survived)
             over = counts > cap
             short = (counts < kk) & ~torch.isinf(bar).cpu() & ~over
-            done = torch.nonzero(~over & ~short).squeeze(1).to(dev)
-            if len(done):
-                out[queries[done]] = _selected(buf[done], counts[done.cpu()], kk)
+            done = ~over & ~short
+            if bool(done.any()):
+                out[queries[done.to(dev)]] = _selected(buf, done, counts, kk)
             if bool(over.any()):
                 # the k-th best key the buffer did store: k real rows reach it, so a safe bar (as a key: its score,
                 # and its row for the rows tying it); its survivors are a subset of this pass's, so the count
@@ -333,7 +340,8 @@ def kernel_keys(codes_t: torch.Tensor, scales_t: torch.Tensor, qc: torch.Tensor,
             if bool(short.any()):  # a lower bar (none once the rank passes the sample's admissible rows)
                 sel = torch.nonzero(short).squeeze(1).to(dev)
                 r = rank[sel] * _RESCAN_GROWTH
-                again.append((queries[sel], _bars(scan, queries[sel], r, rows), bar_row[sel], _caps(scan, r, m), r))
+                again.append((queries[sel], _bars(scan, queries[sel], r), torch.full_like(bar_row[sel], n),
+                              _caps(scan, r, m), r))
                 trace.short += len(sel)
             del buf
             start = end
