@@ -427,9 +427,9 @@ Every value is a percentage, except AUCs and counts.
 
 ## Setup
 
-- Data: MovieLens-100K, co-engaged pairs (rating >= {cfg['data']['min_rating']}, window {cfg['data']['window']}),
-  split by time at the {cfg['data']['split_quantile']:g} quantile: {r['train_pairs']} training pairs,
-  {r['test_pairs']} held-out pairs.
+- Data: MovieLens-100K, co-engaged pairs (positives: `[dataset] positive = "{cfg['dataset']['positive']}"`,
+  window {cfg['data']['window']}), split by time at the {cfg['data']['split_quantile']:g} quantile:
+  {r['train_pairs']} training pairs, {r['test_pairs']} held-out pairs.
 - Query set: the {r['queries']} distinct query items of the held-out pairs (cap `data.max_eval_queries` =
   {cfg['data']['max_eval_queries']}); T(q) = every item co-engaged with q after the split; the seed is excluded
   from its own results.

@@ -42,7 +42,7 @@ def measure(args: argparse.Namespace) -> tuple[list[tuple[str, dict[int, float]]
         data = TrainingData.load(cfg, progress=False)
     loaded = time.monotonic()
     d = cfg["data"]
-    split = time_split(co_engagement_pairs(data.interactions, d["min_rating"], d["window"]), data.interactions,
+    split = time_split(co_engagement_pairs(data.interactions, d["window"]), data.interactions,
                        d["split_quantile"], data.catalogue.table_size)  # every training pair (the cap is the towers')
     ev = E.build_eval_set(data.split.test, data.catalogue, data.split.fresh_items, d["max_eval_queries"], cfg["seed"])
     tower = train_towers(data, cfg, progress=False)

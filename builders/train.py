@@ -41,7 +41,7 @@ class TrainingData:
         """``dataset``: already loaded (the CLI checks it before anything is written); else the config's."""
         dataset = dataset if dataset is not None else load_configured_dataset(cfg)
         catalogue, inter = funnel_data(dataset, cfg["dataset"])
-        pairs = co_engagement_pairs(inter, cfg["data"]["min_rating"], cfg["data"]["window"])
+        pairs = co_engagement_pairs(inter, cfg["data"]["window"])
         split = time_split(pairs, inter, cfg["data"]["split_quantile"], catalogue.table_size)
         cap = cfg["data"]["max_train_pairs"]
         if 0 < cap < len(split.train):
@@ -227,7 +227,7 @@ def scorer_examples(data: TrainingData, cfg: dict, negatives_per_positive: int =
     """Co-engaged pairs over every interaction, labelled by the config's tasks (`[dataset.tasks]`: by default
     engaged, liked = rating >= 4, loved = rating 5); random negatives."""
     rng = np.random.default_rng(cfg["seed"])
-    every = co_engagement_pairs(data.interactions, 1, cfg["data"]["window"], every=True)
+    every = co_engagement_pairs(data.interactions, cfg["data"]["window"], every=True)
     every = every.take(every.timestamp <= data.split.split_time)
     pick = rng.choice(len(every), size=min(len(every), 150_000), replace=False)
     q, t, r = every.query[pick], every.target[pick], every.rating[pick]

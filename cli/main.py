@@ -19,7 +19,7 @@ DEMO_SEEDS = (1, 50, 181, 98, 423)  # Toy Story, Star Wars, Return of the Jedi, 
 def _build(args: argparse.Namespace) -> int:
     from widefunnel.builders.repository import build
     from widefunnel.builders.train import load_configured_dataset
-    from widefunnel.config import load_config
+    from widefunnel.config import ConfigError, load_config
     from widefunnel.dataset import DatasetConfigError, DatasetError
     from widefunnel.model_configs import Target
 
@@ -27,7 +27,7 @@ def _build(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, {"dataset": {"path": str(dataset_path)}} if dataset_path else None)
         dataset = load_configured_dataset(cfg)  # checked whole before anything is written
-    except (DatasetError, DatasetConfigError) as exc:
+    except (ConfigError, DatasetError, DatasetConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

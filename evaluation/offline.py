@@ -26,8 +26,8 @@ import numpy as np
 
 from widefunnel.ann.index import Int8Index, build_index
 from widefunnel.ann.search import exact_search
-from widefunnel.builders.train import relevance_levels, relevance_thresholds
-from widefunnel.data import Catalogue, Pairs, co_engagement_pairs, load_catalogue, load_interactions, time_split
+from widefunnel.builders.train import load_configured_dataset, relevance_levels, relevance_thresholds
+from widefunnel.data import Catalogue, Pairs, co_engagement_pairs, funnel_data, time_split
 from widefunnel.merge import HEADS, quota_merge
 from widefunnel.tensor_names import Step
 
@@ -326,7 +326,7 @@ def heldout_scorer_examples(data, cfg: dict, max_pairs: int = 40000) -> dict[str
     ratings (engaged), liked = rating >= 4, loved = rating 5, one random negative per positive; ordinal
     relevance level from the teacher with the training thresholds."""
     rng = np.random.default_rng(cfg["seed"] + 1)
-    every = co_engagement_pairs(data.interactions, 1, cfg["data"]["window"], every=True)
+    every = co_engagement_pairs(data.interactions, cfg["data"]["window"], every=True)
     every = every.take(every.timestamp > data.split.split_time)
     pick = rng.choice(len(every), size=min(len(every), max_pairs), replace=False)
     q, t, r = every.query[pick], every.target[pick], every.rating[pick]
@@ -444,8 +444,9 @@ def funnel_table(source: FunnelSource, ev: EvalSet, alphas: tuple[float, ...], k
 
 
 def eval_set_for(cfg: dict) -> EvalSet:
-    """The query set of a config without training anything (the served mode needs only the split)."""
-    catalogue, inter = load_catalogue(), load_interactions()
-    pairs = co_engagement_pairs(inter, cfg["data"]["min_rating"], cfg["data"]["window"])
+    """The query set of a config without training anything (the served mode needs only the split): the same
+    dataset, internal ids and positives (`[dataset] positive`) as the build's `TrainingData.load`."""
+    catalogue, inter = funnel_data(load_configured_dataset(cfg), cfg["dataset"])
+    pairs = co_engagement_pairs(inter, cfg["data"]["window"])
     split = time_split(pairs, inter, cfg["data"]["split_quantile"], catalogue.table_size)
     return build_eval_set(split.test, catalogue, split.fresh_items, cfg["data"]["max_eval_queries"], cfg["seed"])

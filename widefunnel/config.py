@@ -14,6 +14,18 @@ Config = dict[str, Any]
 # Tables a user's config replaces whole (their keys are the user's names: tasks, fields), not key by key.
 REPLACED_TABLES = ("weights", "tasks", "roles")
 DEFAULT_TASK_WEIGHT = 1.0
+# Keys that had another owner once: a config still setting one is refused naming what replaced it, so a file
+# written for an older build fails loudly rather than being half-applied.
+REMOVED_KEYS = {
+    "data.min_rating": '[dataset] positive, a condition on the log\'s fields (e.g. positive = "rating >= 4")',
+}
+
+
+class ConfigError(KeyError):
+    """A user's config names a key the defaults lack (a KeyError, as before; printed without KeyError's quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def task_names(config: Config) -> list[str]:
@@ -40,8 +52,10 @@ def _overlay(base: Config, override: Config, path: str = "") -> Config:
     out = copy.deepcopy(base)
     for key, value in override.items():
         where = f"{path}{key}"
+        if where in REMOVED_KEYS:
+            raise ConfigError(f"config key '{where}' is no longer read: set {REMOVED_KEYS[where]}")
         if key not in base:
-            raise KeyError(f"unknown config key '{where}'")
+            raise ConfigError(f"unknown config key '{where}'")
         if isinstance(base[key], dict) and key not in REPLACED_TABLES:
             if not isinstance(value, dict):
                 raise TypeError(f"config key '{where}' must be a table")

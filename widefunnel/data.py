@@ -71,7 +71,7 @@ class Interactions:
     items: np.ndarray
     ratings: np.ndarray
     timestamps: np.ndarray
-    positive: np.ndarray | None = None  # bool [M]: `[dataset] positive`; None: ratings >= data.min_rating
+    positive: np.ndarray | None = None  # bool [M]: `[dataset] positive` (`funnel_data`); None: every row
     labels: np.ndarray | None = None  # bool [M, T]: `[dataset.tasks]`; None: engaged, rating >= 4, rating 5
 
 
@@ -151,13 +151,12 @@ def interactions_of(dataset: Dataset) -> Interactions:
     )
 
 
-def co_engagement_pairs(inter: Interactions, min_rating: int, window: int, every: bool = False) -> Pairs:
+def co_engagement_pairs(inter: Interactions, window: int, every: bool = False) -> Pairs:
     """(query, target) for each positive and the same user's next `window` positives, both directions.
-    Positives: ``inter.positive`` where the config set it, else ratings >= ``min_rating``; ``every``: all rows."""
-    if every:
-        keep = np.ones(len(inter.items), dtype=bool)
-    else:
-        keep = inter.positive if inter.positive is not None else inter.ratings >= min_rating
+
+    Positives are ``inter.positive``, which `funnel_data` sets from `[dataset] positive` (its one owner); a log
+    without labels, or ``every``, counts every row."""
+    keep = np.ones(len(inter.items), dtype=bool) if every or inter.positive is None else inter.positive
     users, items = inter.users[keep], inter.items[keep]
     ratings, ts = inter.ratings[keep], inter.timestamps[keep]
     rows = np.flatnonzero(keep)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from widefunnel.client.router import external_of
-from widefunnel.config import load_config
+from widefunnel.config import ConfigError, load_config
 from widefunnel.data import funnel_data, load_catalogue, load_interactions
 from widefunnel.dataset import DatasetConfigError, load_dataset
 from widefunnel.dataset.conditions import Condition
@@ -29,6 +29,34 @@ def test_movielens_through_the_generic_path_keeps_internal_equal_to_external():
     np.testing.assert_array_equal(inter.positive, load_interactions().ratings >= 4)
     ratings = load_interactions().ratings
     np.testing.assert_array_equal(inter.labels, np.stack([ratings >= 1, ratings >= 4, ratings >= 5], axis=1))
+
+
+def test_positives_have_one_owner_the_dataset_condition(tmp_path):
+    """`[dataset] positive` labels the log for training and evaluation alike; the old `data.min_rating` is refused
+    naming its replacement, and MovieLens' eval set is the one the raw loaders gave with ratings >= 4."""
+    from widefunnel.data import Interactions, co_engagement_pairs, time_split
+    from widefunnel.evaluation.offline import build_eval_set, eval_set_for
+
+    old = tmp_path / "old.toml"
+    old.write_text("[data]\nmin_rating = 3\n")
+    for attempt in (lambda: load_config(old), lambda: load_config(overrides={"data": {"min_rating": 4}})):
+        with pytest.raises(ConfigError, match=r"'data.min_rating' is no longer read: set \[dataset\] positive"):
+            attempt()
+    with pytest.raises(KeyError, match="unknown config key 'data.min_ratings'"):
+        load_config(overrides={"data": {"min_ratings": 4}})
+
+    cfg = load_config()
+    raw = load_interactions()
+    labelled = Interactions(raw.users, raw.items, raw.ratings, raw.timestamps, raw.ratings >= 4)
+    pairs = co_engagement_pairs(labelled, cfg["data"]["window"])
+    split = time_split(pairs, raw, cfg["data"]["split_quantile"], load_catalogue().table_size)
+    want = build_eval_set(split.test, load_catalogue(), split.fresh_items, cfg["data"]["max_eval_queries"], cfg["seed"])
+    got = eval_set_for(cfg)
+    for name in ("seeds", "targets", "genres", "fresh"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    assert len(co_engagement_pairs(raw, 5)) > len(pairs)  # a log without labels: every row is a positive
+    every = eval_set_for(load_config(overrides={"dataset": {"positive": ""}}))
+    assert every.targets.sum() > got.targets.sum()  # the eval set follows the condition, as training does
 
 
 def test_sparse_ids_map_both_ways_and_unknown_ones_become_none():
