@@ -1,11 +1,12 @@
 """The funnel computed in one process from a repository's artifacts: onnxruntime on the same ONNX files,
-the same ANN and merge code. It is the parity reference for the served ensemble, and the "one process"
-baseline when measuring the ensemble's overhead.
+the same ANN, filter and merge code. It is the parity reference for the served ensemble, and the "one process"
+baseline when measuring the ensemble's overhead, so it takes every request the ensemble takes, filters named
+after a dataset's own item fields included (`field_filters`, read from the build's `item_fields.npz`).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,9 @@ from widefunnel.ann.filters import HeadFilter
 from widefunnel.ann.index import Int8Index, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import prepare_index
+from widefunnel.field_filters import FieldSchema, ItemFields
 from widefunnel.item_ids import InternalTakedowns, ItemIds
-from widefunnel.layout import CATALOGUE_FILE, CONFIG_FILE, INDEX_DIR, ITEM_ATTRIBUTES, ONNX_FILE
+from widefunnel.layout import CATALOGUE_FILE, CONFIG_FILE, INDEX_DIR, ITEM_ATTRIBUTES, ITEM_FIELDS, ONNX_FILE
 from widefunnel.merge import HEADS, Recommendation, merge_batch
 from widefunnel.takedowns import TakedownWatch
 from widefunnel.tensor_names import Client, Step
@@ -28,6 +30,7 @@ from widefunnel.validation import (
     filter_tensors,
     recommend_tensors,
     refuse_taken_down,
+    validate_field_filters,
     validate_filters,
     validate_request,
 )
@@ -54,6 +57,22 @@ def _parameters(repository: Path, model: str) -> dict[str, str]:
     return {k: v.string_value for k, v in config.parameters.items()}
 
 
+def _field_schema(folder: Path) -> FieldSchema:
+    """The filters preprocess takes for a version folder: none without `item_fields.npz` (MovieLens, older builds)."""
+    path = folder / ITEM_FIELDS
+    return ItemFields.load(path).schema() if path.exists() else FieldSchema((), ())
+
+
+@dataclass(frozen=True)
+class RequestFilters:
+    """One request's filters as preprocess hands them to the ANN steps: ``valid`` (exclusions already in internal
+    ids) and the build's field filters packed (FIELD_TOKENS int64 [B, T], FIELD_RANGES float32 [B, 2F])."""
+
+    valid: ValidFilters
+    field_tokens: np.ndarray
+    field_ranges: np.ndarray
+
+
 class InProcessFunnel:
     """``ann_device`` (a torch device, e.g. "cuda"): heads that search exactly do so on that device through
     ``GpuIndex``, as a KIND_GPU ``widefunnel_ann`` instance does (IVF heads stay on the CPU, as there).
@@ -76,6 +95,7 @@ class InProcessFunnel:
         self.takedowns = TakedownWatch(repository)
         # requests and answers in the catalogue's ids; `retrieve` and `rerank` take internal ones, as the steps do
         self.ids = ItemIds.load(repository / "preprocess" / str(v["preprocess"]))
+        self.fields = _field_schema(repository / "preprocess" / str(v["preprocess"]))
         self.indexes: dict[str, Int8Index] = {}
         self.rerankers: dict[str, ort.InferenceSession] = {}
         self.ann_params: dict[str, dict[str, str]] = {}
@@ -85,10 +105,10 @@ class InProcessFunnel:
             self.rerankers[head] = _session(
                 repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / ONNX_FILE, threads)
             self.ann_params[head] = _parameters(repository, f"ann_{head}")
-            index = self.indexes[head]
-            self.head_filters[head] = HeadFilter(index.ids, prepare_index(index).rows_of, repository / f"ann_{head}"
-                                                 / str(v[f"ann_{head}"]) / ITEM_ATTRIBUTES,
-                                                 InternalTakedowns(self.ids, self.takedowns.ids))
+            index, folder = self.indexes[head], repository / f"ann_{head}" / str(v[f"ann_{head}"])
+            self.head_filters[head] = HeadFilter(index.ids, prepare_index(index).rows_of, folder / ITEM_ATTRIBUTES,
+                                                 InternalTakedowns(self.ids, self.takedowns.ids),
+                                                 folder / ITEM_FIELDS)
         self.gpu_indexes: dict[str, GpuIndex] = {}
         if ann_device is not None:
             from widefunnel.ann.triton_kernel import GpuIndex  # imports triton: only when asked for
@@ -96,21 +116,31 @@ class InProcessFunnel:
             self.gpu_indexes = {head: GpuIndex.from_index(self.indexes[head], ann_device) for head in mcfg.HEADS
                                 if self.ann_params[head]["search"] != "ivf" or self.indexes[head].ivf is None}
 
-    def filters(self, batch: int, **filters) -> ValidFilters:
-        """``exclude``, ``include_genres``, ``exclude_genres``, ``years`` (as the client takes them), validated
-        as preprocess validates them."""
-        return validate_filters(self.limits, batch, **filter_tensors(**filters, batch=batch))
+    def filters(self, batch: int, **filters) -> RequestFilters:
+        """``exclude``, ``include_genres``, ``exclude_genres``, ``years`` and ``fields`` (the build's own field
+        filters, ``{"include_brand": [...], "min_price": 10.0}``), as the client takes them, validated as
+        preprocess validates them (a RequestError naming the field), exclusions mapped to internal ids."""
+        tensors = filter_tensors(**filters, batch=batch)
+        basic = {name: tensors.pop(name) for name in ValidFilters.FIELDS if name in tensors}
+        valid = validate_filters(self.limits, batch, **basic)
+        field_tokens, field_ranges = validate_field_filters(self.fields, batch, tensors)
+        if self.ids is not None:  # an id not in the catalogue excludes nothing, as in preprocess
+            valid = replace(valid, exclude_ids=self.ids.to_internal(valid.exclude_ids))
+        return RequestFilters(valid, field_tokens, field_ranges)
 
-    def _allow(self, head: str, filters: ValidFilters | None, batch: int) -> np.ndarray | None:
+    def _allow(self, head: str, filters: RequestFilters | None, batch: int) -> np.ndarray | None:
         if filters is None:
             return self.head_filters[head].allow(batch)
-        return self.head_filters[head].allow(batch, filters.exclude_ids, filters.genres_any[:, 0],
-                                             filters.genres_none[:, 0], filters.years)
+        valid = filters.valid
+        return self.head_filters[head].allow(batch, valid.exclude_ids, valid.genres_any[:, 0],
+                                             valid.genres_none[:, 0], valid.years, filters.field_tokens,
+                                             filters.field_ranges)
 
-    def retrieve(self, item_id: np.ndarray, filters: ValidFilters | None = None, k: int | None = None
+    def retrieve(self, item_id: np.ndarray, filters: RequestFilters | None = None, k: int | None = None
                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per head: (candidate ids, ANN scores, the seeds' query embeddings) for [B, 1] seeds; ``k`` candidates
-        per head (the build's default when None)."""
+        """Per head: (candidate ids, ANN scores, the seeds' query embeddings) for [B, 1] seeds in internal ids
+        (``self.ids.to_internal``; ``filters`` from ``self.filters``); ``k`` candidates per head (the build's
+        default when None)."""
         emb = dict(zip(mcfg.HEADS, self.tower.run(list(Step.EMBEDDINGS), {Step.ITEM_ID: item_id})))
         k = self.limits.default_candidates if k is None else int(k)
         out = {}
@@ -134,18 +164,28 @@ class InProcessFunnel:
                                                 {Step.QUERY: query, Step.CANDIDATE_ID: ids, Step.KEEP: keep})
         return kept, scores
 
-    def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None,
-                  **filters) -> Recommendation:
-        """As the ``widefunnel`` ensemble answers; ``candidates`` per head and reranker ``keep`` as the client's."""
-        req = validate_request(self.limits, **recommend_tensors(seed_item_id, alpha, top_n, value_weights,
-                                                                candidates, keep))
+    def _request(self, tensors: dict[str, np.ndarray], filters: dict):
+        """A client's request checked as preprocess checks it -> (the valid request, its seeds in internal ids,
+        its filters or None)."""
+        req = validate_request(self.limits, **tensors)
         refuse_taken_down(Client.SEED_ITEM_ID, req.item_id, self.takedowns.ids())
         valid = self.filters(len(req.item_id), **filters) if filters else None
-        item_id = req.item_id
-        if self.ids is not None:
-            item_id = self.ids.to_internal(item_id)
-            if valid is not None:
-                valid = replace(valid, exclude_ids=self.ids.to_internal(valid.exclude_ids))
+        return req, (req.item_id if self.ids is None else self.ids.to_internal(req.item_id)), valid
+
+    def candidates(self, seed_item_id, candidates=None, **filters) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """As the ``widefunnel_retrieve`` ensemble answers (``WidefunnelClient.retrieve``): per head, the ANN's
+        ``candidates`` in the catalogue's ids and their scores; ``filters`` as ``recommend``'s."""
+        req, item_id, valid = self._request(recommend_tensors(seed_item_id, candidates=candidates), filters)
+        found = self.retrieve(item_id, valid, int(req.k[0, 0]))
+        return {head: (ids if self.ids is None else self.ids.to_external(ids), scores)
+                for head, (ids, scores, _) in found.items()}
+
+    def recommend(self, seed_item_id, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None,
+                  **filters) -> Recommendation:
+        """As the ``widefunnel`` ensemble answers; ``candidates`` per head and reranker ``keep`` as the client's;
+        ``filters`` as the client's: ``exclude``, ``include_genres``, ``exclude_genres``, ``years``, ``fields``."""
+        req, item_id, valid = self._request(
+            recommend_tensors(seed_item_id, alpha, top_n, value_weights, candidates, keep), filters)
         heads = {}
         for head, (ids, _, query) in self.retrieve(item_id, valid, int(req.k[0, 0])).items():
             kept, _ = self.rerank(head, query, ids, req.keep)

@@ -245,6 +245,43 @@ def test_field_filters_are_the_exact_top_k_of_the_admissible_items(shop, served,
             np.testing.assert_array_equal(plain[head][0], full[head][0][:, :50])
 
 
+def _brand_and_price(items) -> dict:
+    """A filter on two kinds of field at once: four brands (token) and a price range (float)."""
+    brands = sorted(set(items.column("brand").to_pylist()) - {None})
+    prices = np.sort(np.asarray(items.column("price").to_numpy(), np.float64))
+    return {"include_brand": brands[:4], "min_price": float(prices[300]), "max_price": float(prices[2400])}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_in_process_answers_equal_the_served_ones_with_field_filters(shop, served, protocol):
+    """`InProcessFunnel` reads the build's item fields and takes the filters a served request takes, so served and
+    in-process are compared on one filtered request: the same ids and scores, recommend and retrieve alike."""
+    from widefunnel.evaluation.pipeline import InProcessFunnel
+    from widefunnel.validation import RequestError
+
+    request = _brand_and_price(shop["items"])
+    admissible = _admissible(shop["items"], request)
+    assert 0 < len(admissible) < len(shop["ids"]) // 4
+    seeds = shop["ids"][[5, 1200, 2500, 2999]]
+    local = InProcessFunnel(served.repository)
+    url = served.http_url if protocol == "http" else served.grpc_url
+    with WidefunnelClient(url, protocol) as client:
+        for extra in ({"fields": request}, {}):
+            got, want = client.recommend(seeds, top_n=20, **extra), local.recommend(seeds, top_n=20, **extra)
+            assert got.fingerprint == want.fingerprint
+            np.testing.assert_array_equal(got.item_id, want.item_id)
+            np.testing.assert_allclose(got.score, want.score, rtol=1e-6, atol=1e-7)
+            assert extra == {} or set(got.item_id[got.item_id >= 0].tolist()) <= admissible
+            got, want = client.retrieve(seeds, candidates=100, **extra), local.candidates(seeds, 100, **extra)
+            for head in mcfg.HEADS:
+                np.testing.assert_array_equal(got[head][0], want[head][0])
+                np.testing.assert_array_equal(got[head][1], want[head][1])
+    with pytest.raises(RequestError, match=r"include_brand: unknown value 'no-such-brand'"):
+        local.recommend(seeds, fields={"include_brand": ["no-such-brand"]})
+    with pytest.raises(RequestError, match=r"include_colour: not a filter of this build"):
+        local.candidates(seeds, fields={"include_colour": ["red"]})
+
+
 def test_field_filters_are_refused_by_name(served):
     with WidefunnelClient(served.grpc_url, "grpc") as client:
         seed = [int(np.load(served.repository / "preprocess" / "1" / layout.CATALOGUE_FILE)[0])]
