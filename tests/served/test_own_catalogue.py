@@ -3,6 +3,12 @@ by a real tritonserver: requests and answers in the catalogue's ids, internal id
 
 from __future__ import annotations
 
+import logging
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +384,133 @@ def test_items_added_in_the_shops_own_format_are_served_and_filterable(shop, ser
             assert main(["rollback", "--url", served.http_url, "--repository", str(repository)]) == 0
         with pytest.raises(WidefunnelError, match="seed_item_id"):  # build 1 never had them
             client.recommend(new_ids[:1])
+
+
+# ------------------------------------------------------------------ the shop build under operations
+@dataclass(frozen=True)
+class _Answer:
+    protocol: str
+    pair: int  # index into the traffic's seed pairs
+    fingerprints: tuple[str, ...] = ()
+    item_id: np.ndarray | None = None
+    error: str | None = None
+
+
+class _Traffic:
+    """Client threads, each with its own client, half over HTTP and half over gRPC, asking for seed pairs by SKU
+    until stopped (bounded); every answer is kept with the pair it answers."""
+
+    def __init__(self, server, pairs: list[list[int]], per_protocol: int = 2, max_seconds: float = 240.0):
+        self.server, self.pairs, self.deadline = server, pairs, time.monotonic() + max_seconds
+        self.answers: list[_Answer] = []
+        self.stop, self.lock = threading.Event(), threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(protocol, i), daemon=True)
+                        for protocol in ("http", "grpc") for i in range(per_protocol)]
+
+    def _run(self, protocol: str, index: int) -> None:
+        rng = random.Random(f"{protocol}{index}")
+        url = self.server.http_url if protocol == "http" else self.server.grpc_url
+        with WidefunnelClient(url, protocol) as client:
+            while not self.stop.is_set() and time.monotonic() < self.deadline:
+                pair = rng.randrange(len(self.pairs))
+                try:
+                    rec = client.recommend(self.pairs[pair], top_n=10)
+                    answer = _Answer(protocol, pair, tuple(rec.fingerprint), rec.item_id)
+                except WidefunnelError as exc:
+                    answer = _Answer(protocol, pair, error=str(exc))
+                with self.lock:
+                    self.answers.append(answer)
+                time.sleep(0.05)  # leave the 2-core box room to load versions
+
+    def __enter__(self) -> _Traffic:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in self.threads), "a client thread hung"
+
+
+def test_a_swap_under_load_by_sku_never_fails_or_mixes(shop, served, tmp_path, monkeypatch, capsys):
+    """Clients over both protocols ask by 13-digit SKU while `widefunnel swap` moves to a build grown by `items add`
+    (two twins of seed items, in the shop's own .item format) and back: no request fails, and every answer is
+    wholly one build's: one fingerprint, and exactly the ids that build gives for those seeds."""
+    from widefunnel.evaluation.pipeline import InProcessFunnel
+
+    repository, ids = served.repository, shop["ids"]
+    monkeypatch.setenv(ADMIN_KEY_ENV, served.admin_key)
+    old = layout.served_version(repository) or 1
+    rows = shop["items"].slice(10, 2).to_pylist()  # twins of shop items 10 and 11: near them in the new build
+    new_ids = [i for i in range(9_999_999_999_900, 10**13) if i not in set(ids.tolist())][:2]
+    for row, new_id in zip(rows, new_ids):
+        row["item_id"] = new_id
+    (tmp_path / "twins.item").write_text(_item_lines(rows))
+    assert main(["items", "add", str(tmp_path / "twins.item"), "--repository", str(repository), "--from-version",
+                 str(old)]) == 0
+    new = int(re.search(r"^version (\d+) ", capsys.readouterr().out, re.M).group(1))
+
+    # seeds the two builds answer apart (a twin enters their candidates, so their top 10 moves), found in process,
+    # and two others: an answer's ids then tell its build as its fingerprint does
+    funnels = [InProcessFunnel(repository, version=v) for v in (old, new)]
+    sample = ids[:640]
+    top = [np.concatenate([f.recommend(sample[i:i + 64], top_n=10).item_id for i in range(0, len(sample), 64)])
+           for f in funnels]
+    apart = sample[(top[0] != top[1]).any(axis=1)]
+    assert len(apart) >= 3
+    pairs = [apart[:2].tolist(), [int(apart[2]), int(ids[700])], ids[[5, 1200]].tolist(), ids[[2000, 2999]].tolist()]
+    with WidefunnelClient(served.grpc_url, "grpc") as client:
+        before = [client.recommend(pair, top_n=10) for pair in pairs]
+    after = [funnels[1].recommend(pair, top_n=10) for pair in pairs]  # the build not yet served
+    fp_old, fp_new = before[0].fingerprint[0], after[0].fingerprint[0]
+    assert fp_old != fp_new
+    expected = {fp_old: [r.item_id for r in before], fp_new: [r.item_id for r in after]}
+
+    with _Traffic(served, pairs) as traffic:
+        time.sleep(1.5)
+        assert main(["swap", "--to", str(new), "--url", served.http_url, "--repository", str(repository)]) == 0
+        time.sleep(1.5)
+        assert main(["swap", "--to", str(old), "--url", served.grpc_url, "--protocol", "grpc", "--repository",
+                     str(repository)]) == 0
+        time.sleep(1.5)
+    answers = traffic.answers
+    failed = [a.error for a in answers if a.error]
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed, e.g. {failed[:3]}"
+    for a in answers:
+        assert len(set(a.fingerprints)) == 1 and a.fingerprints[0] in expected, a  # one build per answer
+        np.testing.assert_array_equal(a.item_id, expected[a.fingerprints[0]][a.pair])  # and that build's ids
+    seen = {(a.protocol, a.fingerprints[0]) for a in answers}
+    assert {(p, fp) for p in ("http", "grpc") for fp in (fp_old, fp_new)} <= seen, seen
+    logging.getLogger(__name__).info("swap under load: %d answers, %d from the new build, 0 failed, 0 mixed",
+                                     len(answers), sum(a.fingerprints[0] == fp_new for a in answers))
+    assert layout.served_version(repository) == old
+
+
+def test_a_sharded_deployment_answers_by_sku_as_the_single_server(shop, builds, served, tmp_path):
+    """`LocalCluster` (what `widefunnel cluster` runs: `shard-layout` over the shop's repository, 2 shard servers
+    and a router) answers by SKU exactly as the unsharded server: ids and scores, unfiltered and with a brand and
+    price filter, recommend and retrieve, over both protocols. The cluster serves the Parquet build, the same
+    funnel as the atomic one the single server serves (same fingerprint), which the other tests swap about."""
+    from widefunnel.cli.cluster import LocalCluster
+
+    seeds = shop["ids"][[5, 1200, 2500, 2999]]
+    request = _brand_and_price(shop["items"])
+    with LocalCluster(builds["parquet"], 2, workdir=tmp_path / "cluster", instances=1) as cluster:
+        router = cluster.router
+        for protocol in ("http", "grpc"):
+            urls = (served.http_url, router.http_url) if protocol == "http" else (served.grpc_url, router.grpc_url)
+            with WidefunnelClient(urls[0], protocol) as single, WidefunnelClient(urls[1], protocol) as sharded:
+                for extra in ({}, {"fields": request}):
+                    want, got = single.recommend(seeds, top_n=20, **extra), sharded.recommend(seeds, top_n=20, **extra)
+                    assert got.fingerprint == want.fingerprint, "the single server does not serve build 1"
+                    np.testing.assert_array_equal(got.item_id, want.item_id)
+                    np.testing.assert_array_equal(got.score, want.score)
+                    assert (got.item_id >= 10**12).all()  # SKUs, not internal ids
+                    want, got = single.retrieve(seeds, candidates=100, **extra), sharded.retrieve(seeds, 100, **extra)
+                    for head in mcfg.HEADS:
+                        np.testing.assert_array_equal(got[head][0], want[head][0])
+                        np.testing.assert_array_equal(got[head][1], want[head][1])
+                with pytest.raises(WidefunnelError, match=r"include_brand: unknown value 'no-such-brand'"):
+                    sharded.recommend(seeds, fields={"include_brand": ["no-such-brand"]})
