@@ -20,7 +20,6 @@ import numpy as np
 
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
-from widefunnel.ann.filters import ItemAttributes
 from widefunnel.ann.index import item_table, save_index
 from widefunnel.builders import gpu
 from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
@@ -33,7 +32,6 @@ from widefunnel.item_titles import save_titles
 from widefunnel.layout import (
     CONFIG_FILE,
     FINGERPRINTS_PARAMETER,
-    ITEM_ATTRIBUTES,
     atomic_write,
     commit_version,
     format_fingerprints,
@@ -119,8 +117,8 @@ def _ann_parameters(repository: Path, head: str, version: int, fingerprint: str,
 
 
 def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int, fingerprint: str,
-                 dim: int, max_item_id: int, engines: bool = False, genres: tuple[str, ...] = (),
-                 fields: mcfg.FieldInputs = ()) -> dict[str, object]:
+                 dim: int, max_item_id: int, engines: bool = False, fields: mcfg.FieldInputs = ()
+                 ) -> dict[str, object]:
     tasks = len(task_names(cfg))
     mcf = cfg["merge"]
     per_request = cfg["serving"]["max_request_candidates"]
@@ -129,7 +127,7 @@ def step_configs(repository: Path, cfg: dict, target: mcfg.Target, version: int,
         "default_value_weights": json.dumps(value_weights(cfg).tolist()),
         "max_candidates": str(cfg["ann"]["max_k"]),
         "max_request_candidates": str(cfg["serving"]["max_request_candidates"]),
-        "genres": json.dumps(list(genres)), "max_exclude": str(cfg["serving"]["max_exclude"]),
+        "max_exclude": str(cfg["serving"]["max_exclude"]),
         "default_candidates": str(cfg["ann"]["k"]), "default_keep": str(cfg["rerank"]["keep"]),
         "max_keep": str(cfg["rerank"]["max_keep"]),
     }
@@ -226,15 +224,13 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
     install_plugin("quota_merge", writer.folder("quota_merge"))
     export_query_tower(funnel.tower, fingerprint, writer.folder("query_tower") / layout.ONNX_FILE)
     save_state(writer.folder("query_tower") / layout.BUILD_STATE_FILE, funnel, catalogue, cfg)
-    cat = catalogue
-    attributes = ItemAttributes.of(cat.item_ids, cat.genres, cat.years, cat.genre_names)
-    if cat.item_fields is not None:  # preprocess validates by its vocabularies, the ANN steps filter by it
+    fields = catalogue.filter_fields  # MovieLens' genre and year, or a dataset's own fields
+    if fields is not None:  # preprocess validates by its vocabularies, the ANN steps filter by it
         for step in ("preprocess", *(f"ann_{head}" for head in HEADS)):
-            cat.item_fields.save(writer.folder(step) / layout.ITEM_FIELDS)
+            fields.save(writer.folder(step) / layout.ITEM_FIELDS)
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
         save_index(index, writer.folder(f"ann_{head}") / layout.INDEX_DIR)
-        attributes.save(writer.folder(f"ann_{head}") / ITEM_ATTRIBUTES)
-        codes, scales = item_table(index, cat.table_size)
+        codes, scales = item_table(index, catalogue.table_size)
         export_reranker(reranker, codes, scales, fingerprint, writer.folder(f"rerank_{head}") / layout.ONNX_FILE)
     export_scorer(funnel.scorer, len(task_names(cfg)), fingerprint,
                   writer.folder("composite_scorer") / layout.ONNX_FILE)
@@ -275,9 +271,10 @@ def write_repository(repository: Path, funnel: TrainedFunnel, catalogue: Catalog
     engines = build_engines(writer, cfg, target, dim)
     # 1. step configs (ANN now also expects this version's fingerprint), 2. version folders, 3. ensembles.
     max_item_id = int(catalogue.item_ids.max())
-    fields = tuple(catalogue.item_fields.schema().client_inputs()) if catalogue.item_fields is not None else ()
+    filterable = catalogue.filter_fields
+    fields = tuple(filterable.schema().client_inputs()) if filterable is not None else ()
     for name, config in step_configs(repository, cfg, target, version, fingerprint, dim, max_item_id,
-                                     engines, catalogue.genre_names, fields).items():
+                                     engines, fields).items():
         atomic_write(repository / name / CONFIG_FILE, mcfg.to_pbtxt(config))
     writer.commit()
     for name, config in ensemble_configs(cfg, target, version, fields).items():

@@ -34,7 +34,6 @@ from widefunnel.layout import (
     CONFIG_FILE,
     FINGERPRINTS_PARAMETER,
     INDEX_DIR,
-    ITEM_ATTRIBUTES,
     ITEM_FIELDS,
     ITEM_IDS,
     atomic_write,
@@ -125,11 +124,8 @@ def write_shard_repositories(source: Path, shard_repositories: list[Path], prune
                     continue
                 staged = stage_version(Path(repo) / model, version)
                 save_index(part.index, staged / INDEX_DIR)
-                attributes = source / model / str(version) / ITEM_ATTRIBUTES
-                if attributes.exists():  # keyed by id: every shard reads the whole table for its own rows
-                    shutil.copy2(attributes, staged / ITEM_ATTRIBUTES)
                 fields = source / model / str(version) / ITEM_FIELDS
-                if fields.exists():  # likewise keyed by id
+                if fields.exists():  # keyed by id: every shard reads the whole table for its own rows
                     shutil.copy2(fields, staged / ITEM_FIELDS)
                 item_ids = source / model / str(version) / ITEM_IDS
                 if item_ids.exists():  # takedowns and CANDIDATE_ITEM_ID in the catalogue's ids
@@ -230,10 +226,10 @@ def write_sharded(source: Path, out: Path, shards: int, shard_urls: list[str], p
 # ------------------------------------------------------------------------------------- prebuilt-index serving
 def write_index_repository(repository: Path, indexes: dict[int, object], head: str = "engagement", k: int = 100,
                            max_k: int = 100_000, emit_embeddings: bool = True,
-                           target: mcfg.Target | None = None, attributes=None) -> str:
+                           target: mcfg.Target | None = None, fields=None) -> str:
     """A repository serving given ``{version: Int8Index}`` as ``ann_<head>`` (widefunnel_ann, all versions):
     the single server for an index that did not come from `widefunnel build` (tests, benchmarks);
-    ``attributes`` (an ``ann.filters.ItemAttributes``) makes its filters usable."""
+    ``fields`` (a ``field_filters.ItemFields`` keyed by the index's ids) makes its field filters usable."""
     repository, target = Path(repository), target or mcfg.Target("cpu")
     first = next(iter(indexes.values()))
     fingerprints = format_fingerprints({str(v): index.manifest["tower_fingerprint"] for v, index in indexes.items()})
@@ -248,7 +244,7 @@ def write_index_repository(repository: Path, indexes: dict[int, object], head: s
         if not (model_dir / str(version)).exists():
             staged = stage_version(model_dir, version)
             save_index(index, staged / INDEX_DIR)
-            if attributes is not None:
-                attributes.save(staged / ITEM_ATTRIBUTES)
+            if fields is not None:
+                fields.save(staged / ITEM_FIELDS)
             commit_version(staged, version)
     return config.name

@@ -39,14 +39,18 @@ class Unavailable(WidefunnelError):
     """The server or a model is not there (not ready, unloaded, queue full): retry or fail over."""
 
 
-# The client-facing inputs an error may name (the first named wins).
+# The client-facing inputs an error may name (the first named wins); then any field filter's name (a build
+# names its own after its item fields: `tensor_names.token_filters`, `range_filters`).
 _FIELDS = (Client.SEED_ITEM_ID, Client.ALPHA, Client.TOP_N, Client.VALUE_WEIGHTS, Client.CANDIDATE_ITEM_ID,
-           Client.CANDIDATES_PER_HEAD, Client.RERANK_KEEP, *(t.name for t in mcfg.FILTER_INPUTS))
+           Client.CANDIDATES_PER_HEAD, Client.RERANK_KEEP, Client.EXCLUDE_ITEM_ID)
+_FIELD_FILTER = re.compile(r"(?:^|[\s'])((?:include|exclude|min|max)_\w+)(?=[':,])")
 
 
 def map_error(exc: InferenceServerException) -> WidefunnelError:
     message, status = exc.message() or str(exc), str(exc.status() or "")
     field = next((f for f in _FIELDS if re.search(rf"\b{f}\b", message)), None)
+    if field is None and (named := _FIELD_FILTER.search(message)):
+        field = named.group(1)
     lowered = status.lower() + " " + message.lower()
     if "400" in status or "invalid" in lowered or "unexpected shape" in lowered or "data-type" in lowered:
         return InvalidRequest(message, status, field)
@@ -175,9 +179,9 @@ class WidefunnelClient:
     def recommend(self, seeds, alpha=None, top_n=None, value_weights=None, candidates=None, keep=None,
                   **filters) -> Recommendation:
         """``candidates`` per head from the ANN and the rerankers' ``keep`` (the build's defaults when None).
-        ``filters`` (inside retrieval, the same for every seed): ``exclude`` ids, ``include_genres`` (any of),
-        ``exclude_genres``, ``years`` (an inclusive (min, max)); ``fields``: filters named after a build's own
-        item fields, e.g. ``{"include_brand": ["acme"], "min_price": 10.0}``."""
+        ``filters`` (inside retrieval, the same for every seed): ``exclude`` ids; ``fields``: filters named after
+        the build's item fields, e.g. ``{"include_brand": ["acme"], "min_price": 10.0}``; on MovieLens (its fields
+        genre and year) also ``include_genres`` (any of), ``exclude_genres``, ``years`` (an inclusive (min, max))."""
         return self._run(recommend_call(seeds, alpha, top_n, value_weights, candidates, keep, **filters))
 
     def recommend_many(self, seeds, batch_size: int = 32, **kwargs) -> list[Recommendation]:

@@ -6,7 +6,7 @@ after a dataset's own item fields included (`field_filters`, read from the build
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ from widefunnel.ann.query import search
 from widefunnel.ann.search import prepare_index
 from widefunnel.field_filters import FieldSchema, ItemFields
 from widefunnel.item_ids import InternalTakedowns, ItemIds
-from widefunnel.layout import CATALOGUE_FILE, CONFIG_FILE, INDEX_DIR, ITEM_ATTRIBUTES, ITEM_FIELDS, ONNX_FILE
+from widefunnel.layout import CATALOGUE_FILE, CONFIG_FILE, INDEX_DIR, ITEM_FIELDS, ONNX_FILE
 from widefunnel.merge import HEADS, Recommendation, merge_batch
 from widefunnel.takedowns import TakedownWatch
 from widefunnel.tensor_names import Client, Step
@@ -30,7 +30,6 @@ from widefunnel.validation import (
     filter_tensors,
     recommend_tensors,
     refuse_taken_down,
-    validate_field_filters,
     validate_filters,
     validate_request,
 )
@@ -61,16 +60,6 @@ def _field_schema(folder: Path) -> FieldSchema:
     """The filters preprocess takes for a version folder: none without `item_fields.npz` (MovieLens, older builds)."""
     path = folder / ITEM_FIELDS
     return ItemFields.load(path).schema() if path.exists() else FieldSchema((), ())
-
-
-@dataclass(frozen=True)
-class RequestFilters:
-    """One request's filters as preprocess hands them to the ANN steps: ``valid`` (exclusions already in internal
-    ids) and the build's field filters packed (FIELD_TOKENS int64 [B, T], FIELD_RANGES float32 [B, 2F])."""
-
-    valid: ValidFilters
-    field_tokens: np.ndarray
-    field_ranges: np.ndarray
 
 
 class InProcessFunnel:
@@ -105,10 +94,10 @@ class InProcessFunnel:
             self.rerankers[head] = _session(
                 repository / f"rerank_{head}" / str(v[f"rerank_{head}"]) / ONNX_FILE, threads)
             self.ann_params[head] = _parameters(repository, f"ann_{head}")
-            index, folder = self.indexes[head], repository / f"ann_{head}" / str(v[f"ann_{head}"])
-            self.head_filters[head] = HeadFilter(index.ids, prepare_index(index).rows_of, folder / ITEM_ATTRIBUTES,
-                                                 InternalTakedowns(self.ids, self.takedowns.ids),
-                                                 folder / ITEM_FIELDS)
+            index = self.indexes[head]
+            self.head_filters[head] = HeadFilter(index.ids, prepare_index(index).rows_of, repository / f"ann_{head}"
+                                                 / str(v[f"ann_{head}"]) / ITEM_FIELDS,
+                                                 InternalTakedowns(self.ids, self.takedowns.ids))
         self.gpu_indexes: dict[str, GpuIndex] = {}
         if ann_device is not None:
             from widefunnel.ann.triton_kernel import GpuIndex  # imports triton: only when asked for
@@ -116,27 +105,21 @@ class InProcessFunnel:
             self.gpu_indexes = {head: GpuIndex.from_index(self.indexes[head], ann_device) for head in mcfg.HEADS
                                 if self.ann_params[head]["search"] != "ivf" or self.indexes[head].ivf is None}
 
-    def filters(self, batch: int, **filters) -> RequestFilters:
-        """``exclude``, ``include_genres``, ``exclude_genres``, ``years`` and ``fields`` (the build's own field
-        filters, ``{"include_brand": [...], "min_price": 10.0}``), as the client takes them, validated as
-        preprocess validates them (a RequestError naming the field), exclusions mapped to internal ids."""
-        tensors = filter_tensors(**filters, batch=batch)
-        basic = {name: tensors.pop(name) for name in ValidFilters.FIELDS if name in tensors}
-        valid = validate_filters(self.limits, batch, **basic)
-        field_tokens, field_ranges = validate_field_filters(self.fields, batch, tensors)
+    def filters(self, batch: int, **filters) -> ValidFilters:
+        """``exclude``, ``fields`` (and MovieLens' ``include_genres``, ``exclude_genres``, ``years``), as the client
+        takes them, validated as preprocess validates them (a tensor the build does not take is refused by name),
+        exclusions mapped to internal ids."""
+        valid = validate_filters(self.limits, self.fields, batch, filter_tensors(**filters, batch=batch))
         if self.ids is not None:  # an id not in the catalogue excludes nothing, as in preprocess
             valid = replace(valid, exclude_ids=self.ids.to_internal(valid.exclude_ids))
-        return RequestFilters(valid, field_tokens, field_ranges)
+        return valid
 
-    def _allow(self, head: str, filters: RequestFilters | None, batch: int) -> np.ndarray | None:
+    def _allow(self, head: str, filters: ValidFilters | None, batch: int) -> np.ndarray | None:
         if filters is None:
             return self.head_filters[head].allow(batch)
-        valid = filters.valid
-        return self.head_filters[head].allow(batch, valid.exclude_ids, valid.genres_any[:, 0],
-                                             valid.genres_none[:, 0], valid.years, filters.field_tokens,
-                                             filters.field_ranges)
+        return self.head_filters[head].allow(batch, filters.exclude_ids, filters.field_tokens, filters.field_ranges)
 
-    def retrieve(self, item_id: np.ndarray, filters: RequestFilters | None = None, k: int | None = None
+    def retrieve(self, item_id: np.ndarray, filters: ValidFilters | None = None, k: int | None = None
                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per head: (candidate ids, ANN scores, the seeds' query embeddings) for [B, 1] seeds in internal ids
         (``self.ids.to_internal``; ``filters`` from ``self.filters``); ``k`` candidates per head (the build's

@@ -16,12 +16,12 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from widefunnel.layout import CONFIG_FILE
-from widefunnel.model_configs import FILTER_INPUTS, FILTER_STEP_TENSORS, from_pbtxt
+from widefunnel.model_configs import EXCLUDE_INPUT, FILTER_STEP_TENSORS, from_pbtxt
 from widefunnel.validation import DEFAULT_MAX_EXCLUDE, MAX_FILTER_VALUES, MAX_REQUEST_FILTER_VALUES
 
 log = logging.getLogger(__name__)
 
-EXCLUSION_INPUTS = frozenset({FILTER_INPUTS[0].name, FILTER_STEP_TENSORS[0].name})
+EXCLUSION_INPUTS = frozenset({EXCLUDE_INPUT.name, FILTER_STEP_TENSORS[0].name})
 _DEFAULT_REQUEST_CANDIDATES = 200_000
 
 

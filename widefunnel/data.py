@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -38,12 +38,24 @@ class Catalogue:
     texts: dict[int, str] | None = None  # the content encoder's input per item; None: from title, year, genres
     external_ids: np.ndarray | None = None  # int64 [table_size], -1 where no item; None: identity
     features: ItemFeatures | None = None  # the dataset's own item fields as tower tables; None: MovieLens'
-    item_fields: ItemFields | None = None  # the dataset's filterable fields (`field_filters`); None: MovieLens'
+    item_fields: ItemFields | None = None  # a dataset's own filterable fields; MovieLens': `filter_fields`
     coding: ItemCoding | None = None  # how the build read and coded its item fields: items added later follow it
 
     @property
     def table_size(self) -> int:
         return int(self.item_ids.max()) + 1
+
+    @cached_property
+    def filter_fields(self) -> ItemFields | None:
+        """The fields a build filters on (`field_filters`, one rule for every dataset): a dataset's own
+        (``item_fields``), or MovieLens' genres and release years as the fields ``genre`` and ``year``. Derived
+        from ``genres`` and ``years``, so a catalogue widened or grown (`dataclasses.replace`) never carries a
+        stale table. None: nothing to filter on."""
+        if self.item_fields is not None or not self.genre_names:
+            return self.item_fields
+        from widefunnel.field_filters import genre_year_fields
+
+        return genre_year_fields(self.genres, self.years, self.genre_names, self.table_size)
 
     def genre_matrix(self) -> np.ndarray:
         """Multi-hot [max_id + 1, G] float32 (one all-zero column when the catalogue has no genres)."""
@@ -199,9 +211,10 @@ def funnel_data(dataset: Dataset, table: dict) -> tuple[Catalogue, Interactions]
     """Any dataset -> the funnel's catalogue and log in internal ids (row + 1 of the sorted external ids).
 
     ``table`` is the config's `[dataset]`: its `positive` and `tasks` conditions label the log. MovieLens
-    (`path` empty) keeps its genres and years (the filters' attributes, the tower's features) and its text;
-    any other dataset is served from its id, popularity, content text (`Dataset.text`) and every item field as a
-    feature (`dataset.features`) and as a filter named after it (`field_filters`)."""
+    (`path` empty) keeps its genres and years (the tower's features, and its filter fields genre and year:
+    `Catalogue.filter_fields`) and its text; any other dataset is served from its id, popularity, content text
+    (`Dataset.text`) and every item field as a feature (`dataset.features`) and as a filter named after it
+    (`field_filters`)."""
     from widefunnel.dataset.additions import ItemCoding
     from widefunnel.dataset.columns import FloatColumn
     from widefunnel.dataset.conditions import Condition, parse_tasks

@@ -23,6 +23,9 @@ from widefunnel.tensor_names import range_filters, token_filters
 TOKEN, FLOAT = "token", "float"
 ANY_OF, NONE_OF = 0, 1
 _CODE_BITS = 32
+# MovieLens' two filter fields (its genres, its release year): the same rule names their client tensors
+# include_genre / exclude_genre and min_year / max_year, the names its clients have always sent.
+GENRE_FIELD, YEAR_FIELD = "genre", "year"
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,25 @@ def item_fields_of(columns: dict, table_rows: np.ndarray, table_size: int) -> It
     fields = tuple(f for f in (field_of_column(n, c, table_rows, table_size) for n, c in columns.items())
                    if f is not None)
     return ItemFields(fields) if fields else None
+
+
+def genre_year_fields(genres: dict[int, tuple[str, ...]], years: np.ndarray, genre_names: tuple[str, ...],
+                      table_size: int) -> ItemFields:
+    """MovieLens' filterable fields from its catalogue (``data.Catalogue``'s ``genres`` by id, ``years`` by id):
+    the token_seq field ``genre`` (vocabulary ``genre_names``) and the float field ``year``, where an unknown
+    year (0) is missing (NaN), so that any year range leaves it out, as MovieLens' year filter always has."""
+    code = {g: j + 1 for j, g in enumerate(genre_names)}
+    ids = np.array(sorted(genres), np.int64)
+    lengths = np.zeros(table_size, np.int64)
+    lengths[ids] = [len(genres[i]) for i in ids.tolist()]
+    offsets = np.zeros(table_size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    codes = np.array([code[g] for i in ids.tolist() for g in genres[i]], np.int32)
+    values = np.asarray(years[:table_size], np.float32)
+    values = np.where(values == 0, np.nan, values).astype(np.float32)
+    if len(values) < table_size:
+        values = np.concatenate([values, np.full(table_size - len(values), np.nan, np.float32)])
+    return ItemFields((TokenField(GENRE_FIELD, offsets, codes, ("", *genre_names)), FloatField(YEAR_FIELD, values)))
 
 
 def grown_fields(fields: ItemFields, columns: dict, table_rows: np.ndarray, table_size: int) -> ItemFields:

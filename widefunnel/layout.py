@@ -50,7 +50,6 @@ ITEM_IDS = "item_ids.npy"
 ONNX_FILE = "model.onnx"  # an ONNX step's graph in its version folder (Triton's default_model_filename)
 CATALOGUE_FILE = "catalogue.npy"  # preprocess's sorted external ids: what a request may name
 ITEM_TITLES = "item_titles.parquet"  # preprocess's display title per catalogue id (widefunnel.item_titles)
-ITEM_ATTRIBUTES = "item_attributes.npz"  # an ANN version's filterable item attributes (ann.filters.ItemAttributes)
 ITEM_FIELDS = "item_fields.npz"  # a build's filterable item fields (field_filters.ItemFields): ANN steps, preprocess
 SITE_BOOTSTRAP = "widefunnel_site.py"  # imported first by every Python model (plugins/widefunnel_site.py)
 

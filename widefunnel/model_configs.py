@@ -82,31 +82,25 @@ SEED = Tensor(Client.SEED_ITEM_ID, "INT64", (1,), optional=True)
 SCORING_SEED = Tensor(Client.SCORING_SEED_ITEM_ID, "INT64", (1,), optional=True)
 
 
-# Filters inside retrieval (issue 18), per seed: excluded ids (-1 pads), genres (any of / none of), an inclusive
-# release-year range. Preprocess validates them into FILTER_STEP_TENSORS, which the ANN steps apply in the scan.
 # The funnel's width per request (issue 16): candidates per head from the ANN, and how many the reranker keeps.
 WIDTH = Tensor(Client.CANDIDATES_PER_HEAD, "INT32", (1,), True)
 KEEP = Tensor(Client.RERANK_KEEP, "INT32", (1,), True)
 
-FILTER_INPUTS = [Tensor(Client.EXCLUDE_ITEM_ID, "INT64", (-1,), True),
-                 Tensor(Client.INCLUDE_GENRE, "BYTES", (-1,), True), Tensor(Client.EXCLUDE_GENRE, "BYTES", (-1,), True),
-                 Tensor(Client.MIN_YEAR, "INT32", (1,), True), Tensor(Client.MAX_YEAR, "INT32", (1,), True)]
-# Filters named after a build's own item fields (issue 29; `widefunnel.field_filters`): FIELD_TOKENS and
-# FIELD_RANGES, one packed form whatever the schema, so the ANN steps and the shard router wire fixed names.
-FILTER_STEP_TENSORS = [Tensor(Step.EXCLUDE_IDS, "INT64", (-1,)), Tensor(Step.GENRES_ANY, "INT64", (1,)),
-                       Tensor(Step.GENRES_NONE, "INT64", (1,)), Tensor(Step.YEARS, "INT32", (2,)),
-                       Tensor(Step.FIELD_TOKENS, "INT64", (-1,)), Tensor(Step.FIELD_RANGES, "FP32", (-1,))]
+# Filters inside retrieval (issues 18, 29), per seed: excluded ids (-1 pads) on every build, and the filters named
+# after the build's item fields (`widefunnel.field_filters`; MovieLens': its genre and year). Preprocess validates
+# them into FILTER_STEP_TENSORS (FIELD_TOKENS and FIELD_RANGES: one packed form whatever the schema, so the ANN
+# steps and the shard router wire fixed names), which the ANN steps apply in the scan.
+EXCLUDE_INPUT = Tensor(Client.EXCLUDE_ITEM_ID, "INT64", (-1,), True)
+FILTER_STEP_TENSORS = [Tensor(Step.EXCLUDE_IDS, "INT64", (-1,)), Tensor(Step.FIELD_TOKENS, "INT64", (-1,)),
+                       Tensor(Step.FIELD_RANGES, "FP32", (-1,))]
 
 FieldInputs = tuple[tuple[str, str], ...]  # (client tensor, dtype) per field filter: FieldSchema.client_inputs()
 
 
 def filter_inputs(fields: FieldInputs = ()) -> list[Tensor]:
-    """The client's filter tensors: MovieLens' (genre, year) for a build without item fields, else
-    exclude_item_id and one include/exclude (BYTES [B, V]) or min/max (FP32 [B, 1]) pair per field."""
-    if not fields:
-        return FILTER_INPUTS
-    return [FILTER_INPUTS[0], *(Tensor(name, dtype, (-1,) if dtype == "BYTES" else (1,), True)
-                                for name, dtype in fields)]
+    """The client's filter tensors: exclude_item_id, and one include/exclude (BYTES [B, V]) or min/max (FP32
+    [B, 1]) pair per item field of the build (none for a build without a filterable field)."""
+    return [EXCLUDE_INPUT, *(Tensor(name, dtype, (-1,) if dtype == "BYTES" else (1,), True) for name, dtype in fields)]
 
 
 def _filter_wiring(fields: FieldInputs = ()) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:

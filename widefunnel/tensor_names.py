@@ -32,9 +32,6 @@ class Step(metaclass=_Names):
     KEEP = "KEEP"  # candidates each reranker keeps
     # filters, validated by preprocess and applied by the ANN steps (FIELD_*: `widefunnel.field_filters`)
     EXCLUDE_IDS = "EXCLUDE_IDS"
-    GENRES_ANY = "GENRES_ANY"
-    GENRES_NONE = "GENRES_NONE"
-    YEARS = "YEARS"
     FIELD_TOKENS = "FIELD_TOKENS"
     FIELD_RANGES = "FIELD_RANGES"
     # the query tower; FINGERPRINT (the build's tower fingerprint) comes out of every ONNX and ANN step
@@ -91,8 +88,10 @@ class Client(metaclass=_Names):
     CANDIDATE_ITEM_ID = "candidate_item_id"
     CANDIDATES_PER_HEAD = "candidates_per_head"
     RERANK_KEEP = "rerank_keep"
-    # MovieLens' filters; a build with item fields names its own (`token_filters`, `range_filters`)
+    # filters: items never to return (every build), then one include/exclude or min/max pair per item field
     EXCLUDE_ITEM_ID = "exclude_item_id"
+    # MovieLens' field filters, as `token_filters` / `range_filters` name its fields genre and year (every build
+    # names its own after its fields); spelled here for the client's keyword arguments and its error mapping
     INCLUDE_GENRE = "include_genre"
     EXCLUDE_GENRE = "exclude_genre"
     MIN_YEAR = "min_year"

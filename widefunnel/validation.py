@@ -66,13 +66,11 @@ def check_row_shape(name: str, array: np.ndarray | None, batch: int, width: int 
 
 def check_ann_inputs(inputs: dict[str, np.ndarray | None], batch: int, max_exclude: int) -> None:
     """The ANN step's per-query inputs: EXCLUDE_ID [B, 1], EXCLUDE_IDS [B, 1..max_exclude] (the build's bound,
-    as preprocess applies it to exclude_item_id), GENRES_ANY and GENRES_NONE [B, 1], YEARS [B, 2], FIELD_TOKENS
-    [B, 1..MAX_FIELD_TOKENS], FIELD_RANGES [B, 2..MAX_FIELD_RANGES] (pairs). A direct
-    call has no gateway or preprocess in front of it, so the step bounds what it reads itself."""
+    as preprocess applies it to exclude_item_id), FIELD_TOKENS [B, 1..MAX_FIELD_TOKENS], FIELD_RANGES
+    [B, 2..MAX_FIELD_RANGES] (pairs). A direct call has no gateway or preprocess in front of it, so the step
+    bounds what it reads itself."""
     check_row_shape(Step.EXCLUDE_ID, inputs.get(Step.EXCLUDE_ID), batch, 1)
     check_row_shape(Step.EXCLUDE_IDS, inputs.get(Step.EXCLUDE_IDS), batch, max_width=max_exclude)
-    for name, width in ((Step.GENRES_ANY, 1), (Step.GENRES_NONE, 1), (Step.YEARS, 2)):
-        check_row_shape(name, inputs.get(name), batch, width)
     check_row_shape(Step.FIELD_TOKENS, inputs.get(Step.FIELD_TOKENS), batch, max_width=MAX_FIELD_TOKENS)
     ranges = inputs.get(Step.FIELD_RANGES)
     check_row_shape(Step.FIELD_RANGES, ranges, batch, max_width=MAX_FIELD_RANGES)
@@ -107,13 +105,13 @@ DEFAULT_MAX_EXCLUDE = 1000
 # What one request may carry beyond its ids and widths (issue 33): the gateway refuses more before it reaches
 # tritonserver, and preprocess and the steps refuse it when called directly. A value over these is a client's
 # mistake, never a cost other clients pay.
-MAX_FILTER_VALUES = 64  # values of one filter field (include_genre, ...) for one seed
+MAX_FILTER_VALUES = 64  # values of one filter field (include_genre, include_brand, ...) for one seed
 MAX_FIELD_TOKENS = 4096  # packed FIELD_TOKENS entries per query at the ANN step (its own bound on a direct call)
 MAX_FIELD_RANGES = 2048  # FIELD_RANGES values per query: (min, max) for up to 1024 float fields
 MAX_REQUEST_FILTER_VALUES = 4096  # values of one filter field for all seeds of a request together
 MAX_STRING_BYTES = 256  # one BYTES element (a filter value, a request parameter's string)
 MAX_REQUEST_ID_CHARS = 128  # the request's "id", echoed back by the server
-YEAR_ANY = (-(2**31), 2**31 - 1)  # an inclusive year range that admits everything (no year filter)
+MAX_LISTED_CHARS = 240  # an unknown filter value's error lists the field's values when they fit in this many
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,6 @@ class RequestLimits:
     max_candidates: int  # per seed
     max_request_candidates: int  # per request, all seeds together
 
-    genres: tuple[str, ...] = ()  # the filterable genres, in bit order (a build's item attributes)
     max_exclude: int = DEFAULT_MAX_EXCLUDE  # exclusion ids per seed
     default_candidates: int = 200  # candidates per head when a request does not say (ann.k)
     default_keep: int = 100  # candidates each reranker keeps when a request does not say (rerank.keep)
@@ -136,7 +133,7 @@ class RequestLimits:
     # ones are absent in builds older than filters.
     PARAMETERS = frozenset({"default_alpha", "default_top_n", "max_top_n", "default_value_weights",
                             "max_candidates", "max_request_candidates"})
-    OPTIONAL = frozenset({"genres", "max_exclude", "default_candidates", "default_keep", "max_keep"})
+    OPTIONAL = frozenset({"max_exclude", "default_candidates", "default_keep", "max_keep"})
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], catalogue: np.ndarray) -> RequestLimits:
@@ -146,7 +143,6 @@ class RequestLimits:
                    default_value_weights=np.array(json.loads(params["default_value_weights"]), np.float32),
                    max_candidates=int(params["max_candidates"]),
                    max_request_candidates=int(params["max_request_candidates"]),
-                   genres=tuple(json.loads(params.get("genres", "[]"))),
                    max_exclude=int(params.get("max_exclude", DEFAULT_MAX_EXCLUDE)),
                    default_candidates=int(params.get("default_candidates", cls.default_candidates)),
                    default_keep=int(params.get("default_keep", cls.default_keep)),
@@ -278,12 +274,8 @@ class ValidFilters:
     """A request's filters in the form the ANN steps take (one row per seed)."""
 
     exclude_ids: np.ndarray  # int64 [B, E] (E >= 1), -1 pads
-    genres_any: np.ndarray  # int64 [B, 1] bitmask, 0 = any genre
-    genres_none: np.ndarray  # int64 [B, 1] bitmask
-    years: np.ndarray  # int32 [B, 2] inclusive range; YEAR_ANY = none
-
-    # the client tensors `validate_filters` takes (its keyword arguments)
-    FIELDS = (Client.EXCLUDE_ITEM_ID, Client.INCLUDE_GENRE, Client.EXCLUDE_GENRE, Client.MIN_YEAR, Client.MAX_YEAR)
+    field_tokens: np.ndarray  # int64 [B, T] (T >= 1): packed FIELD_TOKENS, -1 pads (`field_filters`)
+    field_ranges: np.ndarray  # float32 [B, 2F]: FIELD_RANGES, (min, max) per float field, -inf / inf = open
 
 
 MAX_SHOWN_CHARS = 80  # of a client's value quoted in an error: a long echo would itself be refused (gRPC metadata)
@@ -342,30 +334,19 @@ def check_strings(field: str, values: np.ndarray) -> np.ndarray:
     return flat.reshape(values.shape)
 
 
-def _genre_masks(field: str, values: np.ndarray | None, batch: int, genres: tuple[str, ...]) -> np.ndarray:
-    """Genre names [B, G] -> bitmasks [B, 1]. Bounds are checked on the shape first, then each value once;
-    names are looked up once per distinct value, so the cost is linear in what is accepted."""
-    if values is None:
-        return np.zeros((batch, 1), np.int64)
-    check_filter_shape(field, values.shape, batch)
-    strings = check_strings(field, values)
-    distinct, inverse = np.unique(strings.ravel(), return_inverse=True)
-    bit = {g.encode(): j for j, g in enumerate(genres)}
-    bits = np.empty(len(distinct), np.int64)
-    for n, name in enumerate(distinct):
-        if name not in bit:
-            known = ", ".join(genres) if genres else "none (this build has no item attributes)"
-            raise RequestError(f"{field}: unknown genre {shown(name.decode('utf-8', 'replace'))}; known: {known}")
-        bits[n] = np.int64(1) << np.int64(bit[name])
-    return np.bitwise_or.reduce(bits[inverse].reshape(values.shape), axis=1, keepdims=True)
+def filter_names(schema: FieldSchema) -> tuple[str, ...]:
+    """The client filter tensors of a build (`validate_filters` reads these): exclude_item_id, then the ones
+    named after its item fields (``FieldSchema.client_inputs``)."""
+    return (Client.EXCLUDE_ITEM_ID, *(name for name, _ in schema.client_inputs()))
 
 
-def validate_filters(limits: RequestLimits, batch: int, exclude_item_id: np.ndarray | None = None,
-                     include_genre: np.ndarray | None = None, exclude_genre: np.ndarray | None = None,
-                     min_year: np.ndarray | None = None, max_year: np.ndarray | None = None) -> ValidFilters:
-    """The filter inputs of one request -> ``ValidFilters``; RequestError naming the field otherwise. A filter
-    that matches nothing is valid (the answer is a padded empty list)."""
+def validate_filters(limits: RequestLimits, schema: FieldSchema, batch: int,
+                     tensors: dict[str, np.ndarray | None]) -> ValidFilters:
+    """The filter tensors of one request, by client name (exclude_item_id and the build's field filters,
+    ``filter_names``) -> ``ValidFilters``; RequestError naming the field otherwise. A filter that matches nothing
+    is valid (the answer is a padded empty list)."""
     excluded = Client.EXCLUDE_ITEM_ID
+    exclude_item_id = tensors.get(excluded)
     if exclude_item_id is None:
         ex = np.full((batch, 1), -1, np.int64)
     else:
@@ -378,24 +359,17 @@ def validate_filters(limits: RequestLimits, batch: int, exclude_item_id: np.ndar
         ex = exclude_item_id.astype(np.int64, copy=False)
         if np.any(ex < -1):
             raise RequestError(f"{excluded}: ids must be >= 0 (-1 pads), got {ex[ex < -1][:5].tolist()}")
-    any_ = _genre_masks(Client.INCLUDE_GENRE, include_genre, batch, limits.genres)
-    none = _genre_masks(Client.EXCLUDE_GENRE, exclude_genre, batch, limits.genres)
-    for field, given in ((Client.MIN_YEAR, min_year), (Client.MAX_YEAR, max_year)):
-        if given is not None and not limits.genres:  # a catalogue without attributes: no item has a year
-            raise RequestError(f"{field}: this build has no item attributes (a year filter would match nothing)")
-    lo = _column(Client.MIN_YEAR, min_year, batch, np.int32, YEAR_ANY[0]).astype(np.int64)
-    hi = _column(Client.MAX_YEAR, max_year, batch, np.int32, YEAR_ANY[1]).astype(np.int64)
-    if np.any(lo > hi):
-        raise RequestError(f"{Client.MIN_YEAR}, {Client.MAX_YEAR}: empty range, "
-                           f"got [{int(lo[lo > hi][0])}, {int(hi[lo > hi][0])}]")
-    return ValidFilters(ex, any_, none, np.concatenate([lo, hi], axis=1).astype(np.int32))
+    tokens, ranges = validate_field_filters(schema, batch, {n: v for n, v in tensors.items() if n != excluded})
+    return ValidFilters(ex, tokens, ranges)
 
 
 def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years=None, batch: int = 1,
                    fields: dict[str, object] | None = None) -> dict[str, np.ndarray]:
     """Client tensors for one set of filters, repeated for ``batch`` seeds (None = that filter is not sent).
     ``fields``: filters named after a build's item fields, by tensor name: a list of values for
-    ``include_<f>`` / ``exclude_<f>``, a number for ``min_<f>`` / ``max_<f>``."""
+    ``include_<f>`` / ``exclude_<f>``, a number for ``min_<f>`` / ``max_<f>``. ``include_genres``,
+    ``exclude_genres`` and ``years`` (an inclusive (min, max)) are MovieLens' fields genre and year by their
+    names of old."""
     tensors: dict[str, np.ndarray] = {}
     for name, value in (fields or {}).items():
         if isinstance(value, int | float):
@@ -411,9 +385,9 @@ def filter_tensors(exclude=None, include_genres=None, exclude_genres=None, years
         if names:  # no names: no filter, so the field is not sent (empty values are refused)
             row = np.array([n.encode() for n in names], dtype=np.object_).reshape(1, -1)
             tensors[field] = np.repeat(row, batch, axis=0)
-    if years is not None:
-        tensors[Client.MIN_YEAR] = np.full((batch, 1), years[0], np.int32)
-        tensors[Client.MAX_YEAR] = np.full((batch, 1), years[1], np.int32)
+    if years is not None:  # MovieLens' field `year`: FP32, as every range filter
+        tensors[Client.MIN_YEAR] = np.full((batch, 1), years[0], np.float32)
+        tensors[Client.MAX_YEAR] = np.full((batch, 1), years[1], np.float32)
     return tensors
 
 
@@ -427,7 +401,9 @@ def _token_codes(field: str, values: np.ndarray, batch: int, vocabulary: tuple[s
     codes = np.empty(len(distinct), np.int64)
     for n, value in enumerate(distinct):
         if value not in code:
-            raise RequestError(f"{field}: unknown value {shown(value)} (not in this build's catalogue)")
+            listed = ", ".join(vocabulary[1:]) if len(vocabulary) <= MAX_LISTED_CHARS // 3 else ""  # fits at most
+            known = f"; known: {listed}" if listed and len(listed) <= MAX_LISTED_CHARS else ""
+            raise RequestError(f"{field}: unknown value {shown(value)} (not in this build's catalogue{known})")
         codes[n] = code[value]
     return codes[inverse].reshape(values.shape)
 

@@ -28,7 +28,7 @@ from widefunnel.sharding import ROUTER_OPTIONAL, ROUTER_REQUIRED, parse_router_p
 from widefunnel.tensor_names import Step
 from widefunnel.validation import RequestError
 
-# every shard gets the same filters (its attribute table is keyed by id, so it maps them to its own rows)
+# every shard gets the same filters (its item fields table is keyed by id, so it maps them to its own rows)
 OPTIONAL_INPUTS = (Step.EXCLUDE_ID, Step.K, Step.NPROBE, *(t.name for t in FILTER_STEP_TENSORS))
 
 

@@ -22,9 +22,8 @@ from widefunnel.takedowns import TakedownWatch
 from widefunnel.tensor_names import Client, Step
 from widefunnel.validation import (
     RequestLimits,
-    ValidFilters,
+    filter_names,
     refuse_taken_down,
-    validate_field_filters,
     validate_filters,
     validate_request,
 )
@@ -49,8 +48,9 @@ class TritonPythonModel:
         try:
             self.limits = RequestLimits.from_parameters(params, np.load(catalogue, allow_pickle=False))
             self.ids = ItemIds.load(folder)  # requests name external ids; every later step takes internal ones
-            fields = os.path.join(folder, ITEM_FIELDS)  # absent: MovieLens (genres and years) or an older build
+            fields = os.path.join(folder, ITEM_FIELDS)  # absent: a build without a filterable item field
             self.fields = ItemFields.load(fields).schema() if os.path.exists(fields) else FieldSchema((), ())
+            self.filter_names = filter_names(self.fields)
         except Exception as exc:
             raise pb_utils.TritonModelException(f"{self.name}: cannot read {catalogue}: {exc}") from exc
         self.takedowns = TakedownWatch(repository_of(args["model_repository"]))
@@ -62,19 +62,16 @@ class TritonPythonModel:
         taken = self.takedowns.ids()
         refuse_taken_down(Client.SEED_ITEM_ID, valid.item_id, taken)
         refuse_taken_down(Client.CANDIDATE_ITEM_ID, valid.candidate_id, taken)
-        filters = validate_filters(self.limits, len(valid.item_id),
-                                   **{n: input_array(inputs, n) for n in ValidFilters.FIELDS})
-        field_tokens, field_ranges = validate_field_filters(
-            self.fields, len(valid.item_id), {n: input_array(inputs, n) for n, _ in self.fields.client_inputs()})
+        filters = validate_filters(self.limits, self.fields, len(valid.item_id),
+                                   {n: input_array(inputs, n) for n in self.filter_names})
         item_id, candidate_id, exclude_ids = valid.item_id, valid.candidate_id, filters.exclude_ids
         if self.ids is not None:
             item_id, candidate_id = self.ids.to_internal(item_id), self.ids.to_internal(candidate_id)
             exclude_ids = self.ids.to_internal(exclude_ids)  # an id not in the catalogue excludes nothing: -1
         outputs = {Step.ITEM_ID: item_id, Step.ALPHA: valid.alpha, Step.TOP_N: valid.top_n,
                    Step.VALUE_WEIGHTS: valid.value_weights, Step.CANDIDATE_ID: candidate_id, Step.K: valid.k,
-                   Step.KEEP: valid.keep, Step.EXCLUDE_IDS: exclude_ids, Step.GENRES_ANY: filters.genres_any,
-                   Step.GENRES_NONE: filters.genres_none, Step.YEARS: filters.years,
-                   Step.FIELD_TOKENS: field_tokens, Step.FIELD_RANGES: field_ranges}
+                   Step.KEEP: valid.keep, Step.EXCLUDE_IDS: exclude_ids, Step.FIELD_TOKENS: filters.field_tokens,
+                   Step.FIELD_RANGES: filters.field_ranges}
         return [pb_utils.Tensor(name, array) for name, array in outputs.items()]
 
     def execute(self, requests):

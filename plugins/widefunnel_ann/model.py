@@ -23,7 +23,6 @@ from widefunnel.item_ids import InternalTakedowns, ItemIds
 from widefunnel.layout import (
     FINGERPRINTS_PARAMETER,
     INDEX_DIR,
-    ITEM_ATTRIBUTES,
     ITEM_FIELDS,
     fingerprint_int,
     parse_fingerprints,
@@ -71,16 +70,15 @@ class TritonPythonModel:
             prepare_index(self.index)  # caches, the GEMM self-test and kernel warm-up: not on the first request
         except (IndexLoadError, OSError) as exc:
             raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing index: {exc}") from exc
-        attributes = os.path.join(args["model_repository"], version, ITEM_ATTRIBUTES)
+        fields = os.path.join(args["model_repository"], version, ITEM_FIELDS)
         # taken-down items (the repository's takedowns.json, external ids) are never admissible, whatever the request
         watch = TakedownWatch(repository_of(args["model_repository"]))
-        try:  # attributes absent in builds older than filters (exclusions still work)
+        try:  # fields absent in a build without a filterable item field (exclusions still work)
             self.ids = ItemIds.load(os.path.join(args["model_repository"], version))  # None: internal == external
-            self.filter = HeadFilter(self.index.ids, prepare_index(self.index).rows_of, attributes,
-                                     InternalTakedowns(self.ids, watch.ids),
-                                     os.path.join(args["model_repository"], version, ITEM_FIELDS))
+            self.filter = HeadFilter(self.index.ids, prepare_index(self.index).rows_of, fields,
+                                     InternalTakedowns(self.ids, watch.ids))
         except (OSError, ValueError, KeyError) as exc:
-            raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing {attributes}: {exc}") from exc
+            raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing {fields}: {exc}") from exc
         self.k, self.max_k = int(params["k"]), int(params["max_k"])
         self.mode = params["search"]
         if self.mode not in ("exact", "ivf"):
@@ -98,17 +96,13 @@ class TritonPythonModel:
             self.gpu = GpuIndex.from_index(self.index, f"cuda:{args['model_instance_device_id']}")
 
     def _allow(self, inputs: dict, batch: int) -> np.ndarray | None:
-        """The request's filters (EXCLUDE_IDS, GENRES_ANY, GENRES_NONE, YEARS, FIELD_TOKENS, FIELD_RANGES; one
-        row per query) and the
-        taken-down items -> a row bitmap the scan applies, or None when nothing is filtered."""
+        """The request's filters (EXCLUDE_IDS, FIELD_TOKENS, FIELD_RANGES; one row per query) and the taken-down
+        items -> a row bitmap the scan applies, or None when nothing is filtered."""
         tensors = {n: input_array(inputs, n) for n in (Step.EXCLUDE_ID, *(t.name for t in FILTER_STEP_TENSORS))}
         check_ann_inputs(tensors, batch, self.max_exclude)
-        genres_any, genres_none = tensors[Step.GENRES_ANY], tensors[Step.GENRES_NONE]
         try:
-            return self.filter.allow(batch, tensors[Step.EXCLUDE_IDS],
-                                     None if genres_any is None else genres_any[:, 0],
-                                     None if genres_none is None else genres_none[:, 0],
-                                     tensors[Step.YEARS], tensors[Step.FIELD_TOKENS], tensors[Step.FIELD_RANGES])
+            return self.filter.allow(batch, tensors[Step.EXCLUDE_IDS], tensors[Step.FIELD_TOKENS],
+                                     tensors[Step.FIELD_RANGES])
         except ValueError as exc:
             raise RequestError(str(exc)) from None
 

@@ -1,6 +1,6 @@
-"""Filters inside retrieval on the real server (issue 18), over HTTP and gRPC: exclusions and attribute filters
-never leak, equal a brute-force reference over the admissible items, compose with alpha, top_n and value
-weights, and bad filters are refused by name."""
+"""Filters inside retrieval on the real server (issue 18), over HTTP and gRPC: exclusions and MovieLens' field
+filters (its fields genre and year, under the client names of old) never leak, equal a brute-force reference over
+the admissible items, compose with alpha, top_n and value weights, and bad filters are refused by name."""
 
 from __future__ import annotations
 
@@ -120,4 +120,21 @@ def test_the_cli_query_takes_filters(server, capsys, catalogue):
     got = json.loads(capsys.readouterr().out)["item_id"][0]
     assert set(got) <= _admissible(catalogue, ["Comedy"], ["Drama"], (1990, 1997), {1}) and len(got) == 5
     assert main(["query", "50", "--url", server.http_url, "--genre", "Opera"]) == 2
-    assert "include_genre: unknown genre 'Opera'" in capsys.readouterr().err
+    assert "include_genre: unknown value 'Opera' (not in this build's catalogue; known: Action, " in \
+        capsys.readouterr().err
+    assert main(["query", "50", "--url", server.http_url, "--top-n", "5", "--json", "--filter", "min_year=1990",
+                 "--filter", "max_year=1997", "--filter", "include_genre=Comedy"]) == 0  # the generic spelling
+    got = json.loads(capsys.readouterr().out)["item_id"][0]
+    assert set(got) <= _admissible(catalogue, ["Comedy"], (), (1990, 1997)) and len(got) == 5
+
+
+@pytest.mark.parametrize("model", ["widefunnel", "widefunnel_retrieve"])
+def test_a_year_bound_of_the_old_type_is_refused_naming_the_field_and_its_type(client, model):
+    """min_year / max_year are FP32 like every range filter; an INT32 one (what clients sent before) is refused
+    with the field's name and the type it takes, and the server keeps serving."""
+    tensors = {"seed_item_id": np.array([[1]], np.int64), "min_year": np.array([[1990]], np.int32)}
+    with pytest.raises(InvalidRequest, match=r"min_year.*FP32") as refused:
+        client.infer(model, tensors)
+    assert refused.value.field == "min_year"
+    answer = client.infer(model, tensors | {"min_year": np.array([[1990]], np.float32)})
+    assert answer is not None

@@ -315,7 +315,7 @@ def test_refusals_of_direct_calls_leave_the_answers_identical(server, protocol):
 @pytest.mark.parametrize("value, message", [
     (b"x" * (1 << 20), "input 'include_genre': element 0 is 1048576 bytes; at most 256"),  # refused at the gateway
     (b"", "include_genre: empty value at seed 0, position 0"),
-    (b"Opera" * 40, "include_genre: unknown genre 'OperaOpera"),
+    (b"Opera" * 40, "include_genre: unknown value 'OperaOpera"),
 ])
 def test_a_bad_filter_value_is_refused_by_name_in_a_short_message(server, protocol, value, message):
     """A 1 MiB value echoed into a gRPC status would come back RESOURCE_EXHAUSTED, without the reason."""

@@ -63,6 +63,21 @@ def test_old_items_do_not_move_and_a_new_item_is_placed_by_its_content(grown):
     assert (rec.item_id >= 0).all() and 1700 not in rec.item_id[0]
 
 
+def test_added_items_join_the_genre_and_year_filters(grown):
+    """MovieLens' field filters follow the grown catalogue: the new film is the only item of 2023, and is found by
+    its genre; the build before it knows no such year."""
+    from widefunnel.evaluation.pipeline import InProcessFunnel
+
+    repository, _ = grown
+    old, new = InProcessFunnel(repository, version=1), InProcessFunnel(repository, version=2)
+    seeds = np.array([[1], [50]])
+    for head, (ids, _, _) in new.retrieve(seeds, new.filters(2, years=(2020, 2030)), k=5).items():
+        assert ids[:, 0].tolist() == [1701, 1701] and (ids[:, 1:] == -1).all(), head
+    found = new.retrieve(seeds, new.filters(2, include_genres=["Documentary"], exclude=[1]), k=200)
+    assert all(1701 in ids[0] for ids, _, _ in found.values())
+    assert all((ids == -1).all() for ids, _, _ in old.retrieve(seeds, old.filters(2, years=(2020, 2030))).values())
+
+
 def test_two_adds_without_a_swap_keep_the_served_build_on_disk(built_repository, tmp_path):
     """The served build (1) outlives two `items add` runs in a row: a dead stub of it can still be restarted from
     its folder, and a swap records the new one, after which 1 may go."""

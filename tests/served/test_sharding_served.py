@@ -26,11 +26,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from widefunnel.ann.filters import ItemAttributes, RowAttributes, request_bitmap
+from widefunnel.ann.filters import RowFields, request_bitmap
 from widefunnel.ann.index import build_index
 from widefunnel.ann.search import exact_search, prepare_index
 from widefunnel.builders import shards as sb
 from widefunnel.cli.cluster import LocalCluster, _parallel
+from widefunnel.field_filters import ANY_OF, NONE_OF, genre_year_fields, pack_token
 from widefunnel.server import Ports, TritonServer
 from widefunnel.sharding import shard_bounds, split_index
 
@@ -81,10 +82,11 @@ def data():
     far_tie = [int(index.ids[b + 5]) for b in _boundaries()]  # an item of the tie block, past the boundary
     exclude = np.array(far_tie + top1[3:].tolist(), np.int64)
     genres = {int(i): tuple(g for g, keep in zip(("a", "b", "c"), rng.random(3) < 0.3) if keep) for i in index.ids}
-    attributes = ItemAttributes.of(np.sort(index.ids), genres, rng.integers(1950, 2000, int(index.ids.max()) + 1),
-                                   ("a", "b", "c"))
-    return {"index": index, "queries": queries, "exclude": exclude, "block_ids": block_ids,
-            "attributes": attributes}
+    years = rng.integers(1950, 2000, int(index.ids.max()) + 1)
+    years[index.ids[::7]] = 0  # unknown: no year range admits them
+    fields = genre_year_fields(genres, years, ("a", "b", "c"), int(index.ids.max()) + 1)  # as a MovieLens build's
+    return {"index": index, "queries": queries, "exclude": exclude, "block_ids": block_ids, "fields": fields,
+            "genres": genres, "years": years}
 
 
 # ------------------------------------------------------------------------------------------------ served tests
@@ -92,7 +94,7 @@ def data():
 def servers(tmp_path_factory, data):
     root = tmp_path_factory.mktemp("sharded")
     src = root / "source"
-    sb.write_index_repository(src, {1: data["index"]}, k=100, max_k=100_000, attributes=data["attributes"])
+    sb.write_index_repository(src, {1: data["index"]}, k=100, max_k=100_000, fields=data["fields"])
     single = TritonServer(src, Ports().resolved())
     metrics = ["--metrics-config", "summary_latencies=true"]
     two = LocalCluster(src, 2, workdir=root / "two", timeout_s=3.0, instances=1, extra_args=metrics)
@@ -163,31 +165,32 @@ def test_sharded_equals_single_server(servers, data, k, with_exclusion):
 
 @pytest.mark.parametrize("k", [10, 5_000])
 def test_sharded_filters_reach_every_shard_and_stay_exact(servers, data, k):
-    """Issue 18 through the router: exclusion lists, genres and a year range go to every shard, each maps them
-    to its own rows, and the merge equals the single server and the filtered exact search."""
+    """Issues 18, 29 through the router: exclusion lists and field filters (genres a or b, not c, a year range)
+    go to every shard, each maps them to its own rows, and the merge equals the single server and the filtered
+    exact search."""
     queries, b = data["queries"], len(data["queries"])
-    index, attributes = data["index"], data["attributes"]
+    index = data["index"]
     exclude_ids = np.tile(np.concatenate([index.ids[:4], [-1], index.ids[10:13]]), (b, 1))
-    filters = {"EXCLUDE_IDS": exclude_ids.astype(np.int64),
-               "GENRES_ANY": np.full((b, 1), 0b011, np.int64), "GENRES_NONE": np.full((b, 1), 0b100, np.int64),
-               "YEARS": np.tile(np.array([[1960, 1990]], np.int32), (b, 1))}
-    rows = RowAttributes.of(attributes, index.ids)
-    allow = request_bitmap(index.count, rows, prepare_index(index).rows_of, filters["EXCLUDE_IDS"],
-                           filters["GENRES_ANY"][:, 0], filters["GENRES_NONE"][:, 0], filters["YEARS"])
+    tokens = np.concatenate([pack_token(0, ANY_OF, np.array([1, 2])), pack_token(0, NONE_OF, np.array([3]))])
+    filters = {"EXCLUDE_IDS": exclude_ids.astype(np.int64), "FIELD_TOKENS": np.tile(tokens, (b, 1)),
+               "FIELD_RANGES": np.tile(np.array([[1960, 1990]], np.float32), (b, 1))}
+    allow = request_bitmap(index.count, prepare_index(index).rows_of, filters["EXCLUDE_IDS"],
+                           RowFields(data["fields"], index.ids), filters["FIELD_TOKENS"], filters["FIELD_RANGES"])
     want_ids, _ = exact_search(index, queries, k, allow=allow)
     single = _infer(servers["single"].grpc_url, MODEL, queries, k, outputs=OUTPUTS[:3], filters=filters)
     assert np.array_equal(single["CANDIDATE_ID"], want_ids)
-    admissible = set(index.ids[filters_mask(rows, filters, index)].tolist())
+    admissible = set(index.ids[filters_mask(data, filters, index)].tolist())
     assert set(want_ids[want_ids >= 0].tolist()) <= admissible
     for shards, (cluster, model) in ROUTERS.items():
         got = _infer(servers[cluster].router.grpc_url, model, queries, k, filters=filters)
         assert np.array_equal(got["CANDIDATE_ID"], single["CANDIDATE_ID"]), f"S={shards} k={k}"
 
 
-def filters_mask(rows, filters, index) -> np.ndarray:
+def filters_mask(data, filters, index) -> np.ndarray:
     """An independent reading of the filter (first query's): genre a or b, not c, year in [1960, 1990]."""
-    g, y = rows.genres, rows.years
-    ok = ((g & 0b011) != 0) & ((g & 0b100) == 0) & (y >= 1960) & (y <= 1990)
+    genres = [set(data["genres"][int(i)]) for i in index.ids]
+    y = data["years"][index.ids]
+    ok = np.array([bool(g & {"a", "b"}) and "c" not in g for g in genres]) & (y >= 1960) & (y <= 1990)
     return ok & ~np.isin(index.ids, filters["EXCLUDE_IDS"][0])
 
 

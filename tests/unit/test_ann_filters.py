@@ -164,68 +164,93 @@ def test_bitmaps_pack_and_refuse_by_name():
                      allow=packed[:, :2])
 
 
-def test_request_filters_become_the_admissible_rows():
-    from widefunnel.ann.filters import YEAR_ANY, ItemAttributes, RowAttributes, request_bitmap
+def _movielens_like(row_ids: np.ndarray):
+    """Genres a, b, c and release years by id (40: no genre, unknown year), as a MovieLens build writes them."""
+    from widefunnel.field_filters import genre_year_fields
 
-    ids = np.array([10, 20, 30, 40, 50])
-    attrs = ItemAttributes.of(ids, {10: ("a",), 20: ("b",), 30: ("a", "c"), 40: (), 50: ("c",)},
-                              np.array([0] * 10 + [1990] + [0] * 9 + [2001] + [0] * 9 + [1995] + [0] * 9 + [0]
-                                       + [0] * 9 + [1980]), ("a", "b", "c"))
+    years = np.zeros(51, np.int64)
+    years[[10, 20, 30, 50]] = [1990, 2001, 1995, 1980]
+    return genre_year_fields({10: ("a",), 20: ("b",), 30: ("a", "c"), 40: (), 50: ("c",)}, years, ("a", "b", "c"),
+                             51)
+
+
+def _tokens(**modes) -> np.ndarray:
+    """{"any": codes, "none": codes} of the genre field (slot 0) -> one packed FIELD_TOKENS row [1, T]."""
+    from widefunnel.field_filters import ANY_OF, NONE_OF, pack_token
+
+    parts = [pack_token(0, {"any": ANY_OF, "none": NONE_OF}[m], np.asarray(c)) for m, c in modes.items()]
+    return np.concatenate(parts)[None] if parts else np.full((1, 1), -1, np.int64)
+
+
+def _ranges(low: float = -np.inf, high: float = np.inf) -> np.ndarray:
+    return np.array([[low, high]], np.float32)
+
+
+def test_request_filters_become_the_admissible_rows():
+    """MovieLens' genre and year are field filters like any other: any of / none of a genre, an inclusive year
+    range that an unknown year (0, stored as NaN) never matches, exclusions beside them."""
+    from widefunnel.ann.filters import RowFields, request_bitmap
+
     row_ids = np.array([30, 10, 50, 20, 40])  # an index's row order
-    rows = RowAttributes.of(attrs, row_ids)
+    rows = RowFields(_movielens_like(row_ids), row_ids)
 
     def rows_of(x):
         return np.vectorize(lambda i: int(np.flatnonzero(row_ids == i)[0]) if i in row_ids else -1)(x)
 
-    def admitted(**kw):
-        args = {"exclude_ids": None, "genres_any": None, "genres_none": None, "years": None} | kw
-        allow = request_bitmap(5, rows, rows_of, **args)
+    def admitted(exclude_ids=None, tokens=None, ranges=None):
+        allow = request_bitmap(5, rows_of, exclude_ids, rows, tokens, ranges)
         return None if allow is None else set(row_ids[filters.unpack_rows(allow, 5)[0]].tolist())
 
     assert admitted() is None and admitted(exclude_ids=np.array([[-1]])) is None  # nothing to filter
-    assert admitted(genres_any=np.array([0b001])) == {10, 30}
-    assert admitted(genres_any=np.array([0b011]), genres_none=np.array([0b100])) == {10, 20}
-    assert admitted(years=np.array([[1985, 2000]])) == {10, 30}  # unknown year (40) does not match a range
-    assert admitted(years=np.array([YEAR_ANY]), exclude_ids=np.array([[50, 99, -1]])) == {10, 20, 30, 40}
-    with pytest.raises(ValueError, match="no item attributes"):
-        request_bitmap(5, None, rows_of, None, np.array([1]), None, None)
+    assert admitted(tokens=_tokens(), ranges=_ranges()) is None  # every side open: no filter either
+    assert admitted(tokens=_tokens(any=[1])) == {10, 30}
+    assert admitted(tokens=_tokens(any=[1, 2], none=[3])) == {10, 20}
+    assert admitted(ranges=_ranges(1985, 2000)) == {10, 30}  # unknown year (40) does not match a range
+    assert admitted(ranges=_ranges(high=1990)) == {10, 50}  # nor an open one
+    assert admitted(ranges=_ranges(), exclude_ids=np.array([[50, 99, -1]])) == {10, 20, 30, 40}
+    with pytest.raises(ValueError, match="no item fields table"):
+        request_bitmap(5, rows_of, None, None, _tokens(any=[1]), None)
 
 
 def test_a_head_filter_ands_the_request_with_the_taken_down_rows(tmp_path):
-    from widefunnel.ann.filters import HeadFilter, ItemAttributes
+    from widefunnel.ann.filters import HeadFilter
 
     row_ids = np.array([30, 10, 50, 20, 40])
-    ItemAttributes.of(row_ids, {10: ("a",), 30: ("a",)}, np.zeros(51, np.int32), ("a",)).save(tmp_path / "attr.npz")
+    _movielens_like(row_ids).save(tmp_path / "fields.npz")
     taken = [np.zeros(0, np.int64)]
 
     def rows_of(x):
         return np.vectorize(lambda i: int(np.flatnonzero(row_ids == i)[0]) if i in row_ids else -1)(x)
 
-    head = HeadFilter(row_ids, rows_of, tmp_path / "attr.npz", lambda: taken[0])
+    head = HeadFilter(row_ids, rows_of, tmp_path / "fields.npz", lambda: taken[0])
     assert head.allow(2) is None  # nothing filtered, nothing taken down: the unfiltered scan
     taken[0] = np.array([10])
     assert set(row_ids[filters.unpack_rows(head.allow(2), 5)[1]].tolist()) == {20, 30, 40, 50}
-    allow = head.allow(1, genres_any=np.array([1]))
+    allow = head.allow(1, field_tokens=_tokens(any=[1]))
     assert set(row_ids[filters.unpack_rows(allow, 5)[0]].tolist()) == {30}  # genre "a" less the taken-down 10
-    old = HeadFilter(row_ids, rows_of, tmp_path / "absent.npz", lambda: taken[0])  # a build before filters
+    old = HeadFilter(row_ids, rows_of, tmp_path / "absent.npz", lambda: taken[0])  # a build without fields
     assert set(row_ids[filters.unpack_rows(old.allow(1, exclude_ids=np.array([[50]])), 5)[0]].tolist()) == {20, 30, 40}
-    with pytest.raises(ValueError, match="no item attributes"):
-        old.allow(1, genres_any=np.array([1]))
+    with pytest.raises(ValueError, match="no item fields table"):
+        old.allow(1, field_tokens=_tokens(any=[1]))
 
 
 def test_filter_validation_names_the_field():
+    from widefunnel.field_filters import genre_year_fields
     from widefunnel.validation import RequestError, RequestLimits, validate_filters
 
-    limits = RequestLimits(np.arange(1, 10), 0.5, 10, 100, np.ones(4, np.float32), 100, 1000, ("Comedy", "Drama"), 3)
-    ok = validate_filters(limits, 2, include_genre=np.array([[b"Drama", b"Drama"], [b"Comedy", b"Drama"]], object))
-    assert ok.genres_any[:, 0].tolist() == [0b10, 0b11] and (ok.exclude_ids == -1).all()
-    for kwargs, field in (({"include_genre": np.array([[b"Opera"]] * 2, object)}, "include_genre"),
-                          ({"exclude_item_id": np.ones((2, 4), np.int64)}, "exclude_item_id"),
-                          ({"exclude_item_id": np.full((2, 1), -3)}, "exclude_item_id"),
-                          ({"min_year": np.full((2, 1), 2000, np.int32), "max_year": np.full((2, 1), 1990, np.int32)},
-                           "empty range")):
+    limits = RequestLimits(np.arange(1, 10), 0.5, 10, 100, np.ones(4, np.float32), 100, 1000, 3)
+    schema = genre_year_fields({1: ("Comedy",)}, np.zeros(2), ("Comedy", "Drama"), 2).schema()
+    ok = validate_filters(limits, schema, 2, {"include_genre": np.array([[b"Drama", b"Drama"], [b"Comedy", b"Drama"]],
+                                                                         object)})
+    assert [sorted(r[r >= 0].tolist()) for r in ok.field_tokens] == [[2, 2], [1, 2]]  # slot 0, any of: the codes
+    assert (ok.exclude_ids == -1).all()
+    for tensors, field in (({"include_genre": np.array([[b"Opera"]] * 2, object)}, "include_genre: unknown value"),
+                           ({"exclude_item_id": np.ones((2, 4), np.int64)}, "exclude_item_id"),
+                           ({"exclude_item_id": np.full((2, 1), -3)}, "exclude_item_id"),
+                           ({"min_year": np.full((2, 1), 2000, np.float32),
+                             "max_year": np.full((2, 1), 1990, np.float32)}, "min_year, max_year: empty range")):
         with pytest.raises(RequestError, match=field):
-            validate_filters(limits, 2, **kwargs)
+            validate_filters(limits, schema, 2, tensors)
 
 
 @pytest.mark.parametrize("n", [1, 64, 65, 130, 5000])

@@ -9,7 +9,7 @@ import pytest
 
 from widefunnel.ann import filters
 from widefunnel.dataset.columns import FloatColumn, token_column, token_seq_column
-from widefunnel.field_filters import ItemFields, field_of_column, id_mask
+from widefunnel.field_filters import GENRE_FIELD, YEAR_FIELD, ItemFields, field_of_column, id_mask
 from widefunnel.validation import MAX_FILTER_VALUES, RequestError, validate_field_filters
 
 BRANDS = ["acme", "bolt", None, "acme", "crux", "bolt"]
@@ -89,7 +89,8 @@ def test_validation_refuses_by_name():
         validate_field_filters(schema, 2, _tensors(min_price=30.0))
     with pytest.raises(RequestError, match=r"unknown value 'x{10}") as refused:  # quoted, cut short
         validate_field_filters(schema, 1, _tensors(include_brand=["x" * 200]))
-    assert len(str(refused.value)) < 160
+    assert "x" * 81 not in str(refused.value) and str(refused.value).endswith("known: acme, bolt, crux)")
+    assert len(str(refused.value)) < 200
     tokens, ranges = validate_field_filters(schema, 3, {})
     assert tokens.shape == (3, 1) and (tokens == -1).all() and ranges.shape == (3, 2)
 
@@ -108,8 +109,8 @@ def test_the_row_bitmap_equals_brute_force_on_a_random_catalogue(tmp_path):
     fields.save(tmp_path / "f.npz")
     row_ids = rng.permutation(np.arange(1, n + 1))[: n - 20]  # an index (a shard) holding some items, any order
     rows = {int(i): r for r, i in enumerate(row_ids)}
-    head = filters.HeadFilter(row_ids, lambda x: np.vectorize(lambda i: rows.get(int(i), -1))(x), None,
-                              lambda: np.zeros(0, np.int64), tmp_path / "f.npz")
+    head = filters.HeadFilter(row_ids, lambda x: np.vectorize(lambda i: rows.get(int(i), -1))(x), tmp_path / "f.npz",
+                              lambda: np.zeros(0, np.int64))
     brand_of, cats_of, price_of = (dict(zip(ids.tolist(), v)) for v in (brands, cats, prices))
     requests = [{"include_brand": ["v1", "v2"]}, {"exclude_cat": ["v3"], "min_price": 20.0},
                 {"include_cat": ["v4", "v5"], "exclude_brand": ["v4"], "max_price": 60.0}, {}]
@@ -133,7 +134,7 @@ def test_the_row_bitmap_equals_brute_force_on_a_random_catalogue(tmp_path):
 
 
 def test_a_field_filter_on_a_build_without_the_table_is_refused():
-    head = filters.HeadFilter(np.array([1, 2]), lambda x: x - 1, None, lambda: np.zeros(0, np.int64), None)
+    head = filters.HeadFilter(np.array([1, 2]), lambda x: x - 1, None, lambda: np.zeros(0, np.int64))
     assert head.allow(1, field_tokens=np.full((1, 1), -1, np.int64)) is None  # no filter: costs nothing
     with pytest.raises(ValueError, match="no item fields table"):
         head.allow(1, field_tokens=np.array([[3]], np.int64))
@@ -152,5 +153,97 @@ def test_the_configs_name_each_field_and_the_gateway_bounds_them():
         assert spec.inputs["exclude_categories"].row_limit == MAX_FILTER_VALUES
         assert spec.inputs["min_price"].datatype == "FP32" and spec.inputs["max_price"].dims == (1,)
         assert "include_genre" not in spec.inputs and "exclude_item_id" in spec.inputs
-    movielens = mcfg.ensemble_config(mcfg.Target("cpu"), 2, versions)
-    assert [t.name for t in movielens.input][-5:] == [t.name for t in mcfg.FILTER_INPUTS]  # names kept
+    bare = mcfg.ensemble_config(mcfg.Target("cpu"), 2, versions)  # a build without a filterable field
+    assert [t.name for t in bare.input][-1] == "exclude_item_id"
+    assert "include_genre" not in model_spec(bare, Bounds()).inputs
+
+
+# ---- MovieLens: its genres and release years are two instances of the rule, under the wire's names of old ------
+def test_movielens_genre_and_year_keep_the_client_names_and_types():
+    from widefunnel import model_configs as mcfg
+    from widefunnel.data import load_catalogue
+    from widefunnel.gateway.models import Bounds, model_spec
+    from widefunnel.tensor_names import Client
+
+    fields = load_catalogue().filter_fields
+    assert [f.name for f in fields.fields] == [GENRE_FIELD, YEAR_FIELD]
+    inputs = tuple(fields.schema().client_inputs())
+    assert inputs == ((Client.INCLUDE_GENRE, "BYTES"), (Client.EXCLUDE_GENRE, "BYTES"), (Client.MIN_YEAR, "FP32"),
+                      (Client.MAX_YEAR, "FP32"))
+    versions = dict.fromkeys(mcfg.STEP_MODELS, 1)
+    for config in (mcfg.ensemble_config(mcfg.Target("cpu"), 3, versions, inputs),
+                   mcfg.retrieve_config(mcfg.Target("cpu"), 3, versions, inputs)):
+        spec = model_spec(config, Bounds())
+        assert [(t.name, spec.inputs[t.name].datatype) for t in config.input][-5:] == [
+            (Client.EXCLUDE_ITEM_ID, "INT64"), *inputs]
+        assert spec.inputs[Client.INCLUDE_GENRE].row_limit == MAX_FILTER_VALUES
+
+
+def _movielens_admissible(catalogue, include=(), exclude=(), years=None) -> set[int]:
+    """Today's rule, read straight from the catalogue: any of / none of the genres, an inclusive year range that
+    an item of unknown year (0) never matches."""
+    out = set()
+    for item in catalogue.item_ids.tolist():
+        genres, year = set(catalogue.genres[item]), int(catalogue.years[item])
+        if (include and not genres & set(include)) or genres & set(exclude):
+            continue
+        if years is not None and not (year and years[0] <= year <= years[1]):
+            continue
+        out.add(item)
+    return out
+
+
+@pytest.mark.parametrize("request_", [
+    {"include_genres": ["Comedy", "Romance"], "years": (1990, 1996)},
+    {"exclude_genres": ["Drama", "Comedy"]},
+    {"include_genres": ["unknown"]},  # the catalogue's name for an item without genres: a value like any
+    {"years": (1900, 1940)},
+    {"include_genres": ["Documentary"], "years": (1920, 1921)},  # nothing: an empty answer, not an error
+])
+def test_movielens_filters_admit_what_todays_rule_does(request_):
+    from widefunnel.config import load_config
+    from widefunnel.data import funnel_data, load_catalogue
+    from widefunnel.dataset.movielens import load_movielens
+    from widefunnel.validation import filter_tensors
+
+    catalogue = load_catalogue()
+    assert int((catalogue.years[catalogue.item_ids] == 0).sum()) >= 1  # an unknown year is in the test
+    fields = catalogue.filter_fields
+    built = funnel_data(load_movielens(), load_config()["dataset"])[0].filter_fields  # what a build writes
+    assert built.schema() == fields.schema() and np.array_equal(built.floats[0].values, fields.floats[0].values,
+                                                                equal_nan=True)
+    tokens, ranges = validate_field_filters(fields.schema(), 1, filter_tensors(**request_))
+    want = _movielens_admissible(catalogue, request_.get("include_genres", ()), request_.get("exclude_genres", ()),
+                                 request_.get("years"))
+    assert set(np.flatnonzero(id_mask(fields, tokens[0], ranges[0])).tolist()) - {0} == want  # 0 pads, no row
+
+
+def test_a_grown_or_widened_movielens_catalogue_filters_its_new_items():
+    """`items add` (ids past the table or in a gap of it) and `--items` (synthetic copies): the filter table
+    follows the catalogue's genres and years, never the table of the catalogue it came from."""
+    import json
+
+    from widefunnel.builders.new_items import grow_catalogue, parse_new_items
+    from widefunnel.builders.synthetic import extend_catalogue, plan
+    from widefunnel.data import load_catalogue
+    from widefunnel.validation import filter_tensors
+
+    catalogue = load_catalogue()
+
+    def admitted(cat, **request) -> set[int]:
+        fields = cat.filter_fields
+        tokens, ranges = validate_field_filters(fields.schema(), 1, filter_tensors(**request))
+        assert fields.table_size == cat.table_size
+        return set(np.flatnonzero(id_mask(fields, tokens[0], ranges[0])).tolist())
+
+    later = parse_new_items(json.dumps({"id": 1690, "title": "Later", "year": 2031, "genres": ["Drama"]}), "a",
+                            catalogue)
+    grown = grow_catalogue(catalogue, later)
+    gap = grow_catalogue(grown, parse_new_items(json.dumps({"id": 1685, "title": "Gap", "year": 2031}), "b", grown))
+    assert admitted(grown, years=(2030, 2040)) == {1690}
+    assert admitted(gap, years=(2030, 2040)) == {1685, 1690}
+    assert admitted(gap, include_genres=["unknown"], years=(2030, 2040)) == {1685}  # no genres: "unknown"
+    wide = extend_catalogue(catalogue, plan(catalogue, len(catalogue.item_ids) + 50, 0))
+    synthetic = set(range(catalogue.table_size, wide.table_size))
+    assert admitted(wide, include_genres=["Documentary"]) - admitted(catalogue, include_genres=["Documentary"]) == {
+        i for i in synthetic if "Documentary" in wide.genres[i]}

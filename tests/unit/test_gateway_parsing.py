@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
 from widefunnel import model_configs as mcfg
+from widefunnel.field_filters import genre_year_fields
 from widefunnel.gateway.checks import Limits, Refusal, check_grpc_infer, check_http_infer, parse_json, route
 from widefunnel.gateway.models import Bounds, model_spec
 from widefunnel.validation import MAX_FILTER_VALUES, MAX_REQUEST_ID_CHARS, MAX_STRING_BYTES
@@ -26,7 +27,10 @@ from widefunnel.validation import MAX_FILTER_VALUES, MAX_REQUEST_ID_CHARS, MAX_S
 LIMITS = Limits()
 TARGET = mcfg.Target("cpu")
 VERSIONS = dict.fromkeys(mcfg.STEP_MODELS, 1)
-ENSEMBLE = model_spec(mcfg.ensemble_config(TARGET, 3, VERSIONS), Bounds(request_candidates=1000, max_exclude=50))
+# a MovieLens build's filters: its fields genre and year (include_genre, exclude_genre, min_year, max_year)
+MOVIELENS = tuple(genre_year_fields({1: ("Comedy",)}, np.array([0, 1995]), ("Comedy",), 2).schema().client_inputs())
+ENSEMBLE = model_spec(mcfg.ensemble_config(TARGET, 3, VERSIONS, MOVIELENS),
+                      Bounds(request_candidates=1000, max_exclude=50))
 SCORE = model_spec(mcfg.score_config(TARGET, 3, VERSIONS), Bounds(request_candidates=1000, max_exclude=50))
 ANN = model_spec(mcfg.ann_config("engagement", TARGET, 32, {}), Bounds(request_candidates=1000, max_exclude=50))
 
@@ -233,6 +237,7 @@ def test_each_string_and_the_strings_per_seed_are_bounded_on_both_protocols():
     ("seed_item_id", "INT64", [1], "takes rank 2"),
     ("seed_item_id", "INT64", [65, 1], "batch of 65"),
     ("exclude_item_id", "INT64", [1, 51], "51 values per seed; at most 50"),
+    ("min_year", "INT32", [1, 1], "^input 'min_year': model 'widefunnel' takes FP32, got INT32$"),  # as any range
 ])
 def test_inputs_are_checked_against_the_model_they_are_sent_to(name, datatype, shape, message):
     count = int(np.prod(shape))

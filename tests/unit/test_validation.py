@@ -48,14 +48,15 @@ def test_model_parameters_name_what_is_missing_and_unknown():
 
 
 # ---- filter values: bounded per seed and per request, each non-empty and short, names looked up once ----------
+from widefunnel.field_filters import ANY_OF, NONE_OF, FieldSchema, genre_year_fields  # noqa: E402
 from widefunnel.validation import (  # noqa: E402
     MAX_FILTER_VALUES,
     MAX_REQUEST_FILTER_VALUES,
     MAX_SHOWN_CHARS,
     MAX_STRING_BYTES,
-    ValidFilters,
     check_ann_inputs,
     check_not_empty,
+    filter_names,
     filter_tensors,
     request_scalar,
     shown,
@@ -63,7 +64,23 @@ from widefunnel.validation import (  # noqa: E402
 )
 
 GENRES = ("Action", "Comedy", "Drama")
-FILTER_LIMITS = RequestLimits(np.arange(1, 10), 0.5, 10, 100, np.ones(4, np.float32), 100, 1000, GENRES, 3)
+# MovieLens' fields genre (codes 1..3 in GENRES order) and year, as a build of it writes them
+SCHEMA = genre_year_fields({1: ("Action",)}, np.array([0, 1995]), GENRES, 2).schema()
+FILTER_LIMITS = RequestLimits(np.arange(1, 10), 0.5, 10, 100, np.ones(4, np.float32), 100, 1000, 3)
+
+
+def _validate(batch: int, **tensors):
+    return validate_filters(FILTER_LIMITS, SCHEMA, batch, tensors)
+
+
+def _genre_filters(tokens: np.ndarray) -> list[set[tuple[int, str]]]:
+    """Each seed's packed FIELD_TOKENS row -> {(mode, genre)} (the genre field is slot 0)."""
+    rows = []
+    for row in tokens:
+        row = row[row >= 0]
+        assert ((row >> 33) == 0).all()
+        rows.append({(int((t >> 32) & 1), ("", *GENRES)[int(t & 0xFFFFFFFF)]) for t in row})
+    return rows
 
 
 class Untouchable:
@@ -82,20 +99,21 @@ def _names(rows) -> np.ndarray:
     return np.array([[n.encode() for n in row] for row in rows], dtype=object)
 
 
-def test_genre_masks_are_the_union_of_each_seeds_names():
-    got = validate_filters(FILTER_LIMITS, 3, include_genre=_names([["Drama", "Drama"], ["Action", "Comedy"],
-                                                                   ["Comedy", "Action"]]),
-                           exclude_genre=np.array([["Action"]] * 3, dtype=object))  # str elements too
-    assert got.genres_any[:, 0].tolist() == [0b100, 0b011, 0b011]
-    assert got.genres_none[:, 0].tolist() == [0b001] * 3
+def test_genre_filters_are_the_union_of_each_seeds_names():
+    got = _validate(3, include_genre=_names([["Drama", "Drama"], ["Action", "Comedy"], ["Comedy", "Action"]]),
+                    exclude_genre=np.array([["Action"]] * 3, dtype=object))  # str elements too
+    assert _genre_filters(got.field_tokens) == [{(ANY_OF, "Drama"), (NONE_OF, "Action")},
+                                                 *[{(ANY_OF, "Action"), (ANY_OF, "Comedy"), (NONE_OF, "Action")}] * 2]
+    assert (got.field_ranges == [-np.inf, np.inf]).all() and (got.exclude_ids == -1).all()
 
 
 def test_the_largest_allowed_request_validates():
     batch = MAX_REQUEST_FILTER_VALUES // MAX_FILTER_VALUES
     names = np.array([GENRES[(i + j) % 3].encode() for i in range(batch) for j in range(MAX_FILTER_VALUES)],
                      dtype=object).reshape(batch, MAX_FILTER_VALUES)
-    got = validate_filters(FILTER_LIMITS, batch, include_genre=names, exclude_genre=names)
-    assert (got.genres_any == 0b111).all() and (got.genres_none == 0b111).all()
+    got = _validate(batch, include_genre=names, exclude_genre=names)
+    every = {(mode, g) for mode in (ANY_OF, NONE_OF) for g in GENRES}
+    assert _genre_filters(got.field_tokens) == [every] * batch
 
 
 @pytest.mark.parametrize("batch, width, message", [
@@ -108,7 +126,7 @@ def test_over_the_bounds_is_refused_by_its_shape_before_any_value_is_read(batch,
     values = np.empty((batch, width), dtype=object)
     values[...] = Untouchable()
     with pytest.raises(RequestError, match=message):
-        validate_filters(FILTER_LIMITS, batch, include_genre=values)
+        _validate(batch, include_genre=values)
 
 
 @pytest.mark.parametrize("field", ["include_genre", "exclude_genre"])
@@ -116,7 +134,7 @@ def test_an_empty_value_is_refused_by_seed_and_position(field):
     values = _names([["Drama", "Comedy"], ["Drama", "Comedy"], ["Drama", "Comedy"], ["Comedy", "Drama"]])
     values[3, 0] = b""
     with pytest.raises(RequestError, match=rf"^{field}: empty value at seed 3, position 0; send names only"):
-        validate_filters(FILTER_LIMITS, 4, **{field: values})
+        _validate(4, **{field: values})
 
 
 @pytest.mark.parametrize("size", [MAX_STRING_BYTES + 1, 1 << 20])
@@ -124,12 +142,13 @@ def test_a_long_value_is_refused_by_name_and_quoted_short(size):
     values = _names([["Drama", "x" * size]])
     with pytest.raises(RequestError, match=rf"^include_genre: value at seed 0, position 1 is {size} bytes, more "
                                            rf"than {MAX_STRING_BYTES}: 'xxx") as info:
-        validate_filters(FILTER_LIMITS, 1, include_genre=values)
+        _validate(1, include_genre=values)
     assert len(str(info.value)) < 100 + MAX_SHOWN_CHARS
     values = _names([["Drama", "Opera" * 50]])  # within the bound, unknown: the echo is cut as well
-    with pytest.raises(RequestError, match=r"^include_genre: unknown genre 'OperaOpera") as info:
-        validate_filters(FILTER_LIMITS, 1, include_genre=values)
-    assert len(str(info.value)) < 60 + MAX_SHOWN_CHARS
+    with pytest.raises(RequestError, match=r"^include_genre: unknown value 'OperaOpera.*\.\.\. \(not in this "
+                                           r"build's catalogue; known: Action, Comedy, Drama\)$") as info:
+        _validate(1, include_genre=values)
+    assert len(str(info.value)) < 100 + MAX_SHOWN_CHARS
 
 
 def test_shown_cuts_any_value_to_its_limit():
@@ -144,20 +163,35 @@ def test_the_client_never_sends_an_empty_value():
     tensors = filter_tensors(include_genres=["Comedy", "Drama"], exclude_genres=["Action"], batch=3)
     for field in ("include_genre", "exclude_genre"):
         assert tensors[field].shape[0] == 3 and all(v for v in tensors[field].ravel())
-    got = validate_filters(FILTER_LIMITS, 3, **tensors)
-    assert got.genres_any[:, 0].tolist() == [0b110] * 3 and set(ValidFilters.FIELDS) >= set(tensors)
+    got = _validate(3, **tensors)
+    assert _genre_filters(got.field_tokens) == [{(ANY_OF, "Comedy"), (ANY_OF, "Drama"), (NONE_OF, "Action")}] * 3
+    assert set(filter_names(SCHEMA)) >= set(tensors)
+
+
+def test_the_year_filter_is_a_float_range_as_every_range_filter():
+    """MovieLens' client keeps its arguments (years=(a, b)) and sends FP32, as min_/max_ of any float field."""
+    tensors = filter_tensors(years=(1990, 1999), batch=2)
+    assert {n: (t.dtype, t.shape) for n, t in tensors.items()} == {"min_year": (np.float32, (2, 1)),
+                                                                  "max_year": (np.float32, (2, 1))}
+    got = _validate(2, **tensors)
+    assert got.field_ranges.tolist() == [[1990.0, 1999.0]] * 2 and (got.field_tokens == -1).all()
+    assert _validate(1, max_year=np.array([[1999.0]], np.float32)).field_ranges.tolist() == [[-np.inf, 1999.0]]
+    with pytest.raises(RequestError, match=r"^min_year, max_year: empty range at seed 0, got \[1999.0, 1990.0\]"):
+        _validate(1, **filter_tensors(years=(1999, 1990)))
+    with pytest.raises(RequestError, match=r"^include_genre: unknown value 'Opera' \(not in this build's catalogue"):
+        _validate(1, **filter_tensors(include_genres=["Opera"]))
 
 
 # ---- step inputs a direct call could send: shapes, widths, one value per request -----------------------------
 def test_ann_inputs_are_bounded_by_shape():
-    check_ann_inputs({"EXCLUDE_IDS": np.full((2, 1000), -1), "GENRES_ANY": np.zeros((2, 1)),
-                      "YEARS": np.zeros((2, 2)), "EXCLUDE_ID": np.ones((2, 1))}, 2, 1000)
+    check_ann_inputs({"EXCLUDE_IDS": np.full((2, 1000), -1), "FIELD_TOKENS": np.full((2, 3), -1),
+                      "FIELD_RANGES": np.zeros((2, 2)), "EXCLUDE_ID": np.ones((2, 1))}, 2, 1000)
     for inputs, message in (({"EXCLUDE_IDS": np.broadcast_to(np.int64(0), (2, 3_750_000))},
                              r"^EXCLUDE_IDS: between 1 and 1000 values per query, got 3750000$"),
                             ({"EXCLUDE_IDS": np.zeros((2, 0), np.int64)}, r"^EXCLUDE_IDS: between 1 and 1000"),
                             ({"EXCLUDE_IDS": np.zeros((3, 5), np.int64)}, r"^EXCLUDE_IDS: expected shape \[2, E\]"),
-                            ({"GENRES_NONE": np.zeros((2, 2), np.int64)}, r"^GENRES_NONE: expected shape \[2, 1\]"),
-                            ({"YEARS": np.zeros((2,), np.int32)}, r"^YEARS: expected shape \[2, 2\]"),
+                            ({"FIELD_RANGES": np.zeros((2, 3), np.float32)}, r"^FIELD_RANGES: \(min, max\) pairs"),
+                            ({"FIELD_TOKENS": np.zeros((2,), np.int64)}, r"^FIELD_TOKENS: expected shape \[2, E\]"),
                             ({"EXCLUDE_ID": np.zeros((2, 3), np.int64)}, r"^EXCLUDE_ID: expected shape \[2, 1\]")):
         with pytest.raises(RequestError, match=message):
             check_ann_inputs(inputs, 2, 1000)
@@ -176,12 +210,13 @@ def test_one_value_per_request_and_no_empty_inputs():
             check_not_empty("CANDIDATE_ID", np.ones(shape))
 
 
-def test_attribute_filters_on_a_build_without_attributes_are_refused_by_name():
-    """A catalogue of its own (no genres, no years): exclusions work, attribute filters are refused by name."""
-    ex = validate_filters(LIMITS, 1, exclude_item_id=np.array([[3, -1]], np.int64))
-    assert ex.exclude_ids.tolist() == [[3, -1]]
+def test_field_filters_on_a_build_without_fields_are_refused_by_name():
+    """A catalogue without a filterable field: exclusions work, any field filter is refused by name."""
+    none = FieldSchema((), ())
+    ex = validate_filters(LIMITS, none, 1, {"exclude_item_id": np.array([[3, -1]], np.int64)})
+    assert ex.exclude_ids.tolist() == [[3, -1]] and filter_names(none) == ("exclude_item_id",)
     for field in ("min_year", "max_year"):
-        with pytest.raises(RequestError, match=rf"{field}: this build has no item attributes"):
-            validate_filters(LIMITS, 1, **{field: np.array([[1990]], np.int32)})
-    with pytest.raises(RequestError, match=r"include_genre: .*this build has no item attributes"):
-        validate_filters(LIMITS, 1, include_genre=np.array([[b"Comedy"]], dtype=object))
+        with pytest.raises(RequestError, match=rf"^{field}: not a filter of this build \(its fields: none\)"):
+            validate_filters(LIMITS, none, 1, {field: np.array([[1990]], np.float32)})
+    with pytest.raises(RequestError, match=r"^include_genre: not a filter of this build"):
+        validate_filters(LIMITS, none, 1, {"include_genre": np.array([[b"Comedy"]], dtype=object)})

@@ -14,7 +14,6 @@ import numpy as np
 
 from widefunnel import field_filters
 from widefunnel.ann import kernels
-from widefunnel.validation import YEAR_ANY  # one owner: the client-facing default of min_year/max_year
 
 
 def no_filter(batch: int) -> np.ndarray:
@@ -79,72 +78,6 @@ def subset(allow: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-# ------------------------------------------------------------------------------------------ item attributes
-MAX_GENRES = 63  # genres are bits of an int64 mask
-
-
-@dataclass(frozen=True)
-class ItemAttributes:
-    """What a filter can ask of an item, keyed by item id (so every shard of an index reads the same table):
-    a genre bitmask (bit j = ``genre_names[j]``) and a release year (0 = unknown: a year range excludes it).
-    Written beside each ANN version's index (``layout.ITEM_ATTRIBUTES``), so it is versioned with it."""
-
-    ids: np.ndarray  # int64 [M]
-    genres: np.ndarray  # int64 [M] bitmask
-    years: np.ndarray  # int32 [M]
-    genre_names: tuple[str, ...]
-
-    @classmethod
-    def of(cls, ids: np.ndarray, genres: dict[int, tuple[str, ...]], years: np.ndarray,
-           genre_names: tuple[str, ...]) -> ItemAttributes:
-        if len(genre_names) > MAX_GENRES:
-            raise ValueError(f"at most {MAX_GENRES} genres, got {len(genre_names)}")
-        bit = {g: j for j, g in enumerate(genre_names)}
-        ids = np.asarray(ids, np.int64)
-        mask = np.array([sum(1 << bit[g] for g in genres.get(int(i), ())) for i in ids], np.int64)
-        return cls(ids, mask, np.asarray(years, np.int64)[ids].astype(np.int32), tuple(genre_names))
-
-    def save(self, path: Path) -> None:
-        with open(path, "wb") as f:
-            np.savez(f, ids=self.ids, genres=self.genres, years=self.years, genre_names=np.array(self.genre_names))
-
-    @classmethod
-    def load(cls, path: Path) -> ItemAttributes:
-        with np.load(path, allow_pickle=False) as z:
-            return cls(z["ids"].astype(np.int64), z["genres"].astype(np.int64), z["years"].astype(np.int32),
-                       tuple(str(g) for g in z["genre_names"]))
-
-
-@dataclass(frozen=True)
-class RowAttributes:
-    """``ItemAttributes`` in one index's row order (rows absent from the table: no genre, unknown year)."""
-
-    genres: np.ndarray  # int64 [N]
-    years: np.ndarray  # int32 [N]
-
-    @classmethod
-    def of(cls, attributes: ItemAttributes, row_ids: np.ndarray) -> RowAttributes:
-        order = np.argsort(attributes.ids, kind="stable")
-        sorted_ids = attributes.ids[order]
-        pos = np.minimum(np.searchsorted(sorted_ids, row_ids), max(0, len(sorted_ids) - 1))
-        hit = (sorted_ids[pos] == row_ids) if len(sorted_ids) else np.zeros(len(row_ids), bool)
-        return cls(np.where(hit, attributes.genres[order][pos], 0).astype(np.int64),
-                   np.where(hit, attributes.years[order][pos], 0).astype(np.int32))
-
-
-def attribute_mask(rows: RowAttributes, genres_any: int, genres_none: int, years: tuple[int, int]) -> np.ndarray:
-    """bool [N]: the rows a query's attribute filter admits. ``genres_any`` 0 = any genre; ``years`` inclusive
-    (``YEAR_ANY`` = no year filter)."""
-    mask = np.ones(len(rows.genres), bool)
-    if genres_any:
-        mask &= (rows.genres & np.int64(genres_any)) != 0
-    if genres_none:
-        mask &= (rows.genres & np.int64(genres_none)) == 0
-    if tuple(years) != YEAR_ANY:
-        mask &= (rows.years >= years[0]) & (rows.years <= years[1]) & (rows.years != 0)
-    return mask
-
-
 def blocked_bits(n_rows: int, rows: np.ndarray) -> np.ndarray | None:
     """Rows never admissible (e.g. taken-down items; -1 = not in this index) -> the packed bitmap [1, W] of the
     other rows, or None when no row is blocked."""
@@ -183,35 +116,26 @@ class StandingBlock:
         return self._bits
 
 
-def request_bitmap(n_rows: int, rows: RowAttributes | None, rows_of_ids, exclude_ids: np.ndarray | None,
-                   genres_any: np.ndarray | None, genres_none: np.ndarray | None, years: np.ndarray | None,
-                   fields: RowFields | None = None, field_tokens: np.ndarray | None = None,
-                   field_ranges: np.ndarray | None = None) -> np.ndarray | None:
-    """Per-query filters (exclusion ids [B, E] with -1 pads; genre masks [B]; inclusive year ranges [B, 2]) ->
-    a row bitmap [B, W] over ``n_rows`` rows, or None when no query filters anything (the unfiltered scan
-    runs). ``rows_of_ids`` maps ids to rows (-1 = not in this index). Field filters (``field_filters``' packed
-    FIELD_TOKENS / FIELD_RANGES) need ``fields``. ValueError when an attribute or field filter meets an index
-    without that table."""
-    given = [a for a in (exclude_ids, genres_any, genres_none, years, field_tokens, field_ranges) if a is not None]
+def request_bitmap(n_rows: int, rows_of_ids, exclude_ids: np.ndarray | None, fields: RowFields | None = None,
+                   field_tokens: np.ndarray | None = None, field_ranges: np.ndarray | None = None
+                   ) -> np.ndarray | None:
+    """Per-query filters (exclusion ids [B, E] with -1 pads; ``field_filters``' packed FIELD_TOKENS [B, T] and
+    FIELD_RANGES [B, 2F]) -> a row bitmap [B, W] over ``n_rows`` rows, or None when no query filters anything
+    (the unfiltered scan runs). ``rows_of_ids`` maps ids to rows (-1 = not in this index). Field filters need
+    ``fields``: ValueError when one meets an index without that table."""
+    given = [a for a in (exclude_ids, field_tokens, field_ranges) if a is not None]
     if not given:
         return None
     batch = len(given[0])
     by_field = field_filters.filtering(field_tokens, field_ranges)
     if by_field.any() and fields is None:
         raise ValueError("field filters: this index has no item fields table (a build before them); rebuild it")
-    attr = [(0 if genres_any is None else int(genres_any[i]), 0 if genres_none is None else int(genres_none[i]),
-             YEAR_ANY if years is None else (int(years[i][0]), int(years[i][1]))) for i in range(batch)]
     excl = None if exclude_ids is None else rows_of_ids(np.asarray(exclude_ids, np.int64).reshape(batch, -1))
-    by_attribute = any(a != (0, 0, YEAR_ANY) for a in attr)
-    if not by_attribute and not by_field.any() and (excl is None or not (excl >= 0).any()):
+    if not by_field.any() and (excl is None or not (excl >= 0).any()):
         return None
-    if by_attribute and rows is None:
-        raise ValueError("filters: this index has no item attributes (its build wrote none); rebuild it")
     masks = np.ones((batch, n_rows), bool)
     field_masks: dict[tuple[bytes, bytes], np.ndarray] = {}
     for i in range(batch):
-        if rows is not None and attr[i] != (0, 0, YEAR_ANY):
-            masks[i] = attribute_mask(rows, *attr[i])
         if fields is not None and by_field[i]:
             tokens = field_tokens[i] if field_tokens is not None else np.zeros(0, np.int64)
             ranges = None if field_ranges is None else field_ranges[i]
@@ -248,24 +172,19 @@ class HeadFilter:
     """What one head's scan admits: a request's filters (``request_bitmap``) AND the standing block of
     taken-down items (``StandingBlock``). One owner for the ANN step and ``InProcessFunnel``, so both filter
     alike. ``row_ids``: the index's item id per row; ``rows_of``: ids -> rows (-1 = not in this index);
-    ``attributes``: the build's item attributes file (None or absent: a build older than filters, where only
-    exclusions work); ``takedown_ids``: returns the taken-down ids (``takedowns.TakedownWatch.ids``)."""
+    ``fields``: the build's item fields file (``layout.ITEM_FIELDS``; None or absent: a build without
+    filterable fields, where only exclusions work); ``takedown_ids``: returns the taken-down ids
+    (``takedowns.TakedownWatch.ids``)."""
 
-    def __init__(self, row_ids: np.ndarray, rows_of, attributes: Path | str | None, takedown_ids,
-                 fields: Path | str | None = None):
+    def __init__(self, row_ids: np.ndarray, rows_of, fields: Path | str | None, takedown_ids):
         self.n_rows, self.rows_of = len(row_ids), rows_of
-        self.attributes = (RowAttributes.of(ItemAttributes.load(attributes), row_ids)
-                           if attributes is not None and Path(attributes).exists() else None)
         self.fields = (RowFields(field_filters.ItemFields.load(fields), np.asarray(row_ids, np.int64))
                        if fields is not None and Path(fields).exists() else None)
         self.blocked = StandingBlock(takedown_ids, self.n_rows, rows_of)
 
-    def allow(self, batch: int, exclude_ids: np.ndarray | None = None, genres_any: np.ndarray | None = None,
-              genres_none: np.ndarray | None = None, years: np.ndarray | None = None,
-              field_tokens: np.ndarray | None = None, field_ranges: np.ndarray | None = None) -> np.ndarray | None:
-        """The row bitmap [batch, W] a scan applies, or None when nothing is filtered or blocked. Genre masks
-        [B]; the rest as ``request_bitmap``'s. ValueError when an attribute filter meets a build without
-        attributes."""
-        return restrict(request_bitmap(self.n_rows, self.attributes, self.rows_of, exclude_ids, genres_any,
-                                       genres_none, years, self.fields, field_tokens, field_ranges),
-                        self.blocked.bits(), batch)
+    def allow(self, batch: int, exclude_ids: np.ndarray | None = None, field_tokens: np.ndarray | None = None,
+              field_ranges: np.ndarray | None = None) -> np.ndarray | None:
+        """The row bitmap [batch, W] a scan applies, or None when nothing is filtered or blocked (arguments as
+        ``request_bitmap``'s). ValueError when a field filter meets a build without the fields table."""
+        return restrict(request_bitmap(self.n_rows, self.rows_of, exclude_ids, self.fields, field_tokens,
+                                       field_ranges), self.blocked.bits(), batch)
