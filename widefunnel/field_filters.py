@@ -23,6 +23,7 @@ from widefunnel.tensor_names import range_filters, token_filters
 TOKEN, FLOAT = "token", "float"
 ANY_OF, NONE_OF = 0, 1
 _CODE_BITS = 32
+MAX_BIT_VALUES = 63  # a token field of at most this many values is also kept as one int64 bitmask per item
 # MovieLens' two filter fields (its genres, its release year): the same rule names their client tensors
 # include_genre / exclude_genre and min_year / max_year, the names its clients have always sent.
 GENRE_FIELD, YEAR_FIELD = "genre", "year"
@@ -43,12 +44,31 @@ class TokenField:
         """int64 [nnz]: the internal id each stored code belongs to (computed once: every filter reads it)."""
         return np.repeat(np.arange(len(self.offsets) - 1, dtype=np.int64), np.diff(self.offsets))
 
+    @cached_property
+    def item_bits(self) -> np.ndarray | None:
+        """int64 [table_size]: bit ``c - 1`` set where the item holds code ``c``, for a vocabulary of at most
+        ``MAX_BIT_VALUES`` values (MovieLens' 19 genres): a filter on it is then one AND over the items, not a
+        pass over every stored code. None for a larger vocabulary. Computed once, at the first filter."""
+        if len(self.vocabulary) - 1 > MAX_BIT_VALUES:
+            return None
+        bits = np.zeros(len(self.offsets) - 1, np.int64)
+        held = np.diff(self.offsets) > 0
+        if held.any():  # an OR per item; empty items are skipped, so each segment is exactly one item's codes
+            bits[held] = np.bitwise_or.reduceat(np.int64(1) << (self.codes.astype(np.int64) - 1),
+                                                self.offsets[:-1][held])
+        return bits
+
     def items_with(self, codes: np.ndarray) -> np.ndarray:
-        """bool [table_size]: the items holding any of ``codes`` (a lookup table over the vocabulary, then one
-        gather and a bincount over the stored codes: no sort)."""
-        wanted = np.zeros(len(self.vocabulary) + 1, bool)
+        """bool [table_size]: the items holding any of ``codes``: one AND per item for a small vocabulary
+        (``item_bits``), else a lookup table over the vocabulary, one gather and a bincount over the stored codes
+        (no sort)."""
         codes = np.asarray(codes, np.int64)
-        wanted[codes[(codes >= 1) & (codes < len(wanted))]] = True
+        codes = codes[(codes >= 1) & (codes < len(self.vocabulary))]
+        bits = self.item_bits
+        if bits is not None:
+            return (bits & np.bitwise_or.reduce(np.int64(1) << (codes - 1), initial=np.int64(0))) != 0
+        wanted = np.zeros(len(self.vocabulary), bool)
+        wanted[codes] = True
         return np.bincount(self.item_of_code[wanted[self.codes]], minlength=len(self.offsets) - 1) > 0
 
 

@@ -9,7 +9,14 @@ import pytest
 
 from widefunnel.ann import filters
 from widefunnel.dataset.columns import FloatColumn, token_column, token_seq_column
-from widefunnel.field_filters import GENRE_FIELD, YEAR_FIELD, ItemFields, field_of_column, id_mask
+from widefunnel.field_filters import (
+    GENRE_FIELD,
+    MAX_BIT_VALUES,
+    YEAR_FIELD,
+    ItemFields,
+    field_of_column,
+    id_mask,
+)
 from widefunnel.validation import MAX_FILTER_VALUES, RequestError, validate_field_filters
 
 BRANDS = ["acme", "bolt", None, "acme", "crux", "bolt"]
@@ -95,10 +102,12 @@ def test_validation_refuses_by_name():
     assert tokens.shape == (3, 1) and (tokens == -1).all() and ranges.shape == (3, 2)
 
 
-def test_the_row_bitmap_equals_brute_force_on_a_random_catalogue(tmp_path):
+@pytest.mark.parametrize("values", [12, MAX_BIT_VALUES + 1], ids=["bitmask", "stored-codes"])
+def test_the_row_bitmap_equals_brute_force_on_a_random_catalogue(tmp_path, values):
+    """Both ways a token filter is read: a small vocabulary's per-item bitmask, a larger one's stored codes."""
     rng = np.random.default_rng(7)
     n = 500
-    vocab = [f"v{j}" for j in range(12)]
+    vocab = [f"v{j}" for j in range(values)]
     brands = [None if rng.random() < 0.1 else vocab[rng.integers(12)] for _ in range(n)]
     cats = [list(rng.choice(vocab, rng.integers(0, 4), replace=False)) for _ in range(n)]
     prices = np.where(rng.random(n) < 0.1, np.nan, rng.uniform(0, 100, n)).astype(np.float32)
@@ -106,6 +115,7 @@ def test_the_row_bitmap_equals_brute_force_on_a_random_catalogue(tmp_path):
     fields = ItemFields((field_of_column("brand", token_column(pa.array(brands)), ids, n + 1),
                          field_of_column("cat", token_seq_column(pa.array(cats)), ids, n + 1),
                          field_of_column("price", FloatColumn(prices), ids, n + 1)))
+    assert (fields.tokens[1].item_bits is None) == (values > MAX_BIT_VALUES)
     fields.save(tmp_path / "f.npz")
     row_ids = rng.permutation(np.arange(1, n + 1))[: n - 20]  # an index (a shard) holding some items, any order
     rows = {int(i): r for r, i in enumerate(row_ids)}
