@@ -19,14 +19,21 @@ DEMO_SEEDS = (1, 50, 181, 98, 423)  # Toy Story, Star Wars, Return of the Jedi, 
 def _build(args: argparse.Namespace) -> int:
     from widefunnel.builders.repository import build
     from widefunnel.builders.train import load_configured_dataset
-    from widefunnel.config import ConfigError, load_config
+    from widefunnel.config import ConfigError, load_config, load_config_file
     from widefunnel.dataset import DatasetConfigError, DatasetError
+    from widefunnel.dataset.conditions import implicit_feedback_labels
     from widefunnel.model_configs import Target
 
     dataset_path = getattr(args, "dataset", None)
     try:
         cfg = load_config(args.config, {"dataset": {"path": str(dataset_path)}} if dataset_path else None)
         dataset = load_configured_dataset(cfg)  # checked whole before anything is written
+        if cfg["dataset"]["path"]:
+            user = load_config_file(args.config).get("dataset", {}) if args.config else {}
+            cfg["dataset"], notes = implicit_feedback_labels(cfg["dataset"], user,
+                                                             set(dataset.interactions.columns))
+            for note in notes:
+                print(f"note: {note} (set [dataset] positive / [dataset.tasks] to choose)")
     except (ConfigError, DatasetError, DatasetConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -117,13 +124,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 def format_recommendations(seeds, rec, titles: dict[int, str]) -> str:
     lines = []
+    width = max([5, *(len(str(int(i))) for i in rec.item_id.ravel() if i >= 0)])  # 13-digit SKUs line up too
     for b, seed in enumerate(seeds):
         lines.append(f"\nseed {seed}: {titles.get(int(seed), '?')}   [build {rec.fingerprint[b]}]")
-        lines.append(f"  {'#':>2}  {'item':>5}  {'score':>7}  {'head':<10}  title")
+        lines.append(f"  {'#':>2}  {'item':>{width}}  {'score':>7}  {'head':<10}  title")
         for j, item in enumerate(rec.item_id[b]):
             if item < 0:
                 continue
-            lines.append(f"  {j + 1:>2}  {item:>5}  {rec.score[b, j]:7.4f}  {rec.source_head[b, j]:<10}  "
+            lines.append(f"  {j + 1:>2}  {item:>{width}}  {rec.score[b, j]:7.4f}  {rec.source_head[b, j]:<10}  "
                          f"{titles.get(int(item), '?')}")
     return "\n".join(lines)
 
@@ -538,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # the library logs (swap and perf actions, the stub supervisor, TensorRT builds); the CLI shows them
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it loaded: noise to a user
     return args.func(args)
 
 

@@ -65,10 +65,15 @@ def _overlay(base: Config, override: Config, path: str = "") -> Config:
     return out
 
 
+def load_config_file(path: Path) -> Config:
+    """What a config file itself sets, before the defaults."""
+    return tomllib.loads(Path(path).read_text())
+
+
 def load_config(path: Path | None = None, overrides: Config | None = None) -> Config:
     config = default_config()
     if path is not None:
-        config = _overlay(config, tomllib.loads(Path(path).read_text()))
+        config = _overlay(config, load_config_file(path))
     if overrides:
         config = _overlay(config, overrides)
     return config

@@ -30,3 +30,20 @@ def test_filter_specs():
         parse_field_filters(["min_price=cheap"])
     with pytest.raises(ValueError, match="expected NAME=VALUE"):
         parse_field_filters(["=x"])
+
+
+def test_a_log_without_ratings_gets_implicit_feedback_labels_unless_the_user_set_them():
+    from widefunnel.config import default_config
+    from widefunnel.dataset.conditions import implicit_feedback_labels
+
+    defaults = default_config()["dataset"]
+    table, notes = implicit_feedback_labels(defaults, {}, {"dwell"})  # RecBole's implicit feedback: no rating
+    assert table["positive"] == "" and table["tasks"] == {"engaged": ""} and len(notes) == 2
+    assert defaults["positive"] == "rating >= 4"  # the defaults themselves are not changed
+    assert implicit_feedback_labels(defaults, {}, {"rating"}) == (defaults, [])  # a log with ratings keeps them
+    mine = {"positive": "dwell >= 30", "tasks": {"long_read": "dwell >= 120"}}
+    table, notes = implicit_feedback_labels(defaults | mine, mine, {"dwell"})
+    assert table["positive"] == "dwell >= 30" and table["tasks"] == mine["tasks"] and not notes
+    # what the user set is never replaced, even when it names a field the log lacks (refused later, by name)
+    table, _ = implicit_feedback_labels(defaults | {"positive": "rating >= 3"}, {"positive": "rating >= 3"}, set())
+    assert table["positive"] == "rating >= 3"

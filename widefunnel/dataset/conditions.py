@@ -73,3 +73,24 @@ def parse_tasks(tasks: dict[str, str], key: str = "dataset.tasks") -> dict[str, 
     if not isinstance(tasks, dict) or not tasks:
         raise DatasetConfigError(f"config key '{key}' must be a table of at least one task = \"condition\"")
     return {name: Condition.parse(text, f"{key}.{name}") for name, text in tasks.items()}
+
+
+def implicit_feedback_labels(table: dict, user_table: dict, log_fields: set[str]) -> tuple[dict, list[str]]:
+    """`[dataset]` for a log the default conditions do not fit: RecBole's implicit-feedback datasets (views,
+    clicks) carry no `rating`, so where the user's config leaves `positive` or `tasks` to the defaults and those
+    name a field the log lacks, every interaction is a positive and the scorer has one task, `engaged`. What the
+    user set is never changed (a wrong field there is refused by name). Returns (the table, what was changed)."""
+    out, notes = dict(table), []
+
+    def missing(text: str) -> bool:
+        field = Condition.parse(text, "dataset").field
+        return field is not None and field not in log_fields
+
+    if "positive" not in user_table and missing(out.get("positive", "")):
+        out["positive"] = ""
+        notes.append(f"the log has no field for the default positive ({table['positive']!r}): every interaction "
+                     "is a positive")
+    if "tasks" not in user_table and any(missing(c) for c in out.get("tasks", {}).values()):
+        out["tasks"] = {"engaged": ""}
+        notes.append("the log has no field for the default tasks (liked, loved from a rating): one task, engaged")
+    return out, notes

@@ -146,7 +146,7 @@ def _text_fields(config: DatasetConfig, raw: RawTable) -> tuple[tuple[str, ...],
     if not text:
         raise DatasetError(raw.file, line, None, "no text field for the content encoder: the item table has no "
                                                  "token_seq field; name token fields in [dataset] text_fields")
-    titled = [n for n in text if n.endswith("title") or n == "name"]
+    titled = [n for n in text if n.endswith(("title", "headline")) or n == "name"]
     return text, config.title_field or (titled or text)[0]
 
 
