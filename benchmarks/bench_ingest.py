@@ -47,6 +47,28 @@ def _size_mib(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
+def _funnel_stages(ds, folder: Path, stage) -> None:
+    """What a build does next with the loaded dataset, before the encoder and training: the catalogue, features
+    and filter fields in internal ids (`funnel_data`), the co-engaged pairs and the time split."""
+    import tomllib
+
+    from widefunnel.config import default_config
+    from widefunnel.data import co_engagement_pairs, funnel_data, time_split
+    from widefunnel.dataset.synthetic_shop import DATASET_CONFIG
+
+    cfg = default_config()
+    table = cfg["dataset"] | tomllib.loads(DATASET_CONFIG)["dataset"] | {"path": str(folder)}
+    with stage("  funnel_data") as row:
+        catalogue, inter = funnel_data(ds, table)
+        row[3] = f"{len(catalogue.item_ids):,} items, features + filter fields + coding"
+    with stage("  co-engaged pairs") as row:
+        pairs = co_engagement_pairs(inter, cfg["data"]["window"])
+        row[3] = f"{len(pairs.query):,} pairs (window {cfg['data']['window']})"
+    with stage("  time split") as row:
+        split = time_split(pairs, inter, cfg["data"]["split_quantile"], catalogue.table_size)
+        row[3] = f"{len(split.train.query):,} train / {len(split.test.query):,} test"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interactions", type=int, default=1_000_000)
@@ -55,6 +77,8 @@ def main() -> None:
     parser.add_argument("--parts", type=int, default=8, help="Parquet part files per table")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--funnel", action="store_true",
+                        help="also time what the build does next: funnel_data, the co-engaged pairs, the split")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench_ingest_", dir=args.dir))
@@ -94,6 +118,8 @@ def main() -> None:
             with stage(f"  text ({name})") as row:
                 texts = ds.text(np.arange(min(len(ds.items), 100_000)))
                 row[3] = f"{len(texts)} items"
+            if name == "parquet" and args.funnel:
+                _funnel_stages(ds, folder, stage)
             del ds, queries, texts
     finally:
         shutil.rmtree(root, ignore_errors=True)
