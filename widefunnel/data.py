@@ -174,17 +174,24 @@ def co_engagement_pairs(inter: Interactions, window: int, every: bool = False) -
     rows = np.flatnonzero(keep)
     order = np.lexsort((items, ts, users))
     users, items, ratings, ts, rows = users[order], items[order], ratings[order], ts[order], rows[order]
-    q, t, r, s, lab = [], [], [], [], []
-    for offset in range(1, window + 1):
-        same = users[offset:] == users[:-offset]
-        a, b = np.arange(len(users) - offset)[same], np.arange(offset, len(users))[same]
-        q += [items[a], items[b]]
-        t += [items[b], items[a]]
-        r += [ratings[b], ratings[a]]
-        s += [ts[b], ts[b]]
-        lab += [rows[b], rows[a]]
-    labels = None if inter.labels is None else inter.labels[np.concatenate(lab)]
-    return Pairs(np.concatenate(q), np.concatenate(t), np.concatenate(r), np.concatenate(s), labels)
+    # Filled in place, one block per (offset, direction), rather than collected and concatenated: at 20M log rows
+    # there are ~160M pairs, and a second copy of every column was half of the peak.
+    starts = [np.flatnonzero(users[offset:] == users[:-offset]) for offset in range(1, window + 1)]
+    total = 2 * sum(len(a) for a in starts)
+    q, t = np.empty(total, items.dtype), np.empty(total, items.dtype)
+    r, s = np.empty(total, ratings.dtype), np.empty(total, ts.dtype)
+    labelled = inter.labels is not None
+    lab = np.empty(total, np.int64) if labelled else None
+    at = 0
+    for offset, a in enumerate(starts, start=1):
+        b = a + offset
+        for first, second in ((a, b), (b, a)):  # both directions: query first, target second
+            end = at + len(a)
+            q[at:end], t[at:end], r[at:end], s[at:end] = items[first], items[second], ratings[second], ts[b]
+            if labelled:
+                lab[at:end] = rows[second]
+            at = end
+    return Pairs(q, t, r, s, inter.labels[lab] if labelled else None)
 
 
 @dataclass(frozen=True)
