@@ -7,6 +7,7 @@ sys.path); `tests/served/conftest.py` re-exports them, so `from conftest import 
 from __future__ import annotations
 
 import shutil
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,3 +66,30 @@ def reloaded(server, model: str, within: float = 10.0) -> bool:
     while model not in server.supervisor.restarts and time.monotonic() < deadline:
         time.sleep(0.1)
     return model in server.supervisor.restarts
+
+
+class ClientThreads:
+    """Client threads that each run ``self._run(*args)`` until ``stop`` is set (a subclass's request loop, which
+    records what it saw under ``lock``). Leaving the ``with`` block stops them and fails if one is still waiting on
+    a request after ``join_timeout`` seconds: a hang."""
+
+    join_timeout = 60.0
+
+    def __init__(self, thread_args: list[tuple]):
+        self.stop, self.lock = threading.Event(), threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=args, daemon=True) for args in thread_args]
+
+    def _run(self, *args) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=self.join_timeout)
+        hung = [t for t in self.threads if t.is_alive()]
+        assert not hung, f"{len(hung)} client thread(s) still waiting on a request"

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import admin_client, private_server, reloaded
+from helpers import ClientThreads, admin_client, private_server, reloaded
 
 from widefunnel.client.client import WidefunnelClient
 from widefunnel.model_configs import RESTART_PARAMETER
@@ -53,16 +53,16 @@ def _answer(server, protocol: str = "grpc", timeout: float = TIMEOUT_S):
         return c.recommend(SEEDS, top_n=10)
 
 
-class Clients:
+class Clients(ClientThreads):
     """4 client threads (2 gRPC, 2 HTTP) sending requests with a deadline until stopped; each request's
     outcome and duration recorded."""
 
+    join_timeout = TIMEOUT_S + 30
+
     def __init__(self, server, threads: int = 4):
-        self.server, self.stop = server, threading.Event()
+        self.server = server
         self.records: list[tuple[str, float, bool, str]] = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=("grpc" if i % 2 == 0 else "http",), daemon=True)
-                        for i in range(threads)]
+        super().__init__([("grpc" if i % 2 == 0 else "http",) for i in range(threads)])
 
     def _run(self, protocol: str) -> None:
         while not self.stop.is_set():
@@ -75,18 +75,6 @@ class Clients:
                 time.sleep(0.05)
             with self.lock:
                 self.records.append((protocol, time.monotonic() - start, ok, why))
-
-    def __enter__(self) -> Clients:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=TIMEOUT_S + 30)
-        hung = [t for t in self.threads if t.is_alive()]
-        assert not hung, f"{len(hung)} client thread(s) still waiting on a request"
 
     def check_none_hung(self) -> None:
         slow = [r for r in self.records if r[1] > TIMEOUT_S + SLACK_S]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import random
 import re
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ClientThreads
 
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
@@ -278,10 +278,7 @@ def test_in_process_answers_equal_the_served_ones_with_field_filters(shop, serve
             np.testing.assert_array_equal(got.item_id, want.item_id)
             np.testing.assert_allclose(got.score, want.score, rtol=1e-6, atol=1e-7)
             assert extra == {} or set(got.item_id[got.item_id >= 0].tolist()) <= admissible
-            got, want = client.retrieve(seeds, candidates=100, **extra), local.candidates(seeds, 100, **extra)
-            for head in mcfg.HEADS:
-                np.testing.assert_array_equal(got[head][0], want[head][0])
-                np.testing.assert_array_equal(got[head][1], want[head][1])
+            _same_candidates(client.retrieve(seeds, candidates=100, **extra), local.candidates(seeds, 100, **extra))
     with pytest.raises(RequestError, match=r"include_brand: unknown value 'no-such-brand'"):
         local.recommend(seeds, fields={"include_brand": ["no-such-brand"]})
     with pytest.raises(RequestError, match=r"include_colour: not a filter of this build"):
@@ -384,6 +381,13 @@ def test_items_added_in_the_shops_own_format_are_served_and_filterable(shop, ser
             client.recommend(new_ids[:1])
 
 
+def _same_candidates(got: dict, want: dict) -> None:
+    """Each head's candidate ids and scores equal, exactly."""
+    for head in mcfg.HEADS:
+        np.testing.assert_array_equal(got[head][0], want[head][0])
+        np.testing.assert_array_equal(got[head][1], want[head][1])
+
+
 # ------------------------------------------------------------------ the shop build under operations
 @dataclass(frozen=True)
 class _Answer:
@@ -394,16 +398,14 @@ class _Answer:
     error: str | None = None
 
 
-class _Traffic:
+class _Traffic(ClientThreads):
     """Client threads, each with its own client, half over HTTP and half over gRPC, asking for seed pairs by SKU
     until stopped (bounded); every answer is kept with the pair it answers."""
 
     def __init__(self, server, pairs: list[list[int]], per_protocol: int = 2, max_seconds: float = 240.0):
         self.server, self.pairs, self.deadline = server, pairs, time.monotonic() + max_seconds
         self.answers: list[_Answer] = []
-        self.stop, self.lock = threading.Event(), threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(protocol, i), daemon=True)
-                        for protocol in ("http", "grpc") for i in range(per_protocol)]
+        super().__init__([(protocol, i) for protocol in ("http", "grpc") for i in range(per_protocol)])
 
     def _run(self, protocol: str, index: int) -> None:
         rng = random.Random(f"{protocol}{index}")
@@ -419,17 +421,6 @@ class _Traffic:
                 with self.lock:
                     self.answers.append(answer)
                 time.sleep(0.05)  # leave the 2-core box room to load versions
-
-    def __enter__(self) -> _Traffic:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-        assert not any(t.is_alive() for t in self.threads), "a client thread hung"
 
 
 def test_a_swap_under_load_by_sku_never_fails_or_mixes(shop, served, tmp_path, monkeypatch, capsys):
@@ -506,9 +497,6 @@ def test_a_sharded_deployment_answers_by_sku_as_the_single_server(shop, builds, 
                     np.testing.assert_array_equal(got.item_id, want.item_id)
                     np.testing.assert_array_equal(got.score, want.score)
                     assert (got.item_id >= 10**12).all()  # SKUs, not internal ids
-                    want, got = single.retrieve(seeds, candidates=100, **extra), sharded.retrieve(seeds, 100, **extra)
-                    for head in mcfg.HEADS:
-                        np.testing.assert_array_equal(got[head][0], want[head][0])
-                        np.testing.assert_array_equal(got[head][1], want[head][1])
+                    _same_candidates(sharded.retrieve(seeds, 100, **extra), single.retrieve(seeds, 100, **extra))
                 with pytest.raises(WidefunnelError, match=r"include_brand: unknown value 'no-such-brand'"):
                     sharded.recommend(seeds, fields={"include_brand": ["no-such-brand"]})

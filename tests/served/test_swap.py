@@ -11,14 +11,13 @@ import copy
 import json
 import random
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import admin_client
+from helpers import ClientThreads, admin_client
 
 from widefunnel import model_configs as mcfg
 from widefunnel.client.client import WidefunnelClient, WidefunnelError
@@ -73,15 +72,13 @@ class Outcome:
     error: str | None = None
 
 
-class Load:
+class Load(ClientThreads):
     """CLIENTS threads, each its own gRPC client, querying two seeds per request until stopped (bounded)."""
 
     def __init__(self, url: str, seeds: list[int], max_seconds: float = 240.0):
         self.url, self.seeds, self.deadline = url, seeds, time.monotonic() + max_seconds
         self.outcomes: list[Outcome] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(CLIENTS)]
+        super().__init__([(i,) for i in range(CLIENTS)])
 
     def _run(self, index: int) -> None:
         rng = random.Random(index)
@@ -96,17 +93,6 @@ class Load:
                 with self.lock:
                     self.outcomes.append(outcome)
                 time.sleep(0.05)  # 8 in flight at most, but leave the 2-core box room to load versions
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-        assert not any(t.is_alive() for t in self.threads), "a client thread hung"
 
     def between(self, start: float, end: float) -> list[Outcome]:
         return [o for o in self.outcomes if o.start >= start and o.end <= end]
