@@ -118,6 +118,11 @@ def _settled(server) -> None:
     assert server.supervisor is not None and server.alive(), f"not restarted: {server.keeper.deaths[-1:]}"
 
 
+def _restarting(server, deaths: int) -> bool:
+    """Whether the keeper has seen the server die since it had seen ``deaths`` deaths."""
+    return len(server.keeper.deaths) > deaths or server.process is None
+
+
 def _serving_answer(server):
     """The answer once the server serves: a test before may have left it restarting (the keeper's pause)."""
     _settled(server)
@@ -154,18 +159,21 @@ def test_a_replacement_stub_killed_within_half_a_second_is_noticed_under_load(li
         time.sleep(1.0)
         reload = threading.Thread(target=_reload, args=(live_server, model, f"test-{when}"), daemon=True)
         reload.start()
+        deaths = len(live_server.keeper.deaths)
         new: set[int] = set()
         deadline = time.monotonic() + 60
-        while not new and time.monotonic() < deadline:  # the new instance's stub, as soon as it exists
-            new = _instances(live_server, model) - old
+        while not new and time.monotonic() < deadline and not _restarting(live_server, deaths):
+            new = _instances(live_server, model) - old  # the new instance's stub, as soon as it exists
             time.sleep(0.01)
-        assert new, "the reload started no stub"
+        # tritonserver 2.51 may stop the old stub before the new one exists; the supervisor's in-place reload then
+        # meets the client's load, and that pair can hang until the supervisor restarts the whole server.
+        assert new or _restarting(live_server, deaths), "the reload started no stub"
         if when == "just loaded":
             reload.join(timeout=60)
         for pid in new:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
-        deaths = len(live_server.keeper.deaths)
         # tritonserver 2.51's load call can hang when its stub is killed while loading: then the supervisor's reload
         # times out and the whole server restarts, which takes longer than an in-place reload.
         healed = _heal_time(live_server, before, killed, HEAL_S + LOAD_TIMEOUT_S + RESTART_S)
@@ -190,11 +198,17 @@ def test_a_stub_killed_under_load_hangs_no_request_and_heals(live_server, victim
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
-        healed = _heal_time(live_server, before, killed)
+        deaths = len(live_server.keeper.deaths)
+        healed = _heal_time(live_server, before, killed, HEAL_S + LOAD_TIMEOUT_S + RESTART_S)
         time.sleep(1.0)
     clients.check_none_hung()
-    log.warning("%s: healed %.1fs after the kill", victim, healed)
-    assert reloaded(live_server, victim), live_server.supervisor.restarts
+    restarted = live_server.keeper.deaths[deaths:]
+    log.warning("%s: healed %.1fs after the kill; server restarts %s", victim, healed, restarted)
+    if restarted:  # the in-place reload hung in tritonserver and the supervisor restarted the server (logged)
+        assert "did not finish" in restarted[0] or "SIGSEGV" in restarted[0], restarted
+    else:
+        assert healed <= HEAL_S, f"healed in place, but only after {healed:.1f}s"
+        assert reloaded(live_server, victim), live_server.supervisor.restarts
 
 
 def test_canaries_do_not_count_as_client_traffic(live_server):
