@@ -290,7 +290,7 @@ def build(repository: Path, cfg: dict, target: mcfg.Target, version: int | None 
     """``items``: the catalogue's size, the real items plus synthetic ones (``builders.synthetic``).
     ``dataset``: the config's dataset, already loaded and checked (`builders.train.load_configured_dataset`)."""
     start = time.monotonic()
-    data = TrainingData.load(cfg, progress, dataset)
+    data = TrainingData.load(cfg, progress, dataset, held_out=False)  # a build never evaluates
     funnel = train_funnel(data, cfg, tower_fingerprint, progress)
     record = None
     if items is not None and items != len(data.catalogue.item_ids):

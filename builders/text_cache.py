@@ -72,8 +72,8 @@ class TextEmbeddingCache:
         os.replace(tmp, self.folder / f"{name}.npz")
 
 
-def cached_encode(texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], cache: TextEmbeddingCache
-                  ) -> tuple[np.ndarray, int]:
+def cached_encode(texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], cache: TextEmbeddingCache,
+                  chunk: int = 50_000) -> tuple[np.ndarray, int]:
     """Embeddings of ``texts`` in order, encoding each distinct text the cache lacks once; (embeddings, how many
     texts were encoded)."""
     if not texts:
@@ -82,11 +82,12 @@ def cached_encode(texts: Sequence[str], encode: Callable[[list[str]], np.ndarray
     unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     vectors, found = cache.lookup(unique)
     missing = np.flatnonzero(~found)
-    if len(missing):
-        fresh = np.asarray(encode([texts[int(first[m])] for m in missing]), np.float32)
+    for start in range(0, len(missing), chunk):  # a shard per chunk: an interrupted build resumes from there
+        part = missing[start:start + chunk]
+        fresh = np.asarray(encode([texts[int(first[m])] for m in part]), np.float32)
         if vectors is None:
             vectors = np.zeros((len(unique), fresh.shape[1]), np.float32)
-        vectors[missing] = fresh
-        cache.add(unique[missing], fresh)
+        vectors[part] = fresh
+        cache.add(unique[part], fresh)
     assert vectors is not None
     return vectors[inverse.ravel()], len(missing)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from widefunnel.builders.losses import distillation_kl, info_nce, ordinal_loss
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, TowerFeatures, unified_value
 from widefunnel.builders.teacher import teacher_embeddings
 from widefunnel.config import DEFAULT_TASK_WEIGHT, dataset_config, task_names
-from widefunnel.data import Catalogue, Interactions, Split, co_engagement_pairs, funnel_data, time_split
+from widefunnel.data import Catalogue, CoEngagement, Interactions, Split, funnel_data, sampled_split
 from widefunnel.dataset import Dataset, load_dataset
 from widefunnel.dataset.features import ItemFeatures
 from widefunnel.dataset.movielens import load_movielens
@@ -37,16 +37,15 @@ class TrainingData:
     content_row: np.ndarray | None = None  # [table_size] item -> teacher row; None: row = item id
 
     @classmethod
-    def load(cls, cfg: dict, progress: bool = True, dataset: Dataset | None = None) -> TrainingData:
-        """``dataset``: already loaded (the CLI checks it before anything is written); else the config's."""
+    def load(cls, cfg: dict, progress: bool = True, dataset: Dataset | None = None,
+             held_out: bool = True) -> TrainingData:
+        """``dataset``: already loaded (the CLI checks it before anything is written); else the config's.
+        ``held_out=False``: no test pairs (a build never evaluates)."""
         dataset = dataset if dataset is not None else load_configured_dataset(cfg)
         catalogue, inter = funnel_data(dataset, cfg["dataset"])
-        pairs = co_engagement_pairs(inter, cfg["data"]["window"])
-        split = time_split(pairs, inter, cfg["data"]["split_quantile"], catalogue.table_size)
-        cap = cfg["data"]["max_train_pairs"]
-        if 0 < cap < len(split.train):
-            keep = np.sort(np.random.default_rng(cfg["seed"]).choice(len(split.train), cap, replace=False))
-            split = replace(split, train=split.train.take(keep))
+        d = cfg["data"]
+        split = sampled_split(inter, d["window"], d["split_quantile"], catalogue.table_size, d["max_train_pairs"],
+                              cfg["seed"], held_out=held_out)
         teacher = teacher_embeddings(catalogue, cfg["teacher"]["batch_size"], progress)
         return cls(catalogue, inter, split, teacher)
 
@@ -167,22 +166,29 @@ def candidates_for(index: Int8Index, queries: np.ndarray, query_ids: np.ndarray,
     return ids
 
 
-def _positives(split: Split) -> dict[int, set[int]]:
-    out: dict[int, set[int]] = {}
-    for q, t in zip(split.train.query.tolist(), split.train.target.tolist()):
-        out.setdefault(q, set()).add(t)
-    return out
+def positive_labels(query: np.ndarray, target: np.ndarray, queries: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """float32 [Q, K]: whether each candidate was co-engaged with its query in (query, target); -1 pads are not."""
+    size = int(max(target.max(initial=0), cands.max(initial=0))) + 1
+    keys = np.unique(query * size + target)
+    want = queries[:, None] * size + cands
+    at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+    return ((keys[at] == want) & (cands >= 0)).astype(np.float32)
 
 
 def train_reranker(data: TrainingData, index: Int8Index, head_table: np.ndarray, cfg: dict,
                    progress: bool = True) -> Reranker:
-    """Trained on this head's own top-K ANN candidates; label = co-engaged with the query in training."""
+    """Trained on this head's own top-K ANN candidates; label = co-engaged with the query in training. At most
+    `rerank.max_queries` query items (sampled): each brings K candidates, so a large catalogue's every item
+    would cost an exact search of the whole index and K examples per epoch."""
     rcfg, k = cfg["rerank"], cfg["ann"]["k"]
     seed_everything(cfg["seed"])
-    positives = _positives(data.split)
-    queries = np.array(sorted(positives), dtype=np.int64)
+    train = data.split.train
+    queries = np.unique(train.query)
+    cap = rcfg["max_queries"]
+    if 0 < cap < len(queries):
+        queries = np.sort(np.random.default_rng(cfg["seed"]).choice(queries, cap, replace=False))
     cands = candidates_for(index, head_table[queries], queries, k)
-    labels = np.array([[c in positives[int(q)] for c in row] for q, row in zip(queries, cands)], np.float32)
+    labels = positive_labels(train.query, train.target, queries, cands)
     model = Reranker(head_table.shape[1], rcfg["hidden"], rcfg["kind"], rcfg["mixture_components"])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     table = torch.from_numpy(head_table)
@@ -227,10 +233,14 @@ def scorer_examples(data: TrainingData, cfg: dict, negatives_per_positive: int =
     """Co-engaged pairs over every interaction, labelled by the config's tasks (`[dataset.tasks]`: by default
     engaged, liked = rating >= 4, loved = rating 5); random negatives."""
     rng = np.random.default_rng(cfg["seed"])
-    every = co_engagement_pairs(data.interactions, cfg["data"]["window"], every=True)
-    every = every.take(every.timestamp <= data.split.split_time)
-    pick = rng.choice(len(every), size=min(len(every), 150_000), replace=False)
-    q, t, r = every.query[pick], every.target[pick], every.rating[pick]
+    pairs, split_time = CoEngagement(data.interactions, cfg["data"]["window"], every=True), data.split.split_time
+
+    def before(ts: np.ndarray) -> np.ndarray:
+        return ts <= split_time
+
+    total = pairs.count(before)
+    every = pairs.pairs(before, rng.choice(total, size=min(total, 150_000), replace=False))
+    q, t, r = every.query, every.target, every.rating
     tasks = len(task_names(cfg))
     nq = np.repeat(q, negatives_per_positive)
     nt = rng.choice(data.catalogue.item_ids, size=len(nq))
@@ -238,7 +248,7 @@ def scorer_examples(data: TrainingData, cfg: dict, negatives_per_positive: int =
     engaged = np.concatenate([np.ones(len(q)), np.zeros(len(nq))])
     rating = np.concatenate([r, np.zeros(len(nq))])
     if every.labels is not None:  # the config's tasks, as conditions on the target interaction
-        labels = np.concatenate([every.labels[pick], np.zeros((len(nq), tasks), bool)]).astype(np.float32)
+        labels = np.concatenate([every.labels, np.zeros((len(nq), tasks), bool)]).astype(np.float32)
     else:
         labels = np.stack([engaged, rating >= 4, rating >= 5], axis=1).astype(np.float32)
     level = relevance_levels(data.teacher, query, target, relevance_thresholds(data, cfg["seed"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from importlib import resources
@@ -163,35 +164,91 @@ def interactions_of(dataset: Dataset) -> Interactions:
     )
 
 
-def co_engagement_pairs(inter: Interactions, window: int, every: bool = False) -> Pairs:
-    """(query, target) for each positive and the same user's next `window` positives, both directions.
+class CoEngagement:
+    """A log's co-engaged pairs, not materialised: each positive with the same user's next ``window`` positives, both
+    directions. Held as the sorted log and, per offset, where each pair's first row is; `pairs` fills only the pairs
+    asked for. At 20M log rows there are ~160M pairs (5 GB as columns) and a build trains on a sample, so it never
+    holds them all.
 
     Positives are ``inter.positive``, which `funnel_data` sets from `[dataset] positive` (its one owner); a log
-    without labels, or ``every``, counts every row."""
-    keep = np.ones(len(inter.items), dtype=bool) if every or inter.positive is None else inter.positive
-    users, items = inter.users[keep], inter.items[keep]
-    ratings, ts = inter.ratings[keep], inter.timestamps[keep]
-    rows = np.flatnonzero(keep)
-    order = np.lexsort((items, ts, users))
-    users, items, ratings, ts, rows = users[order], items[order], ratings[order], ts[order], rows[order]
-    # Filled in place, one block per (offset, direction), rather than collected and concatenated: at 20M log rows
-    # there are ~160M pairs, and a second copy of every column was half of the peak.
-    starts = [np.flatnonzero(users[offset:] == users[:-offset]) for offset in range(1, window + 1)]
-    total = 2 * sum(len(a) for a in starts)
-    q, t = np.empty(total, items.dtype), np.empty(total, items.dtype)
-    r, s = np.empty(total, ratings.dtype), np.empty(total, ts.dtype)
-    labelled = inter.labels is not None
-    lab = np.empty(total, np.int64) if labelled else None
-    at = 0
-    for offset, a in enumerate(starts, start=1):
-        b = a + offset
-        for first, second in ((a, b), (b, a)):  # both directions: query first, target second
-            end = at + len(a)
-            q[at:end], t[at:end], r[at:end], s[at:end] = items[first], items[second], ratings[second], ts[b]
-            if labelled:
-                lab[at:end] = rows[second]
+    without labels, or ``every``, counts every row. The fixed order of the pairs: by offset, then direction (query
+    first, target second; then reversed), then by (user, time, item) of the first row."""
+
+    def __init__(self, inter: Interactions, window: int, every: bool = False):
+        keep = np.ones(len(inter.items), dtype=bool) if every or inter.positive is None else inter.positive
+        rows = np.flatnonzero(keep)
+        order = np.lexsort((inter.items[rows], inter.timestamps[rows], inter.users[rows]))
+        rows = rows[order]
+        self.items, self.ratings = inter.items[rows], inter.ratings[rows]
+        self.timestamps, self.rows, self.labels = inter.timestamps[rows], rows, inter.labels
+        users = inter.users[rows]
+        index = np.int32 if len(users) < 2**31 else np.int64  # halves the largest table the build holds
+        self.starts = [np.flatnonzero(users[offset:] == users[:-offset]).astype(index)
+                       for offset in range(1, window + 1)]
+
+    def _blocks(self):
+        """(first rows, second rows, each pair's timestamp) per block, in the fixed order."""
+        for offset, a in enumerate(self.starts, start=1):
+            b = a + offset
+            for first, second in ((a, b), (b, a)):
+                yield first, second, self.timestamps[b]
+
+    def __len__(self) -> int:
+        return 2 * sum(len(a) for a in self.starts)
+
+    def count(self, where: Callable[[np.ndarray], np.ndarray] | None = None) -> int:
+        """How many pairs have a timestamp that passes ``where`` (all, if None)."""
+        return len(self) if where is None else sum(int(where(ts).sum()) for _, _, ts in self._blocks())
+
+    def target_counts(self, size: int, where: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """[size] float64: how often each item is the target of a pair that passes ``where``."""
+        out = np.zeros(size, dtype=np.float64)
+        for _, second, ts in self._blocks():
+            targets = self.items[second] if where is None else self.items[second[where(ts)]]
+            out += np.bincount(targets, minlength=size)
+        return out
+
+    def pairs(self, where: Callable[[np.ndarray], np.ndarray] | None = None,
+              positions: np.ndarray | None = None) -> Pairs:
+        """The pairs whose timestamp passes ``where`` (all, if None), in the fixed order; with ``positions``
+        (indices into that sequence, in any order), only those, in the order given."""
+        picks = None
+        if positions is not None:
+            positions = np.asarray(positions, dtype=np.int64)
+            sort = np.argsort(positions, kind="stable")
+            picks = positions[sort]
+        total = (self.count(where) if picks is None else len(picks))
+        q, t = np.empty(total, self.items.dtype), np.empty(total, self.items.dtype)
+        r, s = np.empty(total, self.ratings.dtype), np.empty(total, self.timestamps.dtype)
+        lab = np.empty(total, np.int64) if self.labels is not None else None
+        at, seen = 0, 0
+        for first, second, ts in self._blocks():
+            if where is not None:
+                keep = np.flatnonzero(where(ts))
+                first, second, ts = first[keep], second[keep], ts[keep]
+            if picks is not None:
+                lo, hi = np.searchsorted(picks, [seen, seen + len(first)])
+                local = picks[lo:hi] - seen
+                seen += len(first)
+                first, second, ts = first[local], second[local], ts[local]
+            end = at + len(first)
+            q[at:end], t[at:end], r[at:end], s[at:end] = (self.items[first], self.items[second],
+                                                           self.ratings[second], ts)
+            if lab is not None:
+                lab[at:end] = self.rows[second]
             at = end
-    return Pairs(q, t, r, s, inter.labels[lab] if labelled else None)
+        labels = None if lab is None else self.labels[lab]
+        pairs = Pairs(q, t, r, s, labels)
+        if picks is None:
+            return pairs
+        undo = np.empty_like(sort)
+        undo[sort] = np.arange(len(sort))
+        return pairs.take(undo)
+
+
+def co_engagement_pairs(inter: Interactions, window: int, every: bool = False) -> Pairs:
+    """Every co-engaged pair of the log (`CoEngagement`), as columns."""
+    return CoEngagement(inter, window, every).pairs()
 
 
 @dataclass(frozen=True)
@@ -204,14 +261,46 @@ class Split:
 
 
 def time_split(pairs: Pairs, inter: Interactions, quantile: float, table_size: int) -> Split:
-    split_time = int(np.quantile(inter.timestamps, quantile))
+    split_time = split_time_of(inter, quantile)
     train = pairs.take(pairs.timestamp <= split_time)
     test = pairs.take(pairs.timestamp > split_time)
+    popularity = np.bincount(train.target, minlength=table_size).astype(np.float64)
+    return Split(train, test, split_time, fresh_items_after(inter, split_time, table_size), popularity)
+
+
+def split_time_of(inter: Interactions, quantile: float) -> int:
+    """Pairs after this time are held out."""
+    return int(np.quantile(inter.timestamps, quantile))
+
+
+def fresh_items_after(inter: Interactions, split_time: int, table_size: int) -> np.ndarray:
+    """Items with no interaction up to ``split_time`` but some after it."""
     first_seen = np.full(table_size, np.iinfo(np.int64).max)
     np.minimum.at(first_seen, inter.items, inter.timestamps)
-    fresh = np.flatnonzero((first_seen > split_time) & (first_seen < np.iinfo(np.int64).max))
-    popularity = np.bincount(train.target, minlength=table_size).astype(np.float64)
-    return Split(train, test, split_time, fresh.astype(np.int64), popularity)
+    return np.flatnonzero((first_seen > split_time) & (first_seen < np.iinfo(np.int64).max)).astype(np.int64)
+
+
+def sampled_split(inter: Interactions, window: int, quantile: float, table_size: int, max_train: int = 0,
+                  seed: int = 0, held_out: bool = True) -> Split:
+    """`time_split` of `co_engagement_pairs`, then at most ``max_train`` training pairs (sampled with ``seed``;
+    popularity still counts them all), without holding every pair: equal to that construction, in less memory.
+    ``held_out=False`` leaves the test side empty (a build never reads it)."""
+    pairs = CoEngagement(inter, window)
+    split_time = split_time_of(inter, quantile)
+    def before(ts: np.ndarray) -> np.ndarray:
+        return ts <= split_time
+
+    def after(ts: np.ndarray) -> np.ndarray:
+        return ts > split_time
+
+    popularity = pairs.target_counts(table_size, before)
+    total = int(popularity.sum())
+    positions = None
+    if 0 < max_train < total:
+        positions = np.sort(np.random.default_rng(seed).choice(total, max_train, replace=False))
+    train = pairs.pairs(before, positions)
+    test = pairs.pairs(after) if held_out else pairs.pairs(after, np.zeros(0, np.int64))
+    return Split(train, test, split_time, fresh_items_after(inter, split_time, table_size), popularity)
 
 
 def funnel_data(dataset: Dataset, table: dict) -> tuple[Catalogue, Interactions]:
