@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
-from widefunnel.layout import fingerprint_hex, fingerprint_int
+from widefunnel.layout import ONNX_DATA_FILE, fingerprint_hex, fingerprint_int
 from widefunnel.tensor_names import Step
 
 OPSET = 17
@@ -93,6 +93,46 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=OPSET,
                           input_names=inputs, output_names=outputs, dynamic_axes=dynamic)
+    externalize(path)
+
+
+def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096) -> None:
+    """Moves every table of ``path`` of at least ``threshold`` bytes out of the protobuf into one file beside it
+    (`layout.ONNX_DATA_FILE`, ONNX external data, each table at a page-aligned offset). Protobuf stops at 2 GB;
+    external data does not, and ONNX Runtime maps it read-only, so the page cache holds one copy however many
+    processes serve it (instances, steps, two versions during a swap). Files torch wrote for a graph past 2 GB
+    are folded into that one file and removed."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(path), load_external_data=False)
+    scattered = {entry.value for t in model.graph.initializer for entry in t.external_data if entry.key == "location"}
+    onnx.load_external_data_for_model(model, str(path.parent))  # what torch wrote outside, if anything
+    data_path = path.with_name(ONNX_DATA_FILE)
+    tmp = data_path.with_name(f".{data_path.name}.tmp")
+    offset = 0
+    with open(tmp, "wb") as out:
+        for tensor in model.graph.initializer:
+            raw = tensor.raw_data
+            if len(raw) < threshold:
+                continue
+            pad = -offset % align
+            out.write(b"\0" * pad)
+            offset += pad
+            out.write(raw)
+            tensor.ClearField("raw_data")
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", ONNX_DATA_FILE), ("offset", str(offset)), ("length", str(len(raw)))):
+                tensor.external_data.add(key=key, value=value)
+            offset += len(raw)
+    if offset == 0:
+        tmp.unlink()
+        return
+    tmp.replace(data_path)
+    onnx.save_model(model, str(path))
+    for name in scattered - {ONNX_DATA_FILE}:
+        (path.parent / name).unlink(missing_ok=True)
 
 
 def export_query_tower(tower: ItemTower, fingerprint: str, path: Path) -> None:

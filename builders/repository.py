@@ -23,6 +23,7 @@ from widefunnel import model_configs as mcfg
 from widefunnel.ann.index import item_table, save_index
 from widefunnel.builders import gpu
 from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
+from widefunnel.builders.stages import stage
 from widefunnel.builders.state import save_state
 from widefunnel.builders.train import TrainedFunnel, TrainingData, train_funnel, value_weights
 from widefunnel.config import task_names
@@ -300,6 +301,7 @@ def build(repository: Path, cfg: dict, target: mcfg.Target, version: int | None 
 
         funnel, data, synthetic = widen(funnel, data, cfg, items, tower_fingerprint)
         record = {"items": items, "synthetic_items": synthetic.record()}
-    version, fingerprint = write_repository(Path(repository), funnel, data.catalogue, cfg, target, version,
-                                            record=record)
+    with stage("repository"):
+        version, fingerprint = write_repository(Path(repository), funnel, data.catalogue, cfg, target, version,
+                                                record=record)
     return BuildResult(Path(repository), version, fingerprint, time.monotonic() - start)

@@ -14,6 +14,7 @@ import numpy as np
 
 from widefunnel.builders.text_cache import TextEmbeddingCache, cached_encode
 from widefunnel.data import Catalogue
+from widefunnel.layout import ONNX_FILE
 
 logger = logging.getLogger(__name__)
 ENCODER = "all-MiniLM-L6-v2"  # names the cache: embeddings of another encoder never mix with these
@@ -81,7 +82,7 @@ def _onnx_encoder(model) -> Path:
     cache folder and reused; written under a temporary name and renamed, so a half export is never read."""
     import torch
 
-    path = cache_dir() / f"encoder-{ENCODER}" / "model.onnx"
+    path = cache_dir() / f"encoder-{ENCODER}" / ONNX_FILE
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ def _onnx_encoder(model) -> Path:
             return torch.nn.functional.normalize(pooled, dim=-1)
 
     example = model.tokenizer(["a", "an example"], padding=True, return_tensors="pt")
-    tmp = path.with_name(f".{os.getpid()}.model.onnx")
+    tmp = path.with_name(f".{os.getpid()}.{ONNX_FILE}")
     axes = {"batch": 0, "tokens": 1}
     with warnings.catch_warnings():  # the exporter's notes on BERT's ops are not the user's concern
         warnings.simplefilter("ignore")

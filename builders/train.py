@@ -13,6 +13,7 @@ from widefunnel.ann.index import Int8Index, build_index
 from widefunnel.ann.search import exact_search
 from widefunnel.builders.losses import distillation_kl, info_nce, ordinal_loss
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, TowerFeatures, unified_value
+from widefunnel.builders.stages import stage
 from widefunnel.builders.teacher import teacher_embeddings
 from widefunnel.config import DEFAULT_TASK_WEIGHT, dataset_config, task_names
 from widefunnel.data import Catalogue, CoEngagement, Interactions, Split, funnel_data, sampled_split
@@ -42,11 +43,14 @@ class TrainingData:
         """``dataset``: already loaded (the CLI checks it before anything is written); else the config's.
         ``held_out=False``: no test pairs (a build never evaluates)."""
         dataset = dataset if dataset is not None else load_configured_dataset(cfg)
-        catalogue, inter = funnel_data(dataset, cfg["dataset"])
+        with stage("features"):
+            catalogue, inter = funnel_data(dataset, cfg["dataset"])
         d = cfg["data"]
-        split = sampled_split(inter, d["window"], d["split_quantile"], catalogue.table_size, d["max_train_pairs"],
-                              cfg["seed"], held_out=held_out)
-        teacher = teacher_embeddings(catalogue, cfg["teacher"]["batch_size"], progress)
+        with stage("pairs and split"):
+            split = sampled_split(inter, d["window"], d["split_quantile"], catalogue.table_size,
+                                  d["max_train_pairs"], cfg["seed"], held_out=held_out)
+        with stage("content encoder"):
+            teacher = teacher_embeddings(catalogue, cfg["teacher"]["batch_size"], progress)
         return cls(catalogue, inter, split, teacher)
 
     def tower_inputs(self, min_id_count: int = 0) -> TowerFeatures:
@@ -319,10 +323,14 @@ def train_funnel(data: TrainingData, cfg: dict, fingerprint_of, progress: bool =
     """Towers, then an int8 index per head, then a reranker per head on its own candidates, then the scorer.
 
     `fingerprint_of(tower)` names the tower version; every artifact of this build carries it."""
-    tower = train_towers(data, cfg, progress=progress)
-    tables, indexes = tables_and_indexes(tower, data.catalogue, cfg, fingerprint_of)
-    rerankers = [train_reranker(data, idx, t, cfg, progress) for idx, t in zip(indexes, tables)]
-    scorer = train_scorer(data, tables, cfg, progress)
+    with stage("towers"):
+        tower = train_towers(data, cfg, progress=progress)
+    with stage("tables, indexes"):
+        tables, indexes = tables_and_indexes(tower, data.catalogue, cfg, fingerprint_of)
+    with stage("rerankers"):
+        rerankers = [train_reranker(data, idx, t, cfg, progress) for idx, t in zip(indexes, tables)]
+    with stage("scorer"):
+        scorer = train_scorer(data, tables, cfg, progress)
     return TrainedFunnel(tower, tables, indexes, rerankers, scorer)
 
 

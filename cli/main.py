@@ -18,6 +18,7 @@ DEMO_SEEDS = (1, 50, 181, 98, 423)  # Toy Story, Star Wars, Return of the Jedi, 
 
 def _build(args: argparse.Namespace) -> int:
     from widefunnel.builders.repository import build
+    from widefunnel.builders.stages import stage
     from widefunnel.builders.train import load_configured_dataset
     from widefunnel.config import ConfigError, load_config, load_config_file
     from widefunnel.dataset import DatasetConfigError, DatasetError
@@ -27,7 +28,8 @@ def _build(args: argparse.Namespace) -> int:
     dataset_path = getattr(args, "dataset", None)
     try:
         cfg = load_config(args.config, {"dataset": {"path": str(dataset_path)}} if dataset_path else None)
-        dataset = load_configured_dataset(cfg)  # checked whole before anything is written
+        with stage("dataset"):
+            dataset = load_configured_dataset(cfg)  # checked whole before anything is written
         if cfg["dataset"]["path"]:
             user = load_config_file(args.config).get("dataset", {}) if args.config else {}
             cfg["dataset"], notes = implicit_feedback_labels(cfg["dataset"], user,

@@ -48,6 +48,7 @@ def plugin_file(name: str, filename: str = "model.py") -> Path:
 # quota_merge and the ANN steps (takedowns, CANDIDATE_ITEM_ID). Absent: internal == external (no table).
 ITEM_IDS = "item_ids.npy"
 ONNX_FILE = "model.onnx"  # an ONNX step's graph in its version folder (Triton's default_model_filename)
+ONNX_DATA_FILE = "model.onnx.data"  # its tables (ONNX external data), mapped read-only by ONNX Runtime
 CATALOGUE_FILE = "catalogue.npy"  # preprocess's sorted external ids: what a request may name
 ITEM_TITLES = "item_titles.parquet"  # preprocess's display title per catalogue id (widefunnel.item_titles)
 ITEM_FIELDS = "item_fields.npz"  # a build's filterable item fields (field_filters.ItemFields): ANN steps, preprocess

@@ -1,0 +1,80 @@
+"""A whole build at scale (issue 29, point 7): a synthetic shop written as Parquet parts, then `widefunnel build
+--dataset` on it as a user runs it, each build stage's seconds and peak RSS (the `build stage` lines the build
+logs) and the whole process's peak (`/usr/bin/time`). Run twice with one cache: the second build finds every
+content embedding cached by text, as a rebuild does.
+
+The issue's target is 20M interactions over 1M items within 15 minutes, peak under 8 GB:
+
+    .venv/bin/python benchmarks/bench_build_scale.py --interactions 20000000 --items 1000000 --users 2000000
+
+Never run it beside another large job: it takes most of the machine's memory at that size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from widefunnel.dataset.synthetic_shop import DATASET_CONFIG, generate_shop, write_parquet
+
+STAGE = re.compile(r"build stage (.+?)\s+([\d.]+) s\s+peak RSS\s+(\d+) MiB")
+
+
+def run_build(dataset: Path, config: Path, repository: Path, cache: Path) -> tuple[list[tuple[str, float, int]],
+                                                                                   float, float]:
+    """(stages, wall seconds, peak RSS MiB of the whole build process)."""
+    cmd = ["/usr/bin/time", "-f", "MAXRSS %M", sys.executable, "-m", "widefunnel.cli.main", "build", "--quiet",
+           "--dataset", str(dataset), "--config", str(config), "--repository", str(repository)]
+    env = {**__import__("os").environ, "WIDEFUNNEL_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(f"build failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    text = out.stdout + out.stderr
+    stages = [(m.group(1).strip(), float(m.group(2)), int(m.group(3))) for m in STAGE.finditer(text)]
+    peak = int(re.search(r"MAXRSS (\d+)", text).group(1)) / 1024
+    return stages, wall, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--interactions", type=int, default=1_000_000)
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--text-fields", default="title,categories",
+                        help="the content encoder's fields (the config's text_fields)")
+    parser.add_argument("--builds", type=int, default=2, help="builds with one text cache (the 2nd finds it warm)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary folder)")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="bench_build_", dir=args.dir))
+    try:
+        start = time.perf_counter()
+        dataset = write_parquet(generate_shop(args.users, args.items, args.interactions, 0), root / "shop", parts=8)
+        generated = time.perf_counter() - start
+        fields = ", ".join(f'"{f}"' for f in args.text_fields.split(","))
+        config = root / "shop.toml"
+        config.write_text(DATASET_CONFIG.replace("[dataset]\n", f"[dataset]\ntext_fields = [{fields}]\n", 1))
+        runs = [run_build(dataset, config, root / "repo", root / "cache") for _ in range(args.builds)]
+        print(f"\n{args.interactions:,} interactions, {args.items:,} items, {args.users:,} users; text fields "
+              f"{args.text_fields}; dataset generated and written in {generated:.0f} s")
+        names = [name for name, _, _ in runs[0][0]]
+        print("| stage | " + " | ".join(f"build {i + 1}: s | peak RSS MiB" for i in range(len(runs))) + " |")
+        print("|---|" + "---:|---:|" * len(runs))
+        for row, name in enumerate(names):
+            cells = " | ".join(f"{r[0][row][1]:.1f} | {r[0][row][2]:,}" for r in runs)
+            print(f"| {name} | {cells} |")
+        print("| **whole build** | " + " | ".join(f"**{wall:.0f}** | **{peak:,.0f}**" for _, wall, peak in runs) + " |")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
