@@ -30,14 +30,17 @@ def run_build(dataset: Path, config: Path, repository: Path, cache: Path) -> tup
                                                                                    float, float]:
     """(stages, wall seconds, peak RSS MiB of the whole build process)."""
     cmd = ["/usr/bin/time", "-f", "MAXRSS %M", sys.executable, "-m", "widefunnel.cli.main", "build", "--quiet",
+           "--version", "1",
            "--dataset", str(dataset), "--config", str(config), "--repository", str(repository)]
     env = {**__import__("os").environ, "WIDEFUNNEL_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    log = repository.with_name(f"{repository.name}-build.log")  # grows while the build runs: follow it with tail -f
     start = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with open(log, "w") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env).returncode
     wall = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(f"build failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    text = out.stdout + out.stderr
+    text = log.read_text()
+    if code != 0:
+        raise SystemExit(f"build failed ({code}):\n{text[-3000:]}")
     stages = [(m.group(1).strip(), float(m.group(2)), int(m.group(3))) for m in STAGE.finditer(text)]
     peak = int(re.search(r"MAXRSS (\d+)", text).group(1)) / 1024
     return stages, wall, peak
@@ -62,7 +65,7 @@ def main() -> None:
         fields = ", ".join(f'"{f}"' for f in args.text_fields.split(","))
         config = root / "shop.toml"
         config.write_text(DATASET_CONFIG.replace("[dataset]\n", f"[dataset]\ntext_fields = [{fields}]\n", 1))
-        runs = [run_build(dataset, config, root / "repo", root / "cache") for _ in range(args.builds)]
+        runs = [run_build(dataset, config, root / f"repo{i + 1}", root / "cache") for i in range(args.builds)]
         print(f"\n{args.interactions:,} interactions, {args.items:,} items, {args.users:,} users; text fields "
               f"{args.text_fields}; dataset generated and written in {generated:.0f} s")
         names = [name for name, _, _ in runs[0][0]]

@@ -35,31 +35,46 @@ def _stamp(like: torch.Tensor, value: int) -> torch.Tensor:
 
 
 class QueryTowerGraph(nn.Module):
-    def __init__(self, tower: ItemTower, fingerprint: str):
+    """The seed's embedding per head, looked up: the build has already run the tower over every item id (its
+    tables), so the served graph holds each head's table (d floats an item) instead of the tower's per-item
+    inputs (the content encoder's 384 floats, id and field embeddings) and runs no network per request."""
+
+    def __init__(self, tables: list[np.ndarray], fingerprint: str):
         super().__init__()
-        self.tower, self.fp = tower, fingerprint_int(fingerprint)
+        self.fp = fingerprint_int(fingerprint)
+        self.heads = len(tables)
+        for h, table in enumerate(tables):
+            self.register_buffer(f"head{h}", torch.from_numpy(np.ascontiguousarray(table, np.float32)))
 
     def forward(self, item_id: torch.Tensor):
-        eng, rel = self.tower(item_id[:, 0])
-        return eng, rel, _stamp(item_id, self.fp)
+        rows = item_id[:, 0]
+        return (*(getattr(self, f"head{h}")[rows] for h in range(self.heads)), _stamp(item_id, self.fp))
 
 
 class RerankGraph(nn.Module):
     """Scores the head's candidates and keeps each seed's best min(KEEP, K), sorted.
 
-    Candidates arrive as ids: the head's item table (the ANN index's int8 codes and scales, row = item id) is
-    part of the graph, so embeddings never cross the step boundary (SilverTorch's resident representations).
-    A batch may mix seeds asking for different KEEP: the graph keeps the largest and pads the rest (-1, -inf)."""
+    Candidates arrive as ids: the head's item table (the ANN index's int8 codes and scales) is part of the graph,
+    so embeddings never cross the step boundary (SilverTorch's resident representations). With ``rows`` (each
+    id's row) the table is the index's own arrays in its order, and the build maps the very files the ANN step
+    reads; without, ``codes`` and ``scales`` are by id. A batch may mix seeds asking for different KEEP: the
+    graph keeps the largest and pads the rest (-1, -inf)."""
 
-    def __init__(self, reranker: Reranker, codes: np.ndarray, scales: np.ndarray, fingerprint: str):
+    def __init__(self, reranker: Reranker, codes: np.ndarray, scales: np.ndarray, fingerprint: str,
+                 rows: np.ndarray | None = None):
         super().__init__()
         self.reranker, self.fp = reranker, fingerprint_int(fingerprint)
         self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(codes, np.int8)))
         self.register_buffer("scales", torch.from_numpy(np.ascontiguousarray(scales, np.float32)))
+        self.rows = None if rows is None else torch.from_numpy(np.ascontiguousarray(rows, np.int32))
+        if self.rows is not None:
+            self.register_buffer("item_rows", self.rows)
 
     def forward(self, query: torch.Tensor, candidate_id: torch.Tensor, keep: torch.Tensor):
         real = candidate_id >= 0  # the ANN pads short lists with id -1: row 0 (zeros), scored -inf
         rows = torch.where(real, candidate_id, torch.zeros_like(candidate_id))
+        if self.rows is not None:
+            rows = self.item_rows[rows]
         emb = self.codes[rows].to(torch.float32) * self.scales[rows].unsqueeze(-1)
         scores = self.reranker.serve(query, emb)
         scores = torch.where(real, scores, torch.full_like(scores, float("-inf")))
@@ -74,93 +89,143 @@ class RerankGraph(nn.Module):
 
 
 class ScorerGraph(nn.Module):
-    def __init__(self, scorer: CompositeScorer, fingerprint: str):
+    """The composite scorer. With ``tables`` (the heads' embeddings, which its feature table begins with), it
+    gathers from them and from the remaining columns separately, so its heads' part can be the query tower's
+    own files (stored once) instead of a concatenated copy; the rows it assembles are the same."""
+
+    def __init__(self, scorer: CompositeScorer, fingerprint: str, tables: list[np.ndarray] | None = None):
         super().__init__()
         self.scorer, self.fp = scorer, fingerprint_int(fingerprint)
+        self.parts = 0
+        if tables is not None:
+            features, at = scorer.features, 0
+            for h, table in enumerate(tables):
+                table = torch.from_numpy(np.ascontiguousarray(table, np.float32))
+                if not torch.equal(features[:, at:at + table.shape[1]], table):
+                    raise ValueError(f"the scorer's features do not begin with head {h}'s table")
+                self.register_buffer(f"part{h}", table)
+                at += table.shape[1]
+            self.register_buffer(f"part{len(tables)}", features[:, at:].contiguous())
+            self.parts = len(tables) + 1
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.parts:
+            return self.scorer.features[ids]
+        return torch.cat([getattr(self, f"part{p}")[ids] for p in range(self.parts)], dim=-1)
 
     def forward(self, item_id: torch.Tensor, candidate_id: torch.Tensor, value_weights: torch.Tensor):
         real = candidate_id >= 0  # a pad (-1) is looked up as item 0 and scored -inf, never as the last item
-        probs, cumulative = self.scorer(item_id[:, 0], torch.where(real, candidate_id, torch.zeros_like(candidate_id)))
+        rows = torch.where(real, candidate_id, torch.zeros_like(candidate_id))
+        probs, cumulative = self.scorer.score(self._rows(item_id[:, 0]), self._rows(rows))
         score = unified_value(probs, cumulative, value_weights)
         score = torch.where(real, score, torch.full_like(score, float("-inf")))
         return probs, cumulative, score, _stamp(item_id, self.fp)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            dynamic: dict[str, dict[int, str]]) -> None:
+            dynamic: dict[str, dict[int, str]], shared: tuple[Path, ...] = ()) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=OPSET,
                           input_names=inputs, output_names=outputs, dynamic_axes=dynamic)
-    externalize(path)
+    externalize(path, shared=shared)
 
 
-def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096) -> None:
+def _npy_region(path: Path) -> tuple[int, bytes]:
+    """(offset of the array's bytes in a .npy file, those bytes)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        np.lib.format._read_array_header(f, version)  # noqa: SLF001 - numpy's own header reader
+        offset = f.tell()
+    return offset, np.load(path, mmap_mode="r").tobytes()
+
+
+def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096, shared: tuple[Path, ...] = ()) -> None:
     """Moves every table of ``path`` of at least ``threshold`` bytes out of the protobuf into one file beside it
     (`layout.ONNX_DATA_FILE`, ONNX external data, each table at a page-aligned offset). Protobuf stops at 2 GB;
     external data does not, and ONNX Runtime maps it read-only, so the page cache holds one copy however many
     processes serve it (instances, steps, two versions during a swap). Files torch wrote for a graph past 2 GB
-    are folded into that one file and removed."""
+    are folded into that one file and removed. A table whose bytes are those of a ``shared`` .npy file beside
+    ``path`` is read from that file in place (a hard link of another step's table: stored once)."""
     import onnx
-    from onnx import TensorProto
 
     model = onnx.load(str(path), load_external_data=False)
     scattered = {entry.value for t in model.graph.initializer for entry in t.external_data if entry.key == "location"}
     onnx.load_external_data_for_model(model, str(path.parent))  # what torch wrote outside, if anything
     data_path = path.with_name(ONNX_DATA_FILE)
     tmp = data_path.with_name(f".{data_path.name}.tmp")
+    regions = {p.name: _npy_region(p) for p in shared}
     offset = 0
     with open(tmp, "wb") as out:
         for tensor in model.graph.initializer:
             raw = tensor.raw_data
             if len(raw) < threshold:
                 continue
+            same = next((name for name, (_, data) in regions.items() if data == raw), None)
+            if same is not None:
+                _point(tensor, same, regions.pop(same)[0], len(raw))
+                continue
             pad = -offset % align
             out.write(b"\0" * pad)
             offset += pad
             out.write(raw)
-            tensor.ClearField("raw_data")
-            del tensor.external_data[:]
-            tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", ONNX_DATA_FILE), ("offset", str(offset)), ("length", str(len(raw)))):
-                tensor.external_data.add(key=key, value=value)
+            _point(tensor, ONNX_DATA_FILE, offset, len(raw))
             offset += len(raw)
     if offset == 0:
         tmp.unlink()
-        return
-    tmp.replace(data_path)
+    else:
+        tmp.replace(data_path)
     onnx.save_model(model, str(path))
     for name in scattered - {ONNX_DATA_FILE}:
         (path.parent / name).unlink(missing_ok=True)
 
 
-def export_query_tower(tower: ItemTower, fingerprint: str, path: Path) -> None:
-    _export(QueryTowerGraph(tower, fingerprint), (torch.ones(2, 1, dtype=torch.int64),), path,
+def export_query_tower(tables: list[np.ndarray], fingerprint: str, path: Path, shared: tuple[Path, ...] = ()
+                       ) -> None:
+    """``tables``: per head [table_size, d], the tower's embedding of every item id (`TrainedFunnel.tables`);
+    ``shared``: .npy files beside ``path`` holding them (read in place)."""
+    _export(QueryTowerGraph(tables, fingerprint), (torch.ones(2, 1, dtype=torch.int64),), path,
             [Step.ITEM_ID], [*Step.EMBEDDINGS, Step.FINGERPRINT],
-            {n: {0: "batch"} for n in (Step.ITEM_ID, *Step.EMBEDDINGS, Step.FINGERPRINT)})
+            {n: {0: "batch"} for n in (Step.ITEM_ID, *Step.EMBEDDINGS, Step.FINGERPRINT)}, shared)
 
 
 def export_reranker(reranker: Reranker, codes: np.ndarray, scales: np.ndarray, fingerprint: str,
-                    path: Path) -> None:
-    """``codes`` int8 [table, d] and ``scales`` float32 [table]: the head's item table by id (`item_table`)."""
+                    path: Path, rows: np.ndarray | None = None, shared: tuple[Path, ...] = ()) -> None:
+    """``codes`` int8 [n, d] and ``scales`` float32 [n]: the head's item table, by id (`item_table`) or, with
+    ``rows`` (`item_rows`), the index's own. ``shared``: .npy files beside ``path`` holding some of these tables
+    (hard links of the index's): the graph reads them in place instead of a copy."""
     dim = codes.shape[1]
     args = (torch.randn(2, dim), torch.ones(2, 5, dtype=torch.int64), torch.full((2, 1), 3, dtype=torch.int32))
-    _export(RerankGraph(reranker, codes, scales, fingerprint), args, path,
+    _export(RerankGraph(reranker, codes, scales, fingerprint, rows), args, path,
             [Step.QUERY, Step.CANDIDATE_ID, Step.KEEP], [Step.RERANK_ID, Step.RERANK_SCORE, Step.FINGERPRINT],
             {Step.QUERY: {0: "batch"}, Step.CANDIDATE_ID: {0: "batch", 1: "k"}, Step.KEEP: {0: "batch"},
              Step.RERANK_ID: {0: "batch", 1: "m"}, Step.RERANK_SCORE: {0: "batch", 1: "m"},
-             Step.FINGERPRINT: {0: "batch"}})
+             Step.FINGERPRINT: {0: "batch"}}, shared)
 
 
-def export_scorer(scorer: CompositeScorer, tasks: int, fingerprint: str, path: Path) -> None:
+def export_scorer(scorer: CompositeScorer, tasks: int, fingerprint: str, path: Path,
+                  tables: list[np.ndarray] | None = None, shared: tuple[Path, ...] = ()) -> None:
+    """``tables`` and ``shared``: the heads' tables its features begin with, and .npy files beside ``path`` that
+    hold them (hard links of the query tower's): read in place, stored once."""
     args = (torch.ones(2, 1, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int64), torch.ones(2, tasks + 1))
-    _export(ScorerGraph(scorer, fingerprint), args, path,
+    _export(ScorerGraph(scorer, fingerprint, tables), args, path,
             [Step.ITEM_ID, Step.CANDIDATE_ID, Step.VALUE_WEIGHTS],
             [Step.TASK_PROBS, Step.RELEVANCE_PROBS, Step.SCORE, Step.FINGERPRINT],
             {Step.ITEM_ID: {0: "batch"}, Step.CANDIDATE_ID: {0: "batch", 1: "m"}, Step.VALUE_WEIGHTS: {0: "batch"},
              Step.TASK_PROBS: {0: "batch", 1: "m"}, Step.RELEVANCE_PROBS: {0: "batch", 1: "m"},
-             Step.SCORE: {0: "batch", 1: "m"}, Step.FINGERPRINT: {0: "batch"}})
+             Step.SCORE: {0: "batch", 1: "m"}, Step.FINGERPRINT: {0: "batch"}}, shared)
+
+
+def _point(tensor, location: str, offset: int, length: int) -> None:
+    """Makes ``tensor`` ONNX external data: ``length`` bytes at ``offset`` of the file ``location`` beside the graph."""
+    from onnx import TensorProto
+
+    tensor.ClearField("raw_data")
+    del tensor.external_data[:]
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
 
 
 def onnx_outputs(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -212,8 +212,11 @@ class CompositeScorer(nn.Module):
         ``cold`` (training only): masks like query and candidates whose popularity is hidden, as for a fresh
         item's, so that zero popularity reads "not known yet" rather than "never wanted"."""
         q_cold, c_cold = cold if cold is not None else (None, None)
-        q = self._lookup(query, q_cold)[:, None, :].expand(-1, candidates.shape[1], -1)
-        c = self._lookup(candidates, c_cold)
+        return self.score(self._lookup(query, q_cold), self._lookup(candidates, c_cold))
+
+    def score(self, q: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From looked-up feature rows: query [B, F], candidates [B, M, F]."""
+        q = q[:, None, :].expand(-1, c.shape[1], -1)
         h = self.body(torch.cat([q, c, q * c], dim=-1))
         cumulative = ordinal_cumulative(self.relevance(h)[..., 0], self.first_threshold, self.gaps)
         return torch.sigmoid(self.tasks(h)), cumulative

@@ -20,7 +20,7 @@ import numpy as np
 
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
-from widefunnel.ann.index import item_table, save_index
+from widefunnel.ann.index import CODES_FILE, SCALES_FILE, item_rows, save_index
 from widefunnel.builders import gpu
 from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
 from widefunnel.builders.stages import stage
@@ -219,22 +219,35 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
     np.save(writer.folder("preprocess") / layout.CATALOGUE_FILE, np.sort(ids.to_external(catalogue.item_ids)))
     save_titles(writer.folder("preprocess"), ids.to_external(catalogue.item_ids),
                 [catalogue.titles.get(int(i), "") for i in catalogue.item_ids])
-    for step in ("preprocess", "quota_merge", *(f"ann_{head}" for head in HEADS)):
-        ids.save(writer.folder(step))
+    ids.save(writer.folder("preprocess"))
+    for step in ("quota_merge", *(f"ann_{head}" for head in HEADS)):  # the same table: linked, stored once
+        layout.link_or_copy(writer.folder("preprocess") / layout.ITEM_IDS, writer.folder(step) / layout.ITEM_IDS)
     install_plugin("preprocess", writer.folder("preprocess"))
     install_plugin("quota_merge", writer.folder("quota_merge"))
-    export_query_tower(funnel.tower, fingerprint, writer.folder("query_tower") / layout.ONNX_FILE)
+    # The heads' tables, once: the query tower looks seeds up in them, the scorer's features begin with them.
+    tower_dir, scorer_dir = writer.folder("query_tower"), writer.folder("composite_scorer")
+    head_tables = tuple(tower_dir / layout.head_table_file(head) for head in HEADS)
+    for path, table in zip(head_tables, funnel.tables):
+        np.save(path, np.ascontiguousarray(table, np.float32))
+    export_query_tower(funnel.tables, fingerprint, tower_dir / layout.ONNX_FILE, shared=head_tables)
     save_state(writer.folder("query_tower") / layout.BUILD_STATE_FILE, funnel, catalogue, cfg)
     fields = catalogue.filter_fields  # MovieLens' genre and year, or a dataset's own fields
     if fields is not None:  # preprocess validates by its vocabularies, the ANN steps filter by it
-        for step in ("preprocess", *(f"ann_{head}" for head in HEADS)):
-            fields.save(writer.folder(step) / layout.ITEM_FIELDS)
+        source = writer.folder("preprocess") / layout.ITEM_FIELDS
+        fields.save(source)
+        for step in (f"ann_{head}" for head in HEADS):  # the same table: linked, stored once
+            layout.link_or_copy(source, writer.folder(step) / layout.ITEM_FIELDS)
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
-        save_index(index, writer.folder(f"ann_{head}") / layout.INDEX_DIR)
-        codes, scales = item_table(index, catalogue.table_size)
-        export_reranker(reranker, codes, scales, fingerprint, writer.folder(f"rerank_{head}") / layout.ONNX_FILE)
-    export_scorer(funnel.scorer, len(task_names(cfg)), fingerprint,
-                  writer.folder("composite_scorer") / layout.ONNX_FILE)
+        index_dir, rerank_dir = writer.folder(f"ann_{head}") / layout.INDEX_DIR, writer.folder(f"rerank_{head}")
+        save_index(index, index_dir)
+        # The reranker gathers from the index's own codes and scales: hard links, so disk and page cache hold
+        # one copy for both steps (a copy where the filesystem has no links).
+        shared = tuple(layout.link_or_copy(index_dir / name, rerank_dir / name) for name in (CODES_FILE, SCALES_FILE))
+        export_reranker(reranker, index.codes, index.scales, fingerprint, rerank_dir / layout.ONNX_FILE,
+                        rows=item_rows(index, catalogue.table_size), shared=shared)
+    export_scorer(funnel.scorer, len(task_names(cfg)), fingerprint, scorer_dir / layout.ONNX_FILE,
+                  tables=funnel.tables,
+                  shared=tuple(layout.link_or_copy(path, scorer_dir / path.name) for path in head_tables))
 
 
 def disk_pinned_version(repository: Path) -> int | None:

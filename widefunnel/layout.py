@@ -49,6 +49,11 @@ def plugin_file(name: str, filename: str = "model.py") -> Path:
 ITEM_IDS = "item_ids.npy"
 ONNX_FILE = "model.onnx"  # an ONNX step's graph in its version folder (Triton's default_model_filename)
 ONNX_DATA_FILE = "model.onnx.data"  # its tables (ONNX external data), mapped read-only by ONNX Runtime
+def head_table_file(head: str) -> str:
+    """A head's float32 embedding of every item id: the query tower's table, hard-linked into the scorer's folder."""
+    return f"embeddings_{head}.npy"
+
+
 CATALOGUE_FILE = "catalogue.npy"  # preprocess's sorted external ids: what a request may name
 ITEM_TITLES = "item_titles.parquet"  # preprocess's display title per catalogue id (widefunnel.item_titles)
 ITEM_FIELDS = "item_fields.npz"  # a build's filterable item fields (field_filters.ItemFields): ANN steps, preprocess
@@ -67,6 +72,18 @@ def install_plugin(name: str, folder: Path) -> None:
     shutil.copy2(plugin_file(name), folder / "model.py")
     shutil.copy2(Path(str(importlib.resources.files("widefunnel.plugins").joinpath(SITE_BOOTSTRAP))),
                  folder / SITE_BOOTSTRAP)
+
+
+def link_or_copy(source: Path, target: Path) -> Path:
+    """``target`` as a hard link of ``source`` (one copy on disk and in the page cache), or a copy where the
+    filesystem cannot link; ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
 
 
 def versions(model_dir: Path) -> list[int]:

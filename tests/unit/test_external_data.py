@@ -60,3 +60,87 @@ def test_files_torch_scattered_are_folded_into_one(tmp_path):
     externalize(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [ONNX_FILE, ONNX_DATA_FILE]
     np.testing.assert_array_equal(_run(path, ids)[0], before)
+
+
+def test_a_reranker_reads_the_index_files_in_place_and_answers_as_with_its_own_table(tmp_path):
+    """The build hard-links the ANN index's codes and scales into the reranker's folder; the graph reads them there
+    (through each id's row) instead of a by-id copy in its own data, with the same answers."""
+    import os
+
+    from widefunnel.ann.index import CODES_FILE, SCALES_FILE, build_index, item_rows, item_table, save_index
+    from widefunnel.layout import link_or_copy
+
+    rng = np.random.default_rng(2)
+    size = 30_000
+    ids = np.sort(rng.choice(np.arange(1, size), 20_000, replace=False))
+    index = build_index(rng.standard_normal((len(ids), 32)).astype(np.float32), ids, "00000000000000ab",
+                        ivf_lists=8, seed=0)  # IVF: the index's rows are not in id order
+    save_index(index, tmp_path / "ann" / "index")
+    torch.manual_seed(0)
+    model = Reranker(32, [16], "mlp", 4)
+    own = tmp_path / "own" / ONNX_FILE
+    export_reranker(model, *item_table(index, size), "00000000000000ab", own)
+    folder = tmp_path / "rerank"
+    shared = tuple(link_or_copy(tmp_path / "ann" / "index" / n, folder / n) for n in (CODES_FILE, SCALES_FILE))
+    path = folder / ONNX_FILE
+    export_reranker(model, index.codes, index.scales, "00000000000000ab", path, rows=item_rows(index, size),
+                    shared=shared)
+    assert os.stat(folder / CODES_FILE).st_ino == os.stat(tmp_path / "ann" / "index" / CODES_FILE).st_ino
+    locations = {e.value for t in onnx.load(str(path), load_external_data=False).graph.initializer
+                 for e in t.external_data if e.key == "location"}
+    assert {CODES_FILE, SCALES_FILE} <= locations  # read in place ...
+    assert path.with_name(ONNX_DATA_FILE).stat().st_size < index.codes.nbytes  # ... not copied: rows only (4 B/item)
+    feeds = {Step.QUERY: rng.standard_normal((4, 32)).astype(np.float32),
+             Step.CANDIDATE_ID: np.where(rng.random((4, 300)) < 0.05, -1, rng.choice(ids, (4, 300))).astype(np.int64),
+             Step.KEEP: np.full((4, 1), 40, np.int32)}
+    for mine, theirs in zip(_run(path, feeds), _run(own, feeds)):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_the_query_tower_is_each_heads_table_looked_up(tmp_path):
+    """The served query tower answers the tower's own embedding of each id (the build's tables), holding d floats
+    an item per head and nothing else of size."""
+    from widefunnel.builders.export import export_query_tower
+
+    rng = np.random.default_rng(4)
+    tables = [rng.standard_normal((40_000, 32)).astype(np.float32) for _ in range(2)]
+    path = tmp_path / ONNX_FILE
+    export_query_tower(tables, "00000000000000cd", path)
+    ids = np.array([[0], [1], [39_999], [17]], np.int64)
+    eng, rel, fingerprint = _run(path, {Step.ITEM_ID: ids})
+    np.testing.assert_array_equal(eng, tables[0][ids[:, 0]])
+    np.testing.assert_array_equal(rel, tables[1][ids[:, 0]])
+    assert (fingerprint == 0xCD).all()
+    stored = path.stat().st_size + path.with_name(ONNX_DATA_FILE).stat().st_size
+    assert stored < 1.01 * sum(t.nbytes for t in tables) + 8192
+
+
+def test_the_scorer_reads_the_heads_tables_from_the_query_towers_files(tmp_path):
+    import os
+
+    from widefunnel.builders.export import export_scorer
+    from widefunnel.builders.models import CompositeScorer
+    from widefunnel.layout import link_or_copy
+
+    rng = np.random.default_rng(6)
+    tables = [rng.standard_normal((30_000, 32)).astype(np.float32) for _ in range(2)]
+    extra = rng.standard_normal((30_000, 5)).astype(np.float32)
+    torch.manual_seed(0)
+    scorer = CompositeScorer(torch.from_numpy(np.concatenate([*tables, extra], axis=1)), [16], 2).eval()
+    whole = tmp_path / "whole" / ONNX_FILE
+    export_scorer(scorer, 2, "00000000000000ef", whole)
+    tower = tmp_path / "tower"
+    tower.mkdir()
+    files = []
+    for h, table in enumerate(tables):
+        np.save(tower / f"t{h}.npy", table)
+        files.append(link_or_copy(tower / f"t{h}.npy", tmp_path / "scorer" / f"t{h}.npy"))
+    path = tmp_path / "scorer" / ONNX_FILE
+    export_scorer(scorer, 2, "00000000000000ef", path, tables=tables, shared=tuple(files))
+    assert os.stat(files[0]).st_ino == os.stat(tower / "t0.npy").st_ino
+    assert path.with_name(ONNX_DATA_FILE).stat().st_size < extra.nbytes + 1_000_000  # the heads' tables not copied
+    feeds = {Step.ITEM_ID: np.array([[3], [29_999]], np.int64),
+             Step.CANDIDATE_ID: np.array([[1, 2, -1, 7], [0, 5, 6, 29_000]], np.int64),
+             Step.VALUE_WEIGHTS: np.ones((2, 3), np.float32)}
+    for mine, theirs in zip(_run(path, feeds), _run(whole, feeds)):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6)

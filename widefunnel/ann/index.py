@@ -30,7 +30,8 @@ METRICS = ("ip",)
 MAX_DIM = 1024  # int8*int8 dot products stay below 2**24, so float32 arithmetic on them is exact
 MAX_COUNT = 2**31 - 1  # rows must fit the 32-bit row field of the search's sort keys
 MANIFEST = "manifest.json"
-BASE_FILES = ("codes.npy", "scales.npy", "ids.npy")
+CODES_FILE, SCALES_FILE = "codes.npy", "scales.npy"  # the rerankers map these same files (hard links)
+BASE_FILES = (CODES_FILE, SCALES_FILE, "ids.npy")
 IVF_FILES = ("ivf_centroids.npy", "ivf_offsets.npy")
 _MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -101,6 +102,16 @@ def item_table(index: Int8Index, size: int) -> tuple[np.ndarray, np.ndarray]:
     scales = np.zeros(size, np.float32)
     codes[index.ids], scales[index.ids] = index.codes, index.scales
     return codes, scales
+
+
+def item_rows(index: Int8Index, size: int) -> np.ndarray:
+    """int32 [size]: each item id's row in the index (0 where no item): with the index's own codes and scales,
+    the same table as `item_table` at 4 bytes an item instead of d + 4."""
+    if index.count and int(index.ids.max()) >= size:
+        raise ValueError(f"item_rows: id {int(index.ids.max())} does not fit a table of {size} rows")
+    rows = np.zeros(size, np.int32)
+    rows[index.ids] = np.arange(index.count, dtype=np.int32)
+    return rows
 
 
 def _row_order(scales: np.ndarray, lists: np.ndarray | None) -> np.ndarray:
