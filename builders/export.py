@@ -160,11 +160,11 @@ def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096, share
     with open(tmp, "wb") as out:
         for tensor in model.graph.initializer:
             raw = tensor.raw_data
-            if len(raw) < threshold:
-                continue
-            same = next((name for name, (_, data) in regions.items() if data == raw), None)
-            if same is not None:
+            same = next((name for name, (_, data) in regions.items() if raw and data == raw), None)
+            if same is not None:  # whatever its size: the file is there anyway
                 _point(tensor, same, regions.pop(same)[0], len(raw))
+                continue
+            if len(raw) < threshold:
                 continue
             pad = -offset % align
             out.write(b"\0" * pad)

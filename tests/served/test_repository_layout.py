@@ -1,0 +1,40 @@
+"""A build stores each per-item table once (issue 30): the steps that read another step's table get a hard link
+in their own version folder, and the ONNX graphs read their tables as external data, never inside the protobuf.
+(Served answers over this layout: every other served test.)"""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+import pytest
+
+from widefunnel import layout
+from widefunnel.ann.index import CODES_FILE, SCALES_FILE
+from widefunnel.merge import HEADS
+from widefunnel.model_configs import STEP_MODELS
+
+pytestmark = pytest.mark.server
+
+
+def _locations(path) -> set[str]:
+    model = onnx.load(str(path), load_external_data=False)
+    return {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+
+
+def test_each_table_is_stored_once_and_read_in_place(built_repository):
+    repo = built_repository
+    v = str(max(layout.complete_versions(repo, STEP_MODELS)))
+    same = [(repo / "preprocess" / v / layout.ITEM_FIELDS, repo / f"ann_{h}" / v / layout.ITEM_FIELDS) for h in HEADS]
+    for head in HEADS:
+        table = layout.head_table_file(head)
+        same.append((repo / "query_tower" / v / table, repo / "composite_scorer" / v / table))
+        for name in (CODES_FILE, SCALES_FILE):
+            same.append((repo / f"ann_{head}" / v / layout.INDEX_DIR / name, repo / f"rerank_{head}" / v / name))
+        assert {CODES_FILE, SCALES_FILE} <= _locations(repo / f"rerank_{head}" / v / layout.ONNX_FILE)
+    for owner, reader in same:
+        assert os.stat(owner).st_ino == os.stat(reader).st_ino, (owner, reader)
+    assert {layout.head_table_file(h) for h in HEADS} <= _locations(repo / "query_tower" / v / layout.ONNX_FILE)
+    assert {layout.head_table_file(h) for h in HEADS} <= _locations(repo / "composite_scorer" / v / layout.ONNX_FILE)
+    for step in ("query_tower", "composite_scorer", *(f"rerank_{h}" for h in HEADS)):
+        assert (repo / step / v / layout.ONNX_FILE).stat().st_size < 200_000, step  # the graph, no tables
