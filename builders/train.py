@@ -127,6 +127,13 @@ def train_towers(data: TrainingData, cfg: dict, wr: float | None = None, heads: 
     wr = tcfg["wr"] if wr is None else wr
     seed_everything(cfg["seed"])
     tower = ItemTower(data.tower_inputs(cfg["towers"]["min_id_count"]), cfg["towers"], heads=heads)
+    if tcfg["optimizer"] == "adagrad":
+        # Per-item embedding tables get sparse gradients: a step then touches the batch's rows, not every item's
+        # (Adagrad leaves a row without gradient unchanged either way, so the update is the same), and a step's
+        # cost no longer grows with the catalogue.
+        for table in (tower.id_embedding, getattr(tower, "field_embedding", None)):
+            if table is not None:
+                table.sparse = True
     opt = _optimizer(tower.parameters(), tcfg)
     train = data.split.train
     q_all, t_all = torch.from_numpy(train.query), torch.from_numpy(train.target)
