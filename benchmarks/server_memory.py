@@ -1,0 +1,76 @@
+"""Resident memory of a served repository's whole process tree (issue 30, point 4): the gateway, tritonserver and
+every Python stub, each with its RSS and its PSS (shared pages divided among the processes that map them, so the
+PSS column sums to what the tree really takes), after a round of requests has touched the tables.
+
+    .venv/bin/python benchmarks/server_memory.py REPOSITORY [REPOSITORY ...] [--requests 200]
+
+Several repositories are served one after the other in the same run, for a before/after comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from widefunnel import layout
+from widefunnel.client.client import WidefunnelClient
+from widefunnel.model_configs import STEP_MODELS
+from widefunnel.server import TritonServer
+from widefunnel.server.processes import children, instance_stubs, stub_processes
+
+
+def _kib(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measure(repository: Path, requests: int, k: int) -> list[tuple[str, int, int]]:
+    """[(process, RSS KiB, PSS KiB)] of the served tree after ``requests`` recommendations."""
+    version = max(layout.complete_versions(repository, STEP_MODELS))
+    catalogue = np.load(repository / "preprocess" / str(version) / layout.CATALOGUE_FILE)
+    seeds = np.random.default_rng(0).choice(catalogue, requests)
+    server = TritonServer(repository).start()
+    try:
+        with WidefunnelClient(server.grpc_url, "grpc", 60.0) as client:
+            for seed in seeds:
+                client.recommend([int(seed)], top_n=10, candidates=k)
+        time.sleep(1.0)
+        rows = [("gateway", server.gateway_process.pid), ("tritonserver", server.process.pid)]
+        stubs = instance_stubs(stub_processes(server.process.pid))
+        rows += [(f"stub {stub[0]}", pid) for pid, stub in sorted(stubs.items(), key=lambda s: s[1])]
+        known = {pid for _, pid in rows}
+        rows += [("other child", pid) for pid in children(server.process.pid) if pid not in known]
+        return [(name, _kib(pid, "Rss"), _kib(pid, "Pss")) for name, pid in rows]
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("repositories", type=Path, nargs="+")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--k", type=int, default=1000, help="candidates per head per request")
+    args = parser.parse_args()
+    results = {repo: measure(repo, args.requests, args.k) for repo in args.repositories}
+    names = [name for name, _, _ in next(iter(results.values()))]
+    print(f"\n{args.requests} recommendations (K={args.k}) each, then RSS / PSS in MiB")
+    print("| process | " + " | ".join(f"{r.name}: RSS | PSS" for r in results) + " |")
+    print("|---|" + "---:|---:|" * len(results))
+    for i, name in enumerate(names):
+        cells = " | ".join(f"{rows[i][1] / 1024:,.0f} | {rows[i][2] / 1024:,.0f}" if i < len(rows) else "- | -"
+                           for rows in results.values())
+        print(f"| {name} | {cells} |")
+    print("| **tree** | " + " | ".join(f"**{sum(r[1] for r in rows) / 1024:,.0f}** | "
+                                      f"**{sum(r[2] for r in rows) / 1024:,.0f}**" for rows in results.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
