@@ -13,6 +13,7 @@ Never run it beside another large job: it takes most of the machine's memory at 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ def run_build(dataset: Path, config: Path, repository: Path, cache: Path) -> tup
     cmd = ["/usr/bin/time", "-f", "MAXRSS %M", sys.executable, "-m", "widefunnel.cli.main", "build", "--quiet",
            "--version", "1",
            "--dataset", str(dataset), "--config", str(config), "--repository", str(repository)]
-    env = {**__import__("os").environ, "WIDEFUNNEL_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "WIDEFUNNEL_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     log = repository.with_name(f"{repository.name}-build.log")  # grows while the build runs: follow it with tail -f
     start = time.perf_counter()
     with open(log, "w") as out:
