@@ -66,14 +66,14 @@ class RerankGraph(nn.Module):
         self.reranker, self.fp = reranker, fingerprint_int(fingerprint)
         self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(codes, np.int8)))
         self.register_buffer("scales", torch.from_numpy(np.ascontiguousarray(scales, np.float32)))
-        self.rows = None if rows is None else torch.from_numpy(np.ascontiguousarray(rows, np.int32))
-        if self.rows is not None:
-            self.register_buffer("item_rows", self.rows)
+        self.by_row = rows is not None
+        if self.by_row:
+            self.register_buffer("item_rows", torch.from_numpy(np.ascontiguousarray(rows, np.int32)))
 
     def forward(self, query: torch.Tensor, candidate_id: torch.Tensor, keep: torch.Tensor):
         real = candidate_id >= 0  # the ANN pads short lists with id -1: row 0 (zeros), scored -inf
         rows = torch.where(real, candidate_id, torch.zeros_like(candidate_id))
-        if self.rows is not None:
+        if self.by_row:
             rows = self.item_rows[rows]
         emb = self.codes[rows].to(torch.float32) * self.scales[rows].unsqueeze(-1)
         scores = self.reranker.serve(query, emb)
@@ -132,13 +132,17 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     externalize(path, shared=shared)
 
 
-def _npy_region(path: Path) -> tuple[int, bytes]:
-    """(offset of the array's bytes in a .npy file, those bytes)."""
+def _npy_region(path: Path) -> tuple[int, int]:
+    """(offset, length) of the array's bytes in a .npy file."""
+    fmt = np.lib.format
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        np.lib.format._read_array_header(f, version)  # noqa: SLF001 - numpy's own header reader
-        offset = f.tell()
-    return offset, np.load(path, mmap_mode="r").tobytes()
+        version = fmt.read_magic(f)
+        shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        return f.tell(), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _same_bytes(path: Path, raw: bytes) -> bool:
+    return np.load(path, mmap_mode="r").tobytes() == raw
 
 
 def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096, shared: tuple[Path, ...] = ()) -> None:
@@ -155,14 +159,15 @@ def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096, share
     onnx.load_external_data_for_model(model, str(path.parent))  # what torch wrote outside, if anything
     data_path = path.with_name(ONNX_DATA_FILE)
     tmp = data_path.with_name(f".{data_path.name}.tmp")
-    regions = {p.name: _npy_region(p) for p in shared}
+    regions = {p: _npy_region(p) for p in shared}
     offset = 0
     with open(tmp, "wb") as out:
         for tensor in model.graph.initializer:
             raw = tensor.raw_data
-            same = next((name for name, (_, data) in regions.items() if raw and data == raw), None)
+            same = next((p for p, (_, length) in regions.items()  # read a file only where the length matches
+                         if raw and length == len(raw) and _same_bytes(p, raw)), None)
             if same is not None:  # whatever its size: the file is there anyway
-                _point(tensor, same, regions.pop(same)[0], len(raw))
+                _point(tensor, same.name, regions.pop(same)[0], len(raw))
                 continue
             if len(raw) < threshold:
                 continue

@@ -16,7 +16,7 @@ from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, Tow
 from widefunnel.builders.stages import stage
 from widefunnel.builders.teacher import teacher_embeddings
 from widefunnel.config import DEFAULT_TASK_WEIGHT, dataset_config, task_names
-from widefunnel.data import Catalogue, CoEngagement, Interactions, Split, funnel_data, sampled_split
+from widefunnel.data import Catalogue, CoEngagement, Interactions, Split, funnel_data, sampled_split, up_to
 from widefunnel.dataset import Dataset, load_dataset
 from widefunnel.dataset.features import ItemFeatures
 from widefunnel.dataset.movielens import load_movielens
@@ -245,11 +245,7 @@ def scorer_examples(data: TrainingData, cfg: dict, negatives_per_positive: int =
     """Co-engaged pairs over every interaction, labelled by the config's tasks (`[dataset.tasks]`: by default
     engaged, liked = rating >= 4, loved = rating 5); random negatives."""
     rng = np.random.default_rng(cfg["seed"])
-    pairs, split_time = CoEngagement(data.interactions, cfg["data"]["window"], every=True), data.split.split_time
-
-    def before(ts: np.ndarray) -> np.ndarray:
-        return ts <= split_time
-
+    pairs, before = CoEngagement(data.interactions, cfg["data"]["window"], every=True), up_to(data.split.split_time)
     total = pairs.count(before)
     every = pairs.pairs(before, rng.choice(total, size=min(total, 150_000), replace=False))
     q, t, r = every.query, every.target, every.rating

@@ -217,7 +217,7 @@ class CoEngagement:
             positions = np.asarray(positions, dtype=np.int64)
             sort = np.argsort(positions, kind="stable")
             picks = positions[sort]
-        total = (self.count(where) if picks is None else len(picks))
+        total = self.count(where) if picks is None else len(picks)
         q, t = np.empty(total, self.items.dtype), np.empty(total, self.items.dtype)
         r, s = np.empty(total, self.ratings.dtype), np.empty(total, self.timestamps.dtype)
         lab = np.empty(total, np.int64) if self.labels is not None else None
@@ -268,6 +268,11 @@ def time_split(pairs: Pairs, inter: Interactions, quantile: float, table_size: i
     return Split(train, test, split_time, fresh_items_after(inter, split_time, table_size), popularity)
 
 
+def up_to(split_time: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The training side of a split, as a `CoEngagement` filter on pair timestamps."""
+    return lambda ts: ts <= split_time
+
+
 def split_time_of(inter: Interactions, quantile: float) -> int:
     """Pairs after this time are held out."""
     return int(np.quantile(inter.timestamps, quantile))
@@ -287,19 +292,13 @@ def sampled_split(inter: Interactions, window: int, quantile: float, table_size:
     ``held_out=False`` leaves the test side empty (a build never reads it)."""
     pairs = CoEngagement(inter, window)
     split_time = split_time_of(inter, quantile)
-    def before(ts: np.ndarray) -> np.ndarray:
-        return ts <= split_time
-
-    def after(ts: np.ndarray) -> np.ndarray:
-        return ts > split_time
-
-    popularity = pairs.target_counts(table_size, before)
+    popularity = pairs.target_counts(table_size, up_to(split_time))
     total = int(popularity.sum())
     positions = None
     if 0 < max_train < total:
         positions = np.sort(np.random.default_rng(seed).choice(total, max_train, replace=False))
-    train = pairs.pairs(before, positions)
-    test = pairs.pairs(after) if held_out else pairs.pairs(after, np.zeros(0, np.int64))
+    train = pairs.pairs(up_to(split_time), positions)
+    test = pairs.pairs(lambda ts: ts > split_time) if held_out else train.take(np.zeros(0, np.int64))
     return Split(train, test, split_time, fresh_items_after(inter, split_time, table_size), popularity)
 
 

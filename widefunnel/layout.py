@@ -49,15 +49,15 @@ def plugin_file(name: str, filename: str = "model.py") -> Path:
 ITEM_IDS = "item_ids.npy"
 ONNX_FILE = "model.onnx"  # an ONNX step's graph in its version folder (Triton's default_model_filename)
 ONNX_DATA_FILE = "model.onnx.data"  # its tables (ONNX external data), mapped read-only by ONNX Runtime
-def head_table_file(head: str) -> str:
-    """A head's float32 embedding of every item id: the query tower's table, hard-linked into the scorer's folder."""
-    return f"embeddings_{head}.npy"
-
-
 CATALOGUE_FILE = "catalogue.npy"  # preprocess's sorted external ids: what a request may name
 ITEM_TITLES = "item_titles.parquet"  # preprocess's display title per catalogue id (widefunnel.item_titles)
 ITEM_FIELDS = "item_fields.npz"  # a build's filterable item fields (field_filters.ItemFields): ANN steps, preprocess
 SITE_BOOTSTRAP = "widefunnel_site.py"  # imported first by every Python model (plugins/widefunnel_site.py)
+
+
+def head_table_file(head: str) -> str:
+    """A head's float32 embedding of every item id: the query tower's table, hard-linked into the scorer's folder."""
+    return f"embeddings_{head}.npy"
 
 
 def repository_of(model_dir: str | Path) -> Path:
