@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from widefunnel.arrays import npy_region
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
 from widefunnel.layout import ONNX_DATA_FILE, fingerprint_hex, fingerprint_int
 from widefunnel.tensor_names import Step
@@ -26,7 +27,7 @@ def tower_fingerprint(tower: ItemTower) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(tower.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(memoryview(tensor.detach().cpu().contiguous().numpy()).cast("B"))
     return fingerprint_hex(int(digest.hexdigest()[:16], 16))
 
 
@@ -123,22 +124,81 @@ class ScorerGraph(nn.Module):
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            dynamic: dict[str, dict[int, str]], shared: tuple[Path, ...] = ()) -> None:
+            dynamic: dict[str, dict[int, str]], shared: tuple[Path, ...] = (), threshold: int = 64 * 1024) -> None:
+    """Exports ``module`` with each buffer of at least ``threshold`` bytes (the per-item tables) replaced by a
+    two-row stand-in of zeros, then binds the real tables as external data (`bind_tables`): the protobuf never holds a
+    table, so a 10M-item graph costs no copy of its tables in memory while it is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=OPSET,
-                          input_names=inputs, output_names=outputs, dynamic_axes=dynamic)
-    externalize(path, shared=shared)
+    tables = {name: buffer for name, buffer in module.named_buffers()
+              if buffer.numel() * buffer.element_size() >= threshold}
+    # Stand-ins of R rows, the i-th filled with i + 1: distinct, so the exporter cannot merge two of them, and a
+    # stand-in row map points inside the others, so the exporter's trace runs.
+    rows = len(tables) + 2
+    _set_buffers(module, {name: torch.full((rows, *t.shape[1:]), i + 1, dtype=t.dtype)
+                          for i, (name, t) in enumerate(tables.items())})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=OPSET,
+                              input_names=inputs, output_names=outputs, dynamic_axes=dynamic)
+    finally:
+        _set_buffers(module, tables)
+    externalize(path)  # the weights of at least 64 KB
+    bind_tables(path, {name: table.detach().numpy() for name, table in tables.items()}, shared, stand_in_rows=rows)
 
 
-def _npy_region(path: Path) -> tuple[int, int]:
-    """(offset, length) of the array's bytes in a .npy file."""
-    fmt = np.lib.format
-    with open(path, "rb") as f:
-        version = fmt.read_magic(f)
-        shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-        return f.tell(), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+def _set_buffers(module: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    for name, tensor in buffers.items():
+        owner, _, attr = name.rpartition(".")
+        (module.get_submodule(owner) if owner else module)._buffers[attr] = tensor
+
+
+def bind_tables(path: Path, tables: dict[str, np.ndarray], shared: tuple[Path, ...] = (), align: int = 4096,
+                stand_in_rows: int = 2) -> None:
+    """Points each initializer named in ``tables`` (exported from a two-row stand-in) at its full table: the
+    bytes of a ``shared`` .npy file beside ``path`` holding the same array (read in place: a hard link of another
+    step's table, stored once), else the table appended to `layout.ONNX_DATA_FILE` at a page-aligned offset.
+    Streams from the arrays: no copy of a table is made."""
+    import onnx
+    import onnx.numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    found = {t.name: t for t in model.graph.initializer if t.name in tables}
+    missing = {name: (stand_in_rows, *tables[name].shape[1:]) for name in set(tables) - set(found)}
+    if renamed := [t.name for t in model.graph.initializer if t.name not in found and tuple(t.dims) in missing.values()
+                   and len(np.unique(onnx.numpy_helper.to_array(t))) == 1]:
+        # a stand-in under another name would serve its R rows instead of the table
+        raise ValueError(f"{path.name}: {renamed} look like stand-ins of the tables {sorted(missing)}")
+    tables = {name: table for name, table in tables.items() if name in found}  # the others, the graph never reads
+    regions = {p: npy_region(p) for p in shared}
+    data_path = path.with_name(ONNX_DATA_FILE)
+    with open(data_path, "ab") as out:
+        offset = out.tell()
+        for name, table in tables.items():
+            tensor, table = found[name], np.ascontiguousarray(table)
+            if tuple(tensor.dims[1:]) != table.shape[1:]:
+                raise ValueError(f"{path.name}: table {name} exported as {list(tensor.dims)}, is {list(table.shape)}")
+            del tensor.dims[:]
+            tensor.dims.extend(table.shape)
+            same = next((p for p, (_, length) in regions.items()
+                         if length == table.nbytes and _equal(p, table)), None)
+            if same is not None:
+                _point(tensor, same.name, regions.pop(same)[0], table.nbytes)
+                continue
+            pad = -offset % align
+            out.write(b"\0" * pad)
+            offset += pad
+            out.write(memoryview(table).cast("B"))
+            _point(tensor, ONNX_DATA_FILE, offset, table.nbytes)
+            offset += table.nbytes
+    if data_path.stat().st_size == 0:
+        data_path.unlink()
+    onnx.save_model(model, str(path))
+
+
+def _equal(path: Path, table: np.ndarray) -> bool:
+    stored = np.load(path, mmap_mode="r")
+    return stored.dtype == table.dtype and stored.shape == table.shape and np.array_equal(stored, table)
 
 
 def _same_bytes(path: Path, raw: bytes) -> bool:
@@ -159,7 +219,7 @@ def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096, share
     onnx.load_external_data_for_model(model, str(path.parent))  # what torch wrote outside, if anything
     data_path = path.with_name(ONNX_DATA_FILE)
     tmp = data_path.with_name(f".{data_path.name}.tmp")
-    regions = {p: _npy_region(p) for p in shared}
+    regions = {p: npy_region(p) for p in shared}
     offset = 0
     with open(tmp, "wb") as out:
         for tensor in model.graph.initializer:

@@ -312,7 +312,8 @@ def build(repository: Path, cfg: dict, target: mcfg.Target, version: int | None 
             raise ValueError("--items widens MovieLens builds only (synthetic items copy MovieLens' fields)")
         from widefunnel.builders.synthetic import widen
 
-        funnel, data, synthetic = widen(funnel, data, cfg, items, tower_fingerprint)
+        with stage("synthetic items"):
+            funnel, data, synthetic = widen(funnel, data, cfg, items, tower_fingerprint)
         record = {"items": items, "synthetic_items": synthetic.record()}
     with stage("repository"):
         version, fingerprint = write_repository(Path(repository), funnel, data.catalogue, cfg, target, version,

@@ -21,6 +21,7 @@ import torch
 from widefunnel.builders.models import CompositeScorer, ItemTower, TowerFeatures, set_features
 from widefunnel.builders.train import TrainedFunnel, TrainingData, scorer_features, tables_and_indexes
 from widefunnel.data import Catalogue
+from widefunnel.genres import SourcedGenres
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,7 @@ def extend_catalogue(catalogue: Catalogue, synthetic: SyntheticItems) -> Catalog
     """The catalogue with the synthetic items (genres and year of their source; no title)."""
     ids = np.arange(synthetic.first_id, synthetic.first_id + synthetic.count, dtype=np.int64)
     years = np.concatenate([catalogue.years, catalogue.years[synthetic.source]])
-    genres = dict(catalogue.genres)
-    genres.update(zip(ids.tolist(), (catalogue.genres[s] for s in synthetic.source.tolist())))
+    genres = SourcedGenres(dict(catalogue.genres), synthetic.first_id, synthetic.source)
     return replace(catalogue, item_ids=np.concatenate([catalogue.item_ids, ids]), years=years, genres=genres)
 
 
@@ -63,8 +63,12 @@ def extend_popularity(popularity: np.ndarray, real_ids: np.ndarray, synthetic: S
 def _gaussian_rows(real: np.ndarray, count: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed + 2)
     mean = real.mean(axis=0)
-    cov = np.cov(real, rowvar=False) + 1e-8 * np.eye(real.shape[1])
-    return rng.multivariate_normal(mean, cov, size=count, method="cholesky").astype(np.float32)
+    lower = np.linalg.cholesky(np.cov(real, rowvar=False) + 1e-8 * np.eye(real.shape[1])).astype(np.float32)
+    out = np.empty((count, real.shape[1]), np.float32)
+    for start in range(0, count, 1 << 20):  # float32 chunks: no float64 copy of 10M rows
+        z = rng.standard_normal((min(1 << 20, count - start), real.shape[1]), dtype=np.float32)
+        out[start:start + len(z)] = z @ lower.T + mean.astype(np.float32)
+    return out
 
 
 @torch.no_grad()
@@ -74,8 +78,11 @@ def extend_tower(tower: ItemTower, features: TowerFeatures, real_ids: np.ndarray
     rows are their sources'; id embeddings drawn from the real ones' Gaussian); the real items' rows are
     unchanged."""
     weight = tower.id_embedding.weight
-    drawn = torch.from_numpy(_gaussian_rows(weight[torch.from_numpy(real_ids)].numpy(), synthetic.count, seed))
-    tower.id_embedding = torch.nn.Embedding.from_pretrained(torch.cat([weight, drawn]), freeze=True)
+    table = torch.empty((len(weight) + synthetic.count, weight.shape[1]), dtype=weight.dtype)
+    table[:len(weight)] = weight
+    table[len(weight):] = torch.from_numpy(_gaussian_rows(weight[torch.from_numpy(real_ids)].numpy(),
+                                                          synthetic.count, seed))
+    tower.id_embedding = torch.nn.Embedding.from_pretrained(table, freeze=True)
     set_features(tower, features)
     return tower.eval()
 
@@ -100,7 +107,8 @@ def widen(funnel: TrainedFunnel, data: TrainingData, cfg: dict, items: int, fing
                                                                    synthetic, seed))
     rows = np.arange(data.catalogue.table_size) if data.content_row is None else data.content_row
     wide = replace(data, catalogue=catalogue, split=split, content_row=np.concatenate([rows, rows[synthetic.source]]))
-    tower = extend_tower(funnel.tower, wide.tower_inputs(cfg["towers"]["min_id_count"]), real_ids, synthetic, seed)
+    features = wide.tower_inputs(cfg["towers"]["min_id_count"])  # the scorer reads its genres and dense columns
+    tower = extend_tower(funnel.tower, features, real_ids, synthetic, seed)
     tables, indexes = tables_and_indexes(tower, catalogue, cfg, fingerprint_of)
-    scorer = extend_scorer(funnel.scorer, scorer_features(wide.tower_inputs(), tables))
+    scorer = extend_scorer(funnel.scorer, scorer_features(features, tables))
     return TrainedFunnel(tower, tables, indexes, funnel.rerankers, scorer), wide, synthetic

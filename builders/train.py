@@ -237,8 +237,13 @@ def relevance_thresholds(data: TrainingData, seed: int) -> tuple[float, float]:
 
 def scorer_features(features: TowerFeatures, tower_tables: list[np.ndarray]) -> torch.Tensor:
     """The composite scorer's item table: the heads' embeddings, genres and the dense features, row = item id."""
-    return torch.cat([torch.from_numpy(np.concatenate(tower_tables, axis=1)), features.genres, features.dense.float()],
-                     dim=1)
+    parts = [*(torch.from_numpy(np.asarray(t)) for t in tower_tables), features.genres, features.dense]
+    out = torch.empty((len(tower_tables[0]), sum(p.shape[1] for p in parts)), dtype=torch.float32)
+    at = 0
+    for part in parts:  # written in place: no concatenated intermediate of 10M rows
+        out[:, at:at + part.shape[1]] = part
+        at += part.shape[1]
+    return out
 
 
 def scorer_examples(data: TrainingData, cfg: dict, negatives_per_positive: int = 1) -> dict[str, np.ndarray]:
@@ -313,12 +318,19 @@ def tables_and_indexes(tower: ItemTower, catalogue: Catalogue, cfg: dict, finger
     """Every table row's embedding per head, then an int8 index per head over the catalogue's items under
     `fingerprint_of(tower)`. The one place a build, a widened build and a grown one make their tables."""
     all_ids = np.arange(catalogue.table_size, dtype=np.int64)
-    parts = [item_embeddings(tower, all_ids[i:i + EMBED_CHUNK]) for i in range(0, len(all_ids), EMBED_CHUNK)]
-    tables = [np.concatenate([p[h] for p in parts]) for h in range(len(parts[0]))]
+    tables: list[np.ndarray] = []
+    for i in range(0, len(all_ids), EMBED_CHUNK):  # filled chunk by chunk: no second copy of the tables
+        part = item_embeddings(tower, all_ids[i:i + EMBED_CHUNK])
+        if not tables:
+            tables = [np.empty((len(all_ids), *p.shape[1:]), p.dtype) for p in part]
+        for table, p in zip(tables, part):
+            table[i:i + len(p)] = p
     fingerprint = fingerprint_of(tower)
     ids = catalogue.item_ids
+    dense = len(ids) and int(ids[-1]) - int(ids[0]) + 1 == len(ids)  # sorted ids with no gap: a view, not a gather
     # IVF lists are always built, so a request may ask for approximate search whatever the default.
-    indexes = [build_index(t[ids], ids, fingerprint, ivf_lists=cfg["ann"]["ivf_lists"], seed=cfg["seed"])
+    indexes = [build_index(t[int(ids[0]):int(ids[-1]) + 1] if dense else t[ids], ids, fingerprint,
+                           ivf_lists=cfg["ann"]["ivf_lists"], seed=cfg["seed"])
                for t in tables]
     return tables, indexes
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from widefunnel.genres import SourcedGenres
 
 if TYPE_CHECKING:
     from widefunnel.dataset import Dataset
@@ -34,7 +36,7 @@ class Catalogue:
     item_ids: np.ndarray  # int64 [N], sorted internal ids
     titles: dict[int, str]
     years: np.ndarray  # int64 [max_id + 1], 0 = unknown
-    genres: dict[int, tuple[str, ...]]
+    genres: Mapping[int, tuple[str, ...]]  # a dict, or `SourcedGenres`
     genre_names: tuple[str, ...]
     texts: dict[int, str] | None = None  # the content encoder's input per item; None: from title, year, genres
     external_ids: np.ndarray | None = None  # int64 [table_size], -1 where no item; None: identity
@@ -61,11 +63,14 @@ class Catalogue:
     def genre_matrix(self) -> np.ndarray:
         """Multi-hot [max_id + 1, G] float32 (one all-zero column when the catalogue has no genres)."""
         index = {g: j for j, g in enumerate(self.genre_names)}
-        out = np.zeros((self.table_size, max(len(self.genre_names), 1)), dtype=np.float32)
-        for item, gs in self.genres.items():
+        sourced = isinstance(self.genres, SourcedGenres)
+        real = self.genres.real if sourced else self.genres
+        out = np.zeros((max(real, default=0) + 1 if sourced else self.table_size, max(len(self.genre_names), 1)),
+                       dtype=np.float32)
+        for item, gs in real.items():
             for g in gs:
                 out[item, index[g]] = 1.0
-        return out
+        return out[self.genres.rows(self.table_size)] if sourced else out
 
     def text(self, item: int) -> str:
         """The content encoder's input for one item."""

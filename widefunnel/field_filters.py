@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from widefunnel.arrays import map_npz
 from widefunnel.dataset.columns import FloatColumn, TokenColumn, TokenSeqColumn
+from widefunnel.genres import SourcedGenres
 from widefunnel.tensor_names import range_filters, token_filters
 
 TOKEN, FLOAT = "token", "float"
@@ -116,13 +118,18 @@ class ItemFields:
 
     @classmethod
     def load(cls, path: Path | str) -> ItemFields:
-        with np.load(path, allow_pickle=False) as z:
-            tokens = [TokenField(str(name), z[f"t{j}_offsets"].astype(np.int64), z[f"t{j}_codes"].astype(np.int32),
-                                 tuple(str(v) for v in z[f"t{j}_vocabulary"]))
-                      for j, name in enumerate(z["token_names"])]
-            floats = [FloatField(str(name), z[f"f{j}_values"].astype(np.float32))
-                      for j, name in enumerate(z["float_names"])]
+        """The fields of a build, their per-item arrays mapped read-only from the file (`arrays.map_npz`)."""
+        z = map_npz(path)
+        tokens = [TokenField(str(name), _as(z[f"t{j}_offsets"], np.int64), _as(z[f"t{j}_codes"], np.int32),
+                             tuple(str(v) for v in z[f"t{j}_vocabulary"]))
+                  for j, name in enumerate(z["token_names"])]
+        floats = [FloatField(str(name), _as(z[f"f{j}_values"], np.float32)) for j, name in enumerate(z["float_names"])]
         return cls((*tokens, *floats))
+
+
+def _as(array: np.ndarray, dtype) -> np.ndarray:
+    """``array`` as ``dtype``: the mapped array itself when it already is (no copy)."""
+    return array if array.dtype == dtype else array.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,9 @@ def genre_year_fields(genres: dict[int, tuple[str, ...]], years: np.ndarray, gen
     """MovieLens' filterable fields from its catalogue (``data.Catalogue``'s ``genres`` by id, ``years`` by id):
     the token_seq field ``genre`` (vocabulary ``genre_names``) and the float field ``year``, where an unknown
     year (0) is missing (NaN), so that any year range leaves it out, as MovieLens' year filter always has."""
+    if isinstance(genres, SourcedGenres):  # gathered from the real items' field, not built item by item
+        real = genre_year_fields(genres.real, years, genre_names, max(genres.real, default=0) + 1).tokens[0]
+        return ItemFields((_gathered(real, genres.rows(table_size)), _year_field(years, table_size)))
     code = {g: j + 1 for j, g in enumerate(genre_names)}
     ids = np.array(sorted(genres), np.int64)
     lengths = np.zeros(table_size, np.int64)
@@ -244,11 +254,24 @@ def genre_year_fields(genres: dict[int, tuple[str, ...]], years: np.ndarray, gen
     offsets = np.zeros(table_size + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     codes = np.array([code[g] for i in ids.tolist() for g in genres[i]], np.int32)
+    return ItemFields((TokenField(GENRE_FIELD, offsets, codes, ("", *genre_names)), _year_field(years, table_size)))
+
+
+def _year_field(years: np.ndarray, table_size: int) -> FloatField:
     values = np.asarray(years[:table_size], np.float32)
     values = np.where(values == 0, np.nan, values).astype(np.float32)
     if len(values) < table_size:
         values = np.concatenate([values, np.full(table_size - len(values), np.nan, np.float32)])
-    return ItemFields((TokenField(GENRE_FIELD, offsets, codes, ("", *genre_names)), FloatField(YEAR_FIELD, values)))
+    return FloatField(YEAR_FIELD, values)
+
+
+def _gathered(field: TokenField, rows: np.ndarray) -> TokenField:
+    """``field`` with row i holding row ``rows[i]``'s values (vectorised: no loop over rows)."""
+    lengths = np.diff(field.offsets)[rows]
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    take = np.repeat(field.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+    return TokenField(field.name, offsets, field.codes[take], field.vocabulary)
 
 
 def grown_fields(fields: ItemFields, columns: dict, table_rows: np.ndarray, table_size: int) -> ItemFields:

@@ -18,15 +18,26 @@ NONE = -1  # an internal id without an item (padding row 0, gaps) and the answer
 
 
 class ItemIds:
-    """``external[internal]``: int64 [T] (T = the tables' size), NONE where no item has that internal id."""
+    """``external[internal]``: int64 [T] (T = the tables' size), NONE where no item has that internal id.
+
+    A build numbers its items in ascending external-id order, so the table is usually its own sorted index: then
+    lookups search it in place and a loaded table is only mapped (every step process of a version shares its
+    pages). A table grown out of order by ``items add`` keeps a sorted copy and each entry's internal id."""
 
     def __init__(self, external: np.ndarray):
-        self.external = np.asarray(external, np.int64)
-        present = np.flatnonzero(self.external != NONE)
-        order = np.argsort(self.external[present], kind="stable")
-        self._sorted = self.external[present][order]
-        self._internal = present[order]
-        self.identity = bool((self.external[present] == present).all())
+        self.external = external if isinstance(external, np.memmap) else np.asarray(external, np.int64)
+        present = self.external != NONE
+        first = int(np.argmax(present)) if present.any() else len(self.external)
+        dense = bool(present[first:].all())
+        del present
+        self._first = first
+        self.identity = dense and bool((self.external[first:] == np.arange(first, len(self.external))).all())
+        if dense and bool((np.diff(self.external[first:]) > 0).all()):
+            self._sorted, self._internal = self.external[first:], None  # row r of _sorted is internal id first + r
+        else:
+            present = np.flatnonzero(self.external != NONE)
+            order = np.argsort(self.external[present], kind="stable")
+            self._sorted, self._internal = self.external[present][order], present[order]
 
     @classmethod
     def of_items(cls, internal: np.ndarray, external: np.ndarray, size: int) -> ItemIds:
@@ -36,13 +47,19 @@ class ItemIds:
 
     @classmethod
     def load(cls, folder: str | Path) -> ItemIds | None:
-        """The table in a version folder; None when absent (a build from before external ids: identity)."""
+        """The table in a version folder, mapped read-only; None when absent (a build from before external ids:
+        identity)."""
         path = Path(folder) / ITEM_IDS
-        return cls(np.load(path, allow_pickle=False)) if path.is_file() else None
+        if not path.is_file():
+            return None
+        table = np.load(path, allow_pickle=False, mmap_mode="r")
+        if table.dtype != np.int64 or table.ndim != 1:
+            raise ValueError(f"{path}: int64 [T] expected, found {table.dtype} {list(table.shape)}")
+        return cls(table)
 
     def save(self, folder: str | Path) -> None:
         with open(Path(folder) / ITEM_IDS, "wb") as f:
-            np.save(f, self.external)
+            np.save(f, np.asarray(self.external))
 
     def to_internal(self, external: np.ndarray) -> np.ndarray:
         """External ids -> internal ids; negatives (pads) stay as they are, unknown ids become NONE."""
@@ -55,7 +72,8 @@ class ItemIds:
             return np.where(external < 0, external, NONE)
         pos = np.minimum(np.searchsorted(self._sorted, external), len(self._sorted) - 1)
         found = self._sorted[pos] == external
-        return np.where(found, self._internal[pos], np.where(external < 0, external, NONE))
+        internal = pos + self._first if self._internal is None else self._internal[pos]
+        return np.where(found, internal, np.where(external < 0, external, NONE))
 
     def to_external(self, internal: np.ndarray) -> np.ndarray:
         """Internal ids -> external ids; negatives (the ANN's and the merge's pads) stay as they are."""

@@ -597,3 +597,20 @@ def test_dequantized_lookup_by_id_and_zero_for_padding():
     np.testing.assert_array_equal(got[0, 0], want[row[100]])
     np.testing.assert_array_equal(got[0, 1], want[row[149]])
     assert got.shape == (1, 3, 8) and (got[0, 2] == 0).all()
+
+
+@pytest.mark.parametrize("ids", [np.arange(1, 3001), np.random.default_rng(1).permutation(3000) + 1,
+                                 np.sort(np.random.default_rng(2).choice(2**40, 3000, replace=False))])
+def test_rows_of_answers_alike_from_the_dense_table_and_the_sorted_ids(ids):
+    from widefunnel.ann.prepared import PreparedIndex
+
+    rng = np.random.default_rng(0)
+    ids = ids.astype(np.int64)
+    asked = np.concatenate([ids[rng.integers(0, len(ids), 500)], [-1, 0, int(ids.max()) + 1, 2**50]])
+    table = PreparedIndex.id_lookup(ids)
+    assert (table is None) == (ids.max() > 10**6)  # sparse ids keep the sorted lookup
+    row = {int(i): r for r, i in enumerate(ids)}
+    want = [row.get(int(i), -1) for i in asked]
+    for lookup in (table, None):
+        prepared = PreparedIndex(None, None, ids, lookup)
+        np.testing.assert_array_equal(prepared.rows_of(asked), want)

@@ -59,6 +59,9 @@ def test_the_table_is_keyed_by_internal_id_and_survives_a_save(tmp_path):
         got = [categories.vocabulary[c] for c in categories.codes[start:end]]
         assert sorted(got) == sorted(want or [])
     assert np.isnan(loaded.floats[0].values[0])  # id 0 pads
+    # per-item arrays are maps of the file (shared by every step process), not copies
+    assert all(isinstance(a, np.memmap) for f in loaded.tokens for a in (f.offsets, f.codes))
+    assert isinstance(loaded.floats[0].values, np.memmap)
     assert loaded.schema().client_inputs() == [
         ("include_brand", "BYTES"), ("exclude_brand", "BYTES"), ("include_categories", "BYTES"),
         ("exclude_categories", "BYTES"), ("min_price", "FP32"), ("max_price", "FP32")]
@@ -257,3 +260,25 @@ def test_a_grown_or_widened_movielens_catalogue_filters_its_new_items():
     synthetic = set(range(catalogue.table_size, wide.table_size))
     assert admitted(wide, include_genres=["Documentary"]) - admitted(catalogue, include_genres=["Documentary"]) == {
         i for i in synthetic if "Documentary" in wide.genres[i]}
+
+
+def test_a_widened_catalogue_gathers_the_tables_a_dict_of_its_genres_would_build():
+    """`--items` keeps synthetic genres as `SourcedGenres` (8 bytes an item); the genre matrix and the filter
+    table gathered from the real items equal those built item by item from the same genres as a dict."""
+    from dataclasses import replace
+
+    from widefunnel.builders.synthetic import extend_catalogue, plan
+    from widefunnel.data import load_catalogue
+    from widefunnel.genres import SourcedGenres
+
+    catalogue = load_catalogue()
+    wide = extend_catalogue(catalogue, plan(catalogue, len(catalogue.item_ids) + 3000, 7))
+    assert isinstance(wide.genres, SourcedGenres)
+    as_dict = replace(wide, genres=dict(wide.genres.items()))
+    np.testing.assert_array_equal(wide.genre_matrix(), as_dict.genre_matrix())
+    gathered, built = wide.filter_fields, as_dict.filter_fields
+    for a, b in zip(gathered.tokens, built.tokens, strict=True):
+        np.testing.assert_array_equal(a.offsets, b.offsets)
+        np.testing.assert_array_equal(a.codes, b.codes)
+        assert a.vocabulary == b.vocabulary
+    np.testing.assert_array_equal(gathered.floats[0].values, built.floats[0].values)

@@ -70,6 +70,24 @@ def test_sparse_ids_map_both_ways_and_unknown_ones_become_none():
     np.testing.assert_array_equal(same.to_internal(np.array([4, 5, 0, -1])), [4, NONE, NONE, -1])
 
 
+def test_a_loaded_table_is_mapped_and_answers_like_one_in_memory_sorted_or_grown_out_of_order(tmp_path):
+    rng = np.random.default_rng(3)
+    skus = np.sort(rng.choice(2**62, 5000, replace=False)).astype(np.int64)
+    grown = np.concatenate([skus, rng.choice(2**40, 50, replace=False)])  # items add: new ids after the last row
+    asked = np.concatenate([grown[rng.integers(0, len(grown), 300)], [-1, 0, 17, 2**62 - 1]])
+    for table_ids in (skus, grown):
+        built = ItemIds.of_items(np.arange(1, len(table_ids) + 1), table_ids, len(table_ids) + 1)
+        built.save(tmp_path)
+        loaded = ItemIds.load(tmp_path)
+        assert isinstance(loaded.external, np.memmap)  # shared with every step process, not copied
+        internal = loaded.to_internal(asked)
+        np.testing.assert_array_equal(internal, built.to_internal(asked))
+        lookup = {int(e): i + 1 for i, e in enumerate(table_ids)}  # brute force
+        np.testing.assert_array_equal(internal, [lookup.get(int(e), -1 if e < 0 else NONE) for e in asked])
+        np.testing.assert_array_equal(loaded.to_external(internal[internal > 0]), asked[internal > 0])
+    assert ItemIds(np.arange(0, 9)).identity and not ItemIds(np.array([NONE, 1, 3])).identity
+
+
 def test_takedowns_map_to_internal_ids_once_per_change():
     ids = ItemIds.of_items(np.arange(1, 4), np.sort(SKUS), 4)
     taken = [np.array([7_000_000_000_001, 999], np.int64)]

@@ -160,7 +160,9 @@ class RowFields:
     def _gather(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(the id each row reads, clipped into the table; the rows inside it, None when all are)."""
         inside = self.row_ids < self.fields.table_size
-        return np.where(inside, self.row_ids, 0), (None if inside.all() else inside)
+        if inside.all():
+            return self.row_ids, None
+        return np.where(inside, self.row_ids, 0), inside
 
     def mask(self, tokens: np.ndarray, ranges: np.ndarray | None) -> np.ndarray:
         ids, inside = self._gather

@@ -223,13 +223,13 @@ def prepare_index(index: Int8Index) -> PreparedIndex:
     if index.prepared is not None:
         return index.prepared
     codes = np.asarray(index.codes)
-    order = np.argsort(index.ids, kind="stable")
+    ids = np.ascontiguousarray(index.ids, dtype=np.int64)
     ivf = None
     if index.ivf is not None:
         ccodes, cscales = quantize_rows(index.ivf.centroids)
         ivf = IvfTables(ccodes, cscales, np.ascontiguousarray(index.ivf.offsets, dtype=np.int64))
     prepared = PreparedIndex(SampledTable.of(codes, np.ascontiguousarray(index.scales, dtype=np.float32)), codes,
-                             np.ascontiguousarray(index.ids, dtype=np.int64), index.ids[order], order, ivf)
+                             ids, PreparedIndex.id_lookup(ids), ivf)
     int_mm_is_fast()
     kernels.warm_up()
     index.prepared = prepared

@@ -8,6 +8,7 @@ plan is in ``plan.py``, the scans in ``search.py`` / ``ivf.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -77,17 +78,44 @@ class PreparedIndex:
     levels: SampledTable  # the full row table and its samples
     codes: np.ndarray  # int8 [N, d], a plain ndarray (slicing an np.memmap costs microseconds per slice)
     ids: np.ndarray  # int64 [N], contiguous
-    ids_sorted: np.ndarray  # ids ascending ...
-    ids_order: np.ndarray  # ... and the row of each
+    row_of_id: np.ndarray | None  # int32 [max id + 1], -1 where no row: ids dense enough (4 bytes an id)
     ivf: IvfTables | None = None
+
+    @classmethod
+    def id_lookup(cls, ids: np.ndarray) -> np.ndarray | None:
+        """The row of each id as one int32 table, where ids are dense (internal ids 1..N): 4 bytes an item
+        instead of a sorted copy and its order (16); None for sparse ids (``ids_sorted`` serves them)."""
+        if len(ids) == 0 or len(ids) >= 2**31 or int(ids.min()) < 0 or int(ids.max()) > 2 * len(ids) + 1024:
+            return None
+        table = np.full(int(ids.max()) + 1, -1, np.int32)
+        table[ids] = np.arange(len(ids), dtype=np.int32)
+        return table
 
     @property
     def table(self) -> RowTable:
         return self.levels.table
 
+    @cached_property
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.ids, kind="stable")
+        return self.ids[order], order
+
+    @property
+    def ids_sorted(self) -> np.ndarray:
+        """The ids ascending (made on first use: sparse ids, the GPU glue) ..."""
+        return self._sorted[0]
+
+    @property
+    def ids_order(self) -> np.ndarray:
+        """... and the row of each."""
+        return self._sorted[1]
+
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Item ids (any shape, -1 = none) -> rows (-1 = none or unknown id)."""
         ids = np.asarray(ids, dtype=np.int64)
+        if self.row_of_id is not None:
+            inside = (ids >= 0) & (ids < len(self.row_of_id))
+            return np.where(inside, self.row_of_id[np.where(inside, ids, 0)], -1).astype(np.int64)
         pos = np.minimum(np.searchsorted(self.ids_sorted, ids), len(self.ids_sorted) - 1)
         hit = (self.ids_sorted[pos] == ids) & (ids >= 0)
         return np.where(hit, self.ids_order[pos], -1).astype(np.int64)
