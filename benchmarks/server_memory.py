@@ -1,6 +1,8 @@
 """Resident memory of a served repository's whole process tree (issue 30, point 4): the gateway, tritonserver and
-every Python stub, each with its RSS and its PSS (shared pages divided among the processes that map them, so the
-PSS column sums to what the tree really takes), after a round of requests has touched the tables.
+every Python stub, each with its RSS, its PSS (shared pages divided among the processes that map them, so the
+PSS column sums to what the tree really takes) and its anonymous memory (what no file backs: the heap, copies
+of tables; mapped tables are file pages in the page cache, which the kernel can drop and read again), after a
+round of requests has touched the tables.
 
     .venv/bin/python benchmarks/server_memory.py REPOSITORY [REPOSITORY ...] [--requests 200]
 
@@ -32,8 +34,8 @@ def _kib(pid: int, field: str) -> int:
     return 0
 
 
-def measure(repository: Path, requests: int, k: int) -> list[tuple[str, int, int]]:
-    """[(process, RSS KiB, PSS KiB)] of the served tree after ``requests`` recommendations."""
+def measure(repository: Path, requests: int, k: int) -> list[tuple[str, int, int, int]]:
+    """[(process, RSS KiB, PSS KiB, anonymous KiB)] of the served tree after ``requests`` recommendations."""
     version = max(layout.complete_versions(repository, STEP_MODELS))
     catalogue = np.load(repository / "preprocess" / str(version) / layout.CATALOGUE_FILE)
     seeds = np.random.default_rng(0).choice(catalogue, requests)
@@ -48,7 +50,7 @@ def measure(repository: Path, requests: int, k: int) -> list[tuple[str, int, int
         rows += [(f"stub {stub[0]}", pid) for pid, stub in sorted(stubs.items(), key=lambda s: s[1])]
         known = {pid for _, pid in rows}
         rows += [("other child", pid) for pid in children(server.process.pid) if pid not in known]
-        return [(name, _kib(pid, "Rss"), _kib(pid, "Pss")) for name, pid in rows]
+        return [(name, _kib(pid, "Rss"), _kib(pid, "Pss"), _kib(pid, "Anonymous")) for name, pid in rows]
     finally:
         server.stop()
 
@@ -60,16 +62,16 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000, help="candidates per head per request")
     args = parser.parse_args()
     results = {repo: measure(repo, args.requests, args.k) for repo in args.repositories}
-    names = [name for name, _, _ in next(iter(results.values()))]
-    print(f"\n{args.requests} recommendations (K={args.k}) each, then RSS / PSS in MiB")
-    print("| process | " + " | ".join(f"{r.name}: RSS | PSS" for r in results) + " |")
-    print("|---|" + "---:|---:|" * len(results))
+    names = [row[0] for row in next(iter(results.values()))]
+    print(f"\n{args.requests} recommendations (K={args.k}) each, then RSS / PSS / anonymous in MiB")
+    print("| process | " + " | ".join(f"{r.name}: RSS | PSS | anon" for r in results) + " |")
+    print("|---|" + "---:|---:|---:|" * len(results))
     for i, name in enumerate(names):
-        cells = " | ".join(f"{rows[i][1] / 1024:,.0f} | {rows[i][2] / 1024:,.0f}" if i < len(rows) else "- | -"
+        cells = " | ".join(" | ".join(f"{v / 1024:,.0f}" for v in rows[i][1:]) if i < len(rows) else "- | - | -"
                            for rows in results.values())
         print(f"| {name} | {cells} |")
-    print("| **tree** | " + " | ".join(f"**{sum(r[1] for r in rows) / 1024:,.0f}** | "
-                                      f"**{sum(r[2] for r in rows) / 1024:,.0f}**" for rows in results.values()) + " |")
+    print("| **tree** | " + " | ".join(" | ".join(f"**{sum(r[j] for r in rows) / 1024:,.0f}**" for j in (1, 2, 3))
+                                      for rows in results.values()) + " |")
 
 
 if __name__ == "__main__":

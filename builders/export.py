@@ -20,6 +20,7 @@ from widefunnel.layout import ONNX_DATA_FILE, fingerprint_hex, fingerprint_int
 from widefunnel.tensor_names import Step
 
 OPSET = 17
+TABLE_ROWS = 1024  # a buffer this long is a per-item table (`_export`)
 
 
 def tower_fingerprint(tower: ItemTower) -> str:
@@ -125,12 +126,14 @@ class ScorerGraph(nn.Module):
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
             dynamic: dict[str, dict[int, str]], shared: tuple[Path, ...] = (), threshold: int = 64 * 1024) -> None:
-    """Exports ``module`` with each buffer of at least ``threshold`` bytes (the per-item tables) replaced by a
-    two-row stand-in of zeros, then binds the real tables as external data (`bind_tables`): the protobuf never holds a
-    table, so a 10M-item graph costs no copy of its tables in memory while it is written."""
+    """Exports ``module`` with each per-item table (a buffer of at least ``threshold`` bytes or TABLE_ROWS rows)
+    replaced by a small stand-in, then binds the real tables as external data (`bind_tables`): the protobuf never
+    holds a table, so a 10M-item graph costs no copy of its tables in memory while it is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A per-item table and the row maps into it go out together (a real row map would index past a stand-in):
+    # every buffer of at least TABLE_ROWS rows, or of ``threshold`` bytes.
     tables = {name: buffer for name, buffer in module.named_buffers()
-              if buffer.numel() * buffer.element_size() >= threshold}
+              if buffer.numel() * buffer.element_size() >= threshold or (buffer.dim() and len(buffer) >= TABLE_ROWS)}
     # Stand-ins of R rows, the i-th filled with i + 1: distinct, so the exporter cannot merge two of them, and a
     # stand-in row map points inside the others, so the exporter's trace runs.
     rows = len(tables) + 2

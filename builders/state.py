@@ -51,16 +51,33 @@ def tower_features_of(tower: ItemTower) -> TowerFeatures:
                          tower.field_embedding.num_embeddings if tower.fields else 0)
 
 
+def compact(tensor: torch.Tensor) -> torch.Tensor:
+    """The smallest integer type that holds ``tensor`` exactly (a multi-hot, a bucket, a row map: 1 or 2 bytes an
+    item instead of 4 or 8); other tensors as they are. Lossless: a tower loading the state casts back to its
+    buffers' types (`load_state_dict` copies with a cast)."""
+    if tensor.numel() < 1 << 16 or tensor.dtype not in (torch.float32, torch.float64, torch.int64, torch.int32):
+        return tensor
+    if tensor.is_floating_point() and not bool((tensor == tensor.round()).all()):
+        return tensor
+    low, high = int(tensor.min()), int(tensor.max())
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return tensor.to(dtype) if dtype.itemsize < tensor.element_size() else tensor
+    return tensor
+
+
 def save_state(path: Path, funnel, catalogue: Catalogue, cfg: dict) -> None:
-    """``funnel``: a `train.TrainedFunnel`."""
+    """``funnel``: a `train.TrainedFunnel`. Integer-valued tables are stored `compact`."""
     torch.save({
         "format": FORMAT,
         "config": json.dumps(cfg),
         "heads": len(funnel.tower.heads),
-        "tower": funnel.tower.state_dict(),
+        "tower": {name: compact(t) for name, t in funnel.tower.state_dict().items()},
         "rerankers": [r.state_dict() for r in funnel.rerankers],
         "scorer": {k: v for k, v in funnel.scorer.state_dict().items() if k != SCORER_TABLE},
-        "catalogue": {"item_ids": torch.from_numpy(catalogue.item_ids), "years": torch.from_numpy(catalogue.years),
+        "catalogue": {"item_ids": compact(torch.from_numpy(catalogue.item_ids)),
+                      "years": compact(torch.from_numpy(catalogue.years)),
                       "titles": {int(k): v for k, v in catalogue.titles.items()},
                       "genre_names": list(catalogue.genre_names),
                       **({} if catalogue.external_ids is None else
@@ -93,11 +110,11 @@ def load_state(path: Path) -> BuildState:
         rerankers.append(reranker.eval())
     c = raw["catalogue"]
     names = tuple(c["genre_names"])
-    ids = c["item_ids"].numpy()
+    ids = c["item_ids"].numpy().astype(np.int64)
     matrix = tower.genres.numpy()
     genres = {int(i): tuple(names[j] for j in np.flatnonzero(matrix[i])) for i in ids}
     external = c.get("external_ids")
-    catalogue = Catalogue(ids, dict(c["titles"]), c["years"].numpy(), genres, names,
+    catalogue = Catalogue(ids, dict(c["titles"]), c["years"].numpy().astype(np.int64), genres, names,
                           dict(c["texts"]) if "texts" in c else None,
                           None if external is None else external.numpy(),
                           coding=ItemCoding.from_state(c["coding"]) if "coding" in c else None)
