@@ -182,7 +182,7 @@ def _flops_per_candidate(path: Path, candidates: int = 1000) -> float:
     import onnx
     from onnx import shape_inference
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # shapes only; tables may be hard links
     for tensor in model.graph.input:  # dim 0 is the batch, dim 1 the candidates
         for axis, dim in enumerate(tensor.type.tensor_type.shape.dim):
             if dim.dim_param:

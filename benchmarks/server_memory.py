@@ -47,7 +47,7 @@ def measure(repository: Path, requests: int, k: int) -> list[tuple[str, int, int
         time.sleep(1.0)
         rows = [("gateway", server.gateway_process.pid), ("tritonserver", server.process.pid)]
         stubs = instance_stubs(stub_processes(server.process.pid))
-        rows += [(f"stub {stub[0]}", pid) for pid, stub in sorted(stubs.items(), key=lambda s: s[1])]
+        rows += [(f"stub {stub[0]} v{stub[1]}", pid) for pid, stub in sorted(stubs.items(), key=lambda s: s[1])]
         known = {pid for _, pid in rows}
         rows += [("other child", pid) for pid in children(server.process.pid) if pid not in known]
         return [(name, _kib(pid, "Rss"), _kib(pid, "Pss"), _kib(pid, "Anonymous")) for name, pid in rows]
@@ -62,17 +62,17 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000, help="candidates per head per request")
     args = parser.parse_args()
     results = {repo: measure(repo, args.requests, args.k) for repo in args.repositories}
-    names = [row[0] for row in next(iter(results.values()))]
+    names = list(dict.fromkeys(row[0] for rows in results.values() for row in rows))
+    by_name = {repo: {row[0]: row for row in rows} for repo, rows in results.items()}
     print(f"\n{args.requests} recommendations (K={args.k}) each, then RSS / PSS / anonymous in MiB")
     print("| process | " + " | ".join(f"{r.name}: RSS | PSS | anon" for r in results) + " |")
     print("|---|" + "---:|---:|---:|" * len(results))
-    for i, name in enumerate(names):
-        cells = " | ".join(" | ".join(f"{v / 1024:,.0f}" for v in rows[i][1:]) if i < len(rows) else "- | - | -"
-                           for rows in results.values())
+    for name in names:
+        cells = " | ".join(" | ".join(f"{v / 1024:,.0f}" for v in rows[name][1:]) if name in rows else "- | - | -"
+                           for rows in by_name.values())
         print(f"| {name} | {cells} |")
     print("| **tree** | " + " | ".join(" | ".join(f"**{sum(r[j] for r in rows) / 1024:,.0f}**" for j in (1, 2, 3))
                                       for rows in results.values()) + " |")
-
 
 if __name__ == "__main__":
     main()
