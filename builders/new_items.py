@@ -331,7 +331,7 @@ def _own_items(repository: Path, source: int, file: Path, state: BuildState
     new = read_new_items(file, catalogue.coding, dataset_config(state.cfg), known, MAX_ITEMS_PER_FILE)
     path = repository / "preprocess" / str(source) / layout.ITEM_FIELDS
     fields = ItemFields.load(path) if path.is_file() else None
-    content = encode_texts(new.texts, state.cfg["teacher"]["batch_size"])
+    content = encode_texts(new.texts, state.cfg["teacher"]["batch_size"], int8=state.cfg["teacher"].get("int8", False))
     funnel, grown = grown_own_funnel(state, new, content, fields)
     return funnel, grown, sorted(new.ids.tolist())
 
@@ -368,7 +368,8 @@ def add_items(repository: Path, file: Path, from_version: int | None = None) -> 
         funnel, catalogue, added = _own_items(repository, source, file, state)
     else:
         items = parse_new_items(decode_items_file(file.read_bytes(), str(file)), str(file), state.catalogue)
-        content = encode_texts([i.text() for i in items], state.cfg["teacher"]["batch_size"])
+        content = encode_texts([i.text() for i in items], state.cfg["teacher"]["batch_size"],
+                               int8=state.cfg["teacher"].get("int8", False))
         funnel, catalogue = grown_funnel(state, items, content)
         added = sorted(i.item_id for i in items)
     target = mcfg.Target(layout.read_builds(repository).get(str(source), {}).get("target", "cpu"))

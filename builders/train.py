@@ -50,7 +50,7 @@ class TrainingData:
             split = sampled_split(inter, d["window"], d["split_quantile"], catalogue.table_size,
                                   d["max_train_pairs"], cfg["seed"], held_out=held_out)
         with stage("content encoder"):
-            teacher = teacher_embeddings(catalogue, cfg["teacher"]["batch_size"], progress)
+            teacher = teacher_embeddings(catalogue, cfg["teacher"]["batch_size"], progress, cfg["teacher"]["int8"])
         return cls(catalogue, inter, split, teacher)
 
     def tower_inputs(self, min_id_count: int = 0) -> TowerFeatures:

@@ -56,6 +56,8 @@ def _overlay(base: Config, override: Config, path: str = "") -> Config:
             raise ConfigError(f"config key '{where}' is no longer read: set {REMOVED_KEYS[where]}")
         if key not in base:
             raise ConfigError(f"unknown config key '{where}'")
+        if isinstance(base[key], bool) and not isinstance(value, bool):
+            raise ConfigError(f"config key '{where}' must be true or false, got {value!r}")
         if isinstance(base[key], dict) and key not in REPLACED_TABLES:
             if not isinstance(value, dict):
                 raise TypeError(f"config key '{where}' must be a table")

@@ -44,6 +44,10 @@ def test_positives_have_one_owner_the_dataset_condition(tmp_path):
             attempt()
     with pytest.raises(KeyError, match="unknown config key 'data.min_ratings'"):
         load_config(overrides={"data": {"min_ratings": 4}})
+    for value in ("yes", 1):  # a switch takes true or false, never a truthy stand-in
+        with pytest.raises(ConfigError, match=r"'teacher.int8' must be true or false"):
+            load_config(overrides={"teacher": {"int8": value}})
+    assert load_config(overrides={"teacher": {"int8": True}})["teacher"]["int8"] is True
 
     cfg = load_config()
     raw = load_interactions()
