@@ -36,21 +36,42 @@ def _stamp(like: torch.Tensor, value: int) -> torch.Tensor:
     return torch.zeros_like(like[:, :1], dtype=torch.int64) + value
 
 
-class QueryTowerGraph(nn.Module):
-    """The seed's embedding per head, looked up: the build has already run the tower over every item id (its
-    tables), so the served graph holds each head's table (d floats an item) instead of the tower's per-item
-    inputs (the content encoder's 384 floats, id and field embeddings) and runs no network per request."""
+class Int8Table(nn.Module):
+    """A head's item table as its ANN index stores it: int8 codes and a float32 scale per row, and with ``rows``
+    each item id's row (`item_rows`; without, rows are ids). Looked up as codes x scale: within half a
+    quantisation step (scale / 2 per component) of the float table the index was built from. The build binds the
+    ANN step's own files (hard links), so every step that reads a head's table reads one copy."""
 
-    def __init__(self, tables: list[np.ndarray], fingerprint: str):
+    def __init__(self, codes: np.ndarray, scales: np.ndarray, rows: np.ndarray | None = None):
+        super().__init__()
+        self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(codes, np.int8)))
+        self.register_buffer("scales", torch.from_numpy(np.ascontiguousarray(scales, np.float32)))
+        self.by_row = rows is not None
+        if self.by_row:
+            self.register_buffer("item_rows", torch.from_numpy(np.ascontiguousarray(rows, np.int32)))
+
+    @property
+    def dim(self) -> int:
+        return int(self.codes.shape[1])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.item_rows[ids] if self.by_row else ids
+        return self.codes[rows].to(torch.float32) * self.scales[rows].unsqueeze(-1)
+
+
+class QueryTowerGraph(nn.Module):
+    """The seed's embedding per head, looked up: the build has already run the tower over every item id and the
+    ANN index holds the result, so the served graph reads each head's index table (`Int8Table`: d + 8 bytes an
+    item, shared with the ANN step) instead of running the tower's network over its per-item inputs."""
+
+    def __init__(self, heads: list[Int8Table], fingerprint: str):
         super().__init__()
         self.fp = fingerprint_int(fingerprint)
-        self.heads = len(tables)
-        for h, table in enumerate(tables):
-            self.register_buffer(f"head{h}", torch.from_numpy(np.ascontiguousarray(table, np.float32)))
+        self.heads = nn.ModuleList(heads)
 
     def forward(self, item_id: torch.Tensor):
         rows = item_id[:, 0]
-        return (*(getattr(self, f"head{h}")[rows] for h in range(self.heads)), _stamp(item_id, self.fp))
+        return (*(head(rows) for head in self.heads), _stamp(item_id, self.fp))
 
 
 class RerankGraph(nn.Module):
@@ -66,18 +87,11 @@ class RerankGraph(nn.Module):
                  rows: np.ndarray | None = None):
         super().__init__()
         self.reranker, self.fp = reranker, fingerprint_int(fingerprint)
-        self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(codes, np.int8)))
-        self.register_buffer("scales", torch.from_numpy(np.ascontiguousarray(scales, np.float32)))
-        self.by_row = rows is not None
-        if self.by_row:
-            self.register_buffer("item_rows", torch.from_numpy(np.ascontiguousarray(rows, np.int32)))
+        self.table = Int8Table(codes, scales, rows)
 
     def forward(self, query: torch.Tensor, candidate_id: torch.Tensor, keep: torch.Tensor):
         real = candidate_id >= 0  # the ANN pads short lists with id -1: row 0 (zeros), scored -inf
-        rows = torch.where(real, candidate_id, torch.zeros_like(candidate_id))
-        if self.by_row:
-            rows = self.item_rows[rows]
-        emb = self.codes[rows].to(torch.float32) * self.scales[rows].unsqueeze(-1)
+        emb = self.table(torch.where(real, candidate_id, torch.zeros_like(candidate_id)))
         scores = self.reranker.serve(query, emb)
         scores = torch.where(real, scores, torch.full_like(scores, float("-inf")))
         keep = keep.to(torch.int64)
@@ -91,29 +105,23 @@ class RerankGraph(nn.Module):
 
 
 class ScorerGraph(nn.Module):
-    """The composite scorer. With ``tables`` (the heads' embeddings, which its feature table begins with), it
-    gathers from them and from the remaining columns separately, so its heads' part can be the query tower's
-    own files (stored once) instead of a concatenated copy; the rows it assembles are the same."""
+    """The composite scorer. With ``heads`` (the heads' index tables, `Int8Table`), the heads' embeddings its
+    feature table begins with are read from those (the ANN step's own files, within half a quantisation step
+    of the float embeddings it was trained on) and only its remaining columns are its own table."""
 
-    def __init__(self, scorer: CompositeScorer, fingerprint: str, tables: list[np.ndarray] | None = None):
+    def __init__(self, scorer: CompositeScorer, fingerprint: str, heads: list[Int8Table] | None = None):
         super().__init__()
         self.scorer, self.fp = scorer, fingerprint_int(fingerprint)
-        self.parts = 0
-        if tables is not None:
-            features, at = scorer.features, 0
-            for h, table in enumerate(tables):
-                table = torch.from_numpy(np.ascontiguousarray(table, np.float32))
-                if not torch.equal(features[:, at:at + table.shape[1]], table):
-                    raise ValueError(f"the scorer's features do not begin with head {h}'s table")
-                self.register_buffer(f"part{h}", table)
-                at += table.shape[1]
-            self.register_buffer(f"part{len(tables)}", features[:, at:].contiguous())
-            self.parts = len(tables) + 1
+        self.by_head = heads is not None
+        if self.by_head:
+            self.heads = nn.ModuleList(heads)
+            width = sum(head.dim for head in heads)
+            self.register_buffer("rest", scorer.features[:, width:].contiguous())
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
-        if not self.parts:
+        if not self.by_head:
             return self.scorer.features[ids]
-        return torch.cat([getattr(self, f"part{p}")[ids] for p in range(self.parts)], dim=-1)
+        return torch.cat([*(head(ids) for head in self.heads), self.rest[ids]], dim=-1)
 
     def forward(self, item_id: torch.Tensor, candidate_id: torch.Tensor, value_weights: torch.Tensor):
         real = candidate_id >= 0  # a pad (-1) is looked up as item 0 and scored -inf, never as the last item
@@ -249,11 +257,11 @@ def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096, share
         (path.parent / name).unlink(missing_ok=True)
 
 
-def export_query_tower(tables: list[np.ndarray], fingerprint: str, path: Path, shared: tuple[Path, ...] = ()
+def export_query_tower(heads: list[Int8Table], fingerprint: str, path: Path, shared: tuple[Path, ...] = ()
                        ) -> None:
-    """``tables``: per head [table_size, d], the tower's embedding of every item id (`TrainedFunnel.tables`);
-    ``shared``: .npy files beside ``path`` holding them (read in place)."""
-    _export(QueryTowerGraph(tables, fingerprint), (torch.ones(2, 1, dtype=torch.int64),), path,
+    """``heads``: each head's index table (`Int8Table`); ``shared``: .npy files beside ``path`` holding its arrays
+    (hard links of the ANN step's: read in place)."""
+    _export(QueryTowerGraph(heads, fingerprint), (torch.ones(2, 1, dtype=torch.int64),), path,
             [Step.ITEM_ID], [*Step.EMBEDDINGS, Step.FINGERPRINT],
             {n: {0: "batch"} for n in (Step.ITEM_ID, *Step.EMBEDDINGS, Step.FINGERPRINT)}, shared)
 
@@ -273,11 +281,11 @@ def export_reranker(reranker: Reranker, codes: np.ndarray, scales: np.ndarray, f
 
 
 def export_scorer(scorer: CompositeScorer, tasks: int, fingerprint: str, path: Path,
-                  tables: list[np.ndarray] | None = None, shared: tuple[Path, ...] = ()) -> None:
-    """``tables`` and ``shared``: the heads' tables its features begin with, and .npy files beside ``path`` that
-    hold them (hard links of the query tower's): read in place, stored once."""
+                  heads: list[Int8Table] | None = None, shared: tuple[Path, ...] = ()) -> None:
+    """``heads`` and ``shared``: the heads' index tables its features begin with (`ScorerGraph`), and .npy files
+    beside ``path`` that hold their arrays (hard links of the ANN step's): read in place, stored once."""
     args = (torch.ones(2, 1, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int64), torch.ones(2, tasks + 1))
-    _export(ScorerGraph(scorer, fingerprint, tables), args, path,
+    _export(ScorerGraph(scorer, fingerprint, heads), args, path,
             [Step.ITEM_ID, Step.CANDIDATE_ID, Step.VALUE_WEIGHTS],
             [Step.TASK_PROBS, Step.RELEVANCE_PROBS, Step.SCORE, Step.FINGERPRINT],
             {Step.ITEM_ID: {0: "batch"}, Step.CANDIDATE_ID: {0: "batch", 1: "m"}, Step.VALUE_WEIGHTS: {0: "batch"},

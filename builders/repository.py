@@ -20,9 +20,15 @@ import numpy as np
 
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
-from widefunnel.ann.index import CODES_FILE, SCALES_FILE, item_rows, save_index
+from widefunnel.ann.index import CODES_FILE, ROWS_FILE, SCALES_FILE, item_rows, save_index
 from widefunnel.builders import gpu
-from widefunnel.builders.export import export_query_tower, export_reranker, export_scorer, tower_fingerprint
+from widefunnel.builders.export import (
+    Int8Table,
+    export_query_tower,
+    export_reranker,
+    export_scorer,
+    tower_fingerprint,
+)
 from widefunnel.builders.stages import stage
 from widefunnel.builders.state import save_state
 from widefunnel.builders.train import TrainedFunnel, TrainingData, train_funnel, value_weights
@@ -224,12 +230,6 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
         layout.link_or_copy(writer.folder("preprocess") / layout.ITEM_IDS, writer.folder(step) / layout.ITEM_IDS)
     install_plugin("preprocess", writer.folder("preprocess"))
     install_plugin("quota_merge", writer.folder("quota_merge"))
-    # The heads' tables, once: the query tower looks seeds up in them, the scorer's features begin with them.
-    tower_dir, scorer_dir = writer.folder("query_tower"), writer.folder("composite_scorer")
-    head_tables = tuple(tower_dir / layout.head_table_file(head) for head in HEADS)
-    for path, table in zip(head_tables, funnel.tables):
-        np.save(path, np.ascontiguousarray(table, np.float32))
-    export_query_tower(funnel.tables, fingerprint, tower_dir / layout.ONNX_FILE, shared=head_tables)
     save_state(writer.folder("query_tower") / layout.BUILD_STATE_FILE, funnel, catalogue, cfg)
     fields = catalogue.filter_fields  # MovieLens' genre and year, or a dataset's own fields
     if fields is not None:  # preprocess validates by its vocabularies, the ANN steps filter by it
@@ -237,17 +237,29 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
         fields.save(source)
         for step in (f"ann_{head}" for head in HEADS):  # the same table: linked, stored once
             layout.link_or_copy(source, writer.folder(step) / layout.ITEM_FIELDS)
+    # Each head's table, once: the ANN index's int8 codes and scales and each id's row in them. The reranker, the
+    # query tower and the scorer read those files (hard links in their own folders), so disk and page cache hold
+    # one copy for all four steps (a copy where the filesystem has no links).
+    tower_dir, scorer_dir = writer.folder("query_tower"), writer.folder("composite_scorer")
+    tables, linked = [], {tower_dir: [], scorer_dir: []}
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
-        index_dir, rerank_dir = writer.folder(f"ann_{head}") / layout.INDEX_DIR, writer.folder(f"rerank_{head}")
-        save_index(index, index_dir)
-        # The reranker gathers from the index's own codes and scales: hard links, so disk and page cache hold
-        # one copy for both steps (a copy where the filesystem has no links).
-        shared = tuple(layout.link_or_copy(index_dir / name, rerank_dir / name) for name in (CODES_FILE, SCALES_FILE))
-        export_reranker(reranker, index.codes, index.scales, fingerprint, rerank_dir / layout.ONNX_FILE,
-                        rows=item_rows(index, catalogue.table_size), shared=shared)
+        ann_dir, rerank_dir = writer.folder(f"ann_{head}"), writer.folder(f"rerank_{head}")
+        save_index(index, ann_dir / layout.INDEX_DIR)
+        rows = item_rows(index, catalogue.table_size)
+        np.save(ann_dir / ROWS_FILE, rows)
+        index_dir = ann_dir / layout.INDEX_DIR
+        files = {CODES_FILE: index_dir / CODES_FILE, SCALES_FILE: index_dir / SCALES_FILE,
+                 ROWS_FILE: ann_dir / ROWS_FILE}
+        shared = tuple(layout.link_or_copy(path, rerank_dir / name) for name, path in files.items())
+        export_reranker(reranker, index.codes, index.scales, fingerprint, rerank_dir / layout.ONNX_FILE, rows=rows,
+                        shared=shared)
+        for folder, paths in linked.items():
+            paths += [layout.link_or_copy(path, folder / layout.head_file(head, name)) for name, path in files.items()]
+        tables.append((index.codes, index.scales, rows))
+    export_query_tower([Int8Table(*t) for t in tables], fingerprint, tower_dir / layout.ONNX_FILE,
+                       shared=tuple(linked[tower_dir]))
     export_scorer(funnel.scorer, len(task_names(cfg)), fingerprint, scorer_dir / layout.ONNX_FILE,
-                  tables=funnel.tables,
-                  shared=tuple(layout.link_or_copy(path, scorer_dir / path.name) for path in head_tables))
+                  heads=[Int8Table(*t) for t in tables], shared=tuple(linked[scorer_dir]))
 
 
 def disk_pinned_version(repository: Path) -> int | None:

@@ -55,9 +55,10 @@ ITEM_FIELDS = "item_fields.npz"  # a build's filterable item fields (field_filte
 SITE_BOOTSTRAP = "widefunnel_site.py"  # imported first by every Python model (plugins/widefunnel_site.py)
 
 
-def head_table_file(head: str) -> str:
-    """A head's float32 embedding of every item id: the query tower's table, hard-linked into the scorer's folder."""
-    return f"embeddings_{head}.npy"
+def head_file(head: str, name: str) -> str:
+    """A head's index file (``name``: the ANN index's codes, scales or row map) as linked into the folder of a
+    step that reads both heads' tables (the query tower, the scorer)."""
+    return f"{head}_{name}"
 
 
 def repository_of(model_dir: str | Path) -> Path:

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from widefunnel import layout
-from widefunnel.ann.index import CODES_FILE, SCALES_FILE
+from widefunnel.ann.index import CODES_FILE, ROWS_FILE, SCALES_FILE
 from widefunnel.merge import HEADS
 from widefunnel.model_configs import STEP_MODELS
 
@@ -26,15 +26,18 @@ def test_each_table_is_stored_once_and_read_in_place(built_repository):
     repo = built_repository
     v = str(max(layout.complete_versions(repo, STEP_MODELS)))
     same = [(repo / "preprocess" / v / layout.ITEM_FIELDS, repo / f"ann_{h}" / v / layout.ITEM_FIELDS) for h in HEADS]
-    for head in HEADS:
-        table = layout.head_table_file(head)
-        same.append((repo / "query_tower" / v / table, repo / "composite_scorer" / v / table))
-        for name in (CODES_FILE, SCALES_FILE):
-            same.append((repo / f"ann_{head}" / v / layout.INDEX_DIR / name, repo / f"rerank_{head}" / v / name))
-        assert {CODES_FILE, SCALES_FILE} <= _locations(repo / f"rerank_{head}" / v / layout.ONNX_FILE)
+    for head in HEADS:  # the ANN index's codes, scales and row map: read by the reranker, query tower and scorer
+        ann = repo / f"ann_{head}" / v
+        owners = {CODES_FILE: ann / layout.INDEX_DIR / CODES_FILE, SCALES_FILE: ann / layout.INDEX_DIR / SCALES_FILE,
+                  ROWS_FILE: ann / ROWS_FILE}
+        for name, owner in owners.items():
+            same.append((owner, repo / f"rerank_{head}" / v / name))
+            same += [(owner, repo / step / v / layout.head_file(head, name)) for step in ("query_tower",
+                                                                                        "composite_scorer")]
+        assert set(owners) <= _locations(repo / f"rerank_{head}" / v / layout.ONNX_FILE)
+        for step in ("query_tower", "composite_scorer"):
+            assert {layout.head_file(head, n) for n in owners} <= _locations(repo / step / v / layout.ONNX_FILE)
     for owner, reader in same:
         assert os.stat(owner).st_ino == os.stat(reader).st_ino, (owner, reader)
-    assert {layout.head_table_file(h) for h in HEADS} <= _locations(repo / "query_tower" / v / layout.ONNX_FILE)
-    assert {layout.head_table_file(h) for h in HEADS} <= _locations(repo / "composite_scorer" / v / layout.ONNX_FILE)
     for step in ("query_tower", "composite_scorer", *(f"rerank_{h}" for h in HEADS)):
         assert (repo / step / v / layout.ONNX_FILE).stat().st_size < 200_000, step  # the graph, no tables

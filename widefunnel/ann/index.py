@@ -31,6 +31,7 @@ MAX_DIM = 1024  # int8*int8 dot products stay below 2**24, so float32 arithmetic
 MAX_COUNT = 2**31 - 1  # rows must fit the 32-bit row field of the search's sort keys
 MANIFEST = "manifest.json"
 CODES_FILE, SCALES_FILE = "codes.npy", "scales.npy"  # the rerankers map these same files (hard links)
+ROWS_FILE = "item_rows.npy"  # `item_rows`, beside the index in the ANN step's version folder (int32 [table])
 BASE_FILES = (CODES_FILE, SCALES_FILE, "ids.npy")
 IVF_FILES = ("ivf_centroids.npy", "ivf_offsets.npy")
 _MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
