@@ -107,7 +107,7 @@ class RerankGraph(nn.Module):
 class ScorerGraph(nn.Module):
     """The composite scorer. With ``heads`` (the heads' index tables, `Int8Table`), the heads' embeddings its
     feature table begins with are read from those (the ANN step's own files, within half a quantisation step
-    of the float embeddings it was trained on) and only its remaining columns are its own table."""
+    of the float embeddings it was trained on) and only its remaining columns are its own tables."""
 
     def __init__(self, scorer: CompositeScorer, fingerprint: str, heads: list[Int8Table] | None = None):
         super().__init__()
@@ -115,13 +115,25 @@ class ScorerGraph(nn.Module):
         self.by_head = heads is not None
         if self.by_head:
             self.heads = nn.ModuleList(heads)
-            width = sum(head.dim for head in heads)
-            self.register_buffer("rest", scorer.features[:, width:].contiguous())
+            rest = scorer.features[:, sum(head.dim for head in heads):]
+            # Columns whose every value is a whole number in 0..255 (a multi-hot) are stored as uint8, exactly:
+            # 1 byte an item a column instead of 4; the others stay float32, and the graph restores the order.
+            small = ((rest == rest.round()) & (rest >= 0) & (rest <= 255)).all(dim=0)
+            order = torch.cat([torch.nonzero(small)[:, 0], torch.nonzero(~small)[:, 0]])
+            self.kinds = (bool(small.any()), bool((~small).any()))
+            if self.kinds[0]:
+                self.register_buffer("rest_uint8", rest[:, small].to(torch.uint8).contiguous())
+            if self.kinds[1]:
+                self.register_buffer("rest_float", rest[:, ~small].contiguous())
+            self.register_buffer("rest_order", torch.argsort(order))
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.by_head:
             return self.scorer.features[ids]
-        return torch.cat([*(head(ids) for head in self.heads), self.rest[ids]], dim=-1)
+        rest = [self.rest_uint8[ids].to(torch.float32)] if self.kinds[0] else []
+        rest += [self.rest_float[ids]] if self.kinds[1] else []
+        rest = torch.cat(rest, dim=-1)[..., self.rest_order]
+        return torch.cat([*(head(ids) for head in self.heads), rest], dim=-1)
 
     def forward(self, item_id: torch.Tensor, candidate_id: torch.Tensor, value_weights: torch.Tensor):
         real = candidate_id >= 0  # a pad (-1) is looked up as item 0 and scored -inf, never as the last item
