@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--text-fields", default="title,categories",
                         help="the content encoder's fields (the config's text_fields)")
     parser.add_argument("--builds", type=int, default=2, help="builds with one text cache (the 2nd finds it warm)")
+    parser.add_argument("--int8", action="store_true", help="[teacher] int8 = true: the int8 content encoder")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -65,10 +66,12 @@ def main() -> None:
         generated = time.perf_counter() - start
         fields = ", ".join(f'"{f}"' for f in args.text_fields.split(","))
         config = root / "shop.toml"
-        config.write_text(DATASET_CONFIG.replace("[dataset]\n", f"[dataset]\ntext_fields = [{fields}]\n", 1))
+        config.write_text(DATASET_CONFIG.replace("[dataset]\n", f"[dataset]\ntext_fields = [{fields}]\n", 1)
+                          + ("\n[teacher]\nint8 = true\n" if args.int8 else ""))
         runs = [run_build(dataset, config, root / f"repo{i + 1}", root / "cache") for i in range(args.builds)]
         print(f"\n{args.interactions:,} interactions, {args.items:,} items, {args.users:,} users; text fields "
-              f"{args.text_fields}; dataset generated and written in {generated:.0f} s")
+              f"{args.text_fields}{'; int8 encoder' if args.int8 else ''}; dataset generated and written in "
+              f"{generated:.0f} s")
         names = [name for name, _, _ in runs[0][0]]
         print("| stage | " + " | ".join(f"build {i + 1}: s | peak RSS MiB" for i in range(len(runs))) + " |")
         print("|---|" + "---:|---:|" * len(runs))
