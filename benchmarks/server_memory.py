@@ -21,17 +21,7 @@ from widefunnel import layout
 from widefunnel.client.client import WidefunnelClient
 from widefunnel.model_configs import STEP_MODELS
 from widefunnel.server import TritonServer
-from widefunnel.server.processes import children, instance_stubs, stub_processes
-
-
-def _kib(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+from widefunnel.server.processes import children, instance_stubs, smaps_kib, stub_processes
 
 
 def measure(repository: Path, requests: int, k: int) -> list[tuple[str, int, int, int]]:
@@ -50,7 +40,7 @@ def measure(repository: Path, requests: int, k: int) -> list[tuple[str, int, int
         rows += [(f"stub {stub[0]} v{stub[1]}", pid) for pid, stub in sorted(stubs.items(), key=lambda s: s[1])]
         known = {pid for _, pid in rows}
         rows += [("other child", pid) for pid in children(server.process.pid) if pid not in known]
-        return [(name, _kib(pid, "Rss"), _kib(pid, "Pss"), _kib(pid, "Anonymous")) for name, pid in rows]
+        return [(name, smaps_kib(pid, "Rss"), smaps_kib(pid, "Pss"), smaps_kib(pid, "Anonymous")) for name, pid in rows]
     finally:
         server.stop()
 

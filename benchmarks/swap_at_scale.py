@@ -21,19 +21,11 @@ from widefunnel.client.client import WidefunnelClient
 from widefunnel.client.swap import persist_pins, swap
 from widefunnel.model_configs import ENSEMBLES
 from widefunnel.server import TritonServer
-from widefunnel.server.processes import children
+from widefunnel.server.processes import children, smaps_kib
 
 
 def _tree_kib(pid: int, field: str) -> int:
-    total = 0
-    for p in [pid, *children(pid)]:
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+    return sum(smaps_kib(p, field) for p in [pid, *children(pid)])
 
 
 def main() -> None:

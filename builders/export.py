@@ -178,10 +178,10 @@ def _set_buffers(module: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
 
 def bind_tables(path: Path, tables: dict[str, np.ndarray], shared: tuple[Path, ...] = (), align: int = 4096,
                 stand_in_rows: int = 2) -> None:
-    """Points each initializer named in ``tables`` (exported from a two-row stand-in) at its full table: the
-    bytes of a ``shared`` .npy file beside ``path`` holding the same array (read in place: a hard link of another
-    step's table, stored once), else the table appended to `layout.ONNX_DATA_FILE` at a page-aligned offset.
-    Streams from the arrays: no copy of a table is made."""
+    """Points each initializer named in ``tables`` (exported from a ``stand_in_rows``-row stand-in, `_export`) at
+    its full table: the bytes of a ``shared`` .npy file beside ``path`` holding the same array (read in place: a
+    hard link of another step's table, stored once), else the table appended to `layout.ONNX_DATA_FILE` at a
+    page-aligned offset. Streams from the arrays: no copy of a table is made."""
     import onnx
     import onnx.numpy_helper
 
@@ -224,17 +224,12 @@ def _equal(path: Path, table: np.ndarray) -> bool:
     return stored.dtype == table.dtype and stored.shape == table.shape and np.array_equal(stored, table)
 
 
-def _same_bytes(path: Path, raw: bytes) -> bool:
-    return np.load(path, mmap_mode="r").tobytes() == raw
-
-
-def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096, shared: tuple[Path, ...] = ()) -> None:
+def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096) -> None:
     """Moves every table of ``path`` of at least ``threshold`` bytes out of the protobuf into one file beside it
     (`layout.ONNX_DATA_FILE`, ONNX external data, each table at a page-aligned offset). Protobuf stops at 2 GB;
     external data does not, and ONNX Runtime maps it read-only, so the page cache holds one copy however many
     processes serve it (instances, steps, two versions during a swap). Files torch wrote for a graph past 2 GB
-    are folded into that one file and removed. A table whose bytes are those of a ``shared`` .npy file beside
-    ``path`` is read from that file in place (a hard link of another step's table: stored once)."""
+    are folded into that one file and removed. (A table shared with another step is bound by `bind_tables`.)"""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -242,16 +237,10 @@ def externalize(path: Path, threshold: int = 64 * 1024, align: int = 4096, share
     onnx.load_external_data_for_model(model, str(path.parent))  # what torch wrote outside, if anything
     data_path = path.with_name(ONNX_DATA_FILE)
     tmp = data_path.with_name(f".{data_path.name}.tmp")
-    regions = {p: npy_region(p) for p in shared}
     offset = 0
     with open(tmp, "wb") as out:
         for tensor in model.graph.initializer:
             raw = tensor.raw_data
-            same = next((p for p, (_, length) in regions.items()  # read a file only where the length matches
-                         if raw and length == len(raw) and _same_bytes(p, raw)), None)
-            if same is not None:  # whatever its size: the file is there anyway
-                _point(tensor, same.name, regions.pop(same)[0], len(raw))
-                continue
             if len(raw) < threshold:
                 continue
             pad = -offset % align

@@ -241,13 +241,14 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
     # query tower and the scorer read those files (hard links in their own folders), so disk and page cache hold
     # one copy for all four steps (a copy where the filesystem has no links).
     tower_dir, scorer_dir = writer.folder("query_tower"), writer.folder("composite_scorer")
-    tables, linked = [], {tower_dir: [], scorer_dir: []}
+    heads: list[Int8Table] = []
+    linked: dict[Path, list[Path]] = {tower_dir: [], scorer_dir: []}
     for head, index, reranker in zip(HEADS, funnel.indexes, funnel.rerankers):
         ann_dir, rerank_dir = writer.folder(f"ann_{head}"), writer.folder(f"rerank_{head}")
-        save_index(index, ann_dir / layout.INDEX_DIR)
+        index_dir = ann_dir / layout.INDEX_DIR
+        save_index(index, index_dir)
         rows = item_rows(index, catalogue.table_size)
         np.save(ann_dir / ROWS_FILE, rows)
-        index_dir = ann_dir / layout.INDEX_DIR
         files = {CODES_FILE: index_dir / CODES_FILE, SCALES_FILE: index_dir / SCALES_FILE,
                  ROWS_FILE: ann_dir / ROWS_FILE}
         shared = tuple(layout.link_or_copy(path, rerank_dir / name) for name, path in files.items())
@@ -255,11 +256,10 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
                         shared=shared)
         for folder, paths in linked.items():
             paths += [layout.link_or_copy(path, folder / layout.head_file(head, name)) for name, path in files.items()]
-        tables.append((index.codes, index.scales, rows))
-    export_query_tower([Int8Table(*t) for t in tables], fingerprint, tower_dir / layout.ONNX_FILE,
-                       shared=tuple(linked[tower_dir]))
-    export_scorer(funnel.scorer, len(task_names(cfg)), fingerprint, scorer_dir / layout.ONNX_FILE,
-                  heads=[Int8Table(*t) for t in tables], shared=tuple(linked[scorer_dir]))
+        heads.append(Int8Table(index.codes, index.scales, rows))
+    export_query_tower(heads, fingerprint, tower_dir / layout.ONNX_FILE, shared=tuple(linked[tower_dir]))
+    export_scorer(funnel.scorer, len(task_names(cfg)), fingerprint, scorer_dir / layout.ONNX_FILE, heads=heads,
+                  shared=tuple(linked[scorer_dir]))
 
 
 def disk_pinned_version(repository: Path) -> int | None:

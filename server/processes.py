@@ -73,6 +73,18 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+def smaps_kib(pid: int, field: str) -> int:
+    """One field of a process's `/proc/<pid>/smaps_rollup` (``Rss``, ``Pss``, ``Anonymous``...), KiB; 0 when the
+    process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def process_dead(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

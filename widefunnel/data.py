@@ -65,7 +65,7 @@ class Catalogue:
         index = {g: j for j, g in enumerate(self.genre_names)}
         sourced = isinstance(self.genres, SourcedGenres)
         real = self.genres.real if sourced else self.genres
-        out = np.zeros((max(real, default=0) + 1 if sourced else self.table_size, max(len(self.genre_names), 1)),
+        out = np.zeros((self.genres.first if sourced else self.table_size, max(len(self.genre_names), 1)),
                        dtype=np.float32)
         for item, gs in real.items():
             for g in gs:

@@ -120,16 +120,13 @@ class ItemFields:
     def load(cls, path: Path | str) -> ItemFields:
         """The fields of a build, their per-item arrays mapped read-only from the file (`arrays.map_npz`)."""
         z = map_npz(path)
-        tokens = [TokenField(str(name), _as(z[f"t{j}_offsets"], np.int64), _as(z[f"t{j}_codes"], np.int32),
+        tokens = [TokenField(str(name), z[f"t{j}_offsets"].astype(np.int64, copy=False),
+                             z[f"t{j}_codes"].astype(np.int32, copy=False),
                              tuple(str(v) for v in z[f"t{j}_vocabulary"]))
                   for j, name in enumerate(z["token_names"])]
-        floats = [FloatField(str(name), _as(z[f"f{j}_values"], np.float32)) for j, name in enumerate(z["float_names"])]
+        floats = [FloatField(str(name), z[f"f{j}_values"].astype(np.float32, copy=False))
+                  for j, name in enumerate(z["float_names"])]
         return cls((*tokens, *floats))
-
-
-def _as(array: np.ndarray, dtype) -> np.ndarray:
-    """``array`` as ``dtype``: the mapped array itself when it already is (no copy)."""
-    return array if array.dtype == dtype else array.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -245,7 +242,7 @@ def genre_year_fields(genres: dict[int, tuple[str, ...]], years: np.ndarray, gen
     the token_seq field ``genre`` (vocabulary ``genre_names``) and the float field ``year``, where an unknown
     year (0) is missing (NaN), so that any year range leaves it out, as MovieLens' year filter always has."""
     if isinstance(genres, SourcedGenres):  # gathered from the real items' field, not built item by item
-        real = genre_year_fields(genres.real, years, genre_names, max(genres.real, default=0) + 1).tokens[0]
+        real = genre_year_fields(genres.real, years, genre_names, genres.first).tokens[0]
         return ItemFields((_gathered(real, genres.rows(table_size)), _year_field(years, table_size)))
     code = {g: j + 1 for j, g in enumerate(genre_names)}
     ids = np.array(sorted(genres), np.int64)

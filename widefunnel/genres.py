@@ -13,6 +13,7 @@ class SourcedGenres(Mapping):
     the tables derived from them are gathered from the real items' (`rows`)."""
 
     def __init__(self, real: dict[int, tuple[str, ...]], first: int, source: np.ndarray):
+        """``first``: the real items' table size (every real id is below it)."""
         self.real, self.first, self.source = real, first, np.asarray(source, np.int64)
 
     def __getitem__(self, item: int) -> tuple[str, ...]:

@@ -29,13 +29,12 @@ class ItemIds:
         present = self.external != NONE
         first = int(np.argmax(present)) if present.any() else len(self.external)
         dense = bool(present[first:].all())
-        del present
         self._first = first
         self.identity = dense and bool((self.external[first:] == np.arange(first, len(self.external))).all())
         if dense and bool((np.diff(self.external[first:]) > 0).all()):
             self._sorted, self._internal = self.external[first:], None  # row r of _sorted is internal id first + r
         else:
-            present = np.flatnonzero(self.external != NONE)
+            present = np.flatnonzero(present)
             order = np.argsort(self.external[present], kind="stable")
             self._sorted, self._internal = self.external[present][order], present[order]
 
