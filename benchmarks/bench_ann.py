@@ -306,7 +306,7 @@ def build_methods(x: np.ndarray, n_lists: int, log: Callable) -> tuple[dict[str,
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--d", type=int, default=64, choices=(64, 128))
+    ap.add_argument("--d", type=int, default=64, choices=(32, 64, 128))
     ap.add_argument("--ks", type=int, nargs="+", default=[100, 1000, 10000, 100000])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
     ap.add_argument("--nprobes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])

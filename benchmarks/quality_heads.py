@@ -19,9 +19,9 @@ from widefunnel.evaluation import offline as E
 K = 100
 
 
-def measure(epochs: int, max_train_pairs: int, int8: bool = False) -> dict[str, float]:
+def measure(epochs: int, max_train_pairs: int, int8: bool = False, seed: int = 0) -> dict[str, float]:
     cfg = load_config(overrides={"training": {"epochs": epochs}, "data": {"max_train_pairs": max_train_pairs},
-                                 "teacher": {"int8": int8}})
+                                 "teacher": {"int8": int8}, "seed": seed})
     start = time.monotonic()
     data = TrainingData.load(cfg, progress=False)
     ev = E.build_eval_set(data.split.test, data.catalogue, data.split.fresh_items, cfg["data"]["max_eval_queries"],
@@ -45,8 +45,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-train-pairs", type=int, default=60000)
     p.add_argument("--int8", action="store_true", help="[teacher] int8 = true: the int8 content encoder")
+    p.add_argument("--seed", type=int, default=0, help="the build's seed (pairs sampled, towers, evaluation set)")
     args = p.parse_args()
-    print(json.dumps(measure(args.epochs, args.max_train_pairs, args.int8), indent=1))
+    print(json.dumps(measure(args.epochs, args.max_train_pairs, args.int8, args.seed), indent=1))
 
 
 if __name__ == "__main__":

@@ -95,13 +95,18 @@ class ItemTower(nn.Module):
             self.register_buffer("floats", features.floats.float())
 
     def _fields(self, ids: torch.Tensor) -> list[torch.Tensor]:
-        """Per field the masked mean of its codes' embeddings (a token field: one code), then the floats."""
+        """Per field the masked mean of its codes' embeddings (a token field: one code), then the floats. Every
+        field's codes are looked up in one call, so a training step's sparse gradient is one tensor, not one
+        per field (summing sparse gradients re-copies them each time)."""
         out = []
-        for i in range(self.fields):
-            codes = getattr(self, f"bag_{i}")[ids]  # [B, L]
+        if self.fields:
+            bags = [getattr(self, f"bag_{i}")[ids] for i in range(self.fields)]  # [B, L_i] each
+            codes = torch.cat(bags, dim=1)
             mask = (codes > 0).float().unsqueeze(-1)
-            summed = (self.field_embedding(codes) * mask).sum(1)
-            out.append(summed / mask.sum(1).clamp(min=1.0))
+            embedded = self.field_embedding(codes) * mask
+            for part, weight in zip(embedded.split([b.shape[1] for b in bags], dim=1),
+                                    mask.split([b.shape[1] for b in bags], dim=1)):
+                out.append(part.sum(1) / weight.sum(1).clamp(min=1.0))
         if self.has_floats:
             out.append(self.floats[ids])
         return out

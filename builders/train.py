@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from widefunnel.ann.index import Int8Index, build_index
 from widefunnel.ann.search import exact_search
-from widefunnel.builders.losses import distillation_kl, info_nce, ordinal_loss
+from widefunnel.builders.losses import distillation_kl, info_nce, negatives_bias, ordinal_loss
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, TowerFeatures, unified_value
 from widefunnel.builders.stages import stage
 from widefunnel.builders.teacher import teacher_embeddings
@@ -151,9 +151,11 @@ def train_towers(data: TrainingData, cfg: dict, wr: float | None = None, heads: 
             idx = perm[start:start + bs]
             q, t = q_all[idx], t_all[idx]
             cold = torch.rand(2, len(q), generator=gen) < cold_rate if cold_rate > 0 else (None, None)
-            eq, et = tower(q, cold[0]), tower(t, cold[1])
-            lq = log_q[t] if tcfg["logq_correction"] else None
-            loss = sum(info_nce(eq[h], et[h], temp, lq, t) for h in range(heads))
+            # both sides in one pass: one sparse gradient per table a step, not one per side
+            both = tower(torch.cat([q, t]), None if cold[0] is None else torch.cat([cold[0], cold[1]]))
+            eq, et = [e[:len(q)] for e in both], [e[len(q):] for e in both]
+            bias = negatives_bias(log_q[t] if tcfg["logq_correction"] else None, t)  # one for every head
+            loss = sum(info_nce(eq[h], et[h], temp, bias=bias) for h in range(heads))
             if wr > 0:
                 for h in distill_heads:
                     loss = loss + wr * distillation_kl(eq[h], et[h], teacher[q], teacher[t], temp,

@@ -45,3 +45,24 @@ def test_ordinal_loss_lower_for_correct_level():
     cum_low = torch.tensor([[0.05, 0.01]])
     level = torch.tensor([2])
     assert ordinal_loss(cum_high, level) < ordinal_loss(cum_low, level)
+
+
+def test_shared_bias_is_the_reference_formula():
+    """One bias for every head (`negatives_bias`) and the temperature on the operands: the same loss as
+    logits / temperature - log Q with duplicates of the positive masked."""
+    import torch.nn.functional as F
+
+    from widefunnel.builders.losses import negatives_bias
+
+    torch.manual_seed(0)
+    q, t = F.normalize(torch.randn(64, 8), dim=-1), F.normalize(torch.randn(64, 8), dim=-1)
+    ids = torch.randint(0, 20, (64,))
+    log_q = torch.log(torch.rand(64))
+    logits = q @ t.T / 0.05 - log_q[None, :]
+    same = ids[None, :] == ids[:, None]
+    same.fill_diagonal_(False)
+    reference = F.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(64))
+    bias = negatives_bias(log_q, ids)
+    assert torch.allclose(info_nce(q, t, 0.05, bias=bias), reference, rtol=1e-5)
+    assert torch.allclose(info_nce(q, t, 0.05, log_q, ids), reference, rtol=1e-5)
+    assert negatives_bias(None, None) is None
