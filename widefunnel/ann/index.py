@@ -320,8 +320,9 @@ def load_index(directory: Path, expected_fingerprint: str | None = None) -> Int8
     n, d, n_lists = manifest["count"], manifest["dim"], manifest["ivf_lists"]
     files = manifest["files"]
     codes = _load_array(directory, "codes.npy", files["codes.npy"], np.dtype(np.int8), (n, d), mmap=True)
-    scales = _load_array(directory, "scales.npy", files["scales.npy"], np.dtype(np.float32), (n,))
-    ids = _load_array(directory, "ids.npy", files["ids.npy"], np.dtype(np.int64), (n,))
+    # mapped too: every process serving this version (instances, two versions in a swap) shares their pages
+    scales = _load_array(directory, "scales.npy", files["scales.npy"], np.dtype(np.float32), (n,), mmap=True)
+    ids = _load_array(directory, "ids.npy", files["ids.npy"], np.dtype(np.int64), (n,), mmap=True)
     if int(codes.min()) < -QMAX:
         raise _fail("codes.npy", f"contains -128; codes must lie in [-{QMAX}, {QMAX}]")
     if not (np.isfinite(scales).all() and (scales > 0).all()):
