@@ -16,7 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from widefunnel.ann.filters import HeadFilter
-from widefunnel.ann.index import IndexLoadError, load_index
+from widefunnel.ann.index import ROWS_FILE, IndexLoadError, load_index, load_row_map
 from widefunnel.ann.query import search
 from widefunnel.ann.search import dequantized, prepare_index
 from widefunnel.item_ids import InternalTakedowns, ItemIds
@@ -67,6 +67,9 @@ class TritonPythonModel:
         directory = os.path.join(args["model_repository"], version, INDEX_DIR)
         try:
             self.index = load_index(directory, expected_fingerprint=expected[version])
+            rows = os.path.join(args["model_repository"], version, ROWS_FILE)
+            if os.path.exists(rows):  # absent in repositories written before it and in index-only ones
+                load_row_map(self.index, rows)
             prepare_index(self.index)  # caches, the GEMM self-test and kernel warm-up: not on the first request
         except (IndexLoadError, OSError) as exc:
             raise pb_utils.TritonModelException(f"{self.name} version {version}: refusing index: {exc}") from exc

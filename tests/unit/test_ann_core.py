@@ -614,3 +614,33 @@ def test_rows_of_answers_alike_from_the_dense_table_and_the_sorted_ids(ids):
     for lookup in (table, None):
         prepared = PreparedIndex(None, None, ids, lookup)
         np.testing.assert_array_equal(prepared.rows_of(asked), want)
+
+
+def test_the_mapped_item_rows_answer_as_the_built_lookup(tmp_path):
+    """An ANN step maps the build's `item_rows` (0 where an id has no row) instead of building its own table:
+    every id, present, absent, negative or past the table, gets the same row (or -1); a map that sends an id to
+    another row is refused, naming the file."""
+    from widefunnel.ann.index import IndexLoadError, build_index, item_rows, load_row_map
+    from widefunnel.ann.prepared import PreparedIndex
+    from widefunnel.ann.search import prepare_index
+
+    rng = np.random.default_rng(3)
+    ids = np.sort(rng.choice(np.arange(1, 5000), 1200, replace=False)).astype(np.int64)
+    x = rng.standard_normal((len(ids), 8)).astype(np.float32)
+    index = build_index(x, ids, "ab", ivf_lists=4)
+    path = tmp_path / "item_rows.npy"
+    np.save(path, item_rows(index, 5000))
+    load_row_map(index, path)
+    asked = np.concatenate([ids, np.setdiff1d(np.arange(5000), ids)[:300], [-1, 5000, 2**40]])
+    built = PreparedIndex(None, None, index.ids, PreparedIndex.id_lookup(index.ids))
+    np.testing.assert_array_equal(prepare_index(index).rows_of(asked), built.rows_of(asked))
+    assert prepare_index(index).row_of_id is index.row_map  # mapped, not a copy
+
+    wrong = item_rows(index, 5000)
+    wrong[ids[5]], wrong[ids[6]] = wrong[ids[6]], wrong[ids[5]]
+    np.save(path, wrong)
+    with pytest.raises(IndexLoadError, match="item_rows.npy.*not its row"):
+        load_row_map(build_index(x, ids, "ab"), path)
+    np.save(path, item_rows(index, 5000)[:100])
+    with pytest.raises(IndexLoadError, match="do not cover"):
+        load_row_map(build_index(x, ids, "ab"), path)

@@ -78,6 +78,8 @@ class Int8Index:
     ivf: IvfLists | None = None
     # the search-time form (``prepared.PreparedIndex``), built once by ``search.prepare_index``
     prepared: PreparedIndex | None = field(default=None, repr=False, compare=False)
+    # each id's row, mapped from the build's `ROWS_FILE` (`load_row_map`); None: prepare_index builds its own
+    row_map: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -303,6 +305,19 @@ def _load_array(directory: Path, name: str, entry: dict, dtype: np.dtype, shape:
     if arr.shape != shape:
         raise _fail(name, f"shape {arr.shape} disagrees with manifest (expected {shape})")
     return arr
+
+
+def load_row_map(index: Int8Index, path: Path) -> None:
+    """Maps ``path`` (`ROWS_FILE`, beside the index in an ANN step's folder) as the index's id -> row table, once
+    checked (`PreparedIndex.checked_row_map`); IndexLoadError naming the file otherwise. Call before
+    ``prepare_index``."""
+    from widefunnel.ann.prepared import PreparedIndex
+
+    try:
+        row_map = np.load(path, mmap_mode="r", allow_pickle=False)
+        index.row_map = PreparedIndex.checked_row_map(row_map, index.ids)
+    except ValueError as exc:
+        raise _fail(str(path), str(exc)) from None
 
 
 def load_index(directory: Path, expected_fingerprint: str | None = None) -> Int8Index:

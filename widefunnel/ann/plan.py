@@ -229,7 +229,7 @@ def prepare_index(index: Int8Index) -> PreparedIndex:
         ccodes, cscales = quantize_rows(index.ivf.centroids)
         ivf = IvfTables(ccodes, cscales, np.ascontiguousarray(index.ivf.offsets, dtype=np.int64))
     prepared = PreparedIndex(SampledTable.of(codes, np.ascontiguousarray(index.scales, dtype=np.float32)), codes,
-                             ids, PreparedIndex.id_lookup(ids), ivf)
+                             ids, PreparedIndex.id_lookup(ids) if index.row_map is None else index.row_map, ivf)
     int_mm_is_fast()
     kernels.warm_up()
     index.prepared = prepared

@@ -78,8 +78,23 @@ class PreparedIndex:
     levels: SampledTable  # the full row table and its samples
     codes: np.ndarray  # int8 [N, d], a plain ndarray (slicing an np.memmap costs microseconds per slice)
     ids: np.ndarray  # int64 [N], contiguous
-    row_of_id: np.ndarray | None  # int32 [max id + 1], -1 where no row: ids dense enough (4 bytes an id)
+    # int32 by id: -1 where no row (`id_lookup`), or the build's mapped `item_rows` (0 where no row; `rows_of`
+    # checks each hit against ``ids``); None for sparse ids
+    row_of_id: np.ndarray | None
     ivf: IvfTables | None = None
+
+    @staticmethod
+    def checked_row_map(row_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """``row_map`` (the build's `item_rows`, int32 by id, mapped) if it gives every index id its row; else
+        ValueError. An ANN step maps it instead of building `id_lookup`: one copy in the page cache, not one in
+        each process."""
+        if row_map.dtype != np.int32 or row_map.ndim != 1:
+            raise ValueError(f"item rows: int32 [ids] expected, got {row_map.dtype} {row_map.shape}")
+        if len(ids) and (int(ids.max()) >= len(row_map) or int(ids.min()) < 0):
+            raise ValueError(f"item rows: {len(row_map)} entries do not cover the index's ids")
+        if not np.array_equal(row_map[ids], np.arange(len(ids), dtype=np.int32)):
+            raise ValueError("item rows: an id's entry is not its row in the index")
+        return row_map
 
     @classmethod
     def id_lookup(cls, ids: np.ndarray) -> np.ndarray | None:
@@ -115,7 +130,9 @@ class PreparedIndex:
         ids = np.asarray(ids, dtype=np.int64)
         if self.row_of_id is not None:
             inside = (ids >= 0) & (ids < len(self.row_of_id))
-            return np.where(inside, self.row_of_id[np.where(inside, ids, 0)], -1).astype(np.int64)
+            rows = np.clip(self.row_of_id[np.where(inside, ids, 0)], -1, len(self.ids) - 1).astype(np.int64)
+            hit = inside & (rows >= 0) & (self.ids[np.maximum(rows, 0)] == ids)
+            return np.where(hit, rows, -1)
         pos = np.minimum(np.searchsorted(self.ids_sorted, ids), len(self.ids_sorted) - 1)
         hit = (self.ids_sorted[pos] == ids) & (ids >= 0)
         return np.where(hit, self.ids_order[pos], -1).astype(np.int64)
