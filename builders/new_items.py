@@ -45,6 +45,7 @@ from widefunnel.data import Catalogue
 from widefunnel.dataset.additions import NewItems, read_new_items
 from widefunnel.dataset.features import ItemFeatures, code_features
 from widefunnel.field_filters import ItemFields, grown_fields
+from widefunnel.genres import SourcedGenres
 from widefunnel.takedowns import TakedownError, parse_item_id
 from widefunnel.validation import shown
 
@@ -218,7 +219,10 @@ def grow_catalogue(catalogue: Catalogue, items: list[NewItem]) -> Catalogue:
     years[: catalogue.table_size] = catalogue.years
     years[ids] = [i.year for i in items]
     titles = dict(catalogue.titles) | {i.item_id: i.title for i in items}
-    genres = dict(catalogue.genres) | {i.item_id: i.genres for i in items}
+    added = {i.item_id: i.genres for i in items}
+    # a catalogue-scale build's genres stay sourced: no dict entry per synthetic item
+    genres = catalogue.genres.grown(added) if isinstance(catalogue.genres, SourcedGenres) else (
+        dict(catalogue.genres) | added)
     return replace(catalogue, item_ids=np.sort(np.concatenate([catalogue.item_ids, ids])), titles=titles,
                    years=years, genres=genres)
 

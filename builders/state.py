@@ -22,6 +22,7 @@ from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, Tow
 from widefunnel.config import task_names
 from widefunnel.data import Catalogue
 from widefunnel.dataset.additions import ItemCoding
+from widefunnel.genres import SourcedGenres
 
 FORMAT = 1
 SCORER_TABLE = "features"  # the scorer's item table: rebuilt from the tower (train.scorer_features)
@@ -57,8 +58,10 @@ def compact(tensor: torch.Tensor) -> torch.Tensor:
     buffers' types (`load_state_dict` copies with a cast)."""
     if tensor.numel() < 1 << 16 or tensor.dtype not in (torch.float32, torch.float64, torch.int64, torch.int32):
         return tensor
-    if tensor.is_floating_point() and not bool((tensor == tensor.round()).all()):
-        return tensor
+    if tensor.is_floating_point():
+        head = tensor.reshape(-1)[:4096]  # a learned table fails on its first values: no pass over all of it
+        if not bool((head == head.round()).all()) or not bool((tensor == tensor.round()).all()):
+            return tensor
     low, high = int(tensor.min()), int(tensor.max())
     for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
         info = torch.iinfo(dtype)
@@ -80,11 +83,26 @@ def save_state(path: Path, funnel, catalogue: Catalogue, cfg: dict) -> None:
                       "years": compact(torch.from_numpy(catalogue.years)),
                       "titles": {int(k): v for k, v in catalogue.titles.items()},
                       "genre_names": list(catalogue.genre_names),
+                      # a catalogue-scale build's synthetic items take their genres from real ones: kept as such,
+                      # so loading it is not a pass over every item
+                      **({} if not isinstance(catalogue.genres, SourcedGenres) else
+                         {"sourced_genres": {"real": {int(k): list(v) for k, v in catalogue.genres.real.items()},
+                                             "first": catalogue.genres.first,
+                                             "source": compact(torch.from_numpy(catalogue.genres.source))}}),
                       **({} if catalogue.external_ids is None else
                          {"external_ids": torch.from_numpy(catalogue.external_ids),
                           "texts": {int(k): v for k, v in (catalogue.texts or {}).items()}}),
                       **({} if catalogue.coding is None else {"coding": catalogue.coding.to_state()})},
     }, path)
+
+
+def _genres_of(matrix: np.ndarray, ids: np.ndarray, names: tuple[str, ...]) -> dict[int, tuple[str, ...]]:
+    """Each item's genres from the tower's multi-hot: one tuple per distinct row, not a pass over each item's."""
+    if not len(ids):
+        return {}
+    patterns, inverse = np.unique(np.asarray(matrix[ids]) != 0, axis=0, return_inverse=True)
+    tuples = [tuple(names[j] for j in np.flatnonzero(p)) for p in patterns]
+    return {i: tuples[p] for i, p in zip(ids.tolist(), np.asarray(inverse).reshape(-1).tolist())}
 
 
 def load_state(path: Path) -> BuildState:
@@ -111,8 +129,12 @@ def load_state(path: Path) -> BuildState:
     c = raw["catalogue"]
     names = tuple(c["genre_names"])
     ids = c["item_ids"].numpy().astype(np.int64)
-    matrix = tower.genres.numpy()
-    genres = {int(i): tuple(names[j] for j in np.flatnonzero(matrix[i])) for i in ids}
+    if "sourced_genres" in c:
+        sourced = c["sourced_genres"]
+        genres = SourcedGenres({int(k): tuple(v) for k, v in sourced["real"].items()}, int(sourced["first"]),
+                               sourced["source"].numpy().astype(np.int64))
+    else:
+        genres = _genres_of(tower.genres.numpy(), ids, names)
     external = c.get("external_ids")
     catalogue = Catalogue(ids, dict(c["titles"]), c["years"].numpy().astype(np.int64), genres, names,
                           dict(c["texts"]) if "texts" in c else None,

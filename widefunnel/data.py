@@ -65,12 +65,18 @@ class Catalogue:
         index = {g: j for j, g in enumerate(self.genre_names)}
         sourced = isinstance(self.genres, SourcedGenres)
         real = self.genres.real if sourced else self.genres
-        out = np.zeros((self.genres.first if sourced else self.table_size, max(len(self.genre_names), 1)),
-                       dtype=np.float32)
+        ids = np.array(sorted(real), np.int64) if sourced else np.arange(self.table_size, dtype=np.int64)
+        # sourced: one row per real item and a zero row last, gathered by id (no table-sized scratch)
+        out = np.zeros((len(ids) + sourced, max(len(self.genre_names), 1)), dtype=np.float32)
         for item, gs in real.items():
+            at = int(np.searchsorted(ids, item)) if sourced else item
             for g in gs:
-                out[item, index[g]] = 1.0
-        return out[self.genres.rows(self.table_size)] if sourced else out
+                out[at, index[g]] = 1.0
+        if not sourced:
+            return out
+        rows = self.genres.rows(self.table_size)
+        pos = np.minimum(np.searchsorted(ids, rows), max(len(ids) - 1, 0))
+        return out[np.where(ids[pos] == rows, pos, len(ids))] if len(ids) else out[np.zeros(len(rows), np.int64)]
 
     def text(self, item: int) -> str:
         """The content encoder's input for one item."""

@@ -242,7 +242,7 @@ def genre_year_fields(genres: dict[int, tuple[str, ...]], years: np.ndarray, gen
     the token_seq field ``genre`` (vocabulary ``genre_names``) and the float field ``year``, where an unknown
     year (0) is missing (NaN), so that any year range leaves it out, as MovieLens' year filter always has."""
     if isinstance(genres, SourcedGenres):  # gathered from the real items' field, not built item by item
-        real = genre_year_fields(genres.real, years, genre_names, genres.first).tokens[0]
+        real = genre_year_fields(genres.real, years, genre_names, genres.real_size()).tokens[0]
         return ItemFields((_gathered(real, genres.rows(table_size)), _year_field(years, table_size)))
     code = {g: j + 1 for j, g in enumerate(genre_names)}
     ids = np.array(sorted(genres), np.int64)

@@ -8,16 +8,20 @@ import numpy as np
 
 
 class SourcedGenres(Mapping):
-    """Genres by item id where the items from ``first`` on each take a real item's (``source``: the synthetic
-    items of a catalogue-scale build, `builders.synthetic`): 10M items cost 8 bytes each, not a dict entry, and
-    the tables derived from them are gathered from the real items' (`rows`)."""
+    """Genres by item id where the items ``first`` .. ``first + len(source) - 1`` each take a real item's
+    (``source``: the synthetic items of a catalogue-scale build, `builders.synthetic`): 10M items cost 8 bytes
+    each, not a dict entry, and the tables derived from them are gathered from the real items' (`rows`). Every
+    other id is in ``real``: the real items, and items added later (`items add`) past the sourced range."""
 
     def __init__(self, real: dict[int, tuple[str, ...]], first: int, source: np.ndarray):
-        """``first``: the real items' table size (every real id is below it)."""
+        """``first``: the first sourced id (every real item of the build is below it)."""
         self.real, self.first, self.source = real, first, np.asarray(source, np.int64)
 
+    def _sourced(self, item: int) -> bool:
+        return self.first <= item < self.first + len(self.source)
+
     def __getitem__(self, item: int) -> tuple[str, ...]:
-        return self.real[int(self.source[item - self.first])] if item >= self.first else self.real[item]
+        return self.real[int(self.source[item - self.first])] if self._sourced(item) else self.real[item]
 
     def __iter__(self):
         yield from self.real
@@ -26,8 +30,19 @@ class SourcedGenres(Mapping):
     def __len__(self) -> int:
         return len(self.real) + len(self.source)
 
+    def grown(self, added: dict[int, tuple[str, ...]]) -> SourcedGenres:
+        """These genres with ``added`` (ids outside the sourced range), without a dict entry per sourced item."""
+        if clash := [i for i in added if self._sourced(i)]:
+            raise ValueError(f"ids {clash[:5]} are synthetic items of this catalogue")
+        return SourcedGenres(self.real | added, self.first, self.source)
+
+    def real_size(self) -> int:
+        """The table size the real items need (each real id below it)."""
+        return max(self.first, max(self.real, default=-1) + 1)
+
     def rows(self, table_size: int) -> np.ndarray:
         """int64 [table_size]: the real id whose genres each id has (itself for a real id)."""
         out = np.arange(table_size, dtype=np.int64)
-        out[self.first:self.first + len(self.source)] = self.source
+        end = min(table_size, self.first + len(self.source))
+        out[self.first:end] = self.source[:max(0, end - self.first)]
         return out

@@ -46,3 +46,31 @@ def test_compact_is_lossless_and_a_tower_loads_the_compacted_state_unchanged():
     assert compact(torch.full((70_000,), 0.5)).dtype == torch.float32  # not integer-valued: kept
     assert compact(torch.full((70_000,), -3, dtype=torch.int64)).dtype == torch.int8
     assert compact(torch.full((70_000,), 2**40, dtype=torch.int64)).dtype == torch.int64
+
+
+def test_a_widened_catalogue_s_genres_load_back_sourced_and_a_plain_one_s_as_a_dict(tmp_path):
+    """The state keeps a widened catalogue's genres as `SourcedGenres` (loading it is no pass over every item)
+    and rebuilds a plain catalogue's from the tower's multi-hot: each answers as the catalogue saved."""
+    from types import SimpleNamespace
+
+    from widefunnel.builders.models import CompositeScorer
+    from widefunnel.builders.state import load_state, save_state
+    from widefunnel.builders.synthetic import extend_catalogue, plan
+    from widefunnel.builders.train import tower_features
+    from widefunnel.data import load_catalogue
+    from widefunnel.genres import SourcedGenres
+
+    cfg = load_config(overrides={"rerank": {"hidden": [8]}, "scorer": {"hidden": [8]}})
+    real = load_catalogue()
+    for catalogue in (real, extend_catalogue(real, plan(real, len(real.item_ids) + 500, 5))):
+        size = catalogue.table_size
+        content = np.random.default_rng(0).standard_normal((size, 384)).astype(np.float32)
+        features = tower_features(catalogue, np.zeros(size), content, np.arange(size), 0)
+        torch.manual_seed(0)
+        funnel = SimpleNamespace(tower=ItemTower(features, cfg["towers"]), rerankers=[],
+                                 scorer=CompositeScorer(torch.zeros(size, 4), [8], 3))
+        path = tmp_path / "state.pt"
+        save_state(path, funnel, catalogue, cfg)
+        loaded = load_state(path).catalogue
+        assert isinstance(loaded.genres, SourcedGenres) == isinstance(catalogue.genres, SourcedGenres)
+        assert dict(loaded.genres.items()) == dict(catalogue.genres.items())

@@ -282,3 +282,31 @@ def test_a_widened_catalogue_gathers_the_tables_a_dict_of_its_genres_would_build
         np.testing.assert_array_equal(a.codes, b.codes)
         assert a.vocabulary == b.vocabulary
     np.testing.assert_array_equal(gathered.floats[0].values, built.floats[0].values)
+
+
+def test_a_widened_catalogue_grown_by_items_add_stays_sourced_and_builds_the_same_tables():
+    """`items add` on a widened build keeps its genres sourced (no dict entry per synthetic item); with the new
+    items past the synthetic range, a gap before them included, the genre matrix and the filter table equal those
+    of the same genres as a dict, and synthetic ids cannot be added as new ones."""
+    from dataclasses import replace
+
+    import pytest
+
+    from widefunnel.builders.new_items import NewItem, grow_catalogue
+    from widefunnel.builders.synthetic import extend_catalogue, plan
+    from widefunnel.data import load_catalogue
+    from widefunnel.genres import SourcedGenres
+
+    catalogue = load_catalogue()
+    wide = extend_catalogue(catalogue, plan(catalogue, len(catalogue.item_ids) + 2000, 3))
+    last = int(wide.item_ids.max())
+    grown = grow_catalogue(wide, [NewItem(last + 3, "A", 1999, ("Drama", "Comedy")),
+                                  NewItem(last + 1, "B", 0, ("unknown",))])
+    assert isinstance(grown.genres, SourcedGenres) and grown.genres[last + 3] == ("Drama", "Comedy")
+    as_dict = replace(grown, genres=dict(grown.genres.items()))
+    np.testing.assert_array_equal(grown.genre_matrix(), as_dict.genre_matrix())
+    for a, b in zip(grown.filter_fields.tokens, as_dict.filter_fields.tokens, strict=True):
+        np.testing.assert_array_equal(a.offsets, b.offsets)
+        np.testing.assert_array_equal(a.codes, b.codes)
+    with pytest.raises(ValueError, match="synthetic"):
+        wide.genres.grown({last: ("Drama",)})
