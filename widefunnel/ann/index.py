@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from widefunnel.ann.coarse import assign_lists, train_coarse
-from widefunnel.ann.quantize import QMAX, quantize_rows
+from widefunnel.ann.quantize import QMAX, quantize_checked_rows
 
 if TYPE_CHECKING:
     from widefunnel.ann.prepared import PreparedIndex
@@ -119,9 +119,14 @@ def item_rows(index: Int8Index, size: int) -> np.ndarray:
 
 def _row_order(scales: np.ndarray, lists: np.ndarray | None) -> np.ndarray:
     """Rows grouped by IVF list, then by descending scale (stable), so a 64-row block has near-equal scales
-    and its score upper bound (block max dot * block max scale) is tight enough to skip most blocks."""
-    keys = (np.arange(len(scales)), -scales) if lists is None else (np.arange(len(scales)), -scales, lists)
-    return np.lexsort(keys)
+    and its score upper bound (block max dot * block max scale) is tight enough to skip most blocks. One stable
+    sort of an int64 key: the list above, the scale's float32 bits (monotonic for positive floats) inverted
+    below, equal to a lexsort by (list, -scale, row)."""
+    bits = np.ascontiguousarray(scales, np.float32).view(np.uint32).astype(np.int64)
+    key = np.int64(0xFFFFFFFF) - bits
+    if lists is not None:
+        key |= np.asarray(lists, np.int64) << 32
+    return np.argsort(key, kind="stable")
 
 
 def build_index(embeddings: np.ndarray, ids: np.ndarray, tower_fingerprint: str, metric: str = "ip",
@@ -155,7 +160,7 @@ def build_index(embeddings: np.ndarray, ids: np.ndarray, tower_fingerprint: str,
     if isinstance(ivf_lists, bool) or not isinstance(ivf_lists, (int, np.integer)) or not 0 <= ivf_lists <= n:
         raise ValueError(f"ivf_lists must be an integer in [0, {n}], got {ivf_lists!r}")
 
-    codes, scales = quantize_rows(x)
+    codes, scales, _ = quantize_checked_rows(x)  # one compiled pass, equal to quantize_rows (x is finite)
     ivf = None
     lists = None
     if ivf_lists:
