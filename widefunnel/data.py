@@ -63,20 +63,25 @@ class Catalogue:
     def genre_matrix(self) -> np.ndarray:
         """Multi-hot [max_id + 1, G] float32 (one all-zero column when the catalogue has no genres)."""
         index = {g: j for j, g in enumerate(self.genre_names)}
-        sourced = isinstance(self.genres, SourcedGenres)
-        real = self.genres.real if sourced else self.genres
-        ids = np.array(sorted(real), np.int64) if sourced else np.arange(self.table_size, dtype=np.int64)
-        # sourced: one row per real item and a zero row last, gathered by id (no table-sized scratch)
-        out = np.zeros((len(ids) + sourced, max(len(self.genre_names), 1)), dtype=np.float32)
-        for item, gs in real.items():
-            at = int(np.searchsorted(ids, item)) if sourced else item
-            for g in gs:
-                out[at, index[g]] = 1.0
-        if not sourced:
+        width = max(len(self.genre_names), 1)
+        if not isinstance(self.genres, SourcedGenres):
+            out = np.zeros((self.table_size, width), dtype=np.float32)
+            for item, gs in self.genres.items():
+                for g in gs:
+                    out[item, index[g]] = 1.0
             return out
+        # sourced: one row per real item and a zero row last (an id that is no item), gathered by id
+        real = self.genres.real
+        ids = np.array(sorted(real), np.int64)
+        out = np.zeros((len(ids) + 1, width), dtype=np.float32)
+        for at, item in enumerate(ids.tolist()):
+            for g in real[item]:
+                out[at, index[g]] = 1.0
         rows = self.genres.rows(self.table_size)
-        pos = np.minimum(np.searchsorted(ids, rows), max(len(ids) - 1, 0))
-        return out[np.where(ids[pos] == rows, pos, len(ids))] if len(ids) else out[np.zeros(len(rows), np.int64)]
+        pos = np.searchsorted(ids, rows)
+        found = pos < len(ids)
+        found[found] = ids[pos[found]] == rows[found]
+        return out[np.where(found, pos, len(ids))]
 
     def text(self, item: int) -> str:
         """The content encoder's input for one item."""

@@ -43,6 +43,5 @@ class SourcedGenres(Mapping):
     def rows(self, table_size: int) -> np.ndarray:
         """int64 [table_size]: the real id whose genres each id has (itself for a real id)."""
         out = np.arange(table_size, dtype=np.int64)
-        end = min(table_size, self.first + len(self.source))
-        out[self.first:end] = self.source[:max(0, end - self.first)]
+        out[self.first:self.first + len(self.source)] = self.source
         return out

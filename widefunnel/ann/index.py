@@ -313,16 +313,22 @@ def _load_array(directory: Path, name: str, entry: dict, dtype: np.dtype, shape:
 
 
 def load_row_map(index: Int8Index, path: Path) -> None:
-    """Maps ``path`` (`ROWS_FILE`, beside the index in an ANN step's folder) as the index's id -> row table, once
-    checked (`PreparedIndex.checked_row_map`); IndexLoadError naming the file otherwise. Call before
-    ``prepare_index``."""
-    from widefunnel.ann.prepared import PreparedIndex
-
+    """Maps ``path`` (`ROWS_FILE`, beside the index in an ANN step's folder: int32 by id) as the index's id -> row
+    table, once it gives every index id its row; IndexLoadError naming the file otherwise. Call before
+    ``prepare_index``: an ANN step maps the build's table instead of building its own copy (`id_lookup`), so the
+    page cache holds one for every process."""
     try:
         row_map = np.load(path, mmap_mode="r", allow_pickle=False)
-        index.row_map = PreparedIndex.checked_row_map(row_map, index.ids)
     except ValueError as exc:
-        raise _fail(str(path), str(exc)) from None
+        raise _fail(str(path), f"not a plain .npy array ({exc})") from None
+    ids = index.ids
+    if row_map.dtype != np.int32 or row_map.ndim != 1:
+        raise _fail(str(path), f"item rows: int32 [ids] expected, got {row_map.dtype} {row_map.shape}")
+    if len(ids) and (int(ids.max()) >= len(row_map) or int(ids.min()) < 0):
+        raise _fail(str(path), f"item rows: {len(row_map)} entries do not cover the index's ids")
+    if not np.array_equal(row_map[ids], np.arange(len(ids), dtype=np.int32)):
+        raise _fail(str(path), "item rows: an id's entry is not its row in the index")
+    index.row_map = row_map
 
 
 def load_index(directory: Path, expected_fingerprint: str | None = None) -> Int8Index:

@@ -78,23 +78,10 @@ class PreparedIndex:
     levels: SampledTable  # the full row table and its samples
     codes: np.ndarray  # int8 [N, d], a plain ndarray (slicing an np.memmap costs microseconds per slice)
     ids: np.ndarray  # int64 [N], contiguous
-    # int32 by id: -1 where no row (`id_lookup`), or the build's mapped `item_rows` (0 where no row; `rows_of`
-    # checks each hit against ``ids``); None for sparse ids
+    # int32 by id: -1 where no row (`id_lookup`), or the build's mapped `item_rows` (0 where no row,
+    # `index.load_row_map`; `rows_of` checks each hit against ``ids``); None for sparse ids
     row_of_id: np.ndarray | None
     ivf: IvfTables | None = None
-
-    @staticmethod
-    def checked_row_map(row_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """``row_map`` (the build's `item_rows`, int32 by id, mapped) if it gives every index id its row; else
-        ValueError. An ANN step maps it instead of building `id_lookup`: one copy in the page cache, not one in
-        each process."""
-        if row_map.dtype != np.int32 or row_map.ndim != 1:
-            raise ValueError(f"item rows: int32 [ids] expected, got {row_map.dtype} {row_map.shape}")
-        if len(ids) and (int(ids.max()) >= len(row_map) or int(ids.min()) < 0):
-            raise ValueError(f"item rows: {len(row_map)} entries do not cover the index's ids")
-        if not np.array_equal(row_map[ids], np.arange(len(ids), dtype=np.int32)):
-            raise ValueError("item rows: an id's entry is not its row in the index")
-        return row_map
 
     @classmethod
     def id_lookup(cls, ids: np.ndarray) -> np.ndarray | None:
