@@ -3,7 +3,7 @@ batch 1 and 8, every request knob, and field filters checked against the build's
 
 The ANN steps serve ``search = exact`` as built; the IVF rows reload both ANN steps with ``search = ivf`` (and
 ``--nprobe``) through the admin API, as an operator would, and IVF's recall@K is its candidates' overlap with the
-exact scan's for the same seeds. Every answer of a filtered request is checked against `item_fields.npz`.
+exact scan's for the same seeds. Every answer of a filtered request is checked against `item_fields`.
 
     .venv/bin/python benchmarks/served_at_scale.py --repository REPO [--requests 3] [--nprobe 4]
 """

@@ -7,6 +7,7 @@ prove that one response was computed by one coherent set of versions.
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from widefunnel.arrays import npy_region
+from widefunnel.arrays import load_table, npy_region
 from widefunnel.builders.models import CompositeScorer, ItemTower, Reranker, unified_value
 from widefunnel.layout import ONNX_DATA_FILE, fingerprint_hex, fingerprint_int
 from widefunnel.tensor_names import Step
@@ -29,6 +30,15 @@ def tower_fingerprint(tower: ItemTower) -> str:
     for name, tensor in sorted(tower.state_dict().items()):
         digest.update(name.encode())
         digest.update(memoryview(tensor.detach().cpu().contiguous().numpy()).cast("B"))
+    return fingerprint_hex(int(digest.hexdigest()[:16], 16))
+
+
+def grown_fingerprint(fingerprint: str, tables: list[np.ndarray]) -> str:
+    """The fingerprint of a build grown by items (`items add`): sha256 over the build's fingerprint and the new
+    items' rows, so a version names its whole embedding space without a pass over the old rows."""
+    digest = hashlib.sha256(fingerprint.encode())
+    for table in tables:
+        digest.update(memoryview(np.ascontiguousarray(table, np.float32)).cast("B"))
     return fingerprint_hex(int(digest.hexdigest()[:16], 16))
 
 
@@ -176,12 +186,13 @@ def _set_buffers(module: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
         (module.get_submodule(owner) if owner else module)._buffers[attr] = tensor
 
 
-def bind_tables(path: Path, tables: dict[str, np.ndarray], shared: tuple[Path, ...] = (), align: int = 4096,
-                stand_in_rows: int = 2) -> None:
+def bind_tables(path: Path, tables: dict[str, np.ndarray], shared: tuple[Path, ...] = (), stand_in_rows: int = 2
+                ) -> None:
     """Points each initializer named in ``tables`` (exported from a ``stand_in_rows``-row stand-in, `_export`) at
     its full table: the bytes of a ``shared`` .npy file beside ``path`` holding the same array (read in place: a
-    hard link of another step's table, stored once), else the table appended to `layout.ONNX_DATA_FILE` at a
-    page-aligned offset. Streams from the arrays: no copy of a table is made."""
+    hard link of another step's table, stored once), else a .npy file of its own beside ``path``
+    (`table_file`). Either way each table is one .npy's data, so `items add` grows it by appending rows
+    (`grow_graph`). Streams from the arrays: no copy of a table is made."""
     import onnx
     import onnx.numpy_helper
 
@@ -194,29 +205,58 @@ def bind_tables(path: Path, tables: dict[str, np.ndarray], shared: tuple[Path, .
         raise ValueError(f"{path.name}: {renamed} look like stand-ins of the tables {sorted(missing)}")
     tables = {name: table for name, table in tables.items() if name in found}  # the others, the graph never reads
     regions = {p: npy_region(p) for p in shared}
-    data_path = path.with_name(ONNX_DATA_FILE)
-    with open(data_path, "ab") as out:
-        offset = out.tell()
-        for name, table in tables.items():
-            tensor, table = found[name], np.ascontiguousarray(table)
-            if tuple(tensor.dims[1:]) != table.shape[1:]:
-                raise ValueError(f"{path.name}: table {name} exported as {list(tensor.dims)}, is {list(table.shape)}")
-            del tensor.dims[:]
-            tensor.dims.extend(table.shape)
-            same = next((p for p, (_, length) in regions.items()
-                         if length == table.nbytes and _equal(p, table)), None)
-            if same is not None:
-                _point(tensor, same.name, regions.pop(same)[0], table.nbytes)
-                continue
-            pad = -offset % align
-            out.write(b"\0" * pad)
-            offset += pad
-            out.write(memoryview(table).cast("B"))
-            _point(tensor, ONNX_DATA_FILE, offset, table.nbytes)
-            offset += table.nbytes
-    if data_path.stat().st_size == 0:
-        data_path.unlink()
+    for name, table in tables.items():
+        tensor, table = found[name], np.ascontiguousarray(table)
+        if tuple(tensor.dims[1:]) != table.shape[1:]:
+            raise ValueError(f"{path.name}: table {name} exported as {list(tensor.dims)}, is {list(table.shape)}")
+        del tensor.dims[:]
+        tensor.dims.extend(table.shape)
+        same = next((p for p, (_, length) in regions.items() if length == table.nbytes and _equal(p, table)), None)
+        if same is None:
+            same = path.with_name(table_file(name))
+            with open(same, "wb") as out:
+                np.save(out, table, allow_pickle=False)
+            regions[same] = npy_region(same)
+        _point(tensor, same.name, regions.pop(same)[0], table.nbytes)
     onnx.save_model(model, str(path))
+
+
+def table_file(initializer: str) -> str:
+    """The .npy file beside a graph that holds its per-item table ``initializer`` (one not shared with a step)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", initializer) + ".npy"
+
+
+def grow_graph(source: Path, target: Path, fingerprint: str, old_fingerprint: str) -> None:
+    """Writes ``target`` (a graph in a version folder that grew its tables, `arrays.append_rows`) as the graph
+    ``source`` with each per-item table (an initializer read from a .npy file) as long as ``target``'s folder
+    reads that file (`arrays.load_table`), and ``old_fingerprint``'s stamp replaced by ``fingerprint``. The
+    weights are ``source``'s: ``target``'s folder holds a link of its `layout.ONNX_DATA_FILE`, if it has one."""
+    import onnx
+    import onnx.numpy_helper
+
+    model = onnx.load(str(source), load_external_data=False)
+    old, new = fingerprint_int(old_fingerprint), fingerprint_int(fingerprint)
+    for tensor in model.graph.initializer:
+        where = {e.key: e.value for e in tensor.external_data}
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and where.get("location", "").endswith(".npy"):
+            table = load_table(target.with_name(where["location"]))
+            if tuple(tensor.dims[1:]) != table.shape[1:]:
+                raise ValueError(f"{target}: {tensor.name} has rows of {list(tensor.dims[1:])}, its file "
+                                 f"{list(table.shape[1:])}")
+            tensor.dims[0] = len(table)
+            _point(tensor, where["location"], int(where["offset"]), table.nbytes)
+    stamps = [n.attribute[0].t for n in model.graph.node if n.op_type == "Constant" and n.attribute
+              and n.attribute[0].HasField("t")] + [t for t in model.graph.initializer if not t.external_data]
+    replaced = 0
+    for tensor in stamps:
+        if tensor.data_type == onnx.TensorProto.INT64 and tensor.dims in ([], [1]):
+            value = onnx.numpy_helper.to_array(tensor)
+            if int(value.reshape(-1)[0]) == old:
+                tensor.CopyFrom(onnx.numpy_helper.from_array(np.full_like(value, new), tensor.name))
+                replaced += 1
+    if replaced != 1:
+        raise ValueError(f"{source}: {replaced} fingerprint stamps {old_fingerprint} found, expected one")
+    onnx.save_model(model, str(target))
 
 
 def _equal(path: Path, table: np.ndarray) -> bool:

@@ -8,11 +8,11 @@ items in that dataset's format instead (a RecBole atomic `.item` file or Parquet
 and statistics (a token it never saw: the out-of-vocabulary code), their text from the build's text fields, and
 their values join the field filters (a new brand becomes filterable at once).
 
-Every step that holds item data gets a new version written from the served build's state (`builders.state`):
-query tower, both indexes and filter tables, both rerankers' item tables, the scorer's item table, the catalogue;
-all under one new tower fingerprint. The trained weights are the
-served build's, so the embeddings of the items already there do not move. `widefunnel swap` (or `items add
---url`) then serves the new version under load, and `widefunnel rollback` goes back.
+Only the new items are computed: the trained weights (`builders.state`) run over their inputs alone, since an
+item's embedding reads only its own. Their rows are appended to every per-item table of a new version that
+hard-links everything else of the build it grows (`builders.grown_version`), under one new fingerprint; the items
+already there do not move. New ids follow the catalogue's (every table grows at its end). `widefunnel swap` (or
+`items add --url`) then serves the new version under load, and `widefunnel rollback` goes back.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,22 +31,15 @@ import torch
 
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
-from widefunnel.builders.export import tower_fingerprint
 from widefunnel.builders.models import ItemTower, TowerFeatures, set_features
-from widefunnel.builders.state import BuildState, load_state, tower_features_of
-from widefunnel.builders.train import (
-    TrainedFunnel,
-    field_tables_of,
-    scorer_features,
-    tables_and_indexes,
-    tower_features,
-)
+from widefunnel.builders.state import BuildState, load_state
+from widefunnel.builders.train import field_tables_of, item_embeddings, tower_features
 from widefunnel.config import dataset_config
 from widefunnel.data import Catalogue
-from widefunnel.dataset.additions import NewItems, read_new_items
-from widefunnel.dataset.features import ItemFeatures, code_features
-from widefunnel.field_filters import ItemFields, grown_fields
-from widefunnel.genres import SourcedGenres
+from widefunnel.dataset.additions import read_new_items
+from widefunnel.dataset.features import code_features
+from widefunnel.field_filters import ItemFields, genre_year_fields, item_fields_of
+from widefunnel.item_ids import ItemIds
 from widefunnel.takedowns import TakedownError, parse_item_id
 from widefunnel.validation import shown
 
@@ -186,158 +180,143 @@ def decode_items_file(data: bytes, source: str) -> str:
     raise NewItemsError(f"{where}: {place}: not UTF-8 (byte 0x{bad:02x})")
 
 
-def parse_new_items(text: str, source: str, catalogue: Catalogue) -> list[NewItem]:
-    """Validate a file of new items against the catalogue they join; NewItemsError names the line and field."""
-    if catalogue.external_ids is not None:  # new items' fields follow MovieLens' (title, year, genres)
-        raise NewItemsError(f"{source}: {OWN_FORMAT}")
+def parse_new_items(text: str, source: str, served: ServedCatalogue, genre_names: tuple[str, ...]) -> list[NewItem]:
+    """Validate a file of new items against the catalogue they join; NewItemsError names the line and field.
+    New ids follow the catalogue's: every table is indexed by id and grows only at its end."""
     items: list[NewItem] = []
     seen: dict[int, str] = {}
-    known = set(catalogue.item_ids.tolist())
-    limit = catalogue.table_size + MAX_ID_GAP
+    largest = served.table_size - 1
+    limit = served.table_size + MAX_ID_GAP
     for where, row in _rows(text, source):
-        item = _item(row, where, catalogue.genre_names)
-        if item.item_id in known:
+        item = _item(row, where, genre_names)
+        if served.known(item.item_id):
             raise _field(where, "id", f"{item.item_id} is already in the catalogue")
         if item.item_id in seen:
             raise _field(where, "id", f"{item.item_id} also on {seen[item.item_id]}")
+        if item.item_id <= largest:
+            raise _field(where, "id", f"{item.item_id} is below the catalogue's largest id {largest}: new items take "
+                                      f"ids past it (every item table grows at its end)")
         if item.item_id >= limit:
             raise _field(where, "id", f"{item.item_id} is more than {MAX_ID_GAP} past the largest id "
-                                      f"{catalogue.table_size - 1} (ids index every item table)")
+                                      f"{largest} (ids index every item table)")
         seen[item.item_id] = where
         items.append(item)
         if len(items) > MAX_ITEMS_PER_FILE:
             raise NewItemsError(f"{where}: more than {MAX_ITEMS_PER_FILE} items in one file")
     if not items:
         raise NewItemsError(f"{source}: no items")
-    return items
+    return sorted(items, key=lambda i: i.item_id)
 
 
-def grow_catalogue(catalogue: Catalogue, items: list[NewItem]) -> Catalogue:
-    ids = np.array([i.item_id for i in items], dtype=np.int64)
-    size = max(catalogue.table_size, int(ids.max()) + 1)
-    years = np.zeros(size, dtype=np.int64)
-    years[: catalogue.table_size] = catalogue.years
-    years[ids] = [i.year for i in items]
-    titles = dict(catalogue.titles) | {i.item_id: i.title for i in items}
-    added = {i.item_id: i.genres for i in items}
-    # a catalogue-scale build's genres stay sourced: no dict entry per synthetic item
-    genres = catalogue.genres.grown(added) if isinstance(catalogue.genres, SourcedGenres) else (
-        dict(catalogue.genres) | added)
-    return replace(catalogue, item_ids=np.sort(np.concatenate([catalogue.item_ids, ids])), titles=titles,
-                   years=years, genres=genres)
+@dataclass(frozen=True)
+class ServedCatalogue:
+    """The catalogue of the build that grows, as its files give it (no pass over its items)."""
+
+    table_size: int  # rows of every table by internal id (row 0 pads)
+    catalogue: np.ndarray  # sorted external ids (`layout.CATALOGUE_FILE`)
+    fields: ItemFields | None  # the filterable fields (`layout.ITEM_FIELDS`), mapped
+
+    @classmethod
+    def load(cls, folder: Path) -> ServedCatalogue:
+        """``folder``: preprocess's version folder."""
+        ids = ItemIds.load(folder)
+        if ids is None:
+            raise NewItemsError(f"{folder}: no {layout.ITEM_IDS} (a build older than external ids); rebuild once")
+        fields = folder / layout.ITEM_FIELDS
+        if fields.is_file():
+            raise NewItemsError(f"{fields}: a build written before tables grew in place; rebuild once to add items")
+        return cls(len(ids.external), np.load(folder / layout.CATALOGUE_FILE, allow_pickle=False),
+                   ItemFields.load(fields) if fields.is_dir() else None)
+
+    def known(self, external: int) -> bool:
+        pos = int(np.searchsorted(self.catalogue, external))
+        return pos < len(self.catalogue) and int(self.catalogue[pos]) == external
 
 
-@torch.no_grad()
-def grow_tower(tower: ItemTower, catalogue: Catalogue, items: list[NewItem], content: np.ndarray,
-               min_id_count: int) -> ItemTower:
-    """The tower with rows for ``items`` (``catalogue`` already grown; ``content`` their encoder embeddings):
-    content rows appended, no popularity, no id embedding (zero, and not `known`). Old rows are unchanged."""
-    ids = torch.from_numpy(np.array([i.item_id for i in items], dtype=np.int64))
-    old = tower_features_of(tower)
-    size, before = catalogue.table_size, old.genres.shape[0]
-    rows = np.zeros(size, dtype=np.int64)
-    rows[ids.numpy()] = old.content.shape[0] + np.arange(len(items))
-    mine = tower_features(catalogue, np.zeros(size), content, rows, min_id_count)  # rows of the new items only
-    last_bucket = tower.year.num_embeddings - 1  # a year past training's last bucket takes it (scaled year says more)
+@dataclass(frozen=True)
+class Additions:
+    """New items, checked and placed: internal ids past the served table (ascending), their catalogue ids,
+    titles and encoder texts, their filterable fields (row 0 = the table's next row) and a function from their
+    content embeddings to the tower's inputs for them (row 0 pads, row j + 1 is item j)."""
 
-    def merged(old_t: torch.Tensor, new_t: torch.Tensor) -> torch.Tensor:
-        out = torch.cat([old_t, torch.zeros((size - before, *old_t.shape[1:]), dtype=old_t.dtype)])
-        out[ids] = new_t[ids].to(old_t.dtype)
-        return out
+    internal: np.ndarray  # int64 [k]
+    external: np.ndarray  # int64 [k]
+    titles: list[str]
+    texts: list[str]
+    fields: ItemFields | None
+    features: Callable[[np.ndarray], TowerFeatures]
 
-    set_features(tower, replace(mine, genres=merged(old.genres, mine.genres),
-                                year_bucket=merged(old.year_bucket, mine.year_bucket.clamp(max=last_bucket)),
-                                dense=merged(old.dense, mine.dense), known=merged(old.known, mine.known),
-                                content_row=merged(old.content_row, mine.content_row),
-                                content=torch.cat([old.content, torch.from_numpy(content).to(old.content.dtype)])))
-    weight = tower.id_embedding.weight
-    tower.id_embedding = torch.nn.Embedding.from_pretrained(
-        torch.cat([weight, torch.zeros(size - before, weight.shape[1])]), freeze=True)
-    return tower.eval()
+    def table_size(self) -> int:
+        return int(self.internal[-1]) + 1
 
 
-def grown_funnel(state: BuildState, items: list[NewItem], content: np.ndarray) -> tuple[TrainedFunnel, Catalogue]:
-    """The served build's funnel over its catalogue plus ``items``: tables, indexes and scorer table recomputed
-    with the trained weights (which do not change)."""
-    cfg = state.cfg
-    catalogue = grow_catalogue(state.catalogue, items)
-    tower = grow_tower(state.tower, catalogue, items, content, cfg["towers"]["min_id_count"])
-    tables, indexes = tables_and_indexes(tower, catalogue, cfg, tower_fingerprint)
-    scorer = state.scorer(scorer_features(tower_features_of(tower), tables))
-    return TrainedFunnel(tower, tables, indexes, state.rerankers, scorer), catalogue
+def _padded(content: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Content rows and each tower row's content row (row 0, the pad, takes item 0's: it is never read)."""
+    rows = np.concatenate([[0], np.arange(len(content))]).astype(np.int64)
+    return torch.from_numpy(np.asarray(content, np.float32)), torch.from_numpy(rows)
 
 
-def grow_own_catalogue(catalogue: Catalogue, new: NewItems, fields: ItemFields | None) -> Catalogue:
-    """``catalogue`` (a dataset of its own) with ``new`` at the next internal ids, in their id order: external
-    ids, titles, texts and the filterable fields (``fields``: the build's, None when it has none) grow."""
-    internal = catalogue.table_size + np.arange(len(new.ids), dtype=np.int64)
-    size = catalogue.table_size + len(new.ids)
-    keys = internal.tolist()
-    return replace(catalogue, item_ids=np.concatenate([catalogue.item_ids, internal]),
-                   titles=dict(catalogue.titles) | dict(zip(keys, new.titles)), years=np.zeros(size, np.int64),
-                   texts=dict(catalogue.texts or {}) | dict(zip(keys, new.texts)),
-                   external_ids=np.concatenate([catalogue.external_ids, new.ids]).astype(np.int64),
-                   item_fields=None if fields is None else grown_fields(fields, new.items.columns, internal, size))
+def movielens_additions(items: list[NewItem], served: ServedCatalogue, state: BuildState) -> Additions:
+    """MovieLens' new items (``items``, ascending ids past the table): their tower inputs from their title, year
+    and genres, no popularity and no id embedding (zero, and not `known`), as training's cold items."""
+    ids = np.array([i.item_id for i in items], np.int64)
+    local = ids - served.table_size  # row 0 of the fields is the table's next row
+    size = int(local[-1]) + 1
+    years = np.zeros(size, np.int64)
+    years[local] = [i.year for i in items]
+    fields = genre_year_fields(dict(zip(local.tolist(), (i.genres for i in items))), years, state.genre_names, size)
+    mini = Catalogue(np.arange(1, len(items) + 1), {}, np.array([0, *(i.year for i in items)], np.int64),
+                     {j + 1: i.genres for j, i in enumerate(items)}, state.genre_names)
+    last_bucket = state.tower.year.num_embeddings - 1  # a year past training's last bucket takes it
+
+    def features(content: np.ndarray) -> TowerFeatures:
+        rows = np.concatenate([[0], np.arange(len(items))])
+        f = tower_features(mini, np.zeros(len(items) + 1), content, rows, state.cfg["towers"]["min_id_count"])
+        return replace(f, year_bucket=f.year_bucket.clamp(max=last_bucket))
+
+    return Additions(ids, ids, [i.title for i in items], [i.text() for i in items], fields, features)
 
 
-@torch.no_grad()
-def grow_own_tower(tower: ItemTower, features: ItemFeatures, content: np.ndarray) -> ItemTower:
-    """The tower with rows for new items appended after its table (``features``: theirs, coded with the build's
-    `FieldCoding`, row 0 padding; ``content``: their encoder embeddings): their fields in the build's embedding
-    rows, no popularity, no id embedding (zero, and not `known`). Old rows are unchanged."""
-    old = tower_features_of(tower)
-    added = len(content)
-    bags, floats, rows = field_tables_of(features)
-    if rows != old.field_rows or [b.shape[1] for b in bags] != [b.shape[1] for b in old.bags]:
-        raise ValueError(f"new items coded into {rows} field rows {[b.shape[1] for b in bags]}, the tower has "
-                         f"{old.field_rows} {[b.shape[1] for b in old.bags]}")
-
-    def grown(table: torch.Tensor, rows_of_new: torch.Tensor | None = None) -> torch.Tensor:
-        new = torch.zeros((added, *table.shape[1:]), dtype=table.dtype) if rows_of_new is None else rows_of_new
-        return torch.cat([table, new.to(table.dtype)])
-
-    set_features(tower, TowerFeatures(
-        grown(old.genres), grown(old.year_bucket), grown(old.dense),
-        torch.cat([old.content, torch.from_numpy(np.asarray(content, np.float32)).to(old.content.dtype)]),
-        grown(old.content_row, old.content.shape[0] + torch.arange(added)), grown(old.known),
-        tuple(grown(o, b[1:]) for o, b in zip(old.bags, bags)),
-        None if old.floats is None else grown(old.floats, floats[1:]), old.field_rows))
-    weight = tower.id_embedding.weight
-    tower.id_embedding = torch.nn.Embedding.from_pretrained(
-        torch.cat([weight, torch.zeros(added, weight.shape[1])]), freeze=True)
-    return tower.eval()
-
-
-def grown_own_funnel(state: BuildState, new: NewItems, content: np.ndarray, fields: ItemFields | None
-                     ) -> tuple[TrainedFunnel, Catalogue]:
-    """`grown_funnel` for a dataset of its own: ``new`` read and checked (`dataset.additions.read_new_items`),
-    ``content`` their encoder embeddings, ``fields`` the build's filterable fields."""
-    catalogue = grow_own_catalogue(state.catalogue, new, fields)
-    tower = grow_own_tower(state.tower, code_features(new.items, state.catalogue.coding.fields), content)
-    tables, indexes = tables_and_indexes(tower, catalogue, state.cfg, tower_fingerprint)
-    scorer = state.scorer(scorer_features(tower_features_of(tower), tables))
-    return TrainedFunnel(tower, tables, indexes, state.rerankers, scorer), catalogue
-
-
-def _own_items(repository: Path, source: int, file: Path, state: BuildState
-               ) -> tuple[TrainedFunnel, Catalogue, list[int]]:
-    """Build ``source`` of a dataset of its own grown by the items of ``file`` (its own format)."""
-    from widefunnel.builders.teacher import encode_texts
-
-    catalogue = state.catalogue
+def own_additions(file: Path, served: ServedCatalogue, state: BuildState) -> Additions:
+    """A dataset's own new items, read and checked in its own format (`dataset.additions.read_new_items`): the
+    next internal ids, fields coded with the build's vocabularies and statistics (a token it never saw: the
+    out-of-vocabulary code), texts from the build's text fields."""
     if file.suffix.lower() in (".jsonl", ".json", ".csv"):
         raise NewItemsError(f"{file}: {OWN_FORMAT}")
-    if catalogue.coding is None:
-        raise NewItemsError(f"{file}: build {source} was written before `items add` took a dataset's own items: its "
+    if state.coding is None:
+        raise NewItemsError(f"{file}: this build was written before `items add` took a dataset's own items: its "
                             f"state does not keep how its item fields were coded (vocabularies, float means and "
                             f"scales); rebuild it once with `widefunnel build --dataset` to add items to it")
-    known = catalogue.external_ids[catalogue.external_ids >= 0]
-    new = read_new_items(file, catalogue.coding, dataset_config(state.cfg), known, MAX_ITEMS_PER_FILE)
-    path = repository / "preprocess" / str(source) / layout.ITEM_FIELDS
-    fields = ItemFields.load(path) if path.is_file() else None
-    content = encode_texts(new.texts, state.cfg["teacher"]["batch_size"], int8=state.cfg["teacher"].get("int8", False))
-    funnel, grown = grown_own_funnel(state, new, content, fields)
-    return funnel, grown, sorted(new.ids.tolist())
+    new = read_new_items(file, state.coding, dataset_config(state.cfg), served.catalogue, MAX_ITEMS_PER_FILE)
+    k = len(new.ids)
+    internal = served.table_size + np.arange(k, dtype=np.int64)
+    fields = item_fields_of(new.items.columns, np.arange(k), k) if served.fields is not None else None
+    coded = code_features(new.items, state.coding.fields)
+    tower = state.tower
+
+    def features(content: np.ndarray) -> TowerFeatures:
+        bags, floats, rows = field_tables_of(coded)
+        if rows != tower.field_embedding.num_embeddings or len(bags) != tower.fields:
+            raise ValueError(f"new items coded into {rows} field rows, the tower has "
+                             f"{tower.field_embedding.num_embeddings}")
+        table, rows_of = _padded(content)
+        return TowerFeatures(torch.zeros(k + 1, tower.genre.in_features), torch.zeros(k + 1, dtype=torch.int64),
+                             torch.zeros(k + 1, tower.dense.shape[1]), table, rows_of, torch.zeros(k + 1), bags,
+                             floats, rows)
+
+    return Additions(internal, np.asarray(new.ids, np.int64), new.titles, new.texts, fields, features)
+
+
+@torch.no_grad()
+def embed_new(tower: ItemTower, features: TowerFeatures) -> list[np.ndarray]:
+    """Each head's embeddings of the new items (``features``: theirs alone, row 0 padding), by the trained
+    weights: the rows a full pass over the grown catalogue would give them, since an item's embedding reads
+    only its own inputs. ``tower`` is changed (its per-item tables become the new items')."""
+    set_features(tower, features)
+    rows = features.genres.shape[0]
+    tower.id_embedding = torch.nn.Embedding.from_pretrained(torch.zeros(rows, tower.id_embedding.embedding_dim),
+                                                            freeze=True)
+    return item_embeddings(tower.eval(), np.arange(1, rows, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -347,13 +326,16 @@ class AddResult:
     fingerprint: str
     added: list[int]
     seconds: float
+    bytes_written: int
 
 
 def add_items(repository: Path, file: Path, from_version: int | None = None) -> AddResult:
     """Write a new version of every step with the items of ``file`` added to build ``from_version`` (default: the
     newest on disk). MovieLens takes JSON lines or CSV; a dataset of its own its own format (an atomic `.item`
-    file or Parquet). Nothing is served until a swap; a refused file writes nothing."""
-    from widefunnel.builders.repository import write_repository
+    file or Parquet). Only the new items' rows are computed and written: each per-item table of the new version
+    is the old one's file with rows appended (`builders.grown_version`). Nothing is served until a swap; a
+    refused file writes nothing."""
+    from widefunnel.builders.grown_version import write_grown_version
     from widefunnel.builders.teacher import encode_texts
 
     start = time.monotonic()
@@ -368,19 +350,22 @@ def add_items(repository: Path, file: Path, from_version: int | None = None) -> 
     if source not in builds:
         raise FileNotFoundError(f"{repository}: no complete build {source or ''} to add items to (on disk: {builds})")
     state = load_state(repository / "query_tower" / str(source) / layout.BUILD_STATE_FILE)
-    if state.catalogue.external_ids is not None:
-        funnel, catalogue, added = _own_items(repository, source, file, state)
+    served = ServedCatalogue.load(repository / "preprocess" / str(source))
+    if state.own:
+        additions = own_additions(file, served, state)
     else:
-        items = parse_new_items(decode_items_file(file.read_bytes(), str(file)), str(file), state.catalogue)
-        content = encode_texts([i.text() for i in items], state.cfg["teacher"]["batch_size"],
-                               int8=state.cfg["teacher"].get("int8", False))
-        funnel, catalogue = grown_funnel(state, items, content)
-        added = sorted(i.item_id for i in items)
-    target = mcfg.Target(layout.read_builds(repository).get(str(source), {}).get("target", "cpu"))
+        text = decode_items_file(file.read_bytes(), str(file))
+        additions = movielens_additions(parse_new_items(text, str(file), served, state.genre_names), served, state)
+    content = encode_texts(additions.texts, state.cfg["teacher"]["batch_size"],
+                           int8=state.cfg["teacher"].get("int8", False))
+    features = additions.features(content)
+    tables = embed_new(state.tower, features)
     record = {k: v for k, v in layout.read_builds(repository).get(str(source), {}).items()
               if k == "synthetic_items"}  # still in the catalogue, still never counted in quality metrics
-    record |= {"items": len(catalogue.item_ids),
+    added = sorted(additions.external.tolist())
+    record |= {"items": len(served.catalogue) + len(added),
                "added_items": {"from_version": source, "count": len(added), "first_ids": added[:100]}}
-    version, fingerprint = write_repository(repository, funnel, catalogue, state.cfg, target, record=record)
-    logger.info("version %d: %d items added to build %d", version, len(added), source)
-    return AddResult(version, source, fingerprint, added, time.monotonic() - start)
+    version, fingerprint, written = write_grown_version(repository, source, state.cfg, served, additions, features,
+                                                        tables, record)
+    logger.info("version %d: %d items added to build %d (%d bytes written)", version, len(added), source, written)
+    return AddResult(version, source, fingerprint, added, time.monotonic() - start, written)

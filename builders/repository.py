@@ -235,8 +235,9 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
     if fields is not None:  # preprocess validates by its vocabularies, the ANN steps filter by it
         source = writer.folder("preprocess") / layout.ITEM_FIELDS
         fields.save(source)
-        for step in (f"ann_{head}" for head in HEADS):  # the same table: linked, stored once
-            layout.link_or_copy(source, writer.folder(step) / layout.ITEM_FIELDS)
+        for step in (f"ann_{head}" for head in HEADS):  # the same files: linked, stored once
+            for path in source.iterdir():
+                layout.link_or_copy(path, writer.folder(step) / layout.ITEM_FIELDS / path.name)
     # Each head's table, once: the ANN index's int8 codes and scales and each id's row in them. The reranker, the
     # query tower and the scorer read those files (hard links in their own folders), so disk and page cache hold
     # one copy for all four steps (a copy where the filesystem has no links).
@@ -284,21 +285,30 @@ def write_repository(repository: Path, funnel: TrainedFunnel, catalogue: Catalog
                      target: mcfg.Target, version: int | None = None, keep_versions: int = 2,
                      record: dict | None = None) -> tuple[int, str]:
     repository.mkdir(parents=True, exist_ok=True)
-    target = serving_target(target, cfg["serving"])
     version = version or next_version(repository)
     fingerprint = tower_fingerprint(funnel.tower)
-    dim = funnel.tables[0].shape[1]
+    writer = VersionWriter(repository, version)
+    write_artifacts(writer, funnel, catalogue, cfg, fingerprint)
+    filterable = catalogue.filter_fields
+    fields = tuple(filterable.schema().client_inputs()) if filterable is not None else ()
+    publish_version(repository, writer, cfg, target, fingerprint, funnel.tables[0].shape[1],
+                    int(catalogue.item_ids.max()), fields, record, keep_versions)
+    return version, fingerprint
+
+
+def publish_version(repository: Path, writer: VersionWriter, cfg: dict, target: mcfg.Target, fingerprint: str,
+                    dim: int, max_item_id: int, fields: mcfg.FieldInputs, record: dict | None,
+                    keep_versions: int = 2) -> None:
+    """Puts a staged version (``writer``'s folders, complete) into place: 1. step configs (the ANN steps now also
+    expect this version's fingerprint), 2. the version folders, 3. the ensembles, then the build record and the
+    prune. ``fields``: the client tensors of the build's field filters."""
+    target = serving_target(target, cfg["serving"])
+    version = writer.version
     if layout.served_version(repository) is None:  # no swap or serve recorded one: a server started earlier
         pinned = disk_pinned_version(repository)  # serves what the ensembles pin before this build re-pins them
         if pinned is not None:
             layout.record_served(repository, pinned)
-    writer = VersionWriter(repository, version)
-    write_artifacts(writer, funnel, catalogue, cfg, fingerprint)
     engines = build_engines(writer, cfg, target, dim)
-    # 1. step configs (ANN now also expects this version's fingerprint), 2. version folders, 3. ensembles.
-    max_item_id = int(catalogue.item_ids.max())
-    filterable = catalogue.filter_fields
-    fields = tuple(filterable.schema().client_inputs()) if filterable is not None else ()
     for name, config in step_configs(repository, cfg, target, version, fingerprint, dim, max_item_id,
                                      engines, fields).items():
         atomic_write(repository / name / CONFIG_FILE, mcfg.to_pbtxt(config))
@@ -308,7 +318,6 @@ def write_repository(repository: Path, funnel: TrainedFunnel, catalogue: Catalog
         atomic_write(repository / name / CONFIG_FILE, mcfg.to_pbtxt(config))
     record_build(repository, version, fingerprint, target.kind, record)
     prune_versions(repository, keep_versions)
-    return version, fingerprint
 
 
 def build(repository: Path, cfg: dict, target: mcfg.Target, version: int | None = None,

@@ -29,13 +29,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from widefunnel import model_configs as mcfg
 from widefunnel.ann.index import load_index, save_index
+from widefunnel.field_filters import ItemFields
+from widefunnel.item_ids import ItemIds
 from widefunnel.layout import (
     BUILDS_FILE,
     CONFIG_FILE,
     FINGERPRINTS_PARAMETER,
     INDEX_DIR,
     ITEM_FIELDS,
-    ITEM_IDS,
     atomic_write,
     commit_version,
     format_fingerprints,
@@ -124,12 +125,13 @@ def write_shard_repositories(source: Path, shard_repositories: list[Path], prune
                     continue
                 staged = stage_version(Path(repo) / model, version)
                 save_index(part.index, staged / INDEX_DIR)
+                # Written as this version reads them (its rows of tables an `items add` grew in place).
                 fields = source / model / str(version) / ITEM_FIELDS
                 if fields.exists():  # keyed by id: every shard reads the whole table for its own rows
-                    shutil.copy2(fields, staged / ITEM_FIELDS)
-                item_ids = source / model / str(version) / ITEM_IDS
-                if item_ids.exists():  # takedowns and CANDIDATE_ITEM_ID in the catalogue's ids
-                    shutil.copy2(item_ids, staged / ITEM_IDS)
+                    ItemFields.load(fields).save(staged / ITEM_FIELDS)
+                item_ids = ItemIds.load(source / model / str(version))
+                if item_ids is not None:  # takedowns and CANDIDATE_ITEM_ID in the catalogue's ids
+                    item_ids.save(staged)
                 (staged / SHARD_FILE).write_text(json.dumps(part.describe(), indent=2, sort_keys=True) + "\n")
                 commit_version(staged, version)
         if prune:

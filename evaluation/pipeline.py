@@ -1,7 +1,7 @@
 """The funnel computed in one process from a repository's artifacts: onnxruntime on the same ONNX files,
 the same ANN, filter and merge code. It is the parity reference for the served ensemble, and the "one process"
 baseline when measuring the ensemble's overhead, so it takes every request the ensemble takes, filters named
-after a dataset's own item fields included (`field_filters`, read from the build's `item_fields.npz`).
+after a dataset's own item fields included (`field_filters`, read from the build's `item_fields` folder).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _parameters(repository: Path, model: str) -> dict[str, str]:
 
 
 def _field_schema(folder: Path) -> FieldSchema:
-    """The filters preprocess takes for a version folder: none without `item_fields.npz` (MovieLens, older builds)."""
+    """The filters preprocess takes for a version folder: none without `item_fields` (older builds)."""
     path = folder / ITEM_FIELDS
     return ItemFields.load(path).schema() if path.exists() else FieldSchema((), ())
 

@@ -11,13 +11,14 @@ per float field; -inf/inf = that side is open, both open = no filter; NaN items 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from widefunnel.arrays import map_npz
+from widefunnel.arrays import load_table
 from widefunnel.dataset.columns import FloatColumn, TokenColumn, TokenSeqColumn
 from widefunnel.genres import SourcedGenres
 from widefunnel.tensor_names import range_filters, token_filters
@@ -29,6 +30,7 @@ MAX_BIT_VALUES = 63  # a token field of at most this many values is also kept as
 # MovieLens' two filter fields (its genres, its release year): the same rule names their client tensors
 # include_genre / exclude_genre and min_year / max_year, the names its clients have always sent.
 GENRE_FIELD, YEAR_FIELD = "genre", "year"
+SCHEMA_FILE = "fields.json"  # in an `ItemFields` folder: the fields' names and vocabularies
 
 
 @dataclass(frozen=True)
@@ -105,27 +107,43 @@ class ItemFields:
     def schema(self) -> FieldSchema:
         return FieldSchema(tuple((f.name, f.vocabulary) for f in self.tokens), tuple(f.name for f in self.floats))
 
-    def save(self, path: Path) -> None:
-        arrays: dict[str, np.ndarray] = {"token_names": np.array([f.name for f in self.tokens], dtype=str),
-                                         "float_names": np.array([f.name for f in self.floats], dtype=str)}
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Each per-item array by its file name in the folder (`save`): what grows when items are added."""
+        out: dict[str, np.ndarray] = {}
         for j, f in enumerate(self.tokens):
-            arrays |= {f"t{j}_offsets": f.offsets, f"t{j}_codes": f.codes,
-                       f"t{j}_vocabulary": np.array(f.vocabulary, dtype=str)}
+            out |= {f"t{j}_offsets.npy": f.offsets, f"t{j}_codes.npy": f.codes}
         for j, f in enumerate(self.floats):
-            arrays[f"f{j}_values"] = f.values
-        with open(path, "wb") as out:
-            np.savez(out, **arrays)
+            out[f"f{j}_values.npy"] = f.values
+        return out
+
+    def save_schema(self, folder: Path) -> None:
+        """The names and vocabularies (`SCHEMA_FILE`): small, written whole by every version."""
+        schema = {"tokens": [{"name": f.name, "vocabulary": list(f.vocabulary)} for f in self.tokens],
+                  "floats": [f.name for f in self.floats]}
+        (Path(folder) / SCHEMA_FILE).write_text(json.dumps(schema, indent=1) + "\n")
+
+    def save(self, folder: Path) -> None:
+        """A folder: the schema and one .npy per per-item array, each mapped by its readers and grown in place
+        by `items add` (`arrays.append_rows`)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, array in self.arrays().items():
+            with open(folder / name, "wb") as out:
+                np.save(out, np.ascontiguousarray(array), allow_pickle=False)
+        self.save_schema(folder)
 
     @classmethod
-    def load(cls, path: Path | str) -> ItemFields:
-        """The fields of a build, their per-item arrays mapped read-only from the file (`arrays.map_npz`)."""
-        z = map_npz(path)
-        tokens = [TokenField(str(name), z[f"t{j}_offsets"].astype(np.int64, copy=False),
-                             z[f"t{j}_codes"].astype(np.int32, copy=False),
-                             tuple(str(v) for v in z[f"t{j}_vocabulary"]))
-                  for j, name in enumerate(z["token_names"])]
-        floats = [FloatField(str(name), z[f"f{j}_values"].astype(np.float32, copy=False))
-                  for j, name in enumerate(z["float_names"])]
+    def load(cls, folder: Path | str) -> ItemFields:
+        """The fields of a build, their per-item arrays mapped read-only (`arrays.load_table`: the rows this
+        version reads)."""
+        folder = Path(folder)
+        schema = json.loads((folder / SCHEMA_FILE).read_text())
+        tokens = [TokenField(str(t["name"]), load_table(folder / f"t{j}_offsets.npy").astype(np.int64, copy=False),
+                             load_table(folder / f"t{j}_codes.npy").astype(np.int32, copy=False),
+                             tuple(str(v) for v in t["vocabulary"]))
+                  for j, t in enumerate(schema["tokens"])]
+        floats = [FloatField(str(name), load_table(folder / f"f{j}_values.npy").astype(np.float32, copy=False))
+                  for j, name in enumerate(schema["floats"])]
         return cls((*tokens, *floats))
 
 
@@ -271,37 +289,32 @@ def _gathered(field: TokenField, rows: np.ndarray) -> TokenField:
     return TokenField(field.name, offsets, field.codes[take], field.vocabulary)
 
 
-def grown_fields(fields: ItemFields, columns: dict, table_rows: np.ndarray, table_size: int) -> ItemFields:
-    """``fields`` with items added after the build (`items add`): ``columns`` row-aligned, ``table_rows`` their
-    internal ids, all past the old table. A token value new to a field joins the end of its vocabulary, so the
-    old values keep their codes and the new one is filterable by name at once."""
-    rows = np.asarray(table_rows, np.int64)
-    before = fields.table_size
-    if len(rows) and int(rows.min()) < before:
-        raise ValueError(f"new items must take internal ids past the table's {before} rows")
-    added = item_fields_of(columns, rows, table_size)
-    new = {f.name: f for f in (added.fields if added is not None else ())}
-    out: list[Field] = []
+def appended_rows(fields: ItemFields, added: ItemFields) -> tuple[ItemFields, dict[str, np.ndarray]]:
+    """Items appended after ``fields``' table (`items add`): ``added`` holds their fields, its row 0 being the
+    table's next row. -> (the fields' schema, vocabularies grown, as an `ItemFields` whose arrays are still
+    ``fields``'; each array file's new rows, by `ItemFields.arrays`' names). A token value new to a field joins
+    the end of its vocabulary, so the old values keep their codes and the new one is filterable by name at once."""
+    new = {f.name: f for f in added.fields}
+    schema: list[Field] = []
+    tails: dict[str, np.ndarray] = {}
+    slot = {id(f): j for group in (fields.tokens, fields.floats) for j, f in enumerate(group)}
     for field in fields.fields:
+        j = slot[id(field)]
         if field.name not in new:
             raise ValueError(f"field '{field.name}' of the build's filters is not among the new items' fields")
         extra = new[field.name]
         if isinstance(field, FloatField):
-            values = np.full(table_size, np.nan, np.float32)
-            values[:before] = field.values
-            values[before:] = extra.values[before:]
-            out.append(FloatField(field.name, values))
+            tails[f"f{j}_values.npy"] = np.asarray(extra.values, np.float32)
+            schema.append(field)
             continue
-        code = {v: j for j, v in enumerate(field.vocabulary)}
+        code = {v: i for i, v in enumerate(field.vocabulary)}
         vocabulary = list(field.vocabulary)
         for value in extra.vocabulary[1:]:  # entry 0 is "" (missing) in both
             if value not in code:
                 code[value] = len(vocabulary)
                 vocabulary.append(value)
         remap = np.array([code[v] for v in extra.vocabulary], np.int32)
-        start = int(extra.offsets[before])  # 0: rows below ``before`` hold nothing in ``extra``
-        offsets = np.concatenate([field.offsets, field.offsets[-1] + extra.offsets[before + 1:] - start])
-        out.append(TokenField(field.name, offsets.astype(np.int64),
-                              np.concatenate([field.codes, remap[extra.codes[start:]]]).astype(np.int32),
-                              tuple(vocabulary)))
-    return ItemFields(tuple(out))
+        tails[f"t{j}_offsets.npy"] = (int(field.offsets[-1]) + np.asarray(extra.offsets[1:], np.int64))
+        tails[f"t{j}_codes.npy"] = remap[extra.codes]
+        schema.append(TokenField(field.name, field.offsets, field.codes, tuple(vocabulary)))
+    return ItemFields(tuple(schema)), tails

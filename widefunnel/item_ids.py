@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from widefunnel.arrays import load_table
 from widefunnel.layout import ITEM_IDS
 
 NONE = -1  # an internal id without an item (padding row 0, gaps) and the answer for an unknown external id
@@ -51,7 +52,7 @@ class ItemIds:
         path = Path(folder) / ITEM_IDS
         if not path.is_file():
             return None
-        table = np.load(path, allow_pickle=False, mmap_mode="r")
+        table = load_table(path)  # the rows this version lists, where it grew the build's table
         if table.dtype != np.int64 or table.ndim != 1:
             raise ValueError(f"{path}: int64 [T] expected, found {table.dtype} {list(table.shape)}")
         return cls(table)

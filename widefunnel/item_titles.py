@@ -21,6 +21,17 @@ def save_titles(folder: Path, catalogue_ids: np.ndarray, titles: Sequence[str]) 
     pq.write_table(table, Path(folder) / layout.ITEM_TITLES)
 
 
+def append_titles(old: Path, new: Path, catalogue_ids: np.ndarray, titles: Sequence[str]) -> None:
+    """``old``'s titles followed by these (``new``: another version's folder), without a Python object per old
+    title."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(old) / layout.ITEM_TITLES)
+    added = pa.table({"item_id": pa.array(np.asarray(catalogue_ids, np.int64)), "title": pa.array(titles, pa.string())})
+    pq.write_table(pa.concat_tables([table, added.cast(table.schema)]), Path(new) / layout.ITEM_TITLES)
+
+
 def load_titles(repository: Path, version: int | None = None) -> dict[int, str]:
     """Titles by catalogue id of build ``version`` (default: the served one, else the newest); empty when the
     build has none."""

@@ -88,8 +88,9 @@ def test_every_item_field_is_a_tower_feature(builds):
 
     tower = load_state(builds["atomic"] / "query_tower" / "1" / layout.BUILD_STATE_FILE).tower
     assert tower.fields == 4  # title, description, categories (bags), brand (a token with its OOV row)
-    assert tower.floats.shape == (3001, 2)  # price z-scored, its missing flag
-    assert tower.bag_0.shape == (3001, 1)  # brand: one code per item
+    # the state keeps each per-item table's padding row only: its width
+    assert tower.floats.shape == (1, 2)  # price z-scored, its missing flag
+    assert tower.bag_0.shape == (1, 1)  # brand: one code per item
 
 
 def test_parquet_builds_the_same_funnel_as_atomic(builds):

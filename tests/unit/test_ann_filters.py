@@ -216,19 +216,19 @@ def test_a_head_filter_ands_the_request_with_the_taken_down_rows(tmp_path):
     from widefunnel.ann.filters import HeadFilter
 
     row_ids = np.array([30, 10, 50, 20, 40])
-    _movielens_like(row_ids).save(tmp_path / "fields.npz")
+    _movielens_like(row_ids).save(tmp_path / "fields")
     taken = [np.zeros(0, np.int64)]
 
     def rows_of(x):
         return np.vectorize(lambda i: int(np.flatnonzero(row_ids == i)[0]) if i in row_ids else -1)(x)
 
-    head = HeadFilter(row_ids, rows_of, tmp_path / "fields.npz", lambda: taken[0])
+    head = HeadFilter(row_ids, rows_of, tmp_path / "fields", lambda: taken[0])
     assert head.allow(2) is None  # nothing filtered, nothing taken down: the unfiltered scan
     taken[0] = np.array([10])
     assert set(row_ids[filters.unpack_rows(head.allow(2), 5)[1]].tolist()) == {20, 30, 40, 50}
     allow = head.allow(1, field_tokens=_tokens(any=[1]))
     assert set(row_ids[filters.unpack_rows(allow, 5)[0]].tolist()) == {30}  # genre "a" less the taken-down 10
-    old = HeadFilter(row_ids, rows_of, tmp_path / "absent.npz", lambda: taken[0])  # a build without fields
+    old = HeadFilter(row_ids, rows_of, tmp_path / "absent", lambda: taken[0])  # a build without fields
     assert set(row_ids[filters.unpack_rows(old.allow(1, exclude_ids=np.array([[50]])), 5)[0]].tolist()) == {20, 30, 40}
     with pytest.raises(ValueError, match="no item fields table"):
         old.allow(1, field_tokens=_tokens(any=[1]))

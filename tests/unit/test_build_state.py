@@ -1,76 +1,74 @@
-"""A build's training state stores integer-valued tables in their smallest exact type, and a tower loads it back
-unchanged: pure, no server."""
+"""A build's training state keeps the trained weights and none of the items' inputs, so its size does not grow
+with the catalogue, and new items placed with the loaded weights get exactly the rows the trained tower gives
+them: pure, no server."""
 
 from __future__ import annotations
+
+import json
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from widefunnel.builders.models import ItemTower, TowerFeatures
-from widefunnel.builders.state import compact
+from widefunnel.builders.new_items import embed_new
+from widefunnel.builders.state import FORMAT, load_state, save_state
 from widefunnel.config import load_config
-
-ROWS = 70_000  # past compact's 65,536-element floor
-
-
-def _features(rng: np.random.Generator) -> TowerFeatures:
-    bags = (torch.from_numpy(rng.integers(0, 300, (ROWS, 3))),)
-    return TowerFeatures(torch.from_numpy((rng.random((ROWS, 19)) < 0.2).astype(np.float32)),
-                         torch.from_numpy(rng.integers(0, 21, ROWS)), torch.from_numpy(rng.random((ROWS, 2))),
-                         torch.from_numpy(rng.standard_normal((40, 384)).astype(np.float32)),
-                         torch.from_numpy(rng.integers(0, 40, ROWS)),
-                         torch.from_numpy((rng.random(ROWS) < 0.5).astype(np.float32)), bags, None, 301)
+from widefunnel.data import load_catalogue
 
 
-def test_compact_is_lossless_and_a_tower_loads_the_compacted_state_unchanged():
-    rng = np.random.default_rng(0)
-    cfg = load_config()["towers"]
-    torch.manual_seed(0)
-    tower = ItemTower(_features(rng), cfg)
-    state = tower.state_dict()
-    small = {name: compact(t) for name, t in state.items()}
-    assert small["genres"].dtype == torch.uint8 and small["known"].dtype == torch.uint8  # 1 byte, not 4
-    assert small["year_bucket"].dtype == torch.uint8 and small["content_row"].dtype == torch.uint8  # not 8
-    assert small["id_embedding.weight"].dtype == torch.float32 and small["dense"].dtype == torch.float32  # as is
-    before = sum(t.numel() * t.element_size() for t in state.values())
-    after = sum(t.numel() * t.element_size() for t in small.values())
-    assert after < 0.7 * before
-    loaded = ItemTower(_features(np.random.default_rng(1)), cfg)
-    loaded.load_state_dict(small)
-    for name, t in loaded.state_dict().items():
-        assert t.dtype == state[name].dtype and torch.equal(t, state[name]), name
-    ids = torch.from_numpy(rng.integers(1, ROWS, 64))
-    with torch.no_grad():
-        for a, b in zip(tower.eval()(ids), loaded.eval()(ids), strict=True):
-            assert torch.equal(a, b)
-    assert compact(torch.full((70_000,), 0.5)).dtype == torch.float32  # not integer-valued: kept
-    assert compact(torch.full((70_000,), -3, dtype=torch.int64)).dtype == torch.int8
-    assert compact(torch.full((70_000,), 2**40, dtype=torch.int64)).dtype == torch.int64
+def _features(rows: int, seed: int, known: float = 0.0) -> TowerFeatures:
+    rng = np.random.default_rng(seed)
+    bags = (torch.from_numpy(rng.integers(0, 300, (rows, 3))),)
+    return TowerFeatures(torch.from_numpy((rng.random((rows, 19)) < 0.2).astype(np.float32)),
+                         torch.from_numpy(rng.integers(0, 21, rows)), torch.from_numpy(rng.random((rows, 2))),
+                         torch.from_numpy(rng.standard_normal((rows, 384)).astype(np.float32)),
+                         torch.from_numpy(np.arange(rows)), torch.full((rows,), known), bags, None, 301)
 
 
-def test_a_widened_catalogue_s_genres_load_back_sourced_and_a_plain_one_s_as_a_dict(tmp_path):
-    """The state keeps a widened catalogue's genres as `SourcedGenres` (loading it is no pass over every item)
-    and rebuilds a plain catalogue's from the tower's multi-hot: each answers as the catalogue saved."""
-    from types import SimpleNamespace
-
-    from widefunnel.builders.models import CompositeScorer
-    from widefunnel.builders.state import load_state, save_state
-    from widefunnel.builders.synthetic import extend_catalogue, plan
-    from widefunnel.builders.train import tower_features
-    from widefunnel.data import load_catalogue
-    from widefunnel.genres import SourcedGenres
-
+def _saved(tmp_path, rows: int, name: str):
     cfg = load_config(overrides={"rerank": {"hidden": [8]}, "scorer": {"hidden": [8]}})
-    real = load_catalogue()
-    for catalogue in (real, extend_catalogue(real, plan(real, len(real.item_ids) + 500, 5))):
-        size = catalogue.table_size
-        content = np.random.default_rng(0).standard_normal((size, 384)).astype(np.float32)
-        features = tower_features(catalogue, np.zeros(size), content, np.arange(size), 0)
-        torch.manual_seed(0)
-        funnel = SimpleNamespace(tower=ItemTower(features, cfg["towers"]), rerankers=[],
-                                 scorer=CompositeScorer(torch.zeros(size, 4), [8], 3))
-        path = tmp_path / "state.pt"
-        save_state(path, funnel, catalogue, cfg)
-        loaded = load_state(path).catalogue
-        assert isinstance(loaded.genres, SourcedGenres) == isinstance(catalogue.genres, SourcedGenres)
-        assert dict(loaded.genres.items()) == dict(catalogue.genres.items())
+    torch.manual_seed(0)
+    tower = ItemTower(_features(rows, 1), cfg["towers"])
+    path = tmp_path / name
+    save_state(path, SimpleNamespace(tower=tower, rerankers=[]), load_catalogue(), cfg)
+    return tower.eval(), path, cfg
+
+
+def test_the_state_s_size_does_not_grow_with_the_items(tmp_path):
+    _, small, _ = _saved(tmp_path, 2_000, "small.pt")
+    _, large, _ = _saved(tmp_path, 60_000, "large.pt")
+    assert abs(large.stat().st_size - small.stat().st_size) < 4096
+    assert large.stat().st_size < 60_000 * 8  # not 8 bytes an item, let alone the ~1.6 KB of inputs
+
+
+def test_new_items_placed_with_the_loaded_weights_get_the_trained_tower_s_rows(tmp_path):
+    tower, path, _ = _saved(tmp_path, 5_000, "state.pt")
+    state = load_state(path)
+    new = _features(40, 7)  # cold items (not `known`), as `items add` places them: no id embedding counts
+    ids = torch.arange(1, 40)
+    with torch.no_grad():
+        tower_new = ItemTower(new, load_config()["towers"])
+        tower_new.load_state_dict({k: v for k, v in tower.state_dict().items()
+                                   if k not in ("genres", "year_bucket", "dense", "content", "content_row", "known",
+                                                "bag_0", "id_embedding.weight")}, strict=False)
+        want = [h.numpy() for h in tower_new.eval()(ids)]
+    got = embed_new(state.tower, new)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert not np.allclose(got[0], got[1])  # the two heads differ: the check reads each
+
+
+def test_a_format_1_state_with_every_item_s_inputs_still_loads(tmp_path):
+    tower, path, cfg = _saved(tmp_path, 3_000, "state.pt")
+    raw = torch.load(path, weights_only=True)
+    raw |= {"format": 1, "tower": dict(tower.state_dict()),
+            "catalogue": {"genre_names": raw["catalogue"]["genre_names"], "item_ids": torch.arange(1, 3_000)}}
+    torch.save(raw, tmp_path / "old.pt")
+    state = load_state(tmp_path / "old.pt")
+    assert not state.own and state.coding is None and json.loads(raw["config"]) == state.cfg
+    assert state.tower.genres.shape[0] == 1  # the per-item tables are not kept
+    for name, weight in tower.state_dict().items():
+        if name in dict(state.tower.named_parameters()) and name != "id_embedding.weight":  # per item
+            assert torch.equal(weight, state.tower.state_dict()[name]), name
+    assert FORMAT == 2

@@ -8,6 +8,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from widefunnel.arrays import npy_region
 from widefunnel.builders.export import export_reranker, externalize
 from widefunnel.builders.models import Reranker
 from widefunnel.layout import ONNX_DATA_FILE, ONNX_FILE
@@ -25,13 +26,15 @@ def test_an_exported_reranker_keeps_its_item_table_outside_and_answers_the_same(
     torch.manual_seed(0)
     path = tmp_path / "v" / ONNX_FILE
     export_reranker(Reranker(32, [16], "mlp", 4), codes, scales, "00000000000000ab", path)
-    data = path.with_name(ONNX_DATA_FILE)
-    assert data.stat().st_size >= codes.nbytes + scales.nbytes  # the item table lives there ...
-    assert path.stat().st_size < 200_000  # ... not in the protobuf
+    assert path.stat().st_size < 200_000  # the item table is not in the protobuf ...
     model = onnx.load(str(path), load_external_data=False)
-    offsets = [int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "offset"]
-    assert len(offsets) >= 2 and all(o % 4096 == 0 for o in offsets)  # each table page-aligned, for mapping
-    assert sorted(p.name for p in path.parent.iterdir()) == [ONNX_FILE, ONNX_DATA_FILE]
+    where = {t.name: {e.key: e.value for e in t.external_data} for t in model.graph.initializer if t.external_data}
+    # ... but each per-item table in a .npy of its own (so `items add` appends its rows), read at its data
+    for name, table in (("table.codes", codes), ("table.scales", scales)):
+        stored = np.load(path.with_name(where[name]["location"]))
+        np.testing.assert_array_equal(stored, table)
+        assert int(where[name]["offset"]) == npy_region(path.with_name(where[name]["location"]))[0]
+    assert {p.name for p in path.parent.iterdir()} == {ONNX_FILE, *(w["location"] for w in where.values())}
 
     embedded = tmp_path / "embedded.onnx"
     onnx.save_model(onnx.load(str(path)), str(embedded))  # the same graph, tables inside the protobuf
@@ -89,7 +92,8 @@ def test_a_reranker_reads_the_index_files_in_place_and_answers_as_with_its_own_t
     locations = {e.value for t in onnx.load(str(path), load_external_data=False).graph.initializer
                  for e in t.external_data if e.key == "location"}
     assert {CODES_FILE, SCALES_FILE} <= locations  # read in place ...
-    assert path.with_name(ONNX_DATA_FILE).stat().st_size < index.codes.nbytes  # ... not copied: rows only (4 B/item)
+    own_files = sum(f.stat().st_size for f in folder.iterdir() if f.name not in (ONNX_FILE, CODES_FILE, SCALES_FILE))
+    assert own_files < index.codes.nbytes  # ... not copied: rows only (4 B/item)
     feeds = {Step.QUERY: rng.standard_normal((4, 32)).astype(np.float32),
              Step.CANDIDATE_ID: np.where(rng.random((4, 300)) < 0.05, -1, rng.choice(ids, (4, 300))).astype(np.int64),
              Step.KEEP: np.full((4, 1), 40, np.int32)}
@@ -171,7 +175,9 @@ def test_the_scorer_reads_the_heads_index_tables_within_a_stated_bound(tmp_path)
     export_scorer(scorer, 2, "00000000000000ef", path, heads=heads, shared=files)
     assert os.stat(files[0]).st_ino == os.stat(tmp_path / "scorer" / "ann" / "0codes.npy").st_ino
     # the heads' tables not copied, the multi-hot columns 1 byte an item
-    assert path.with_name(ONNX_DATA_FILE).stat().st_size < 30_000 * (3 * 4 + 2) + 100_000
+    own = sum(f.stat().st_size for f in path.parent.iterdir() if f.is_file() and f.name != ONNX_FILE
+              and os.stat(f).st_nlink == 1)
+    assert own < 30_000 * (3 * 4 + 2) + 100_000
     feeds = {Step.ITEM_ID: rng.integers(1, 30_000, (16, 1)),
              Step.CANDIDATE_ID: np.concatenate([rng.integers(1, 30_000, (16, 199)), np.full((16, 1), -1)], axis=1),
              Step.VALUE_WEIGHTS: np.ones((16, 3), np.float32)}

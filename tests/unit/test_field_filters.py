@@ -47,8 +47,8 @@ def _tensors(**kwargs) -> dict[str, np.ndarray]:
 
 def test_the_table_is_keyed_by_internal_id_and_survives_a_save(tmp_path):
     fields = _fields()
-    fields.save(tmp_path / "fields.npz")
-    loaded = ItemFields.load(tmp_path / "fields.npz")
+    fields.save(tmp_path / "fields")
+    loaded = ItemFields.load(tmp_path / "fields")
     assert loaded.schema() == fields.schema()
     brand, categories = loaded.tokens
     for item, want in _by_id(BRANDS).items():
@@ -119,10 +119,10 @@ def test_the_row_bitmap_equals_brute_force_on_a_random_catalogue(tmp_path, value
                          field_of_column("cat", token_seq_column(pa.array(cats)), ids, n + 1),
                          field_of_column("price", FloatColumn(prices), ids, n + 1)))
     assert (fields.tokens[1].item_bits is None) == (values > MAX_BIT_VALUES)
-    fields.save(tmp_path / "f.npz")
+    fields.save(tmp_path / "f")
     row_ids = rng.permutation(np.arange(1, n + 1))[: n - 20]  # an index (a shard) holding some items, any order
     rows = {int(i): r for r, i in enumerate(row_ids)}
-    head = filters.HeadFilter(row_ids, lambda x: np.vectorize(lambda i: rows.get(int(i), -1))(x), tmp_path / "f.npz",
+    head = filters.HeadFilter(row_ids, lambda x: np.vectorize(lambda i: rows.get(int(i), -1))(x), tmp_path / "f",
                               lambda: np.zeros(0, np.int64))
     brand_of, cats_of, price_of = (dict(zip(ids.tolist(), v)) for v in (brands, cats, prices))
     requests = [{"include_brand": ["v1", "v2"]}, {"exclude_cat": ["v3"], "min_price": 20.0},
@@ -231,35 +231,37 @@ def test_movielens_filters_admit_what_todays_rule_does(request_):
     assert set(np.flatnonzero(id_mask(fields, tokens[0], ranges[0])).tolist()) - {0} == want  # 0 pads, no row
 
 
-def test_a_grown_or_widened_movielens_catalogue_filters_its_new_items():
-    """`items add` (ids past the table or in a gap of it) and `--items` (synthetic copies): the filter table
-    follows the catalogue's genres and years, never the table of the catalogue it came from."""
-    import json
-
-    from widefunnel.builders.new_items import grow_catalogue, parse_new_items
+def test_appended_rows_give_the_tables_a_whole_build_of_the_grown_catalogue_gives(tmp_path):
+    """`items add` appends the new items' rows to the filter tables (`appended_rows`, gaps before them
+    included): the grown files equal the tables built whole from the grown catalogue's genres and years, and
+    the new items are filterable by them."""
+    from widefunnel.arrays import append_rows, load_table
     from widefunnel.builders.synthetic import extend_catalogue, plan
     from widefunnel.data import load_catalogue
+    from widefunnel.field_filters import appended_rows, genre_year_fields
     from widefunnel.validation import filter_tensors
 
     catalogue = load_catalogue()
-
-    def admitted(cat, **request) -> set[int]:
-        fields = cat.filter_fields
-        tokens, ranges = validate_field_filters(fields.schema(), 1, filter_tensors(**request))
-        assert fields.table_size == cat.table_size
-        return set(np.flatnonzero(id_mask(fields, tokens[0], ranges[0])).tolist())
-
-    later = parse_new_items(json.dumps({"id": 1690, "title": "Later", "year": 2031, "genres": ["Drama"]}), "a",
-                            catalogue)
-    grown = grow_catalogue(catalogue, later)
-    gap = grow_catalogue(grown, parse_new_items(json.dumps({"id": 1685, "title": "Gap", "year": 2031}), "b", grown))
-    assert admitted(grown, years=(2030, 2040)) == {1690}
-    assert admitted(gap, years=(2030, 2040)) == {1685, 1690}
-    assert admitted(gap, include_genres=["unknown"], years=(2030, 2040)) == {1685}  # no genres: "unknown"
     wide = extend_catalogue(catalogue, plan(catalogue, len(catalogue.item_ids) + 50, 0))
-    synthetic = set(range(catalogue.table_size, wide.table_size))
-    assert admitted(wide, include_genres=["Documentary"]) - admitted(catalogue, include_genres=["Documentary"]) == {
-        i for i in synthetic if "Documentary" in wide.genres[i]}
+    size = wide.table_size
+    fields = wide.filter_fields
+    fields.save(tmp_path / "old")
+    added = {size + 1: ("Drama", "Comedy"), size + 4: ("unknown",)}  # a gap at size, size + 2 and size + 3
+    years = np.array([0, 2031, 0, 0, 1999])  # the new rows' (0: unknown, or no item)
+    new = genre_year_fields({i - size: g for i, g in added.items()}, years, catalogue.genre_names, 5)
+    schema, tails = appended_rows(ItemFields.load(tmp_path / "old"), new)
+    (tmp_path / "new").mkdir()
+    for name, tail in tails.items():
+        append_rows(tmp_path / "old" / name, tmp_path / "new" / name, len(load_table(tmp_path / "old" / name)), tail)
+    whole = genre_year_fields(dict(wide.genres.items()) | added,
+                              np.concatenate([wide.years[:size], years]), catalogue.genre_names, size + 5)
+    for name, array in whole.arrays().items():
+        rows = len(array)
+        np.testing.assert_array_equal(load_table(tmp_path / "new" / name, rows), array)
+    assert schema.tokens[0].vocabulary == whole.tokens[0].vocabulary
+    assert len(load_table(tmp_path / "old" / "t0_offsets.npy")) == size + 1  # the old version reads its own rows
+    tokens, ranges = validate_field_filters(whole.schema(), 1, filter_tensors(years=(2030, 2040)))
+    assert set(np.flatnonzero(id_mask(whole, tokens[0], ranges[0])).tolist()) == {size + 1}
 
 
 def test_a_widened_catalogue_gathers_the_tables_a_dict_of_its_genres_would_build():
@@ -282,31 +284,3 @@ def test_a_widened_catalogue_gathers_the_tables_a_dict_of_its_genres_would_build
         np.testing.assert_array_equal(a.codes, b.codes)
         assert a.vocabulary == b.vocabulary
     np.testing.assert_array_equal(gathered.floats[0].values, built.floats[0].values)
-
-
-def test_a_widened_catalogue_grown_by_items_add_stays_sourced_and_builds_the_same_tables():
-    """`items add` on a widened build keeps its genres sourced (no dict entry per synthetic item); with the new
-    items past the synthetic range, a gap before them included, the genre matrix and the filter table equal those
-    of the same genres as a dict, and synthetic ids cannot be added as new ones."""
-    from dataclasses import replace
-
-    import pytest
-
-    from widefunnel.builders.new_items import NewItem, grow_catalogue
-    from widefunnel.builders.synthetic import extend_catalogue, plan
-    from widefunnel.data import load_catalogue
-    from widefunnel.genres import SourcedGenres
-
-    catalogue = load_catalogue()
-    wide = extend_catalogue(catalogue, plan(catalogue, len(catalogue.item_ids) + 2000, 3))
-    last = int(wide.item_ids.max())
-    grown = grow_catalogue(wide, [NewItem(last + 3, "A", 1999, ("Drama", "Comedy")),
-                                  NewItem(last + 1, "B", 0, ("unknown",))])
-    assert isinstance(grown.genres, SourcedGenres) and grown.genres[last + 3] == ("Drama", "Comedy")
-    as_dict = replace(grown, genres=dict(grown.genres.items()))
-    np.testing.assert_array_equal(grown.genre_matrix(), as_dict.genre_matrix())
-    for a, b in zip(grown.filter_fields.tokens, as_dict.filter_fields.tokens, strict=True):
-        np.testing.assert_array_equal(a.offsets, b.offsets)
-        np.testing.assert_array_equal(a.codes, b.codes)
-    with pytest.raises(ValueError, match="synthetic"):
-        wide.genres.grown({last: ("Drama",)})

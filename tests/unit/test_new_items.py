@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from widefunnel.builders.new_items import NewItemsError, add_items, grow_catalogue, parse_new_items
+from widefunnel.builders import new_items
+from widefunnel.builders.new_items import NewItemsError, ServedCatalogue, add_items
 from widefunnel.data import load_catalogue
 
 CAT = load_catalogue()
+SERVED = ServedCatalogue(CAT.table_size, CAT.item_ids, None)
+
+
+def parse_new_items(text: str, source: str, served: ServedCatalogue = SERVED):
+    return new_items.parse_new_items(text, source, served, CAT.genre_names)
 
 
 def _jsonl(*rows) -> str:
@@ -20,9 +27,9 @@ def _jsonl(*rows) -> str:
 def test_json_lines_and_csv_parse_to_the_same_items():
     rows = [{"id": 5000, "title": "A New Film", "year": 2024, "genres": ["Comedy", "Drama"]},
             {"id": 5001, "title": "Another, With A Comma", "year": None, "genres": []}]
-    from_json = parse_new_items(_jsonl(*rows), "new.jsonl", CAT)
+    from_json = parse_new_items(_jsonl(*rows), "new.jsonl")
     csv = 'id,title,year,genres\n5000,A New Film,2024,Comedy|Drama\n5001,"Another, With A Comma",,\n'
-    assert parse_new_items(csv, "new.csv", CAT) == from_json
+    assert parse_new_items(csv, "new.csv") == from_json
     assert from_json[0].genres == ("Comedy", "Drama") and from_json[1].year == 0
     assert from_json[1].genres == ("unknown",)  # as the catalogue marks an item without genres
     assert from_json[0].text() == "A New Film (2024). Genres: Comedy, Drama."
@@ -56,7 +63,7 @@ def test_json_lines_and_csv_parse_to_the_same_items():
 ])
 def test_bad_files_are_refused_naming_line_and_field(text, message):
     with pytest.raises(NewItemsError, match=message):
-        parse_new_items(text, "new", CAT)
+        parse_new_items(text, "new")
 
 
 @pytest.mark.parametrize("data, message", [
@@ -89,9 +96,25 @@ def test_a_huge_file_or_a_missing_build_is_refused_before_anything_is_written(tm
         add_items(tmp_path / "no-repository", big, from_version=7)
 
 
-def test_the_catalogue_grows_with_gaps_as_padding():
-    items = parse_new_items(_jsonl({"id": 1690, "title": "Later", "year": 2001, "genres": ["Drama"]}), "n", CAT)
-    grown = grow_catalogue(CAT, items)
-    assert grown.table_size == 1691 and 1690 in grown.item_ids and 1685 not in grown.item_ids
-    assert grown.years[1690] == 2001 and grown.genres[1690] == ("Drama",) and grown.titles[1690] == "Later"
-    assert len(grown.item_ids) == len(CAT.item_ids) + 1
+def test_new_items_take_ids_past_the_table_in_order_and_gaps_pad_their_fields():
+    """Every item table grows at its end: an id below the largest is refused by name, the items come in id
+    order, and their filterable fields start at the table's next row, a skipped id holding nothing."""
+    from types import SimpleNamespace
+
+    from widefunnel.builders.new_items import movielens_additions
+
+    items = parse_new_items(_jsonl({"id": 1690, "title": "Later", "year": 2001, "genres": ["Drama"]},
+                                   {"id": 1683, "title": "Next", "year": 0, "genres": ["Comedy"]}), "n")
+    assert [i.item_id for i in items] == [1683, 1690]
+    tower = SimpleNamespace(year=SimpleNamespace(num_embeddings=21))
+    state = SimpleNamespace(genre_names=CAT.genre_names, tower=tower, cfg={"towers": {"min_id_count": 0}})
+    added = movielens_additions(items, SERVED, state)
+    assert added.table_size() == 1691 and added.internal.tolist() == added.external.tolist() == [1683, 1690]
+    genre, year = added.fields.fields
+    assert len(genre.offsets) == 1690 - 1683 + 2 and np.diff(genre.offsets).tolist() == [1, 0, 0, 0, 0, 0, 0, 1]
+    assert np.isnan(year.values[0]) and year.values[7] == 2001 and np.isnan(year.values[3])  # 0: unknown
+    with pytest.raises(NewItemsError, match=r"n:1: field 'id': 1600 is already in the catalogue"):
+        parse_new_items(_jsonl({"id": 1600, "title": "x"}), "n")
+    grown = ServedCatalogue(1691, np.sort(np.concatenate([CAT.item_ids, [1683, 1690]])), None)
+    with pytest.raises(NewItemsError, match=r"n:1: field 'id': 1685 is below the catalogue's largest id 1690"):
+        parse_new_items(_jsonl({"id": 1685, "title": "Gap"}), "n", grown)

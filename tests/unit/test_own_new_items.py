@@ -5,8 +5,8 @@ tests/served/test_own_catalogue.py)."""
 
 from __future__ import annotations
 
+import copy
 import io
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,15 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from widefunnel.arrays import append_rows, load_table, write_listed_rows
 from widefunnel.builders.models import ItemTower
-from widefunnel.builders.new_items import NewItemsError, _own_items, grow_own_catalogue, grow_own_tower
+from widefunnel.builders.new_items import NewItemsError, ServedCatalogue, embed_new, own_additions
 from widefunnel.builders.train import tower_features
 from widefunnel.config import load_config
 from widefunnel.data import funnel_data
 from widefunnel.dataset import DatasetConfig, DatasetError, load_dataset
 from widefunnel.dataset.additions import ItemCoding, read_new_items
 from widefunnel.dataset.features import code_features, item_features
-from widefunnel.field_filters import ANY_OF, id_mask, pack_token
+from widefunnel.field_filters import ANY_OF, ItemFields, appended_rows, id_mask, pack_token
 
 HEADER = "item_id:token\ttitle:token_seq\tbrand:token\tcategories:token_seq\tprice:float"
 ITEMS = HEADER + "\n" \
@@ -157,14 +158,34 @@ def test_more_items_than_the_limit_are_refused_by_line(build, tmp_path):
         _read(build, tmp_path, NEW, max_items=1)
 
 
+def _served(build) -> ServedCatalogue:
+    catalogue = build.catalogue
+    return ServedCatalogue(catalogue.table_size, np.sort(catalogue.external_ids[catalogue.external_ids >= 0]),
+                           catalogue.item_fields)
+
+
+def _state(build, tower=None, coding=True) -> SimpleNamespace:
+    return SimpleNamespace(coding=build.coding if coding else None, cfg={"dataset": {}}, tower=tower)
+
+
 def test_new_values_become_filterable_and_old_codes_keep_their_meaning(build, tmp_path):
     catalogue = build.catalogue
-    new = _read(build, tmp_path, NEW)
-    grown = grow_own_catalogue(catalogue, new, catalogue.item_fields)
-    assert grown.item_ids.tolist() == [1, 2, 3, 4, 5, 6]  # the next internal ids, in id order
-    assert grown.external_ids[5:].tolist() == [2000000000001, 2000000000002]
-    assert grown.titles[5] == "Red boot" and grown.texts[6] == "Blue cap. hats"
-    fields = grown.item_fields
+    (tmp_path / "new.item").write_text(NEW)
+    added = own_additions(tmp_path / "new.item", _served(build), _state(build))
+    assert added.internal.tolist() == [5, 6] and added.table_size() == 7  # the next internal ids, in id order
+    assert added.external.tolist() == [2000000000001, 2000000000002]
+    assert added.titles == ["Red boot", "Blue cap"] and added.texts[1] == "Blue cap. hats"
+    catalogue.item_fields.save(tmp_path / "old")
+    schema, tails = appended_rows(ItemFields.load(tmp_path / "old"), added.fields)
+    rows = {}
+    (tmp_path / "new").mkdir()
+    for name, tail in tails.items():
+        old = tmp_path / "old" / name
+        append_rows(old, tmp_path / "new" / name, len(load_table(old)), tail)
+        rows[name] = len(load_table(old)) + len(tail)
+    write_listed_rows(tmp_path / "new", rows)
+    schema.save_schema(tmp_path / "new")
+    fields = ItemFields.load(tmp_path / "new")
     assert fields.table_size == 7
     slots = {f.name: j for j, f in enumerate(fields.tokens)}
     brand = fields.tokens[slots["brand"]]
@@ -183,11 +204,12 @@ def test_new_values_become_filterable_and_old_codes_keep_their_meaning(build, tm
     assert admitted("categories", "winter") == [5] and admitted("categories", "shoes") == [2, 3, 5]
     prices = fields.floats[0].values
     assert prices[1:4].tolist() == [20, 40, 10] and np.isnan(prices[4]) and prices[5] == 25 and np.isnan(prices[6])
+    assert ItemFields.load(tmp_path / "old").table_size == 5  # the old version still reads its own rows
 
 
-def test_the_grown_tower_codes_a_copy_of_an_old_item_as_the_old_item(build, tmp_path):
-    """A new item with an old item's fields gets that item's field rows (the build's embedding rows), and the items
-    already there keep their embeddings."""
+def test_a_copy_of_an_old_item_is_placed_as_that_item_served_cold(build, tmp_path):
+    """A new item with an old item's fields and content gets that item's field rows (the build's embedding rows)
+    and the embedding the trained tower gives the old item with no id embedding and no popularity."""
     catalogue = build.catalogue
     size = catalogue.table_size
     content = np.random.default_rng(0).normal(size=(size, 8)).astype(np.float32)
@@ -195,35 +217,26 @@ def test_the_grown_tower_codes_a_copy_of_an_old_item_as_the_old_item(build, tmp_
     features = tower_features(catalogue, np.ones(size), content, np.arange(size))
     torch.manual_seed(0)
     tower = ItemTower(features, cfg).eval()
-    old_ids = torch.arange(1, size)
-    with torch.no_grad():
-        before = [t.clone() for t in tower(old_ids)]
-    copy = HEADER + "\n2000000000005\tRed shoe\tacme\tshoes kids\t10\n"  # the fields of 1000000000042
     twin = int(np.flatnonzero(catalogue.external_ids == 1000000000042)[0])
-    new = _read(build, tmp_path, copy)
-    grow_own_tower(tower, code_features(new.items, build.coding.fields), content[twin:twin + 1])
     with torch.no_grad():
-        after = tower(old_ids)
-        grown = tower(torch.tensor([twin, size]))
-    for b, a in zip(before, after):
-        torch.testing.assert_close(a, b)
-    for i in range(tower.fields):
-        bag = getattr(tower, f"bag_{i}")
-        assert bag.shape[0] == size + 1 and torch.equal(bag[size], bag[twin])
-    assert torch.equal(tower.floats[size], tower.floats[twin])
-    assert torch.equal(tower.content[tower.content_row[size]], tower.content[tower.content_row[twin]])
-    assert tower.known[size] == 0 and tower.dense[size].abs().sum() == 0  # no id embedding, no popularity
-    assert not torch.allclose(grown[0][0], grown[0][1])  # the old item keeps its id embedding and popularity
+        want = [t.numpy() for t in tower(torch.tensor([twin]), cold=torch.tensor([True]))]
+    (tmp_path / "new.item").write_text(HEADER + "\n2000000000005\tRed shoe\tacme\tshoes kids\t10\n")
+    added = own_additions(tmp_path / "new.item", _served(build), _state(build, tower))
+    placed = added.features(content[twin:twin + 1])
+    for i, bag in enumerate(placed.bags):
+        assert torch.equal(bag[1], getattr(tower, f"bag_{i}")[twin])
+    assert torch.equal(placed.floats[1], tower.floats[twin])
+    got = embed_new(copy.deepcopy(tower), placed)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_a_file_for_another_format_or_an_older_state_is_refused(build, tmp_path):
-    state = SimpleNamespace(catalogue=build.catalogue, cfg={"dataset": {}})
     jsonl = tmp_path / "new.jsonl"
     jsonl.write_text('{"id": 1, "title": "x"}\n')
     with pytest.raises(NewItemsError, match=r"new.jsonl: a build of a dataset of its own takes new items in that "
                                             r"dataset's format: a RecBole atomic .item file"):
-        _own_items(tmp_path, 1, jsonl, state)
-    older = SimpleNamespace(catalogue=replace(build.catalogue, coding=None), cfg={"dataset": {}})
+        own_additions(jsonl, _served(build), _state(build))
     (tmp_path / "new.item").write_text(NEW)
-    with pytest.raises(NewItemsError, match=r"build 1 was written before `items add` took a dataset's own items"):
-        _own_items(tmp_path, 1, tmp_path / "new.item", older)
+    with pytest.raises(NewItemsError, match=r"was written before `items add` took a dataset's own items"):
+        own_additions(tmp_path / "new.item", _served(build), _state(build, coding=False))

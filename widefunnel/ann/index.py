@@ -19,6 +19,7 @@ import numpy as np
 
 from widefunnel.ann.coarse import assign_lists, train_coarse
 from widefunnel.ann.quantize import QMAX, quantize_checked_rows
+from widefunnel.arrays import append_rows, load_table, table_bytes
 
 if TYPE_CHECKING:
     from widefunnel.ann.prepared import PreparedIndex
@@ -55,14 +56,21 @@ class IndexLoadError(ValueError):
 @dataclass
 class IvfLists:
     """Coarse quantiser. Rows are grouped by list at build time, so list ``l`` is the contiguous row range
-    ``offsets[l]:offsets[l+1]`` (its member row indices) and scanning a list is a slice, not a gather."""
+    ``offsets[l]:offsets[l+1]`` (its member row indices) and scanning a list is a slice, not a gather.
+    Rows appended after the build (``tail_start``..N) belong to no list: every IVF search scans them too,
+    until a rebuild folds them into lists."""
 
     centroids: np.ndarray  # float32 [L, d]
-    offsets: np.ndarray  # int64 [L+1], offsets[0] = 0, offsets[-1] = N, non-decreasing
+    offsets: np.ndarray  # int64 [L+1], offsets[0] = 0, offsets[-1] <= N (the tail follows), non-decreasing
 
     @property
     def n_lists(self) -> int:
         return int(self.centroids.shape[0])
+
+    @property
+    def tail_start(self) -> int:
+        """First row of the always-scanned tail (rows added after the build); = N when there is none."""
+        return int(self.offsets[-1])
 
     def members(self, list_id: int) -> np.ndarray:
         """Row indices of list ``list_id`` (int64)."""
@@ -194,11 +202,18 @@ def _arrays(index: Int8Index) -> dict[str, np.ndarray]:
     return out
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, length: int | None = None) -> str:
+    """Of the file's first ``length`` bytes (all by default): what one version reads of a table that later
+    versions grew by appending (`arrays.append_rows`)."""
     h = hashlib.sha256()
+    left = os.path.getsize(path) if length is None else length
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
+        while left > 0:
+            chunk = f.read(min(1 << 22, left))
+            if not chunk:
+                break
             h.update(chunk)
+            left -= len(chunk)
     return h.hexdigest()
 
 
@@ -219,6 +234,30 @@ def save_index(index: Int8Index, directory: Path) -> None:
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, directory / MANIFEST)
+
+
+def grow_index(source: Path, target: Path, codes: np.ndarray, scales: np.ndarray, ids: np.ndarray,
+               fingerprint: str) -> int:
+    """Writes ``target``: the index in ``source`` with rows appended (``codes``, ``scales`` and ``ids`` of new items,
+    quantised as `build_index` does), under ``fingerprint``; the bytes written. The IVF lists stay the build's:
+    the new rows follow the last list, as a tail every IVF search scans (`IvfLists`). Row tables are appended
+    in place where they can be (`arrays.append_rows`), so this writes about the new rows only."""
+    source, target = Path(source), Path(target)
+    manifest = _read_manifest(source)
+    validate_manifest(manifest)
+    target.mkdir(parents=True, exist_ok=True)
+    count = manifest["count"]
+    written = 0
+    files = dict(manifest["files"])
+    for name, tail in zip(BASE_FILES, (codes, scales, ids)):
+        written += append_rows(source / name, target / name, count, tail)
+        length = table_bytes(target / name, count + len(tail))
+        files[name] = {"sha256": _sha256(target / name, length), "bytes": length}
+    for name in IVF_FILES if manifest["ivf_lists"] else ():
+        os.link(source / name, target / name)
+    manifest |= {"count": count + len(ids), "tower_fingerprint": fingerprint, "files": files}
+    (target / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return written
 
 
 def _fail(where: str, why: str) -> IndexLoadError:
@@ -295,14 +334,20 @@ def _load_array(directory: Path, name: str, entry: dict, dtype: np.dtype, shape:
     if not path.is_file():
         raise _fail(str(path), "missing")
     size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise _fail(name, f"size {size} bytes but manifest says {entry['bytes']} (truncated or replaced?)")
-    digest = _sha256(path)
+    # A later version may have appended rows to this file (a hard link of it): this version reads its first bytes.
+    if size < entry["bytes"]:
+        raise _fail(name, f"size {size} bytes but manifest says {entry['bytes']} (truncated?)")
+    digest = _sha256(path, entry["bytes"])
     if digest != entry["sha256"]:
         raise _fail(name, f"sha256 mismatch (corrupt file): manifest {entry['sha256']}, file {digest}")
     try:
-        # copy-on-write mmap: pages stay shared with the page cache, and torch gets a writable view
-        arr = np.load(path, allow_pickle=False, mmap_mode="c" if mmap else None)
+        length = table_bytes(path, shape[0]) if mmap else entry["bytes"]
+    except ValueError as exc:
+        raise _fail(name, f"not a plain .npy array ({exc})") from None
+    if length != entry["bytes"]:
+        raise _fail(name, f"shape disagrees with manifest: {shape[0]} rows are not its {entry['bytes']} bytes")
+    try:  # mapped copy-on-write: pages stay shared with the page cache, and torch gets a writable view
+        arr = load_table(path, shape[0], mmap_mode="c") if mmap else np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise _fail(name, f"not a plain .npy array ({exc})") from None
     if arr.dtype != dtype:
@@ -318,7 +363,7 @@ def load_row_map(index: Int8Index, path: Path) -> None:
     ``prepare_index``: an ANN step maps the build's table instead of building its own copy (`id_lookup`), so the
     page cache holds one for every process."""
     try:
-        row_map = np.load(path, mmap_mode="r", allow_pickle=False)
+        row_map = load_table(path)  # the rows this version lists, where it grew the build's table
     except ValueError as exc:
         raise _fail(str(path), f"not a plain .npy array ({exc})") from None
     ids = index.ids
@@ -362,7 +407,7 @@ def load_index(directory: Path, expected_fingerprint: str | None = None) -> Int8
                            (n_lists + 1,))
         if not np.isfinite(cents).all():
             raise _fail("ivf_centroids.npy", "contains NaN or inf")
-        if offs[0] != 0 or offs[-1] != n or (np.diff(offs) < 0).any():
-            raise _fail("ivf_offsets.npy", f"must start at 0, end at count={n} and be non-decreasing")
+        if offs[0] != 0 or offs[-1] > n or (np.diff(offs) < 0).any():  # rows past offs[-1]: the tail
+            raise _fail("ivf_offsets.npy", f"must start at 0, end at or below count={n} and be non-decreasing")
         ivf = IvfLists(centroids=cents, offsets=offs)
     return Int8Index(codes=codes, scales=scales, ids=ids, manifest=manifest, ivf=ivf)

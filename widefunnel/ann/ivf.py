@@ -32,7 +32,8 @@ def ivf_search(index: Int8Index, queries: np.ndarray, k: int, nprobe: int,
 
     ``nprobe`` is clipped to [1, L]; rows with fewer than k' candidates in their probed lists are padded with
     id -1 / score -inf. ``allow`` (a row bitmap per query, ``filters``): the top-k among the probed lists'
-    admissible rows.
+    admissible rows. Rows added after the build (the tail, ``IvfLists.tail_start``) count as probed by every
+    query.
     """
     if index.ivf is None:
         raise ValueError("ivf_search needs an index built with ivf_lists > 0")

@@ -227,7 +227,10 @@ def prepare_index(index: Int8Index) -> PreparedIndex:
     ivf = None
     if index.ivf is not None:
         ccodes, cscales = quantize_rows(index.ivf.centroids)
-        ivf = IvfTables(ccodes, cscales, np.ascontiguousarray(index.ivf.offsets, dtype=np.int64))
+        offsets = np.ascontiguousarray(index.ivf.offsets, dtype=np.int64)
+        if offsets[-1] < len(ids):  # rows added after the build: list L, the tail (``IvfTables``)
+            offsets = np.append(offsets, np.int64(len(ids)))
+        ivf = IvfTables(ccodes, cscales, offsets)
     prepared = PreparedIndex(SampledTable.of(codes, np.ascontiguousarray(index.scales, dtype=np.float32)), codes,
                              ids, PreparedIndex.id_lookup(ids) if index.row_map is None else index.row_map, ivf)
     int_mm_is_fast()
@@ -280,7 +283,7 @@ class ScanPlan:
 class IvfPlan:
     """IVF over a query batch: the probed lists per query and how each query's reservoirs split them."""
 
-    probes: np.ndarray  # int64 [B, nprobe]
+    probes: np.ndarray  # int64 [B, nprobe], or [B, nprobe + 1] ending with the tail list L
     walk: bool
     n_seg: int
     width: int
@@ -307,7 +310,8 @@ def plan_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.n
                 ) -> SearchPlan:
     """The plan of one search: exact when ``nprobe`` is None, the index has no IVF or ``nprobe`` covers every
     list (then the exact scan is what IVF would return), else IVF over ``nprobe`` lists. ValueError naming
-    the argument on any invalid input, in the order the callers always checked them."""
+    the argument on any invalid input, in the order the callers always checked them. An index with rows
+    added after the build probes its tail too (list L, every query), so IVF never misses a new item."""
     prepared = prepare_index(index)
     ivf = prepared.ivf
     if nprobe is not None:
@@ -326,9 +330,12 @@ def plan_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.n
     k_out = min(k, n)
     threads = kernel_threads()
     if ivf is not None:
-        n_seg = max(1, min(threads // max(1, batch), nprobe))
-        probes = (np.ascontiguousarray(kernels.probe(codes, qs, ivf.centroid_codes, ivf.centroid_scales, nprobe))
+        probes = (kernels.probe(codes, qs, ivf.centroid_codes, ivf.centroid_scales, nprobe)
                   if batch else np.zeros((0, nprobe), np.int64))
+        if ivf.has_tail:
+            probes = np.concatenate([probes, np.full((batch, 1), len(ivf.centroid_scales), np.int64)], axis=1)
+        probes = np.ascontiguousarray(probes)
+        n_seg = max(1, min(threads // max(1, batch), probes.shape[1]))
         plan = IvfPlan(probes, filters.admitted_share(allow) < WALK_FILTER, n_seg, reservoir_width(k_out))
         return SearchPlan(prepared, qc, qs, excl, allow, k_out, _chunks(batch, k_out, n_seg), (), plan)
     chunks = _chunks(batch, k_out, threads)  # a query may hold a reservoir per thread

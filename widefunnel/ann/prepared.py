@@ -66,11 +66,16 @@ class SampledTable:
 @dataclass(frozen=True)
 class IvfTables:
     """IVF's probe and scan inputs: int8-quantised centroids (ranked with the item scan's exact formula) and
-    each list's row range."""
+    each list's row range. Rows added after the build (``IvfLists.tail_start``..N) are one more list, L, with
+    no centroid: never ranked, every query scans it (``plan.plan_search`` appends it to the probes)."""
 
     centroid_codes: np.ndarray  # int8 [L, d]
     centroid_scales: np.ndarray  # float32 [L]
-    offsets: np.ndarray  # int64 [L + 1]
+    offsets: np.ndarray  # int64 [L + 1], or [L + 2] with a tail (list L)
+
+    @property
+    def has_tail(self) -> bool:
+        return len(self.offsets) > len(self.centroid_scales) + 1
 
 
 @dataclass(frozen=True)
