@@ -24,6 +24,7 @@ import numpy as np
 
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
+from widefunnel.arrays import load_table
 from widefunnel.client.client import WidefunnelClient
 from widefunnel.security import ADMIN_KEY_ENV
 from widefunnel.server import TritonServer
@@ -49,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     repo = args.repository
     source = max(layout.complete_versions(repo, mcfg.STEP_MODELS))
-    catalogue = np.load(repo / "preprocess" / str(source) / layout.CATALOGUE_FILE, mmap_mode="r")
+    catalogue = load_table(repo / "preprocess" / str(source) / layout.CATALOGUE_FILE)
     first = int(catalogue[-1]) + 1
     rng = np.random.default_rng(0)
     new = Path(tempfile.mkdtemp()) / "new.jsonl"

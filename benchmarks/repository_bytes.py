@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from widefunnel import layout
+from widefunnel.arrays import load_table
 from widefunnel.model_configs import STEP_MODELS
 
 
@@ -28,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     repo = args.repository
     version = args.version or max(layout.complete_versions(repo, STEP_MODELS))
-    items = len(np.load(repo / "preprocess" / str(version) / layout.CATALOGUE_FILE, mmap_mode="r"))
+    items = len(load_table(repo / "preprocess" / str(version) / layout.CATALOGUE_FILE))
     print(f"{repo}, version {version}: {items:,} items\n")
     print("| step | file | MB | bytes per item |")
     print("|---|---|---:|---:|")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel import layout
+from widefunnel.arrays import load_table
 from widefunnel.client.client import WidefunnelClient
 from widefunnel.config import load_config
 from widefunnel.field_filters import ItemFields
@@ -52,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     repo = args.repository
     version = max(layout.complete_versions(repo, STEP_MODELS))
-    catalogue = np.load(repo / "preprocess" / str(version) / layout.CATALOGUE_FILE, mmap_mode="r")
+    catalogue = load_table(repo / "preprocess" / str(version) / layout.CATALOGUE_FILE)
     fields = ItemFields.load(repo / "preprocess" / str(version) / layout.ITEM_FIELDS)
     rng = np.random.default_rng(0)
     seeds = [int(s) for s in rng.choice(catalogue, 8 * (args.requests + 1))]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel import layout
+from widefunnel.arrays import load_table
 from widefunnel.client.client import WidefunnelClient
 from widefunnel.model_configs import STEP_MODELS
 from widefunnel.server import TritonServer
@@ -27,7 +28,7 @@ from widefunnel.server.processes import children, instance_stubs, smaps_kib, stu
 def measure(repository: Path, requests: int, k: int) -> list[tuple[str, int, int, int]]:
     """[(process, RSS KiB, PSS KiB, anonymous KiB)] of the served tree after ``requests`` recommendations."""
     version = max(layout.complete_versions(repository, STEP_MODELS))
-    catalogue = np.load(repository / "preprocess" / str(version) / layout.CATALOGUE_FILE)
+    catalogue = load_table(repository / "preprocess" / str(version) / layout.CATALOGUE_FILE)
     seeds = np.random.default_rng(0).choice(catalogue, requests)
     server = TritonServer(repository).start()
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel import layout
+from widefunnel.arrays import load_table
 from widefunnel.client.client import WidefunnelClient
 from widefunnel.client.swap import persist_pins, swap
 from widefunnel.model_configs import ENSEMBLES
@@ -41,7 +42,7 @@ def main() -> None:
     repo = args.repository
     builds = layout.read_builds(repo)
     fps = {v: builds[str(v)]["fingerprint"] for v in (args.from_version, args.to_version)}
-    catalogue = np.load(repo / "preprocess" / str(args.from_version) / layout.CATALOGUE_FILE, mmap_mode="r")
+    catalogue = load_table(repo / "preprocess" / str(args.from_version) / layout.CATALOGUE_FILE)
     # the server starts on what the ensembles on disk pin: the from-version
     for ensemble in ENSEMBLES:
         persist_pins(repo, ensemble, args.from_version)

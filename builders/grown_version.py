@@ -4,9 +4,10 @@ Every file of the version it grows from is hard-linked into the new version, exc
 - each per-item table (the ANN's codes, scales and ids, each id's row, the external ids, the item fields, the
   scorer's own columns) takes the new items' rows appended in place (`arrays.append_rows`): the new version
   lists how many rows it reads (`layout.TABLE_ROWS`), the old one still reads the rows its headers give;
-- what is small or ordered is written whole: the sorted catalogue ids, the titles, the fields' vocabularies, the
-  index manifests and the three ONNX graphs (each table as long as the new version reads it, the new
-  fingerprint stamped: `export.grow_graph`).
+- the sorted catalogue ids grow the same way where the new ids follow every old one (else they are written
+  whole), and the titles take one more Parquet part;
+- what is small is written whole: the fields' vocabularies, the index manifests and the four ONNX graphs (each
+  table as long as the new version reads it, the new fingerprint stamped: `export.grow_graph`).
 So the old version's files never change, deleting it leaves the new one whole (hard links), and the bytes written
 are about the new rows. The IVF lists stay the build's: new rows are a tail every IVF search scans.
 """
@@ -30,7 +31,7 @@ from widefunnel.builders.models import TowerFeatures
 from widefunnel.builders.repository import VersionWriter, next_version, publish_version
 from widefunnel.field_filters import SCHEMA_FILE, appended_rows
 from widefunnel.item_ids import NONE
-from widefunnel.item_titles import append_titles
+from widefunnel.item_titles import add_titles
 from widefunnel.merge import HEADS
 
 GRAPHS = ("query_tower", *(f"rerank_{h}" for h in HEADS), "composite_scorer")
@@ -162,11 +163,13 @@ def _write(repository: Path, source: int, growth: _Growth, served, additions, fe
     external[at] = additions.external
     tails: dict[tuple[str, str], np.ndarray] = {("preprocess", layout.ITEM_IDS): external}
     growth.place(pre_old / layout.ITEM_IDS, pre_new / layout.ITEM_IDS, external)
-    catalogue = np.sort(np.concatenate([served.catalogue, additions.external]))
-    np.save(pre_new / layout.CATALOGUE_FILE, catalogue)
-    growth.wrote(pre_old / layout.CATALOGUE_FILE, pre_new / layout.CATALOGUE_FILE)
-    append_titles(pre_old, pre_new, additions.external, additions.titles)
-    growth.wrote(pre_old / layout.ITEM_TITLES, pre_new / layout.ITEM_TITLES)
+    ids = np.sort(additions.external)
+    if not len(served.catalogue) or ids[0] > served.catalogue[-1]:  # past every id: still sorted when appended
+        growth.place(pre_old / layout.CATALOGUE_FILE, pre_new / layout.CATALOGUE_FILE, ids)
+    else:
+        np.save(pre_new / layout.CATALOGUE_FILE, np.sort(np.concatenate([served.catalogue, ids])))
+        growth.wrote(pre_old / layout.CATALOGUE_FILE, pre_new / layout.CATALOGUE_FILE)
+    growth.written += os.path.getsize(add_titles(pre_old, pre_new, additions.external, additions.titles))
     if served.fields is not None:
         schema, field_tails = appended_rows(served.fields, additions.fields)
         folder = pre_new / layout.ITEM_FIELDS

@@ -31,6 +31,7 @@ import torch
 
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
+from widefunnel.arrays import load_table
 from widefunnel.builders.models import ItemTower, TowerFeatures, set_features
 from widefunnel.builders.state import BuildState, load_state
 from widefunnel.builders.train import field_tables_of, item_embeddings, tower_features
@@ -225,7 +226,7 @@ class ServedCatalogue:
         fields = folder / layout.ITEM_FIELDS
         if fields.is_file():
             raise NewItemsError(f"{fields}: a build written before tables grew in place; rebuild once to add items")
-        return cls(len(ids.external), np.load(folder / layout.CATALOGUE_FILE, allow_pickle=False),
+        return cls(len(ids.external), np.asarray(load_table(folder / layout.CATALOGUE_FILE)),
                    ItemFields.load(fields) if fields.is_dir() else None)
 
     def known(self, external: int) -> bool:

@@ -421,6 +421,7 @@ def _items(args: argparse.Namespace) -> int:
     import numpy as np
 
     from widefunnel import takedowns as td
+    from widefunnel.arrays import load_table
     from widefunnel.layout import CATALOGUE_FILE, versions
 
     if args.action == "add":
@@ -433,7 +434,7 @@ def _items(args: argparse.Namespace) -> int:
         ids = _item_ids(args)
         if args.action == "remove":
             pre = args.repository / "preprocess"
-            known = np.unique(np.concatenate([np.load(pre / str(v) / CATALOGUE_FILE) for v in versions(pre)]))
+            known = np.unique(np.concatenate([load_table(pre / str(v) / CATALOGUE_FILE) for v in versions(pre)]))
             new = td.take_down(args.repository, ids, known, args.reason)
             td.publish(args.repository, args.also)
             print(f"taken down: {new or 'nothing new'} ({len(td.read_takedowns(args.repository))} in all); "

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from widefunnel import model_configs as mcfg
+from widefunnel.arrays import load_table
 from widefunnel.layout import CATALOGUE_FILE
 from widefunnel.security import admin_headers, with_admin_key
 from widefunnel.tensor_names import Client
@@ -206,7 +207,7 @@ class DirectChain:
 
 # ------------------------------------------------------------------------------------------------ input data
 def catalogue_ids(repository: Path, version: int) -> np.ndarray:
-    return np.load(Path(repository) / "preprocess" / str(version) / CATALOGUE_FILE)
+    return np.asarray(load_table(Path(repository) / "preprocess" / str(version) / CATALOGUE_FILE))
 
 
 def sample_seeds(repository: Path, version: int, count: int, seed: int = 0) -> np.ndarray:

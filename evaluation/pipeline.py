@@ -18,6 +18,7 @@ from widefunnel.ann.filters import HeadFilter
 from widefunnel.ann.index import Int8Index, load_index
 from widefunnel.ann.query import search
 from widefunnel.ann.search import prepare_index
+from widefunnel.arrays import load_table
 from widefunnel.field_filters import FieldSchema, ItemFields
 from widefunnel.item_ids import InternalTakedowns, ItemIds
 from widefunnel.layout import CATALOGUE_FILE, CONFIG_FILE, INDEX_DIR, ITEM_FIELDS, ONNX_FILE
@@ -78,7 +79,7 @@ class InProcessFunnel:
         self.versions = v
         pre = _parameters(repository, "preprocess")
         self.limits = RequestLimits.from_parameters(
-            pre, np.load(repository / "preprocess" / str(v["preprocess"]) / CATALOGUE_FILE))
+            pre, load_table(repository / "preprocess" / str(v["preprocess"]) / CATALOGUE_FILE))
         self.tower = _session(repository / "query_tower" / str(v["query_tower"]) / ONNX_FILE, threads)
         self.scorer = _session(repository / "composite_scorer" / str(v["composite_scorer"]) / ONNX_FILE, threads)
         self.takedowns = TakedownWatch(repository)

@@ -12,24 +12,29 @@ import numpy as np
 from widefunnel import layout
 
 
-def save_titles(folder: Path, catalogue_ids: np.ndarray, titles: Sequence[str]) -> None:
-    """One title per catalogue id, in the same order."""
+def save_titles(folder: Path, catalogue_ids: np.ndarray, titles: Sequence[str], part: int = 0) -> Path:
+    """One title per catalogue id, in the same order: part ``part`` of the version folder's titles."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    path = Path(folder) / layout.ITEM_TITLES / f"{part}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({"item_id": pa.array(np.asarray(catalogue_ids, np.int64)), "title": pa.array(titles, pa.string())})
-    pq.write_table(table, Path(folder) / layout.ITEM_TITLES)
+    pq.write_table(table, path)
+    return path
 
 
-def append_titles(old: Path, new: Path, catalogue_ids: np.ndarray, titles: Sequence[str]) -> None:
-    """``old``'s titles followed by these (``new``: another version's folder), without a Python object per old
-    title."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _parts(folder: Path) -> list[Path]:
+    return sorted((Path(folder) / layout.ITEM_TITLES).glob("*.parquet"), key=lambda p: int(p.stem))
 
-    table = pq.read_table(Path(old) / layout.ITEM_TITLES)
-    added = pa.table({"item_id": pa.array(np.asarray(catalogue_ids, np.int64)), "title": pa.array(titles, pa.string())})
-    pq.write_table(pa.concat_tables([table, added.cast(table.schema)]), Path(new) / layout.ITEM_TITLES)
+
+def add_titles(old: Path, new: Path, catalogue_ids: np.ndarray, titles: Sequence[str]) -> Path:
+    """``new`` (a version grown from ``old``: `items add`) gets ``old``'s titles, hard-linked, and a part of its own
+    with these; that part's path."""
+    parts = _parts(old)
+    for part in parts:
+        layout.link_or_copy(part, Path(new) / layout.ITEM_TITLES / part.name)
+    return save_titles(new, catalogue_ids, titles, len(parts))
 
 
 def load_titles(repository: Path, version: int | None = None) -> dict[int, str]:
@@ -39,8 +44,10 @@ def load_titles(repository: Path, version: int | None = None) -> dict[int, str]:
 
     folder = Path(repository) / "preprocess"
     chosen = version or layout.served_version(repository) or max(layout.versions(folder), default=None)
-    path = folder / str(chosen) / layout.ITEM_TITLES
-    if chosen is None or not path.exists():
+    if chosen is None:
         return {}
-    table = pq.read_table(path)
-    return dict(zip(table.column("item_id").to_pylist(), table.column("title").to_pylist(), strict=True))
+    out: dict[int, str] = {}
+    for part in _parts(folder / str(chosen)):
+        table = pq.read_table(part)
+        out.update(zip(table.column("item_id").to_pylist(), table.column("title").to_pylist(), strict=True))
+    return out

@@ -50,7 +50,7 @@ ITEM_IDS = "item_ids.npy"
 ONNX_FILE = "model.onnx"  # an ONNX step's graph in its version folder (Triton's default_model_filename)
 ONNX_DATA_FILE = "model.onnx.data"  # its tables (ONNX external data), mapped read-only by ONNX Runtime
 CATALOGUE_FILE = "catalogue.npy"  # preprocess's sorted external ids: what a request may name
-ITEM_TITLES = "item_titles.parquet"  # preprocess's display title per catalogue id (widefunnel.item_titles)
+ITEM_TITLES = "item_titles"  # preprocess's display title per catalogue id, Parquet parts (widefunnel.item_titles)
 ITEM_FIELDS = "item_fields"  # a build's filterable item fields, a folder of .npy (field_filters.ItemFields)
 # A version folder's rows of each table it grew by appending (`arrays.append_rows`): those tables' files are shared
 # with the version they grew from, whose .npy headers still give the rows it was written with.

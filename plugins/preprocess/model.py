@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 import widefunnel_site  # noqa: F401  (first: makes `widefunnel` importable in the stub)
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from widefunnel.arrays import load_table
 from widefunnel.field_filters import FieldSchema, ItemFields
 from widefunnel.item_ids import ItemIds
 from widefunnel.layout import CATALOGUE_FILE, ITEM_FIELDS, repository_of
@@ -46,7 +46,7 @@ class TritonPythonModel:
         folder = os.path.join(args["model_repository"], args["model_version"])
         catalogue = os.path.join(folder, CATALOGUE_FILE)
         try:
-            self.limits = RequestLimits.from_parameters(params, np.load(catalogue, allow_pickle=False))
+            self.limits = RequestLimits.from_parameters(params, load_table(catalogue))
             self.ids = ItemIds.load(folder)  # requests name external ids; every later step takes internal ones
             fields = os.path.join(folder, ITEM_FIELDS)  # absent: a build without a filterable item field
             self.fields = ItemFields.load(fields).schema() if os.path.exists(fields) else FieldSchema((), ())

@@ -28,7 +28,7 @@ NEW = [{"id": 1700, "title": CAT.titles[1], "year": int(CAT.years[1]), "genres":
        {"id": 1703, "title": "Documentary about deep sea fishing fleets", "year": 2023, "genres": ["Documentary"]}]
 SEEDS = [1, 50, 181, 300]
 # Written whole by an add (small, or ordered by external id), besides the graphs' protobufs and the row listings.
-REWRITTEN = {layout.CATALOGUE_FILE, layout.ITEM_TITLES, "fields.json", "manifest.json", layout.ONNX_FILE,
+REWRITTEN = {"1.parquet", "fields.json", "manifest.json", layout.ONNX_FILE,
              layout.TABLE_ROWS}
 
 
@@ -38,6 +38,10 @@ def _files(repository, version: int) -> dict[str, os.stat_result]:
         folder = repository / step / str(version)
         out |= {f"{step}/{p.relative_to(folder)}": os.stat(p) for p in folder.rglob("*") if p.is_file()}
     return out
+
+
+def shared_names(before: dict, after: dict) -> set[str]:
+    return {name for name in after if name in before and after[name].st_ino == before[name].st_ino}
 
 
 def _disk(repository) -> int:
@@ -63,10 +67,11 @@ def test_the_new_version_links_every_table_and_writes_only_the_new_rows(grown):
     repository, result, before, _, disk = grown
     assert result.version == 2
     after = _files(repository, 2)
-    assert set(after) == set(before) | {f"{s}/{layout.TABLE_ROWS}" for s in mcfg.STEP_MODELS if s != "quota_merge"} | {
+    assert set(after) == set(before) | {f"{s}/{layout.TABLE_ROWS}" for s in mcfg.STEP_MODELS} | {
         f"{s}/{layout.ITEM_FIELDS}/{layout.TABLE_ROWS}" for s in ("preprocess", "ann_engagement", "ann_relevance")} | {
-        f"quota_merge/{layout.TABLE_ROWS}"}
-    shared = [name for name in after if name in before and after[name].st_ino == before[name].st_ino]
+        f"preprocess/{layout.ITEM_TITLES}/1.parquet"}  # the new items' titles: a part of their own
+    assert "preprocess/catalogue.npy" in shared_names(before, after)  # new ids past the old: appended, in order
+    shared = shared_names(before, after)
     written = {name for name in after if name not in shared}
     assert {name.rsplit("/", 1)[-1] for name in written} <= REWRITTEN, written
     grew = {name for name in shared if after[name].st_size > before[name].st_size}

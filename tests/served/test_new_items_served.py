@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from widefunnel.arrays import load_table
 from widefunnel.builders.new_items import add_items
 from widefunnel.data import load_catalogue
 
@@ -43,7 +44,7 @@ def test_added_items_get_a_new_version_of_every_step_under_one_new_fingerprint(g
     builds = read_builds(repository)
     assert builds["2"]["fingerprint"] == result.fingerprint != builds["1"]["fingerprint"]
     assert builds["2"]["added_items"] == {"from_version": 1, "count": 2, "first_ids": [1700, 1701]}
-    assert set(np.load(repository / "preprocess" / "2" / "catalogue.npy").tolist()) == set(CAT.item_ids.tolist()) | {
+    assert set(load_table(repository / "preprocess" / "2" / "catalogue.npy").tolist()) == set(CAT.item_ids.tolist()) | {
         1700, 1701}
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from widefunnel import layout
 from widefunnel.cli.main import parse_field_filters
-from widefunnel.item_titles import load_titles, save_titles
+from widefunnel.item_titles import add_titles, load_titles, save_titles
 
 
 def test_titles_round_trip_by_catalogue_id_and_pick_the_served_version(tmp_path):
@@ -20,6 +20,11 @@ def test_titles_round_trip_by_catalogue_id_and_pick_the_served_version(tmp_path)
     assert load_titles(tmp_path)[7] == "old ✓ hat"
     assert load_titles(tmp_path, 2)[7] == "new ✓ hat"
     assert load_titles(tmp_path / "nothing-built") == {}
+    grown = tmp_path / "preprocess" / "3"  # `items add`: the old parts linked, the new titles a part of their own
+    part = add_titles(tmp_path / "preprocess" / "2", grown, np.array([9]), ["added cap"])
+    assert part.name == "1.parquet" and load_titles(tmp_path, 3) == {4_000_000_000_123: "new shoe", 7: "new ✓ hat",
+                                                                   9: "added cap"}
+    assert load_titles(tmp_path, 2) == {4_000_000_000_123: "new shoe", 7: "new ✓ hat"}
 
 
 def test_filter_specs():
