@@ -162,7 +162,8 @@ def _write(repository: Path, source: int, growth: _Growth, served, additions, fe
     external = np.full(size - before, NONE, np.int64)
     external[at] = additions.external
     tails: dict[tuple[str, str], np.ndarray] = {("preprocess", layout.ITEM_IDS): external}
-    growth.place(pre_old / layout.ITEM_IDS, pre_new / layout.ITEM_IDS, external)
+    if (pre_old / layout.ITEM_IDS).exists():  # absent: MovieLens, whose ids are the internal ids, new ones too
+        growth.place(pre_old / layout.ITEM_IDS, pre_new / layout.ITEM_IDS, external)
     ids = np.sort(additions.external)
     if not len(served.catalogue) or ids[0] > served.catalogue[-1]:  # past every id: still sorted when appended
         growth.place(pre_old / layout.CATALOGUE_FILE, pre_new / layout.CATALOGUE_FILE, ids)

@@ -220,14 +220,13 @@ class ServedCatalogue:
     @classmethod
     def load(cls, folder: Path) -> ServedCatalogue:
         """``folder``: preprocess's version folder."""
-        ids = ItemIds.load(folder)
-        if ids is None:
-            raise NewItemsError(f"{folder}: no {layout.ITEM_IDS} (a build older than external ids); rebuild once")
         fields = folder / layout.ITEM_FIELDS
         if fields.is_file():
             raise NewItemsError(f"{fields}: a build written before tables grew in place; rebuild once to add items")
-        return cls(len(ids.external), np.asarray(load_table(folder / layout.CATALOGUE_FILE)),
-                   ItemFields.load(fields) if fields.is_dir() else None)
+        catalogue = np.asarray(load_table(folder / layout.CATALOGUE_FILE))
+        ids = ItemIds.load(folder)  # None: the ids are the internal ids (MovieLens), the largest ends the table
+        size = len(ids.external) if ids is not None else int(catalogue[-1]) + 1 if len(catalogue) else 1
+        return cls(size, catalogue, ItemFields.load(fields) if fields.is_dir() else None)
 
     def known(self, external: int) -> bool:
         pos = int(np.searchsorted(self.catalogue, external))

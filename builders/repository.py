@@ -225,9 +225,10 @@ def write_artifacts(writer: VersionWriter, funnel: TrainedFunnel, catalogue: Cat
     np.save(writer.folder("preprocess") / layout.CATALOGUE_FILE, np.sort(ids.to_external(catalogue.item_ids)))
     save_titles(writer.folder("preprocess"), ids.to_external(catalogue.item_ids),
                 [catalogue.titles.get(int(i), "") for i in catalogue.item_ids])
-    ids.save(writer.folder("preprocess"))
-    for step in ("quota_merge", *(f"ann_{head}" for head in HEADS)):  # the same table: linked, stored once
-        layout.link_or_copy(writer.folder("preprocess") / layout.ITEM_IDS, writer.folder(step) / layout.ITEM_IDS)
+    if catalogue.external_ids is not None:  # MovieLens' ids are its internal ids: no table (absent = identity)
+        ids.save(writer.folder("preprocess"))
+        for step in ("quota_merge", *(f"ann_{head}" for head in HEADS)):  # the same table: linked, stored once
+            layout.link_or_copy(writer.folder("preprocess") / layout.ITEM_IDS, writer.folder(step) / layout.ITEM_IDS)
     install_plugin("preprocess", writer.folder("preprocess"))
     install_plugin("quota_merge", writer.folder("quota_merge"))
     save_state(writer.folder("query_tower") / layout.BUILD_STATE_FILE, funnel, catalogue, cfg)

@@ -85,12 +85,20 @@ def append_rows(source: Path, target: Path, rows: int, tail: np.ndarray) -> int:
     """Writes ``target`` as ``source``'s first ``rows`` rows followed by ``tail``; the bytes written. Where
     ``source`` ends right after those rows, ``target`` is a hard link of it and only ``tail`` is written (past
     every byte a version reading ``source`` reads). Where it does not (another version grew it first, or an
-    interrupted add left rows no version lists), or the filesystem cannot link, ``target`` is a new file."""
+    interrupted add left rows no version lists), where the new rows do not fit its integer type, or where the
+    filesystem cannot link, ``target`` is a new file (a wider type in the second case)."""
     source, target = Path(source), Path(target)
     offset, shape, dtype = table_layout(source)
-    tail = np.ascontiguousarray(tail, dtype)
+    tail = np.asarray(tail)
     if tail.shape[1:] != shape[1:]:
         raise ValueError(f"{source}: rows of shape {list(shape[1:])}, new rows {list(tail.shape[1:])}")
+    if not _fits(tail, dtype):  # e.g. codes of a vocabulary that outgrew the table's narrow type: a wider copy
+        wide = np.result_type(dtype, np.min_scalar_type(int(tail.min())), np.min_scalar_type(int(tail.max())))
+        whole = np.concatenate([load_table(source, rows).astype(wide), tail.astype(wide)])
+        with open(target, "wb") as out:
+            np.save(out, whole, allow_pickle=False)
+        return int(whole.nbytes)
+    tail = np.ascontiguousarray(tail, dtype)
     end = table_bytes(source, rows)
     with open(source, "rb") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)  # two adds from one version: one appends, the other copies
@@ -108,3 +116,11 @@ def append_rows(source: Path, target: Path, rows: int, tail: np.ndarray) -> int:
     with open(target, "wb") as out:
         np.save(out, whole, allow_pickle=False)
     return int(whole.nbytes)
+
+
+def _fits(tail: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether ``tail``'s values are ``dtype``'s exactly (an integer table keeps its type only where they fit)."""
+    if not (np.issubdtype(dtype, np.integer) and np.issubdtype(tail.dtype, np.integer)) or not tail.size:
+        return True
+    info = np.iinfo(dtype)
+    return info.min <= int(tail.min()) and int(tail.max()) <= info.max

@@ -40,7 +40,7 @@ class TokenField:
 
     name: str
     offsets: np.ndarray  # int64 [table_size + 1]
-    codes: np.ndarray  # int32 [nnz], each >= 1
+    codes: np.ndarray  # [nnz], each >= 1: int32, or stored as the narrowest unsigned type (`narrow_codes`)
     vocabulary: tuple[str, ...]
 
     @cached_property
@@ -74,6 +74,15 @@ class TokenField:
         wanted = np.zeros(len(self.vocabulary), bool)
         wanted[codes] = True
         return np.bincount(self.item_of_code[wanted[self.codes]], minlength=len(self.offsets) - 1) > 0
+
+
+def narrow_codes(codes: np.ndarray, values: int) -> np.ndarray:
+    """``codes`` into a vocabulary of ``values`` entries, as the narrowest unsigned type that holds them (MovieLens'
+    genres: 1 byte a code instead of 4). Every reader indexes with them as they are."""
+    for dtype in (np.uint8, np.uint16):
+        if values <= np.iinfo(dtype).max + 1:
+            return np.asarray(codes, dtype)
+    return np.asarray(codes, np.int32)
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,7 @@ class ItemFields:
         """Each per-item array by its file name in the folder (`save`): what grows when items are added."""
         out: dict[str, np.ndarray] = {}
         for j, f in enumerate(self.tokens):
-            out |= {f"t{j}_offsets.npy": f.offsets, f"t{j}_codes.npy": f.codes}
+            out |= {f"t{j}_offsets.npy": f.offsets, f"t{j}_codes.npy": narrow_codes(f.codes, len(f.vocabulary))}
         for j, f in enumerate(self.floats):
             out[f"f{j}_values.npy"] = f.values
         return out
@@ -139,8 +148,7 @@ class ItemFields:
         folder = Path(folder)
         schema = json.loads((folder / SCHEMA_FILE).read_text())
         tokens = [TokenField(str(t["name"]), load_table(folder / f"t{j}_offsets.npy").astype(np.int64, copy=False),
-                             load_table(folder / f"t{j}_codes.npy").astype(np.int32, copy=False),
-                             tuple(str(v) for v in t["vocabulary"]))
+                             load_table(folder / f"t{j}_codes.npy"), tuple(str(v) for v in t["vocabulary"]))
                   for j, t in enumerate(schema["tokens"])]
         floats = [FloatField(str(name), load_table(folder / f"f{j}_values.npy").astype(np.float32, copy=False))
                   for j, name in enumerate(schema["floats"])]

@@ -58,3 +58,13 @@ def test_a_short_file_a_bad_listing_and_a_wrong_row_shape_are_refused_by_name(ba
     with pytest.raises(ValueError, match=r"rows of shape \[4\], new rows \[3\]"):
         append_rows(root / "v1" / "t.npy", root / "v2" / "t.npy", 10, np.zeros((1, 3), np.int32))
     assert not (root / "v2" / "t.npy").exists()  # refused before anything was written
+
+
+def test_codes_that_outgrow_a_narrow_table_widen_it_in_a_copy(tmp_path):
+    (tmp_path / "v2").mkdir()
+    np.save(tmp_path / "codes.npy", np.array([1, 255, 3], np.uint8))
+    append_rows(tmp_path / "codes.npy", tmp_path / "v2" / "codes.npy", 3, np.array([256, 2]))
+    grown = load_table(tmp_path / "v2" / "codes.npy")
+    assert grown.dtype == np.uint16 and grown.tolist() == [1, 255, 3, 256, 2]
+    assert os.stat(tmp_path / "codes.npy").st_ino != os.stat(tmp_path / "v2" / "codes.npy").st_ino
+    assert load_table(tmp_path / "codes.npy").tolist() == [1, 255, 3]

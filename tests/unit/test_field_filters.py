@@ -51,6 +51,10 @@ def test_the_table_is_keyed_by_internal_id_and_survives_a_save(tmp_path):
     loaded = ItemFields.load(tmp_path / "fields")
     assert loaded.schema() == fields.schema()
     brand, categories = loaded.tokens
+    assert brand.codes.dtype == np.uint8  # a small vocabulary's codes: 1 byte each, read as they are stored
+    for stored, built in zip(loaded.tokens, fields.tokens, strict=True):
+        np.testing.assert_array_equal(stored.items_with(np.array([1, 2])), built.items_with(np.array([1, 2])))
+        np.testing.assert_array_equal(stored.item_bits, built.item_bits)
     for item, want in _by_id(BRANDS).items():
         got = [brand.vocabulary[c] for c in brand.codes[brand.offsets[item]:brand.offsets[item + 1]]]
         assert got == ([want] if want else [])
