@@ -244,6 +244,11 @@ def scale_part(repository: Path, requests: int, threads: int) -> str:
     with TritonServer(repository) as server, WidefunnelClient(server.grpc_url, "grpc") as client:
         for k in (1000, 10_000, 100_000):
             for batch in (1, 8):
+                if batch * k > funnel.limits.max_request_candidates:  # the server refuses it by name
+                    lines.append(f"| {k:,} | {batch} | refused: {batch * k:,} candidates in one request, more than "
+                                 f"`serving.max_request_candidates` |")
+                    print(lines[-1], flush=True)
+                    continue
                 paths = {"served": lambda s, k=k: client.recommend(s, top_n=100, candidates=k).item_id,
                          "in-process": lambda s, k=k: funnel.recommend(s, top_n=100, candidates=k).item_id,
                          "in-process 1": lambda s, k=k: single.recommend(s, top_n=100, candidates=k).item_id,
