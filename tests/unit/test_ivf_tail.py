@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_ann_filters import _reference as brute_force
 
 from widefunnel.ann import filters
 from widefunnel.ann.index import IndexLoadError, Int8Index, IvfLists, build_index, load_index, save_index
@@ -66,24 +67,10 @@ def _probed(index: Int8Index, queries: np.ndarray, nprobe: int) -> list[np.ndarr
 
 def _reference(index: Int8Index, queries: np.ndarray, k: int, rows: list[np.ndarray] | None = None,
                mask: np.ndarray | None = None, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force as ``exact_search`` scores: (float32(dot) * s_item) * s_query (-0.0 as +0.0), best first,
-    lower row first on ties, over ``rows`` (per query; None: all) the ``mask`` admits, the excluded id dropped."""
-    qc, qs = quantize_rows(queries)
-    dot = (qc.astype(np.int64) @ index.codes.astype(np.int64).T).astype(np.float32)
-    scores = (dot * index.scales[None, :]) * qs[:, None] + np.float32(0.0)
-    n, k_out = index.count, min(k, index.count)
-    ids = np.full((len(queries), k_out), -1, np.int64)
-    out = np.full((len(queries), k_out), -np.inf, np.float32)
-    for i in range(len(queries)):
-        order = np.lexsort((np.arange(n), -scores[i]))
-        keep = np.ones(n, bool) if rows is None else np.isin(order, rows[i])
-        if mask is not None:
-            keep &= mask[i, order]
-        if exclude is not None:
-            keep &= index.ids[order] != exclude[i]
-        order = order[keep][:k_out]
-        ids[i, :len(order)], out[i, :len(order)] = index.ids[order], scores[i, order]
-    return ids, out
+    """The filters' brute force (as ``exact_search`` scores, lower row first on ties) over ``rows`` (per query;
+    None: all) the ``mask`` admits (None: all), the excluded id dropped."""
+    admitted = np.ones((len(queries), index.count), bool) if mask is None else mask
+    return brute_force(index, queries, k, admitted, exclude, rows)
 
 
 def test_probing_every_list_is_the_exact_search_over_all_rows(grown):
