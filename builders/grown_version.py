@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from widefunnel import layout
 from widefunnel import model_configs as mcfg
-from widefunnel.ann.index import CODES_FILE, MANIFEST, ROWS_FILE, SCALES_FILE, grow_index
+from widefunnel.ann.index import BASE_FILES, CODES_FILE, MANIFEST, ROWS_FILE, SCALES_FILE, grow_index
 from widefunnel.ann.quantize import quantize_checked_rows
 from widefunnel.arrays import append_rows, listed_rows, load_table, write_listed_rows
 from widefunnel.builders.export import grow_graph, grown_fingerprint
@@ -78,10 +79,13 @@ class _Growth:
         self.written += os.path.getsize(target)
 
     def undo(self) -> None:
-        """An interrupted add: the files it appended to end where they did, so the next add appends again."""
+        """An interrupted add: no staged folder stays, and the files it appended to end where they did, so the
+        next add appends to them again."""
         for path, size in self.appended:
             if os.path.getsize(path) > size:
                 os.truncate(path, size)
+        for staged in self.writer.staged.values():
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def _role(step: str, rel: str) -> tuple[str, str]:
@@ -185,12 +189,14 @@ def _write(repository: Path, source: int, growth: _Growth, served, additions, fe
         ann_old, ann_new = old[f"ann_{head}"], new[f"ann_{head}"]
         count = json.loads((ann_old / layout.INDEX_DIR / MANIFEST).read_text())["count"]
         codes, scales, _ = quantize_checked_rows(np.asarray(table, np.float32))
-        for name in ("codes.npy", "scales.npy", "ids.npy"):  # links of these files elsewhere follow the new ones
-            growth.by_inode[os.stat(ann_old / layout.INDEX_DIR / name).st_ino] = ann_new / layout.INDEX_DIR / name
+        for name in BASE_FILES:  # links of these files elsewhere follow the new ones
+            path = ann_old / layout.INDEX_DIR / name
+            growth.by_inode[os.stat(path).st_ino] = ann_new / layout.INDEX_DIR / name
+            growth.appended.append((path, os.path.getsize(path)))
         growth.written += grow_index(ann_old / layout.INDEX_DIR, ann_new / layout.INDEX_DIR, codes, scales,
                                      additions.internal, fingerprint)
         growth.written += os.path.getsize(ann_new / layout.INDEX_DIR / MANIFEST)
-        for name in ("codes.npy", "scales.npy", "ids.npy"):
+        for name in BASE_FILES:
             growth.rows.setdefault(ann_new / layout.INDEX_DIR, {})[name] = count + len(additions.internal)
         rows = np.zeros(size - before, np.int32)
         rows[at] = count + np.arange(len(at), dtype=np.int32)

@@ -39,14 +39,6 @@ class BuildState:
     own: bool  # a dataset of its own (external ids, its own item format), else MovieLens
 
 
-def tower_features_of(tower: ItemTower) -> TowerFeatures:
-    """The item tables a tower carries (its buffers)."""
-    bags = tuple(getattr(tower, f"bag_{i}") for i in range(tower.fields))
-    return TowerFeatures(tower.genres, tower.year_bucket, tower.dense, tower.content, tower.content_row, tower.known,
-                         bags, tower.floats if tower.has_floats else None,
-                         tower.field_embedding.num_embeddings if tower.fields else 0)
-
-
 def _per_item(name: str) -> bool:
     return name in ITEM_TABLES or name.startswith("bag_")
 

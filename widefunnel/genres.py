@@ -11,7 +11,7 @@ class SourcedGenres(Mapping):
     """Genres by item id where the items ``first`` .. ``first + len(source) - 1`` each take a real item's
     (``source``: the synthetic items of a catalogue-scale build, `builders.synthetic`): 10M items cost 8 bytes
     each, not a dict entry, and the tables derived from them are gathered from the real items' (`rows`). Every
-    other id is in ``real``: the real items, and items added later (`items add`) past the sourced range."""
+    other id is in ``real``."""
 
     def __init__(self, real: dict[int, tuple[str, ...]], first: int, source: np.ndarray):
         """``first``: the first sourced id (every real item of the build is below it)."""
@@ -29,12 +29,6 @@ class SourcedGenres(Mapping):
 
     def __len__(self) -> int:
         return len(self.real) + len(self.source)
-
-    def grown(self, added: dict[int, tuple[str, ...]]) -> SourcedGenres:
-        """These genres with ``added`` (ids outside the sourced range), without a dict entry per sourced item."""
-        if clash := [i for i in added if self._sourced(i)]:
-            raise ValueError(f"ids {clash[:5]} are synthetic items of this catalogue")
-        return SourcedGenres(self.real | added, self.first, self.source)
 
     def real_size(self) -> int:
         """The table size the real items need (each real id below it)."""

@@ -150,3 +150,27 @@ def test_a_second_add_from_the_same_build_copies_the_tables_the_first_grew(grown
     assert 1703 in two.retrieve(np.array([[1]]), k=2000)["relevance"][0][0]
     np.testing.assert_array_equal(three.recommend([1700], top_n=5).item_id.shape, (1, 5))
     assert layout.complete_versions(repository, mcfg.STEP_MODELS) == [1, 2, 3]
+
+
+def test_an_add_that_fails_leaves_the_build_as_it_was(grown, tmp_path, monkeypatch):
+    """Interrupted after its rows were appended (here: publishing fails), an add takes them back and leaves no
+    staged folder, so the build's files end where they did and the next add appends to them again."""
+    from widefunnel.builders import grown_version
+
+    repository, *_ = grown
+    before = {name: stat.st_size for name, stat in _files(repository, 2).items()}
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(grown_version, "publish_version", fail)
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"id": 1800, "title": "Never published", "year": 2001}) + "\n")
+    with pytest.raises(OSError, match="disk full"):
+        add_items(repository, new, from_version=2)
+    assert {name: stat.st_size for name, stat in _files(repository, 2).items()} == before
+    assert not [p for p in repository.glob("*/.*.partial")]
+    monkeypatch.undo()
+    inode = os.stat(repository / "ann_engagement" / "2" / "index" / "codes.npy").st_ino
+    again = add_items(repository, new, from_version=2)  # (a prune may take version 2 now: its file lives on)
+    assert os.stat(repository / "ann_engagement" / str(again.version) / "index" / "codes.npy").st_ino == inode
