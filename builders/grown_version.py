@@ -116,6 +116,10 @@ def _scorer_tails(graph: Path, features: TowerFeatures, rows: int, at: np.ndarra
         raise ValueError(f"{graph}: a scorer without its own item columns cannot grow")
     order = np.argsort(onnx.numpy_helper.to_array(inline["rest_order"]))  # stored columns -> the table's
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    own = ("rest_uint8", "rest_float")
+    if missing := [n for n in own if n in shapes and not (graph.parent / f"{n}.npy").is_file()]:
+        raise ValueError(f"{graph}: its item columns {missing} are not tables of their own (a build written before "
+                         f"tables grew in place); rebuild once to add items")
     small = shapes.get("rest_uint8", [0, 0])[1]
     rest = np.concatenate([features.genres[1:].numpy(), features.dense[1:].numpy()], axis=1)[:, order]
     if small and not np.array_equal(rest[:, :small], np.clip(np.round(rest[:, :small]), 0, 255)):
@@ -161,11 +165,13 @@ def _write(repository: Path, source: int, growth: _Growth, served, additions, fe
     before, size = served.table_size, additions.table_size()
     at = additions.internal - before  # the new items' rows among the appended ones (gaps: no item)
 
-    # preprocess: the external ids and the item fields grow; the sorted catalogue ids and titles are written whole
+    # first what may refuse the build, before anything is written
+    scorer = _scorer_tails(old["composite_scorer"] / layout.ONNX_FILE, features, size - before, at)
+    # preprocess: the external ids, the item fields, the catalogue ids and the titles grow
     pre_old, pre_new = old["preprocess"], new["preprocess"]
     external = np.full(size - before, NONE, np.int64)
     external[at] = additions.external
-    tails: dict[tuple[str, str], np.ndarray] = {("preprocess", layout.ITEM_IDS): external}
+    tails = {("preprocess", layout.ITEM_IDS): external} | {("composite_scorer", n): t for n, t in scorer.items()}
     if (pre_old / layout.ITEM_IDS).exists():  # absent: MovieLens, whose ids are the internal ids, new ones too
         growth.place(pre_old / layout.ITEM_IDS, pre_new / layout.ITEM_IDS, external)
     ids = np.sort(additions.external)
@@ -204,8 +210,6 @@ def _write(repository: Path, source: int, growth: _Growth, served, additions, fe
         tails |= {(f"ann_{head}", f"{layout.INDEX_DIR}/{CODES_FILE}"): codes,
                   (f"ann_{head}", f"{layout.INDEX_DIR}/{SCALES_FILE}"): scales, (f"ann_{head}", ROWS_FILE): rows}
 
-    tails |= {("composite_scorer", name): tail for name, tail in
-              _scorer_tails(old["composite_scorer"] / layout.ONNX_FILE, features, size - before, at).items()}
     for step in mcfg.STEP_MODELS:  # the rest: a link of the grown file it is a link of, else a link or grown alone
         for path in sorted(old[step].rglob("*")):
             rel = str(path.relative_to(old[step]))

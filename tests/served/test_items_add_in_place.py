@@ -174,3 +174,21 @@ def test_an_add_that_fails_leaves_the_build_as_it_was(grown, tmp_path, monkeypat
     inode = os.stat(repository / "ann_engagement" / "2" / "index" / "codes.npy").st_ino
     again = add_items(repository, new, from_version=2)  # (a prune may take version 2 now: its file lives on)
     assert os.stat(repository / "ann_engagement" / str(again.version) / "index" / "codes.npy").st_ino == inode
+
+
+def test_a_build_whose_scorer_keeps_its_columns_inside_is_refused_before_anything_is_written(grown, tmp_path):
+    """A build written before tables grew in place (the scorer's own columns inside `model.onnx.data`) is refused
+    by name, and nothing of it changes."""
+    source, *_ = grown
+    repository = tmp_path / "repo"
+    subprocess.run(["cp", "-a", str(source), str(repository)], check=True)
+    newest = max(layout.complete_versions(repository, mcfg.STEP_MODELS))
+    (repository / "composite_scorer" / str(newest) / "rest_uint8.npy").unlink()
+    before = {name: stat.st_size for name, stat in _files(repository, newest).items()}
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"id": 1900, "title": "Refused"}) + "\n")
+    with pytest.raises(ValueError, match=r"item columns \['rest_uint8'\] are not tables of their own .* rebuild once"):
+        add_items(repository, new)
+    assert {name: stat.st_size for name, stat in _files(repository, newest).items()} == before
+    assert max(layout.complete_versions(repository, mcfg.STEP_MODELS)) == newest
+    assert not [p for p in repository.glob("*/.*.partial")]
