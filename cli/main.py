@@ -403,7 +403,8 @@ def _add_items(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"version {result.version} (fingerprint {result.fingerprint}): {len(result.added)} item(s) added to build "
-          f"{result.from_version} in {result.seconds:.0f}s")
+          f"{result.from_version} in {result.seconds:.0f}s ({result.bytes_written:,} bytes written; the rest of the "
+          f"version is build {result.from_version}'s files, linked)")
     if not args.url:
         print(f"serve it: widefunnel swap --to {result.version} --repository {args.repository}")
         return 0
