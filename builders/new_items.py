@@ -40,7 +40,6 @@ from widefunnel.data import Catalogue
 from widefunnel.dataset.additions import read_new_items
 from widefunnel.dataset.features import code_features
 from widefunnel.field_filters import ItemFields, genre_year_fields, item_fields_of
-from widefunnel.item_ids import ItemIds
 from widefunnel.takedowns import TakedownError, parse_item_id
 from widefunnel.validation import shown
 
@@ -224,8 +223,8 @@ class ServedCatalogue:
         if fields.is_file():
             raise NewItemsError(f"{fields}: a build written before tables grew in place; rebuild once to add items")
         catalogue = np.asarray(load_table(folder / layout.CATALOGUE_FILE))
-        ids = ItemIds.load(folder)  # None: the ids are the internal ids (MovieLens), the largest ends the table
-        size = len(ids.external) if ids is not None else int(catalogue[-1]) + 1 if len(catalogue) else 1
+        ids = folder / layout.ITEM_IDS  # absent: the ids are the internal ids (MovieLens), the largest ends the table
+        size = len(load_table(ids)) if ids.is_file() else int(catalogue[-1]) + 1 if len(catalogue) else 1
         return cls(size, catalogue, ItemFields.load(fields) if fields.is_dir() else None)
 
     def known(self, external: int) -> bool:
@@ -250,10 +249,10 @@ class Additions:
         return int(self.internal[-1]) + 1
 
 
-def _padded(content: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Content rows and each tower row's content row (row 0, the pad, takes item 0's: it is never read)."""
-    rows = np.concatenate([[0], np.arange(len(content))]).astype(np.int64)
-    return torch.from_numpy(np.asarray(content, np.float32)), torch.from_numpy(rows)
+def _content_rows(items: int) -> np.ndarray:
+    """Each tower row's content row: item j (row j + 1) has content row j; row 0, the pad, takes item 0's (it is
+    never read)."""
+    return np.concatenate([[0], np.arange(items)]).astype(np.int64)
 
 
 def movielens_additions(items: list[NewItem], served: ServedCatalogue, state: BuildState) -> Additions:
@@ -270,8 +269,8 @@ def movielens_additions(items: list[NewItem], served: ServedCatalogue, state: Bu
     last_bucket = state.tower.year.num_embeddings - 1  # a year past training's last bucket takes it
 
     def features(content: np.ndarray) -> TowerFeatures:
-        rows = np.concatenate([[0], np.arange(len(items))])
-        f = tower_features(mini, np.zeros(len(items) + 1), content, rows, state.cfg["towers"]["min_id_count"])
+        f = tower_features(mini, np.zeros(len(items) + 1), content, _content_rows(len(items)),
+                           state.cfg["towers"]["min_id_count"])
         return replace(f, year_bucket=f.year_bucket.clamp(max=last_bucket))
 
     return Additions(ids, ids, [i.title for i in items], [i.text() for i in items], fields, features)
@@ -299,10 +298,10 @@ def own_additions(file: Path, served: ServedCatalogue, state: BuildState) -> Add
         if rows != tower.field_embedding.num_embeddings or len(bags) != tower.fields:
             raise ValueError(f"new items coded into {rows} field rows, the tower has "
                              f"{tower.field_embedding.num_embeddings}")
-        table, rows_of = _padded(content)
         return TowerFeatures(torch.zeros(k + 1, tower.genre.in_features), torch.zeros(k + 1, dtype=torch.int64),
-                             torch.zeros(k + 1, tower.dense.shape[1]), table, rows_of, torch.zeros(k + 1), bags,
-                             floats, rows)
+                             torch.zeros(k + 1, tower.dense.shape[1]),
+                             torch.from_numpy(np.asarray(content, np.float32)), torch.from_numpy(_content_rows(k)),
+                             torch.zeros(k + 1), bags, floats, rows)
 
     return Additions(internal, np.asarray(new.ids, np.int64), new.titles, new.texts, fields, features)
 

@@ -92,27 +92,25 @@ def append_rows(source: Path, target: Path, rows: int, tail: np.ndarray) -> int:
     tail = np.asarray(tail)
     if tail.shape[1:] != shape[1:]:
         raise ValueError(f"{source}: rows of shape {list(shape[1:])}, new rows {list(tail.shape[1:])}")
-    if not _fits(tail, dtype):  # e.g. codes of a vocabulary that outgrew the table's narrow type: a wider copy
+    wide = dtype
+    if _fits(tail, dtype):
+        tail = np.ascontiguousarray(tail, dtype)
+        end = table_bytes(source, rows)
+        with open(source, "rb") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # two adds from one version: one appends, the other copies
+            try:
+                if os.fstat(guard.fileno()).st_size == end:
+                    os.link(source, target)
+                    with open(target, "ab") as out:
+                        out.write(memoryview(tail).cast("B"))
+                    return tail.nbytes
+            except OSError:
+                target.unlink(missing_ok=True)
+            finally:
+                fcntl.flock(guard, fcntl.LOCK_UN)
+    else:  # e.g. codes of a vocabulary that outgrew the table's narrow type
         wide = np.result_type(dtype, np.min_scalar_type(int(tail.min())), np.min_scalar_type(int(tail.max())))
-        whole = np.concatenate([load_table(source, rows).astype(wide), tail.astype(wide)])
-        with open(target, "wb") as out:
-            np.save(out, whole, allow_pickle=False)
-        return int(whole.nbytes)
-    tail = np.ascontiguousarray(tail, dtype)
-    end = table_bytes(source, rows)
-    with open(source, "rb") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # two adds from one version: one appends, the other copies
-        try:
-            if os.fstat(guard.fileno()).st_size == end:
-                os.link(source, target)
-                with open(target, "ab") as out:
-                    out.write(memoryview(tail).cast("B"))
-                return tail.nbytes
-        except OSError:
-            target.unlink(missing_ok=True)
-        finally:
-            fcntl.flock(guard, fcntl.LOCK_UN)
-    whole = np.concatenate([load_table(source, rows), tail])
+    whole = np.concatenate([load_table(source, rows).astype(wide, copy=False), tail.astype(wide, copy=False)])
     with open(target, "wb") as out:
         np.save(out, whole, allow_pickle=False)
     return int(whole.nbytes)

@@ -340,12 +340,13 @@ def _load_array(directory: Path, name: str, entry: dict, dtype: np.dtype, shape:
     digest = _sha256(path, entry["bytes"])
     if digest != entry["sha256"]:
         raise _fail(name, f"sha256 mismatch (corrupt file): manifest {entry['sha256']}, file {digest}")
-    try:
-        length = table_bytes(path, shape[0]) if mmap else entry["bytes"]
-    except ValueError as exc:
-        raise _fail(name, f"not a plain .npy array ({exc})") from None
-    if length != entry["bytes"]:
-        raise _fail(name, f"shape disagrees with manifest: {shape[0]} rows are not its {entry['bytes']} bytes")
+    if mmap:  # a table later versions may grow: its manifest's bytes must be the header and exactly its rows
+        try:
+            length = table_bytes(path, shape[0])
+        except ValueError as exc:
+            raise _fail(name, f"not a plain .npy array ({exc})") from None
+        if length != entry["bytes"]:
+            raise _fail(name, f"shape disagrees with manifest: {shape[0]} rows are not its {entry['bytes']} bytes")
     try:  # mapped copy-on-write: pages stay shared with the page cache, and torch gets a writable view
         arr = load_table(path, shape[0], mmap_mode="c") if mmap else np.load(path, allow_pickle=False)
     except ValueError as exc:
