@@ -47,12 +47,19 @@ def scan_lists(plan: SearchPlan) -> tuple[np.ndarray, np.ndarray]:
     ivf, prepared, k_out = plan.ivf, plan.prepared, plan.k_out
     table = prepared.levels.table
     out_ids = out_scores = None
-    for sl in plan.chunks:
+    for c, sl in enumerate(plan.chunks):
         n = len(plan.qs[sl]) * ivf.n_seg  # reservoirs: keys, fill, bar (as ``search.reservoirs``)
         buf, fill, kth = np.empty((n, ivf.width), np.int64), np.zeros(n, np.int64), np.full(n, INT64_MIN, np.int64)
-        kernels.ivf_scan(plan.qc[sl].numpy(), plan.qs[sl], ivf.probes[sl], prepared.ivf.offsets, prepared.codes,
-                         table.scales, table.inv_smax, table.inv_smin, plan.excl[sl], plan.allow[sl], ivf.walk, buf,
-                         fill, kth, k_out, ivf.n_seg)
+        if ivf.shared is None:  # walked: query by query
+            kernels.ivf_scan(plan.qc[sl].numpy(), plan.qs[sl], ivf.probes[sl], prepared.ivf.offsets, prepared.codes,
+                             table.scales, table.inv_smax, table.inv_smin, plan.excl[sl], plan.allow[sl], ivf.walk,
+                             buf, fill, kth, k_out, ivf.n_seg)
+        else:  # streamed: list by list, each read once for the chunk's queries that probe it
+            shared = ivf.shared[c]
+            kernels.ivf_scan_shared(plan.qc[sl].numpy(), plan.qs[sl], shared.lists, shared.list_ptr,
+                                    shared.list_queries, shared.segments, prepared.ivf.offsets, prepared.codes,
+                                    table.scales, table.inv_smax, table.inv_smin, plan.excl[sl], plan.allow[sl], buf,
+                                    fill, kth, k_out, ivf.n_seg)
         ids, scores = kernels.decode(kernels.finish(buf, fill, k_out, k_out, ivf.n_seg), prepared.ids)
         if len(plan.chunks) == 1:  # one chunk: its decoded arrays are the result
             return ids, scores
