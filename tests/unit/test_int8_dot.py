@@ -1,6 +1,6 @@
 """The VNNI dot products (8 and 16 rows a call) and the row mask of ``widefunnel.ann.int8_dot``: exact
 against int64 numpy over the whole int8 range, at unaligned and gapped row addresses; and the IVF scan without
-them (the loop any CPU runs) answering as with them, in a process compiled for a generic CPU."""
+them (the loop any CPU runs, or AVX2's) answering as with them, in processes compiled for those CPUs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from numba import njit
 
 from widefunnel.ann import int8_dot
 
-needs_vnni = pytest.mark.skipif(not int8_dot.HAS_VNNI, reason="this CPU has no VNNI (vpdpbusd)")
+needs_vnni = pytest.mark.skipif(not (int8_dot.HAS_VNNI or int8_dot.HAS_AVX2),
+                                reason="this CPU has neither VNNI (vpdpbusd) nor AVX2 (vpmaddwd)")
 
 
 @njit
@@ -42,14 +43,27 @@ def _dots16(q, codes, rows, out, bias):
             int8_dot.dots16_128(q, codes, rows[i], out, 16 * i, bias)
 
 
+@njit
+def _madd8(q, codes, rows, out, bias):
+    for i in range(len(rows)):
+        d = codes.shape[1]
+        if d == 32:
+            int8_dot.madd8_32(q, codes, rows[i], out, 8 * i, bias)
+        elif d == 64:
+            int8_dot.madd8_64(q, codes, rows[i], out, 8 * i, bias)
+        else:
+            int8_dot.madd8_128(q, codes, rows[i], out, 8 * i, bias)
+
+
 def _forms() -> list:
-    """(rows a call, kernel) for each form this CPU runs."""
-    return [(8, _dots8)] + ([(16, _dots16)] if int8_dot.HAS_VNNI_512 else [])
+    """(rows a call, kernel, its bias for q) for each form this CPU runs."""
+    vnni = [(8, _dots8, True)] + ([(16, _dots16, True)] if int8_dot.HAS_VNNI_512 else [])
+    return (vnni if int8_dot.HAS_VNNI else []) + ([(8, _madd8, False)] if int8_dot.HAS_AVX2 else [])
 
 
 def _check(q: np.ndarray, codes: np.ndarray, rows: list[int]) -> None:
-    bias = np.int32(-128 * int(q.astype(np.int64).sum()))
-    for width, kernel in _forms():
+    for width, kernel, unsigned in _forms():
+        bias = np.int32(-128 * int(q.astype(np.int64).sum())) if unsigned else np.int32(0)
         out = np.full(width * len(rows), 12345, np.int32)
         kernel(q, codes, np.array(rows, np.int64), out, bias)
         want = np.concatenate([codes[r:r + width].astype(np.int64) @ q.astype(np.int64) for r in rows])
@@ -106,24 +120,32 @@ _FALLBACK = r"""
 import json, numpy as np
 from widefunnel.ann import build_index, int8_dot, ivf_search
 rng = np.random.default_rng(3)
-x = rng.standard_normal((6000, 32)).astype(np.float32)
-index = build_index(x, np.arange(6000, dtype=np.int64) + 10, "t", ivf_lists=16, seed=0)
-ids, scores = ivf_search(index, x[:5], 50, nprobe=4)
-print(json.dumps({"vnni": int8_dot.HAS_VNNI, "ids": ids.tolist(), "scores": scores.tolist()}))
+ids, scores = [], []
+for d in (32, 64, 128):
+    x = rng.standard_normal((6000, d)).astype(np.float32)
+    index = build_index(x, np.arange(6000, dtype=np.int64) + 10, "t", ivf_lists=16, seed=0)
+    i, s = ivf_search(index, x[:5], 50, nprobe=4)
+    ids, scores = ids + i.tolist(), scores + s.tolist()
+print(json.dumps({"form": [int8_dot.HAS_VNNI, int8_dot.HAS_AVX2], "ids": ids, "scores": scores}))
 """
 
 
 @pytest.mark.slow
-def test_ivf_scan_without_vnni_answers_as_with_it() -> None:
-    """Compiled for a generic x86 CPU (``NUMBA_CPU_NAME=generic``) the scan takes its loop, not VNNI; both
-    forms give the same keys (in this process: VNNI where the CPU has it)."""
-    env = dict(os.environ, NUMBA_CPU_NAME="generic")
-    done = subprocess.run([sys.executable, "-c", _FALLBACK], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    other = json.loads(done.stdout.strip().splitlines()[-1])
-    assert other["vnni"] is False
-    here = subprocess.run([sys.executable, "-c", _FALLBACK], capture_output=True, text=True, timeout=600)
-    assert here.returncode == 0, here.stderr[-2000:]
-    mine = json.loads(here.stdout.strip().splitlines()[-1])
-    assert mine["vnni"] is int8_dot.HAS_VNNI
-    assert mine["ids"] == other["ids"] and mine["scores"] == other["scores"]
+def test_ivf_scan_answers_alike_with_another_form_of_the_dot() -> None:
+    """This CPU's form of the dot (VNNI, AVX2 or the loop) and the next one down, compiled for a CPU that has
+    only that (an AVX2 one without VNNI, or a generic x86 one for the plain loop): the same keys."""
+    def run(**env: str) -> dict:
+        done = subprocess.run([sys.executable, "-c", _FALLBACK], env=dict(os.environ, **env), capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    here = run()
+    assert here["form"] == [int8_dot.HAS_VNNI, int8_dot.HAS_AVX2]
+    if int8_dot.HAS_VNNI and int8_dot.HAS_AVX2:
+        other = run(NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="+avx2")
+        assert other["form"] == [False, True]
+    else:
+        other = run(NUMBA_CPU_NAME="generic")
+        assert other["form"] == [False, False]
+    assert other["ids"] == here["ids"] and other["scores"] == here["scores"]

