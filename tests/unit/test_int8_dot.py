@@ -19,45 +19,20 @@ needs_vnni = pytest.mark.skipif(not (int8_dot.HAS_VNNI or int8_dot.HAS_AVX2),
                                 reason="this CPU has neither VNNI (vpdpbusd) nor AVX2 (vpmaddwd)")
 
 
-@njit
-def _dots8(q, codes, rows, out, bias):
-    for i in range(len(rows)):
-        d = codes.shape[1]
-        if d == 32:
-            int8_dot.dots8_32(q, codes, rows[i], out, 8 * i, bias)
-        elif d == 64:
-            int8_dot.dots8_64(q, codes, rows[i], out, 8 * i, bias)
-        else:
-            int8_dot.dots8_128(q, codes, rows[i], out, 8 * i, bias)
+def _caller(form):
+    @njit
+    def run(q, codes, rows, out, bias, width):
+        for i in range(len(rows)):
+            form(q, codes, rows[i], out, width * i, bias)
+    return run
 
 
-@njit
-def _dots16(q, codes, rows, out, bias):
-    for i in range(len(rows)):
-        d = codes.shape[1]
-        if d == 32:
-            int8_dot.dots16_32(q, codes, rows[i], out, 16 * i, bias)
-        elif d == 64:
-            int8_dot.dots16_64(q, codes, rows[i], out, 16 * i, bias)
-        else:
-            int8_dot.dots16_128(q, codes, rows[i], out, 16 * i, bias)
-
-
-@njit
-def _madd8(q, codes, rows, out, bias):
-    for i in range(len(rows)):
-        d = codes.shape[1]
-        if d == 32:
-            int8_dot.madd8_32(q, codes, rows[i], out, 8 * i, bias)
-        elif d == 64:
-            int8_dot.madd8_64(q, codes, rows[i], out, 8 * i, bias)
-        else:
-            int8_dot.madd8_128(q, codes, rows[i], out, 8 * i, bias)
+_vnni8, _vnni16, _madd8 = _caller(int8_dot.vnni8), _caller(int8_dot.vnni16), _caller(int8_dot.madd8)
 
 
 def _forms() -> list:
     """(rows a call, kernel, its bias for q) for each form this CPU runs."""
-    vnni = [(8, _dots8, True)] + ([(16, _dots16, True)] if int8_dot.HAS_VNNI_512 else [])
+    vnni = [(8, _vnni8, True)] + ([(16, _vnni16, True)] if int8_dot.HAS_VNNI_512 else [])
     return (vnni if int8_dot.HAS_VNNI else []) + ([(8, _madd8, False)] if int8_dot.HAS_AVX2 else [])
 
 
@@ -65,7 +40,7 @@ def _check(q: np.ndarray, codes: np.ndarray, rows: list[int]) -> None:
     for width, kernel, unsigned in _forms():
         bias = np.int32(-128 * int(q.astype(np.int64).sum())) if unsigned else np.int32(0)
         out = np.full(width * len(rows), 12345, np.int32)
-        kernel(q, codes, np.array(rows, np.int64), out, bias)
+        kernel(q, codes, np.array(rows, np.int64), out, bias, width)
         want = np.concatenate([codes[r:r + width].astype(np.int64) @ q.astype(np.int64) for r in rows])
         np.testing.assert_array_equal(out.astype(np.int64), want, err_msg=f"{width} rows a call")
 

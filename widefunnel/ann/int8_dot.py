@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import config
 from numba.extending import intrinsic
-
-ROWS = 8  # rows per call
-WORD = 32  # bytes per ``vpdpbusd`` (a 256-bit register)
 
 
 def _target_features() -> dict[str, bool]:
@@ -44,194 +41,151 @@ HAS_VNNI_512 = HAS_VNNI and bool(_FEATURES.get("avx512vnni"))
 HAS_AVX2 = bool(_FEATURES.get("avx2"))
 
 
-def _dots8(words: int):
-    """The intrinsic for rows of ``words`` * 32 bytes: ``dots8(q, codes, row, dots, at, bias)`` sets
-    ``dots[at + i] = bias + sum((codes[row + i] + 128) * q)`` for i < 8; rows C-contiguous, ``q`` contiguous."""
+class _Rows:
+    """The IR of one call: the arrays' pointers, the rows' bytes by address (row stride from the array, so any
+    layout), the query's words, and the result's store."""
+
+    def __init__(self, context, builder, signature, args):
+        self.b = builder
+        self.i8, self.i32, self.i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        q_arr, c_arr, d_arr = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 1, 3))
+        self.q = builder.bitcast(q_arr.data, self.i8.as_pointer())
+        self.codes = builder.bitcast(c_arr.data, self.i8.as_pointer())
+        self.stride = builder.extract_value(c_arr.strides, 0)
+        self.row = args[2] if args[2].type.width == 64 else builder.sext(args[2], self.i64)
+        self.out = builder.gep(d_arr.data, [args[4]])
+        self.bias = args[5] if args[5].type.width == 32 else builder.trunc(args[5], self.i32)
+
+    def load(self, ptr, offset, width: int):
+        at = self.b.gep(ptr, [offset if isinstance(offset, ir.Value) else ir.Constant(self.i64, offset)])
+        return self.b.load(self.b.bitcast(at, ir.VectorType(self.i8, width).as_pointer()), align=1)
+
+    def row_bytes(self, i: int, offset: int, width: int):
+        start = self.b.mul(self.b.add(self.row, ir.Constant(self.i64, i)), self.stride)
+        return self.load(self.codes, self.b.add(start, ir.Constant(self.i64, offset)), width)
+
+    def function(self, name: str, ret, params: list):
+        module = self.b.module
+        return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, params), name)
+
+    def unsigned(self, v):
+        """Bytes c -> c + 128 as unsigned (the top bit flipped)."""
+        return self.b.xor(v, ir.Constant(v.type, [0x80] * v.type.count))
+
+    def splat(self, value, lanes: int):
+        vec = ir.VectorType(value.type, lanes)
+        one = self.b.insert_element(ir.Constant(vec, [0] * lanes), value, ir.Constant(self.i32, 0))
+        return self.b.shuffle_vector(one, one, ir.Constant(ir.VectorType(self.i32, lanes), [0] * lanes))
+
+    def store_sums(self, sums: list):
+        """Sum each row's lanes (pairwise: (a, b) -> [a0+a1, a2+a3, .., b0+b1, ..], until row i's sum is lane i),
+        add ``bias`` and store the rows' dots."""
+        lanes = sums[0].type.count
+        even = ir.Constant(ir.VectorType(self.i32, lanes), list(range(0, 2 * lanes, 2)))
+        odd = ir.Constant(ir.VectorType(self.i32, lanes), list(range(1, 2 * lanes, 2)))
+        while len(sums) > 1:
+            sums = [self.b.add(self.b.shuffle_vector(a, c, even), self.b.shuffle_vector(a, c, odd))
+                    for a, c in zip(sums[::2], sums[1::2])]
+        total = self.b.add(sums[0], self.splat(self.bias, lanes))
+        self.b.store(total, self.b.bitcast(self.out, total.type.as_pointer()), align=4)
+
+
+def _vnni256(g: _Rows, d: int) -> list:
+    """8 rows, 32 bytes a register: ``vpdpbusd`` (LLVM picks the VEX form where only AVX-VNNI exists)."""
+    lanes = ir.VectorType(g.i32, 8)
+    fn = g.function("llvm.x86.avx512.vpdpbusd.256", lanes, [lanes] * 3)
+    qv = [g.b.bitcast(g.load(g.q, 32 * w, 32), lanes) for w in range(d // 32)]
+    sums = []
+    for i in range(8):
+        acc = ir.Constant(lanes, [0] * 8)
+        for w in range(d // 32):
+            acc = g.b.call(fn, [acc, g.b.bitcast(g.unsigned(g.row_bytes(i, 32 * w, 32)), lanes), qv[w]])
+        sums.append(acc)
+    return sums
+
+
+def _vnni512(g: _Rows, d: int) -> list:
+    """16 rows, 64 bytes a register: at d = 32 two rows share one (8 loads, 8 ``vpdpbusd`` and one 7-step tree
+    for 16 rows: half the 256-bit form's instructions a row)."""
+    lanes = ir.VectorType(g.i32, 16)
+    fn = g.function("llvm.x86.avx512.vpdpbusd.512", lanes, [lanes] * 3)
+    both = ir.Constant(ir.VectorType(g.i32, 64), list(range(64)))
+    if d == 32:  # the query in both halves, two rows a register
+        half = g.load(g.q, 0, 32)
+        qv = [g.b.bitcast(g.b.shuffle_vector(half, half, ir.Constant(ir.VectorType(g.i32, 64), list(range(32)) * 2)),
+                          lanes)]
+        regs = [[g.b.shuffle_vector(g.row_bytes(2 * v, 0, 32), g.row_bytes(2 * v + 1, 0, 32), both)]
+                for v in range(8)]
+    else:
+        qv = [g.b.bitcast(g.load(g.q, 64 * w, 64), lanes) for w in range(d // 64)]
+        regs = [[g.row_bytes(i, 64 * w, 64) for w in range(d // 64)] for i in range(16)]
+    sums = []
+    for words in regs:
+        acc = ir.Constant(lanes, [0] * 16)
+        for w, c in enumerate(words):
+            acc = g.b.call(fn, [acc, g.b.bitcast(g.unsigned(c), lanes), qv[w]])
+        sums.append(acc)
+    return sums
+
+
+def _madd(g: _Rows, d: int) -> list:
+    """8 rows on AVX2 without VNNI: 16 bytes at a time sign-extended to 16 bits and multiplied in pairs
+    (``vpmaddwd``), the query likewise; signed already, so the caller's bias is 0."""
+    words, lanes = ir.VectorType(ir.IntType(16), 16), ir.VectorType(g.i32, 8)
+    fn = g.function("llvm.x86.avx2.pmadd.wd", lanes, [words, words])
+    qv = [g.b.sext(g.load(g.q, 16 * h, 16), words) for h in range(d // 16)]
+    sums = []
+    for i in range(8):
+        prods = [g.b.call(fn, [g.b.sext(g.row_bytes(i, 16 * h, 16), words), qv[h]]) for h in range(d // 16)]
+        acc = prods[0]
+        for p in prods[1:]:
+            acc = g.b.add(acc, p)
+        sums.append(acc)
+    return sums
+
+
+_FORMS = {"vnni256": (8, _vnni256), "vnni512": (16, _vnni512), "madd": (8, _madd)}
+
+
+def _intrinsic(form: str, d: int):
+    """``f(q, codes, row, dots, at, bias)``: ``dots[at + i] = bias + dot(q, codes[row + i])`` for the form's 8 or
+    16 rows, VNNI's with 128 * sum(q) added (``bias`` = -128 * sum(q) takes it off), AVX2's without (bias 0)."""
+    build = _FORMS[form][1]
 
     @intrinsic
-    def dots8(typingctx, q, codes, row, dots, at, bias):
+    def dots(typingctx, q, codes, row, out, at, bias):
         if not (isinstance(codes, types.Array) and codes.ndim == 2 and isinstance(q, types.Array)):
             return None
 
         def codegen(context, builder, signature, args):
-            i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-            v_bytes, v_lanes = ir.VectorType(i8, WORD), ir.VectorType(i32, WORD // 4)
-            q_arr = context.make_array(signature.args[0])(context, builder, args[0])
-            c_arr = context.make_array(signature.args[1])(context, builder, args[1])
-            d_arr = context.make_array(signature.args[3])(context, builder, args[3])
-            stride = builder.extract_value(c_arr.strides, 0)
-            base, q_base = builder.bitcast(c_arr.data, i8.as_pointer()), builder.bitcast(q_arr.data, i8.as_pointer())
-
-            def load(ptr, offset):
-                at = builder.gep(ptr, [offset])
-                return builder.load(builder.bitcast(at, v_bytes.as_pointer()), align=1)
-
-            name = "llvm.x86.avx512.vpdpbusd.256"  # LLVM selects the VEX form (AVX-VNNI) when that is what exists
-            fn = builder.module.globals.get(name) or ir.Function(
-                builder.module, ir.FunctionType(v_lanes, [v_lanes] * 3), name)
-            flip = ir.Constant(v_bytes, [0x80] * WORD)
-            qv = [builder.bitcast(load(q_base, ir.Constant(i64, WORD * w)), v_lanes) for w in range(words)]
-            row = args[2] if args[2].type.width == 64 else builder.sext(args[2], i64)
-            sums = []
-            for i in range(ROWS):
-                offset = builder.mul(builder.add(row, ir.Constant(i64, i)), stride)
-                acc = ir.Constant(v_lanes, [0] * (WORD // 4))
-                for w in range(words):
-                    c = load(base, builder.add(offset, ir.Constant(i64, WORD * w)))
-                    acc = builder.call(fn, [acc, builder.bitcast(builder.xor(c, flip), v_lanes), qv[w]])
-                sums.append(acc)
-            # pairwise: (a, b) -> [a0+a1, a2+a3, .., b0+b1, ..]; three levels leave row i's sum in lane i
-            even = ir.Constant(ir.VectorType(i32, 8), list(range(0, 16, 2)))
-            odd = ir.Constant(ir.VectorType(i32, 8), list(range(1, 16, 2)))
-            while len(sums) > 1:
-                sums = [builder.add(builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd))
-                        for a, b in zip(sums[::2], sums[1::2])]
-            bias = args[5] if args[5].type.width == 32 else builder.trunc(args[5], i32)
-            splat = builder.insert_element(ir.Constant(v_lanes, [0] * 8), bias, ir.Constant(i32, 0))
-            splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
-            out = builder.add(sums[0], splat)
-            dst = builder.gep(d_arr.data, [args[4]])
-            builder.store(out, builder.bitcast(dst, v_lanes.as_pointer()), align=4)
+            g = _Rows(context, builder, signature, args)
+            g.store_sums(build(g, d))
             return context.get_dummy_value()
 
-        return types.none(q, codes, row, dots, at, bias), codegen
+        return types.none(q, codes, row, out, at, bias), codegen
 
-    return dots8
-
-
-dots8_32 = _dots8(1)
-dots8_64 = _dots8(2)
-dots8_128 = _dots8(4)
+    return dots
 
 
-def _dots16_wide(d: int):
-    """512-bit form (AVX512-VNNI): ``dots16(q, codes, row, dots, at, bias)`` sets ``dots[at + i]`` for i < 16, as
-    ``dots8``. At d = 32 one register holds two rows, so 16 rows take 8 loads, 8 ``vpdpbusd`` and one tree of
-    7 pair steps (half the 256-bit form's instructions a row)."""
-    per_vec = max(1, 64 // d)  # rows a 64-byte register holds
-    words = max(1, d // 64)  # registers a row takes
+def _by_width(form: str):
+    """One call for the widths the forms take (d = 32, 64, 128), dispatched on the codes' width."""
+    k32, k64, k128 = (_intrinsic(form, d) for d in (32, 64, 128))
 
-    @intrinsic
-    def dots16(typingctx, q, codes, row, dots, at, bias):
-        if not (isinstance(codes, types.Array) and codes.ndim == 2 and isinstance(q, types.Array)):
-            return None
+    @njit(inline="always")
+    def call(q, codes, row, out, at, bias):
+        d = codes.shape[1]
+        if d == 32:
+            k32(q, codes, row, out, at, bias)
+        elif d == 64:
+            k64(q, codes, row, out, at, bias)
+        else:
+            k128(q, codes, row, out, at, bias)
 
-        def codegen(context, builder, signature, args):
-            i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-            v_bytes, v_lanes = ir.VectorType(i8, 64), ir.VectorType(i32, 16)
-            q_arr = context.make_array(signature.args[0])(context, builder, args[0])
-            c_arr = context.make_array(signature.args[1])(context, builder, args[1])
-            d_arr = context.make_array(signature.args[3])(context, builder, args[3])
-            base, q_base = builder.bitcast(c_arr.data, i8.as_pointer()), builder.bitcast(q_arr.data, i8.as_pointer())
-            name = "llvm.x86.avx512.vpdpbusd.512"
-            fn = builder.module.globals.get(name) or ir.Function(
-                builder.module, ir.FunctionType(v_lanes, [v_lanes] * 3), name)
-            flip = ir.Constant(v_bytes, [0x80] * 64)
-            if per_vec == 2:  # the 32-byte query in both halves
-                half = builder.load(builder.bitcast(q_base, ir.VectorType(i8, 32).as_pointer()), align=1)
-                qv = [builder.bitcast(builder.shuffle_vector(half, half, ir.Constant(
-                    ir.VectorType(i32, 64), list(range(32)) * 2)), v_lanes)]
-            else:
-                qv = [builder.bitcast(builder.load(builder.bitcast(builder.gep(q_base, [ir.Constant(i64, 64 * w)]),
-                                                                   v_bytes.as_pointer()), align=1), v_lanes)
-                      for w in range(words)]
-            row = args[2] if args[2].type.width == 64 else builder.sext(args[2], i64)
-            stride = builder.extract_value(c_arr.strides, 0)
-
-            def row_bytes(i: int, offset: int, width: int):
-                at = builder.gep(base, [builder.add(builder.mul(builder.add(row, ir.Constant(i64, i)), stride),
-                                                    ir.Constant(i64, offset))])
-                return builder.load(builder.bitcast(at, ir.VectorType(i8, width).as_pointer()), align=1)
-
-            sums = []
-            for v in range(16 // per_vec):
-                acc = ir.Constant(v_lanes, [0] * 16)
-                for w in range(words):
-                    if per_vec == 2:  # two rows in one register, each at its own address (any row stride)
-                        c = builder.shuffle_vector(row_bytes(2 * v, 0, 32), row_bytes(2 * v + 1, 0, 32),
-                                                   ir.Constant(ir.VectorType(i32, 64), list(range(64))))
-                    else:
-                        c = row_bytes(v, 64 * w, 64)
-                    acc = builder.call(fn, [acc, builder.bitcast(builder.xor(c, flip), v_lanes), qv[w]])
-                sums.append(acc)
-            even = ir.Constant(ir.VectorType(i32, 16), list(range(0, 32, 2)))
-            odd = ir.Constant(ir.VectorType(i32, 16), list(range(1, 32, 2)))
-            while len(sums) > 1:
-                sums = [builder.add(builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd))
-                        for a, b in zip(sums[::2], sums[1::2])]
-            bias = args[5] if args[5].type.width == 32 else builder.trunc(args[5], i32)
-            splat = builder.insert_element(ir.Constant(v_lanes, [0] * 16), bias, ir.Constant(i32, 0))
-            splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(i32, 16), [0] * 16))
-            dst = builder.gep(d_arr.data, [args[4]])
-            builder.store(builder.add(sums[0], splat), builder.bitcast(dst, v_lanes.as_pointer()), align=4)
-            return context.get_dummy_value()
-
-        return types.none(q, codes, row, dots, at, bias), codegen
-
-    return dots16
+    return call
 
 
-dots16_32 = _dots16_wide(32)
-dots16_64 = _dots16_wide(64)
-dots16_128 = _dots16_wide(128)
-
-
-def _dots8_madd(words: int):
-    """AVX2 form for CPUs without VNNI: ``dots8`` with each 16 bytes sign-extended to 16 bits and multiplied in
-    pairs (``vpmaddwd``), the query likewise; ``bias`` is added as given (the products are signed already)."""
-
-    @intrinsic
-    def dots8(typingctx, q, codes, row, dots, at, bias):
-        if not (isinstance(codes, types.Array) and codes.ndim == 2 and isinstance(q, types.Array)):
-            return None
-
-        def codegen(context, builder, signature, args):
-            i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-            v16i8, v16i16, v_lanes = ir.VectorType(i8, 16), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
-            q_arr = context.make_array(signature.args[0])(context, builder, args[0])
-            c_arr = context.make_array(signature.args[1])(context, builder, args[1])
-            d_arr = context.make_array(signature.args[3])(context, builder, args[3])
-            stride = builder.extract_value(c_arr.strides, 0)
-            base, q_base = builder.bitcast(c_arr.data, i8.as_pointer()), builder.bitcast(q_arr.data, i8.as_pointer())
-
-            def load16(ptr, offset):
-                at = builder.gep(ptr, [offset])
-                return builder.sext(builder.load(builder.bitcast(at, v16i8.as_pointer()), align=1), v16i16)
-
-            name = "llvm.x86.avx2.pmadd.wd"
-            fn = builder.module.globals.get(name) or ir.Function(
-                builder.module, ir.FunctionType(v_lanes, [v16i16, v16i16]), name)
-            halves = 2 * words
-            qv = [load16(q_base, ir.Constant(i64, 16 * h)) for h in range(halves)]
-            row = args[2] if args[2].type.width == 64 else builder.sext(args[2], i64)
-            sums = []
-            for i in range(ROWS):
-                offset = builder.mul(builder.add(row, ir.Constant(i64, i)), stride)
-                acc = None
-                for h in range(halves):
-                    prod = builder.call(fn, [load16(base, builder.add(offset, ir.Constant(i64, 16 * h))), qv[h]])
-                    acc = prod if acc is None else builder.add(acc, prod)
-                sums.append(acc)
-            even = ir.Constant(ir.VectorType(i32, 8), list(range(0, 16, 2)))
-            odd = ir.Constant(ir.VectorType(i32, 8), list(range(1, 16, 2)))
-            while len(sums) > 1:
-                sums = [builder.add(builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd))
-                        for a, b in zip(sums[::2], sums[1::2])]
-            bias = args[5] if args[5].type.width == 32 else builder.trunc(args[5], i32)
-            splat = builder.insert_element(ir.Constant(v_lanes, [0] * 8), bias, ir.Constant(i32, 0))
-            splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
-            dst = builder.gep(d_arr.data, [args[4]])
-            builder.store(builder.add(sums[0], splat), builder.bitcast(dst, v_lanes.as_pointer()), align=4)
-            return context.get_dummy_value()
-
-        return types.none(q, codes, row, dots, at, bias), codegen
-
-    return dots8
-
-
-madd8_32 = _dots8_madd(1)
-madd8_64 = _dots8_madd(2)
-madd8_128 = _dots8_madd(4)
+WIDTHS = (32, 64, 128)  # the row widths the forms take; other widths keep the loop
+vnni8, vnni16, madd8 = _by_width("vnni256"), _by_width("vnni512"), _by_width("madd")
 
 
 @intrinsic

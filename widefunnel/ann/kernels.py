@@ -438,32 +438,18 @@ def _chunk_dots(q, codes, a, b, dots, bias):
     vs 7.5 ms)."""
     r = a
     d = codes.shape[1]
-    if int8_dot.HAS_VNNI_512 and (d == 32 or d == 64 or d == 128):
+    wide = d == 32 or d == 64 or d == 128  # int8_dot.WIDTHS
+    if int8_dot.HAS_VNNI_512 and wide:
         while r + 16 <= b:
-            if d == 32:
-                int8_dot.dots16_32(q, codes, r, dots, r - a, bias)
-            elif d == 64:
-                int8_dot.dots16_64(q, codes, r, dots, r - a, bias)
-            else:
-                int8_dot.dots16_128(q, codes, r, dots, r - a, bias)
+            int8_dot.vnni16(q, codes, r, dots, r - a, bias)
             r += 16
-    if int8_dot.HAS_VNNI and (d == 32 or d == 64 or d == 128):
+    if int8_dot.HAS_VNNI and wide:
         while r + 8 <= b:
-            if d == 32:
-                int8_dot.dots8_32(q, codes, r, dots, r - a, bias)
-            elif d == 64:
-                int8_dot.dots8_64(q, codes, r, dots, r - a, bias)
-            else:
-                int8_dot.dots8_128(q, codes, r, dots, r - a, bias)
+            int8_dot.vnni8(q, codes, r, dots, r - a, bias)
             r += 8
-    elif int8_dot.HAS_AVX2 and (d == 32 or d == 64 or d == 128):
+    elif int8_dot.HAS_AVX2 and wide:
         while r + 8 <= b:
-            if d == 32:
-                int8_dot.madd8_32(q, codes, r, dots, r - a, np.int32(0))
-            elif d == 64:
-                int8_dot.madd8_64(q, codes, r, dots, r - a, np.int32(0))
-            else:
-                int8_dot.madd8_128(q, codes, r, dots, r - a, np.int32(0))
+            int8_dot.madd8(q, codes, r, dots, r - a, np.int32(0))
             r += 8
     elif d == 32:
         while r + 4 <= b:
@@ -480,6 +466,32 @@ def _query_bias(q) -> np.int32:
     for j in range(q.shape[0]):
         bias -= np.int32(128) * np.int32(q[j])
     return bias
+
+
+@njit(inline="always")
+def _offer_chunk(q, q_s, bias, ex, qi, codes, a, b, ism, isn, scales, allow, dots, buf, fill, kth, p, kk, bar, u,
+                 scratch):
+    """Rows a..b (one 64-row chunk, scale bounds ``ism``/``isn``) for query ``qi`` into reservoir ``p``: their
+    dots first, then only rows whose integer dot reaches the chunk's bound are checked against the filter,
+    scored and offered. Returns the query's (bar, u) after them."""
+    _chunk_dots(q, codes, a, b, dots, bias)
+    t = _int_bound(_real_bound(u, ism, isn))
+    hits = int8_dot.at_least64(dots, b - a, t)
+    while hits != np.uint64(0):
+        row = a + np.int64(_cttz(hits))
+        hits &= hits - np.uint64(1)
+        d = dots[row - a]
+        if d < t or row == ex or not _admits(allow, qi, row):
+            continue
+        s = _score(d, scales[row], q_s)
+        if s < bar:
+            continue
+        key = _key(s, row, scratch)
+        if key > kth[p] and _offer(buf, fill, kth, p, key, kk):
+            bar = _key_score(kth[p], scratch)
+            u = _dot_floor(kth[p], q_s, scratch)
+            t = _int_bound(_real_bound(u, ism, isn))
+    return bar, u
 
 
 _PREFETCH_ROWS = 8  # admitted rows fetched ahead of the one being scored by a bitmap walk (``ivf_scan``).
@@ -544,24 +556,8 @@ def ivf_scan(qc, qs, probes, offsets, codes, scales, chunk_inv_smax, chunk_inv_s
                 if filtered and allow[qi, chunk] == 0:
                     a = b
                     continue
-                _chunk_dots(q, codes, a, b, dots, bias)
-                ism, isn = chunk_inv_smax[chunk], chunk_inv_smin[chunk]
-                t = _int_bound(_real_bound(u, ism, isn))
-                hits = int8_dot.at_least64(dots, b - a, t)
-                while hits != np.uint64(0):
-                    row = a + np.int64(_cttz(hits))
-                    hits &= hits - np.uint64(1)
-                    d = dots[row - a]
-                    if d < t or row == ex or not _admits(allow, qi, row):
-                        continue
-                    s = _score(d, scales[row], q_s)
-                    if s < bar:
-                        continue
-                    key = _key(s, row, scratch)
-                    if key > kth[p] and _offer(buf, fill, kth, p, key, kk):
-                        bar = _key_score(kth[p], scratch)
-                        u = _dot_floor(kth[p], q_s, scratch)
-                        t = _int_bound(_real_bound(u, ism, isn))
+                bar, u = _offer_chunk(q, q_s, bias, ex, qi, codes, a, b, chunk_inv_smax[chunk], chunk_inv_smin[chunk],
+                                      scales, allow, dots, buf, fill, kth, p, kk, bar, u, scratch)
                 a = b
 
 
@@ -598,24 +594,9 @@ def ivf_scan_shared(qc, qs, lists, list_ptr, list_queries, segments, offsets, co
                     qi = list_queries[e]
                     if filtered and allow[qi, chunk] == 0:
                         continue
-                    p, q_s, ex = qi * n_seg + s, qs[qi], excl[qi]
-                    _chunk_dots(qc[qi], codes, a, c_end, dots, bias[qi])
-                    t = _int_bound(_real_bound(u[qi], ism, isn))
-                    hits = int8_dot.at_least64(dots, c_end - a, t)
-                    while hits != np.uint64(0):
-                        row = a + np.int64(_cttz(hits))
-                        hits &= hits - np.uint64(1)
-                        d = dots[row - a]
-                        if d < t or row == ex or not _admits(allow, qi, row):
-                            continue
-                        sc = _score(d, scales[row], q_s)
-                        if sc < bar[qi]:
-                            continue
-                        key = _key(sc, row, scratch)
-                        if key > kth[p] and _offer(buf, fill, kth, p, key, kk):
-                            bar[qi] = _key_score(kth[p], scratch)
-                            u[qi] = _dot_floor(kth[p], q_s, scratch)
-                            t = _int_bound(_real_bound(u[qi], ism, isn))
+                    bar[qi], u[qi] = _offer_chunk(qc[qi], qs[qi], bias[qi], excl[qi], qi, codes, a, c_end, ism, isn,
+                                                  scales, allow, dots, buf, fill, kth, qi * n_seg + s, kk, bar[qi],
+                                                  u[qi], scratch)
                 a = c_end
 
 
