@@ -112,6 +112,45 @@ def test_the_old_version_reads_what_it_read_before(grown):
     assert all(ids[0, 0] == 1703 and (ids[0, 1:] == -1).all() for ids, _, _ in years.values())
 
 
+_GPU_PATH = """
+import os, sys, json
+os.environ["TRITON_INTERPRET"] = "1"  # the triton-language kernel on this CPU
+import numpy as np, torch
+from widefunnel.ann.index import ROWS_FILE, load_index, load_row_map
+from widefunnel.ann.search import exact_search
+from widefunnel.ann.triton_kernel import GpuIndex
+from widefunnel.layout import INDEX_DIR
+from widefunnel.tensor_names import Step
+version = sys.argv[1]
+index = load_index(os.path.join(version, INDEX_DIR))  # as the plugin's initialize, whatever the instance kind
+if os.path.exists(os.path.join(version, ROWS_FILE)):
+    load_row_map(index, os.path.join(version, ROWS_FILE))
+gpu = GpuIndex.from_index(index, "cpu")
+rng = np.random.default_rng(0)
+q = rng.standard_normal((3, index.codes.shape[1])).astype(np.float32)
+exclude = np.array([int(index.ids[-1]), -1, int(index.ids[0])])
+want_ids, want_scores = exact_search(index, q, 40, exclude_ids=exclude)
+for use_kernel in (True, False):
+    out = gpu.search(torch.from_numpy(q), 40, torch.from_numpy(exclude), use_kernel=use_kernel)
+    assert np.array_equal(out[Step.CANDIDATE_ID].numpy(), want_ids), use_kernel
+    assert np.array_equal(out[Step.CANDIDATE_SCORE].numpy().view(np.int32), want_scores.view(np.int32)), use_kernel
+print(json.dumps({"rows": int(index.count), "ids": [int(i) for i in index.ids[-2:]]}))
+"""
+
+
+def test_the_gpu_path_reads_the_grown_version_as_it_is_on_disk(grown):
+    """A KIND_GPU instance loads a grown version by the same loaders as a CPU one, with no second format: its
+    ``GpuIndex`` (the triton-language kernel through the interpreter, and the torch fallback) answers exactly
+    as the CPU scan over the version's rows, the added items included. No GPU is needed to read the files."""
+    repository, *_ = grown
+    for head in ("engagement", "relevance"):
+        done = subprocess.run([sys.executable, "-c", _GPU_PATH, str(repository / f"ann_{head}" / "2")],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen["rows"] == len(CAT.item_ids) + len(NEW) and seen["ids"] == [1700, 1703]
+
+
 def test_deleting_the_old_version_leaves_the_new_one_serving(grown, tmp_path):
     from widefunnel.client.client import WidefunnelClient
     from widefunnel.server import TritonServer
@@ -194,41 +233,3 @@ def test_a_build_whose_scorer_keeps_its_columns_inside_is_refused_before_anythin
     assert max(layout.complete_versions(repository, mcfg.STEP_MODELS)) == newest
     assert not [p for p in repository.glob("*/.*.partial")]
 
-
-_GPU_PATH = """
-import os, sys, json
-os.environ["TRITON_INTERPRET"] = "1"  # the triton-language kernel on this CPU
-import numpy as np, torch
-from widefunnel.ann.index import ROWS_FILE, load_index, load_row_map
-from widefunnel.ann.search import exact_search
-from widefunnel.ann.triton_kernel import GpuIndex
-from widefunnel.layout import INDEX_DIR
-from widefunnel.tensor_names import Step
-version = sys.argv[1]
-index = load_index(os.path.join(version, INDEX_DIR))  # as the plugin's initialize, whatever the instance kind
-if os.path.exists(os.path.join(version, ROWS_FILE)):
-    load_row_map(index, os.path.join(version, ROWS_FILE))
-gpu = GpuIndex.from_index(index, "cpu")
-rng = np.random.default_rng(0)
-q = rng.standard_normal((3, index.codes.shape[1])).astype(np.float32)
-exclude = np.array([int(index.ids[-1]), -1, int(index.ids[0])])
-want_ids, want_scores = exact_search(index, q, 40, exclude_ids=exclude)
-for use_kernel in (True, False):
-    out = gpu.search(torch.from_numpy(q), 40, torch.from_numpy(exclude), use_kernel=use_kernel)
-    assert np.array_equal(out[Step.CANDIDATE_ID].numpy(), want_ids), use_kernel
-    assert np.array_equal(out[Step.CANDIDATE_SCORE].numpy().view(np.int32), want_scores.view(np.int32)), use_kernel
-print(json.dumps({"rows": int(index.count), "ids": [int(i) for i in index.ids[-2:]]}))
-"""
-
-
-def test_the_gpu_path_reads_the_grown_version_as_it_is_on_disk(grown):
-    """A KIND_GPU instance loads a grown version by the same loaders as a CPU one, with no second format: its
-    ``GpuIndex`` (the triton-language kernel through the interpreter, and the torch fallback) answers exactly
-    as the CPU scan over the version's rows, the added items included. No GPU is needed to read the files."""
-    repository, *_ = grown
-    for head in ("engagement", "relevance"):
-        done = subprocess.run([sys.executable, "-c", _GPU_PATH, str(repository / f"ann_{head}" / "2")],
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        seen = json.loads(done.stdout.strip().splitlines()[-1])
-        assert seen["rows"] == len(CAT.item_ids) + len(NEW) and seen["ids"] == [1700, 1703]
