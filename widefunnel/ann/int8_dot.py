@@ -1,9 +1,9 @@
-"""Eight exact int8 dot products at once with the CPU's int8 dot instruction (VNNI ``vpdpbusd``), for the IVF scan.
+"""Exact int8 dot products of 8 or 16 rows at once with the CPU's int8 dot instructions, for the IVF scan.
 
 Why: LLVM vectorises a numba int8 dot loop by widening to 16 bits (``vpmaddwd``) and then sums each row's lanes
 on its own; at d = 32 that is about 8 cycles a row, so the IVF scan at 10M items ran at half the memory's speed.
-``vpdpbusd`` multiplies 32 byte pairs and adds them in fours into int32 lanes in one instruction, and the eight
-rows' lanes are then summed together in one shuffle tree (three levels of even/odd shuffles and adds).
+VNNI's ``vpdpbusd`` multiplies 32 (or 64) byte pairs and adds them in fours into int32 lanes in one instruction,
+and the rows' lanes are then summed together in one shuffle tree (pairwise even/odd shuffles and adds).
 
 Exact: ``vpdpbusd`` takes an unsigned and a signed byte. The codes are made unsigned by flipping their top bit
 (c + 128, so 0..255 for every int8), and the query stays signed: each 4-product sum fits int32 without
@@ -13,7 +13,8 @@ saturation (the instruction without ``s`` wraps, and nothing overflows), and the
 Used only where the CPU numba compiles for has the instruction (AVX-VNNI, or AVX512-VNNI with VL): numba
 compiles for the host CPU unless ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` say otherwise, and its cache is keyed
 by both, so code built here never runs on a CPU without it. An AVX2 CPU without VNNI gets the same eight-row
-shape with ``vpmaddwd`` (2.2x the plain loop's rows a second in cache, 1M x 32); any other keeps the loop.
+shape with ``vpmaddwd`` (2.2x the plain loop's rows a second, one thread, 200,000 x 32 rows in cache); any other
+keeps the loop.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ _FEATURES = _target_features()
 HAS_VNNI = bool(_FEATURES.get("avxvnni") or (_FEATURES.get("avx512vnni") and _FEATURES.get("avx512vl")))
 HAS_VNNI_512 = HAS_VNNI and bool(_FEATURES.get("avx512vnni"))
 HAS_AVX2 = bool(_FEATURES.get("avx2"))
+
+
+def _splat(builder, value, lanes: int):
+    """``value`` in every lane of a vector."""
+    i32 = ir.IntType(32)
+    one = builder.insert_element(ir.Constant(ir.VectorType(value.type, lanes), [0] * lanes), value, ir.Constant(i32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
 
 
 class _Rows:
@@ -72,11 +80,6 @@ class _Rows:
         """Bytes c -> c + 128 as unsigned (the top bit flipped)."""
         return self.b.xor(v, ir.Constant(v.type, [0x80] * v.type.count))
 
-    def splat(self, value, lanes: int):
-        vec = ir.VectorType(value.type, lanes)
-        one = self.b.insert_element(ir.Constant(vec, [0] * lanes), value, ir.Constant(self.i32, 0))
-        return self.b.shuffle_vector(one, one, ir.Constant(ir.VectorType(self.i32, lanes), [0] * lanes))
-
     def store_sums(self, sums: list):
         """Sum each row's lanes (pairwise: (a, b) -> [a0+a1, a2+a3, .., b0+b1, ..], until row i's sum is lane i),
         add ``bias`` and store the rows' dots."""
@@ -86,7 +89,7 @@ class _Rows:
         while len(sums) > 1:
             sums = [self.b.add(self.b.shuffle_vector(a, c, even), self.b.shuffle_vector(a, c, odd))
                     for a, c in zip(sums[::2], sums[1::2])]
-        total = self.b.add(sums[0], self.splat(self.bias, lanes))
+        total = self.b.add(sums[0], _splat(self.b, self.bias, lanes))
         self.b.store(total, self.b.bitcast(self.out, total.type.as_pointer()), align=4)
 
 
@@ -144,13 +147,13 @@ def _madd(g: _Rows, d: int) -> list:
     return sums
 
 
-_FORMS = {"vnni256": (8, _vnni256), "vnni512": (16, _vnni512), "madd": (8, _madd)}
+_FORMS = {"vnni256": _vnni256, "vnni512": _vnni512, "madd": _madd}
 
 
 def _intrinsic(form: str, d: int):
     """``f(q, codes, row, dots, at, bias)``: ``dots[at + i] = bias + dot(q, codes[row + i])`` for the form's 8 or
     16 rows, VNNI's with 128 * sum(q) added (``bias`` = -128 * sum(q) takes it off), AVX2's without (bias 0)."""
-    build = _FORMS[form][1]
+    build = _FORMS[form]
 
     @intrinsic
     def dots(typingctx, q, codes, row, out, at, bias):
@@ -167,9 +170,12 @@ def _intrinsic(form: str, d: int):
     return dots
 
 
+WIDTHS = (32, 64, 128)  # the row widths the forms take; other widths keep the loop
+
+
 def _by_width(form: str):
-    """One call for the widths the forms take (d = 32, 64, 128), dispatched on the codes' width."""
-    k32, k64, k128 = (_intrinsic(form, d) for d in (32, 64, 128))
+    """One call for the widths the forms take (``WIDTHS``), dispatched on the codes' width."""
+    k32, k64, k128 = (_intrinsic(form, d) for d in WIDTHS)
 
     @njit(inline="always")
     def call(q, codes, row, out, at, bias):
@@ -184,7 +190,6 @@ def _by_width(form: str):
     return call
 
 
-WIDTHS = (32, 64, 128)  # the row widths the forms take; other widths keep the loop
 vnni8, vnni16, madd8 = _by_width("vnni256"), _by_width("vnni512"), _by_width("madd")
 
 
@@ -196,19 +201,15 @@ def at_least64(typingctx, dots, n, bound):
         return None
 
     def codegen(context, builder, signature, args):
-        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
-        vec = ir.VectorType(i32, 64)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
         d_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        v = builder.load(builder.bitcast(d_arr.data, vec.as_pointer()), align=4)
+        v = builder.load(builder.bitcast(d_arr.data, ir.VectorType(i32, 64).as_pointer()), align=4)
         t = args[2] if args[2].type.width == 32 else builder.trunc(args[2], i32)
-        splat = builder.insert_element(ir.Constant(vec, [0] * 64), t, ir.Constant(i32, 0))
-        splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(i32, 64), [0] * 64))
-        bits = builder.bitcast(builder.icmp_signed(">=", v, splat), i64)
+        bits = builder.bitcast(builder.icmp_signed(">=", v, _splat(builder, t, 64)), i64)
         n = args[1] if args[1].type.width == 64 else builder.sext(args[1], i64)
         # rows below n: (1 << n) - 1, with n = 64 kept whole (a shift by 64 is undefined)
         low = builder.select(builder.icmp_signed(">=", n, ir.Constant(i64, 64)), ir.Constant(i64, -1),
                              builder.sub(builder.shl(ir.Constant(i64, 1), n), ir.Constant(i64, 1)))
-        del i1
         return builder.and_(bits, low)
 
     return types.uint64(dots, n, bound), codegen

@@ -306,7 +306,7 @@ class IvfPlan:
 def shared_lists(probes: np.ndarray, list_rows: np.ndarray, n_seg: int) -> SharedLists:
     """List-major form of ``probes`` [b, P] (distinct lists per row): a list costs its rows once to read and
     once per query to score (``_LIST_READ_COST`` scorings to read one), and the runs split that cost evenly."""
-    b, width = probes.shape
+    width = probes.shape[1]
     flat = probes.reshape(-1)
     order = np.argsort(flat, kind="stable")  # by list, then by query
     lists, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
@@ -369,7 +369,8 @@ def plan_search(index: Int8Index, queries: np.ndarray, k: int, exclude_ids: np.n
         # streamed: each list is read once for the queries probing it, the lists cut in a run per thread
         n_seg = max(1, min(threads // max(1, batch), probes.shape[1])) if walk else threads
         chunks = _chunks(batch, k_out, n_seg)
-        shared = None if walk else tuple(shared_lists(probes[sl], np.diff(ivf.offsets), n_seg) for sl in chunks)
+        list_rows = np.diff(ivf.offsets)
+        shared = None if walk else tuple(shared_lists(probes[sl], list_rows, n_seg) for sl in chunks)
         plan = IvfPlan(probes, walk, n_seg, reservoir_width(k_out), shared)
         return SearchPlan(prepared, qc, qs, excl, allow, k_out, chunks, (), plan)
     chunks = _chunks(batch, k_out, threads)  # a query may hold a reservoir per thread
